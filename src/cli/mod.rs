@@ -1,0 +1,49 @@
+//! The `sidestep` command line: one file per subcommand.
+
+mod check_config;
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub use check_config::check_config;
+pub use serve::serve;
+
+/// Outbound SMTP relay that keeps mail flowing when an egress IP is blocklisted.
+#[derive(Debug, Parser)]
+#[command(name = "sidestep", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay. Without --config, the embedded defaults: listen on
+    /// 127.0.0.1:2525, relay from loopback only, spool in ./sidestep-spool.
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a configuration file; print every problem with its key; exit 1 if any.
+    CheckConfig {
+        /// Configuration file (TOML); without it the embedded defaults are checked.
+        path: Option<PathBuf>,
+    },
+}
+
+/// Loads the configuration (or the defaults) and refuses an invalid one.
+pub(crate) fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<crate::config::Config> {
+    let config = match path {
+        Some(p) => crate::config::Config::load(p)?,
+        None => crate::config::Config::default(),
+    };
+    let errors = config.validate();
+    if !errors.is_empty() {
+        let list: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+        anyhow::bail!("invalid configuration:\n{}", list.join("\n"));
+    }
+    Ok(config)
+}

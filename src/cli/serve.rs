@@ -1,0 +1,47 @@
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::inbound::{self, Inbound};
+use crate::outbound::Outbound;
+use crate::queue::{self, QueueContext};
+use crate::routing::{Pool, Resolver};
+use crate::spool::Spool;
+
+/// `sidestep serve`: wires the pipeline together and runs until killed.
+///
+/// Prints `sidestep listening on ADDR` on stdout once the port is open, so scripts and
+/// tests that asked for port 0 learn the port.
+pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
+    let config = Arc::new(super::load_config(config_path)?);
+    let spool = Spool::open(&config.spool.directory)
+        .with_context(|| format!("opening spool {}", config.spool.directory.display()))?;
+    let resolver = Resolver::new(&config.dns).context("setting up DNS")?;
+    let pool_config = config
+        .effective_pools()
+        .into_iter()
+        .find(|p| p.name == config.delivery.pool)
+        .context("delivery.pool names no pool")?;
+    let pool = Pool::from_config(&pool_config, &config.server.hostname);
+    let outbound = Outbound::new(&config.delivery, resolver, pool);
+    let ctx = Arc::new(QueueContext::new(config.clone(), spool.clone(), outbound));
+    let queue = queue::start(ctx).context("recovering the queue")?;
+
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.server.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "listening");
+    println!("sidestep listening on {addr}");
+    inbound::serve(
+        listener,
+        Arc::new(Inbound {
+            config,
+            spool,
+            queue,
+        }),
+    )
+    .await;
+    Ok(())
+}

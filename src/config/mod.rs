@@ -1,0 +1,397 @@
+//! The operator's TOML file: serde sections, defaults, and validation.
+//!
+//! Every struct denies unknown fields so a typo is an error, not a silently ignored option.
+//! `Config::load` parses; `Config::validate` collects *every* problem with its key path so
+//! `sidestep check-config` can list them all at once.
+
+mod duration;
+mod error;
+
+pub use duration::HumanDuration;
+pub use error::{ConfigError, LoadError};
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use bytesize::ByteSize;
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// The whole configuration. Every section has defaults, so an empty file (or none) is valid.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The inbound SMTP listener: who may connect, who may relay, and the limits.
+    pub server: ServerConfig,
+    /// Where durable state lives.
+    pub spool: SpoolConfig,
+    /// Retry schedule and queue lifetime.
+    pub queue: QueueConfig,
+    /// Outbound SMTP to destination MX hosts.
+    pub delivery: DeliveryConfig,
+    /// Which resolver answers MX and address lookups.
+    pub dns: DnsConfig,
+    /// Named groups of egress IPs; delivery rotates through the pool named by
+    /// `delivery.pool`.
+    pub pools: Vec<PoolConfig>,
+}
+
+/// `[server]`: the relay port that the MTA or newsletter tool talks to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address and port to listen on. Port 0 picks a free port (tests use this).
+    pub listen: SocketAddr,
+    /// Name announced in the greeting, EHLO reply, `Received:` header and DSNs.
+    pub hostname: String,
+    /// Client networks allowed to relay. Anyone else is refused at RCPT with `554 5.7.1`:
+    /// sidestep has no local domains, so an unlisted client can never send anything.
+    pub relay_networks: Vec<IpNet>,
+    /// Sessions beyond this many get `421 4.7.0` and are closed, so a flood of
+    /// connections cannot exhaust memory or file descriptors.
+    pub max_sessions: usize,
+    /// Largest message accepted (advertised in EHLO SIZE); bigger ones get `552 5.3.4`.
+    pub max_message_size: ByteSize,
+    /// Recipients per message; more get `452 4.5.3` (RFC 5321 §4.5.3.1.10: the client
+    /// sends the rest in another transaction).
+    pub max_recipients: usize,
+    /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4 requires at least 512).
+    pub max_line_length: usize,
+    /// A client silent for this long is disconnected with `421 4.4.2`.
+    pub idle_timeout: HumanDuration,
+}
+
+/// `[spool]`: message files and the state database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolConfig {
+    /// Directory holding message bodies (`msg/`) and the queue index (`queue.redb`).
+    pub directory: PathBuf,
+}
+
+/// `[queue]`: when to try again and when to give up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Delay before the first retry (Postfix: `minimal_backoff_time`, 300 s).
+    pub retry_initial: HumanDuration,
+    /// Each further retry waits this many times longer than the previous one.
+    pub retry_factor: f64,
+    /// Upper bound of a retry delay (Postfix: `maximal_backoff_time`, 4000 s).
+    pub retry_max: HumanDuration,
+    /// A recipient still undelivered after this long is bounced with a DSN
+    /// (Postfix: `maximal_queue_lifetime`, 5 days).
+    pub max_lifetime: HumanDuration,
+}
+
+/// `[delivery]`: outbound SMTP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Destination port on MX hosts. 25 in production; tests point it at loopback sinks.
+    pub port: u16,
+    /// The egress pool used for direct delivery.
+    pub pool: String,
+    /// TCP connect timeout per MX address.
+    pub connect_timeout: HumanDuration,
+    /// Timeout for each SMTP command reply (RFC 5321 §4.5.3.2 suggests minutes; a slow
+    /// receiver is still better than a resend).
+    pub command_timeout: HumanDuration,
+    /// Outbound connections open at once, over all destinations.
+    pub max_connections: usize,
+    /// Outbound connections open at once to one destination domain, so a burst to one
+    /// receiver does not look like an attack and trip its rate limits.
+    pub max_connections_per_domain: usize,
+    /// Try STARTTLS when the MX offers it. Certificates are not verified (opportunistic TLS,
+    /// RFC 7435): an MX with a self-signed certificate still gets encrypted mail.
+    pub starttls: bool,
+}
+
+/// `[dns]`: the resolver for MX and address lookups.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Name servers as `ip:port`. Empty means the system configuration (`/etc/resolv.conf`).
+    pub nameservers: Vec<SocketAddr>,
+}
+
+/// `[[pools]]`: a named group of egress IPs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Name that `delivery.pool` refers to.
+    pub name: String,
+    /// The addresses in this pool, used round-robin, one per new connection.
+    pub egress: Vec<EgressConfig>,
+}
+
+/// `[[pools.egress]]`: one local address to send from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressConfig {
+    /// Local address to bind. Omitted: the host's default source address.
+    pub ip: Option<IpAddr>,
+    /// EHLO name for connections from this address; receivers compare it with the PTR
+    /// record of the IP, so it should be the IP's reverse DNS name.
+    pub helo: Option<String>,
+}
+
+fn default_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+fn default_relay_networks() -> Vec<IpNet> {
+    vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()]
+}
+
+fn default_pool_name() -> String {
+    "default".to_string()
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 2525)),
+            hostname: default_hostname(),
+            relay_networks: default_relay_networks(),
+            max_sessions: 200,
+            max_message_size: ByteSize::mib(25),
+            max_recipients: 1000,
+            max_line_length: 2048,
+            idle_timeout: HumanDuration::from_secs(300),
+        }
+    }
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self {
+            directory: PathBuf::from("sidestep-spool"),
+        }
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            retry_initial: HumanDuration::from_secs(300),
+            retry_factor: 2.0,
+            retry_max: HumanDuration::from_secs(3600),
+            max_lifetime: HumanDuration::from_secs(5 * 24 * 3600),
+        }
+    }
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            port: 25,
+            pool: default_pool_name(),
+            connect_timeout: HumanDuration::from_secs(30),
+            command_timeout: HumanDuration::from_secs(300),
+            max_connections: 100,
+            max_connections_per_domain: 10,
+            starttls: true,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and parses a TOML file. Does not validate: call [`Config::validate`].
+    ///
+    /// # Errors
+    /// The file cannot be read, or is not valid TOML for this schema (the message names
+    /// the line and key).
+    pub fn load(path: &Path) -> Result<Self, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|e| match e {
+            LoadError::Parse { message, .. } => LoadError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text.
+    ///
+    /// # Errors
+    /// The text is not valid TOML for this schema.
+    pub fn parse(text: &str) -> Result<Self, LoadError> {
+        toml::from_str(text).map_err(|e| LoadError::Parse {
+            path: PathBuf::from("<config>"),
+            message: e.to_string(),
+        })
+    }
+
+    /// Every problem in the configuration, each with its key path. Empty means valid.
+    pub fn validate(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let mut err = |key: String, problem: String| errors.push(ConfigError { key, problem });
+
+        let s = &self.server;
+        if s.hostname.trim().is_empty() {
+            err("server.hostname".into(), "must not be empty".into());
+        }
+        if s.max_sessions == 0 {
+            err("server.max_sessions".into(), "must be at least 1".into());
+        }
+        if s.max_message_size.as_u64() < 1024 {
+            err(
+                "server.max_message_size".into(),
+                "must be at least 1KiB".into(),
+            );
+        }
+        if s.max_recipients == 0 {
+            err("server.max_recipients".into(), "must be at least 1".into());
+        }
+        if s.max_line_length < 512 {
+            err(
+                "server.max_line_length".into(),
+                "must be at least 512 (RFC 5321 §4.5.3.1.4)".into(),
+            );
+        }
+        if s.idle_timeout.is_zero() {
+            err("server.idle_timeout".into(), "must be more than 0s".into());
+        }
+        if self.spool.directory.as_os_str().is_empty() {
+            err("spool.directory".into(), "must not be empty".into());
+        }
+
+        let q = &self.queue;
+        if q.retry_initial.is_zero() {
+            err("queue.retry_initial".into(), "must be more than 0s".into());
+        }
+        if !(q.retry_factor.is_finite() && q.retry_factor >= 1.0) {
+            err(
+                "queue.retry_factor".into(),
+                format!("must be a number >= 1, not {}", q.retry_factor),
+            );
+        }
+        if q.retry_max.get() < q.retry_initial.get() {
+            err(
+                "queue.retry_max".into(),
+                format!(
+                    "({}) must not be shorter than queue.retry_initial ({})",
+                    q.retry_max, q.retry_initial
+                ),
+            );
+        }
+        if q.max_lifetime.is_zero() {
+            err("queue.max_lifetime".into(), "must be more than 0s".into());
+        }
+
+        let d = &self.delivery;
+        if d.port == 0 {
+            err("delivery.port".into(), "must not be 0".into());
+        }
+        if d.max_connections == 0 {
+            err(
+                "delivery.max_connections".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if d.max_connections_per_domain == 0 {
+            err(
+                "delivery.max_connections_per_domain".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if d.connect_timeout.is_zero() {
+            err(
+                "delivery.connect_timeout".into(),
+                "must be more than 0s".into(),
+            );
+        }
+        if d.command_timeout.is_zero() {
+            err(
+                "delivery.command_timeout".into(),
+                "must be more than 0s".into(),
+            );
+        }
+
+        for (i, ns) in self.dns.nameservers.iter().enumerate() {
+            if ns.port() == 0 {
+                err(format!("dns.nameservers[{i}]"), "port must not be 0".into());
+            }
+        }
+
+        let mut names = std::collections::HashSet::new();
+        for (i, pool) in self.pools.iter().enumerate() {
+            if pool.name.trim().is_empty() {
+                err(format!("pools[{i}].name"), "must not be empty".into());
+            } else if !names.insert(pool.name.as_str()) {
+                err(
+                    format!("pools[{i}].name"),
+                    format!("duplicate pool name {:?}", pool.name),
+                );
+            }
+            if pool.egress.is_empty() {
+                err(
+                    format!("pools[{i}].egress"),
+                    "a pool needs at least one egress address".into(),
+                );
+            }
+            let mut ips = std::collections::HashSet::new();
+            for (j, e) in pool.egress.iter().enumerate() {
+                if let Some(ip) = e.ip {
+                    if ip.is_unspecified() || ip.is_multicast() {
+                        err(
+                            format!("pools[{i}].egress[{j}].ip"),
+                            format!("{ip} cannot be a source address"),
+                        );
+                    }
+                    if !ips.insert(ip) {
+                        err(
+                            format!("pools[{i}].egress[{j}].ip"),
+                            format!("{ip} appears twice in this pool"),
+                        );
+                    }
+                }
+                if let Some(helo) = &e.helo
+                    && !crate::envelope::is_valid_domain(helo)
+                {
+                    err(
+                        format!("pools[{i}].egress[{j}].helo"),
+                        format!("{helo:?} is not a host name"),
+                    );
+                }
+            }
+        }
+        let pool_known = self.pools.iter().any(|p| p.name == d.pool)
+            || (self.pools.is_empty() && d.pool == default_pool_name());
+        if !pool_known {
+            err(
+                "delivery.pool".into(),
+                format!("no [[pools]] entry is named {:?}", d.pool),
+            );
+        }
+        errors
+    }
+
+    /// The pools as configured, or the implicit one used when the file defines none: the
+    /// host's default source address, announcing `server.hostname`.
+    pub fn effective_pools(&self) -> Vec<PoolConfig> {
+        if self.pools.is_empty() {
+            vec![PoolConfig {
+                name: default_pool_name(),
+                egress: vec![EgressConfig {
+                    ip: None,
+                    helo: None,
+                }],
+            }]
+        } else {
+            self.pools.clone()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

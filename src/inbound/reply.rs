@@ -1,0 +1,59 @@
+use std::borrow::Cow;
+
+/// An SMTP reply to send. A rejection is a value, not an `Err`: the session goes on.
+#[must_use]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    /// Enhanced status code (RFC 3463), empty for replies that carry none (greeting, EHLO).
+    pub enhanced: &'static str,
+    /// One entry per line of a multi-line reply.
+    pub lines: Vec<Cow<'static, str>>,
+}
+
+impl Reply {
+    pub fn new(code: u16, enhanced: &'static str, text: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            code,
+            enhanced,
+            lines: vec![text.into()],
+        }
+    }
+
+    pub fn multiline(code: u16, lines: Vec<Cow<'static, str>>) -> Self {
+        Self {
+            code,
+            enhanced: "",
+            lines,
+        }
+    }
+
+    /// Whether the session must end after this reply (RFC 5321 §3.8: 421 closes).
+    pub fn closes(&self) -> bool {
+        self.code == 421 || self.code == 221
+    }
+
+    pub fn is_positive(&self) -> bool {
+        (200..400).contains(&self.code)
+    }
+
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let last = self.lines.len().saturating_sub(1);
+        for (i, line) in self.lines.iter().enumerate() {
+            let sep = if i == last { ' ' } else { '-' };
+            // A reply line must not contain CR/LF: text built from client input (a HELO
+            // name, an address) could otherwise inject a fake reply.
+            let line: Cow<'_, str> = if line.contains(['\r', '\n']) {
+                line.replace(['\r', '\n'], " ").into()
+            } else {
+                Cow::Borrowed(line.as_ref())
+            };
+            let _ = if self.enhanced.is_empty() {
+                write!(out, "{}{}{}\r\n", self.code, sep, line)
+            } else {
+                write!(out, "{}{}{} {}\r\n", self.code, sep, self.enhanced, line)
+            };
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! One client connection. The session reads bytes, splits them into command lines or
+//! message data according to its [`State`], and answers each command. Replies are
+//! buffered and written when no more pipelined input is waiting (RFC 2920 §3.1), so a
+//! client that sends MAIL, RCPT, RCPT, DATA in one packet gets its four replies together.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use smtp_proto::Request;
+use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::Reply;
+use super::listener::Inbound;
+use crate::envelope::{Address, BodyFlags, Sender};
+
+/// After this many rejected commands the client is clearly not speaking SMTP (or is
+/// probing); it is disconnected rather than served forever.
+const MAX_ERRORS: u32 = 20;
+
+/// What the next input bytes mean.
+pub(super) enum State {
+    /// Command lines.
+    Command,
+    /// The rest of an over-long command line, discarded up to its LF.
+    SkipLine,
+    /// Message content after `354`, up to CRLF.CRLF.
+    Data(DataReceiver),
+    /// Content of a message that is already too big: read to its end, then `552`.
+    DataDiscard(DummyDataReceiver),
+    /// A BDAT chunk with `remaining` bytes still to come. `reject` is the answer for a
+    /// chunk that arrived out of sequence: its bytes are read and dropped.
+    Bdat {
+        size: usize,
+        remaining: usize,
+        last: bool,
+        reject: Option<Reply>,
+    },
+}
+
+/// The mail transaction between MAIL and the end of DATA/BDAT LAST. RSET and the end of
+/// the message `take()` it.
+pub(super) struct Transaction {
+    pub sender: Sender,
+    pub recipients: Vec<Address>,
+    pub flags: BodyFlags,
+    pub body: Vec<u8>,
+    /// The content outgrew `max_message_size`; it is discarded and answered with `552`.
+    pub oversize: bool,
+    /// BDAT was used; DATA is then out of sequence (RFC 3030 §2).
+    pub chunking: bool,
+}
+
+pub struct Session<S> {
+    pub(super) stream: S,
+    pub(super) inbound: Arc<Inbound>,
+    pub(super) peer: SocketAddr,
+    pub(super) state: State,
+    /// The name from HELO/EHLO; MAIL needs it first.
+    pub(super) helo: Option<String>,
+    pub(super) esmtp: bool,
+    pub(super) txn: Option<Transaction>,
+    pub(super) input: Vec<u8>,
+    pub(super) output: Vec<u8>,
+    pub(super) errors: u32,
+}
+
+/// The connection is no longer usable (I/O error, timeout, client gone).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    pub fn new(stream: S, inbound: Arc<Inbound>, peer: SocketAddr) -> Self {
+        Self {
+            stream,
+            inbound,
+            peer,
+            state: State::Command,
+            helo: None,
+            esmtp: false,
+            txn: None,
+            input: Vec::with_capacity(4096),
+            output: Vec::with_capacity(1024),
+            errors: 0,
+        }
+    }
+
+    /// Runs the session to its end: QUIT, a closing reply, idle timeout or disconnect.
+    ///
+    /// # Errors
+    /// The connection failed; nothing is left to tell the client.
+    pub async fn run(mut self) -> Result<(), SessionError> {
+        let hostname = self.inbound.config.server.hostname.clone();
+        self.push(Reply::new(220, "", format!("{hostname} ESMTP sidestep")));
+        let idle = self.inbound.config.server.idle_timeout.get();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let close = self.process_input().await;
+            if !self.output.is_empty() {
+                self.stream.write_all(&self.output).await?;
+                self.stream.flush().await?;
+                self.output.clear();
+            }
+            if close {
+                let _ = self.stream.shutdown().await;
+                return Ok(());
+            }
+            let n = match tokio::time::timeout(idle, self.stream.read(&mut buf)).await {
+                Ok(read) => read?,
+                Err(_) => {
+                    self.push(Reply::new(
+                        421,
+                        "4.4.2",
+                        format!("{hostname} Error: timeout exceeded"),
+                    ));
+                    self.stream.write_all(&self.output).await?;
+                    let _ = self.stream.shutdown().await;
+                    return Ok(());
+                }
+            };
+            if n == 0 {
+                return Ok(());
+            }
+            self.input.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    pub(super) fn push(&mut self, reply: Reply) {
+        if !reply.is_positive() {
+            self.errors += 1;
+        }
+        reply.write_to(&mut self.output);
+    }
+
+    /// Consumes every complete unit of input. Returns true when the session must close.
+    async fn process_input(&mut self) -> bool {
+        let max_line = self.inbound.config.server.max_line_length;
+        let mut pos = 0;
+        while pos < self.input.len() {
+            match &mut self.state {
+                State::Command => {
+                    let rest = &self.input[pos..];
+                    let Some(lf) = memchr(b'\n', rest) else {
+                        if rest.len() > max_line {
+                            self.state = State::SkipLine;
+                            pos = self.input.len();
+                            self.push(Reply::new(500, "5.5.2", "Line too long"));
+                        }
+                        break;
+                    };
+                    let line_end = pos + lf + 1;
+                    let reply = if lf + 1 > max_line {
+                        Some(Reply::new(500, "5.5.2", "Line too long"))
+                    } else {
+                        let line = self.input[pos..line_end].to_vec();
+                        pos = line_end;
+                        self.command(&line).await
+                    };
+                    pos = pos.max(line_end);
+                    if let Some(reply) = reply {
+                        let closes = reply.closes();
+                        self.push(reply);
+                        if closes {
+                            return true;
+                        }
+                    }
+                    if self.errors >= MAX_ERRORS {
+                        self.push(Reply::new(
+                            421,
+                            "4.7.0",
+                            "Too many errors, closing connection",
+                        ));
+                        return true;
+                    }
+                }
+                State::SkipLine => match memchr(b'\n', &self.input[pos..]) {
+                    Some(lf) => {
+                        pos += lf + 1;
+                        self.state = State::Command;
+                    }
+                    None => pos = self.input.len(),
+                },
+                State::Data(_) | State::DataDiscard(_) | State::Bdat { .. } => {
+                    let (used, reply) = self.ingest_content(pos).await;
+                    pos += used;
+                    if let Some(reply) = reply {
+                        self.push(reply);
+                    }
+                }
+            }
+        }
+        self.input.drain(..pos);
+        false
+    }
+
+    /// Parses and answers one command line. `None` means no reply now (a BDAT chunk
+    /// whose data is still to come).
+    async fn command(&mut self, line: &[u8]) -> Option<Reply> {
+        let request = match Request::parse(&mut line.iter()) {
+            Ok(r) => r,
+            Err(e) => return Some(parse_error(e)),
+        };
+        Some(match request {
+            Request::Ehlo { host } => self.ehlo(&host, true),
+            Request::Helo { host } => self.ehlo(&host, false),
+            Request::Lhlo { .. } => Reply::new(500, "5.5.1", "LHLO is for LMTP, use EHLO"),
+            Request::Mail { from } => self.mail(from),
+            Request::Rcpt { to } => self.rcpt(to),
+            Request::Data => self.data(),
+            Request::Bdat {
+                chunk_size,
+                is_last,
+            } => return self.bdat(chunk_size, is_last).await,
+            Request::Rset => {
+                self.txn = None;
+                Reply::new(250, "2.0.0", "Ok")
+            }
+            Request::Noop { .. } => Reply::new(250, "2.0.0", "Ok"),
+            Request::Quit => Reply::new(221, "2.0.0", "Bye"),
+            Request::Vrfy { .. } => Reply::new(
+                252,
+                "2.5.0",
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            ),
+            Request::Expn { .. } => Reply::new(502, "5.5.1", "EXPN not available"),
+            Request::Help { .. } => Reply::new(214, "2.0.0", "See RFC 5321"),
+            Request::StartTls => Reply::new(502, "5.5.1", "STARTTLS not available"),
+            Request::Auth { .. } => Reply::new(502, "5.5.1", "AUTH not available"),
+            Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
+                Reply::new(502, "5.5.1", "Command not implemented")
+            }
+        })
+    }
+}
+
+fn parse_error(e: smtp_proto::Error) -> Reply {
+    use smtp_proto::Error as E;
+    match e {
+        E::UnknownCommand => Reply::new(500, "5.5.1", "Unknown command"),
+        E::InvalidSenderAddress => Reply::new(501, "5.1.7", "Bad sender address syntax"),
+        E::InvalidRecipientAddress => Reply::new(501, "5.1.3", "Bad recipient address syntax"),
+        E::SyntaxError { syntax } => Reply::new(501, "5.5.4", format!("Syntax: {syntax}")),
+        E::InvalidParameter { param } => {
+            Reply::new(501, "5.5.4", format!("Invalid parameter {param}"))
+        }
+        E::UnsupportedParameter { param } => {
+            Reply::new(555, "5.5.4", format!("Unsupported parameter {param}"))
+        }
+        E::ResponseTooLong => Reply::new(500, "5.5.2", "Line too long"),
+        E::NeedsMoreData { .. } | E::InvalidResponse { .. } => {
+            Reply::new(500, "5.5.2", "Syntax error")
+        }
+    }
+}
+
+pub(super) fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
+    haystack.iter().position(|&b| b == needle)
+}

@@ -1,0 +1,27 @@
+//! # sidestep
+//!
+//! An outbound SMTP relay that keeps mail flowing when one of its egress IPs lands on a
+//! blocklist. It accepts mail from an MTA or a newsletter tool, spools it durably, and
+//! delivers it to each recipient's MX from a rotating pool of egress IPs.
+//!
+//! # Layout — the pipeline, module by module, in flow order
+//!
+//! - [`config`]: the operator's TOML file, defaults and validation.
+//! - [`envelope`]: addresses, sender, body flags — the values that travel the pipeline.
+//! - [`inbound`]: the SMTP listener and session state machine; relay permission.
+//! - [`spool`]: durable storage; a `250` is sent only after the message is fsynced.
+//! - [`queue`]: the scheduler owning every due time, retry math, DSNs.
+//! - [`routing`]: MX lookup and the egress pool rotation.
+//! - [`outbound`]: the SMTP client, one transaction per (message, domain).
+//! - [`classify`]: reply → verdict, the one place deciding what a result means.
+//! - [`cli`]: the `sidestep` subcommands.
+
+pub mod classify;
+pub mod cli;
+pub mod config;
+pub mod envelope;
+pub mod inbound;
+pub mod outbound;
+pub mod queue;
+pub mod routing;
+pub mod spool;

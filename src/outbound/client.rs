@@ -1,0 +1,416 @@
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use mail_send::SmtpClient;
+use smtp_proto::{EXT_8BIT_MIME, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS, Response};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::TlsConnector;
+
+use crate::config::DeliveryConfig;
+use crate::envelope::{Address, BodyFlags, Sender};
+use crate::routing::{DnsError, EgressIp, Pool, Resolver};
+use crate::spool::RemoteReply;
+
+/// What is being sent in one transaction.
+pub struct DomainDelivery<'a> {
+    pub domain: &'a str,
+    pub sender: &'a Sender,
+    pub recipients: &'a [Address],
+    pub flags: BodyFlags,
+    /// The spooled body, CRLF line endings, not dot-stuffed.
+    pub body: &'a [u8],
+}
+
+/// What happened: one reply per recipient (same order as `recipients`), plus where the
+/// attempt went, for the log line and the DSN.
+#[derive(Debug, Clone)]
+pub struct AttemptReport {
+    pub egress: Option<EgressIp>,
+    pub mx: Option<String>,
+    pub replies: Vec<RemoteReply>,
+}
+
+/// The outbound side: resolver, egress pool and the timeouts from `[delivery]`.
+#[derive(Clone)]
+pub struct Outbound {
+    resolver: Resolver,
+    pool: Pool,
+    port: u16,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+    /// `None` when `delivery.starttls = false`.
+    tls: Option<TlsConnector>,
+}
+
+/// A failure before the transaction started: the next MX address may do better.
+struct HostFailure {
+    reply: RemoteReply,
+    /// The TLS handshake failed; the same host is retried once in plain text.
+    tls: bool,
+}
+
+impl Outbound {
+    pub fn new(config: &DeliveryConfig, resolver: Resolver, pool: Pool) -> Self {
+        let tls = config.starttls.then(|| {
+            mail_send::smtp::tls::build_tls_connector(true)
+                .expect("a TLS connector without verification always builds")
+        });
+        Self {
+            resolver,
+            pool,
+            port: config.port,
+            connect_timeout: config.connect_timeout.get(),
+            command_timeout: config.command_timeout.get(),
+            tls,
+        }
+    }
+
+    /// Delivers to one domain: MX hosts in order, each address in turn, until one server
+    /// takes the transaction. Never fails: every problem becomes a reply for the
+    /// recipients (code 0 when no server answered).
+    pub async fn deliver(&self, d: &DomainDelivery<'_>) -> AttemptReport {
+        let all = |reply: RemoteReply| vec![reply; d.recipients.len()];
+        let hosts = match self.resolver.lookup_mx(d.domain).await {
+            Ok(h) => h,
+            Err(e) => {
+                return AttemptReport {
+                    egress: None,
+                    mx: None,
+                    replies: all(dns_reply(&e)),
+                };
+            }
+        };
+        let mut last = RemoteReply {
+            code: 0,
+            enhanced: "4.4.4".into(),
+            text: format!("no usable mail exchanger for {}", d.domain),
+            mx: None,
+        };
+        let mut last_egress = None;
+        for host in &hosts {
+            let addrs = match self.resolver.lookup_addresses(&host.name).await {
+                Ok(a) => a,
+                Err(e) => {
+                    last = dns_reply(&e);
+                    last.mx = Some(host.name.clone());
+                    continue;
+                }
+            };
+            for addr in addrs {
+                let Some(egress) = self.pool.next_for(addr) else {
+                    continue;
+                };
+                last_egress = Some(egress.clone());
+                let mut result = self.try_host(&egress, addr, &host.name, d, true).await;
+                if let Err(HostFailure { tls: true, .. }) = result {
+                    result = self.try_host(&egress, addr, &host.name, d, false).await;
+                }
+                match result {
+                    Ok(replies) => {
+                        return AttemptReport {
+                            egress: Some(egress),
+                            mx: Some(host.name.clone()),
+                            replies,
+                        };
+                    }
+                    Err(f) => last = f.reply,
+                }
+            }
+        }
+        AttemptReport {
+            egress: last_egress,
+            mx: last.mx.clone(),
+            replies: all(last),
+        }
+    }
+
+    async fn try_host(
+        &self,
+        egress: &EgressIp,
+        addr: IpAddr,
+        mx: &str,
+        d: &DomainDelivery<'_>,
+        use_tls: bool,
+    ) -> Result<Vec<RemoteReply>, HostFailure> {
+        let fail = |code: u16, enhanced: &str, text: String| HostFailure {
+            reply: RemoteReply {
+                code,
+                enhanced: enhanced.into(),
+                text,
+                mx: Some(mx.to_string()),
+            },
+            tls: false,
+        };
+        let stream = self
+            .connect(egress, SocketAddr::new(addr, self.port))
+            .await
+            .map_err(|e| {
+                fail(
+                    0,
+                    "4.4.1",
+                    format!("connect to {mx}[{addr}] from {egress}: {e}"),
+                )
+            })?;
+        let mut client = SmtpClient {
+            stream,
+            timeout: self.command_timeout,
+        };
+        let greeting = tokio::time::timeout(self.command_timeout, client.read())
+            .await
+            .map_err(|_| mail_send::Error::Timeout)
+            .and_then(|r| r)
+            .map_err(|e| HostFailure {
+                reply: error_reply(e, mx),
+                tls: false,
+            })?;
+        if greeting.code != 220 {
+            return Err(HostFailure {
+                reply: response_reply(&greeting, mx),
+                tls: false,
+            });
+        }
+        let caps = hello(&mut client, &egress.helo, mx).await?;
+        match (&self.tls, use_tls && caps & EXT_START_TLS != 0) {
+            (Some(tls), true) => {
+                let mut client = client.start_tls(tls, mx).await.map_err(|e| HostFailure {
+                    reply: error_reply(e, mx),
+                    tls: true,
+                })?;
+                let caps = hello(&mut client, &egress.helo, mx).await?;
+                Ok(transaction(&mut client, caps, d, mx).await)
+            }
+            _ => Ok(transaction(&mut client, caps, d, mx).await),
+        }
+    }
+
+    async fn connect(&self, egress: &EgressIp, dest: SocketAddr) -> std::io::Result<TcpStream> {
+        let socket = if dest.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(ip) = egress.ip {
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        let stream = tokio::time::timeout(self.connect_timeout, socket.connect(dest))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}
+
+/// EHLO, falling back to HELO for servers that refuse EHLO (RFC 5321 §3.2). Returns
+/// the extension bits (none after HELO).
+async fn hello<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut SmtpClient<S>,
+    helo: &str,
+    mx: &str,
+) -> Result<u32, HostFailure> {
+    match client.ehlo(helo).await {
+        Ok(r) => Ok(r.capabilities),
+        Err(mail_send::Error::UnexpectedReply(r)) if r.code >= 500 => {
+            let r = client
+                .cmd(format!("HELO {helo}\r\n"))
+                .await
+                .map_err(|e| HostFailure {
+                    reply: error_reply(e, mx),
+                    tls: false,
+                })?;
+            if (200..300).contains(&r.code) {
+                Ok(0)
+            } else {
+                Err(HostFailure {
+                    reply: response_reply(&r, mx),
+                    tls: false,
+                })
+            }
+        }
+        Err(e) => Err(HostFailure {
+            reply: error_reply(e, mx),
+            tls: false,
+        }),
+    }
+}
+
+/// MAIL, RCPT…, DATA on an established session. Pipelined when the server offers it
+/// (RFC 2920), through `cmds` which reads exactly one reply per command.
+async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut SmtpClient<S>,
+    caps: u32,
+    d: &DomainDelivery<'_>,
+    mx: &str,
+) -> Vec<RemoteReply> {
+    let n = d.recipients.len();
+    if d.flags.smtputf8 && caps & EXT_SMTP_UTF8 == 0 {
+        let _ = client.cmd(b"QUIT\r\n").await;
+        return vec![
+            RemoteReply {
+                code: 0,
+                enhanced: "5.6.7".into(),
+                text: format!("{mx} does not support SMTPUTF8, required by this message"),
+                mx: Some(mx.to_string()),
+            };
+            n
+        ];
+    }
+    let mut mail = format!("MAIL FROM:<{}>", d.sender);
+    if caps & EXT_SIZE != 0 {
+        mail.push_str(&format!(" SIZE={}", d.body.len()));
+    }
+    if d.flags.eight_bit && caps & EXT_8BIT_MIME != 0 {
+        mail.push_str(" BODY=8BITMIME");
+    }
+    if d.flags.smtputf8 {
+        mail.push_str(" SMTPUTF8");
+    }
+    mail.push_str("\r\n");
+    let rcpts: Vec<String> = d
+        .recipients
+        .iter()
+        .map(|r| format!("RCPT TO:<{r}>\r\n"))
+        .collect();
+
+    let mut replies: Vec<Option<RemoteReply>> = vec![None; n];
+    let envelope = if caps & EXT_PIPELINING != 0 {
+        client
+            .cmds(std::iter::once(mail).chain(rcpts))
+            .await
+            .map(|r| r.into_iter().map(|r| response_reply(&r, mx)).collect())
+    } else {
+        sequential_envelope(client, mail, rcpts, mx).await
+    };
+    let envelope: Vec<RemoteReply> = match envelope {
+        Ok(e) => e,
+        Err(e) => return vec![error_reply(e, mx); n],
+    };
+    let Some((mail_reply, rcpt_replies)) = envelope.split_first() else {
+        return vec![error_reply(mail_send::Error::UnparseableReply, mx); n];
+    };
+    if !is_positive(mail_reply) {
+        let _ = client.cmd(b"QUIT\r\n").await;
+        return vec![mail_reply.clone(); n];
+    }
+    let mut accepted = Vec::new();
+    for (i, slot) in replies.iter_mut().enumerate() {
+        match rcpt_replies.get(i) {
+            Some(r) if is_positive(r) => accepted.push(i),
+            Some(r) => *slot = Some(r.clone()),
+            None => *slot = Some(mail_reply_missing(mx)),
+        }
+    }
+    if !accepted.is_empty() {
+        let outcome = send_data(client, d.body, mx).await;
+        for i in accepted {
+            replies[i] = Some(outcome.clone());
+        }
+    }
+    let _ = client.cmd(b"QUIT\r\n").await;
+    replies
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| mail_reply_missing(mx)))
+        .collect()
+}
+
+async fn sequential_envelope<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut SmtpClient<S>,
+    mail: String,
+    rcpts: Vec<String>,
+    mx: &str,
+) -> mail_send::Result<Vec<RemoteReply>> {
+    let first = response_reply(&client.cmd(mail).await?, mx);
+    let ok = is_positive(&first);
+    let mut out = vec![first];
+    if ok {
+        for rcpt in rcpts {
+            out.push(response_reply(&client.cmd(rcpt).await?, mx));
+        }
+    }
+    Ok(out)
+}
+
+async fn send_data<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut SmtpClient<S>,
+    body: &[u8],
+    mx: &str,
+) -> RemoteReply {
+    match client.cmd(b"DATA\r\n").await {
+        Ok(r) if r.code == 354 => {}
+        Ok(r) => return response_reply(&r, mx),
+        Err(e) => return error_reply(e, mx),
+    }
+    // mail-send appends CRLF.CRLF itself: drop the body's own final CRLF so the message
+    // arrives byte-identical.
+    let body = body.strip_suffix(b"\r\n").unwrap_or(body);
+    let timeout = client.timeout;
+    let result = tokio::time::timeout(timeout, async {
+        client.write_message(body).await?;
+        client.read().await
+    })
+    .await;
+    match result {
+        Ok(Ok(r)) => response_reply(&r, mx),
+        Ok(Err(e)) => error_reply(e, mx),
+        Err(_) => error_reply(mail_send::Error::Timeout, mx),
+    }
+}
+
+fn is_positive(r: &RemoteReply) -> bool {
+    (200..300).contains(&r.code)
+}
+
+fn mail_reply_missing(mx: &str) -> RemoteReply {
+    RemoteReply {
+        code: 0,
+        enhanced: "4.4.2".into(),
+        text: format!("{mx} sent too few replies"),
+        mx: Some(mx.to_string()),
+    }
+}
+
+fn response_reply(r: &Response<String>, mx: &str) -> RemoteReply {
+    let enhanced = if r.esc[0] == 0 {
+        format!("{}.0.0", r.code / 100)
+    } else {
+        format!("{}.{}.{}", r.esc[0], r.esc[1], r.esc[2])
+    };
+    RemoteReply {
+        code: r.code,
+        enhanced,
+        text: r.message.replace(['\r', '\n'], " "),
+        mx: Some(mx.to_string()),
+    }
+}
+
+fn error_reply(e: mail_send::Error, mx: &str) -> RemoteReply {
+    use mail_send::Error as E;
+    let (enhanced, text) = match e {
+        E::UnexpectedReply(r) | E::AuthenticationFailed(r) => return response_reply(&r, mx),
+        E::Timeout => ("4.4.2", format!("timeout talking to {mx}")),
+        E::Io(e) => ("4.4.2", format!("connection to {mx} lost: {e}")),
+        E::Tls(e) => ("4.7.5", format!("TLS with {mx} failed: {e}")),
+        E::UnparseableReply => ("4.5.0", format!("{mx} sent an unparseable reply")),
+        other => ("4.4.0", format!("{mx}: {other}")),
+    };
+    RemoteReply {
+        code: 0,
+        enhanced: enhanced.into(),
+        text,
+        mx: Some(mx.to_string()),
+    }
+}
+
+fn dns_reply(e: &DnsError) -> RemoteReply {
+    let enhanced = match e {
+        DnsError::NoSuchDomain(_) => "5.1.2",
+        DnsError::NullMx(_) => "5.1.10",
+        DnsError::NoAddress(_) | DnsError::Temporary { .. } | DnsError::Setup(_) => "4.4.3",
+    };
+    RemoteReply {
+        code: 0,
+        enhanced: enhanced.into(),
+        text: e.to_string(),
+        mx: None,
+    }
+}

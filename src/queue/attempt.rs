@@ -1,0 +1,222 @@
+//! One delivery attempt of one message: every pending recipient, grouped by domain, one
+//! transaction per domain, in parallel within the connection limits. The attempt then
+//! records each recipient's verdict, bounces what failed, and says when to retry.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+
+use super::scheduler::{QueueContext, QueueHandle};
+use super::{dsn, retry};
+use crate::classify::{Verdict, classify};
+use crate::envelope::{Address, Sender};
+use crate::outbound::{AttemptReport, DomainDelivery};
+use crate::spool::{
+    QueueId, QueuedMessage, RecipientStatus, RemoteReply, SpoolError, unix_now, unix_now_ms,
+};
+
+/// When the spool itself fails mid-attempt, try the message again after this long
+/// rather than lose track of it.
+const SPOOL_ERROR_RETRY: Duration = Duration::from_secs(60);
+
+/// Runs the attempt. Returns the next due time (Unix ms), or `None` if the message is
+/// finished and gone from the spool.
+pub(super) async fn run(ctx: Arc<QueueContext>, queue: &QueueHandle, id: QueueId) -> Option<u64> {
+    match attempt(&ctx, queue, &id).await {
+        Ok(next) => next,
+        Err(e) => {
+            tracing::error!(queue_id = %id, error = %e, "attempt failed in the spool; will retry");
+            Some(unix_now_ms() + SPOOL_ERROR_RETRY.as_millis() as u64)
+        }
+    }
+}
+
+async fn attempt(
+    ctx: &Arc<QueueContext>,
+    queue: &QueueHandle,
+    id: &QueueId,
+) -> Result<Option<u64>, SpoolError> {
+    let spool = ctx.spool.clone();
+    let load_id = id.clone();
+    let loaded = tokio::task::spawn_blocking(move || -> Result<_, SpoolError> {
+        match spool.load(&load_id)? {
+            Some(msg) => {
+                let body = spool.load_body(&load_id)?;
+                Ok(Some((msg, body)))
+            }
+            None => Ok(None),
+        }
+    })
+    .await
+    .map_err(|_| SpoolError::CommitterGone)??;
+    let Some((mut msg, body)) = loaded else {
+        return Ok(None);
+    };
+    let body: Arc<[u8]> = body.into();
+
+    let mut by_domain: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, r) in msg.recipients.iter().enumerate() {
+        if !r.status.is_final() {
+            by_domain
+                .entry(r.address.domain().to_string())
+                .or_default()
+                .push(i);
+        }
+    }
+
+    let mut tasks = JoinSet::new();
+    for (domain, idxs) in by_domain {
+        let ctx = ctx.clone();
+        let body = body.clone();
+        let sender = msg.sender.clone();
+        let flags = msg.flags;
+        let rcpts: Vec<Address> = idxs
+            .iter()
+            .map(|&i| msg.recipients[i].address.clone())
+            .collect();
+        tasks.spawn(async move {
+            let _global = ctx.connections.clone().acquire_owned().await;
+            let _domain = ctx.domain_limit(&domain).acquire_owned().await;
+            let report = ctx
+                .outbound
+                .deliver(&DomainDelivery {
+                    domain: &domain,
+                    sender: &sender,
+                    recipients: &rcpts,
+                    flags,
+                    body: &body,
+                })
+                .await;
+            (idxs, report)
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let Ok((idxs, report)) = joined else {
+            continue;
+        };
+        record(&mut msg, &idxs, report);
+    }
+    msg.attempts += 1;
+    expire(&mut msg, ctx.config.queue.max_lifetime.get());
+    bounce(ctx, queue, &mut msg, &body).await?;
+
+    let spool = ctx.spool.clone();
+    if msg.is_done() {
+        let id = msg.id.clone();
+        tokio::task::spawn_blocking(move || spool.remove(&id))
+            .await
+            .map_err(|_| SpoolError::CommitterGone)??;
+        tracing::info!(queue_id = %msg.id, "removed: every recipient is final");
+        return Ok(None);
+    }
+    let next =
+        unix_now_ms() + retry::retry_delay(&ctx.config.queue, msg.attempts).as_millis() as u64;
+    msg.next_attempt_ms = next;
+    tokio::task::spawn_blocking(move || spool.update(&msg))
+        .await
+        .map_err(|_| SpoolError::CommitterGone)??;
+    Ok(Some(next))
+}
+
+/// Applies one domain's replies to its recipients and writes the attempt's log line
+/// per recipient: the line operators grep and delisting forms ask for.
+fn record(msg: &mut QueuedMessage, idxs: &[usize], report: AttemptReport) {
+    let now = unix_now();
+    let delay = now.saturating_sub(msg.received_at);
+    let egress = report
+        .egress
+        .as_ref()
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| "-".into());
+    for (k, &i) in idxs.iter().enumerate() {
+        let Some(reply) = report.replies.get(k).cloned() else {
+            continue;
+        };
+        let verdict = classify(&reply);
+        let rcpt = &mut msg.recipients[i];
+        tracing::info!(
+            queue_id = %msg.id,
+            rcpt = %rcpt.address,
+            egress = %egress,
+            mx = reply.mx.as_deref().unwrap_or("-"),
+            delay_s = delay,
+            dsn = %reply.enhanced,
+            verdict = ?verdict,
+            reply = %reply,
+            "delivery attempt"
+        );
+        rcpt.status = match verdict {
+            Verdict::Delivered => RecipientStatus::Delivered { at: now, reply },
+            Verdict::Permanent => RecipientStatus::Failed {
+                at: now,
+                reply,
+                expired: false,
+            },
+            Verdict::Transient => RecipientStatus::Pending { last: Some(reply) },
+        };
+    }
+}
+
+/// Recipients still pending after the queue lifetime become failures that quote the
+/// last temporary error.
+fn expire(msg: &mut QueuedMessage, lifetime: Duration) {
+    let now = unix_now();
+    if now.saturating_sub(msg.received_at) < lifetime.as_secs() {
+        return;
+    }
+    for r in &mut msg.recipients {
+        if let RecipientStatus::Pending { last } = &r.status {
+            let reply = last.clone().unwrap_or(RemoteReply {
+                code: 0,
+                enhanced: "4.4.7".into(),
+                text: "delivery time expired".into(),
+                mx: None,
+            });
+            tracing::warn!(queue_id = %msg.id, rcpt = %r.address, last = %reply, "expired");
+            r.status = RecipientStatus::Failed {
+                at: now,
+                reply,
+                expired: true,
+            };
+        }
+    }
+}
+
+/// Sends one DSN for the failures not yet reported. The DSN is spooled (durably) before
+/// the failures are marked notified, so a crash in between repeats a DSN rather than
+/// losing one. A null sender never gets a DSN (RFC 5321 §4.5.5): no bounce loops.
+async fn bounce(
+    ctx: &Arc<QueueContext>,
+    queue: &QueueHandle,
+    msg: &mut QueuedMessage,
+    body: &[u8],
+) -> Result<(), SpoolError> {
+    let unreported: Vec<usize> = msg
+        .recipients
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| matches!(r.status, RecipientStatus::Failed { .. }) && !r.notified)
+        .map(|(i, _)| i)
+        .collect();
+    if unreported.is_empty() {
+        return Ok(());
+    }
+    match &msg.sender {
+        Sender::Null => {
+            tracing::info!(queue_id = %msg.id, failed = unreported.len(), "no DSN: null sender");
+        }
+        Sender::Address(to) => {
+            let failed: Vec<_> = unreported.iter().map(|&i| &msg.recipients[i]).collect();
+            let dsn = dsn::build(&ctx.config.server.hostname, msg, to, &failed, body);
+            ctx.spool.store_message(&dsn.message, dsn.body).await?;
+            tracing::info!(queue_id = %msg.id, dsn_id = %dsn.message.id, to = %to, "DSN queued");
+            queue.enqueued(&dsn.message);
+        }
+    }
+    for i in unreported {
+        msg.recipients[i].notified = true;
+    }
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! Delivery status notifications (RFC 3464 `multipart/report`), sent to the envelope
+//! sender when recipients fail for good. The remote reply is quoted exactly: it is often
+//! the only thing that tells the sender (or the operator) why.
+
+use std::fmt::Write;
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc2822;
+
+use crate::envelope::{Address, BodyFlags, Sender};
+use crate::spool::{
+    QueueId, QueuedMessage, RecipientState, RecipientStatus, RemoteReply, unix_now, unix_now_ms,
+};
+
+/// A DSN ready to be spooled like any other message.
+pub struct Dsn {
+    pub message: QueuedMessage,
+    pub body: Vec<u8>,
+}
+
+/// Builds the DSN for `failed` recipients of `original`, addressed to `to`.
+pub fn build(
+    hostname: &str,
+    original: &QueuedMessage,
+    to: &Address,
+    failed: &[&RecipientState],
+    original_body: &[u8],
+) -> Dsn {
+    let id = QueueId::generate();
+    let boundary = format!("{id}/{hostname}");
+    let now = rfc2822(unix_now());
+    let mut b = String::with_capacity(4096);
+    let _ = write!(
+        b,
+        "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n\
+         To: <{to}>\r\n\
+         Subject: Undelivered Mail Returned to Sender\r\n\
+         Date: {now}\r\n\
+         Message-ID: <{id}@{hostname}>\r\n\
+         Auto-Submitted: auto-replied\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/report; report-type=delivery-status;\r\n\
+         \tboundary=\"{boundary}\"\r\n\
+         \r\n\
+         This is a MIME-encapsulated message.\r\n\
+         \r\n\
+         --{boundary}\r\n\
+         Content-Type: text/plain; charset=utf-8\r\n\
+         \r\n\
+         This is the mail system at host {hostname}.\r\n\
+         \r\n\
+         Your message could not be delivered to one or more recipients.\r\n\
+         The reason is given below for each of them.\r\n\
+         \r\n"
+    );
+    for r in failed {
+        let (reply, expired) = failure(r);
+        let why = if expired {
+            "delivery time expired; last error"
+        } else {
+            "refused"
+        };
+        let _ = write!(b, "<{}>: {why}: {}\r\n", r.address, reply);
+    }
+    let _ = write!(
+        b,
+        "\r\n--{boundary}\r\n\
+         Content-Type: message/delivery-status\r\n\
+         \r\n\
+         Reporting-MTA: dns; {hostname}\r\n\
+         X-Sidestep-Queue-ID: {}\r\n\
+         Arrival-Date: {}\r\n",
+        original.id,
+        rfc2822(original.received_at)
+    );
+    for r in failed {
+        let (reply, expired) = failure(r);
+        let status = dsn_status(reply, expired);
+        let _ = write!(
+            b,
+            "\r\nFinal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {status}\r\n",
+            r.address
+        );
+        if let Some(mx) = &reply.mx {
+            let _ = write!(b, "Remote-MTA: dns; {mx}\r\n");
+        }
+        if reply.code != 0 {
+            let _ = write!(b, "Diagnostic-Code: smtp; {reply}\r\n");
+        } else {
+            let _ = write!(b, "Diagnostic-Code: X-Sidestep; {}\r\n", reply.text);
+        }
+        let _ = write!(b, "Last-Attempt-Date: {now}\r\n");
+    }
+    let _ = write!(
+        b,
+        "\r\n--{boundary}\r\n\
+         Content-Type: text/rfc822-headers\r\n\
+         \r\n"
+    );
+    let mut body = b.into_bytes();
+    body.extend_from_slice(headers_of(original_body));
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+
+    let smtputf8 = !to.to_string().is_ascii();
+    let message = QueuedMessage {
+        id,
+        sender: Sender::Null,
+        recipients: vec![RecipientState {
+            address: to.clone(),
+            status: RecipientStatus::Pending { last: None },
+            notified: false,
+        }],
+        flags: BodyFlags {
+            eight_bit: !body.is_ascii(),
+            smtputf8,
+        },
+        received_at: unix_now(),
+        attempts: 0,
+        next_attempt_ms: unix_now_ms(),
+        size: body.len() as u64,
+        client: "local (DSN)".into(),
+    };
+    Dsn { message, body }
+}
+
+fn failure(r: &RecipientState) -> (&RemoteReply, bool) {
+    match &r.status {
+        RecipientStatus::Failed { reply, expired, .. } => (reply, *expired),
+        RecipientStatus::Pending { last: Some(reply) }
+        | RecipientStatus::Delivered { reply, .. } => (reply, false),
+        RecipientStatus::Pending { last: None } => (&EXPIRED, true),
+    }
+}
+
+static EXPIRED: RemoteReply = RemoteReply {
+    code: 0,
+    enhanced: String::new(),
+    text: String::new(),
+    mx: None,
+};
+
+/// RFC 3464 `Status`: the reply's enhanced code; for an expiry, its 4.x.x code (the
+/// failure was temporary each time) or 4.4.7 "delivery time expired".
+fn dsn_status(reply: &RemoteReply, expired: bool) -> String {
+    let valid = reply.enhanced.len() >= 5 && reply.enhanced.as_bytes()[1] == b'.';
+    match (expired, valid, reply.enhanced.chars().next()) {
+        (true, true, Some('4')) => reply.enhanced.clone(),
+        (true, _, _) => "4.4.7".into(),
+        (false, true, Some('5')) => reply.enhanced.clone(),
+        (false, _, _) => format!(
+            "5.{}",
+            reply.enhanced.get(2..).filter(|_| valid).unwrap_or("0.0")
+        ),
+    }
+}
+
+/// The header section of a message, up to and including the blank line.
+fn headers_of(body: &[u8]) -> &[u8] {
+    match body.windows(4).position(|w| w == b"\r\n\r\n") {
+        Some(end) => &body[..end + 2],
+        None => body,
+    }
+}
+
+fn rfc2822(unix: u64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix as i64)
+        .ok()
+        .and_then(|t| t.format(&Rfc2822).ok())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(enhanced: &str) -> RemoteReply {
+        RemoteReply {
+            code: 550,
+            enhanced: enhanced.into(),
+            text: "x".into(),
+            mx: None,
+        }
+    }
+
+    #[test]
+    fn status_codes() {
+        assert_eq!(dsn_status(&reply("5.1.1"), false), "5.1.1");
+        assert_eq!(dsn_status(&reply("4.2.0"), true), "4.2.0");
+        assert_eq!(dsn_status(&reply("5.7.1"), true), "4.4.7");
+        assert_eq!(dsn_status(&reply(""), true), "4.4.7");
+        assert_eq!(dsn_status(&reply(""), false), "5.0.0");
+        assert_eq!(dsn_status(&reply("4.1.2"), false), "5.1.2");
+    }
+
+    #[test]
+    fn headers_stop_at_blank_line() {
+        assert_eq!(
+            headers_of(b"A: 1\r\nB: 2\r\n\r\nbody\r\n"),
+            b"A: 1\r\nB: 2\r\n"
+        );
+        assert_eq!(headers_of(b"A: 1\r\n"), b"A: 1\r\n");
+    }
+}

@@ -1,0 +1,170 @@
+//! The scheduler: the only owner of due times. Sessions and attempts tell it about
+//! messages through [`QueueEvent`]s; it starts an attempt when a message is due and
+//! fewer than `delivery.max_connections` attempts are running, so a burst of 20,000
+//! messages never means 20,000 bodies in memory.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc};
+
+use super::attempt;
+use crate::config::Config;
+use crate::outbound::Outbound;
+use crate::spool::{QueueId, QueuedMessage, Spool, SpoolError, unix_now_ms};
+
+/// What the scheduler is told.
+#[derive(Debug)]
+pub enum QueueEvent {
+    /// A message should be attempted at `at_ms` (Unix ms): new, recovered, or a DSN.
+    Due { id: QueueId, at_ms: u64 },
+    /// An attempt ended; `next_ms` is the retry time, `None` when the message left the
+    /// spool.
+    Finished { id: QueueId, next_ms: Option<u64> },
+}
+
+/// Cheap handle to tell the scheduler about new messages.
+#[derive(Clone)]
+pub struct QueueHandle {
+    tx: mpsc::UnboundedSender<QueueEvent>,
+}
+
+impl QueueHandle {
+    /// A message was just made durable; schedule it.
+    pub fn enqueued(&self, msg: &QueuedMessage) {
+        let _ = self.tx.send(QueueEvent::Due {
+            id: msg.id.clone(),
+            at_ms: msg.next_attempt_ms,
+        });
+    }
+}
+
+/// What attempts need: configuration, spool, the outbound client and connection limits.
+pub struct QueueContext {
+    pub config: Arc<Config>,
+    pub spool: Spool,
+    pub outbound: Outbound,
+    /// Outbound connections over all destinations.
+    pub connections: Arc<Semaphore>,
+    /// Outbound connections per destination domain; entries are dropped when idle.
+    pub per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+impl QueueContext {
+    pub fn new(config: Arc<Config>, spool: Spool, outbound: Outbound) -> Self {
+        Self {
+            connections: Arc::new(Semaphore::new(config.delivery.max_connections)),
+            per_domain: Mutex::new(HashMap::new()),
+            config,
+            spool,
+            outbound,
+        }
+    }
+
+    pub(super) fn domain_limit(&self, domain: &str) -> Arc<Semaphore> {
+        let mut map = self.per_domain.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget domains nobody is delivering to, so the map does not grow with every
+        // domain ever seen.
+        if map.len() > 1024 {
+            map.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        map.entry(domain.to_string())
+            .or_insert_with(|| {
+                Arc::new(Semaphore::new(
+                    self.config.delivery.max_connections_per_domain,
+                ))
+            })
+            .clone()
+    }
+}
+
+/// Recovers the spool and starts the scheduler task.
+///
+/// # Errors
+/// The spool index cannot be read.
+pub fn start(ctx: Arc<QueueContext>) -> Result<QueueHandle, SpoolError> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handle = QueueHandle { tx };
+    let recovered = ctx.spool.recover()?;
+    if !recovered.is_empty() {
+        tracing::info!(messages = recovered.len(), "recovered spooled messages");
+    }
+    let mut due = BTreeSet::new();
+    for msg in recovered {
+        due.insert((msg.next_attempt_ms, msg.id));
+    }
+    let scheduler = Scheduler {
+        ctx,
+        handle: handle.clone(),
+        rx,
+        due,
+        in_flight: HashSet::new(),
+    };
+    tokio::spawn(scheduler.run());
+    Ok(handle)
+}
+
+struct Scheduler {
+    ctx: Arc<QueueContext>,
+    handle: QueueHandle,
+    rx: mpsc::UnboundedReceiver<QueueEvent>,
+    due: BTreeSet<(u64, QueueId)>,
+    in_flight: HashSet<QueueId>,
+}
+
+impl Scheduler {
+    async fn run(mut self) {
+        let max_in_flight = self.ctx.config.delivery.max_connections;
+        loop {
+            let now = unix_now_ms();
+            while self.in_flight.len() < max_in_flight {
+                match self.due.first() {
+                    Some((at, _)) if *at <= now => {}
+                    _ => break,
+                }
+                let Some((_, id)) = self.due.pop_first() else {
+                    break;
+                };
+                if self.in_flight.insert(id.clone()) {
+                    let ctx = self.ctx.clone();
+                    let handle = self.handle.clone();
+                    tokio::spawn(async move {
+                        let next_ms = attempt::run(ctx, &handle, id.clone()).await;
+                        let _ = handle.tx.send(QueueEvent::Finished { id, next_ms });
+                    });
+                }
+            }
+            let wait = match self.due.first() {
+                Some((at, _)) if self.in_flight.len() < max_in_flight => {
+                    Some(Duration::from_millis(at.saturating_sub(now)))
+                }
+                _ => None,
+            };
+            let event = match wait {
+                Some(wait) => match tokio::time::timeout(wait, self.rx.recv()).await {
+                    Ok(e) => e,
+                    Err(_) => continue,
+                },
+                None => self.rx.recv().await,
+            };
+            let Some(event) = event else {
+                return;
+            };
+            match event {
+                QueueEvent::Due { id, at_ms } => {
+                    // A message already running is rescheduled by its own Finished event.
+                    if !self.in_flight.contains(&id) {
+                        self.due.insert((at_ms, id));
+                    }
+                }
+                QueueEvent::Finished { id, next_ms } => {
+                    self.in_flight.remove(&id);
+                    if let Some(at) = next_ms {
+                        self.due.insert((at, id));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! MX and address lookups through hickory, pointed at the system resolver or at the
+//! name servers of `[dns] nameservers`.
+
+use std::net::IpAddr;
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::net::NetError;
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
+use rand::seq::SliceRandom;
+
+use crate::config::DnsConfig;
+
+/// One mail exchanger of a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MxHost {
+    /// Host name without the trailing dot, as shown in logs and DSNs (`Remote-MTA`).
+    pub name: String,
+    pub preference: u16,
+}
+
+/// A lookup failed. Whether it is worth retrying decides bounce versus defer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DnsError {
+    /// The domain does not exist (NXDOMAIN): the address is wrong, retrying cannot help.
+    #[error("domain {0} does not exist")]
+    NoSuchDomain(String),
+    /// RFC 7505 null MX: the domain says it accepts no mail.
+    #[error("domain {0} does not accept mail (null MX)")]
+    NullMx(String),
+    /// The name exists but has no usable address records.
+    #[error("no address records for {0}")]
+    NoAddress(String),
+    /// Timeout, SERVFAIL, refused: try again later.
+    #[error("DNS lookup for {name} failed: {message}")]
+    Temporary { name: String, message: String },
+    #[error("cannot set up the resolver: {0}")]
+    Setup(String),
+}
+
+impl DnsError {
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::NoSuchDomain(_) | Self::NullMx(_))
+    }
+}
+
+/// Cheap clonable resolver handle.
+#[derive(Clone)]
+pub struct Resolver {
+    inner: TokioResolver,
+}
+
+impl Resolver {
+    /// Builds the resolver: configured name servers (UDP and TCP on the given port), or
+    /// the system configuration when none are set.
+    ///
+    /// # Errors
+    /// The system configuration cannot be read.
+    pub fn new(config: &DnsConfig) -> Result<Self, DnsError> {
+        let inner = if config.nameservers.is_empty() {
+            TokioResolver::builder_tokio()
+                .map_err(|e| DnsError::Setup(e.to_string()))?
+                .build()
+        } else {
+            let servers = config
+                .nameservers
+                .iter()
+                .map(|addr| {
+                    let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
+                    for conn in &mut ns.connections {
+                        conn.port = addr.port();
+                    }
+                    ns
+                })
+                .collect();
+            hickory_resolver::Resolver::builder_with_config(
+                ResolverConfig::from_name_servers(servers),
+                TokioRuntimeProvider::default(),
+            )
+            .build()
+        }
+        .map_err(|e| DnsError::Setup(e.to_string()))?;
+        Ok(Self { inner })
+    }
+
+    /// The mail exchangers of `domain` in the order to try them: by preference, hosts of
+    /// equal preference shuffled (RFC 5321 §5.1) so load spreads across them. A domain
+    /// without MX records is its own exchanger (the implicit MX).
+    ///
+    /// # Errors
+    /// NXDOMAIN, null MX, or a temporary DNS failure.
+    pub async fn lookup_mx(&self, domain: &str) -> Result<Vec<MxHost>, DnsError> {
+        let fqdn = format!("{}.", domain.trim_end_matches('.'));
+        let lookup = match self.inner.mx_lookup(fqdn.as_str()).await {
+            Ok(l) => l,
+            Err(e) if e.is_nx_domain() => return Err(DnsError::NoSuchDomain(domain.into())),
+            Err(e) if e.is_no_records_found() => {
+                return Ok(vec![MxHost {
+                    name: domain.to_string(),
+                    preference: 0,
+                }]);
+            }
+            Err(e) => return Err(temporary(domain, &e)),
+        };
+        let mut hosts: Vec<(MxHost, bool)> = lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::MX(mx) => Some((
+                    MxHost {
+                        name: mx.exchange.to_utf8().trim_end_matches('.').to_string(),
+                        preference: mx.preference,
+                    },
+                    mx.exchange.is_root(),
+                )),
+                _ => None,
+            })
+            .collect();
+        if hosts.iter().any(|(_, null)| *null) {
+            return Err(DnsError::NullMx(domain.into()));
+        }
+        if hosts.is_empty() {
+            return Ok(vec![MxHost {
+                name: domain.to_string(),
+                preference: 0,
+            }]);
+        }
+        hosts.shuffle(&mut rand::rng());
+        let mut hosts: Vec<MxHost> = hosts.into_iter().map(|(h, _)| h).collect();
+        hosts.sort_by_key(|h| h.preference);
+        Ok(hosts)
+    }
+
+    /// The addresses of an MX host (A and AAAA).
+    ///
+    /// # Errors
+    /// No address, or a DNS failure.
+    pub async fn lookup_addresses(&self, host: &str) -> Result<Vec<IpAddr>, DnsError> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(vec![ip]);
+        }
+        let fqdn = format!("{}.", host.trim_end_matches('.'));
+        match self.inner.lookup_ip(fqdn.as_str()).await {
+            Ok(l) => {
+                let ips: Vec<IpAddr> = l.iter().collect();
+                if ips.is_empty() {
+                    Err(DnsError::NoAddress(host.into()))
+                } else {
+                    Ok(ips)
+                }
+            }
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => {
+                Err(DnsError::NoAddress(host.into()))
+            }
+            Err(e) => Err(temporary(host, &e)),
+        }
+    }
+}
+
+fn temporary(name: &str, e: &NetError) -> DnsError {
+    DnsError::Temporary {
+        name: name.into(),
+        message: e.to_string(),
+    }
+}

@@ -1,0 +1,115 @@
+//! Egress pools: the local addresses mail leaves from, used in turn.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::config::PoolConfig;
+
+/// A local address to send from, with the name it announces in EHLO.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EgressIp {
+    /// `None`: let the kernel choose the source address (the host's default route).
+    pub ip: Option<IpAddr>,
+    pub helo: String,
+}
+
+impl EgressIp {
+    /// Whether this address can reach `dest` (an IPv4 source cannot reach an IPv6 MX).
+    pub fn can_reach(&self, dest: IpAddr) -> bool {
+        self.ip.is_none_or(|ip| ip.is_ipv4() == dest.is_ipv4())
+    }
+}
+
+impl fmt::Display for EgressIp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ip {
+            Some(ip) => write!(f, "{ip}"),
+            None => f.write_str("default"),
+        }
+    }
+}
+
+/// A named group of egress IPs. Each new connection takes the next one (round-robin), so
+/// a listing of one address touches only its share of the mail.
+#[derive(Clone)]
+pub struct Pool {
+    pub name: String,
+    egress: Arc<[EgressIp]>,
+    next: Arc<AtomicUsize>,
+}
+
+impl Pool {
+    pub fn from_config(config: &PoolConfig, default_helo: &str) -> Self {
+        let egress: Vec<EgressIp> = config
+            .egress
+            .iter()
+            .map(|e| EgressIp {
+                ip: e.ip,
+                helo: e.helo.clone().unwrap_or_else(|| default_helo.to_string()),
+            })
+            .collect();
+        Self {
+            name: config.name.clone(),
+            egress: egress.into(),
+            next: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// The next egress IP in turn that can reach `dest`, if any in the pool can.
+    pub fn next_for(&self, dest: IpAddr) -> Option<EgressIp> {
+        let n = self.egress.len();
+        for _ in 0..n {
+            let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
+            if self.egress[i].can_reach(dest) {
+                return Some(self.egress[i].clone());
+            }
+        }
+        None
+    }
+
+    pub fn egress(&self) -> &[EgressIp] {
+        &self.egress
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EgressConfig;
+
+    #[test]
+    fn rotates_and_skips_wrong_family() {
+        let pool = Pool::from_config(
+            &PoolConfig {
+                name: "p".into(),
+                egress: vec![
+                    EgressConfig {
+                        ip: Some("127.0.0.2".parse().unwrap()),
+                        helo: None,
+                    },
+                    EgressConfig {
+                        ip: Some("::1".parse().unwrap()),
+                        helo: Some("six.test".into()),
+                    },
+                    EgressConfig {
+                        ip: Some("127.0.0.3".parse().unwrap()),
+                        helo: None,
+                    },
+                ],
+            },
+            "relay.test",
+        );
+        let v4: IpAddr = "127.0.0.9".parse().unwrap();
+        let picks: Vec<String> = (0..4)
+            .map(|_| pool.next_for(v4).unwrap().to_string())
+            .collect();
+        assert_eq!(picks, ["127.0.0.2", "127.0.0.3", "127.0.0.2", "127.0.0.3"]);
+        let six = pool.next_for("::1".parse().unwrap()).unwrap();
+        assert_eq!(
+            (six.to_string(), six.helo.as_str()),
+            ("::1".to_string(), "six.test")
+        );
+    }
+}

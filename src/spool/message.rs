@@ -1,0 +1,153 @@
+//! What the index stores about each message.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::SpoolError;
+use crate::envelope::{Address, BodyFlags, Sender};
+
+/// Queue id: time-ordered and unique within this host. It names the body file, appears
+/// in the `250` reply and in every log line, so an operator can follow one message.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct QueueId(String);
+
+impl QueueId {
+    /// A fresh id: microseconds since the epoch, a per-process counter and a random part
+    /// (so two processes sharing a spool by mistake still do not collide).
+    pub fn generate() -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let micros = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros() as u64;
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed) & 0xfff;
+        let r: u16 = rand::random::<u16>() & 0xfff;
+        Self(format!("{micros:014X}{n:03X}{r:03X}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for QueueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A reply from a remote server (or our description of why there was none), kept whole
+/// because DSNs and delisting forms quote it exactly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteReply {
+    /// SMTP reply code; 0 when no server answered (connection or DNS failure).
+    pub code: u16,
+    /// Enhanced status code (RFC 3463), e.g. `5.7.1`.
+    pub enhanced: String,
+    /// Reply text as received, lines joined with a space.
+    pub text: String,
+    /// The MX host that answered, if any.
+    pub mx: Option<String>,
+}
+
+impl fmt::Display for RemoteReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.code == 0 {
+            write!(f, "{}", self.text)
+        } else {
+            write!(f, "{} {} {}", self.code, self.enhanced, self.text)
+        }
+    }
+}
+
+/// Where one recipient stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecipientStatus {
+    /// Not delivered yet; `last` is the latest temporary failure, quoted in the expiry DSN.
+    Pending { last: Option<RemoteReply> },
+    /// Accepted by the destination.
+    Delivered { at: u64, reply: RemoteReply },
+    /// Permanently failed, or still failing when the queue lifetime ran out (`expired`);
+    /// a DSN goes (or went) to the sender.
+    Failed {
+        at: u64,
+        reply: RemoteReply,
+        #[serde(default)]
+        expired: bool,
+    },
+}
+
+impl RecipientStatus {
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Self::Pending { .. })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientState {
+    pub address: Address,
+    pub status: RecipientStatus,
+    /// Set once this failure has been reported in a DSN, so a restart does not send a
+    /// second one.
+    #[serde(default)]
+    pub notified: bool,
+}
+
+/// One message in the queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedMessage {
+    pub id: QueueId,
+    pub sender: Sender,
+    pub recipients: Vec<RecipientState>,
+    pub flags: BodyFlags,
+    /// Unix seconds when the `250` was sent: the queue lifetime counts from here.
+    pub received_at: u64,
+    /// Delivery attempts made so far; drives the backoff.
+    pub attempts: u32,
+    /// Unix milliseconds of the next attempt.
+    pub next_attempt_ms: u64,
+    /// Body size in bytes, for `SIZE=` on the way out.
+    pub size: u64,
+    /// The client that handed it to us, for the operator.
+    pub client: String,
+}
+
+impl QueuedMessage {
+    pub fn pending(&self) -> impl Iterator<Item = &RecipientState> {
+        self.recipients.iter().filter(|r| !r.status.is_final())
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.recipients.iter().all(|r| r.status.is_final())
+    }
+}
+
+pub(super) fn encode(msg: &QueuedMessage) -> Vec<u8> {
+    serde_json::to_vec(msg).expect("queue records always serialize")
+}
+
+pub(super) fn decode(id: &str, bytes: &[u8]) -> Result<QueuedMessage, SpoolError> {
+    serde_json::from_slice(bytes).map_err(|e| SpoolError::Corrupt {
+        id: id.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
