@@ -1,0 +1,97 @@
+//! An authoritative DNS server on 127.0.0.1 (UDP and TCP, same port) serving one root
+//! zone the test fills with MX and A records, and can change while sidestep runs.
+
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_server::Server;
+use hickory_server::proto::rr::rdata::{A, MX, SOA, TXT};
+use hickory_server::proto::rr::{LowerName, Name, RData, Record};
+use hickory_server::store::in_memory::InMemoryZoneHandler;
+use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
+
+pub struct TestDns {
+    pub addr: SocketAddr,
+    zone: Arc<InMemoryZoneHandler>,
+    _server: Server<Catalog>,
+}
+
+const TTL: u32 = 1;
+
+impl TestDns {
+    pub async fn start() -> Self {
+        let root = Name::root();
+        let zone = Arc::new(InMemoryZoneHandler::empty(
+            root.clone(),
+            ZoneType::Primary,
+            AxfrPolicy::Deny,
+        ));
+        let soa = SOA::new(
+            Name::from_str("ns.test.").unwrap(),
+            Name::from_str("hostmaster.test.").unwrap(),
+            1,
+            60,
+            60,
+            60,
+            TTL,
+        );
+        zone.upsert(Record::from_rdata(root.clone(), TTL, RData::SOA(soa)), 1)
+            .await;
+        let mut catalog = Catalog::new();
+        catalog.upsert(LowerName::new(&root), vec![zone.clone()]);
+        let mut server = Server::new(catalog);
+        // UDP first on port 0, then TCP on the same port (retry on the rare clash).
+        let (udp, tcp) = loop {
+            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let port = udp.local_addr().unwrap().port();
+            if let Ok(tcp) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                break (udp, tcp);
+            }
+        };
+        let addr = udp.local_addr().unwrap();
+        server.register_socket(udp);
+        server.register_listener(tcp, Duration::from_secs(5), 65535);
+        Self {
+            addr,
+            zone,
+            _server: server,
+        }
+    }
+
+    fn name(s: &str) -> Name {
+        Name::from_str(&format!("{}.", s.trim_end_matches('.'))).unwrap()
+    }
+
+    pub async fn add_mx(&self, domain: &str, preference: u16, host: &str) {
+        let rdata = RData::MX(MX::new(preference, Self::name(host)));
+        self.zone
+            .upsert(Record::from_rdata(Self::name(domain), TTL, rdata), 1)
+            .await;
+    }
+
+    /// RFC 7505 null MX: `MX 0 .`
+    pub async fn add_null_mx(&self, domain: &str) {
+        let rdata = RData::MX(MX::new(0, Name::root()));
+        self.zone
+            .upsert(Record::from_rdata(Self::name(domain), TTL, rdata), 1)
+            .await;
+    }
+
+    pub async fn add_a(&self, host: &str, ip: IpAddr) {
+        let IpAddr::V4(v4) = ip else {
+            panic!("tests use IPv4 loopback")
+        };
+        self.zone
+            .upsert(Record::from_rdata(Self::name(host), TTL, RData::A(A(v4))), 1)
+            .await;
+    }
+
+    pub async fn add_txt(&self, name: &str, text: &str) {
+        let rdata = RData::TXT(TXT::new(vec![text.to_string()]));
+        self.zone
+            .upsert(Record::from_rdata(Self::name(name), TTL, rdata), 1)
+            .await;
+    }
+}

@@ -1,0 +1,21 @@
+//! Test harness: real servers on loopback. A DNS server (hickory-server, in process),
+//! SMTP sinks on their own 127.x addresses, and sidestep itself as a child process
+//! started from the built binary with a config written for the test.
+
+pub mod client;
+pub mod dns;
+pub mod relay;
+pub mod sink;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+/// Upper bound for waiting on something that should happen; a test that hits it fails.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A random address in 127.64.0.0/10, so sinks of tests running in parallel never share
+/// an address (sidestep's egress IPs are 127.0.0.2 and 127.0.0.3).
+pub fn fresh_loopback() -> IpAddr {
+    let r: u32 = rand::random();
+    IpAddr::V4(Ipv4Addr::new(127, 64 + (r % 190) as u8, (r >> 8) as u8, 1 + (r >> 16) as u8 % 250))
+}

@@ -1,0 +1,131 @@
+//! sidestep as a child process: the real binary, a real config file, a real spool.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use super::PATIENCE;
+use super::dns::TestDns;
+
+/// Everything a relay under test is wired to.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub dns: TestDns,
+    /// Port every destination sink listens on.
+    pub smtp_port: u16,
+    /// Extra TOML appended to the generated config (tests override sections with it).
+    pub extra: String,
+    /// Replaces the generated `[server]` relay_networks.
+    pub relay_networks: String,
+    pub queue: String,
+}
+
+impl Setup {
+    pub async fn new(smtp_port: u16) -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            dns: TestDns::start().await,
+            smtp_port,
+            extra: String::new(),
+            relay_networks: r#"["127.0.0.0/8"]"#.into(),
+            queue: r#"retry_initial = "200ms"
+retry_max = "1s"
+max_lifetime = "1h""#
+                .into(),
+        }
+    }
+
+    pub fn config(&self) -> String {
+        format!(
+            r#"[server]
+listen = "127.0.0.1:0"
+hostname = "relay.test"
+relay_networks = {networks}
+idle_timeout = "10s"
+
+[spool]
+directory = "{spool}"
+
+[queue]
+{queue}
+
+[delivery]
+port = {port}
+connect_timeout = "2s"
+command_timeout = "10s"
+
+[dns]
+nameservers = ["{dns}"]
+
+[[pools]]
+name = "default"
+[[pools.egress]]
+ip = "127.0.0.2"
+helo = "out2.relay.test"
+[[pools.egress]]
+ip = "127.0.0.3"
+helo = "out3.relay.test"
+{extra}
+"#,
+            networks = self.relay_networks,
+            spool = self.dir.path().join("spool").display(),
+            queue = self.queue,
+            port = self.smtp_port,
+            dns = self.dns.addr,
+            extra = self.extra,
+        )
+    }
+
+    pub async fn start(&self) -> Relay {
+        Relay::start(&self.config(), self.dir.path()).await
+    }
+}
+
+pub struct Relay {
+    child: Child,
+    pub addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Relay {
+    pub async fn start(config: &str, dir: &Path) -> Relay {
+        let path = dir.join("sidestep.toml");
+        std::fs::write(&path, config).unwrap();
+        let log = dir.join(format!("relay-{}.log", rand::random::<u32>()));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sidestep"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "sidestep=debug")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = tokio::time::timeout(PATIENCE, async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(addr) = line.strip_prefix("sidestep listening on ") {
+                    return addr.parse::<SocketAddr>().unwrap();
+                }
+            }
+            panic!("sidestep exited before listening: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        })
+        .await
+        .expect("sidestep did not start listening");
+        Relay { child, addr, log }
+    }
+
+    /// SIGKILL: no shutdown code runs, as in a crash or power loss of the process.
+    pub async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
