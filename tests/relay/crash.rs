@@ -1,0 +1,59 @@
+//! Crash safety: a `250` means the message survives `kill -9`.
+
+use std::collections::BTreeSet;
+
+use crate::support::client::ready;
+use crate::{World, message};
+
+#[tokio::test]
+async fn every_acknowledged_message_survives_sigkill() {
+    let w = World::new().await;
+    // The destination defers everything, so acknowledged mail sits in the spool.
+    w.dest.behave(|b| b.data_always = Some("421 4.3.2 System not accepting network messages".into()));
+    let relay = w.setup.start().await;
+    let mut acknowledged = BTreeSet::new();
+    for i in 0..10 {
+        let mut c = ready(relay.addr).await;
+        let subject = format!("crash-{i}");
+        c.send_mail("a@sender.test", &["b@dest.test"], &message(&subject, "x\r\n")).await;
+        acknowledged.insert(subject);
+    }
+    // The first attempts have happened (and failed); now the process dies hard.
+    let deadline = tokio::time::Instant::now() + crate::support::PATIENCE;
+    while relay.log().matches("verdict=Transient").count() < 10 {
+        assert!(tokio::time::Instant::now() < deadline, "{}", relay.log());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    relay.kill().await;
+    assert!(w.dest.messages().is_empty());
+
+    w.dest.behave(|b| b.data_always = None);
+    let relay = w.setup.start().await;
+    let got = w.dest.wait_for(10).await;
+    let delivered: BTreeSet<String> = got
+        .iter()
+        .filter_map(|m| {
+            let text = String::from_utf8_lossy(&m.data).into_owned();
+            text.lines()
+                .find_map(|l| l.strip_prefix("Subject: ").map(str::to_string))
+        })
+        .collect();
+    assert_eq!(delivered, acknowledged);
+    assert!(relay.log().contains("recovered spooled messages"), "{}", relay.log());
+}
+
+#[tokio::test]
+async fn sigkill_right_after_250_loses_nothing() {
+    let w = World::new().await;
+    // later.test has an MX whose host has no address yet, so the message must wait.
+    w.setup.dns.add_mx("later.test", 10, "mx.later.test").await;
+    let relay = w.setup.start().await;
+    let mut c = ready(relay.addr).await;
+    c.send_mail("a@sender.test", &["b@later.test"], &message("kill-now", "x\r\n")).await;
+    relay.kill().await;
+    w.setup.dns.add_a("mx.later.test", w.dest.addr.ip()).await;
+    let _relay = w.setup.start().await;
+    let got = w.dest.wait_for(1).await;
+    assert!(String::from_utf8_lossy(&got[0].data).contains("Subject: kill-now"));
+    assert!(w.sender.messages().is_empty(), "no bounce expected");
+}

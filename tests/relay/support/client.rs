@@ -73,6 +73,12 @@ impl Client {
         self.expect(want).await
     }
 
+    /// Sends one command line and returns the reply, whatever it is.
+    pub async fn reply_to(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n")).await;
+        self.reply().await
+    }
+
     /// A whole plain transaction; returns the final reply (with the queue id).
     pub async fn send_mail(&mut self, from: &str, to: &[&str], body: &str) -> String {
         self.cmd(&format!("MAIL FROM:<{from}>"), "250").await;

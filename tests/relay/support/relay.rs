@@ -20,6 +20,8 @@ pub struct Setup {
     pub extra: String,
     /// Replaces the generated `[server]` relay_networks.
     pub relay_networks: String,
+    /// Extra lines for the `[server]` section (limits).
+    pub server: String,
     pub queue: String,
 }
 
@@ -31,6 +33,7 @@ impl Setup {
             smtp_port,
             extra: String::new(),
             relay_networks: r#"["127.0.0.0/8"]"#.into(),
+            server: String::new(),
             queue: r#"retry_initial = "200ms"
 retry_max = "1s"
 max_lifetime = "1h""#
@@ -45,6 +48,7 @@ listen = "127.0.0.1:0"
 hostname = "relay.test"
 relay_networks = {networks}
 idle_timeout = "10s"
+{server}
 
 [spool]
 directory = "{spool}"
@@ -71,6 +75,7 @@ helo = "out3.relay.test"
 {extra}
 "#,
             networks = self.relay_networks,
+            server = self.server,
             spool = self.dir.path().join("spool").display(),
             queue = self.queue,
             port = self.smtp_port,
