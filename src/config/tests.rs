@@ -1,1 +1,84 @@
+use super::*;
 
+#[test]
+fn embedded_defaults_are_valid() {
+    assert_eq!(Config::default().validate(), vec![]);
+    let empty = Config::parse("").unwrap();
+    assert_eq!(empty.validate(), vec![]);
+    assert_eq!(empty.server.listen, "127.0.0.1:2525".parse().unwrap());
+    assert_eq!(empty.delivery.port, 25);
+    assert!(empty.dns.nameservers.is_empty());
+    assert_eq!(empty.effective_pools()[0].egress[0].ip, None);
+}
+
+#[test]
+fn shipped_config_file_loads_and_validates() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sidestep.toml");
+    let config = Config::load(&path).unwrap();
+    assert_eq!(config.validate(), vec![]);
+    assert_eq!(config.server.max_message_size, ByteSize::mib(25));
+    assert_eq!(config.queue.max_lifetime.get().as_secs(), 5 * 24 * 3600);
+    assert_eq!(config.pools[0].egress.len(), 2);
+}
+
+#[test]
+fn validation_reports_every_error_with_its_key() {
+    let config = Config::parse(
+        r#"
+[server]
+max_sessions = 0
+max_line_length = 100
+[queue]
+retry_initial = "10m"
+retry_max = "1m"
+retry_factor = 0.5
+[delivery]
+port = 0
+pool = "nope"
+[[pools]]
+name = "a"
+egress = []
+[[pools]]
+name = "a"
+[[pools.egress]]
+ip = "0.0.0.0"
+helo = "not a name"
+"#,
+    )
+    .unwrap();
+    let keys: Vec<String> = config.validate().into_iter().map(|e| e.key).collect();
+    assert_eq!(
+        keys,
+        vec![
+            "server.max_sessions",
+            "server.max_line_length",
+            "queue.retry_factor",
+            "queue.retry_max",
+            "delivery.port",
+            "pools[0].egress",
+            "pools[1].name",
+            "pools[1].egress[0].ip",
+            "pools[1].egress[0].helo",
+            "delivery.pool",
+        ]
+    );
+}
+
+#[test]
+fn parse_errors_name_the_key() {
+    let e = Config::parse("[server]\nmax_sesions = 3\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("max_sesions"), "{e}");
+    let e = Config::parse("[queue]\nretry_initial = \"soon\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("retry_initial") && e.contains("invalid duration"),
+        "{e}"
+    );
+    let e = Config::parse("[server]\nrelay_networks = [\"10.0.0.0/33\"]\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("relay_networks"), "{e}");
+}

@@ -9,13 +9,19 @@ use crate::{World, message};
 async fn every_acknowledged_message_survives_sigkill() {
     let w = World::new().await;
     // The destination defers everything, so acknowledged mail sits in the spool.
-    w.dest.behave(|b| b.data_always = Some("421 4.3.2 System not accepting network messages".into()));
+    w.dest
+        .behave(|b| b.data_always = Some("421 4.3.2 System not accepting network messages".into()));
     let relay = w.setup.start().await;
     let mut acknowledged = BTreeSet::new();
     for i in 0..10 {
         let mut c = ready(relay.addr).await;
         let subject = format!("crash-{i}");
-        c.send_mail("a@sender.test", &["b@dest.test"], &message(&subject, "x\r\n")).await;
+        c.send_mail(
+            "a@sender.test",
+            &["b@dest.test"],
+            &message(&subject, "x\r\n"),
+        )
+        .await;
         acknowledged.insert(subject);
     }
     // The first attempts have happened (and failed); now the process dies hard.
@@ -39,7 +45,11 @@ async fn every_acknowledged_message_survives_sigkill() {
         })
         .collect();
     assert_eq!(delivered, acknowledged);
-    assert!(relay.log().contains("recovered spooled messages"), "{}", relay.log());
+    assert!(
+        relay.log().contains("recovered spooled messages"),
+        "{}",
+        relay.log()
+    );
 }
 
 #[tokio::test]
@@ -49,7 +59,12 @@ async fn sigkill_right_after_250_loses_nothing() {
     w.setup.dns.add_mx("later.test", 10, "mx.later.test").await;
     let relay = w.setup.start().await;
     let mut c = ready(relay.addr).await;
-    c.send_mail("a@sender.test", &["b@later.test"], &message("kill-now", "x\r\n")).await;
+    c.send_mail(
+        "a@sender.test",
+        &["b@later.test"],
+        &message("kill-now", "x\r\n"),
+    )
+    .await;
     relay.kill().await;
     w.setup.dns.add_a("mx.later.test", w.dest.addr.ip()).await;
     let _relay = w.setup.start().await;

@@ -11,20 +11,41 @@ async fn delivers_end_to_end_with_received_header() {
     let relay = w.setup.start().await;
     let mut c = ready(relay.addr).await;
     let reply = c
-        .send_mail("a@sender.test", &["b@dest.test"], &message("hello", "Hi there\r\n"))
+        .send_mail(
+            "a@sender.test",
+            &["b@dest.test"],
+            &message("hello", "Hi there\r\n"),
+        )
         .await;
     let queue_id = reply.rsplit(' ').next().unwrap().to_string();
     assert!(reply.contains("queued as"), "{reply}");
 
     let got = w.dest.wait_for(1).await;
-    assert_eq!(got[0].mail_from, "<a@sender.test> SIZE=".to_string() + &got[0].data.len().to_string());
+    assert_eq!(
+        got[0].mail_from,
+        "<a@sender.test> SIZE=".to_string() + &got[0].data.len().to_string()
+    );
     assert_eq!(got[0].rcpts, vec!["b@dest.test"]);
     let text = String::from_utf8(got[0].data.clone()).unwrap();
-    assert!(text.starts_with("Received: from client.test ([127.0.0.1])\r\n\tby relay.test (sidestep) with ESMTP id "), "{text}");
-    assert!(text.contains(&queue_id), "queue id {queue_id} not in Received: {text}");
-    assert!(text.ends_with("Subject: hello\r\n\r\nHi there\r\n"), "{text}");
+    assert!(
+        text.starts_with(
+            "Received: from client.test ([127.0.0.1])\r\n\tby relay.test (sidestep) with ESMTP id "
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(&queue_id),
+        "queue id {queue_id} not in Received: {text}"
+    );
+    assert!(
+        text.ends_with("Subject: hello\r\n\r\nHi there\r\n"),
+        "{text}"
+    );
     let log = relay.log();
-    assert!(log.contains("delivery attempt") && log.contains(&queue_id) && log.contains("mx.dest.test"), "{log}");
+    assert!(
+        log.contains("delivery attempt") && log.contains(&queue_id) && log.contains("mx.dest.test"),
+        "{log}"
+    );
 }
 
 #[tokio::test]
@@ -33,18 +54,29 @@ async fn consecutive_connections_rotate_egress_ips() {
     let relay = w.setup.start().await;
     for i in 0..4 {
         let mut c = ready(relay.addr).await;
-        c.send_mail("a@sender.test", &["b@dest.test"], &message(&format!("m{i}"), "x\r\n"))
-            .await;
+        c.send_mail(
+            "a@sender.test",
+            &["b@dest.test"],
+            &message(&format!("m{i}"), "x\r\n"),
+        )
+        .await;
         // One at a time, so the order of connections is the order of messages.
         w.dest.wait_for(i + 1).await;
     }
     let peers: Vec<IpAddr> = w.dest.messages().iter().map(|m| m.peer).collect();
     let two: IpAddr = "127.0.0.2".parse().unwrap();
     let three: IpAddr = "127.0.0.3".parse().unwrap();
-    assert!(peers == vec![two, three, two, three] || peers == vec![three, two, three, two], "{peers:?}");
+    assert!(
+        peers == vec![two, three, two, three] || peers == vec![three, two, three, two],
+        "{peers:?}"
+    );
     let helos: Vec<String> = w.dest.messages().iter().map(|m| m.helo.clone()).collect();
     for (peer, helo) in peers.iter().zip(&helos) {
-        let want = if *peer == two { "out2.relay.test" } else { "out3.relay.test" };
+        let want = if *peer == two {
+            "out2.relay.test"
+        } else {
+            "out3.relay.test"
+        };
         assert_eq!(helo, want);
     }
 }
@@ -54,13 +86,16 @@ async fn pipelined_client_gets_every_reply() {
     let w = World::new().await;
     let relay = w.setup.start().await;
     let mut c = ready(relay.addr).await;
-    c.send("MAIL FROM:<a@sender.test>\r\nRCPT TO:<b@dest.test>\r\nRCPT TO:<c@dest.test>\r\nDATA\r\n")
-        .await;
+    c.send(
+        "MAIL FROM:<a@sender.test>\r\nRCPT TO:<b@dest.test>\r\nRCPT TO:<c@dest.test>\r\nDATA\r\n",
+    )
+    .await;
     c.expect("250 2.1.0").await;
     c.expect("250 2.1.5").await;
     c.expect("250 2.1.5").await;
     c.expect("354").await;
-    c.send(format!("{}.\r\nQUIT\r\n", message("piped", "body\r\n"))).await;
+    c.send(format!("{}.\r\nQUIT\r\n", message("piped", "body\r\n")))
+        .await;
     c.expect("250 2.0.0").await;
     c.expect("221").await;
     let got = w.dest.wait_for(1).await;
@@ -75,9 +110,11 @@ async fn bdat_chunks_and_eight_bit_body_arrive_byte_identical() {
     let relay = w.setup.start().await;
     let mut c = ready(relay.addr).await;
     // Latin-1 and UTF-8 bytes, a line starting with a dot, a lone "." line inside.
-    let part1: &[u8] = b"From: a@sender.test\r\nSubject: 8bit\r\n\r\ncaf\xc3\xa9 \xe9\xff\r\n.leading dot\r\n";
+    let part1: &[u8] =
+        b"From: a@sender.test\r\nSubject: 8bit\r\n\r\ncaf\xc3\xa9 \xe9\xff\r\n.leading dot\r\n";
     let part2: &[u8] = b".\r\nlast line\r\n";
-    c.cmd("MAIL FROM:<a@sender.test> BODY=8BITMIME", "250").await;
+    c.cmd("MAIL FROM:<a@sender.test> BODY=8BITMIME", "250")
+        .await;
     c.cmd("RCPT TO:<b@dest.test>", "250").await;
     c.send(format!("BDAT {}\r\n", part1.len())).await;
     c.send(part1).await;
@@ -90,8 +127,16 @@ async fn bdat_chunks_and_eight_bit_body_arrive_byte_identical() {
     let mut want = part1.to_vec();
     want.extend_from_slice(part2);
     let data = &got[0].data;
-    assert!(data.ends_with(&want), "body changed in transit: {:?}", String::from_utf8_lossy(data));
-    assert!(got[0].mail_from.contains("BODY=8BITMIME"), "{}", got[0].mail_from);
+    assert!(
+        data.ends_with(&want),
+        "body changed in transit: {:?}",
+        String::from_utf8_lossy(data)
+    );
+    assert!(
+        got[0].mail_from.contains("BODY=8BITMIME"),
+        "{}",
+        got[0].mail_from
+    );
 }
 
 #[tokio::test]
@@ -103,10 +148,17 @@ async fn data_with_dots_and_empty_lines_arrives_byte_identical() {
     c.cmd("RCPT TO:<b@dest.test>", "250").await;
     c.cmd("DATA", "354").await;
     // Dot-stuffed as the client must: "..x" is "x" with a leading dot.
-    c.send("Subject: dots\r\n\r\n..x\r\n\r\n\r\n...\r\n.\r\n").await;
+    c.send("Subject: dots\r\n\r\n..x\r\n\r\n\r\n...\r\n.\r\n")
+        .await;
     c.expect("250 2.0.0").await;
     let got = w.dest.wait_for(1).await;
-    assert!(got[0].data.ends_with(b"Subject: dots\r\n\r\n.x\r\n\r\n\r\n..\r\n"), "{:?}", String::from_utf8_lossy(&got[0].data));
+    assert!(
+        got[0]
+            .data
+            .ends_with(b"Subject: dots\r\n\r\n.x\r\n\r\n\r\n..\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&got[0].data)
+    );
 }
 
 #[tokio::test]
@@ -114,8 +166,12 @@ async fn recipients_of_several_domains_each_get_their_transaction() {
     let w = World::new().await;
     let relay = w.setup.start().await;
     let mut c = ready(relay.addr).await;
-    c.send_mail("a@sender.test", &["b@dest.test", "x@sender.test"], &message("two", "x\r\n"))
-        .await;
+    c.send_mail(
+        "a@sender.test",
+        &["b@dest.test", "x@sender.test"],
+        &message("two", "x\r\n"),
+    )
+    .await;
     assert_eq!(w.dest.wait_for(1).await[0].rcpts, vec!["b@dest.test"]);
     assert_eq!(w.sender.wait_for(1).await[0].rcpts, vec!["x@sender.test"]);
 }
@@ -125,7 +181,12 @@ async fn quoted_local_part_is_requoted_on_the_way_out() {
     let w = World::new().await;
     let relay = w.setup.start().await;
     let mut c = ready(relay.addr).await;
-    c.send_mail("a@sender.test", &["\"john doe\"@dest.test"], &message("q", "x\r\n")).await;
+    c.send_mail(
+        "a@sender.test",
+        &["\"john doe\"@dest.test"],
+        &message("q", "x\r\n"),
+    )
+    .await;
     let got = w.dest.wait_for(1).await;
     assert_eq!(got[0].rcpts, vec!["\"john doe\"@dest.test"]);
 }
@@ -136,7 +197,8 @@ async fn domain_without_mx_falls_back_to_its_address() {
     w.setup.dns.add_a("nomx.test", w.dest.addr.ip()).await;
     let relay = w.setup.start().await;
     let mut c = ready(relay.addr).await;
-    c.send_mail("a@sender.test", &["b@nomx.test"], &message("a", "x\r\n")).await;
+    c.send_mail("a@sender.test", &["b@nomx.test"], &message("a", "x\r\n"))
+        .await;
     assert_eq!(w.dest.wait_for(1).await[0].rcpts, vec!["b@nomx.test"]);
 }
 
@@ -145,11 +207,21 @@ async fn mx_preference_order_and_fallback_to_backup() {
     let w = World::new().await;
     // Primary MX points to an address where nothing listens; the backup is the sink.
     w.setup.dns.add_mx("pref.test", 5, "down.pref.test").await;
-    w.setup.dns.add_a("down.pref.test", "127.0.0.254".parse().unwrap()).await;
-    w.setup.dns.add_mx("pref.test", 20, "backup.pref.test").await;
-    w.setup.dns.add_a("backup.pref.test", w.dest.addr.ip()).await;
+    w.setup
+        .dns
+        .add_a("down.pref.test", "127.0.0.254".parse().unwrap())
+        .await;
+    w.setup
+        .dns
+        .add_mx("pref.test", 20, "backup.pref.test")
+        .await;
+    w.setup
+        .dns
+        .add_a("backup.pref.test", w.dest.addr.ip())
+        .await;
     let relay = w.setup.start().await;
     let mut c = ready(relay.addr).await;
-    c.send_mail("a@sender.test", &["b@pref.test"], &message("a", "x\r\n")).await;
+    c.send_mail("a@sender.test", &["b@pref.test"], &message("a", "x\r\n"))
+        .await;
     assert_eq!(w.dest.wait_for(1).await[0].rcpts, vec!["b@pref.test"]);
 }

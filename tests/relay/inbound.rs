@@ -36,9 +36,18 @@ async fn client_outside_relay_networks_cannot_relay_by_any_trick() {
     c.cmd("QUIT", "221").await;
     // An allowed client on the same server still relays.
     let mut ok = ready(relay.addr).await;
-    ok.send_mail("a@sender.test", &["b@dest.test"], &message("inside", "x\r\n")).await;
+    ok.send_mail(
+        "a@sender.test",
+        &["b@dest.test"],
+        &message("inside", "x\r\n"),
+    )
+    .await;
     let got = w.dest.wait_for(1).await;
-    assert_eq!(got.len(), 1, "only the insider's message may arrive: {got:?}");
+    assert_eq!(
+        got.len(),
+        1,
+        "only the insider's message may arrive: {got:?}"
+    );
     assert!(relay.log().contains("relay denied"));
 }
 
@@ -56,7 +65,8 @@ async fn malformed_and_out_of_sequence_commands_get_their_replies() {
     c.cmd("XYZZY", "500 5.5.1").await;
     c.cmd("MAIL TO:<a@sender.test>", "501 5.5.4").await;
     c.cmd("MAIL FROM:<a b@sender.test>", "501 5.1.7").await;
-    c.cmd("MAIL FROM:<a@sender.test> FOO=BAR", "555 5.5.4").await;
+    c.cmd("MAIL FROM:<a@sender.test> FOO=BAR", "555 5.5.4")
+        .await;
     c.cmd("MAIL FROM:<a@sender.test>", "250").await;
     c.cmd("MAIL FROM:<a@sender.test>", "503 5.5.1").await;
     c.cmd("RCPT TO:<b@dest.test@other.test>", "501 5.1.3").await;
@@ -74,7 +84,12 @@ async fn malformed_and_out_of_sequence_commands_get_their_replies() {
     c.expect("500").await;
     c.cmd("NOOP", "250").await;
     // After all that, a good message still goes through.
-    c.send_mail("a@sender.test", &["b@dest.test"], &message("after errors", "x\r\n")).await;
+    c.send_mail(
+        "a@sender.test",
+        &["b@dest.test"],
+        &message("after errors", "x\r\n"),
+    )
+    .await;
     w.dest.wait_for(1).await;
 }
 
@@ -87,14 +102,20 @@ async fn bare_lf_in_data_is_rejected_and_not_spooled() {
     c.cmd("RCPT TO:<b@dest.test>", "250").await;
     c.cmd("DATA", "354").await;
     // The smuggling shape: <LF>.<LF> hides a second transaction for a lax next hop.
-    c.send("Subject: smuggle\r\n\r\nx\n.\nMAIL FROM:<evil@sender.test>\r\n.\r\n").await;
+    c.send("Subject: smuggle\r\n\r\nx\n.\nMAIL FROM:<evil@sender.test>\r\n.\r\n")
+        .await;
     c.expect("550 5.6.0").await;
     c.cmd("MAIL FROM:<a@sender.test>", "250").await;
     c.cmd("RCPT TO:<b@dest.test>", "250").await;
     c.cmd("DATA", "354").await;
     c.send("Subject: bare cr\r\n\r\nx\ry\r\n.\r\n").await;
     c.expect("550 5.6.0").await;
-    c.send_mail("a@sender.test", &["b@dest.test"], &message("clean", "x\r\n")).await;
+    c.send_mail(
+        "a@sender.test",
+        &["b@dest.test"],
+        &message("clean", "x\r\n"),
+    )
+    .await;
     let got = w.dest.wait_for(1).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(w.dest.messages().len(), 1, "{got:?}");
@@ -107,11 +128,13 @@ async fn size_limit_refuses_big_messages_without_spooling_them() {
     w.setup.server = "max_message_size = \"2KiB\"".into();
     let relay = w.setup.start().await;
     let mut c = ready(relay.addr).await;
-    c.cmd("MAIL FROM:<a@sender.test> SIZE=5000", "552 5.3.4").await;
+    c.cmd("MAIL FROM:<a@sender.test> SIZE=5000", "552 5.3.4")
+        .await;
     c.cmd("MAIL FROM:<a@sender.test>", "250").await;
     c.cmd("RCPT TO:<b@dest.test>", "250").await;
     c.cmd("DATA", "354").await;
-    c.send(message("big", &"0123456789abcdef\r\n".repeat(300))).await;
+    c.send(message("big", &"0123456789abcdef\r\n".repeat(300)))
+        .await;
     c.send(".\r\n").await;
     c.expect("552 5.3.4").await;
     // BDAT too: the chunk is read and dropped.
@@ -121,9 +144,16 @@ async fn size_limit_refuses_big_messages_without_spooling_them() {
     c.send(format!("BDAT {} LAST\r\n{big}", big.len())).await;
     c.expect("552 5.3.4").await;
     c.cmd("NOOP", "250").await;
-    let spooled = std::fs::read_dir(w.setup.dir.path().join("spool/msg")).unwrap().count();
+    let spooled = std::fs::read_dir(w.setup.dir.path().join("spool/msg"))
+        .unwrap()
+        .count();
     assert_eq!(spooled, 0);
-    c.send_mail("a@sender.test", &["b@dest.test"], &message("small", "x\r\n")).await;
+    c.send_mail(
+        "a@sender.test",
+        &["b@dest.test"],
+        &message("small", "x\r\n"),
+    )
+    .await;
     assert_eq!(w.dest.wait_for(1).await.len(), 1);
 }
 

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::support::PATIENCE;
 use crate::World;
+use crate::support::PATIENCE;
 
 fn require(tool: &str) {
     let found = Command::new("sh")
@@ -14,7 +14,10 @@ fn require(tool: &str) {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
-    assert!(found, "{tool} is not installed: `apt-get install {tool}` (.ci/run does this)");
+    assert!(
+        found,
+        "{tool} is not installed: `apt-get install {tool}` (.ci/run does this)"
+    );
 }
 
 #[tokio::test]
@@ -33,11 +36,17 @@ async fn swaks_submits_with_pipelining() {
         .unwrap();
     let transcript = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "swaks failed:\n{transcript}");
-    assert!(transcript.contains("250 2.0.0 Ok: queued as"), "{transcript}");
+    assert!(
+        transcript.contains("250 2.0.0 Ok: queued as"),
+        "{transcript}"
+    );
     let got = w.dest.wait_for(1).await;
     assert_eq!(got[0].rcpts, vec!["b@dest.test", "c@dest.test"]);
     let text = String::from_utf8_lossy(&got[0].data);
-    assert!(text.contains("Subject: from swaks") && text.contains("sent by swaks"), "{text}");
+    assert!(
+        text.contains("Subject: from swaks") && text.contains("sent by swaks"),
+        "{text}"
+    );
 }
 
 /// A Postfix instance with its own config and queue directories, stopped on drop.
@@ -53,14 +62,26 @@ impl Postfix {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         // Postfix daemons run as the `postfix` user and must reach the queue.
-        std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         let conf = root.join("conf");
         let data = root.join("data");
         for d in [&conf, &data, &root.join("queue")] {
             std::fs::create_dir_all(d).unwrap();
         }
-        assert!(Command::new("chown").arg("postfix").arg(&data).status().unwrap().success());
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        assert!(
+            Command::new("chown")
+                .arg("postfix")
+                .arg(&data)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let root_s = root.display();
         std::fs::write(
             conf.join("main.cf"),
@@ -105,29 +126,47 @@ smtpd_tls_security_level = none
                     if f.len() >= 5 && f[4] == "y" {
                         f[4] = "n";
                     }
-                    f.join("  ").replace("SMTPD_LISTEN", &format!("127.0.0.1:{port}"))
+                    f.join("  ")
+                        .replace("SMTPD_LISTEN", &format!("127.0.0.1:{port}"))
                 } else {
                     line.to_string()
                 }
             })
             .collect();
         std::fs::write(conf.join("master.cf"), master.join("\n") + "\n").unwrap();
-        let status = Command::new("postfix").arg("-c").arg(&conf).arg("start").status().unwrap();
+        let status = Command::new("postfix")
+            .arg("-c")
+            .arg(&conf)
+            .arg("start")
+            .status()
+            .unwrap();
         let log = || std::fs::read_to_string(root.join("maillog")).unwrap_or_default();
         assert!(status.success(), "postfix start failed: {}", log());
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let deadline = tokio::time::Instant::now() + PATIENCE;
         while tokio::net::TcpStream::connect(addr).await.is_err() {
-            assert!(tokio::time::Instant::now() < deadline, "postfix never listened: {}", log());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "postfix never listened: {}",
+                log()
+            );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        Postfix { _dir: dir, conf, addr }
+        Postfix {
+            _dir: dir,
+            conf,
+            addr,
+        }
     }
 }
 
 impl Drop for Postfix {
     fn drop(&mut self) {
-        let _ = Command::new("postfix").arg("-c").arg(&self.conf).arg("stop").output();
+        let _ = Command::new("postfix")
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("stop")
+            .output();
     }
 }
 

@@ -12,7 +12,12 @@ async fn temporary_failure_is_retried_until_delivered() {
     });
     let relay = w.setup.start().await;
     let mut c = ready(relay.addr).await;
-    c.send_mail("a@sender.test", &["b@dest.test"], &message("retry", "x\r\n")).await;
+    c.send_mail(
+        "a@sender.test",
+        &["b@dest.test"],
+        &message("retry", "x\r\n"),
+    )
+    .await;
     let got = w.dest.wait_for(1).await;
     assert_eq!(got[0].rcpts, vec!["b@dest.test"]);
     let log = relay.log();
@@ -26,12 +31,19 @@ async fn temporary_failure_is_retried_until_delivered() {
 async fn permanent_failure_bounces_a_dsn_quoting_the_reply() {
     let w = World::new().await;
     w.dest.behave(|b| {
-        b.rcpt.insert("nobody@dest.test".into(), "550 5.1.1 <nobody@dest.test>: User unknown in virtual mailbox table".into());
+        b.rcpt.insert(
+            "nobody@dest.test".into(),
+            "550 5.1.1 <nobody@dest.test>: User unknown in virtual mailbox table".into(),
+        );
     });
     let relay = w.setup.start().await;
     let mut c = ready(relay.addr).await;
-    c.send_mail("a@sender.test", &["nobody@dest.test", "b@dest.test"], &message("bounce me", "x\r\n"))
-        .await;
+    c.send_mail(
+        "a@sender.test",
+        &["nobody@dest.test", "b@dest.test"],
+        &message("bounce me", "x\r\n"),
+    )
+    .await;
     // The good recipient is delivered, the bad one bounced.
     assert_eq!(w.dest.wait_for(1).await[0].rcpts, vec!["b@dest.test"]);
     let dsn = &w.sender.wait_for(1).await[0];
@@ -53,19 +65,33 @@ async fn permanent_failure_bounces_a_dsn_quoting_the_reply() {
     ] {
         assert!(text.contains(want), "DSN lacks {want:?}:\n{text}");
     }
-    assert!(!text.contains("Final-Recipient: rfc822; b@dest.test"), "{text}");
+    assert!(
+        !text.contains("Final-Recipient: rfc822; b@dest.test"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
 async fn permanent_data_rejection_bounces() {
     let w = World::new().await;
-    w.dest.behave(|b| b.data.push_back("554 5.7.1 Message rejected as spam".into()));
+    w.dest.behave(|b| {
+        b.data
+            .push_back("554 5.7.1 Message rejected as spam".into())
+    });
     let relay = w.setup.start().await;
     let mut c = ready(relay.addr).await;
-    c.send_mail("a@sender.test", &["b@dest.test"], &message("spam?", "x\r\n")).await;
+    c.send_mail(
+        "a@sender.test",
+        &["b@dest.test"],
+        &message("spam?", "x\r\n"),
+    )
+    .await;
     let dsn = &w.sender.wait_for(1).await[0];
     let text = String::from_utf8_lossy(&dsn.data);
-    assert!(text.contains("Diagnostic-Code: smtp; 554 5.7.1 Message rejected as spam"), "{text}");
+    assert!(
+        text.contains("Diagnostic-Code: smtp; 554 5.7.1 Message rejected as spam"),
+        "{text}"
+    );
     assert!(w.dest.messages().is_empty());
 }
 
@@ -75,40 +101,65 @@ async fn nonexistent_domain_and_null_mx_bounce() {
     w.setup.dns.add_null_mx("nomail.test").await;
     let relay = w.setup.start().await;
     let mut c = ready(relay.addr).await;
-    c.send_mail("a@sender.test", &["x@nxdomain.test", "y@nomail.test"], &message("nx", "x\r\n"))
-        .await;
+    c.send_mail(
+        "a@sender.test",
+        &["x@nxdomain.test", "y@nomail.test"],
+        &message("nx", "x\r\n"),
+    )
+    .await;
     let dsn = &w.sender.wait_for(1).await[0];
     let text = String::from_utf8_lossy(&dsn.data);
-    assert!(text.contains("Final-Recipient: rfc822; x@nxdomain.test"), "{text}");
+    assert!(
+        text.contains("Final-Recipient: rfc822; x@nxdomain.test"),
+        "{text}"
+    );
     assert!(text.contains("Status: 5.1.2"), "{text}");
-    assert!(text.contains("Final-Recipient: rfc822; y@nomail.test"), "{text}");
+    assert!(
+        text.contains("Final-Recipient: rfc822; y@nomail.test"),
+        "{text}"
+    );
     assert!(text.contains("Status: 5.1.10"), "{text}");
 }
 
 #[tokio::test]
 async fn expiry_produces_a_dsn_with_the_last_error() {
     let mut w = World::new().await;
-    w.setup.queue = "retry_initial = \"200ms\"\nretry_max = \"300ms\"\nmax_lifetime = \"2s\"".into();
-    w.dest.behave(|b| b.data_always = Some("451 4.7.1 Greylisted, come back later".into()));
+    w.setup.queue =
+        "retry_initial = \"200ms\"\nretry_max = \"300ms\"\nmax_lifetime = \"2s\"".into();
+    w.dest
+        .behave(|b| b.data_always = Some("451 4.7.1 Greylisted, come back later".into()));
     let relay = w.setup.start().await;
     let mut c = ready(relay.addr).await;
-    c.send_mail("a@sender.test", &["b@dest.test"], &message("slow", "x\r\n")).await;
+    c.send_mail("a@sender.test", &["b@dest.test"], &message("slow", "x\r\n"))
+        .await;
     let dsn = &w.sender.wait_for(1).await[0];
     let text = String::from_utf8_lossy(&dsn.data);
-    assert!(text.contains("Final-Recipient: rfc822; b@dest.test"), "{text}");
+    assert!(
+        text.contains("Final-Recipient: rfc822; b@dest.test"),
+        "{text}"
+    );
     assert!(text.contains("Status: 4.7.1"), "{text}");
     assert!(text.contains("delivery time expired"), "{text}");
-    assert!(text.contains("451 4.7.1 Greylisted, come back later"), "{text}");
+    assert!(
+        text.contains("451 4.7.1 Greylisted, come back later"),
+        "{text}"
+    );
     assert!(w.dest.messages().is_empty());
 }
 
 #[tokio::test]
 async fn null_sender_never_gets_a_dsn() {
     let w = World::new().await;
-    w.dest.behave(|b| b.data_always = Some("550 5.1.1 no such user".into()));
+    w.dest
+        .behave(|b| b.data_always = Some("550 5.1.1 no such user".into()));
     let relay = w.setup.start().await;
     let mut c = ready(relay.addr).await;
-    c.send_mail("", &["b@dest.test"], &message("bounce of a bounce", "x\r\n")).await;
+    c.send_mail(
+        "",
+        &["b@dest.test"],
+        &message("bounce of a bounce", "x\r\n"),
+    )
+    .await;
     // Wait until the relay has dealt with it, then check that nothing went anywhere.
     let deadline = tokio::time::Instant::now() + crate::support::PATIENCE;
     while !relay.log().contains("no DSN: null sender") {

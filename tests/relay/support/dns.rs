@@ -84,7 +84,10 @@ impl TestDns {
             panic!("tests use IPv4 loopback")
         };
         self.zone
-            .upsert(Record::from_rdata(Self::name(host), TTL, RData::A(A(v4))), 1)
+            .upsert(
+                Record::from_rdata(Self::name(host), TTL, RData::A(A(v4))),
+                1,
+            )
             .await;
     }
 

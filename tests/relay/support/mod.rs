@@ -17,5 +17,10 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 /// an address (sidestep's egress IPs are 127.0.0.2 and 127.0.0.3).
 pub fn fresh_loopback() -> IpAddr {
     let r: u32 = rand::random();
-    IpAddr::V4(Ipv4Addr::new(127, 64 + (r % 190) as u8, (r >> 8) as u8, 1 + (r >> 16) as u8 % 250))
+    IpAddr::V4(Ipv4Addr::new(
+        127,
+        64 + (r % 190) as u8,
+        (r >> 8) as u8,
+        1 + (r >> 16) as u8 % 250,
+    ))
 }

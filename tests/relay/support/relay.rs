@@ -118,7 +118,10 @@ impl Relay {
                     return addr.parse::<SocketAddr>().unwrap();
                 }
             }
-            panic!("sidestep exited before listening: {}", std::fs::read_to_string(&log).unwrap_or_default());
+            panic!(
+                "sidestep exited before listening: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
         })
         .await
         .expect("sidestep did not start listening");

@@ -103,7 +103,11 @@ impl Sink {
                 return got;
             }
             if tokio::time::Instant::now() > deadline {
-                panic!("sink {} got {} of {n} messages: {got:#?}", self.addr, got.len());
+                panic!(
+                    "sink {} got {} of {n} messages: {got:#?}",
+                    self.addr,
+                    got.len()
+                );
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
@@ -113,7 +117,13 @@ impl Sink {
         self.connections.lock().unwrap().push(peer);
         let (r, mut w) = stream.into_split();
         let mut r = BufReader::new(r);
-        let refuse = self.behaviour.lock().unwrap().refuse_from.get(&peer).cloned();
+        let refuse = self
+            .behaviour
+            .lock()
+            .unwrap()
+            .refuse_from
+            .get(&peer)
+            .cloned();
         if let Some(greeting) = refuse {
             w.write_all(format!("{greeting}\r\n").as_bytes()).await?;
             // Like a real receiver that refuses a reputation-listed IP: answer the

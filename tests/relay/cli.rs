@@ -1,0 +1,67 @@
+//! The operator's commands, run as the real binary.
+
+use std::process::Command;
+
+fn sidestep(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sidestep"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_accepts_the_shipped_file() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/sidestep.toml");
+    let (ok, out, err) = sidestep(&["check-config", path]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("ok"), "{out}");
+}
+
+#[test]
+fn check_config_lists_every_error_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[server]\nmax_recipients = 0\n[queue]\nretry_factor = 0.1\n[delivery]\npool = \"missing\"\n",
+    )
+    .unwrap();
+    let (ok, _, err) = sidestep(&["check-config", path.to_str().unwrap()]);
+    assert!(!ok);
+    for key in [
+        "server.max_recipients",
+        "queue.retry_factor",
+        "delivery.pool",
+    ] {
+        assert!(err.contains(key), "{key} missing from:\n{err}");
+    }
+    assert!(err.contains("3 error(s)"), "{err}");
+}
+
+#[test]
+fn check_config_reports_syntax_errors_and_unknown_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("typo.toml");
+    std::fs::write(&path, "[delivery]\nprot = 25\n").unwrap();
+    let (ok, _, err) = sidestep(&["check-config", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("prot"), "{err}");
+    let (ok, _, err) = sidestep(&["check-config", "/nonexistent/sidestep.toml"]);
+    assert!(!ok);
+    assert!(err.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn serve_refuses_an_invalid_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[delivery]\nmax_connections = 0\n").unwrap();
+    let (ok, _, err) = sidestep(&["serve", "--config", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("delivery.max_connections"), "{err}");
+}
