@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 
 use crate::support::client::ready;
+use crate::support::eventually;
 use crate::{World, message};
 
 #[tokio::test]
@@ -25,11 +26,11 @@ async fn every_acknowledged_message_survives_sigkill() {
         acknowledged.insert(subject);
     }
     // The first attempts have happened (and failed); now the process dies hard.
-    let deadline = tokio::time::Instant::now() + crate::support::PATIENCE;
-    while relay.log().matches("verdict=Transient").count() < 10 {
-        assert!(tokio::time::Instant::now() < deadline, "{}", relay.log());
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually(
+        || relay.log().matches("verdict=Transient").count() >= 10,
+        || relay.log(),
+    )
+    .await;
     relay.kill().await;
     assert!(w.dest.messages().is_empty());
 

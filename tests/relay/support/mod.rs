@@ -24,3 +24,16 @@ pub fn fresh_loopback() -> IpAddr {
         1 + (r >> 16) as u8 % 250,
     ))
 }
+
+/// Polls `done` until it holds; panics with `what()` after [`PATIENCE`].
+pub async fn eventually(mut done: impl FnMut() -> bool, what: impl Fn() -> String) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gave up waiting: {}",
+            what()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
