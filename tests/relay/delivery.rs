@@ -225,3 +225,58 @@ async fn mx_preference_order_and_fallback_to_backup() {
         .await;
     assert_eq!(w.dest.wait_for(1).await[0].rcpts, vec!["b@pref.test"]);
 }
+
+#[tokio::test]
+async fn starttls_is_used_when_the_mx_offers_it() {
+    let w = World::new().await;
+    w.dest
+        .behave(|b| b.tls = Some(crate::support::sink::tls_acceptor("mx.dest.test")));
+    let relay = w.setup.start().await;
+    let mut c = ready(relay.addr).await;
+    c.send_mail(
+        "a@sender.test",
+        &["b@dest.test"],
+        &message("secret", "x\r\n"),
+    )
+    .await;
+    let got = w.dest.wait_for(1).await;
+    assert!(got[0].tls, "message was not sent over TLS");
+    let octet = got[0]
+        .peer
+        .to_string()
+        .rsplit('.')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(got[0].helo, format!("out{octet}.relay.test"));
+}
+
+#[tokio::test]
+async fn per_domain_connection_limit_holds() {
+    let w = World::new().await;
+    let config_line = "max_connections_per_domain = 2\n";
+    w.dest
+        .behave(|b| b.data_delay = Some(std::time::Duration::from_millis(150)));
+    let relay = {
+        let config = w
+            .setup
+            .config()
+            .replace("[delivery]\n", &format!("[delivery]\n{config_line}"));
+        crate::support::relay::Relay::start(&config, w.setup.dir.path()).await
+    };
+    let mut c = ready(relay.addr).await;
+    for i in 0..8 {
+        c.send_mail(
+            "a@sender.test",
+            &["b@dest.test"],
+            &message(&format!("m{i}"), "x\r\n"),
+        )
+        .await;
+    }
+    w.dest.wait_for(8).await;
+    let max = w.dest.max_open.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&max),
+        "{max} connections at once to one domain"
+    );
+}

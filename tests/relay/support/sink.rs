@@ -5,8 +5,12 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use super::PATIENCE;
 
@@ -17,12 +21,14 @@ pub struct Received {
     pub helo: String,
     pub mail_from: String,
     pub rcpts: Vec<String>,
+    /// Whether the message came over TLS (after STARTTLS).
+    pub tls: bool,
     /// Content after dot-unstuffing, CRLF line endings, without the final `.` line.
     pub data: Vec<u8>,
 }
 
 /// How the sink answers. Tests change it while the relay runs.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Behaviour {
     /// Replies to RCPT for given addresses (default `250 2.1.5 Ok`).
     pub rcpt: HashMap<String, String>,
@@ -32,6 +38,10 @@ pub struct Behaviour {
     pub data_always: Option<String>,
     /// Greeting replaced for connections from these source addresses.
     pub refuse_from: HashMap<IpAddr, String>,
+    /// Offer STARTTLS with this certificate.
+    pub tls: Option<TlsAcceptor>,
+    /// Wait this long before answering the end of DATA (to make deliveries overlap).
+    pub data_delay: Option<Duration>,
 }
 
 #[derive(Clone)]
@@ -41,6 +51,9 @@ pub struct Sink {
     pub behaviour: Arc<Mutex<Behaviour>>,
     /// Source addresses of every connection, accepted or refused.
     pub connections: Arc<Mutex<Vec<IpAddr>>>,
+    open: Arc<AtomicUsize>,
+    /// The most connections that were open at once.
+    pub max_open: Arc<AtomicUsize>,
 }
 
 impl Sink {
@@ -52,13 +65,19 @@ impl Sink {
             received: Default::default(),
             behaviour: Default::default(),
             connections: Default::default(),
+            open: Default::default(),
+            max_open: Default::default(),
         };
         let s = sink.clone();
         tokio::spawn(async move {
             while let Ok((stream, peer)) = listener.accept().await {
                 let s = s.clone();
                 tokio::spawn(async move {
-                    let _ = s.session(stream, peer.ip()).await;
+                    let now = s.open.fetch_add(1, Ordering::SeqCst) + 1;
+                    s.max_open.fetch_max(now, Ordering::SeqCst);
+                    s.connections.lock().unwrap().push(peer.ip());
+                    let _ = s.session(Box::new(stream), peer.ip(), false).await;
+                    s.open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
@@ -113,18 +132,14 @@ impl Sink {
         }
     }
 
-    async fn session(&self, stream: tokio::net::TcpStream, peer: IpAddr) -> std::io::Result<()> {
-        self.connections.lock().unwrap().push(peer);
-        let (r, mut w) = stream.into_split();
+    async fn session(&self, stream: Box<dyn Io>, peer: IpAddr, tls: bool) -> std::io::Result<()> {
+        let (r, mut w) = tokio::io::split(stream);
         let mut r = BufReader::new(r);
-        let refuse = self
-            .behaviour
-            .lock()
-            .unwrap()
-            .refuse_from
-            .get(&peer)
-            .cloned();
-        if let Some(greeting) = refuse {
+        let (refuse, acceptor) = {
+            let b = self.behaviour.lock().unwrap();
+            (b.refuse_from.get(&peer).cloned(), b.tls.clone())
+        };
+        if let Some(greeting) = refuse.filter(|_| !tls) {
             w.write_all(format!("{greeting}\r\n").as_bytes()).await?;
             // Like a real receiver that refuses a reputation-listed IP: answer the
             // client's commands with the same refusal until it quits.
@@ -139,7 +154,9 @@ impl Sink {
             }
             return Ok(());
         }
-        w.write_all(b"220 sink.test ESMTP test sink\r\n").await?;
+        if !tls {
+            w.write_all(b"220 sink.test ESMTP test sink\r\n").await?;
+        }
         let mut helo = String::new();
         let mut mail_from = String::new();
         let mut rcpts = Vec::new();
@@ -153,7 +170,19 @@ impl Sink {
             let upper = text.to_ascii_uppercase();
             let reply = if upper.starts_with("EHLO") {
                 helo = text[4..].trim().to_string();
-                "250-sink.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 100000000".to_string()
+                let starttls = if acceptor.is_some() && !tls {
+                    "250-STARTTLS\r\n"
+                } else {
+                    ""
+                };
+                format!(
+                    "250-sink.test\r\n{starttls}250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 100000000"
+                )
+            } else if upper == "STARTTLS" && !tls && acceptor.is_some() {
+                w.write_all(b"220 2.0.0 Ready to start TLS\r\n").await?;
+                let stream = r.into_inner().unsplit(w);
+                let tls_stream = acceptor.unwrap().accept(stream).await?;
+                return Box::pin(self.session(Box::new(tls_stream), peer, true)).await;
             } else if upper.starts_with("HELO") {
                 helo = text[4..].trim().to_string();
                 "250 sink.test".to_string()
@@ -194,10 +223,16 @@ impl Sink {
                         let content = line.strip_prefix(b".").unwrap_or(&line);
                         data.extend_from_slice(content);
                     }
-                    let reply = {
+                    let (reply, delay) = {
                         let mut b = self.behaviour.lock().unwrap();
-                        b.data.pop_front().or_else(|| b.data_always.clone())
+                        (
+                            b.data.pop_front().or_else(|| b.data_always.clone()),
+                            b.data_delay,
+                        )
                     };
+                    if let Some(delay) = delay {
+                        tokio::time::sleep(delay).await;
+                    }
                     match reply {
                         Some(reply) => reply,
                         None => {
@@ -206,6 +241,7 @@ impl Sink {
                                 helo: helo.clone(),
                                 mail_from: mail_from.clone(),
                                 rcpts: rcpts.clone(),
+                                tls,
                                 data,
                             });
                             "250 2.0.0 Ok: queued".to_string()
@@ -223,4 +259,24 @@ impl Sink {
             w.write_all(format!("{reply}\r\n").as_bytes()).await?;
         }
     }
+}
+
+/// Plain or TLS stream, behind one type so STARTTLS can restart the session.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A TLS acceptor with a fresh self-signed certificate for `name`.
+pub fn tls_acceptor(name: &str) -> TlsAcceptor {
+    let key = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    let cert = key.cert.der().clone();
+    let private = rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], private)
+    .unwrap();
+    TlsAcceptor::from(Arc::new(config))
 }
