@@ -23,5 +23,6 @@ pub mod envelope;
 pub mod inbound;
 pub mod outbound;
 pub mod queue;
+pub mod reputation;
 pub mod routing;
 pub mod spool;

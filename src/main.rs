@@ -16,21 +16,30 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::CheckConfig { path } => cli::check_config(path.as_deref()),
-        Command::Serve { config } => {
-            let runtime = match tokio::runtime::Runtime::new() {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("sidestep: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(cli::serve(config.as_deref())) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("sidestep: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+        Command::Serve { config } => run(cli::serve(config.as_deref())),
+        Command::Listings { config, json } => report(cli::listings(config.as_deref(), json)),
+        Command::DnsblCheck { config, json, ips } => {
+            run(cli::dnsbl_check(config.as_deref(), &ips, json))
+        }
+    }
+}
+
+fn run(future: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => report(runtime.block_on(future)),
+        Err(e) => {
+            eprintln!("sidestep: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sidestep: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The `sidestep` command line: one file per subcommand.
 
 mod check_config;
+mod dnsbl_check;
+mod listings;
 mod serve;
 
 use std::path::PathBuf;
@@ -8,6 +10,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 pub use check_config::check_config;
+pub use dnsbl_check::dnsbl_check;
+pub use listings::listings;
 pub use serve::serve;
 
 /// Outbound SMTP relay that keeps mail flowing when an egress IP is blocklisted.
@@ -31,6 +35,25 @@ pub enum Command {
     CheckConfig {
         /// Configuration file (TOML); without it the embedded defaults are checked.
         path: Option<PathBuf>,
+    },
+    /// Show every egress IP with its state on every configured blocklist (clean, listed
+    /// with code, reason, since when and removal URL, error, broken list).
+    Listings {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check addresses against the configured blocklists once, now.
+    DnsblCheck {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        /// Addresses to check (IPv4 or IPv6).
+        #[arg(required = true)]
+        ips: Vec<std::net::IpAddr>,
     },
 }
 

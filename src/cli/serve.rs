@@ -6,6 +6,7 @@ use anyhow::Context;
 use crate::inbound::{self, Inbound};
 use crate::outbound::Outbound;
 use crate::queue::{self, QueueContext};
+use crate::reputation::{self, Reputation};
 use crate::routing::{Pool, Resolver};
 use crate::spool::Spool;
 
@@ -24,7 +25,15 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         .find(|p| p.name == config.delivery.pool)
         .context("delivery.pool names no pool")?;
     let pool = Pool::from_config(&pool_config, &config.server.hostname);
-    let outbound = Outbound::new(&config.delivery, resolver, pool);
+    let reputation = Reputation::open(config.blocklists.clone(), spool.database())
+        .context("loading listing state")?;
+    reputation::spawn_monitor(
+        reputation.clone(),
+        resolver.clone(),
+        config.egress_ips(),
+        config.listings.clone(),
+    );
+    let outbound = Outbound::new(&config.delivery, resolver, pool, reputation);
     let ctx = Arc::new(QueueContext::new(config.clone(), spool.clone(), outbound));
     let queue = queue::start(ctx).context("recovering the queue")?;
 

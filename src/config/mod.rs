@@ -34,6 +34,10 @@ pub struct Config {
     /// Named groups of egress IPs; delivery rotates through the pool named by
     /// `delivery.pool`.
     pub pools: Vec<PoolConfig>,
+    /// Public DNS blocklists that every egress IP is checked against.
+    pub blocklists: Vec<BlocklistConfig>,
+    /// How often the blocklists are asked.
+    pub listings: ListingsConfig,
 }
 
 /// `[server]`: the relay port that the MTA or newsletter tool talks to.
@@ -107,12 +111,86 @@ pub struct DeliveryConfig {
     pub starttls: bool,
 }
 
-/// `[dns]`: the resolver for MX and address lookups.
-#[derive(Debug, Clone, Deserialize, Default)]
+/// `[dns]`: the resolver for MX, address and blocklist lookups.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
     /// Name servers as `ip:port`. Empty means the system configuration (`/etc/resolv.conf`).
     pub nameservers: Vec<SocketAddr>,
+    /// How long to wait for one answer before trying again (twice) or giving up.
+    pub timeout: HumanDuration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            nameservers: Vec::new(),
+            timeout: HumanDuration::from_secs(5),
+        }
+    }
+}
+
+/// `[[blocklists]]`: one public DNSBL (RFC 5782) that sidestep asks about its own IPs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlocklistConfig {
+    /// DNS zone queried, e.g. `zen.spamhaus.org`.
+    pub zone: String,
+    /// Name shown to the operator; defaults to the zone.
+    pub name: Option<String>,
+    /// `hard`: a listed IP leaves the rotation for every destination. `soft`: it is shown
+    /// and only used when no unlisted IP is left.
+    #[serde(default)]
+    pub severity: Severity,
+    /// The answers that mean *listed*, each with its meaning (`"127.0.0.2" = "SBL"`).
+    /// Any other answer is an error, never a listing: lists return special codes for
+    /// refused or malformed queries.
+    pub codes: std::collections::BTreeMap<String, String>,
+    /// Where the operator asks for removal; printed with every listing.
+    pub removal_url: Option<String>,
+    /// Check the RFC 5782 test points each refresh (127.0.0.2 listed, 127.0.0.1 not),
+    /// and ignore the list while they answer wrong: a lapsed zone answers *everything*.
+    #[serde(default = "default_true")]
+    pub test_points: bool,
+}
+
+/// How much a listing counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    #[default]
+    Hard,
+    Soft,
+}
+
+impl BlocklistConfig {
+    pub fn display_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.zone)
+    }
+}
+
+/// `[listings]`: the DNSBL monitor of our own egress IPs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListingsConfig {
+    /// Time between two checks of every egress IP against every list.
+    pub refresh: HumanDuration,
+    /// Each query of a refresh starts after a random delay up to this long, so the
+    /// queries of a large pool do not all hit the lists at the same instant.
+    pub jitter: HumanDuration,
+}
+
+impl Default for ListingsConfig {
+    fn default() -> Self {
+        Self {
+            refresh: HumanDuration::from_secs(15 * 60),
+            jitter: HumanDuration::from_secs(60),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// `[[pools]]`: a named group of egress IPs.
@@ -317,6 +395,51 @@ impl Config {
             );
         }
 
+        if self.dns.timeout.is_zero() {
+            err("dns.timeout".into(), "must be more than 0s".into());
+        }
+        if self.listings.refresh.get() < std::time::Duration::from_secs(1) {
+            err("listings.refresh".into(), "must be at least 1s".into());
+        }
+        if self.listings.jitter.get() > self.listings.refresh.get() {
+            err(
+                "listings.jitter".into(),
+                "must not be longer than listings.refresh".into(),
+            );
+        }
+        let mut zones = std::collections::HashSet::new();
+        for (i, list) in self.blocklists.iter().enumerate() {
+            let zone = list.zone.trim_end_matches('.');
+            if !crate::envelope::is_valid_domain(zone) || !zone.contains('.') {
+                err(
+                    format!("blocklists[{i}].zone"),
+                    format!("{:?} is not a DNS zone", list.zone),
+                );
+            } else if !zones.insert(zone.to_ascii_lowercase()) {
+                err(
+                    format!("blocklists[{i}].zone"),
+                    format!("{zone} is listed twice"),
+                );
+            }
+            if list.codes.is_empty() {
+                err(
+                    format!("blocklists[{i}].codes"),
+                    "name at least one return code that means listed".into(),
+                );
+            }
+            for code in list.codes.keys() {
+                match code.parse::<std::net::Ipv4Addr>() {
+                    Ok(ip)
+                        if ip.octets()[0] == 127 && ip != std::net::Ipv4Addr::new(127, 0, 0, 1) => {
+                    }
+                    _ => err(
+                        format!("blocklists[{i}].codes.\"{code}\""),
+                        "a listing code is an address in 127.0.0.0/8 other than 127.0.0.1".into(),
+                    ),
+                }
+            }
+        }
+
         for (i, ns) in self.dns.nameservers.iter().enumerate() {
             if ns.port() == 0 {
                 err(format!("dns.nameservers[{i}]"), "port must not be 0".into());
@@ -374,6 +497,18 @@ impl Config {
             );
         }
         errors
+    }
+
+    /// Every configured egress address, each once: what the DNSBL monitor checks.
+    pub fn egress_ips(&self) -> Vec<IpAddr> {
+        let mut ips: Vec<IpAddr> = self
+            .pools
+            .iter()
+            .flat_map(|p| p.egress.iter().filter_map(|e| e.ip))
+            .collect();
+        ips.sort();
+        ips.dedup();
+        ips
     }
 
     /// The pools as configured, or the implicit one used when the file defines none: the

@@ -9,6 +9,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::config::DeliveryConfig;
 use crate::envelope::{Address, BodyFlags, Sender};
+use crate::reputation::{Reputation, Standing};
 use crate::routing::{DnsError, EgressIp, Pool, Resolver};
 use crate::spool::RemoteReply;
 
@@ -36,6 +37,7 @@ pub struct AttemptReport {
 pub struct Outbound {
     resolver: Resolver,
     pool: Pool,
+    reputation: Reputation,
     port: u16,
     connect_timeout: Duration,
     command_timeout: Duration,
@@ -51,7 +53,12 @@ struct HostFailure {
 }
 
 impl Outbound {
-    pub fn new(config: &DeliveryConfig, resolver: Resolver, pool: Pool) -> Self {
+    pub fn new(
+        config: &DeliveryConfig,
+        resolver: Resolver,
+        pool: Pool,
+        reputation: Reputation,
+    ) -> Self {
         let tls = config.starttls.then(|| {
             mail_send::smtp::tls::build_tls_connector(true)
                 .expect("a TLS connector without verification always builds")
@@ -59,6 +66,7 @@ impl Outbound {
         Self {
             resolver,
             pool,
+            reputation,
             port: config.port,
             connect_timeout: config.connect_timeout.get(),
             command_timeout: config.command_timeout.get(),
@@ -98,7 +106,8 @@ impl Outbound {
                 }
             };
             for addr in addrs {
-                let Some(egress) = self.pool.next_for(addr) else {
+                let Some(egress) = self.pool.next_for(addr, |e| self.standing(e)) else {
+                    last = self.no_egress(&host.name, addr);
                     continue;
                 };
                 last_egress = Some(egress.clone());
@@ -122,6 +131,40 @@ impl Outbound {
             egress: last_egress,
             mx: last.mx.clone(),
             replies: all(last),
+        }
+    }
+
+    fn standing(&self, egress: &EgressIp) -> Standing {
+        egress
+            .ip
+            .map_or(Standing::Clean, |ip| self.reputation.standing(ip))
+    }
+
+    /// Why no egress IP may be used: the message is deferred (never bounced) with this
+    /// as its reason, which the attempt's log line shows.
+    fn no_egress(&self, mx: &str, addr: IpAddr) -> RemoteReply {
+        let why: Vec<String> = self
+            .pool
+            .egress()
+            .iter()
+            .map(|e| match e.ip {
+                Some(ip) if !e.can_reach(addr) => format!("{ip}: cannot reach {addr}"),
+                Some(ip) => format!(
+                    "{ip}: listed on {}",
+                    self.reputation.describe(ip).join(", ")
+                ),
+                None => format!("default: cannot reach {addr}"),
+            })
+            .collect();
+        RemoteReply {
+            code: 0,
+            enhanced: "4.7.0".into(),
+            text: format!(
+                "no usable egress IP in pool {} for {mx}: {}",
+                self.pool.name,
+                why.join("; ")
+            ),
+            mx: Some(mx.to_string()),
         }
     }
 

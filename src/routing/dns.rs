@@ -58,10 +58,8 @@ impl Resolver {
     /// # Errors
     /// The system configuration cannot be read.
     pub fn new(config: &DnsConfig) -> Result<Self, DnsError> {
-        let inner = if config.nameservers.is_empty() {
-            TokioResolver::builder_tokio()
-                .map_err(|e| DnsError::Setup(e.to_string()))?
-                .build()
+        let mut builder = if config.nameservers.is_empty() {
+            TokioResolver::builder_tokio().map_err(|e| DnsError::Setup(e.to_string()))?
         } else {
             let servers = config
                 .nameservers
@@ -78,9 +76,12 @@ impl Resolver {
                 ResolverConfig::from_name_servers(servers),
                 TokioRuntimeProvider::default(),
             )
+        };
+        builder.options_mut().timeout = config.timeout.get();
+        builder.options_mut().attempts = 2;
+        let inner = builder
             .build()
-        }
-        .map_err(|e| DnsError::Setup(e.to_string()))?;
+            .map_err(|e| DnsError::Setup(e.to_string()))?;
         Ok(Self { inner })
     }
 
@@ -154,6 +155,56 @@ impl Resolver {
                 Err(DnsError::NoAddress(host.into()))
             }
             Err(e) => Err(temporary(host, &e)),
+        }
+    }
+}
+
+impl Resolver {
+    /// The A records of a DNSBL query name and their smallest TTL; `None` when the name
+    /// does not exist (not listed).
+    ///
+    /// # Errors
+    /// Timeout, SERVFAIL, refused: the list could not be asked.
+    pub async fn lookup_dnsbl(
+        &self,
+        name: &str,
+    ) -> Result<Option<(Vec<std::net::Ipv4Addr>, u32)>, DnsError> {
+        let fqdn = format!("{}.", name.trim_end_matches('.'));
+        match self.inner.ipv4_lookup(fqdn.as_str()).await {
+            Ok(l) => {
+                let ttl = l.answers().iter().map(|r| r.ttl).min().unwrap_or(0);
+                let ips: Vec<_> = l
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::A(a) => Some(a.0),
+                        _ => None,
+                    })
+                    .collect();
+                Ok((!ips.is_empty()).then_some((ips, ttl)))
+            }
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(None),
+            Err(e) => Err(temporary(name, &e)),
+        }
+    }
+
+    /// The TXT strings at `name` (a DNSBL's reason for a listing).
+    ///
+    /// # Errors
+    /// The lookup failed; a missing TXT record is an empty list, not an error.
+    pub async fn lookup_txt(&self, name: &str) -> Result<Vec<String>, DnsError> {
+        let fqdn = format!("{}.", name.trim_end_matches('.'));
+        match self.inner.txt_lookup(fqdn.as_str()).await {
+            Ok(l) => Ok(l
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TXT(t) => Some(t.to_string()),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(Vec::new()),
+            Err(e) => Err(temporary(name, &e)),
         }
     }
 }

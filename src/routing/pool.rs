@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::PoolConfig;
+use crate::reputation::Standing;
 
 /// A local address to send from, with the name it announces in EHLO.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -57,16 +58,35 @@ impl Pool {
         }
     }
 
-    /// The next egress IP in turn that can reach `dest`, if any in the pool can.
-    pub fn next_for(&self, dest: IpAddr) -> Option<EgressIp> {
+    /// The next egress IP in turn that can reach `dest` and is clean by `standing`; if
+    /// none is clean, the next merely soft-listed one; `None` when every address is
+    /// hard-listed or of the wrong family.
+    pub fn next_for(
+        &self,
+        dest: IpAddr,
+        standing: impl Fn(&EgressIp) -> Standing,
+    ) -> Option<EgressIp> {
         let n = self.egress.len();
-        for _ in 0..n {
-            let i = self.next.fetch_add(1, Ordering::Relaxed) % n;
-            if self.egress[i].can_reach(dest) {
-                return Some(self.egress[i].clone());
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut fallback = None;
+        for k in 0..n {
+            let e = &self.egress[(start + k) % n];
+            if !e.can_reach(dest) {
+                continue;
+            }
+            match standing(e) {
+                Standing::Clean => {
+                    // Continue the rotation after the address actually used.
+                    if k > 0 {
+                        self.next.fetch_add(k, Ordering::Relaxed);
+                    }
+                    return Some(e.clone());
+                }
+                Standing::Soft if fallback.is_none() => fallback = Some(e.clone()),
+                Standing::Soft | Standing::Hard => {}
             }
         }
-        None
+        fallback
     }
 
     pub fn egress(&self) -> &[EgressIp] {
@@ -78,6 +98,50 @@ impl Pool {
 mod tests {
     use super::*;
     use crate::config::EgressConfig;
+
+    fn pool(ips: &[&str]) -> Pool {
+        Pool::from_config(
+            &PoolConfig {
+                name: "p".into(),
+                egress: ips
+                    .iter()
+                    .map(|ip| EgressConfig {
+                        ip: Some(ip.parse().unwrap()),
+                        helo: None,
+                    })
+                    .collect(),
+            },
+            "relay.test",
+        )
+    }
+
+    fn standing_of(hard: &'static [&str], soft: &'static [&str]) -> impl Fn(&EgressIp) -> Standing {
+        move |e: &EgressIp| {
+            let ip = e.to_string();
+            if hard.contains(&ip.as_str()) {
+                Standing::Hard
+            } else if soft.contains(&ip.as_str()) {
+                Standing::Soft
+            } else {
+                Standing::Clean
+            }
+        }
+    }
+
+    #[test]
+    fn listed_addresses_are_skipped_soft_ones_kept_as_last_resort() {
+        let p = pool(&["127.0.0.2", "127.0.0.3", "127.0.0.4"]);
+        let dest: IpAddr = "127.0.0.9".parse().unwrap();
+        let s = standing_of(&["127.0.0.3"], &[]);
+        let picks: Vec<String> = (0..4)
+            .map(|_| p.next_for(dest, &s).unwrap().to_string())
+            .collect();
+        assert_eq!(picks, ["127.0.0.2", "127.0.0.4", "127.0.0.2", "127.0.0.4"]);
+        let s = standing_of(&["127.0.0.2", "127.0.0.4"], &["127.0.0.3"]);
+        assert_eq!(p.next_for(dest, &s).unwrap().to_string(), "127.0.0.3");
+        let s = standing_of(&["127.0.0.2", "127.0.0.3", "127.0.0.4"], &[]);
+        assert_eq!(p.next_for(dest, &s), None);
+    }
 
     #[test]
     fn rotates_and_skips_wrong_family() {
@@ -102,11 +166,12 @@ mod tests {
             "relay.test",
         );
         let v4: IpAddr = "127.0.0.9".parse().unwrap();
+        let clean = |_: &EgressIp| Standing::Clean;
         let picks: Vec<String> = (0..4)
-            .map(|_| pool.next_for(v4).unwrap().to_string())
+            .map(|_| pool.next_for(v4, clean).unwrap().to_string())
             .collect();
         assert_eq!(picks, ["127.0.0.2", "127.0.0.3", "127.0.0.2", "127.0.0.3"]);
-        let six = pool.next_for("::1".parse().unwrap()).unwrap();
+        let six = pool.next_for("::1".parse().unwrap(), clean).unwrap();
         assert_eq!(
             (six.to_string(), six.helo.as_str()),
             ("::1".to_string(), "six.test")

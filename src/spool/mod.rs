@@ -85,7 +85,11 @@ impl Spool {
         for d in [dir, &msg_dir, &tmp_dir] {
             fs::create_dir_all(d).map_err(|e| SpoolError::io(d, e))?;
         }
-        let db = Arc::new(db!(redb::Database::create(dir.join("queue.redb")))?);
+        // SingleWriter: this process writes; `sidestep listings` and friends may open the
+        // file read-only while the relay runs.
+        let db = Arc::new(db!(redb::Database::builder()
+            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+            .create(dir.join("queue.redb")))?);
         {
             let txn = db!(db.begin_write())?;
             db!(txn.open_table(MESSAGES))?;
@@ -124,6 +128,11 @@ impl Spool {
                 committer,
             }),
         })
+    }
+
+    /// The state database, shared with the reputation store.
+    pub fn database(&self) -> Arc<redb::Database> {
+        self.shared.db.clone()
     }
 
     /// Makes a new message durable: body file and index entry. Returns only once both are

@@ -1,0 +1,30 @@
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::reputation::{Reputation, check_all};
+use crate::routing::Resolver;
+
+/// `sidestep dnsbl-check IP…`: asks the configured lists about arbitrary addresses once,
+/// now, without touching the relay's state.
+pub async fn dnsbl_check(
+    config_path: Option<&Path>,
+    ips: &[IpAddr],
+    json: bool,
+) -> anyhow::Result<()> {
+    let config = super::load_config(config_path)?;
+    if config.blocklists.is_empty() {
+        anyhow::bail!("no [[blocklists]] configured");
+    }
+    let resolver = Resolver::new(&config.dns).context("setting up DNS")?;
+    let outcome = check_all(&resolver, &config.blocklists, ips, Duration::ZERO).await;
+    let reputation = Reputation::in_memory(config.blocklists.clone());
+    reputation.apply(outcome)?;
+    print!(
+        "{}",
+        super::listings::render(&config, ips, &reputation.report(), json)
+    );
+    Ok(())
+}

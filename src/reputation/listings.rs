@@ -1,0 +1,317 @@
+//! Listing state: per (egress IP, list) the last known answer, since when, and whether
+//! the last check failed; per list whether it is healthy.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::dnsbl::{Finding, ListedCode};
+use super::monitor::CheckOutcome;
+use super::store;
+use crate::config::{BlocklistConfig, Severity};
+use crate::spool::{SpoolError, unix_now};
+
+/// The last known state of one IP on one list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ListingState {
+    /// Never successfully checked.
+    Unknown,
+    Clean,
+    Listed {
+        codes: Vec<ListedCode>,
+        /// The list's TXT record, which usually says why and where to ask for removal.
+        reason: Option<String>,
+        /// Unix seconds when this listing was first seen, and last confirmed.
+        first_seen: u64,
+        last_seen: u64,
+    },
+}
+
+/// A refresh that could not get an answer; the state is then the last known one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckError {
+    pub cause: String,
+    pub at: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListingRecord {
+    pub ip: IpAddr,
+    pub zone: String,
+    pub state: ListingState,
+    /// Unix seconds of the last check that got an answer.
+    pub last_checked: Option<u64>,
+    pub error: Option<CheckError>,
+}
+
+/// Whether a list can be believed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListHealth {
+    pub zone: String,
+    /// Why the list is ignored (it failed its test points), since when.
+    pub broken: Option<CheckError>,
+    /// The test points could not be asked at the last refresh.
+    pub error: Option<CheckError>,
+    pub last_checked: Option<u64>,
+}
+
+/// How usable an egress IP is, worst listing first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Standing {
+    Clean,
+    /// On a `soft` list: used only when no clean IP is left.
+    Soft,
+    /// On a `hard` list: not used for any destination.
+    Hard,
+}
+
+/// Everything the operator is shown: the lists and every record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListingsReport {
+    pub health: Vec<ListHealth>,
+    pub records: Vec<ListingRecord>,
+}
+
+/// Cheap clonable handle to the listing state.
+#[derive(Clone)]
+pub struct Reputation {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    lists: Vec<BlocklistConfig>,
+    state: Mutex<State>,
+    db: Option<Arc<redb::Database>>,
+}
+
+#[derive(Default)]
+struct State {
+    records: BTreeMap<(IpAddr, String), ListingRecord>,
+    health: BTreeMap<String, ListHealth>,
+}
+
+impl Reputation {
+    /// Loads the persisted state from `db` (the spool's database).
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    pub fn open(lists: Vec<BlocklistConfig>, db: Arc<redb::Database>) -> Result<Self, SpoolError> {
+        let report = store::load(db.as_ref())?;
+        Ok(Self::from_report(lists, report, Some(db)))
+    }
+
+    /// State kept in memory only (for one-off checks).
+    pub fn in_memory(lists: Vec<BlocklistConfig>) -> Self {
+        Self::from_report(lists, ListingsReport::default(), None)
+    }
+
+    fn from_report(
+        lists: Vec<BlocklistConfig>,
+        report: ListingsReport,
+        db: Option<Arc<redb::Database>>,
+    ) -> Self {
+        let mut state = State::default();
+        for r in report.records {
+            state.records.insert((r.ip, r.zone.clone()), r);
+        }
+        for h in report.health {
+            state.health.insert(h.zone.clone(), h);
+        }
+        Self {
+            shared: Arc::new(Shared {
+                lists,
+                state: Mutex::new(state),
+                db,
+            }),
+        }
+    }
+
+    pub fn lists(&self) -> &[BlocklistConfig] {
+        &self.shared.lists
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The standing of `ip`: the worst severity of the healthy lists it is on.
+    pub fn standing(&self, ip: IpAddr) -> Standing {
+        let state = self.lock();
+        let mut worst = Standing::Clean;
+        for list in &self.shared.lists {
+            let broken = state
+                .health
+                .get(&list.zone)
+                .is_some_and(|h| h.broken.is_some());
+            if broken {
+                continue;
+            }
+            let listed = state
+                .records
+                .get(&(ip, list.zone.clone()))
+                .is_some_and(|r| matches!(r.state, ListingState::Listed { .. }));
+            if listed {
+                worst = worst.max(match list.severity {
+                    Severity::Hard => Standing::Hard,
+                    Severity::Soft => Standing::Soft,
+                });
+            }
+        }
+        worst
+    }
+
+    /// The listings that make `ip` unusable, for log lines and deferral reasons.
+    pub fn describe(&self, ip: IpAddr) -> Vec<String> {
+        let state = self.lock();
+        let mut out = Vec::new();
+        for list in &self.shared.lists {
+            if state
+                .health
+                .get(&list.zone)
+                .is_some_and(|h| h.broken.is_some())
+            {
+                continue;
+            }
+            if let Some(ListingRecord {
+                state: ListingState::Listed { codes, .. },
+                ..
+            }) = state.records.get(&(ip, list.zone.clone()))
+            {
+                let codes: Vec<String> = codes
+                    .iter()
+                    .map(|c| format!("{} {}", c.code, c.meaning))
+                    .collect();
+                out.push(format!("{} ({})", list.zone, codes.join(", ")));
+            }
+        }
+        out
+    }
+
+    /// Applies one refresh: updates every record, logs each change once, persists.
+    ///
+    /// # Errors
+    /// The state could not be persisted (it is still updated in memory).
+    pub fn apply(&self, outcome: CheckOutcome) -> Result<(), SpoolError> {
+        let now = unix_now();
+        let report = {
+            let mut state = self.lock();
+            for (zone, result) in outcome.health {
+                let list = self.shared.lists.iter().find(|l| l.zone == zone);
+                let h = state
+                    .health
+                    .entry(zone.clone())
+                    .or_insert_with(|| ListHealth {
+                        zone: zone.clone(),
+                        broken: None,
+                        error: None,
+                        last_checked: None,
+                    });
+                match result {
+                    Ok(None) => {
+                        if h.broken.take().is_some() {
+                            tracing::info!(list = %zone, "blocklist answers its test points again; using it");
+                        }
+                        h.error = None;
+                        h.last_checked = Some(now);
+                    }
+                    Ok(Some(cause)) => {
+                        if h.broken.is_none() {
+                            tracing::error!(
+                                list = %zone,
+                                name = list.map(|l| l.display_name()).unwrap_or(""),
+                                cause = %cause,
+                                "blocklist is broken; ignoring its answers until it recovers"
+                            );
+                            h.broken = Some(CheckError { cause, at: now });
+                        }
+                        h.error = None;
+                        h.last_checked = Some(now);
+                    }
+                    Err(cause) => {
+                        if h.error.is_none() {
+                            tracing::warn!(list = %zone, cause = %cause, "cannot check blocklist test points; keeping last known state");
+                        }
+                        h.error = Some(CheckError { cause, at: now });
+                    }
+                }
+            }
+            for (ip, zone, result) in outcome.findings {
+                let list = self.shared.lists.iter().find(|l| l.zone == zone);
+                let removal = list.and_then(|l| l.removal_url.clone()).unwrap_or_default();
+                let r = state
+                    .records
+                    .entry((ip, zone.clone()))
+                    .or_insert_with(|| ListingRecord {
+                        ip,
+                        zone: zone.clone(),
+                        state: ListingState::Unknown,
+                        last_checked: None,
+                        error: None,
+                    });
+                match result {
+                    Ok((Finding::Clean, _)) => {
+                        if let ListingState::Listed { first_seen, .. } = &r.state {
+                            tracing::info!(ip = %ip, list = %zone, listed_since = first_seen, "egress IP delisted");
+                        }
+                        r.state = ListingState::Clean;
+                        r.last_checked = Some(now);
+                        r.error = None;
+                    }
+                    Ok((Finding::Listed { codes }, reason)) => {
+                        let first_seen = match &r.state {
+                            ListingState::Listed { first_seen, .. } => *first_seen,
+                            _ => {
+                                let shown: Vec<String> = codes
+                                    .iter()
+                                    .map(|c| format!("{} {}", c.code, c.meaning))
+                                    .collect();
+                                tracing::warn!(
+                                    ip = %ip,
+                                    list = %zone,
+                                    code = %shown.join(", "),
+                                    reason = reason.as_deref().unwrap_or("-"),
+                                    removal = %removal,
+                                    "egress IP listed"
+                                );
+                                now
+                            }
+                        };
+                        r.state = ListingState::Listed {
+                            codes,
+                            reason,
+                            first_seen,
+                            last_seen: now,
+                        };
+                        r.last_checked = Some(now);
+                        r.error = None;
+                    }
+                    Ok((Finding::Error { cause }, _)) | Err(cause) => {
+                        if r.error.is_none() {
+                            tracing::warn!(ip = %ip, list = %zone, cause = %cause, "blocklist query failed; keeping last known state");
+                        }
+                        r.error = Some(CheckError { cause, at: now });
+                    }
+                }
+            }
+            ListingsReport {
+                health: state.health.values().cloned().collect(),
+                records: state.records.values().cloned().collect(),
+            }
+        };
+        match &self.shared.db {
+            Some(db) => store::save(db, &report),
+            None => Ok(()),
+        }
+    }
+
+    /// Everything known, for `sidestep listings` and `dnsbl-check`.
+    pub fn report(&self) -> ListingsReport {
+        let state = self.lock();
+        ListingsReport {
+            health: state.health.values().cloned().collect(),
+            records: state.records.values().cloned().collect(),
+        }
+    }
+}

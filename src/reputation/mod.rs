@@ -1,0 +1,17 @@
+//! What sidestep knows about the standing of its own egress IPs.
+//!
+//! - [`dnsbl`]: RFC 5782 queries and the rules for what an answer means (pure).
+//! - `listings`: the state per (egress IP, list), shared with routing through the cheap
+//!   [`Reputation`] handle, and persisted so it survives restarts.
+//! - `monitor`: the task that asks every list about every egress IP on a schedule.
+
+pub mod dnsbl;
+mod listings;
+mod monitor;
+mod store;
+
+pub use listings::{
+    CheckError, ListHealth, ListingRecord, ListingState, ListingsReport, Reputation, Standing,
+};
+pub use monitor::{CheckOutcome, check_all, spawn_monitor};
+pub use store::read_report;

@@ -1,0 +1,94 @@
+//! Listing state in the spool's redb file, next to the queue, so it survives restarts
+//! and `sidestep listings` can read it while the relay runs.
+
+use std::path::Path;
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::listings::{ListHealth, ListingRecord, ListingsReport};
+use crate::spool::SpoolError;
+
+const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("listings");
+const HEALTH: TableDefinition<&str, &[u8]> = TableDefinition::new("list_health");
+
+fn db_err(e: impl Into<redb::Error>) -> SpoolError {
+    SpoolError::Db(e.into())
+}
+
+fn corrupt(id: &str, e: serde_json::Error) -> SpoolError {
+    SpoolError::Corrupt {
+        id: id.to_string(),
+        message: e.to_string(),
+    }
+}
+
+pub(super) fn load(db: &impl ReadableDatabase) -> Result<ListingsReport, SpoolError> {
+    let txn = db.begin_read().map_err(db_err)?;
+    let mut report = ListingsReport::default();
+    match txn.open_table(RECORDS) {
+        Ok(table) => {
+            for row in table.iter().map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                let r: ListingRecord =
+                    serde_json::from_slice(v.value()).map_err(|e| corrupt(k.value(), e))?;
+                report.records.push(r);
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(db_err(e)),
+    }
+    match txn.open_table(HEALTH) {
+        Ok(table) => {
+            for row in table.iter().map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                let h: ListHealth =
+                    serde_json::from_slice(v.value()).map_err(|e| corrupt(k.value(), e))?;
+                report.health.push(h);
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(db_err(e)),
+    }
+    Ok(report)
+}
+
+pub(super) fn save(db: &redb::Database, report: &ListingsReport) -> Result<(), SpoolError> {
+    let txn = db.begin_write().map_err(db_err)?;
+    {
+        let mut records = txn.open_table(RECORDS).map_err(db_err)?;
+        for r in &report.records {
+            let key = format!("{} {}", r.ip, r.zone);
+            let value = serde_json::to_vec(r).expect("listing records serialize");
+            records
+                .insert(key.as_str(), value.as_slice())
+                .map_err(db_err)?;
+        }
+        let mut health = txn.open_table(HEALTH).map_err(db_err)?;
+        for h in &report.health {
+            let value = serde_json::to_vec(h).expect("list health serializes");
+            health
+                .insert(h.zone.as_str(), value.as_slice())
+                .map_err(db_err)?;
+        }
+    }
+    txn.commit().map_err(db_err)
+}
+
+/// Reads the state from the spool directory of a running (or stopped) relay, read-only.
+///
+/// # Errors
+/// The spool has no database yet, or it cannot be read.
+pub fn read_report(spool_dir: &Path) -> Result<ListingsReport, SpoolError> {
+    let path = spool_dir.join("queue.redb");
+    let db = redb::Database::builder()
+        .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+        .open_read_only(&path)
+        .map_err(|e| match e {
+            redb::DatabaseError::Storage(redb::StorageError::Io(io)) => SpoolError::Io {
+                path: path.clone(),
+                source: io,
+            },
+            other => db_err(other),
+        })?;
+    load(&db)
+}
