@@ -33,8 +33,13 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         config.egress_ips(),
         config.listings.clone(),
     );
-    let outbound = Outbound::new(&config.delivery, resolver, pool, reputation);
-    let ctx = Arc::new(QueueContext::new(config.clone(), spool.clone(), outbound));
+    let outbound = Outbound::new(&config.delivery, resolver, pool, reputation.clone());
+    let ctx = Arc::new(QueueContext::new(
+        config.clone(),
+        spool.clone(),
+        outbound,
+        reputation,
+    ));
     let queue = queue::start(ctx).context("recovering the queue")?;
 
     let listener = tokio::net::TcpListener::bind(config.server.listen)

@@ -19,6 +19,53 @@ fn shipped_config_file_loads_and_validates() {
     assert_eq!(config.server.max_message_size, ByteSize::mib(25));
     assert_eq!(config.queue.max_lifetime.get().as_secs(), 5 * 24 * 3600);
     assert_eq!(config.pools[0].egress.len(), 2);
+    let zones: Vec<&str> = config.blocklists.iter().map(|l| l.zone.as_str()).collect();
+    assert_eq!(
+        zones,
+        [
+            "zen.spamhaus.org",
+            "bl.spamcop.net",
+            "b.barracudacentral.org",
+            "dnsbl-1.uceprotect.net",
+            "psbl.surriel.com",
+            "bl.mailspike.net"
+        ]
+    );
+    assert!(!zones.iter().any(|z| z.contains("sorbs")));
+    assert!(config.blocklists.iter().all(|l| l.removal_url.is_some()));
+}
+
+#[test]
+fn blocklist_validation() {
+    let config = Config::parse(
+        r#"
+[listings]
+refresh = "100ms"
+[[blocklists]]
+zone = "bl"
+codes = {}
+[[blocklists]]
+zone = "ok.test"
+codes = { "127.0.0.1" = "x", "10.0.0.2" = "y", "127.0.0.2" = "fine" }
+[[blocklists]]
+zone = "OK.test"
+codes = { "127.0.0.2" = "dup" }
+"#,
+    )
+    .unwrap();
+    let keys: Vec<String> = config.validate().into_iter().map(|e| e.key).collect();
+    assert_eq!(
+        keys,
+        vec![
+            "listings.refresh",
+            "listings.jitter",
+            "blocklists[0].zone",
+            "blocklists[0].codes",
+            "blocklists[1].codes.\"10.0.0.2\"",
+            "blocklists[1].codes.\"127.0.0.1\"",
+            "blocklists[2].zone",
+        ]
+    );
 }
 
 #[test]

@@ -30,6 +30,9 @@ pub struct AttemptReport {
     pub egress: Option<EgressIp>,
     pub mx: Option<String>,
     pub replies: Vec<RemoteReply>,
+    /// Nothing was sent because no egress IP of the pool may be used (all listed): the
+    /// queue retries as soon as the listing state improves.
+    pub no_egress: bool,
 }
 
 /// The outbound side: resolver, egress pool and the timeouts from `[delivery]`.
@@ -86,6 +89,7 @@ impl Outbound {
                     egress: None,
                     mx: None,
                     replies: all(dns_reply(&e)),
+                    no_egress: false,
                 };
             }
         };
@@ -96,6 +100,7 @@ impl Outbound {
             mx: None,
         };
         let mut last_egress = None;
+        let mut no_egress = false;
         for host in &hosts {
             let addrs = match self.resolver.lookup_addresses(&host.name).await {
                 Ok(a) => a,
@@ -108,6 +113,7 @@ impl Outbound {
             for addr in addrs {
                 let Some(egress) = self.pool.next_for(addr, |e| self.standing(e)) else {
                     last = self.no_egress(&host.name, addr);
+                    no_egress = true;
                     continue;
                 };
                 last_egress = Some(egress.clone());
@@ -121,9 +127,13 @@ impl Outbound {
                             egress: Some(egress),
                             mx: Some(host.name.clone()),
                             replies,
+                            no_egress: false,
                         };
                     }
-                    Err(f) => last = f.reply,
+                    Err(f) => {
+                        last = f.reply;
+                        no_egress = false;
+                    }
                 }
             }
         }
@@ -131,6 +141,7 @@ impl Outbound {
             egress: last_egress,
             mx: last.mx.clone(),
             replies: all(last),
+            no_egress,
         }
     }
 

@@ -21,14 +21,23 @@ use crate::spool::{
 /// rather than lose track of it.
 const SPOOL_ERROR_RETRY: Duration = Duration::from_secs(60);
 
-/// Runs the attempt. Returns the next due time (Unix ms), or `None` if the message is
-/// finished and gone from the spool.
-pub(super) async fn run(ctx: Arc<QueueContext>, queue: &QueueHandle, id: QueueId) -> Option<u64> {
+/// How an attempt ended, for the scheduler.
+pub(super) struct Outcome {
+    /// The next due time (Unix ms), or `None` if the message left the spool.
+    pub next_ms: Option<u64>,
+    /// Some domain could not be tried because every egress IP is listed.
+    pub waiting_for_egress: bool,
+}
+
+pub(super) async fn run(ctx: Arc<QueueContext>, queue: &QueueHandle, id: QueueId) -> Outcome {
     match attempt(&ctx, queue, &id).await {
-        Ok(next) => next,
+        Ok(outcome) => outcome,
         Err(e) => {
             tracing::error!(queue_id = %id, error = %e, "attempt failed in the spool; will retry");
-            Some(unix_now_ms() + SPOOL_ERROR_RETRY.as_millis() as u64)
+            Outcome {
+                next_ms: Some(unix_now_ms() + SPOOL_ERROR_RETRY.as_millis() as u64),
+                waiting_for_egress: false,
+            }
         }
     }
 }
@@ -37,7 +46,7 @@ async fn attempt(
     ctx: &Arc<QueueContext>,
     queue: &QueueHandle,
     id: &QueueId,
-) -> Result<Option<u64>, SpoolError> {
+) -> Result<Outcome, SpoolError> {
     let spool = ctx.spool.clone();
     let load_id = id.clone();
     let loaded = tokio::task::spawn_blocking(move || -> Result<_, SpoolError> {
@@ -52,7 +61,10 @@ async fn attempt(
     .await
     .map_err(|_| SpoolError::CommitterGone)??;
     let Some((mut msg, body)) = loaded else {
-        return Ok(None);
+        return Ok(Outcome {
+            next_ms: None,
+            waiting_for_egress: false,
+        });
     };
     let body: Arc<[u8]> = body.into();
 
@@ -92,10 +104,12 @@ async fn attempt(
             (idxs, report)
         });
     }
+    let mut waiting_for_egress = false;
     while let Some(joined) = tasks.join_next().await {
         let Ok((idxs, report)) = joined else {
             continue;
         };
+        waiting_for_egress |= report.no_egress;
         record(&mut msg, &idxs, report);
     }
     msg.attempts += 1;
@@ -109,7 +123,10 @@ async fn attempt(
             .await
             .map_err(|_| SpoolError::CommitterGone)??;
         tracing::info!(queue_id = %msg.id, "removed: every recipient is final");
-        return Ok(None);
+        return Ok(Outcome {
+            next_ms: None,
+            waiting_for_egress: false,
+        });
     }
     let next =
         unix_now_ms() + retry::retry_delay(&ctx.config.queue, msg.attempts).as_millis() as u64;
@@ -117,7 +134,10 @@ async fn attempt(
     tokio::task::spawn_blocking(move || spool.update(&msg))
         .await
         .map_err(|_| SpoolError::CommitterGone)??;
-    Ok(Some(next))
+    Ok(Outcome {
+        next_ms: Some(next),
+        waiting_for_egress,
+    })
 }
 
 /// Applies one domain's replies to its recipients and writes the attempt's log line

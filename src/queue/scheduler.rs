@@ -12,6 +12,7 @@ use tokio::sync::{Semaphore, mpsc};
 use super::attempt;
 use crate::config::Config;
 use crate::outbound::Outbound;
+use crate::reputation::Reputation;
 use crate::spool::{QueueId, QueuedMessage, Spool, SpoolError, unix_now_ms};
 
 /// What the scheduler is told.
@@ -20,8 +21,12 @@ pub enum QueueEvent {
     /// A message should be attempted at `at_ms` (Unix ms): new, recovered, or a DSN.
     Due { id: QueueId, at_ms: u64 },
     /// An attempt ended; `next_ms` is the retry time, `None` when the message left the
-    /// spool.
-    Finished { id: QueueId, next_ms: Option<u64> },
+    /// spool. `waiting_for_egress`: retry as soon as an egress IP becomes usable.
+    Finished {
+        id: QueueId,
+        next_ms: Option<u64>,
+        waiting_for_egress: bool,
+    },
 }
 
 /// Cheap handle to tell the scheduler about new messages.
@@ -45,6 +50,7 @@ pub struct QueueContext {
     pub config: Arc<Config>,
     pub spool: Spool,
     pub outbound: Outbound,
+    pub reputation: Reputation,
     /// Outbound connections over all destinations.
     pub connections: Arc<Semaphore>,
     /// Outbound connections per destination domain; entries are dropped when idle.
@@ -52,8 +58,14 @@ pub struct QueueContext {
 }
 
 impl QueueContext {
-    pub fn new(config: Arc<Config>, spool: Spool, outbound: Outbound) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        spool: Spool,
+        outbound: Outbound,
+        reputation: Reputation,
+    ) -> Self {
         Self {
+            reputation,
             connections: Arc::new(Semaphore::new(config.delivery.max_connections)),
             per_domain: Mutex::new(HashMap::new()),
             config,
@@ -95,11 +107,13 @@ pub fn start(ctx: Arc<QueueContext>) -> Result<QueueHandle, SpoolError> {
         due.insert((msg.next_attempt_ms, msg.id));
     }
     let scheduler = Scheduler {
+        improved: ctx.reputation.improvements(),
         ctx,
         handle: handle.clone(),
         rx,
         due,
         in_flight: HashSet::new(),
+        egress_waiters: HashMap::new(),
     };
     tokio::spawn(scheduler.run());
     Ok(handle)
@@ -111,9 +125,31 @@ struct Scheduler {
     rx: mpsc::UnboundedReceiver<QueueEvent>,
     due: BTreeSet<(u64, QueueId)>,
     in_flight: HashSet<QueueId>,
+    /// Messages deferred because every egress IP was listed, with their due time.
+    egress_waiters: HashMap<QueueId, u64>,
+    /// Bumped by the reputation state when an IP may have become usable again.
+    improved: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Scheduler {
+    /// An egress IP may be usable again: messages that waited for one go now instead of
+    /// at their backoff time (which may be an hour away).
+    fn wake_egress_waiters(&mut self) {
+        let now = unix_now_ms();
+        let waiters = std::mem::take(&mut self.egress_waiters);
+        if !waiters.is_empty() {
+            tracing::info!(
+                messages = waiters.len(),
+                "egress IP usable again; retrying deferred mail"
+            );
+        }
+        for (id, at) in waiters {
+            if self.due.remove(&(at, id.clone())) {
+                self.due.insert((now, id));
+            }
+        }
+    }
+
     async fn run(mut self) {
         let max_in_flight = self.ctx.config.delivery.max_connections;
         loop {
@@ -130,8 +166,12 @@ impl Scheduler {
                     let ctx = self.ctx.clone();
                     let handle = self.handle.clone();
                     tokio::spawn(async move {
-                        let next_ms = attempt::run(ctx, &handle, id.clone()).await;
-                        let _ = handle.tx.send(QueueEvent::Finished { id, next_ms });
+                        let outcome = attempt::run(ctx, &handle, id.clone()).await;
+                        let _ = handle.tx.send(QueueEvent::Finished {
+                            id,
+                            next_ms: outcome.next_ms,
+                            waiting_for_egress: outcome.waiting_for_egress,
+                        });
                     });
                 }
             }
@@ -141,12 +181,19 @@ impl Scheduler {
                 }
                 _ => None,
             };
-            let event = match wait {
-                Some(wait) => match tokio::time::timeout(wait, self.rx.recv()).await {
-                    Ok(e) => e,
-                    Err(_) => continue,
-                },
-                None => self.rx.recv().await,
+            let sleep = async {
+                match wait {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let event = tokio::select! {
+                event = self.rx.recv() => event,
+                _ = self.improved.changed() => {
+                    self.wake_egress_waiters();
+                    continue;
+                }
+                () = sleep => continue,
             };
             let Some(event) = event else {
                 return;
@@ -158,9 +205,16 @@ impl Scheduler {
                         self.due.insert((at_ms, id));
                     }
                 }
-                QueueEvent::Finished { id, next_ms } => {
+                QueueEvent::Finished {
+                    id,
+                    next_ms,
+                    waiting_for_egress,
+                } => {
                     self.in_flight.remove(&id);
                     if let Some(at) = next_ms {
+                        if waiting_for_egress {
+                            self.egress_waiters.insert(id.clone(), at);
+                        }
                         self.due.insert((at, id));
                     }
                 }

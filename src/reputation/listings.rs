@@ -84,6 +84,8 @@ struct Shared {
     lists: Vec<BlocklistConfig>,
     state: Mutex<State>,
     db: Option<Arc<redb::Database>>,
+    /// Bumped whenever an IP may have become usable (a delisting, a list found broken).
+    improved: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Default)]
@@ -124,8 +126,14 @@ impl Reputation {
                 lists,
                 state: Mutex::new(state),
                 db,
+                improved: tokio::sync::watch::Sender::new(0),
             }),
         }
+    }
+
+    /// Changes whenever an egress IP may have become usable again.
+    pub fn improvements(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.improved.subscribe()
     }
 
     pub fn lists(&self) -> &[BlocklistConfig] {
@@ -195,6 +203,7 @@ impl Reputation {
     /// The state could not be persisted (it is still updated in memory).
     pub fn apply(&self, outcome: CheckOutcome) -> Result<(), SpoolError> {
         let now = unix_now();
+        let mut improved = false;
         let report = {
             let mut state = self.lock();
             for (zone, result) in outcome.health {
@@ -218,6 +227,7 @@ impl Reputation {
                     }
                     Ok(Some(cause)) => {
                         if h.broken.is_none() {
+                            improved = true;
                             tracing::error!(
                                 list = %zone,
                                 name = list.map(|l| l.display_name()).unwrap_or(""),
@@ -253,6 +263,7 @@ impl Reputation {
                 match result {
                     Ok((Finding::Clean, _)) => {
                         if let ListingState::Listed { first_seen, .. } = &r.state {
+                            improved = true;
                             tracing::info!(ip = %ip, list = %zone, listed_since = first_seen, "egress IP delisted");
                         }
                         r.state = ListingState::Clean;
@@ -300,6 +311,9 @@ impl Reputation {
                 records: state.records.values().cloned().collect(),
             }
         };
+        if improved {
+            self.shared.improved.send_modify(|n| *n += 1);
+        }
         match &self.shared.db {
             Some(db) => store::save(db, &report),
             None => Ok(()),

@@ -8,7 +8,7 @@ use std::process::Command;
 use crate::World;
 use crate::support::PATIENCE;
 
-fn require(tool: &str) {
+pub fn require(tool: &str) {
     let found = Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .output()

@@ -9,6 +9,7 @@ mod delivery;
 mod disk;
 mod inbound;
 mod interop;
+mod listings;
 mod retry;
 
 use support::relay::Setup;

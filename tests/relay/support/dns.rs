@@ -8,14 +8,16 @@ use std::time::Duration;
 
 use hickory_server::Server;
 use hickory_server::proto::rr::rdata::{A, MX, SOA, TXT};
-use hickory_server::proto::rr::{LowerName, Name, RData, Record};
+use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType, RrKey};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
 
 pub struct TestDns {
     pub addr: SocketAddr,
     zone: Arc<InMemoryZoneHandler>,
-    _server: Server<Catalog>,
+    server: Option<Server<Catalog>>,
+    /// Sockets that take queries and never answer, after [`TestDns::go_silent`].
+    black_hole: Option<(tokio::net::UdpSocket, tokio::net::TcpListener)>,
 }
 
 const TTL: u32 = 1;
@@ -56,7 +58,8 @@ impl TestDns {
         Self {
             addr,
             zone,
-            _server: server,
+            server: Some(server),
+            black_hole: None,
         }
     }
 
@@ -89,6 +92,58 @@ impl TestDns {
                 1,
             )
             .await;
+    }
+
+    /// Removes every record of `rtype` at `name`.
+    pub async fn remove(&self, name: &str, rtype: RecordType) {
+        let key = RrKey::new(LowerName::new(&Self::name(name)), rtype);
+        self.zone.records_mut().await.remove(&key);
+    }
+
+    /// Stops answering: queries time out from now on, as when a list's servers are down.
+    pub async fn go_silent(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            server.shutdown_token().cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), server.block_until_done()).await;
+        }
+        let udp = tokio::net::UdpSocket::bind(self.addr).await.unwrap();
+        let tcp = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.black_hole = Some((udp, tcp));
+    }
+
+    /// A DNSBL listing: `ip` listed in `zone` with `code` and a TXT reason.
+    pub async fn list(&self, zone: &str, ip: IpAddr, code: &str, reason: Option<&str>) {
+        let name = sidestep::reputation::dnsbl::query_name(ip, zone);
+        let IpAddr::V4(code) = code.parse().unwrap() else {
+            panic!("codes are IPv4")
+        };
+        self.zone
+            .upsert(
+                Record::from_rdata(Self::name(&name), TTL, RData::A(A(code))),
+                1,
+            )
+            .await;
+        if let Some(reason) = reason {
+            self.add_txt(&name, reason).await;
+        }
+    }
+
+    /// Removes the listing of `ip` in `zone`.
+    pub async fn delist(&self, zone: &str, ip: IpAddr) {
+        let name = sidestep::reputation::dnsbl::query_name(ip, zone);
+        self.remove(&name, RecordType::A).await;
+        self.remove(&name, RecordType::TXT).await;
+    }
+
+    /// The RFC 5782 test points of a healthy list: 127.0.0.2 listed, 127.0.0.1 not.
+    pub async fn healthy_list(&self, zone: &str) {
+        self.list(
+            zone,
+            "127.0.0.2".parse().unwrap(),
+            "127.0.0.2",
+            Some("test point"),
+        )
+        .await;
     }
 
     pub async fn add_txt(&self, name: &str, text: &str) {

@@ -23,6 +23,8 @@ pub struct Setup {
     /// Extra lines for the `[server]` section (limits).
     pub server: String,
     pub queue: String,
+    /// Last octets of the egress IPs (127.0.0.N) in the default pool.
+    pub egress: Vec<u8>,
 }
 
 impl Setup {
@@ -34,6 +36,7 @@ impl Setup {
             extra: String::new(),
             relay_networks: r#"["127.0.0.0/8"]"#.into(),
             server: String::new(),
+            egress: vec![2, 3],
             queue: r#"retry_initial = "200ms"
 retry_max = "1s"
 max_lifetime = "1h""#
@@ -63,15 +66,11 @@ command_timeout = "10s"
 
 [dns]
 nameservers = ["{dns}"]
+timeout = "1s"
 
 [[pools]]
 name = "default"
-[[pools.egress]]
-ip = "127.0.0.2"
-helo = "out2.relay.test"
-[[pools.egress]]
-ip = "127.0.0.3"
-helo = "out3.relay.test"
+{egress}
 {extra}
 "#,
             networks = self.relay_networks,
@@ -81,6 +80,13 @@ helo = "out3.relay.test"
             port = self.smtp_port,
             dns = self.dns.addr,
             extra = self.extra,
+            egress = self
+                .egress
+                .iter()
+                .map(|n| format!(
+                    "[[pools.egress]]\nip = \"127.0.0.{n}\"\nhelo = \"out{n}.relay.test\"\n"
+                ))
+                .collect::<String>(),
         )
     }
 
