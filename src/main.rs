@@ -18,6 +18,11 @@ fn main() -> ExitCode {
         Command::CheckConfig { path } => cli::check_config(path.as_deref()),
         Command::Serve { config } => run(cli::serve(config.as_deref())),
         Command::Listings { config, json } => report(cli::listings(config.as_deref(), json)),
+        Command::Classify {
+            config,
+            json,
+            reply,
+        } => report(cli::classify(config.as_deref(), reply.as_deref(), json)),
         Command::DnsblCheck { config, json, ips } => {
             run(cli::dnsbl_check(config.as_deref(), &ips, json))
         }

@@ -1,62 +1,140 @@
-//! Reply → verdict. The one place that decides what an attempt's result means; the
-//! queue acts on the verdict and nothing else looks at reply codes.
+//! Reply → verdict. The one place that decides what an attempt's result means: the
+//! queue and reputation act on the [`Verdict`] and nothing else looks at reply codes.
+//!
+//! The knowledge of what receivers say lives in data: `config/classify.toml` (built in)
+//! plus the operator's `[[classify.rules]]`, compiled into one `RegexSet` so a reply is
+//! matched against every pattern in a single pass.
 
-use crate::spool::RemoteReply;
+mod normalize;
+mod rules;
+
+pub use normalize::{ParsedReply, normalize_text, parse_reply};
+pub use rules::{Classification, Classifier, ClassifyError, RuleConfig};
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
 
 /// The classified outcome of one recipient's attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Verdict {
-    /// Accepted by the destination: done.
     Delivered,
-    /// Try again later (4xx, no answer, DNS trouble).
     Transient,
-    /// Will never succeed as sent (5xx, nonexistent domain): bounce with a DSN.
-    Permanent,
+    Recipient,
+    Message,
+    Policy,
+    Throttle,
+    Greylist,
+    IpReputation,
+    DomainReputation,
 }
 
-/// Classifies a reply. `code == 0` means no server answered (connection refused, timeout,
-/// DNS temporary failure) and is transient unless the enhanced code says permanent (a
-/// nonexistent domain is reported as `5.1.2` with code 0).
-pub fn classify(reply: &RemoteReply) -> Verdict {
-    match reply.code {
-        200..=299 => Verdict::Delivered,
-        500..=599 => Verdict::Permanent,
-        0 if reply.enhanced.starts_with('5') => Verdict::Permanent,
-        // 4xx, 0 (no answer) and anything outside the RFC 5321 ranges: a misbehaving
-        // server is no reason to give up on the message.
-        _ => Verdict::Transient,
+/// Who an outcome blames: only a verdict that blames the egress IP teaches reputation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    Nobody,
+    /// The recipient's address or mailbox.
+    Recipient,
+    /// This message's size, format or content.
+    Message,
+    /// Our sending configuration (SPF, DKIM, DMARC, PTR) or the receiver's local policy.
+    SenderPolicy,
+    /// The destination is unavailable or slow; nothing on our side to change.
+    Destination,
+    /// The sending IP's reputation at this destination.
+    EgressIp,
+    /// A domain in the envelope or content.
+    SenderDomain,
+}
+
+/// Where to try again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Done (delivered) or never (bounce).
+    No,
+    /// Later, on the same kind of route.
+    Later,
+    /// Later, and slower towards this destination.
+    LaterSlower,
+    /// Now, from another egress IP.
+    OtherIp,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 9] = [
+        Verdict::Delivered,
+        Verdict::Transient,
+        Verdict::Recipient,
+        Verdict::Message,
+        Verdict::Policy,
+        Verdict::Throttle,
+        Verdict::Greylist,
+        Verdict::IpReputation,
+        Verdict::DomainReputation,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Delivered => "delivered",
+            Verdict::Transient => "transient",
+            Verdict::Recipient => "recipient",
+            Verdict::Message => "message",
+            Verdict::Policy => "policy",
+            Verdict::Throttle => "throttle",
+            Verdict::Greylist => "greylist",
+            Verdict::IpReputation => "ip-reputation",
+            Verdict::DomainReputation => "domain-reputation",
+        }
+    }
+
+    pub fn blame(self) -> Blame {
+        match self {
+            Verdict::Delivered => Blame::Nobody,
+            Verdict::Transient | Verdict::Throttle | Verdict::Greylist => Blame::Destination,
+            Verdict::Recipient => Blame::Recipient,
+            Verdict::Message => Blame::Message,
+            Verdict::Policy => Blame::SenderPolicy,
+            Verdict::IpReputation => Blame::EgressIp,
+            Verdict::DomainReputation => Blame::SenderDomain,
+        }
+    }
+
+    pub fn retry(self) -> Retry {
+        match self {
+            Verdict::Delivered
+            | Verdict::Recipient
+            | Verdict::Message
+            | Verdict::Policy
+            | Verdict::DomainReputation => Retry::No,
+            Verdict::Transient | Verdict::Greylist => Retry::Later,
+            Verdict::Throttle => Retry::LaterSlower,
+            Verdict::IpReputation => Retry::OtherIp,
+        }
+    }
+
+    /// Whether the recipient is finished with a bounce.
+    pub fn is_permanent_failure(self) -> bool {
+        self.retry() == Retry::No && self != Verdict::Delivered
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Verdict {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Verdict::ALL
+            .into_iter()
+            .find(|v| v.name() == s)
+            .ok_or_else(|| format!("unknown verdict {s:?}"))
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn reply(code: u16, enhanced: &str) -> RemoteReply {
-        RemoteReply {
-            code,
-            enhanced: enhanced.into(),
-            text: String::new(),
-            mx: None,
-        }
-    }
-
-    #[test]
-    fn verdict_table() {
-        let table = [
-            (250, "2.0.0", Verdict::Delivered),
-            (251, "2.1.5", Verdict::Delivered),
-            (421, "4.7.0", Verdict::Transient),
-            (450, "4.2.0", Verdict::Transient),
-            (550, "5.1.1", Verdict::Permanent),
-            (554, "5.7.1", Verdict::Permanent),
-            (0, "4.4.1", Verdict::Transient),
-            (0, "5.1.2", Verdict::Permanent),
-            (354, "", Verdict::Transient),
-            (999, "", Verdict::Transient),
-        ];
-        for (code, enhanced, want) in table {
-            assert_eq!(classify(&reply(code, enhanced)), want, "{code} {enhanced}");
-        }
-    }
-}
+mod tests;

@@ -1,6 +1,7 @@
 //! The `sidestep` command line: one file per subcommand.
 
 mod check_config;
+mod classify;
 mod dnsbl_check;
 mod listings;
 mod serve;
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 pub use check_config::check_config;
+pub use classify::classify;
 pub use dnsbl_check::dnsbl_check;
 pub use listings::listings;
 pub use serve::serve;
@@ -44,6 +46,17 @@ pub enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+    /// Classify a remote SMTP reply: prints the verdict (delivered, transient, recipient,
+    /// message, policy, throttle, greylist, ip-reputation, domain-reputation) and the rule.
+    /// Without REPLY, classifies each line of standard input.
+    Classify {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        /// The reply text, e.g. "550 5.7.1 ... blocked using CSI".
+        reply: Option<String>,
     },
     /// Check addresses against the configured blocklists once, now.
     DnsblCheck {

@@ -3,6 +3,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use crate::classify::Classifier;
 use crate::inbound::{self, Inbound};
 use crate::outbound::Outbound;
 use crate::queue::{self, QueueContext};
@@ -39,6 +40,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         spool.clone(),
         outbound,
         reputation,
+        Arc::new(Classifier::new(&config.classify.rules).context("loading classification rules")?),
     ));
     let queue = queue::start(ctx).context("recovering the queue")?;
 

@@ -38,6 +38,16 @@ pub struct Config {
     pub blocklists: Vec<BlocklistConfig>,
     /// How often the blocklists are asked.
     pub listings: ListingsConfig,
+    /// The operator's own reply classification rules, tried before the built-in ones.
+    pub classify: ClassifyConfig,
+}
+
+/// `[classify]`: operator rules for reply classification.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClassifyConfig {
+    /// `[[classify.rules]]`: name, verdict, pattern, optional codes; first match wins.
+    pub rules: Vec<crate::classify::RuleConfig>,
 }
 
 /// `[server]`: the relay port that the MTA or newsletter tool talks to.
@@ -437,6 +447,12 @@ impl Config {
                         "a listing code is an address in 127.0.0.0/8 other than 127.0.0.1".into(),
                     ),
                 }
+            }
+        }
+
+        for (i, rule) in self.classify.rules.iter().enumerate() {
+            if let Err(e) = regex::Regex::new(&format!("(?i){}", rule.pattern)) {
+                err(format!("classify.rules[{i}].pattern"), e.to_string());
             }
         }
 

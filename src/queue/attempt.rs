@@ -10,7 +10,7 @@ use tokio::task::JoinSet;
 
 use super::scheduler::{QueueContext, QueueHandle};
 use super::{dsn, retry};
-use crate::classify::{Verdict, classify};
+use crate::classify::{Retry, Verdict};
 use crate::envelope::{Address, Sender};
 use crate::outbound::{AttemptReport, DomainDelivery};
 use crate::spool::{
@@ -110,7 +110,7 @@ async fn attempt(
             continue;
         };
         waiting_for_egress |= report.no_egress;
-        record(&mut msg, &idxs, report);
+        record(ctx, &mut msg, &idxs, report);
     }
     msg.attempts += 1;
     expire(&mut msg, ctx.config.queue.max_lifetime.get());
@@ -142,7 +142,7 @@ async fn attempt(
 
 /// Applies one domain's replies to its recipients and writes the attempt's log line
 /// per recipient: the line operators grep and delisting forms ask for.
-fn record(msg: &mut QueuedMessage, idxs: &[usize], report: AttemptReport) {
+fn record(ctx: &QueueContext, msg: &mut QueuedMessage, idxs: &[usize], report: AttemptReport) {
     let now = unix_now();
     let delay = now.saturating_sub(msg.received_at);
     let egress = report
@@ -154,7 +154,10 @@ fn record(msg: &mut QueuedMessage, idxs: &[usize], report: AttemptReport) {
         let Some(reply) = report.replies.get(k).cloned() else {
             continue;
         };
-        let verdict = classify(&reply);
+        let class = ctx
+            .classifier
+            .classify(reply.code, &reply.enhanced, &reply.text);
+        let verdict = class.verdict;
         let rcpt = &mut msg.recipients[i];
         tracing::info!(
             queue_id = %msg.id,
@@ -163,18 +166,21 @@ fn record(msg: &mut QueuedMessage, idxs: &[usize], report: AttemptReport) {
             mx = reply.mx.as_deref().unwrap_or("-"),
             delay_s = delay,
             dsn = %reply.enhanced,
-            verdict = ?verdict,
+            verdict = %verdict,
+            rule = %class.rule,
             reply = %reply,
             "delivery attempt"
         );
-        rcpt.status = match verdict {
-            Verdict::Delivered => RecipientStatus::Delivered { at: now, reply },
-            Verdict::Permanent => RecipientStatus::Failed {
+        rcpt.status = match (verdict, verdict.retry()) {
+            (Verdict::Delivered, _) => RecipientStatus::Delivered { at: now, reply },
+            (_, Retry::No) => RecipientStatus::Failed {
                 at: now,
                 reply,
                 expired: false,
             },
-            Verdict::Transient => RecipientStatus::Pending { last: Some(reply) },
+            (_, Retry::Later | Retry::LaterSlower | Retry::OtherIp) => {
+                RecipientStatus::Pending { last: Some(reply) }
+            }
         };
     }
 }

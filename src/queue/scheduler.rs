@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::attempt;
+use crate::classify::Classifier;
 use crate::config::Config;
 use crate::outbound::Outbound;
 use crate::reputation::Reputation;
@@ -51,6 +52,8 @@ pub struct QueueContext {
     pub spool: Spool,
     pub outbound: Outbound,
     pub reputation: Reputation,
+    /// Built-in and operator rules, compiled once.
+    pub classifier: Arc<Classifier>,
     /// Outbound connections over all destinations.
     pub connections: Arc<Semaphore>,
     /// Outbound connections per destination domain; entries are dropped when idle.
@@ -63,9 +66,11 @@ impl QueueContext {
         spool: Spool,
         outbound: Outbound,
         reputation: Reputation,
+        classifier: Arc<Classifier>,
     ) -> Self {
         Self {
             reputation,
+            classifier,
             connections: Arc::new(Semaphore::new(config.delivery.max_connections)),
             per_domain: Mutex::new(HashMap::new()),
             config,

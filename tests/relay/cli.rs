@@ -65,3 +65,36 @@ fn serve_refuses_an_invalid_config() {
     assert!(!ok);
     assert!(err.contains("delivery.max_connections"), "{err}");
 }
+
+#[test]
+fn classify_prints_verdict_and_rule() {
+    let (ok, out, err) = sidestep(&[
+        "classify",
+        "554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org; Error: open resolver; https://check.spamhaus.org/returnc/pub/203.0.113.9/",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "transient\treceiver-dnsbl-lookup-error\n");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sidestep"))
+        .args(["classify", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"550-5.7.1 Unfortunately, messages from [192.0.2.1] weren't sent (S3150).\n\n452 4.2.2 mailbox full\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["verdict"], "ip-reputation");
+    assert_eq!(lines[0]["rule"], "microsoft-ip-block");
+    assert_eq!(lines[1]["verdict"], "transient");
+}
