@@ -27,7 +27,7 @@ async fn every_acknowledged_message_survives_sigkill() {
     }
     // The first attempts have happened (and failed); now the process dies hard.
     eventually(
-        || relay.log().matches("verdict=Transient").count() >= 10,
+        || relay.log().matches("verdict=transient").count() >= 10,
         || relay.log(),
     )
     .await;

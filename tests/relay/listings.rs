@@ -174,7 +174,7 @@ async fn all_ips_listed_defers_and_delivers_after_a_delisting() {
     .await;
     assert!(w.dest.messages().is_empty());
     assert!(
-        relay.log().contains("verdict=Transient"),
+        relay.log().contains("verdict=transient"),
         "deferred, not bounced"
     );
 

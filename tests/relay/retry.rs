@@ -22,7 +22,7 @@ async fn temporary_failure_is_retried_until_delivered() {
     let got = w.dest.wait_for(1).await;
     assert_eq!(got[0].rcpts, vec!["b@dest.test"]);
     let log = relay.log();
-    assert_eq!(log.matches("verdict=Transient").count(), 2, "{log}");
+    assert_eq!(log.matches("verdict=transient").count(), 2, "{log}");
     assert!(log.contains("451 4.3.0 try again later"), "{log}");
     // No DSN for a message that was eventually delivered.
     assert!(w.sender.messages().is_empty());
