@@ -6,7 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::config::{BlocklistConfig, Config, Severity};
-use crate::reputation::{ListHealth, ListingRecord, ListingState, ListingsReport, read_report};
+use crate::reputation::{ListHealth, ListingRecord, ListingState, ReputationReport, read_report};
 
 /// `sidestep listings`: every egress IP with every list's state, from the relay's state
 /// (readable while it runs).
@@ -42,7 +42,7 @@ struct JsonReport<'a> {
 pub(super) fn render(
     config: &Config,
     ips: &[IpAddr],
-    report: &ListingsReport,
+    report: &ReputationReport,
     json: bool,
 ) -> String {
     let health = |zone: &str| report.health.iter().find(|h| h.zone == zone);

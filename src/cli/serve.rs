@@ -8,7 +8,7 @@ use crate::inbound::{self, Inbound};
 use crate::outbound::Outbound;
 use crate::queue::{self, QueueContext};
 use crate::reputation::{self, Reputation};
-use crate::routing::{Pool, Resolver};
+use crate::routing::Resolver;
 use crate::spool::Spool;
 
 /// `sidestep serve`: wires the pipeline together and runs until killed.
@@ -20,12 +20,6 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     let spool = Spool::open(&config.spool.directory)
         .with_context(|| format!("opening spool {}", config.spool.directory.display()))?;
     let resolver = Resolver::new(&config.dns).context("setting up DNS")?;
-    let pool_config = config
-        .effective_pools()
-        .into_iter()
-        .find(|p| p.name == config.delivery.pool)
-        .context("delivery.pool names no pool")?;
-    let pool = Pool::from_config(&pool_config, &config.server.hostname);
     let reputation = Reputation::open(config.blocklists.clone(), spool.database())
         .context("loading listing state")?;
     reputation::spawn_monitor(
@@ -34,7 +28,8 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         config.egress_ips(),
         config.listings.clone(),
     );
-    let outbound = Outbound::new(&config.delivery, resolver, pool, reputation.clone());
+    let outbound =
+        Outbound::new(&config, resolver, reputation.clone()).context("setting up delivery")?;
     let ctx = Arc::new(QueueContext::new(
         config.clone(),
         spool.clone(),

@@ -40,6 +40,95 @@ pub struct Config {
     pub listings: ListingsConfig,
     /// The operator's own reply classification rules, tried before the built-in ones.
     pub classify: ClassifyConfig,
+    /// How long a block learned from a destination's reply lasts.
+    pub blocks: BlocksConfig,
+    /// Relays to hand mail to when no egress IP is clean for a destination.
+    pub smarthosts: Vec<SmarthostConfig>,
+    /// Per-destination choice of pool and fallback smarthost; first match wins.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// `[blocks]`: a destination refused an egress IP for its reputation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlocksConfig {
+    /// How long the IP is kept away from that destination the first time. After it
+    /// expires one canary delivery tries the IP again.
+    pub duration: HumanDuration,
+    /// Each repeat doubles the time, up to this.
+    pub max_duration: HumanDuration,
+}
+
+impl Default for BlocksConfig {
+    fn default() -> Self {
+        Self {
+            duration: HumanDuration::from_secs(4 * 3600),
+            max_duration: HumanDuration::from_secs(2 * 24 * 3600),
+        }
+    }
+}
+
+/// How a smarthost connection is encrypted. Plain text is not offered: the fallback
+/// carries credentials.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmarthostTls {
+    /// STARTTLS is required (submission, port 587).
+    #[default]
+    Starttls,
+    /// TLS from the first byte (submissions, port 465).
+    Implicit,
+}
+
+/// `[[smarthosts]]`: a relay that takes our mail when our own IPs cannot.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmarthostConfig {
+    /// Name that routes refer to.
+    pub name: String,
+    /// Host name (checked against its certificate) or address.
+    pub host: String,
+    #[serde(default = "default_submission_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub tls: SmarthostTls,
+    /// AUTH user; with `password` or `password_file`.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// File whose first line is the password, so the config file can be world-readable.
+    pub password_file: Option<PathBuf>,
+    /// PEM file of CA certificates to trust for this smarthost instead of the system's.
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_submission_port() -> u16 {
+    587
+}
+
+/// `[[routes]]`: which pool and fallback serve which recipient domains.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Recipient domains: `example.com`, `*.example.com` (subdomains and the domain
+    /// itself) or `*` (everything).
+    pub domains: Vec<String>,
+    /// Egress pool; default `delivery.pool`.
+    pub pool: Option<String>,
+    /// Smarthost for mail no egress IP may carry; default `delivery.fallback`.
+    pub fallback: Option<String>,
+}
+
+impl RouteConfig {
+    pub fn matches(&self, domain: &str) -> bool {
+        self.domains.iter().any(|pattern| {
+            let pattern = pattern.to_ascii_lowercase();
+            match pattern.strip_prefix("*.") {
+                _ if pattern == "*" => true,
+                Some(parent) => domain == parent || domain.ends_with(&format!(".{parent}")),
+                None => domain == pattern,
+            }
+        })
+    }
 }
 
 /// `[classify]`: operator rules for reply classification.
@@ -106,6 +195,12 @@ pub struct DeliveryConfig {
     pub port: u16,
     /// The egress pool used for direct delivery.
     pub pool: String,
+    /// Smarthost (by name) for mail that no egress IP may carry, unless a route says
+    /// otherwise. Without one, such mail waits for a block to expire.
+    pub fallback: Option<String>,
+    /// Sites whose MX hosts all end in one of these suffixes are one site (a block
+    /// learned from `a.mail.protection.outlook.com` holds for every Microsoft 365 MX).
+    pub site_rollup: Vec<String>,
     /// TCP connect timeout per MX address.
     pub connect_timeout: HumanDuration,
     /// Timeout for each SMTP command reply (RFC 5321 §4.5.3.2 suggests minutes; a slow
@@ -279,6 +374,8 @@ impl Default for DeliveryConfig {
         Self {
             port: 25,
             pool: default_pool_name(),
+            fallback: None,
+            site_rollup: Vec::new(),
             connect_timeout: HumanDuration::from_secs(30),
             command_timeout: HumanDuration::from_secs(300),
             max_connections: 100,
@@ -504,13 +601,112 @@ impl Config {
                 }
             }
         }
-        let pool_known = self.pools.iter().any(|p| p.name == d.pool)
-            || (self.pools.is_empty() && d.pool == default_pool_name());
-        if !pool_known {
+        let pool_known = |name: &str| {
+            self.pools.iter().any(|p| p.name == name)
+                || (self.pools.is_empty() && name == default_pool_name())
+        };
+        if !pool_known(&d.pool) {
             err(
                 "delivery.pool".into(),
                 format!("no [[pools]] entry is named {:?}", d.pool),
             );
+        }
+        let smarthost_known = |name: &str| self.smarthosts.iter().any(|s| s.name == name);
+        if let Some(f) = &d.fallback
+            && !smarthost_known(f)
+        {
+            err(
+                "delivery.fallback".into(),
+                format!("no [[smarthosts]] entry is named {f:?}"),
+            );
+        }
+        if self.blocks.duration.is_zero() {
+            err("blocks.duration".into(), "must be more than 0s".into());
+        }
+        if self.blocks.max_duration.get() < self.blocks.duration.get() {
+            err(
+                "blocks.max_duration".into(),
+                "must not be shorter than blocks.duration".into(),
+            );
+        }
+        let mut smarthost_names = std::collections::HashSet::new();
+        for (i, sh) in self.smarthosts.iter().enumerate() {
+            if sh.name.trim().is_empty() || !smarthost_names.insert(sh.name.as_str()) {
+                err(
+                    format!("smarthosts[{i}].name"),
+                    format!("{:?} is empty or used twice", sh.name),
+                );
+            }
+            if sh.host.parse::<IpAddr>().is_err() && !crate::envelope::is_valid_domain(&sh.host) {
+                err(
+                    format!("smarthosts[{i}].host"),
+                    format!("{:?} is not a host name or address", sh.host),
+                );
+            }
+            if sh.port == 0 {
+                err(format!("smarthosts[{i}].port"), "must not be 0".into());
+            }
+            match (&sh.username, &sh.password, &sh.password_file) {
+                (_, Some(_), Some(_)) => err(
+                    format!("smarthosts[{i}].password_file"),
+                    "give password or password_file, not both".into(),
+                ),
+                (Some(_), None, None) => err(
+                    format!("smarthosts[{i}].password"),
+                    "username needs password or password_file".into(),
+                ),
+                (None, Some(_), _) | (None, _, Some(_)) => err(
+                    format!("smarthosts[{i}].username"),
+                    "a password needs a username".into(),
+                ),
+                _ => {}
+            }
+            for (key, path) in [
+                ("password_file", &sh.password_file),
+                ("ca_file", &sh.ca_file),
+            ] {
+                if let Some(path) = path
+                    && let Err(e) = std::fs::metadata(path)
+                {
+                    err(
+                        format!("smarthosts[{i}].{key}"),
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                }
+            }
+        }
+        for (i, route) in self.routes.iter().enumerate() {
+            if route.domains.is_empty() {
+                err(
+                    format!("routes[{i}].domains"),
+                    "name at least one domain".into(),
+                );
+            }
+            for (j, pattern) in route.domains.iter().enumerate() {
+                let bare = pattern.strip_prefix("*.").unwrap_or(pattern);
+                if pattern != "*" && !crate::envelope::is_valid_domain(bare) {
+                    err(
+                        format!("routes[{i}].domains[{j}]"),
+                        format!("{pattern:?} is not a domain, *.domain or *"),
+                    );
+                }
+            }
+            if let Some(p) = &route.pool
+                && !pool_known(p)
+            {
+                err(
+                    format!("routes[{i}].pool"),
+                    format!("no [[pools]] entry is named {p:?}"),
+                );
+            }
+            if let Some(f) = &route.fallback
+                && !smarthost_known(f)
+            {
+                err(
+                    format!("routes[{i}].fallback"),
+                    format!("no [[smarthosts]] entry is named {f:?}"),
+                );
+            }
         }
         errors
     }

@@ -7,10 +7,15 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 
-use crate::config::DeliveryConfig;
+use std::collections::HashMap;
+
+use smtp_proto::EhloResponse;
+
+use super::smarthost::Smarthost;
+use crate::config::{Config, RouteConfig};
 use crate::envelope::{Address, BodyFlags, Sender};
 use crate::reputation::{Reputation, Standing};
-use crate::routing::{DnsError, EgressIp, Pool, Resolver};
+use crate::routing::{DnsError, EgressIp, Pool, Resolver, Site};
 use crate::spool::RemoteReply;
 
 /// What is being sent in one transaction.
@@ -23,23 +28,46 @@ pub struct DomainDelivery<'a> {
     pub body: &'a [u8],
 }
 
+/// How the mail left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// To the destination's MX from one of our egress IPs.
+    Direct,
+    /// Handed to this smarthost because no egress IP was clean for the site.
+    Smarthost(String),
+}
+
 /// What happened: one reply per recipient (same order as `recipients`), plus where the
-/// attempt went, for the log line and the DSN.
+/// attempt went, for the log line, the DSN and reputation.
 #[derive(Debug, Clone)]
 pub struct AttemptReport {
     pub egress: Option<EgressIp>,
     pub mx: Option<String>,
+    /// The MX address connected to.
+    pub mx_ip: Option<IpAddr>,
+    /// The destination site, once the MX lookup succeeded.
+    pub site: Option<Site>,
+    pub via: Via,
+    /// With `no_egress`: when the first block of the site expires (Unix seconds), the
+    /// earliest time an IP could be usable again.
+    pub retry_at: Option<u64>,
     pub replies: Vec<RemoteReply>,
     /// Nothing was sent because no egress IP of the pool may be used (all listed): the
     /// queue retries as soon as the listing state improves.
     pub no_egress: bool,
 }
 
-/// The outbound side: resolver, egress pool and the timeouts from `[delivery]`.
+/// The outbound side: resolver, egress pools, smarthosts, routes and the timeouts from
+/// `[delivery]`.
 #[derive(Clone)]
 pub struct Outbound {
     resolver: Resolver,
-    pool: Pool,
+    pools: HashMap<String, Pool>,
+    smarthosts: HashMap<String, Smarthost>,
+    routes: Vec<RouteConfig>,
+    default_pool: String,
+    default_fallback: Option<String>,
+    site_rollup: Vec<String>,
     reputation: Reputation,
     port: u16,
     connect_timeout: Duration,
@@ -49,50 +77,121 @@ pub struct Outbound {
 }
 
 /// A failure before the transaction started: the next MX address may do better.
-struct HostFailure {
-    reply: RemoteReply,
+pub(super) struct HostFailure {
+    pub(super) reply: RemoteReply,
     /// The TLS handshake failed; the same host is retried once in plain text.
-    tls: bool,
+    pub(super) tls: bool,
 }
 
 impl Outbound {
+    /// Builds the outbound side from the whole configuration.
+    ///
+    /// # Errors
+    /// A smarthost's password or CA file cannot be read.
     pub fn new(
-        config: &DeliveryConfig,
+        config: &Config,
         resolver: Resolver,
-        pool: Pool,
         reputation: Reputation,
-    ) -> Self {
-        let tls = config.starttls.then(|| {
+    ) -> Result<Self, super::OutboundError> {
+        let d = &config.delivery;
+        let tls = d.starttls.then(|| {
             mail_send::smtp::tls::build_tls_connector(true)
                 .expect("a TLS connector without verification always builds")
         });
-        Self {
+        let pools = config
+            .effective_pools()
+            .iter()
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    Pool::from_config(p, &config.server.hostname),
+                )
+            })
+            .collect();
+        let smarthosts = config
+            .smarthosts
+            .iter()
+            .map(|s| Ok((s.name.clone(), Smarthost::new(s, &config.server.hostname)?)))
+            .collect::<Result<_, super::OutboundError>>()?;
+        Ok(Self {
             resolver,
-            pool,
+            pools,
+            smarthosts,
+            routes: config.routes.clone(),
+            default_pool: d.pool.clone(),
+            default_fallback: d.fallback.clone(),
+            site_rollup: d.site_rollup.clone(),
             reputation,
-            port: config.port,
-            connect_timeout: config.connect_timeout.get(),
-            command_timeout: config.command_timeout.get(),
+            port: d.port,
+            connect_timeout: d.connect_timeout.get(),
+            command_timeout: d.command_timeout.get(),
             tls,
-        }
+        })
+    }
+
+    /// The pool and fallback smarthost for a recipient domain: the first matching route,
+    /// else `[delivery]`.
+    fn route_for(&self, domain: &str) -> (&Pool, Option<&Smarthost>) {
+        let route = self.routes.iter().find(|r| r.matches(domain));
+        let pool_name = route
+            .and_then(|r| r.pool.as_deref())
+            .unwrap_or(&self.default_pool);
+        let fallback = route
+            .and_then(|r| r.fallback.as_deref())
+            .or(self.default_fallback.as_deref());
+        let pool = self
+            .pools
+            .get(pool_name)
+            .or_else(|| self.pools.get(&self.default_pool))
+            .expect("validated: every route names a configured pool");
+        (pool, fallback.and_then(|f| self.smarthosts.get(f)))
     }
 
     /// Delivers to one domain: MX hosts in order, each address in turn, until one server
     /// takes the transaction. Never fails: every problem becomes a reply for the
     /// recipients (code 0 when no server answered).
     pub async fn deliver(&self, d: &DomainDelivery<'_>) -> AttemptReport {
-        let all = |reply: RemoteReply| vec![reply; d.recipients.len()];
+        let (pool, fallback) = self.route_for(d.domain);
+        let report = |replies: Vec<RemoteReply>| AttemptReport {
+            egress: None,
+            mx: None,
+            mx_ip: None,
+            site: None,
+            via: Via::Direct,
+            retry_at: None,
+            replies,
+            no_egress: false,
+        };
         let hosts = match self.resolver.lookup_mx(d.domain).await {
             Ok(h) => h,
-            Err(e) => {
-                return AttemptReport {
-                    egress: None,
-                    mx: None,
-                    replies: all(dns_reply(&e)),
-                    no_egress: false,
-                };
-            }
+            Err(e) => return report(vec![dns_reply(&e); d.recipients.len()]),
         };
+        let site = Site::from_mx(&hosts, &self.site_rollup);
+        // Every egress IP listed or blocked for this site: the fallback smarthost, or wait.
+        let usable = pool
+            .egress()
+            .iter()
+            .any(|e| self.standing(e, &site) != Standing::Hard);
+        if !usable {
+            if let Some(smarthost) = fallback {
+                let mut r = smarthost
+                    .deliver(
+                        &self.resolver,
+                        d,
+                        self.connect_timeout,
+                        self.command_timeout,
+                    )
+                    .await;
+                r.site = Some(site);
+                return r;
+            }
+            let ips: Vec<IpAddr> = pool.egress().iter().filter_map(|e| e.ip).collect();
+            let mut r = report(vec![self.no_egress(pool, &site, None); d.recipients.len()]);
+            r.retry_at = self.reputation.next_expiry(&site, &ips);
+            r.no_egress = true;
+            r.site = Some(site);
+            return r;
+        }
         let mut last = RemoteReply {
             code: 0,
             enhanced: "4.4.4".into(),
@@ -100,6 +199,7 @@ impl Outbound {
             mx: None,
         };
         let mut last_egress = None;
+        let mut last_ip = None;
         let mut no_egress = false;
         for host in &hosts {
             let addrs = match self.resolver.lookup_addresses(&host.name).await {
@@ -111,12 +211,16 @@ impl Outbound {
                 }
             };
             for addr in addrs {
-                let Some(egress) = self.pool.next_for(addr, |e| self.standing(e)) else {
-                    last = self.no_egress(&host.name, addr);
+                let claim = |e: &EgressIp| {
+                    e.ip.map_or(Standing::Clean, |ip| self.reputation.claim(ip, &site))
+                };
+                let Some(egress) = pool.next_for(addr, claim) else {
+                    last = self.no_egress(pool, &site, Some((&host.name, addr)));
                     no_egress = true;
                     continue;
                 };
                 last_egress = Some(egress.clone());
+                last_ip = Some(addr);
                 let mut result = self.try_host(&egress, addr, &host.name, d, true).await;
                 if let Err(HostFailure { tls: true, .. }) = result {
                     result = self.try_host(&egress, addr, &host.name, d, false).await;
@@ -126,11 +230,20 @@ impl Outbound {
                         return AttemptReport {
                             egress: Some(egress),
                             mx: Some(host.name.clone()),
+                            mx_ip: Some(addr),
+                            site: Some(site),
+                            via: Via::Direct,
+                            retry_at: None,
                             replies,
                             no_egress: false,
                         };
                     }
                     Err(f) => {
+                        // This address said nothing about the IP: a claimed canary is free
+                        // again for the next delivery.
+                        if let Some(ip) = egress.ip {
+                            self.reputation.release_canary(ip, &site);
+                        }
                         last = f.reply;
                         no_egress = false;
                     }
@@ -140,42 +253,47 @@ impl Outbound {
         AttemptReport {
             egress: last_egress,
             mx: last.mx.clone(),
-            replies: all(last),
+            mx_ip: last_ip,
+            site: Some(site),
+            via: Via::Direct,
+            retry_at: None,
+            replies: vec![last; d.recipients.len()],
             no_egress,
         }
     }
 
-    fn standing(&self, egress: &EgressIp) -> Standing {
+    fn standing(&self, egress: &EgressIp, site: &Site) -> Standing {
         egress
             .ip
-            .map_or(Standing::Clean, |ip| self.reputation.standing(ip))
+            .map_or(Standing::Clean, |ip| self.reputation.standing_for(ip, site))
     }
 
     /// Why no egress IP may be used: the message is deferred (never bounced) with this
-    /// as its reason, which the attempt's log line shows.
-    fn no_egress(&self, mx: &str, addr: IpAddr) -> RemoteReply {
-        let why: Vec<String> = self
-            .pool
+    /// as its reason, which the attempt's log line and an expiry DSN show.
+    fn no_egress(&self, pool: &Pool, site: &Site, target: Option<(&str, IpAddr)>) -> RemoteReply {
+        let why: Vec<String> = pool
             .egress()
             .iter()
-            .map(|e| match e.ip {
-                Some(ip) if !e.can_reach(addr) => format!("{ip}: cannot reach {addr}"),
-                Some(ip) => format!(
-                    "{ip}: listed on {}",
-                    self.reputation.describe(ip).join(", ")
+            .map(|e| match (e.ip, target) {
+                (Some(ip), Some((_, addr))) if !e.can_reach(addr) => {
+                    format!("{ip}: cannot reach {addr}")
+                }
+                (Some(ip), _) => format!(
+                    "{ip}: {}",
+                    self.reputation.describe_for(ip, site).join("; ")
                 ),
-                None => format!("default: cannot reach {addr}"),
+                (None, _) => "default address: cannot reach the destination".to_string(),
             })
             .collect();
         RemoteReply {
             code: 0,
             enhanced: "4.7.0".into(),
             text: format!(
-                "no usable egress IP in pool {} for {mx}: {}",
-                self.pool.name,
-                why.join("; ")
+                "no usable egress IP in pool {} for {site}: {}",
+                pool.name,
+                why.join(" | ")
             ),
-            mx: Some(mx.to_string()),
+            mx: target.map(|(mx, _)| mx.to_string()),
         }
     }
 
@@ -224,14 +342,14 @@ impl Outbound {
                 tls: false,
             });
         }
-        let caps = hello(&mut client, &egress.helo, mx).await?;
+        let caps = hello(&mut client, &egress.helo, mx).await?.capabilities;
         match (&self.tls, use_tls && caps & EXT_START_TLS != 0) {
             (Some(tls), true) => {
                 let mut client = client.start_tls(tls, mx).await.map_err(|e| HostFailure {
                     reply: error_reply(e, mx),
                     tls: true,
                 })?;
-                let caps = hello(&mut client, &egress.helo, mx).await?;
+                let caps = hello(&mut client, &egress.helo, mx).await?.capabilities;
                 Ok(transaction(&mut client, caps, d, mx).await)
             }
             _ => Ok(transaction(&mut client, caps, d, mx).await),
@@ -256,14 +374,14 @@ impl Outbound {
 }
 
 /// EHLO, falling back to HELO for servers that refuse EHLO (RFC 5321 §3.2). Returns
-/// the extension bits (none after HELO).
-async fn hello<S: AsyncRead + AsyncWrite + Unpin>(
+/// the extensions (none after HELO).
+pub(super) async fn hello<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut SmtpClient<S>,
     helo: &str,
     mx: &str,
-) -> Result<u32, HostFailure> {
+) -> Result<EhloResponse<String>, HostFailure> {
     match client.ehlo(helo).await {
-        Ok(r) => Ok(r.capabilities),
+        Ok(r) => Ok(r),
         Err(mail_send::Error::UnexpectedReply(r)) if r.code >= 500 => {
             let r = client
                 .cmd(format!("HELO {helo}\r\n"))
@@ -273,7 +391,7 @@ async fn hello<S: AsyncRead + AsyncWrite + Unpin>(
                     tls: false,
                 })?;
             if (200..300).contains(&r.code) {
-                Ok(0)
+                Ok(EhloResponse::default())
             } else {
                 Err(HostFailure {
                     reply: response_reply(&r, mx),
@@ -290,7 +408,7 @@ async fn hello<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// MAIL, RCPT…, DATA on an established session. Pipelined when the server offers it
 /// (RFC 2920), through `cmds` which reads exactly one reply per command.
-async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
+pub(super) async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut SmtpClient<S>,
     caps: u32,
     d: &DomainDelivery<'_>,
@@ -423,7 +541,7 @@ fn mail_reply_missing(mx: &str) -> RemoteReply {
     }
 }
 
-fn response_reply(r: &Response<String>, mx: &str) -> RemoteReply {
+pub(super) fn response_reply(r: &Response<String>, mx: &str) -> RemoteReply {
     let enhanced = if r.esc[0] == 0 {
         format!("{}.0.0", r.code / 100)
     } else {
@@ -437,7 +555,7 @@ fn response_reply(r: &Response<String>, mx: &str) -> RemoteReply {
     }
 }
 
-fn error_reply(e: mail_send::Error, mx: &str) -> RemoteReply {
+pub(super) fn error_reply(e: mail_send::Error, mx: &str) -> RemoteReply {
     use mail_send::Error as E;
     let (enhanced, text) = match e {
         E::UnexpectedReply(r) | E::AuthenticationFailed(r) => return response_reply(&r, mx),

@@ -7,10 +7,12 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use super::blocks::{Block, Evidence, block_duration};
 use super::dnsbl::{Finding, ListedCode};
 use super::monitor::CheckOutcome;
 use super::store;
-use crate::config::{BlocklistConfig, Severity};
+use crate::config::{BlocklistConfig, BlocksConfig, Severity};
+use crate::routing::Site;
 use crate::spool::{SpoolError, unix_now};
 
 /// The last known state of one IP on one list.
@@ -69,9 +71,11 @@ pub enum Standing {
 
 /// Everything the operator is shown: the lists and every record.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ListingsReport {
+pub struct ReputationReport {
     pub health: Vec<ListHealth>,
     pub records: Vec<ListingRecord>,
+    #[serde(default)]
+    pub blocks: Vec<Block>,
 }
 
 /// Cheap clonable handle to the listing state.
@@ -92,6 +96,17 @@ struct Shared {
 struct State {
     records: BTreeMap<(IpAddr, String), ListingRecord>,
     health: BTreeMap<String, ListHealth>,
+    blocks: BTreeMap<(IpAddr, Site), Block>,
+}
+
+impl State {
+    fn report(&self) -> ReputationReport {
+        ReputationReport {
+            health: self.health.values().cloned().collect(),
+            records: self.records.values().cloned().collect(),
+            blocks: self.blocks.values().cloned().collect(),
+        }
+    }
 }
 
 impl Reputation {
@@ -106,12 +121,12 @@ impl Reputation {
 
     /// State kept in memory only (for one-off checks).
     pub fn in_memory(lists: Vec<BlocklistConfig>) -> Self {
-        Self::from_report(lists, ListingsReport::default(), None)
+        Self::from_report(lists, ReputationReport::default(), None)
     }
 
     fn from_report(
         lists: Vec<BlocklistConfig>,
-        report: ListingsReport,
+        report: ReputationReport,
         db: Option<Arc<redb::Database>>,
     ) -> Self {
         let mut state = State::default();
@@ -120,6 +135,9 @@ impl Reputation {
         }
         for h in report.health {
             state.health.insert(h.zone.clone(), h);
+        }
+        for b in report.blocks {
+            state.blocks.insert((b.ip, b.site.clone()), b);
         }
         Self {
             shared: Arc::new(Shared {
@@ -306,10 +324,7 @@ impl Reputation {
                     }
                 }
             }
-            ListingsReport {
-                health: state.health.values().cloned().collect(),
-                records: state.records.values().cloned().collect(),
-            }
+            state.report()
         };
         if improved {
             self.shared.improved.send_modify(|n| *n += 1);
@@ -321,11 +336,151 @@ impl Reputation {
     }
 
     /// Everything known, for `sidestep listings` and `dnsbl-check`.
-    pub fn report(&self) -> ListingsReport {
-        let state = self.lock();
-        ListingsReport {
-            health: state.health.values().cloned().collect(),
-            records: state.records.values().cloned().collect(),
+    pub fn report(&self) -> ReputationReport {
+        self.lock().report()
+    }
+
+    fn persist(&self, report: &ReputationReport) -> Result<(), SpoolError> {
+        match &self.shared.db {
+            Some(db) => store::save(db, report),
+            None => Ok(()),
         }
+    }
+
+    /// The standing of `ip` towards `site`: its listings, and a block the site taught us.
+    /// An expired block whose canary is free counts as clean (the IP may be tried once).
+    pub fn standing_for(&self, ip: IpAddr, site: &Site) -> Standing {
+        let listed = self.standing(ip);
+        let state = self.lock();
+        let blocked = match state.blocks.get(&(ip, site.clone())) {
+            Some(b) if b.expires_at > unix_now() || b.canary_in_flight => Standing::Hard,
+            _ => Standing::Clean,
+        };
+        listed.max(blocked)
+    }
+
+    /// Like [`Reputation::standing_for`], and if the IP is clean only because its block
+    /// expired, claims it as that site's one canary delivery.
+    pub fn claim(&self, ip: IpAddr, site: &Site) -> Standing {
+        let listed = self.standing(ip);
+        let mut state = self.lock();
+        let now = unix_now();
+        let blocked = match state.blocks.get_mut(&(ip, site.clone())) {
+            Some(b) if b.expires_at > now || b.canary_in_flight => Standing::Hard,
+            // A listed IP is no canary: its probe would say nothing about this site.
+            Some(_) if listed != Standing::Clean => Standing::Hard,
+            Some(b) => {
+                b.canary_in_flight = true;
+                tracing::info!(ip = %ip, site = %site, "block expired; canary delivery");
+                Standing::Clean
+            }
+            _ => Standing::Clean,
+        };
+        listed.max(blocked)
+    }
+
+    /// The site refused `ip` for its reputation: keep the IP away from it. A repeat (or a
+    /// failed canary) doubles the time.
+    ///
+    /// # Errors
+    /// The block could not be persisted (it holds in memory).
+    pub fn record_block(
+        &self,
+        ip: IpAddr,
+        site: &Site,
+        evidence: Evidence,
+        config: &BlocksConfig,
+    ) -> Result<Block, SpoolError> {
+        let now = unix_now();
+        let (block, report) = {
+            let mut state = self.lock();
+            let key = (ip, site.clone());
+            let (first_seen, strikes) = match state.blocks.get(&key) {
+                Some(b) => (b.first_seen, b.strikes + 1),
+                None => (now, 0),
+            };
+            let block = Block {
+                ip,
+                site: site.clone(),
+                first_seen,
+                expires_at: now + block_duration(config, strikes).as_secs(),
+                strikes,
+                evidence,
+                canary_in_flight: false,
+            };
+            state.blocks.insert(key, block.clone());
+            (block, state.report())
+        };
+        tracing::warn!(
+            ip = %ip,
+            site = %site,
+            strikes = block.strikes,
+            until = block.expires_at,
+            reply = %block.evidence.reply,
+            mx = block.evidence.mx_host.as_deref().unwrap_or("-"),
+            removal = block.evidence.removal_url.as_deref().unwrap_or("-"),
+            "egress IP blocked by destination"
+        );
+        self.persist(&report)?;
+        Ok(block)
+    }
+
+    /// Mail from `ip` was accepted by `site`: a block there (expired or not) is over.
+    ///
+    /// # Errors
+    /// The change could not be persisted.
+    pub fn note_success(&self, ip: IpAddr, site: &Site) -> Result<(), SpoolError> {
+        let report = {
+            let mut state = self.lock();
+            match state.blocks.remove(&(ip, site.clone())) {
+                Some(b) => {
+                    tracing::info!(ip = %ip, site = %site, since = b.first_seen, "block lifted: the destination accepts this IP again");
+                    state.report()
+                }
+                None => return Ok(()),
+            }
+        };
+        self.shared.improved.send_modify(|n| *n += 1);
+        self.persist(&report)
+    }
+
+    /// A canary attempt ended without a verdict about the IP (connection trouble): the
+    /// next delivery may try again.
+    pub fn release_canary(&self, ip: IpAddr, site: &Site) {
+        if let Some(b) = self.lock().blocks.get_mut(&(ip, site.clone())) {
+            b.canary_in_flight = false;
+        }
+    }
+
+    /// When the first block among `ips` towards `site` expires (Unix seconds).
+    pub fn next_expiry(&self, site: &Site, ips: &[IpAddr]) -> Option<u64> {
+        let state = self.lock();
+        ips.iter()
+            .filter_map(|ip| state.blocks.get(&(*ip, site.clone())))
+            .map(|b| b.expires_at)
+            .min()
+    }
+
+    /// Why `ip` cannot carry mail to `site`, for deferral reasons and DSNs.
+    pub fn describe_for(&self, ip: IpAddr, site: &Site) -> Vec<String> {
+        let mut out = self
+            .describe(ip)
+            .into_iter()
+            .map(|l| format!("listed on {l}"))
+            .collect::<Vec<_>>();
+        if let Some(b) = self.lock().blocks.get(&(ip, site.clone())) {
+            out.push(format!(
+                "blocked by {} since {} until {}: {}",
+                b.site,
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(b.first_seen)
+                ),
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(b.expires_at)
+                ),
+                b.evidence.reply
+            ));
+        }
+        out
     }
 }

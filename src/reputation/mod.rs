@@ -5,13 +5,15 @@
 //!   [`Reputation`] handle, and persisted so it survives restarts.
 //! - `monitor`: the task that asks every list about every egress IP on a schedule.
 
+pub mod blocks;
 pub mod dnsbl;
 mod listings;
 mod monitor;
 mod store;
 
+pub use blocks::{Block, Evidence};
 pub use listings::{
-    CheckError, ListHealth, ListingRecord, ListingState, ListingsReport, Reputation, Standing,
+    CheckError, ListHealth, ListingRecord, ListingState, Reputation, ReputationReport, Standing,
 };
 pub use monitor::{CheckOutcome, check_all, spawn_monitor};
 pub use store::read_report;

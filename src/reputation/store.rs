@@ -5,11 +5,13 @@ use std::path::Path;
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::listings::{ListHealth, ListingRecord, ListingsReport};
+use super::blocks::Block;
+use super::listings::{ListHealth, ListingRecord, ReputationReport};
 use crate::spool::SpoolError;
 
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("listings");
 const HEALTH: TableDefinition<&str, &[u8]> = TableDefinition::new("list_health");
+const BLOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("blocks");
 
 fn db_err(e: impl Into<redb::Error>) -> SpoolError {
     SpoolError::Db(e.into())
@@ -22,9 +24,9 @@ fn corrupt(id: &str, e: serde_json::Error) -> SpoolError {
     }
 }
 
-pub(super) fn load(db: &impl ReadableDatabase) -> Result<ListingsReport, SpoolError> {
+pub(super) fn load(db: &impl ReadableDatabase) -> Result<ReputationReport, SpoolError> {
     let txn = db.begin_read().map_err(db_err)?;
-    let mut report = ListingsReport::default();
+    let mut report = ReputationReport::default();
     match txn.open_table(RECORDS) {
         Ok(table) => {
             for row in table.iter().map_err(db_err)? {
@@ -49,10 +51,22 @@ pub(super) fn load(db: &impl ReadableDatabase) -> Result<ListingsReport, SpoolEr
         Err(redb::TableError::TableDoesNotExist(_)) => {}
         Err(e) => return Err(db_err(e)),
     }
+    match txn.open_table(BLOCKS) {
+        Ok(table) => {
+            for row in table.iter().map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                let b: Block =
+                    serde_json::from_slice(v.value()).map_err(|e| corrupt(k.value(), e))?;
+                report.blocks.push(b);
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(db_err(e)),
+    }
     Ok(report)
 }
 
-pub(super) fn save(db: &redb::Database, report: &ListingsReport) -> Result<(), SpoolError> {
+pub(super) fn save(db: &redb::Database, report: &ReputationReport) -> Result<(), SpoolError> {
     let txn = db.begin_write().map_err(db_err)?;
     {
         let mut records = txn.open_table(RECORDS).map_err(db_err)?;
@@ -78,7 +92,7 @@ pub(super) fn save(db: &redb::Database, report: &ListingsReport) -> Result<(), S
 ///
 /// # Errors
 /// The spool has no database yet, or it cannot be read.
-pub fn read_report(spool_dir: &Path) -> Result<ListingsReport, SpoolError> {
+pub fn read_report(spool_dir: &Path) -> Result<ReputationReport, SpoolError> {
     let path = spool_dir.join("queue.redb");
     let db = redb::Database::builder()
         .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)

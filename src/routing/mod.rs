@@ -3,6 +3,8 @@
 
 mod dns;
 mod pool;
+mod site;
 
 pub use dns::{DnsError, MxHost, Resolver};
 pub use pool::{EgressIp, Pool};
+pub use site::Site;

@@ -1,0 +1,261 @@
+//! Fallback smarthosts: a relay with its own, clean reputation (the "clean fallback SMTP
+//! details" good providers hand out). TLS is required, implicit or STARTTLS, because the
+//! session carries credentials; AUTH uses the strongest mechanism both sides know.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mail_send::{Credentials, SmtpClient};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use smtp_proto::EXT_START_TLS;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::OutboundError;
+use super::client::{
+    AttemptReport, DomainDelivery, HostFailure, Via, error_reply, hello, response_reply,
+    transaction,
+};
+use crate::config::{SmarthostConfig, SmarthostTls};
+use crate::routing::Resolver;
+use crate::spool::RemoteReply;
+
+#[derive(Clone)]
+pub struct Smarthost {
+    name: String,
+    host: String,
+    port: u16,
+    mode: SmarthostTls,
+    credentials: Option<Credentials<String>>,
+    tls: TlsConnector,
+    helo: String,
+}
+
+impl Smarthost {
+    /// # Errors
+    /// The password file or CA file cannot be read, or holds no certificate.
+    pub fn new(config: &SmarthostConfig, helo: &str) -> Result<Self, OutboundError> {
+        let read = |path: &std::path::Path| {
+            std::fs::read_to_string(path).map_err(|source| OutboundError::File {
+                name: config.name.clone(),
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let password = match (&config.password, &config.password_file) {
+            (Some(p), _) => Some(p.clone()),
+            (None, Some(f)) => Some(read(f)?.lines().next().unwrap_or("").to_string()),
+            (None, None) => None,
+        };
+        let credentials = config
+            .username
+            .clone()
+            .zip(password)
+            .map(|(u, p)| Credentials::new(u, p));
+        let tls = match &config.ca_file {
+            Some(path) => {
+                let pem = read(path)?;
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                    let cert = cert.map_err(|e| OutboundError::Tls {
+                        name: config.name.clone(),
+                        message: format!("{}: {e}", path.display()),
+                    })?;
+                    roots.add(cert).map_err(|e| OutboundError::Tls {
+                        name: config.name.clone(),
+                        message: e.to_string(),
+                    })?;
+                }
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let client = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| OutboundError::Tls {
+                        name: config.name.clone(),
+                        message: e.to_string(),
+                    })?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                TlsConnector::from(Arc::new(client))
+            }
+            None => mail_send::smtp::tls::build_tls_connector(false).map_err(|message| {
+                OutboundError::Tls {
+                    name: config.name.clone(),
+                    message,
+                }
+            })?,
+        };
+        Ok(Self {
+            name: config.name.clone(),
+            host: config.host.clone(),
+            port: config.port,
+            mode: config.tls,
+            credentials,
+            tls,
+            helo: helo.to_string(),
+        })
+    }
+
+    /// Hands the transaction to the smarthost. Never fails: problems become replies.
+    pub async fn deliver(
+        &self,
+        resolver: &Resolver,
+        d: &DomainDelivery<'_>,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+    ) -> AttemptReport {
+        let (ip, replies) = match self
+            .session(resolver, d, connect_timeout, command_timeout)
+            .await
+        {
+            Ok((ip, replies)) => (Some(ip), replies),
+            Err(f) => (None, vec![f.reply; d.recipients.len()]),
+        };
+        AttemptReport {
+            egress: None,
+            mx: Some(format!("{} (smarthost {})", self.host, self.name)),
+            mx_ip: ip,
+            site: None,
+            via: Via::Smarthost(self.name.clone()),
+            retry_at: None,
+            replies,
+            no_egress: false,
+        }
+    }
+
+    async fn session(
+        &self,
+        resolver: &Resolver,
+        d: &DomainDelivery<'_>,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+    ) -> Result<(IpAddr, Vec<RemoteReply>), HostFailure> {
+        let fail = |enhanced: &str, text: String| HostFailure {
+            reply: RemoteReply {
+                code: 0,
+                enhanced: enhanced.into(),
+                text,
+                mx: Some(self.host.clone()),
+            },
+            tls: false,
+        };
+        let ip = match resolver.lookup_addresses(&self.host).await {
+            Ok(ips) => ips[0],
+            Err(e) => return Err(fail("4.4.3", format!("smarthost {}: {e}", self.name))),
+        };
+        let stream = tokio::time::timeout(
+            connect_timeout,
+            TcpStream::connect(SocketAddr::new(ip, self.port)),
+        )
+        .await
+        .map_err(|_| fail("4.4.1", format!("smarthost {}: connect timeout", self.name)))?
+        .map_err(|e| {
+            fail(
+                "4.4.1",
+                format!("smarthost {} [{ip}]:{}: {e}", self.name, self.port),
+            )
+        })?;
+        let _ = stream.set_nodelay(true);
+        let server_name = ServerName::try_from(self.host.clone()).map_err(|e| {
+            fail(
+                "4.7.5",
+                format!("smarthost {}: bad TLS name: {e}", self.name),
+            )
+        })?;
+        let host = self.host.as_str();
+        let replies = match self.mode {
+            SmarthostTls::Implicit => {
+                let tls =
+                    tokio::time::timeout(command_timeout, self.tls.connect(server_name, stream))
+                        .await
+                        .map_err(|_| {
+                            fail(
+                                "4.7.5",
+                                format!("smarthost {}: TLS handshake timeout", self.name),
+                            )
+                        })?
+                        .map_err(|e| fail("4.7.5", format!("smarthost {}: TLS: {e}", self.name)))?;
+                let mut client = SmtpClient {
+                    stream: tls,
+                    timeout: command_timeout,
+                };
+                greeting(&mut client, host).await?;
+                let ehlo = hello(&mut client, &self.helo, host).await?;
+                self.authenticate(&mut client, &ehlo, host).await?;
+                transaction(&mut client, ehlo.capabilities, d, host).await
+            }
+            SmarthostTls::Starttls => {
+                let mut client = SmtpClient {
+                    stream,
+                    timeout: command_timeout,
+                };
+                greeting(&mut client, host).await?;
+                let ehlo = hello(&mut client, &self.helo, host).await?;
+                if ehlo.capabilities & EXT_START_TLS == 0 {
+                    return Err(fail(
+                        "4.7.4",
+                        format!(
+                            "smarthost {} does not offer STARTTLS; credentials are never sent in clear",
+                            self.name
+                        ),
+                    ));
+                }
+                let mut client =
+                    client
+                        .start_tls(&self.tls, host)
+                        .await
+                        .map_err(|e| HostFailure {
+                            reply: error_reply(e, host),
+                            tls: false,
+                        })?;
+                let ehlo = hello(&mut client, &self.helo, host).await?;
+                self.authenticate(&mut client, &ehlo, host).await?;
+                transaction(&mut client, ehlo.capabilities, d, host).await
+            }
+        };
+        Ok((ip, replies))
+    }
+
+    async fn authenticate<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        &self,
+        client: &mut SmtpClient<S>,
+        ehlo: &smtp_proto::EhloResponse<String>,
+        host: &str,
+    ) -> Result<(), HostFailure> {
+        let Some(credentials) = &self.credentials else {
+            return Ok(());
+        };
+        client
+            .authenticate(credentials, ehlo)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                let mut reply = error_reply(e, host);
+                reply.text = format!("smarthost {} AUTH failed: {}", self.name, reply.text);
+                HostFailure { reply, tls: false }
+            })
+    }
+}
+
+async fn greeting<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    client: &mut SmtpClient<S>,
+    host: &str,
+) -> Result<(), HostFailure> {
+    let r = tokio::time::timeout(client.timeout, client.read())
+        .await
+        .map_err(|_| mail_send::Error::Timeout)
+        .and_then(|r| r)
+        .map_err(|e| HostFailure {
+            reply: error_reply(e, host),
+            tls: false,
+        })?;
+    if r.code == 220 {
+        Ok(())
+    } else {
+        Err(HostFailure {
+            reply: response_reply(&r, host),
+            tls: false,
+        })
+    }
+}
