@@ -11,8 +11,8 @@ use tokio::task::JoinSet;
 use super::scheduler::{QueueContext, QueueHandle};
 use super::{dsn, retry};
 use crate::classify::{Retry, Verdict};
-use crate::envelope::{Address, Sender};
-use crate::outbound::{AttemptReport, DomainDelivery};
+use super::domain::{DomainJob, deliver_domain};
+use crate::envelope::Sender;
 use crate::spool::{
     QueueId, QueuedMessage, RecipientStatus, RemoteReply, SpoolError, unix_now, unix_now_ms,
 };
@@ -81,36 +81,54 @@ async fn attempt(
     let mut tasks = JoinSet::new();
     for (domain, idxs) in by_domain {
         let ctx = ctx.clone();
-        let body = body.clone();
-        let sender = msg.sender.clone();
-        let flags = msg.flags;
-        let rcpts: Vec<Address> = idxs
-            .iter()
-            .map(|&i| msg.recipients[i].address.clone())
-            .collect();
+        let job = DomainJob {
+            queue_id: msg.id.clone(),
+            received_at: msg.received_at,
+            sender: msg.sender.clone(),
+            flags: msg.flags,
+            body: body.clone(),
+            recipients: idxs
+                .iter()
+                .map(|&i| (i, msg.recipients[i].address.clone()))
+                .collect(),
+            domain,
+        };
         tasks.spawn(async move {
             let _global = ctx.connections.clone().acquire_owned().await;
-            let _domain = ctx.domain_limit(&domain).acquire_owned().await;
-            let report = ctx
-                .outbound
-                .deliver(&DomainDelivery {
-                    domain: &domain,
-                    sender: &sender,
-                    recipients: &rcpts,
-                    flags,
-                    body: &body,
-                })
-                .await;
-            (idxs, report)
+            let _domain = ctx.domain_limit(&job.domain).acquire_owned().await;
+            deliver_domain(&ctx, job).await
         });
     }
     let mut waiting_for_egress = false;
+    let mut retry_at: Option<u64> = None;
+    let mut throttled = false;
+    let now = unix_now();
     while let Some(joined) = tasks.join_next().await {
-        let Ok((idxs, report)) = joined else {
+        let Ok(outcome) = joined else {
             continue;
         };
-        waiting_for_egress |= report.no_egress;
-        record(ctx, &mut msg, &idxs, report);
+        waiting_for_egress |= outcome.no_egress;
+        if outcome.throttled {
+            throttled = true;
+            let period = retry::retry_delay(&ctx.config.queue, msg.attempts + 1) * 2;
+            ctx.throttle(&outcome.domain, period);
+        }
+        if let Some(at) = outcome.retry_at {
+            retry_at = Some(retry_at.map_or(at, |r: u64| r.min(at)));
+        }
+        for (i, reply, verdict) in outcome.results {
+            msg.recipients[i].status = match (verdict, verdict.retry()) {
+                (Verdict::Delivered, _) => RecipientStatus::Delivered { at: now, reply },
+                (_, Retry::No) => RecipientStatus::Failed {
+                    at: now,
+                    reply,
+                    expired: false,
+                },
+                (_, Retry::Later | Retry::LaterSlower | Retry::OtherIp) => {
+                    RecipientStatus::Pending { last: Some(reply) }
+                }
+            };
+        }
     }
     msg.attempts += 1;
     expire(&mut msg, ctx.config.queue.max_lifetime.get());
@@ -128,8 +146,16 @@ async fn attempt(
             waiting_for_egress: false,
         });
     }
-    let next =
-        unix_now_ms() + retry::retry_delay(&ctx.config.queue, msg.attempts).as_millis() as u64;
+    let mut delay = retry::retry_delay(&ctx.config.queue, msg.attempts);
+    if throttled {
+        // The destination asked us to slow down: back off twice as long.
+        delay *= 2;
+    }
+    let mut next = unix_now_ms() + delay.as_millis() as u64;
+    if let Some(at) = retry_at {
+        // Waiting for a block to expire: come back when the first one does.
+        next = next.min(at * 1000).max(unix_now_ms());
+    }
     msg.next_attempt_ms = next;
     tokio::task::spawn_blocking(move || spool.update(&msg))
         .await
@@ -138,51 +164,6 @@ async fn attempt(
         next_ms: Some(next),
         waiting_for_egress,
     })
-}
-
-/// Applies one domain's replies to its recipients and writes the attempt's log line
-/// per recipient: the line operators grep and delisting forms ask for.
-fn record(ctx: &QueueContext, msg: &mut QueuedMessage, idxs: &[usize], report: AttemptReport) {
-    let now = unix_now();
-    let delay = now.saturating_sub(msg.received_at);
-    let egress = report
-        .egress
-        .as_ref()
-        .map(|e| e.to_string())
-        .unwrap_or_else(|| "-".into());
-    for (k, &i) in idxs.iter().enumerate() {
-        let Some(reply) = report.replies.get(k).cloned() else {
-            continue;
-        };
-        let class = ctx
-            .classifier
-            .classify(reply.code, &reply.enhanced, &reply.text);
-        let verdict = class.verdict;
-        let rcpt = &mut msg.recipients[i];
-        tracing::info!(
-            queue_id = %msg.id,
-            rcpt = %rcpt.address,
-            egress = %egress,
-            mx = reply.mx.as_deref().unwrap_or("-"),
-            delay_s = delay,
-            dsn = %reply.enhanced,
-            verdict = %verdict,
-            rule = %class.rule,
-            reply = %reply,
-            "delivery attempt"
-        );
-        rcpt.status = match (verdict, verdict.retry()) {
-            (Verdict::Delivered, _) => RecipientStatus::Delivered { at: now, reply },
-            (_, Retry::No) => RecipientStatus::Failed {
-                at: now,
-                reply,
-                expired: false,
-            },
-            (_, Retry::Later | Retry::LaterSlower | Retry::OtherIp) => {
-                RecipientStatus::Pending { last: Some(reply) }
-            }
-        };
-    }
 }
 
 /// Recipients still pending after the queue lifetime become failures that quote the

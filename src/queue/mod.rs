@@ -2,6 +2,7 @@
 //! back. Retry math is a pure function; DSNs are built here.
 
 mod attempt;
+mod domain;
 pub mod dsn;
 pub mod retry;
 mod scheduler;

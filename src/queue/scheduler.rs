@@ -58,6 +58,9 @@ pub struct QueueContext {
     pub connections: Arc<Semaphore>,
     /// Outbound connections per destination domain; entries are dropped when idle.
     pub per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Domains that asked us to slow down: until when (Unix seconds), and their one-lane
+    /// semaphore.
+    throttled: Mutex<HashMap<String, (u64, Arc<Semaphore>)>>,
 }
 
 impl QueueContext {
@@ -73,13 +76,35 @@ impl QueueContext {
             classifier,
             connections: Arc::new(Semaphore::new(config.delivery.max_connections)),
             per_domain: Mutex::new(HashMap::new()),
+            throttled: Mutex::new(HashMap::new()),
             config,
             spool,
             outbound,
         }
     }
 
+    /// The destination said "too fast": one connection at a time to it for `period`.
+    pub(super) fn throttle(&self, domain: &str, period: Duration) {
+        let until = crate::spool::unix_now() + period.as_secs().max(1);
+        let mut map = self.throttled.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, (t, _)| *t > crate::spool::unix_now());
+        let entry = map
+            .entry(domain.to_string())
+            .or_insert_with(|| (until, Arc::new(Semaphore::new(1))));
+        entry.0 = until;
+        tracing::info!(domain, until, "destination throttles us; one connection at a time");
+    }
+
     pub(super) fn domain_limit(&self, domain: &str) -> Arc<Semaphore> {
+        if let Some((until, lane)) = self
+            .throttled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(domain)
+            && *until > crate::spool::unix_now()
+        {
+            return lane.clone();
+        }
         let mut map = self.per_domain.lock().unwrap_or_else(|e| e.into_inner());
         // Forget domains nobody is delivering to, so the map does not grow with every
         // domain ever seen.
