@@ -23,6 +23,10 @@ fn main() -> ExitCode {
             json,
             reply,
         } => report(cli::classify(config.as_deref(), reply.as_deref(), json)),
+        Command::Blocks { config, json } => report(cli::blocks(config.as_deref(), json)),
+        Command::DelistReport { config, json, ip } => {
+            report(cli::delist_report(config.as_deref(), ip, json))
+        }
         Command::DnsblCheck { config, json, ips } => {
             run(cli::dnsbl_check(config.as_deref(), &ips, json))
         }

@@ -1,7 +1,9 @@
 //! The `sidestep` command line: one file per subcommand.
 
+mod blocks;
 mod check_config;
 mod classify;
+mod delist_report;
 mod dnsbl_check;
 mod listings;
 mod serve;
@@ -10,8 +12,10 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+pub use blocks::blocks;
 pub use check_config::check_config;
 pub use classify::classify;
+pub use delist_report::delist_report;
 pub use dnsbl_check::dnsbl_check;
 pub use listings::listings;
 pub use serve::serve;
@@ -57,6 +61,22 @@ pub enum Command {
         json: bool,
         /// The reply text, e.g. "550 5.7.1 ... blocked using CSI".
         reply: Option<String>,
+    },
+    /// List the blocks learned from destinations' replies, with their evidence.
+    Blocks {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print what a delisting form asks for about one egress IP: every list and site
+    /// that refuses it, since when, the exact reply and log line, where to ask.
+    DelistReport {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        ip: std::net::IpAddr,
     },
     /// Check addresses against the configured blocklists once, now.
     DnsblCheck {

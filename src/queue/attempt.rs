@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 
+use super::domain::{DomainJob, deliver_domain};
 use super::scheduler::{QueueContext, QueueHandle};
 use super::{dsn, retry};
 use crate::classify::{Retry, Verdict};
-use super::domain::{DomainJob, deliver_domain};
 use crate::envelope::Sender;
 use crate::spool::{
     QueueId, QueuedMessage, RecipientStatus, RemoteReply, SpoolError, unix_now, unix_now_ms,

@@ -7,7 +7,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-
 use super::scheduler::QueueContext;
 use crate::classify::Verdict;
 use crate::envelope::{Address, BodyFlags, Sender};
@@ -76,7 +75,9 @@ pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> Domain
             let Some(reply) = report.replies.get(k).cloned() else {
                 continue;
             };
-            let class = ctx.classifier.classify(reply.code, &reply.enhanced, &reply.text);
+            let class = ctx
+                .classifier
+                .classify(reply.code, &reply.enhanced, &reply.text);
             let line = log_attempt(&job, rcpt, &report, &reply, class.verdict, &class.rule);
             match class.verdict {
                 Verdict::Delivered => delivered = true,
@@ -109,7 +110,14 @@ pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> Domain
             }
             results.push((*i, reply, class.verdict));
         }
-        learn(ctx, egress_ip.filter(|_| direct), report.site.as_ref(), refusal.clone(), delivered).await;
+        learn(
+            ctx,
+            egress_ip.filter(|_| direct),
+            report.site.as_ref(),
+            refusal.clone(),
+            delivered,
+        )
+        .await;
         if again.is_empty() || refusal.is_none() || round + 1 == MAX_ROUNDS {
             break;
         }
@@ -148,7 +156,9 @@ async fn learn(
     let reputation = ctx.reputation.clone();
     let blocks = ctx.config.blocks.clone();
     let result = tokio::task::spawn_blocking(move || match refusal {
-        Some(evidence) => reputation.record_block(ip, &site, evidence, &blocks).map(|_| ()),
+        Some(evidence) => reputation
+            .record_block(ip, &site, evidence, &blocks)
+            .map(|_| ()),
         None if delivered => reputation.note_success(ip, &site),
         None => {
             reputation.release_canary(ip, &site);
@@ -179,7 +189,10 @@ fn log_attempt(
         (Via::Direct, None) => "-".into(),
     };
     let mx = reply.mx.as_deref().or(report.mx.as_deref()).unwrap_or("-");
-    let mx_ip = report.mx_ip.map(|ip| ip.to_string()).unwrap_or_else(|| "-".into());
+    let mx_ip = report
+        .mx_ip
+        .map(|ip| ip.to_string())
+        .unwrap_or_else(|| "-".into());
     let delay = unix_now().saturating_sub(job.received_at);
     tracing::info!(
         queue_id = %job.queue_id,

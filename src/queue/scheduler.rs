@@ -92,7 +92,11 @@ impl QueueContext {
             .entry(domain.to_string())
             .or_insert_with(|| (until, Arc::new(Semaphore::new(1))));
         entry.0 = until;
-        tracing::info!(domain, until, "destination throttles us; one connection at a time");
+        tracing::info!(
+            domain,
+            until,
+            "destination throttles us; one connection at a time"
+        );
     }
 
     pub(super) fn domain_limit(&self, domain: &str) -> Arc<Semaphore> {

@@ -84,6 +84,16 @@ pub(super) fn save(db: &redb::Database, report: &ReputationReport) -> Result<(),
                 .insert(h.zone.as_str(), value.as_slice())
                 .map_err(db_err)?;
         }
+        // Blocks come and go: the table is rewritten so a lifted block disappears.
+        let mut blocks = txn.open_table(BLOCKS).map_err(db_err)?;
+        blocks.retain(|_, _| false).map_err(db_err)?;
+        for b in &report.blocks {
+            let key = format!("{} {}", b.ip, b.site);
+            let value = serde_json::to_vec(b).expect("blocks serialize");
+            blocks
+                .insert(key.as_str(), value.as_slice())
+                .map_err(db_err)?;
+        }
     }
     txn.commit().map_err(db_err)
 }
@@ -105,4 +115,68 @@ pub fn read_report(spool_dir: &Path) -> Result<ReputationReport, SpoolError> {
             other => db_err(other),
         })?;
     load(&db)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reader_in_another_handle_sees_the_latest_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = redb::Database::builder()
+            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+            .create(dir.path().join("queue.redb"))
+            .unwrap();
+        let mut report = ReputationReport::default();
+        report.health.push(ListHealth {
+            zone: "one.test".into(),
+            broken: None,
+            error: None,
+            last_checked: Some(1),
+        });
+        save(&db, &report).unwrap();
+        assert_eq!(read_report(dir.path()).unwrap().health.len(), 1);
+        report.health.push(ListHealth {
+            zone: "two.test".into(),
+            broken: None,
+            error: None,
+            last_checked: Some(2),
+        });
+        save(&db, &report).unwrap();
+        assert_eq!(read_report(dir.path()).unwrap().health.len(), 2);
+    }
+}
+
+#[cfg(test)]
+mod block_tests {
+    use super::*;
+    use crate::reputation::{Evidence, Reputation};
+
+    #[test]
+    fn recorded_blocks_are_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = crate::spool::Spool::open(dir.path()).unwrap();
+        let rep = Reputation::open(vec![], spool.database()).unwrap();
+        let evidence = Evidence {
+            reply: "550 x".into(),
+            rule: "r".into(),
+            at: 1,
+            mx_host: None,
+            mx_ip: None,
+            queue_id: "q".into(),
+            recipient: "a@b".into(),
+            removal_url: None,
+            log_line: "l".into(),
+        };
+        rep.record_block(
+            "127.0.0.2".parse().unwrap(),
+            &"site".into(),
+            evidence,
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(rep.report().blocks.len(), 1);
+        assert_eq!(read_report(dir.path()).unwrap().blocks.len(), 1);
+    }
 }

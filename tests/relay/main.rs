@@ -3,6 +3,7 @@
 
 mod support;
 
+mod blocks;
 mod cli;
 mod crash;
 mod delivery;

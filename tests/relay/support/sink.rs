@@ -23,6 +23,8 @@ pub struct Received {
     pub rcpts: Vec<String>,
     /// Whether the message came over TLS (after STARTTLS).
     pub tls: bool,
+    /// The AUTH user, when the client authenticated.
+    pub auth: Option<String>,
     /// Content after dot-unstuffing, CRLF line endings, without the final `.` line.
     pub data: Vec<u8>,
 }
@@ -42,6 +44,8 @@ pub struct Behaviour {
     pub tls: Option<TlsAcceptor>,
     /// Wait this long before answering the end of DATA (to make deliveries overlap).
     pub data_delay: Option<Duration>,
+    /// Require AUTH PLAIN/LOGIN with this user and password before MAIL.
+    pub auth: Option<(String, String)>,
 }
 
 #[derive(Clone)]
@@ -135,10 +139,15 @@ impl Sink {
     async fn session(&self, stream: Box<dyn Io>, peer: IpAddr, tls: bool) -> std::io::Result<()> {
         let (r, mut w) = tokio::io::split(stream);
         let mut r = BufReader::new(r);
-        let (refuse, acceptor) = {
+        let (refuse, acceptor, required_auth) = {
             let b = self.behaviour.lock().unwrap();
-            (b.refuse_from.get(&peer).cloned(), b.tls.clone())
+            (
+                b.refuse_from.get(&peer).cloned(),
+                b.tls.clone(),
+                b.auth.clone(),
+            )
         };
+        let mut authenticated: Option<String> = None;
         if let Some(greeting) = refuse.filter(|_| !tls) {
             w.write_all(format!("{greeting}\r\n").as_bytes()).await?;
             // Like a real receiver that refuses a reputation-listed IP: answer the
@@ -175,9 +184,39 @@ impl Sink {
                 } else {
                     ""
                 };
+                let auth = if required_auth.is_some() && (tls || acceptor.is_none()) {
+                    "250-AUTH PLAIN LOGIN\r\n"
+                } else {
+                    ""
+                };
                 format!(
-                    "250-sink.test\r\n{starttls}250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 100000000"
+                    "250-sink.test\r\n{starttls}{auth}250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 100000000"
                 )
+            } else if upper.starts_with("AUTH PLAIN") && required_auth.is_some() {
+                let mut arg = text[10..].trim().to_string();
+                if arg.is_empty() {
+                    w.write_all(b"334 \r\n").await?;
+                    line.clear();
+                    r.read_until(b'\n', &mut line).await?;
+                    arg = String::from_utf8_lossy(&line).trim().to_string();
+                }
+                use base64::Engine;
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(arg)
+                    .unwrap_or_default();
+                let parts: Vec<&[u8]> = decoded.split(|b| *b == 0).collect();
+                let (user, pass) = required_auth.clone().unwrap();
+                if parts.len() == 3 && parts[1] == user.as_bytes() && parts[2] == pass.as_bytes() {
+                    authenticated = Some(user);
+                    "235 2.7.0 Authentication successful".to_string()
+                } else {
+                    "535 5.7.8 Authentication credentials invalid".to_string()
+                }
+            } else if upper.starts_with("MAIL FROM:")
+                && required_auth.is_some()
+                && authenticated.is_none()
+            {
+                "530 5.7.0 Authentication required".to_string()
             } else if upper == "STARTTLS" && !tls && acceptor.is_some() {
                 w.write_all(b"220 2.0.0 Ready to start TLS\r\n").await?;
                 let stream = r.into_inner().unsplit(w);
@@ -242,6 +281,7 @@ impl Sink {
                                 mail_from: mail_from.clone(),
                                 rcpts: rcpts.clone(),
                                 tls,
+                                auth: authenticated.clone(),
                                 data,
                             });
                             "250 2.0.0 Ok: queued".to_string()
@@ -259,6 +299,37 @@ impl Sink {
             w.write_all(format!("{reply}\r\n").as_bytes()).await?;
         }
     }
+}
+
+/// A CA and a server certificate for `name` signed by it: the acceptor, and the CA in
+/// PEM for the client to trust (as an operator's `ca_file`).
+pub fn tls_with_ca(name: &str) -> (TlsAcceptor, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca)
+        .unwrap();
+    let private = rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone(), ca.der().clone()], private)
+    .unwrap();
+    (TlsAcceptor::from(Arc::new(config)), ca.pem())
 }
 
 /// Plain or TLS stream, behind one type so STARTTLS can restart the session.

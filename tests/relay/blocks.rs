@@ -1,0 +1,307 @@
+//! Blocks learned from destinations' replies: a site refuses one egress IP (Cloudmark
+//! CSI style), mail goes out through the other one at once, and the operator gets the
+//! evidence. Real SMTP over loopback throughout.
+
+use std::net::IpAddr;
+use std::process::Command;
+
+use crate::support::client::ready;
+use crate::support::eventually;
+use crate::support::sink::{Sink, tls_with_ca};
+use crate::{World, message};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn csi_refusal(addr: &str) -> String {
+    format!(
+        "550 5.7.1 Service unavailable; Client host [{addr}] blocked using CSI; https://csi.cloudmark.com/reset-request/?ip={addr}"
+    )
+}
+
+/// The usual world plus Bell: aliant.test and bell.test share the MX mx.bell.test.
+async fn world_with_bell() -> (World, Sink) {
+    let w = World::new().await;
+    let bell = Sink::start(crate::support::fresh_loopback(), w.dest.addr.port()).await;
+    for domain in ["aliant.test", "bell.test"] {
+        w.setup.dns.add_mx(domain, 10, "mx.bell.test").await;
+    }
+    w.setup.dns.add_a("mx.bell.test", bell.addr.ip()).await;
+    (w, bell)
+}
+
+fn sidestep(w: &World, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_sidestep"))
+        .args(args)
+        .arg("--config")
+        .arg(w.setup.dir.path().join("sidestep.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn send(relay: std::net::SocketAddr, to: &str, subject: &str) {
+    let mut c = ready(relay).await;
+    c.send_mail("a@sender.test", &[to], &message(subject, "x\r\n"))
+        .await;
+}
+
+#[tokio::test]
+async fn csi_block_routes_around_the_ip_for_the_whole_site() {
+    let (w, bell) = world_with_bell().await;
+    bell.behave(|b| {
+        b.refuse_from
+            .insert(ip("127.0.0.2"), csi_refusal("127.0.0.2"));
+    });
+    let relay = w.setup.start().await;
+    // Until the relay has tried .2 once it cannot know; the round-robin gets there by the
+    // second message at the latest.
+    for i in 0..4 {
+        send(relay.addr, "x@aliant.test", &format!("aliant-{i}")).await;
+        bell.wait_for(i + 1).await;
+        if relay.log().contains("egress IP blocked by destination") {
+            break;
+        }
+    }
+    assert!(
+        relay.log().contains("egress IP blocked by destination"),
+        "{}",
+        relay.log()
+    );
+    assert!(
+        relay.log().contains("retrying at once from another IP"),
+        "{}",
+        relay.log()
+    );
+    let before = bell.messages().len();
+    assert!(bell.messages().iter().all(|m| m.peer == ip("127.0.0.3")));
+    assert!(
+        w.sender.messages().is_empty(),
+        "a CSI refusal must not bounce"
+    );
+
+    // bell.test has the same MX: the block holds for it, .2 does not even connect.
+    let connections_before = bell.connections.lock().unwrap().len();
+    for i in 0..4 {
+        send(relay.addr, "y@bell.test", &format!("bell-{i}")).await;
+    }
+    let got = bell.wait_for(before + 4).await;
+    assert!(got.iter().all(|m| m.peer == ip("127.0.0.3")));
+    let later: Vec<IpAddr> = bell.connections.lock().unwrap()[connections_before..].to_vec();
+    assert!(!later.contains(&ip("127.0.0.2")), "{later:?}");
+
+    // Another site keeps using both IPs.
+    for i in 0..4 {
+        send(relay.addr, "z@dest.test", &format!("dest-{i}")).await;
+        w.dest.wait_for(i + 1).await;
+    }
+    let peers: Vec<IpAddr> = w.dest.messages().iter().map(|m| m.peer).collect();
+    assert!(
+        peers.contains(&ip("127.0.0.2")) && peers.contains(&ip("127.0.0.3")),
+        "{peers:?}"
+    );
+
+    // The operator's evidence.
+    let blocks = sidestep(&w, &["blocks"]);
+    assert!(
+        blocks.contains("127.0.0.2 refused by site mx.bell.test"),
+        "{blocks}"
+    );
+    assert!(blocks.contains(&csi_refusal("127.0.0.2")), "{blocks}");
+    assert!(
+        blocks.contains("removal: https://csi.cloudmark.com/reset-request/?ip=127.0.0.2"),
+        "{blocks}"
+    );
+    let report = sidestep(&w, &["delist-report", "127.0.0.2"]);
+    for want in [
+        "Delisting report for 127.0.0.2",
+        "refused by site mx.bell.test",
+        "since:",
+        "reply:   550 5.7.1 Service unavailable; Client host [127.0.0.2] blocked using CSI",
+        "log:     20",
+        "queue_id=",
+        "egress=127.0.0.2",
+        "removal: https://csi.cloudmark.com/reset-request/?ip=127.0.0.2",
+    ] {
+        assert!(report.contains(want), "{want:?} missing from:\n{report}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&sidestep(&w, &["delist-report", "--json", "127.0.0.2"])).unwrap();
+    assert_eq!(json["blocks"][0]["site"], "mx.bell.test");
+
+    // Blocks survive a restart: after it, .2 still never talks to Bell.
+    relay.kill().await;
+    let relay = w.setup.start().await;
+    let connections_before = bell.connections.lock().unwrap().len();
+    for i in 0..2 {
+        send(relay.addr, "y@bell.test", &format!("after-restart-{i}")).await;
+    }
+    bell.wait_for(before + 6).await;
+    let later: Vec<IpAddr> = bell.connections.lock().unwrap()[connections_before..].to_vec();
+    assert!(!later.contains(&ip("127.0.0.2")), "{later:?}");
+}
+
+#[tokio::test]
+async fn every_ip_blocked_goes_to_the_fallback_smarthost_over_tls_with_auth() {
+    let (mut w, bell) = world_with_bell().await;
+    bell.behave(|b| {
+        b.refuse_from
+            .insert(ip("127.0.0.2"), csi_refusal("127.0.0.2"));
+        b.refuse_from
+            .insert(ip("127.0.0.3"), csi_refusal("127.0.0.3"));
+    });
+    let smarthost = Sink::start(crate::support::fresh_loopback(), 0).await;
+    let (acceptor, ca_pem) = tls_with_ca("smarthost.test");
+    smarthost.behave(|b| {
+        b.tls = Some(acceptor);
+        b.auth = Some(("relay-user".into(), "s3cret pass".into()));
+    });
+    w.setup
+        .dns
+        .add_a("smarthost.test", smarthost.addr.ip())
+        .await;
+    let ca = w.setup.dir.path().join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let password = w.setup.dir.path().join("fallback.pass");
+    std::fs::write(&password, "s3cret pass\n").unwrap();
+    w.setup.extra = format!(
+        r#"
+[[smarthosts]]
+name = "clean-fallback"
+host = "smarthost.test"
+port = {port}
+tls = "starttls"
+username = "relay-user"
+password_file = "{password}"
+ca_file = "{ca}"
+
+[[routes]]
+domains = ["*.test"]
+fallback = "clean-fallback"
+"#,
+        port = smarthost.addr.port(),
+        password = password.display(),
+        ca = ca.display(),
+    );
+    let relay = w.setup.start().await;
+    send(relay.addr, "x@aliant.test", "urgent").await;
+    let got = smarthost.wait_for(1).await;
+    assert_eq!(got[0].rcpts, vec!["x@aliant.test"]);
+    assert!(got[0].tls, "smarthost session was not encrypted");
+    assert_eq!(got[0].auth.as_deref(), Some("relay-user"));
+    assert!(bell.messages().is_empty());
+    let log = relay.log();
+    assert_eq!(
+        log.matches("egress IP blocked by destination").count(),
+        2,
+        "{log}"
+    );
+    assert!(log.contains("egress=smarthost:clean-fallback"), "{log}");
+    assert!(w.sender.messages().is_empty());
+}
+
+#[tokio::test]
+async fn without_fallback_mail_waits_for_the_block_then_a_canary_lifts_it() {
+    let (mut w, bell) = world_with_bell().await;
+    bell.behave(|b| {
+        b.refuse_from
+            .insert(ip("127.0.0.2"), csi_refusal("127.0.0.2"));
+        b.refuse_from
+            .insert(ip("127.0.0.3"), csi_refusal("127.0.0.3"));
+    });
+    // Backoff far beyond the test: only the block's expiry can bring the message back.
+    w.setup.queue = "retry_initial = \"1h\"\nretry_max = \"1h\"\nmax_lifetime = \"5days\"".into();
+    w.setup.extra = "\n[blocks]\nduration = \"2s\"\nmax_duration = \"10s\"\n".into();
+    let relay = w.setup.start().await;
+    send(relay.addr, "x@aliant.test", "patient").await;
+    eventually(
+        || relay.log().contains("no usable egress IP in pool default"),
+        || relay.log(),
+    )
+    .await;
+    assert!(
+        relay.log().contains("blocked by mx.bell.test since"),
+        "the deferral says why: {}",
+        relay.log()
+    );
+    // Cloudmark resets the IPs' statistics.
+    bell.behave(|b| b.refuse_from.clear());
+    let got = bell.wait_for(1).await;
+    assert_eq!(got[0].rcpts, vec!["x@aliant.test"]);
+    let log = relay.log();
+    assert!(log.contains("block expired; canary delivery"), "{log}");
+    assert!(log.contains("block lifted"), "{log}");
+    assert!(w.sender.messages().is_empty());
+}
+
+#[tokio::test]
+async fn failed_canary_renews_the_block_for_longer() {
+    let (mut w, bell) = world_with_bell().await;
+    bell.behave(|b| {
+        b.refuse_from
+            .insert(ip("127.0.0.2"), csi_refusal("127.0.0.2"));
+        b.refuse_from
+            .insert(ip("127.0.0.3"), csi_refusal("127.0.0.3"));
+    });
+    w.setup.queue = "retry_initial = \"1h\"\nretry_max = \"1h\"\nmax_lifetime = \"5days\"".into();
+    w.setup.extra = "\n[blocks]\nduration = \"1s\"\nmax_duration = \"1h\"\n".into();
+    let relay = w.setup.start().await;
+    send(relay.addr, "x@aliant.test", "stubborn").await;
+    eventually(|| relay.log().contains("strikes=1"), || relay.log()).await;
+    let json: serde_json::Value =
+        serde_json::from_str(&sidestep(&w, &["blocks", "--json"])).unwrap();
+    let renewed = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["strikes"] == 1)
+        .expect("a renewed block");
+    let length =
+        renewed["expires_at"].as_u64().unwrap() - renewed["evidence"]["at"].as_u64().unwrap();
+    assert!(length >= 2, "a repeat doubles the block: {renewed:#}");
+    assert!(bell.messages().is_empty());
+}
+
+#[tokio::test]
+async fn domain_reputation_bounces_and_throttle_slows_down() {
+    let w = World::new().await;
+    w.dest.behave(|b| {
+        b.rcpt.insert(
+            "listed@dest.test".into(),
+            "554 5.7.1 Service unavailable; Client host [127.0.0.2] blocked using dbl.spamhaus.org; https://www.spamhaus.org/query/domain/sender.test".into(),
+        );
+        b.data.push_back("421 4.7.0 dest.test Error: too many connections from 127.0.0.2".into());
+    });
+    let relay = w.setup.start().await;
+    send(relay.addr, "listed@dest.test", "dbl").await;
+    let dsn = &w.sender.wait_for(1).await[0];
+    assert!(String::from_utf8_lossy(&dsn.data).contains("blocked using dbl.spamhaus.org"));
+    assert!(
+        relay.log().contains("another IP cannot help"),
+        "{}",
+        relay.log()
+    );
+    assert!(
+        !relay.log().contains("egress IP blocked"),
+        "a domain listing must not block the IP"
+    );
+
+    send(relay.addr, "ok@dest.test", "slow").await;
+    let got = w.dest.wait_for(1).await;
+    assert_eq!(got[0].rcpts, vec!["ok@dest.test"]);
+    let log = relay.log();
+    assert!(
+        log.contains("verdict=throttle") && log.contains("one connection at a time"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("egress IP blocked"),
+        "throttling must not block the IP: {log}"
+    );
+}
