@@ -16,6 +16,16 @@ fn shipped_config_file_loads_and_validates() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/sidestep.toml");
     let config = Config::load(&path).unwrap();
     assert_eq!(config.validate(), vec![]);
+    // The commented examples ("#: ") parse too, and are valid but for the example
+    // password file, which does not exist here.
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("\n#: ", "\n");
+    let examples = Config::parse(&text).unwrap();
+    let errors: Vec<String> = examples.validate().into_iter().map(|e| e.key).collect();
+    assert_eq!(errors, vec!["smarthosts[0].password_file"]);
+    assert_eq!(examples.routes[0].fallback.as_deref(), Some("clean-relay"));
+    assert_eq!(examples.delivery.fallback.as_deref(), Some("clean-relay"));
     assert_eq!(config.server.max_message_size, ByteSize::mib(25));
     assert_eq!(config.queue.max_lifetime.get().as_secs(), 5 * 24 * 3600);
     assert_eq!(config.pools[0].egress.len(), 2);

@@ -60,7 +60,7 @@ pub fn build(
         } else {
             "refused"
         };
-        let _ = write!(b, "<{}>: {why}: {}\r\n", r.address, reply);
+        b.push_str(&fold(&format!("<{}>: {why}: {}", r.address, reply)));
     }
     let _ = write!(
         b,
@@ -85,9 +85,12 @@ pub fn build(
             let _ = write!(b, "Remote-MTA: dns; {mx}\r\n");
         }
         if reply.code != 0 {
-            let _ = write!(b, "Diagnostic-Code: smtp; {reply}\r\n");
+            b.push_str(&fold(&format!("Diagnostic-Code: smtp; {reply}")));
         } else {
-            let _ = write!(b, "Diagnostic-Code: X-Sidestep; {}\r\n", reply.text);
+            b.push_str(&fold(&format!(
+                "Diagnostic-Code: X-Sidestep; {}",
+                reply.text
+            )));
         }
         let _ = write!(b, "Last-Attempt-Date: {now}\r\n");
     }
@@ -154,6 +157,30 @@ fn dsn_status(reply: &RemoteReply, expired: bool) -> String {
     }
 }
 
+/// Folds a line at spaces so no line exceeds 78 characters where it can be avoided
+/// (RFC 5322 §2.1.1; 998 is the hard limit). Continuation lines start with a space, which
+/// keeps header-style fields (RFC 3464) one logical field.
+fn fold(line: &str) -> String {
+    const WIDTH: usize = 78;
+    let mut out = String::with_capacity(line.len() + 8);
+    let mut current = 0;
+    for (i, word) in line.split(' ').enumerate() {
+        if i > 0 {
+            if current + 1 + word.len() > WIDTH && current > 0 {
+                out.push_str("\r\n ");
+                current = 1;
+            } else {
+                out.push(' ');
+                current += 1;
+            }
+        }
+        out.push_str(word);
+        current += word.len();
+    }
+    out.push_str("\r\n");
+    out
+}
+
 /// The header section of a message, up to and including the blank line.
 fn headers_of(body: &[u8]) -> &[u8] {
     match body.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -190,6 +217,24 @@ mod tests {
         assert_eq!(dsn_status(&reply(""), true), "4.4.7");
         assert_eq!(dsn_status(&reply(""), false), "5.0.0");
         assert_eq!(dsn_status(&reply("4.1.2"), false), "5.1.2");
+    }
+
+    #[test]
+    fn long_lines_are_folded() {
+        let long = format!("Diagnostic-Code: X-Sidestep; {}", "word ".repeat(400));
+        let folded = fold(long.trim_end());
+        assert!(folded.split("\r\n").all(|l| l.len() <= 78), "{folded}");
+        assert!(
+            folded
+                .split("\r\n")
+                .skip(1)
+                .all(|l| l.is_empty() || l.starts_with(' '))
+        );
+        assert_eq!(
+            folded.replace("\r\n ", " "),
+            format!("{}\r\n", long.trim_end())
+        );
+        assert_eq!(fold("short"), "short\r\n");
     }
 
     #[test]

@@ -281,7 +281,11 @@ async fn domain_reputation_bounces_and_throttle_slows_down() {
     let relay = w.setup.start().await;
     send(relay.addr, "listed@dest.test", "dbl").await;
     let dsn = &w.sender.wait_for(1).await[0];
-    assert!(String::from_utf8_lossy(&dsn.data).contains("blocked using dbl.spamhaus.org"));
+    assert!(
+        String::from_utf8_lossy(&dsn.data)
+            .replace("\r\n ", " ")
+            .contains("blocked using dbl.spamhaus.org")
+    );
     assert!(
         relay.log().contains("another IP cannot help"),
         "{}",
@@ -304,4 +308,35 @@ async fn domain_reputation_bounces_and_throttle_slows_down() {
         !log.contains("egress IP blocked"),
         "throttling must not block the IP: {log}"
     );
+}
+
+#[tokio::test]
+async fn mail_blocked_everywhere_expires_into_a_dsn_quoting_the_evidence() {
+    let (mut w, bell) = world_with_bell().await;
+    bell.behave(|b| {
+        b.refuse_from
+            .insert(ip("127.0.0.2"), csi_refusal("127.0.0.2"));
+        b.refuse_from
+            .insert(ip("127.0.0.3"), csi_refusal("127.0.0.3"));
+    });
+    w.setup.queue =
+        "retry_initial = \"200ms\"\nretry_max = \"300ms\"\nmax_lifetime = \"2s\"".into();
+    let relay = w.setup.start().await;
+    send(relay.addr, "x@aliant.test", "never arrives").await;
+    let dsn = &w.sender.wait_for(1).await[0];
+    let text = String::from_utf8_lossy(&dsn.data).replace("\r\n ", " ");
+    for want in [
+        "Final-Recipient: rfc822; x@aliant.test",
+        "Action: failed",
+        "no usable egress IP in pool default for mx.bell.test",
+        "blocked by mx.bell.test since",
+        "blocked using CSI",
+    ] {
+        assert!(
+            text.contains(want),
+            "{want:?} missing from the DSN:\n{text}"
+        );
+    }
+    assert!(bell.messages().is_empty());
+    let _ = relay;
 }
