@@ -139,3 +139,28 @@ fn parse_errors_name_the_key() {
         .to_string();
     assert!(e.contains("relay_networks"), "{e}");
 }
+
+#[test]
+fn route_patterns() {
+    let route = RouteConfig {
+        domains: vec!["bell.net".into(), "*.aliant.net".into()],
+        pool: None,
+        fallback: None,
+    };
+    for (domain, want) in [
+        ("bell.net", true),
+        ("mail.bell.net", false),
+        ("aliant.net", true),
+        ("nb.aliant.net", true),
+        ("notaliant.net", false),
+        ("example.com", false),
+    ] {
+        assert_eq!(route.matches(domain), want, "{domain}");
+    }
+    let all = RouteConfig {
+        domains: vec!["*".into()],
+        pool: None,
+        fallback: None,
+    };
+    assert!(all.matches("anything.test"));
+}
