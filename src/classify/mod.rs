@@ -9,6 +9,7 @@ mod normalize;
 mod rules;
 
 pub use normalize::{ParsedReply, normalize_text, parse_reply};
+pub(crate) use rules::pattern;
 pub use rules::{Classification, Classifier, ClassifyError, RuleConfig};
 
 use std::fmt;

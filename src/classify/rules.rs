@@ -1,6 +1,6 @@
 //! Rules: loading, compiling, matching.
 
-use regex::RegexSet;
+use regex::Regex;
 use serde::Deserialize;
 
 use super::Verdict;
@@ -47,10 +47,14 @@ pub struct Classification {
 }
 
 /// Compiled rules, cheap to share behind an `Arc`.
+///
+/// Rules are tried one by one, in order, against the lower-cased reply, stopping at the
+/// first match. Measured on the 91 real replies of tests/data/replies.toml: about 2 µs
+/// per reply, where one `RegexSet` over all patterns took 150–250 µs (its lazy DFA gives
+/// up on that many overlapping patterns and falls back to the NFA simulation).
 #[derive(Debug)]
 pub struct Classifier {
-    rules: Vec<RuleConfig>,
-    set: RegexSet,
+    rules: Vec<(RuleConfig, Regex)>,
 }
 
 impl Classifier {
@@ -69,23 +73,19 @@ impl Classifier {
     pub fn new(operator: &[RuleConfig]) -> Result<Self, ClassifyError> {
         let builtin: RulesFile =
             toml::from_str(BUILTIN).map_err(|e| ClassifyError::Parse(e.to_string()))?;
-        let rules: Vec<RuleConfig> = operator.iter().cloned().chain(builtin.rules).collect();
-        for r in &rules {
-            regex::Regex::new(&format!("(?i){}", r.pattern)).map_err(|e| {
-                ClassifyError::Pattern {
+        let rules = operator
+            .iter()
+            .cloned()
+            .chain(builtin.rules)
+            .map(|r| {
+                let re = Regex::new(&pattern(&r.pattern)).map_err(|e| ClassifyError::Pattern {
                     name: r.name.clone(),
                     message: e.to_string(),
-                }
-            })?;
-        }
-        let set =
-            RegexSet::new(rules.iter().map(|r| format!("(?i){}", r.pattern))).map_err(|e| {
-                ClassifyError::Pattern {
-                    name: "(set)".into(),
-                    message: e.to_string(),
-                }
-            })?;
-        Ok(Self { rules, set })
+                })?;
+                Ok((r, re))
+            })
+            .collect::<Result<Vec<_>, ClassifyError>>()?;
+        Ok(Self { rules })
     }
 
     /// Classifies a reply: code, enhanced code, text. Code 0 means no server answered
@@ -98,10 +98,9 @@ impl Classifier {
             };
         }
         if code != 0 {
-            let text = normalize_text(text);
+            let text = normalize_text(text).to_ascii_lowercase();
             let code_s = code.to_string();
-            for i in self.set.matches(&text).iter() {
-                let r = &self.rules[i];
+            for (r, re) in &self.rules {
                 let applies = r.codes.is_empty()
                     || r.codes.iter().any(|p| {
                         if p.contains('.') {
@@ -110,7 +109,7 @@ impl Classifier {
                             code_s.starts_with(p.as_str())
                         }
                     });
-                if applies {
+                if applies && re.is_match(&text) {
                     return Classification {
                         verdict: r.verdict,
                         rule: r.name.clone(),
@@ -119,6 +118,24 @@ impl Classifier {
             }
         }
         fallback(code, enhanced)
+    }
+}
+
+/// Replies are matched lower-cased, so a pattern written in lower case is compiled as is
+/// (its literals then feed the regex engine's fast prefilters); one with an upper-case
+/// letter outside an escape (`\S`, `\D`, `\B`…) gets `(?i)` so an operator's rule still
+/// matches.
+pub(crate) fn pattern(p: &str) -> String {
+    let mut escaped = false;
+    let upper = p.chars().any(|c| {
+        let hit = !escaped && c.is_uppercase();
+        escaped = !escaped && c == '\\';
+        hit
+    });
+    if upper {
+        format!("(?i){p}")
+    } else {
+        p.to_string()
     }
 }
 

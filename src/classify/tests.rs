@@ -130,3 +130,20 @@ fn verdict_names_round_trip() {
     assert!(Verdict::DomainReputation.is_permanent_failure());
     assert!(!Verdict::Greylist.is_permanent_failure());
 }
+
+#[test]
+fn upper_case_patterns_stay_case_insensitive() {
+    assert_eq!(rules::pattern(r"blocked using \S+"), r"blocked using \S+");
+    assert_eq!(rules::pattern("Partner MX busy"), "(?i)Partner MX busy");
+    let op = RuleConfig {
+        name: "ours".into(),
+        verdict: Verdict::Throttle,
+        pattern: "Partner MX busy".into(),
+        codes: vec![],
+    };
+    let c = Classifier::new(&[op]).unwrap();
+    assert_eq!(
+        c.classify(451, "4.3.0", "PARTNER mx BUSY, later").rule,
+        "ours"
+    );
+}

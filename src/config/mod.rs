@@ -548,7 +548,7 @@ impl Config {
         }
 
         for (i, rule) in self.classify.rules.iter().enumerate() {
-            if let Err(e) = regex::Regex::new(&format!("(?i){}", rule.pattern)) {
+            if let Err(e) = regex::Regex::new(&crate::classify::pattern(&rule.pattern)) {
                 err(format!("classify.rules[{i}].pattern"), e.to_string());
             }
         }

@@ -329,10 +329,7 @@ impl Reputation {
         if improved {
             self.shared.improved.send_modify(|n| *n += 1);
         }
-        match &self.shared.db {
-            Some(db) => store::save(db, &report),
-            None => Ok(()),
-        }
+        self.persist(&report)
     }
 
     /// Everything known, for `sidestep listings` and `dnsbl-check`.
@@ -392,7 +389,7 @@ impl Reputation {
         config: &BlocksConfig,
     ) -> Result<Block, SpoolError> {
         let now = unix_now();
-        let (block, report) = {
+        let block = {
             let mut state = self.lock();
             let key = (ip, site.clone());
             let (first_seen, strikes) = match state.blocks.get(&key) {
@@ -409,7 +406,7 @@ impl Reputation {
                 canary_in_flight: false,
             };
             state.blocks.insert(key, block.clone());
-            (block, state.report())
+            block
         };
         tracing::warn!(
             ip = %ip,
@@ -421,7 +418,9 @@ impl Reputation {
             removal = block.evidence.removal_url.as_deref().unwrap_or("-"),
             "egress IP blocked by destination"
         );
-        self.persist(&report)?;
+        if let Some(db) = &self.shared.db {
+            store::save_block(db, (&ip, site), Some(&block))?;
+        }
         Ok(block)
     }
 
@@ -430,18 +429,16 @@ impl Reputation {
     /// # Errors
     /// The change could not be persisted.
     pub fn note_success(&self, ip: IpAddr, site: &Site) -> Result<(), SpoolError> {
-        let report = {
-            let mut state = self.lock();
-            match state.blocks.remove(&(ip, site.clone())) {
-                Some(b) => {
-                    tracing::info!(ip = %ip, site = %site, since = b.first_seen, "block lifted: the destination accepts this IP again");
-                    state.report()
-                }
-                None => return Ok(()),
-            }
+        let lifted = self.lock().blocks.remove(&(ip, site.clone()));
+        let Some(b) = lifted else {
+            return Ok(());
         };
+        tracing::info!(ip = %ip, site = %site, since = b.first_seen, "block lifted: the destination accepts this IP again");
         self.shared.improved.send_modify(|n| *n += 1);
-        self.persist(&report)
+        match &self.shared.db {
+            Some(db) => store::save_block(db, (&ip, site), None),
+            None => Ok(()),
+        }
     }
 
     /// A canary attempt ended without a verdict about the IP (connection trouble): the

@@ -84,15 +84,30 @@ pub(super) fn save(db: &redb::Database, report: &ReputationReport) -> Result<(),
                 .insert(h.zone.as_str(), value.as_slice())
                 .map_err(db_err)?;
         }
-        // Blocks come and go: the table is rewritten so a lifted block disappears.
+    }
+    txn.commit().map_err(db_err)
+}
+
+/// Writes (or, with `None`, deletes) one block.
+pub(super) fn save_block(
+    db: &redb::Database,
+    key: (&std::net::IpAddr, &crate::routing::Site),
+    block: Option<&Block>,
+) -> Result<(), SpoolError> {
+    let txn = db.begin_write().map_err(db_err)?;
+    {
         let mut blocks = txn.open_table(BLOCKS).map_err(db_err)?;
-        blocks.retain(|_, _| false).map_err(db_err)?;
-        for b in &report.blocks {
-            let key = format!("{} {}", b.ip, b.site);
-            let value = serde_json::to_vec(b).expect("blocks serialize");
-            blocks
-                .insert(key.as_str(), value.as_slice())
-                .map_err(db_err)?;
+        let k = format!("{} {}", key.0, key.1);
+        match block {
+            Some(b) => {
+                let value = serde_json::to_vec(b).expect("blocks serialize");
+                blocks
+                    .insert(k.as_str(), value.as_slice())
+                    .map_err(db_err)?;
+            }
+            None => {
+                blocks.remove(k.as_str()).map_err(db_err)?;
+            }
         }
     }
     txn.commit().map_err(db_err)

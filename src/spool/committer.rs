@@ -46,10 +46,17 @@ pub(super) fn spawn(db: Arc<redb::Database>, msg_dir: PathBuf) -> Handle {
     std::thread::Builder::new()
         .name("spool-commit".into())
         .spawn(move || {
+            // Opened once: reopening the directory for every batch costs an openat that
+            // queues behind the journal on a busy disk.
+            let mut dir = std::fs::File::open(&msg_dir).ok();
             while let Ok(first) = rx.recv() {
                 let mut batch = vec![first];
                 batch.extend(rx.try_iter());
-                let result = commit_batch(&db, &msg_dir, &batch).map_err(|e| e.to_string());
+                if dir.is_none() {
+                    dir = std::fs::File::open(&msg_dir).ok();
+                }
+                let result =
+                    commit_batch(&db, &msg_dir, dir.as_ref(), &batch).map_err(|e| e.to_string());
                 if let Err(e) = &result {
                     tracing::error!(error = %e, messages = batch.len(), "spool commit failed");
                 }
@@ -62,10 +69,18 @@ pub(super) fn spawn(db: Arc<redb::Database>, msg_dir: PathBuf) -> Handle {
     Handle { tx }
 }
 
-fn commit_batch(db: &redb::Database, msg_dir: &PathBuf, batch: &[Job]) -> Result<(), SpoolError> {
-    std::fs::File::open(msg_dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| SpoolError::io(msg_dir, e))?;
+fn commit_batch(
+    db: &redb::Database,
+    msg_dir: &PathBuf,
+    dir: Option<&std::fs::File>,
+    batch: &[Job],
+) -> Result<(), SpoolError> {
+    // The renames into msg/ are durable once the directory is.
+    match dir {
+        Some(d) => d.sync_all(),
+        None => std::fs::File::open(msg_dir).and_then(|d| d.sync_all()),
+    }
+    .map_err(|e| SpoolError::io(msg_dir, e))?;
     let txn = db.begin_write().map_err(redb::Error::from)?;
     {
         let mut table = txn.open_table(MESSAGES).map_err(redb::Error::from)?;

@@ -111,6 +111,23 @@ impl Spool {
             }
             ids
         };
+        // An entry whose body is gone was finished: its removal was not yet durable when
+        // the process stopped (see `remove`).
+        let finished: Vec<&String> = known
+            .iter()
+            .filter(|id| !msg_dir.join(id.as_str()).exists())
+            .collect();
+        if !finished.is_empty() {
+            let txn = db!(db.begin_write())?;
+            {
+                let mut table = db!(txn.open_table(MESSAGES))?;
+                for id in &finished {
+                    tracing::info!(queue_id = %id, "dropping the index entry of a finished message");
+                    db!(table.remove(id.as_str()))?;
+                }
+            }
+            db!(txn.commit())?;
+        }
         for entry in fs::read_dir(&msg_dir).map_err(|e| SpoolError::io(&msg_dir, e))? {
             let entry = entry.map_err(|e| SpoolError::io(&msg_dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -161,11 +178,16 @@ impl Spool {
 
     /// Rewrites a message's index entry (per-recipient status, next attempt).
     ///
+    /// Not fsynced on its own: the next durable commit (the next accepted message) carries
+    /// it. Lost in a crash, it can only make a recipient be tried again — a duplicate,
+    /// never a loss — and it spares every delivery a serialized fsync.
+    ///
     /// # Errors
     /// The database write failed.
     pub fn update(&self, msg: &QueuedMessage) -> Result<(), SpoolError> {
         let record = message::encode(msg);
-        let txn = db!(self.shared.db.begin_write())?;
+        let mut txn = db!(self.shared.db.begin_write())?;
+        db!(txn.set_durability(redb::Durability::None))?;
         {
             let mut table = db!(txn.open_table(MESSAGES))?;
             db!(table.insert(msg.id.as_str(), record.as_slice()))?;
@@ -174,12 +196,16 @@ impl Spool {
     }
 
     /// Removes a finished message: index entry first, then the body, so a crash in between
-    /// leaves only an orphan body that [`Spool::open`] deletes.
+    /// leaves only an orphan body that [`Spool::open`] deletes. Not fsynced on its own
+    /// either (see [`Spool::update`]): if a crash loses the removal but the body is already
+    /// gone, [`Spool::open`] drops the entry — only this function deletes bodies, so a
+    /// missing body always means a finished message.
     ///
     /// # Errors
     /// The database write failed.
     pub fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
-        let txn = db!(self.shared.db.begin_write())?;
+        let mut txn = db!(self.shared.db.begin_write())?;
+        db!(txn.set_durability(redb::Durability::None))?;
         {
             let mut table = db!(txn.open_table(MESSAGES))?;
             db!(table.remove(id.as_str()))?;

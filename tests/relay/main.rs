@@ -3,6 +3,7 @@
 
 mod support;
 
+mod bench;
 mod blocks;
 mod cli;
 mod crash;

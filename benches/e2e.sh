@@ -1,0 +1,222 @@
+#!/usr/bin/env bash
+# End-to-end relay benchmark, all on loopback, in one run:
+#   ceiling   smtp-source -> smtp-sink                      (the most this machine can do)
+#   sidestep  smtp-source -> sidestep -> smtp-sink          (release build, durable spool, 2 egress IPs)
+#   postfix   smtp-source -> Postfix (relayhost) -> smtp-sink
+# Same message count, size and concurrency for each. Reports accept rate (until the
+# client is done), end-to-end rate (until the sink has every message), sidestep's peak
+# RSS, the ratios, and end-of-DATA -> 250 latency at a fixed offered load.
+#
+#   bash benches/e2e.sh [--messages 20000] [--size 10240] [--sessions 20]
+#                       [--latency-messages 2000] [--latency-rate R] [--sidestep PATH]
+#
+# Needs Debian's postfix (smtp-source, smtp-sink, postfix) and dnsmasq-base, python3, and
+# root (Postfix's daemons switch to the postfix user). Everything it starts runs from
+# its own temporary directory and is stopped when it exits; the system's Postfix and
+# DNS are not touched.
+set -euo pipefail
+
+MESSAGES=20000
+SIZE=10240
+SESSIONS=20
+LATENCY_MESSAGES=2000
+LATENCY_RATE=""
+SIDESTEP=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --messages) MESSAGES=$2; shift 2 ;;
+    --size) SIZE=$2; shift 2 ;;
+    --sessions) SESSIONS=$2; shift 2 ;;
+    --latency-messages) LATENCY_MESSAGES=$2; shift 2 ;;
+    --latency-rate) LATENCY_RATE=$2; shift 2 ;;
+    --sidestep) SIDESTEP=$2; shift 2 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+here=$(cd "$(dirname "$0")" && pwd)
+missing=()
+for tool in smtp-source smtp-sink postfix dnsmasq python3; do
+  command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "missing: ${missing[*]}" >&2
+  echo "install them with: apt-get install postfix dnsmasq-base python3" >&2
+  echo "(choose 'No configuration' for Postfix: the benchmark runs its own instance)" >&2
+  exit 2
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "run as root: Postfix's daemons must switch to the postfix user" >&2
+  exit 2
+fi
+if [ -z "$SIDESTEP" ]; then
+  (cd "$here/.." && cargo build --release --quiet)
+  SIDESTEP="$here/../target/release/sidestep"
+fi
+
+WORK=$(mktemp -d /tmp/sidestep-bench.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+PF_CONF=""
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  if [ -n "$PF_CONF" ]; then postfix -c "$PF_CONF" stop >/dev/null 2>&1 || true; fi
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+now() { date +%s.%N; }
+rate() { awk -v n="$1" -v a="$2" -v b="$3" 'BEGIN { printf "%.1f", n / (b - a) }'; }
+
+SINK_PORT=$(free_port)
+SINK_PID=""
+start_sink() {
+  [ -n "$SINK_PID" ] && { kill "$SINK_PID" 2>/dev/null || true; wait "$SINK_PID" 2>/dev/null || true; }
+  : > "$WORK/sink.out"
+  smtp-sink -c -u postfix "127.0.0.1:$SINK_PORT" 1024 > "$WORK/sink.out" 2>&1 &
+  SINK_PID=$!
+  PIDS+=("$SINK_PID")
+  wait_port "$SINK_PORT"
+}
+sink_count() {
+  tr '\r' '\n' < "$WORK/sink.out" | grep -ao 'mesg=[0-9]*' | tail -n 1 | cut -d= -f2
+}
+wait_port() {
+  for _ in $(seq 1 200); do
+    python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $1), 0.2)" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing listens on port $1" >&2
+  return 1
+}
+
+# One phase: push MESSAGES through host:port, wait for the sink to have them all.
+# Prints "accept-rate end-to-end-rate".
+phase() {
+  local target=$1
+  start_sink
+  local t0 t1 t2
+  t0=$(now)
+  smtp-source -l "$SIZE" -m "$MESSAGES" -s "$SESSIONS" -f bench@sender.bench.test \
+    -t rcpt@dest.bench.test "$target" > "$WORK/source.out" 2>&1 \
+    || { echo "smtp-source failed: $(cat "$WORK/source.out")" >&2; return 1; }
+  t1=$(now)
+  local deadline=$(( $(date +%s) + 900 ))
+  while [ "$(sink_count)" != "" ] && [ "$(sink_count)" -lt "$MESSAGES" ] || [ "$(sink_count)" = "" ]; do
+    if [ "$(date +%s)" -gt "$deadline" ]; then
+      echo "the sink got $(sink_count) of $MESSAGES messages in 15 minutes" >&2
+      return 1
+    fi
+    sleep 0.05
+  done
+  t2=$(now)
+  echo "$(rate "$MESSAGES" "$t0" "$t1") $(rate "$MESSAGES" "$t0" "$t2")"
+}
+
+# DNS for sidestep: dest.bench.test MX -> the sink on 127.0.0.1.
+DNS_PORT=$(free_port)
+dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts --no-dhcp-interface= \
+  --listen-address=127.0.0.1 --bind-interfaces --port="$DNS_PORT" --pid-file= --user=root \
+  --mx-host=dest.bench.test,mx.dest.bench.test,10 --host-record=mx.dest.bench.test,127.0.0.1 \
+  --log-facility="$WORK/dnsmasq.log" 2>"$WORK/dnsmasq.err" &
+PIDS+=("$!")
+
+echo "sidestep end-to-end benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
+echo "messages=$MESSAGES size=$SIZE sessions=$SESSIONS"
+
+# --- ceiling ---
+read -r C_ACCEPT C_E2E <<< "$(phase "127.0.0.1:$SINK_PORT")"
+printf "%-9s accept %9s msg/s   end-to-end %9s msg/s\n" ceiling "$C_ACCEPT" "$C_E2E"
+
+# --- sidestep ---
+S_PORT=$(free_port)
+mkdir -p "$WORK/sidestep"
+cat > "$WORK/sidestep/sidestep.toml" <<TOML
+[server]
+listen = "127.0.0.1:$S_PORT"
+hostname = "relay.bench.test"
+relay_networks = ["127.0.0.0/8"]
+max_sessions = 1000
+[spool]
+directory = "$WORK/sidestep/spool"
+[queue]
+retry_initial = "1s"
+retry_max = "5s"
+[delivery]
+port = $SINK_PORT
+max_connections = 100
+max_connections_per_domain = 40
+[dns]
+nameservers = ["127.0.0.1:$DNS_PORT"]
+[[pools]]
+name = "default"
+[[pools.egress]]
+ip = "127.0.0.2"
+helo = "out2.bench.test"
+[[pools.egress]]
+ip = "127.0.0.3"
+helo = "out3.bench.test"
+TOML
+RUST_LOG=info "$SIDESTEP" serve --config "$WORK/sidestep/sidestep.toml" \
+  > "$WORK/sidestep/out.log" 2> "$WORK/sidestep/relay.log" &
+S_PID=$!
+PIDS+=("$S_PID")
+wait_port "$S_PORT"
+read -r S_ACCEPT S_E2E <<< "$(phase "127.0.0.1:$S_PORT")"
+S_RSS=$(awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$S_PID/status")
+printf "%-9s accept %9s msg/s   end-to-end %9s msg/s   peak RSS %s MiB\n" sidestep "$S_ACCEPT" "$S_E2E" "$S_RSS"
+
+# --- postfix ---
+PF_PORT=$(free_port)
+PF="$WORK/postfix"
+PF_CONF="$PF/conf"
+mkdir -p "$PF_CONF" "$PF/queue" "$PF/data"
+chown postfix "$PF/data"
+cat > "$PF_CONF/main.cf" <<CF
+compatibility_level = 3.6
+queue_directory = $PF/queue
+data_directory = $PF/data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = pf.bench.test
+myorigin = pf.bench.test
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mydestination =
+local_recipient_maps =
+relayhost = [127.0.0.1]:$SINK_PORT
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+alias_maps =
+alias_database =
+maillog_file = $PF/maillog
+maillog_file_prefixes = $PF
+smtp_tls_security_level = none
+smtpd_tls_security_level = none
+CF
+awk -v port="$PF_PORT" 'BEGIN { OFS = "  " }
+  /^[^ #\t]/ { if ($1 == "smtp" && $2 == "inet") $1 = "127.0.0.1:" port; if ($5 == "y") $5 = "n" }
+  { print }' /etc/postfix/master.cf > "$PF_CONF/master.cf"
+postfix -c "$PF_CONF" start >/dev/null 2>&1 || { echo "postfix failed to start: $(cat "$PF/maillog" 2>/dev/null)" >&2; exit 1; }
+wait_port "$PF_PORT"
+read -r P_ACCEPT P_E2E <<< "$(phase "127.0.0.1:$PF_PORT")"
+printf "%-9s accept %9s msg/s   end-to-end %9s msg/s\n" postfix "$P_ACCEPT" "$P_E2E"
+postfix -c "$PF_CONF" stop >/dev/null 2>&1 || true
+PF_CONF=""
+
+awk -v s="$S_E2E" -v p="$P_E2E" -v c="$C_E2E" -v sa="$S_ACCEPT" -v pa="$P_ACCEPT" -v ca="$C_ACCEPT" 'BEGIN {
+  printf "ratios    sidestep/postfix %.2f end-to-end (%.2f accept)   sidestep/ceiling %.2f end-to-end (%.2f accept)\n",
+    s / p, sa / pa, s / c, sa / ca }'
+
+# --- latency: end of DATA -> 250 at a fixed offered load (default: half the measured rate) ---
+if [ "$LATENCY_MESSAGES" -gt 0 ]; then
+  [ -n "$LATENCY_RATE" ] || LATENCY_RATE=$(awk -v r="$S_ACCEPT" 'BEGIN { printf "%.0f", r / 2 }')
+  start_sink
+  python3 "$here/latency.py" --port "$S_PORT" --rate "$LATENCY_RATE" \
+    --messages "$LATENCY_MESSAGES" --size "$SIZE" --sessions "$SESSIONS"
+fi

@@ -1,0 +1,190 @@
+//! Micro-benchmarks of the per-message hot paths (criterion): the routing decision, reply
+//! classification, SMTP command parsing and DATA ingestion. `cargo bench --bench micro`.
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use sidestep::classify::{Classifier, parse_reply};
+use sidestep::config::{BlocklistConfig, EgressConfig, PoolConfig};
+use sidestep::reputation::dnsbl::{Finding, ListedCode};
+use sidestep::reputation::{CheckOutcome, Evidence, Reputation, Standing};
+use sidestep::routing::{EgressIp, Pool, Site};
+
+const EGRESS: u32 = 64;
+const SITES: usize = 10_000;
+
+fn egress_ip(i: u32) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 0, 0, 1)) + i))
+}
+
+/// 64 egress IPs, 10,000 sites, 10% of (IP, site) pairs blocked, 2 IPs listed.
+fn routing_world() -> (Pool, Reputation, Vec<Site>) {
+    let list = BlocklistConfig {
+        zone: "bl.bench".into(),
+        name: None,
+        severity: Default::default(),
+        codes: [("127.0.0.2".to_string(), "listed".to_string())].into(),
+        removal_url: None,
+        test_points: false,
+    };
+    let reputation = Reputation::in_memory(vec![list]);
+    let mut outcome = CheckOutcome::default();
+    outcome.health.push(("bl.bench".into(), Ok(None)));
+    for i in 0..EGRESS {
+        let finding = if i == 5 || i == 40 {
+            Finding::Listed {
+                codes: vec![ListedCode {
+                    code: Ipv4Addr::new(127, 0, 0, 2),
+                    meaning: "listed".into(),
+                }],
+            }
+        } else {
+            Finding::Clean
+        };
+        outcome
+            .findings
+            .push((egress_ip(i), "bl.bench".into(), Ok((finding, None))));
+    }
+    reputation.apply(outcome).unwrap();
+    let sites: Vec<Site> = (0..SITES)
+        .map(|s| Site::from(format!("mx{s}.bench.test").as_str()))
+        .collect();
+    let config = Default::default();
+    for (s, site) in sites.iter().enumerate() {
+        for i in 0..EGRESS {
+            // A deterministic 10% of the pairs.
+            if (s as u32 * 31 + i * 17) % 10 == 0 {
+                let evidence = Evidence {
+                    reply: "550 5.7.1 blocked using CSI".into(),
+                    rule: "cloudmark-csi".into(),
+                    at: 0,
+                    mx_host: None,
+                    mx_ip: None,
+                    queue_id: "bench".into(),
+                    recipient: "a@b.test".into(),
+                    removal_url: None,
+                    log_line: String::new(),
+                };
+                reputation
+                    .record_block(egress_ip(i), site, evidence, &config)
+                    .unwrap();
+            }
+        }
+    }
+    let pool = Pool::from_config(
+        &PoolConfig {
+            name: "bench".into(),
+            egress: (0..EGRESS)
+                .map(|i| EgressConfig {
+                    ip: Some(egress_ip(i)),
+                    helo: None,
+                })
+                .collect(),
+        },
+        "relay.bench.test",
+    );
+    (pool, reputation, sites)
+}
+
+fn routing(c: &mut Criterion) {
+    let (pool, reputation, sites) = routing_world();
+    let dest: IpAddr = "192.0.2.25".parse().unwrap();
+    let mut n = 0usize;
+    c.bench_function(
+        "routing decision (64 IPs, 10k sites, 10% blocked, 2 listed)",
+        |b| {
+            b.iter(|| {
+                n = (n + 7919) % SITES;
+                let site = &sites[n];
+                let pick = pool.next_for(dest, |e: &EgressIp| {
+                    e.ip.map_or(Standing::Clean, |ip| reputation.claim(ip, site))
+                });
+                black_box(pick)
+            })
+        },
+    );
+}
+
+fn classification(c: &mut Criterion) {
+    #[derive(serde::Deserialize)]
+    struct Table {
+        case: Vec<Case>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Case {
+        reply: String,
+    }
+    let table: Table = toml::from_str(include_str!("../tests/data/replies.toml")).unwrap();
+    let replies: Vec<_> = table.case.iter().map(|c| parse_reply(&c.reply)).collect();
+    let classifier = Classifier::builtin().unwrap();
+    let mut n = 0usize;
+    c.bench_function("classify one reply (mixed real replies)", |b| {
+        b.iter(|| {
+            n = (n + 1) % replies.len();
+            let r = &replies[n];
+            black_box(classifier.classify(r.code, &r.enhanced, &r.text))
+        })
+    });
+}
+
+fn command_parsing(c: &mut Criterion) {
+    let lines: [&[u8]; 4] = [
+        b"MAIL FROM:<newsletter@sender.example> SIZE=10240 BODY=8BITMIME\r\n",
+        b"RCPT TO:<subscriber.name@destination.example>\r\n",
+        b"EHLO mta1.sender.example\r\n",
+        b"DATA\r\n",
+    ];
+    let mut g = c.benchmark_group("smtp");
+    g.throughput(Throughput::Elements(lines.len() as u64));
+    g.bench_function("parse MAIL, RCPT, EHLO, DATA and the addresses", |b| {
+        b.iter(|| {
+            for line in lines {
+                let req = smtp_proto::Request::parse(&mut black_box(line).iter()).unwrap();
+                match req {
+                    smtp_proto::Request::Mail { from } => {
+                        black_box(
+                            sidestep::envelope::Address::parse(&from.address, false).unwrap(),
+                        );
+                    }
+                    smtp_proto::Request::Rcpt { to } => {
+                        black_box(sidestep::envelope::Address::parse(&to.address, false).unwrap());
+                    }
+                    other => {
+                        black_box(other);
+                    }
+                }
+            }
+        })
+    });
+    // DATA ingestion: dot-unstuffing to the terminator plus the bare CR/LF check, over
+    // 1 MiB arriving in 64 KiB reads, as the session does it.
+    let mut body = Vec::with_capacity(1 << 20);
+    while body.len() < (1 << 20) - 80 {
+        body.extend_from_slice(
+            b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tem\r\n",
+        );
+        if body.len() % 7 == 0 {
+            body.extend_from_slice(b"..a line that starts with a dot\r\n");
+        }
+    }
+    body.extend_from_slice(b".\r\n");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("DATA ingestion (1 MiB)", |b| {
+        b.iter(|| {
+            let mut rx = smtp_proto::request::receiver::DataReceiver::new();
+            rx.ingest(&mut b"\r\n".iter(), &mut Vec::new());
+            let mut out = Vec::with_capacity(body.len());
+            let mut done = false;
+            for chunk in body.chunks(64 * 1024) {
+                done = rx.ingest(&mut chunk.iter(), &mut out);
+            }
+            assert!(done);
+            black_box(sidestep::inbound::policy::has_bare_cr_or_lf(&out))
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, routing, classification, command_parsing);
+criterion_main!(benches);
