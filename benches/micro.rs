@@ -54,7 +54,7 @@ fn routing_world() -> (Pool, Reputation, Vec<Site>) {
     for (s, site) in sites.iter().enumerate() {
         for i in 0..EGRESS {
             // A deterministic 10% of the pairs.
-            if (s as u32 * 31 + i * 17) % 10 == 0 {
+            if (s as u32 * 31 + i * 17).is_multiple_of(10) {
                 let evidence = Evidence {
                     reply: "550 5.7.1 blocked using CSI".into(),
                     rule: "cloudmark-csi".into(),

@@ -137,9 +137,7 @@ async fn attempt(
     let spool = ctx.spool.clone();
     if msg.is_done() {
         let id = msg.id.clone();
-        tokio::task::spawn_blocking(move || spool.remove(&id))
-            .await
-            .map_err(|_| SpoolError::CommitterGone)??;
+        spool.remove(&id).await?;
         tracing::info!(queue_id = %msg.id, "removed: every recipient is final");
         return Ok(Outcome {
             next_ms: None,
@@ -157,9 +155,7 @@ async fn attempt(
         next = next.min(at * 1000).max(unix_now_ms());
     }
     msg.next_attempt_ms = next;
-    tokio::task::spawn_blocking(move || spool.update(&msg))
-        .await
-        .map_err(|_| SpoolError::CommitterGone)??;
+    spool.update(&msg).await?;
     Ok(Outcome {
         next_ms: Some(next),
         waiting_for_egress,

@@ -1,7 +1,7 @@
 //! Listing state: per (egress IP, list) the last known answer, since when, and whether
 //! the last check failed; per list whether it is healthy.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -96,7 +96,11 @@ struct Shared {
 struct State {
     records: BTreeMap<(IpAddr, String), ListingRecord>,
     health: BTreeMap<String, ListHealth>,
-    blocks: BTreeMap<(IpAddr, Site), Block>,
+    /// Keyed by site first, so routing looks up `(site, ip)` without building a key.
+    blocks: HashMap<Site, HashMap<IpAddr, Block>>,
+    /// Each IP's standing from the listings, recomputed whenever they change: the
+    /// routing decision reads it per candidate IP.
+    listed: HashMap<IpAddr, Standing>,
 }
 
 impl State {
@@ -104,7 +108,11 @@ impl State {
         ReputationReport {
             health: self.health.values().cloned().collect(),
             records: self.records.values().cloned().collect(),
-            blocks: self.blocks.values().cloned().collect(),
+            blocks: self
+                .blocks
+                .values()
+                .flat_map(|m| m.values().cloned())
+                .collect(),
         }
     }
 }
@@ -137,8 +145,13 @@ impl Reputation {
             state.health.insert(h.zone.clone(), h);
         }
         for b in report.blocks {
-            state.blocks.insert((b.ip, b.site.clone()), b);
+            state
+                .blocks
+                .entry(b.site.clone())
+                .or_default()
+                .insert(b.ip, b);
         }
+        state.listed = compute_listed(&lists, &state);
         Self {
             shared: Arc::new(Shared {
                 lists,
@@ -164,28 +177,11 @@ impl Reputation {
 
     /// The standing of `ip`: the worst severity of the healthy lists it is on.
     pub fn standing(&self, ip: IpAddr) -> Standing {
-        let state = self.lock();
-        let mut worst = Standing::Clean;
-        for list in &self.shared.lists {
-            let broken = state
-                .health
-                .get(&list.zone)
-                .is_some_and(|h| h.broken.is_some());
-            if broken {
-                continue;
-            }
-            let listed = state
-                .records
-                .get(&(ip, list.zone.clone()))
-                .is_some_and(|r| matches!(r.state, ListingState::Listed { .. }));
-            if listed {
-                worst = worst.max(match list.severity {
-                    Severity::Hard => Standing::Hard,
-                    Severity::Soft => Standing::Soft,
-                });
-            }
-        }
-        worst
+        self.lock()
+            .listed
+            .get(&ip)
+            .copied()
+            .unwrap_or(Standing::Clean)
     }
 
     /// The listings that make `ip` unusable, for log lines and deferral reasons.
@@ -324,6 +320,7 @@ impl Reputation {
                     }
                 }
             }
+            state.listed = compute_listed(&self.shared.lists, &state);
             state.report()
         };
         if improved {
@@ -347,9 +344,9 @@ impl Reputation {
     /// The standing of `ip` towards `site`: its listings, and a block the site taught us.
     /// An expired block whose canary is free counts as clean (the IP may be tried once).
     pub fn standing_for(&self, ip: IpAddr, site: &Site) -> Standing {
-        let listed = self.standing(ip);
         let state = self.lock();
-        let blocked = match state.blocks.get(&(ip, site.clone())) {
+        let listed = state.listed.get(&ip).copied().unwrap_or(Standing::Clean);
+        let blocked = match state.blocks.get(site).and_then(|m| m.get(&ip)) {
             Some(b) if b.expires_at > unix_now() || b.canary_in_flight => Standing::Hard,
             _ => Standing::Clean,
         };
@@ -359,10 +356,13 @@ impl Reputation {
     /// Like [`Reputation::standing_for`], and if the IP is clean only because its block
     /// expired, claims it as that site's one canary delivery.
     pub fn claim(&self, ip: IpAddr, site: &Site) -> Standing {
-        let listed = self.standing(ip);
         let mut state = self.lock();
+        let listed = state.listed.get(&ip).copied().unwrap_or(Standing::Clean);
+        let Some(blocks) = state.blocks.get_mut(site) else {
+            return listed;
+        };
         let now = unix_now();
-        let blocked = match state.blocks.get_mut(&(ip, site.clone())) {
+        let blocked = match blocks.get_mut(&ip) {
             Some(b) if b.expires_at > now || b.canary_in_flight => Standing::Hard,
             // A listed IP is no canary: its probe would say nothing about this site.
             Some(_) if listed != Standing::Clean => Standing::Hard,
@@ -391,8 +391,7 @@ impl Reputation {
         let now = unix_now();
         let block = {
             let mut state = self.lock();
-            let key = (ip, site.clone());
-            let (first_seen, strikes) = match state.blocks.get(&key) {
+            let (first_seen, strikes) = match state.blocks.get(site).and_then(|m| m.get(&ip)) {
                 Some(b) => (b.first_seen, b.strikes + 1),
                 None => (now, 0),
             };
@@ -405,7 +404,11 @@ impl Reputation {
                 evidence,
                 canary_in_flight: false,
             };
-            state.blocks.insert(key, block.clone());
+            state
+                .blocks
+                .entry(site.clone())
+                .or_default()
+                .insert(ip, block.clone());
             block
         };
         tracing::warn!(
@@ -429,7 +432,14 @@ impl Reputation {
     /// # Errors
     /// The change could not be persisted.
     pub fn note_success(&self, ip: IpAddr, site: &Site) -> Result<(), SpoolError> {
-        let lifted = self.lock().blocks.remove(&(ip, site.clone()));
+        let lifted = {
+            let mut state = self.lock();
+            let lifted = state.blocks.get_mut(site).and_then(|m| m.remove(&ip));
+            if state.blocks.get(site).is_some_and(|m| m.is_empty()) {
+                state.blocks.remove(site);
+            }
+            lifted
+        };
         let Some(b) = lifted else {
             return Ok(());
         };
@@ -444,7 +454,12 @@ impl Reputation {
     /// A canary attempt ended without a verdict about the IP (connection trouble): the
     /// next delivery may try again.
     pub fn release_canary(&self, ip: IpAddr, site: &Site) {
-        if let Some(b) = self.lock().blocks.get_mut(&(ip, site.clone())) {
+        if let Some(b) = self
+            .lock()
+            .blocks
+            .get_mut(site)
+            .and_then(|m| m.get_mut(&ip))
+        {
             b.canary_in_flight = false;
         }
     }
@@ -453,7 +468,7 @@ impl Reputation {
     pub fn next_expiry(&self, site: &Site, ips: &[IpAddr]) -> Option<u64> {
         let state = self.lock();
         ips.iter()
-            .filter_map(|ip| state.blocks.get(&(*ip, site.clone())))
+            .filter_map(|ip| state.blocks.get(site).and_then(|m| m.get(ip)))
             .map(|b| b.expires_at)
             .min()
     }
@@ -465,7 +480,7 @@ impl Reputation {
             .into_iter()
             .map(|l| format!("listed on {l}"))
             .collect::<Vec<_>>();
-        if let Some(b) = self.lock().blocks.get(&(ip, site.clone())) {
+        if let Some(b) = self.lock().blocks.get(site).and_then(|m| m.get(&ip)) {
             out.push(format!(
                 "blocked by {} since {} until {}: {}",
                 b.site,
@@ -480,4 +495,29 @@ impl Reputation {
         }
         out
     }
+}
+
+/// Each IP's standing from the listings of the healthy lists.
+fn compute_listed(lists: &[BlocklistConfig], state: &State) -> HashMap<IpAddr, Standing> {
+    let mut listed: HashMap<IpAddr, Standing> = HashMap::new();
+    for list in lists {
+        if state
+            .health
+            .get(&list.zone)
+            .is_some_and(|h| h.broken.is_some())
+        {
+            continue;
+        }
+        let severity = match list.severity {
+            Severity::Hard => Standing::Hard,
+            Severity::Soft => Standing::Soft,
+        };
+        for r in state.records.values() {
+            if r.zone == list.zone && matches!(r.state, ListingState::Listed { .. }) {
+                let e = listed.entry(r.ip).or_insert(Standing::Clean);
+                *e = (*e).max(severity);
+            }
+        }
+    }
+    listed
 }

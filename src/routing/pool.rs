@@ -13,7 +13,8 @@ use crate::reputation::Standing;
 pub struct EgressIp {
     /// `None`: let the kernel choose the source address (the host's default route).
     pub ip: Option<IpAddr>,
-    pub helo: String,
+    /// Shared, so handing out an egress IP per connection does not copy its name.
+    pub helo: Arc<str>,
 }
 
 impl EgressIp {
@@ -48,7 +49,7 @@ impl Pool {
             .iter()
             .map(|e| EgressIp {
                 ip: e.ip,
-                helo: e.helo.clone().unwrap_or_else(|| default_helo.to_string()),
+                helo: e.helo.as_deref().unwrap_or(default_helo).into(),
             })
             .collect();
         Self {
@@ -173,7 +174,7 @@ mod tests {
         assert_eq!(picks, ["127.0.0.2", "127.0.0.3", "127.0.0.2", "127.0.0.3"]);
         let six = pool.next_for("::1".parse().unwrap(), clean).unwrap();
         assert_eq!(
-            (six.to_string(), six.helo.as_str()),
+            (six.to_string(), &*six.helo),
             ("::1".to_string(), "six.test")
         );
     }

@@ -111,8 +111,8 @@ impl Spool {
             }
             ids
         };
-        // An entry whose body is gone was finished: its removal was not yet durable when
-        // the process stopped (see `remove`).
+        // An entry whose body is gone belongs to a finished message (only `remove` deletes
+        // bodies, after its commit): drop it instead of retrying it forever.
         let finished: Vec<&String> = known
             .iter()
             .filter(|id| !msg_dir.join(id.as_str()).exists())
@@ -169,50 +169,32 @@ impl Spool {
             .await
             .map_err(|_| SpoolError::CommitterGone)??;
         let record = message::encode(msg);
-        let result = self.shared.committer.commit(msg.id.clone(), record).await;
+        let result = self.shared.committer.insert(msg.id.clone(), record).await;
         if result.is_err() {
             let _ = fs::remove_file(self.shared.msg_dir.join(msg.id.as_str()));
         }
         result
     }
 
-    /// Rewrites a message's index entry (per-recipient status, next attempt).
-    ///
-    /// Not fsynced on its own: the next durable commit (the next accepted message) carries
-    /// it. Lost in a crash, it can only make a recipient be tried again — a duplicate,
-    /// never a loss — and it spares every delivery a serialized fsync.
+    /// Rewrites a message's index entry (per-recipient status, next attempt). Shares the
+    /// committer's batch commit with every other change waiting at that moment.
     ///
     /// # Errors
     /// The database write failed.
-    pub fn update(&self, msg: &QueuedMessage) -> Result<(), SpoolError> {
-        let record = message::encode(msg);
-        let mut txn = db!(self.shared.db.begin_write())?;
-        db!(txn.set_durability(redb::Durability::None))?;
-        {
-            let mut table = db!(txn.open_table(MESSAGES))?;
-            db!(table.insert(msg.id.as_str(), record.as_slice()))?;
-        }
-        db!(txn.commit())
+    pub async fn update(&self, msg: &QueuedMessage) -> Result<(), SpoolError> {
+        self.shared
+            .committer
+            .update(msg.id.clone(), message::encode(msg))
+            .await
     }
 
-    /// Removes a finished message: index entry first, then the body, so a crash in between
-    /// leaves only an orphan body that [`Spool::open`] deletes. Not fsynced on its own
-    /// either (see [`Spool::update`]): if a crash loses the removal but the body is already
-    /// gone, [`Spool::open`] drops the entry — only this function deletes bodies, so a
-    /// missing body always means a finished message.
+    /// Removes a finished message: the index entry in a (shared) commit, then the body,
+    /// so a crash in between leaves only an orphan body that [`Spool::open`] deletes.
     ///
     /// # Errors
     /// The database write failed.
-    pub fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
-        let mut txn = db!(self.shared.db.begin_write())?;
-        db!(txn.set_durability(redb::Durability::None))?;
-        {
-            let mut table = db!(txn.open_table(MESSAGES))?;
-            db!(table.remove(id.as_str()))?;
-        }
-        db!(txn.commit())?;
-        let path = self.shared.msg_dir.join(id.as_str());
-        fs::remove_file(&path).map_err(|e| SpoolError::io(&path, e))
+    pub async fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
+        self.shared.committer.remove(id.clone()).await
     }
 
     /// The stored body of a message, exactly as it will be sent.
@@ -269,5 +251,50 @@ impl Shared {
             let _ = fs::remove_file(&tmp);
             SpoolError::io(&tmp, e)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{Address, BodyFlags, Sender};
+
+    fn message() -> QueuedMessage {
+        QueuedMessage {
+            id: QueueId::generate(),
+            sender: Sender::Null,
+            recipients: vec![RecipientState {
+                address: Address::parse("a@b.test", false).unwrap(),
+                status: RecipientStatus::Pending { last: None },
+                notified: false,
+            }],
+            flags: BodyFlags::default(),
+            received_at: 1,
+            attempts: 0,
+            next_attempt_ms: 0,
+            size: 3,
+            client: "test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn store_update_load_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut msg = message();
+        spool.store_message(&msg, b"hi\r\n".to_vec()).await.unwrap();
+        msg.attempts = 3;
+        spool.update(&msg).await.unwrap();
+        assert_eq!(spool.load(&msg.id).unwrap().unwrap().attempts, 3);
+        assert_eq!(spool.load_body(&msg.id).unwrap(), b"hi\r\n");
+        let other = message();
+        spool
+            .store_message(&other, b"x\r\n".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(spool.load(&msg.id).unwrap().unwrap().attempts, 3);
+        spool.remove(&msg.id).await.unwrap();
+        assert!(spool.load(&msg.id).unwrap().is_none());
+        assert_eq!(spool.recover().unwrap().len(), 1);
     }
 }
