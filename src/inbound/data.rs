@@ -172,6 +172,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             next_attempt_ms: unix_now_ms(),
             size: body.len() as u64,
             client: self.peer.ip().to_string(),
+            body: None,
         };
         match self.inbound.spool.store_message(&msg, body).await {
             Ok(()) => {

@@ -52,7 +52,7 @@ async fn attempt(
     let loaded = tokio::task::spawn_blocking(move || -> Result<_, SpoolError> {
         match spool.load(&load_id)? {
             Some(msg) => {
-                let body = spool.load_body(&load_id)?;
+                let body = spool.load_body(&msg)?;
                 Ok(Some((msg, body)))
             }
             None => Ok(None),

@@ -122,6 +122,7 @@ pub fn build(
         next_attempt_ms: unix_now_ms(),
         size: body.len() as u64,
         client: "local (DSN)".into(),
+        body: None,
     };
     Dsn { message, body }
 }

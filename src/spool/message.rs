@@ -113,6 +113,19 @@ pub struct QueuedMessage {
     pub size: u64,
     /// The client that handed it to us, for the operator.
     pub client: String,
+    /// Where the body is: set by the spool when it stores the message.
+    #[serde(default)]
+    pub body: Option<BodyRef>,
+}
+
+/// A body's place in the spool: messages accepted together share one file (one fsync
+/// for the whole batch), each at its own offset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BodyRef {
+    /// File name under msg/.
+    pub file: String,
+    pub offset: u64,
+    pub len: u64,
 }
 
 impl QueuedMessage {

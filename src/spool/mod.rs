@@ -1,13 +1,16 @@
 //! The durable store. A message that got `250` lives here until every recipient is final.
 //!
-//! Postfix-style files: the body is written to `tmp/`, fsynced, renamed into `msg/`, and
-//! the directory fsynced; the envelope and per-recipient state go into `queue.redb` (one
-//! ACID file). Concurrent sessions share the directory fsync and the redb commit: a
-//! committer thread takes every message waiting at that moment into one batch (group
-//! commit). A `250` is only sent after the batch holding the message is durable.
+//! One committer thread makes everything durable in batches (group commit): the bodies
+//! of the messages accepted at the same moment are written to one file in `tmp/`,
+//! fsynced, renamed into `msg/` and the directory fsynced (Postfix's discipline, per batch
+//! instead of per message); then `queue.redb` (one ACID file) takes their envelopes and
+//! per-recipient state, together with status updates and removals, in one commit. A
+//! `250` is only sent after the batch holding the message is durable. Body files are
+//! plain concatenated RFC 5322 messages; each index entry says where its body is, and a
+//! file is deleted once no entry points into it.
 //!
-//! On start, [`Spool::open`] removes half-written files and bodies the index does not
-//! know (never acknowledged), and [`Spool::recover`] hands back every indexed message.
+//! On start, [`Spool::open`] removes half-written files and files no entry points to
+//! (never acknowledged), and [`Spool::recover`] hands back every indexed message.
 
 mod committer;
 mod message;
@@ -17,7 +20,6 @@ pub use message::{
 };
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -69,7 +71,6 @@ pub struct Spool {
 
 struct Shared {
     msg_dir: PathBuf,
-    tmp_dir: PathBuf,
     db: Arc<redb::Database>,
     committer: committer::Handle,
 }
@@ -101,29 +102,41 @@ impl Spool {
             let path = entry.map_err(|e| SpoolError::io(&tmp_dir, e))?.path();
             let _ = fs::remove_file(path);
         }
-        let known: std::collections::HashSet<String> = {
+        // Which body file each entry uses; the reference counts are rebuilt from them, so
+        // they can never drift from the index.
+        let mut uses: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+        let mut missing = Vec::new();
+        {
             let txn = db!(db.begin_read())?;
             let table = db!(txn.open_table(MESSAGES))?;
-            let mut ids = std::collections::HashSet::new();
             for row in db!(table.iter())? {
-                let (k, _) = db!(row)?;
-                ids.insert(k.value().to_string());
+                let (k, v) = db!(row)?;
+                let id = k.value().to_string();
+                let file = message::decode(&id, v.value())?
+                    .body
+                    .map(|b| b.file)
+                    .unwrap_or_else(|| id.clone());
+                if msg_dir.join(&file).exists() {
+                    *uses.entry(file).or_default() += 1;
+                } else {
+                    missing.push(id);
+                }
             }
-            ids
-        };
-        // An entry whose body is gone belongs to a finished message (only `remove` deletes
-        // bodies, after its commit): drop it instead of retrying it forever.
-        let finished: Vec<&String> = known
-            .iter()
-            .filter(|id| !msg_dir.join(id.as_str()).exists())
-            .collect();
-        if !finished.is_empty() {
+        }
+        {
             let txn = db!(db.begin_write())?;
             {
                 let mut table = db!(txn.open_table(MESSAGES))?;
-                for id in &finished {
+                // Only the committer deletes bodies, after the entries using them are gone:
+                // an entry without its body is a finished message.
+                for id in &missing {
                     tracing::info!(queue_id = %id, "dropping the index entry of a finished message");
                     db!(table.remove(id.as_str()))?;
+                }
+                let mut files = db!(txn.open_table(committer::FILES))?;
+                db!(files.retain(|_, _| false))?;
+                for (file, n) in &uses {
+                    db!(files.insert(file.as_str(), *n))?;
                 }
             }
             db!(txn.commit())?;
@@ -131,16 +144,15 @@ impl Spool {
         for entry in fs::read_dir(&msg_dir).map_err(|e| SpoolError::io(&msg_dir, e))? {
             let entry = entry.map_err(|e| SpoolError::io(&msg_dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if !known.contains(&name) {
+            if !uses.contains_key(&name) {
                 tracing::warn!(file = %entry.path().display(), "removing unacknowledged spool file");
                 let _ = fs::remove_file(entry.path());
             }
         }
-        let committer = committer::spawn(db.clone(), msg_dir.clone());
+        let committer = committer::spawn(db.clone(), msg_dir.clone(), tmp_dir.clone());
         Ok(Self {
             shared: Arc::new(Shared {
                 msg_dir,
-                tmp_dir,
                 db,
                 committer,
             }),
@@ -163,17 +175,7 @@ impl Spool {
         msg: &QueuedMessage,
         body: Vec<u8>,
     ) -> Result<(), SpoolError> {
-        let shared = self.shared.clone();
-        let id = msg.id.clone();
-        tokio::task::spawn_blocking(move || shared.write_body(&id, &body))
-            .await
-            .map_err(|_| SpoolError::CommitterGone)??;
-        let record = message::encode(msg);
-        let result = self.shared.committer.insert(msg.id.clone(), record).await;
-        if result.is_err() {
-            let _ = fs::remove_file(self.shared.msg_dir.join(msg.id.as_str()));
-        }
-        result
+        self.shared.committer.insert(msg.clone(), body).await
     }
 
     /// Rewrites a message's index entry (per-recipient status, next attempt). Shares the
@@ -201,9 +203,21 @@ impl Spool {
     ///
     /// # Errors
     /// The file cannot be read.
-    pub fn load_body(&self, id: &QueueId) -> Result<Vec<u8>, SpoolError> {
-        let path = self.shared.msg_dir.join(id.as_str());
-        fs::read(&path).map_err(|e| SpoolError::io(&path, e))
+    pub fn load_body(&self, msg: &QueuedMessage) -> Result<Vec<u8>, SpoolError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let Some(body) = &msg.body else {
+            let path = self.shared.msg_dir.join(msg.id.as_str());
+            return fs::read(&path).map_err(|e| SpoolError::io(&path, e));
+        };
+        let path = self.shared.msg_dir.join(&body.file);
+        let read = || -> std::io::Result<Vec<u8>> {
+            let mut f = fs::File::open(&path)?;
+            f.seek(SeekFrom::Start(body.offset))?;
+            let mut out = vec![0u8; body.len as usize];
+            f.read_exact(&mut out)?;
+            Ok(out)
+        };
+        read().map_err(|e| SpoolError::io(&path, e))
     }
 
     /// One message's current record.
@@ -235,25 +249,6 @@ impl Spool {
     }
 }
 
-impl Shared {
-    /// tmp → fsync → rename into msg/. The directory fsync that makes the rename durable
-    /// is done once per batch by the committer.
-    fn write_body(&self, id: &QueueId, body: &[u8]) -> Result<(), SpoolError> {
-        let tmp = self.tmp_dir.join(id.as_str());
-        let dest = self.msg_dir.join(id.as_str());
-        let write = || -> std::io::Result<()> {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(body)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &dest)
-        };
-        write().map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            SpoolError::io(&tmp, e)
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,6 +269,7 @@ mod tests {
             next_attempt_ms: 0,
             size: 3,
             client: "test".into(),
+            body: None,
         }
     }
 
@@ -286,7 +282,8 @@ mod tests {
         msg.attempts = 3;
         spool.update(&msg).await.unwrap();
         assert_eq!(spool.load(&msg.id).unwrap().unwrap().attempts, 3);
-        assert_eq!(spool.load_body(&msg.id).unwrap(), b"hi\r\n");
+        let stored = spool.load(&msg.id).unwrap().unwrap();
+        assert_eq!(spool.load_body(&stored).unwrap(), b"hi\r\n");
         let other = message();
         spool
             .store_message(&other, b"x\r\n".to_vec())
