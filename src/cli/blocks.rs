@@ -2,17 +2,12 @@ use std::fmt::Write;
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
-use crate::reputation::{Block, read_report};
+use crate::reputation::Block;
 
 /// `sidestep blocks`: every block learned from destinations' replies, with its evidence.
 pub fn blocks(config_path: Option<&Path>, json: bool) -> anyhow::Result<()> {
     let config = super::load_config(config_path)?;
-    let report = read_report(&config.spool.directory).map_err(|e| {
-        anyhow::anyhow!(
-            "no state in {} ({e}); has sidestep run with this spool?",
-            config.spool.directory.display()
-        )
-    })?;
+    let report = super::load_state(&config)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report.blocks)?);
         return Ok(());

@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::blocks::{render_block, when};
-use crate::reputation::{Block, ListingRecord, ListingState, read_report};
+use crate::reputation::{Block, ListingRecord, ListingState};
 
 #[derive(Serialize)]
 struct JsonReport<'a> {
@@ -27,12 +27,7 @@ struct JsonListing<'a> {
 /// to ask for removal.
 pub fn delist_report(config_path: Option<&Path>, ip: IpAddr, json: bool) -> anyhow::Result<()> {
     let config = super::load_config(config_path)?;
-    let report = read_report(&config.spool.directory).map_err(|e| {
-        anyhow::anyhow!(
-            "no state in {} ({e}); has sidestep run with this spool?",
-            config.spool.directory.display()
-        )
-    })?;
+    let report = super::load_state(&config)?;
     let listed: Vec<JsonListing> = config
         .blocklists
         .iter()

@@ -6,19 +6,13 @@ use std::time::{Duration, UNIX_EPOCH};
 use serde::Serialize;
 
 use crate::config::{BlocklistConfig, Config, Severity};
-use crate::reputation::{ListHealth, ListingRecord, ListingState, ReputationReport, read_report};
+use crate::reputation::{ListHealth, ListingRecord, ListingState, ReputationReport};
 
 /// `sidestep listings`: every egress IP with every list's state, from the relay's state
 /// (readable while it runs).
 pub fn listings(config_path: Option<&Path>, json: bool) -> anyhow::Result<()> {
     let config = super::load_config(config_path)?;
-    let report = match read_report(&config.spool.directory) {
-        Ok(r) => r,
-        Err(e) => anyhow::bail!(
-            "no listing state in {} ({e}); has sidestep run with this spool?",
-            config.spool.directory.display()
-        ),
-    };
+    let report = super::load_state(&config)?;
     print!("{}", render(&config, &config.egress_ips(), &report, json));
     Ok(())
 }

@@ -103,3 +103,15 @@ pub(crate) fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<crat
     }
     Ok(config)
 }
+
+/// The relay's reputation state (listings, blocks), read-only while it runs.
+pub(crate) fn load_state(
+    config: &crate::config::Config,
+) -> anyhow::Result<crate::reputation::ReputationReport> {
+    crate::reputation::read_report(&config.spool.directory).map_err(|e| {
+        anyhow::anyhow!(
+            "no state in {} ({e}); has sidestep run with this spool?",
+            config.spool.directory.display()
+        )
+    })
+}

@@ -6,7 +6,7 @@ use std::path::Path;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::blocks::Block;
-use super::listings::{ListHealth, ListingRecord, ReputationReport};
+use super::listings::ReputationReport;
 use crate::spool::SpoolError;
 
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("listings");
@@ -26,44 +26,29 @@ fn corrupt(id: &str, e: serde_json::Error) -> SpoolError {
 
 pub(super) fn load(db: &impl ReadableDatabase) -> Result<ReputationReport, SpoolError> {
     let txn = db.begin_read().map_err(db_err)?;
-    let mut report = ReputationReport::default();
-    match txn.open_table(RECORDS) {
-        Ok(table) => {
-            for row in table.iter().map_err(db_err)? {
-                let (k, v) = row.map_err(db_err)?;
-                let r: ListingRecord =
-                    serde_json::from_slice(v.value()).map_err(|e| corrupt(k.value(), e))?;
-                report.records.push(r);
-            }
-        }
-        Err(redb::TableError::TableDoesNotExist(_)) => {}
+    Ok(ReputationReport {
+        records: read_table(&txn, RECORDS)?,
+        health: read_table(&txn, HEALTH)?,
+        blocks: read_table(&txn, BLOCKS)?,
+    })
+}
+
+/// Every row of a JSON-valued table; a table not created yet is empty.
+fn read_table<T: serde::de::DeserializeOwned>(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<&str, &[u8]>,
+) -> Result<Vec<T>, SpoolError> {
+    let table = match txn.open_table(table) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
         Err(e) => return Err(db_err(e)),
+    };
+    let mut out = Vec::new();
+    for row in table.iter().map_err(db_err)? {
+        let (k, v) = row.map_err(db_err)?;
+        out.push(serde_json::from_slice(v.value()).map_err(|e| corrupt(k.value(), e))?);
     }
-    match txn.open_table(HEALTH) {
-        Ok(table) => {
-            for row in table.iter().map_err(db_err)? {
-                let (k, v) = row.map_err(db_err)?;
-                let h: ListHealth =
-                    serde_json::from_slice(v.value()).map_err(|e| corrupt(k.value(), e))?;
-                report.health.push(h);
-            }
-        }
-        Err(redb::TableError::TableDoesNotExist(_)) => {}
-        Err(e) => return Err(db_err(e)),
-    }
-    match txn.open_table(BLOCKS) {
-        Ok(table) => {
-            for row in table.iter().map_err(db_err)? {
-                let (k, v) = row.map_err(db_err)?;
-                let b: Block =
-                    serde_json::from_slice(v.value()).map_err(|e| corrupt(k.value(), e))?;
-                report.blocks.push(b);
-            }
-        }
-        Err(redb::TableError::TableDoesNotExist(_)) => {}
-        Err(e) => return Err(db_err(e)),
-    }
-    Ok(report)
+    Ok(out)
 }
 
 pub(super) fn save(db: &redb::Database, report: &ReputationReport) -> Result<(), SpoolError> {
@@ -135,6 +120,7 @@ pub fn read_report(spool_dir: &Path) -> Result<ReputationReport, SpoolError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::reputation::ListHealth;
 
     #[test]
     fn a_reader_in_another_handle_sees_the_latest_commit() {
