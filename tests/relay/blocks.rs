@@ -340,3 +340,46 @@ async fn mail_blocked_everywhere_expires_into_a_dsn_quoting_the_evidence() {
     assert!(bell.messages().is_empty());
     let _ = relay;
 }
+
+#[tokio::test]
+async fn implicit_tls_smarthost_with_a_password_in_the_config() {
+    let (w, bell) = world_with_bell().await;
+    bell.behave(|b| {
+        b.refuse_from
+            .insert(ip("127.0.0.2"), csi_refusal("127.0.0.2"));
+        b.refuse_from
+            .insert(ip("127.0.0.3"), csi_refusal("127.0.0.3"));
+    });
+    let smarthost = Sink::start(crate::support::fresh_loopback(), 0).await;
+    let (acceptor, ca_pem) = tls_with_ca("submissions.test");
+    smarthost.behave(|b| {
+        b.implicit_tls = Some(acceptor);
+        b.auth = Some(("relay-user".into(), "pw".into()));
+    });
+    w.setup
+        .dns
+        .add_a("submissions.test", smarthost.addr.ip())
+        .await;
+    let ca = w.setup.dir.path().join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    // The fallback of [delivery] (no route), implicit TLS, password inline.
+    let config = w
+        .setup
+        .config()
+        .replace("[delivery]\n", "[delivery]\nfallback = \"implicit\"\n")
+        + &format!(
+            "\n[[smarthosts]]\nname = \"implicit\"\nhost = \"submissions.test\"\nport = {}\ntls = \"implicit\"\nusername = \"relay-user\"\npassword = \"pw\"\nca_file = \"{}\"\n",
+            smarthost.addr.port(),
+            ca.display()
+        );
+    let relay = crate::support::relay::Relay::start(&config, w.setup.dir.path()).await;
+    send(relay.addr, "x@bell.test", "over 465").await;
+    let got = smarthost.wait_for(1).await;
+    assert!(got[0].tls);
+    assert_eq!(got[0].auth.as_deref(), Some("relay-user"));
+    assert!(
+        relay.log().contains("egress=smarthost:implicit"),
+        "{}",
+        relay.log()
+    );
+}

@@ -42,6 +42,8 @@ pub struct Behaviour {
     pub refuse_from: HashMap<IpAddr, String>,
     /// Offer STARTTLS with this certificate.
     pub tls: Option<TlsAcceptor>,
+    /// Speak TLS from the first byte (a submissions/465 server), with this certificate.
+    pub implicit_tls: Option<TlsAcceptor>,
     /// Wait this long before answering the end of DATA (to make deliveries overlap).
     pub data_delay: Option<Duration>,
     /// Require AUTH PLAIN/LOGIN with this user and password before MAIL.
@@ -80,7 +82,14 @@ impl Sink {
                     let now = s.open.fetch_add(1, Ordering::SeqCst) + 1;
                     s.max_open.fetch_max(now, Ordering::SeqCst);
                     s.connections.lock().unwrap().push(peer.ip());
-                    let _ = s.session(Box::new(stream), peer.ip(), false).await;
+                    let implicit = s.behaviour.lock().unwrap().implicit_tls.clone();
+                    let _ = match implicit {
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(tls) => s.session(Box::new(tls), peer.ip(), true, true).await,
+                            Err(e) => Err(e),
+                        },
+                        None => s.session(Box::new(stream), peer.ip(), false, true).await,
+                    };
                     s.open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
@@ -136,7 +145,13 @@ impl Sink {
         }
     }
 
-    async fn session(&self, stream: Box<dyn Io>, peer: IpAddr, tls: bool) -> std::io::Result<()> {
+    async fn session(
+        &self,
+        stream: Box<dyn Io>,
+        peer: IpAddr,
+        tls: bool,
+        greet: bool,
+    ) -> std::io::Result<()> {
         let (r, mut w) = tokio::io::split(stream);
         let mut r = BufReader::new(r);
         let (refuse, acceptor, required_auth) = {
@@ -163,7 +178,7 @@ impl Sink {
             }
             return Ok(());
         }
-        if !tls {
+        if greet {
             w.write_all(b"220 sink.test ESMTP test sink\r\n").await?;
         }
         let mut helo = String::new();
@@ -221,7 +236,7 @@ impl Sink {
                 w.write_all(b"220 2.0.0 Ready to start TLS\r\n").await?;
                 let stream = r.into_inner().unsplit(w);
                 let tls_stream = acceptor.unwrap().accept(stream).await?;
-                return Box::pin(self.session(Box::new(tls_stream), peer, true)).await;
+                return Box::pin(self.session(Box::new(tls_stream), peer, true, false)).await;
             } else if upper.starts_with("HELO") {
                 helo = text[4..].trim().to_string();
                 "250 sink.test".to_string()
