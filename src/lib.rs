@@ -11,9 +11,14 @@
 //! - [`inbound`]: the SMTP listener and session state machine; relay permission.
 //! - [`spool`]: durable storage; a `250` is sent only after the message is fsynced.
 //! - [`queue`]: the scheduler owning every due time, retry math, DSNs.
-//! - [`routing`]: MX lookup and the egress pool rotation.
-//! - [`outbound`]: the SMTP client, one transaction per (message, domain).
-//! - [`classify`]: reply → verdict, the one place deciding what a result means.
+//! - [`routing`]: MX lookup, sites (domains sharing MX hosts), the egress pool rotation.
+//! - [`outbound`]: the SMTP client, one transaction per (message, domain), from an egress
+//!   IP or through a fallback smarthost.
+//! - [`classify`]: reply → verdict, the one place deciding what a result means (rules
+//!   are data: `config/classify.toml`).
+//! - [`reputation`]: what we know of our egress IPs — DNSBL listings (checked
+//!   proactively) and blocks (learned from verdicts that blame the IP) — which routing
+//!   reads for every connection.
 //! - [`cli`]: the `sidestep` subcommands.
 
 pub mod classify;
