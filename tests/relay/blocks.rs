@@ -31,6 +31,39 @@ async fn world_with_bell() -> (World, Sink) {
     (w, bell)
 }
 
+/// Bell refuses both egress IPs, Cloudmark style.
+fn refuse_both_ips(bell: &Sink) {
+    bell.behave(|b| {
+        for addr in ["127.0.0.2", "127.0.0.3"] {
+            b.refuse_from.insert(ip(addr), csi_refusal(addr));
+        }
+    });
+}
+
+/// A smarthost on a fresh address: TLS with a certificate for `name` from a test CA
+/// (implicit, or STARTTLS), AUTH required. Returns it and the CA file to trust.
+async fn smarthost(
+    w: &World,
+    name: &str,
+    implicit: bool,
+    password: &str,
+) -> (Sink, std::path::PathBuf) {
+    let sink = Sink::start(crate::support::fresh_loopback(), 0).await;
+    let (acceptor, ca_pem) = tls_with_ca(name);
+    sink.behave(|b| {
+        if implicit {
+            b.implicit_tls = Some(acceptor);
+        } else {
+            b.tls = Some(acceptor);
+        }
+        b.auth = Some(("relay-user".into(), password.into()));
+    });
+    w.setup.dns.add_a(name, sink.addr.ip()).await;
+    let ca = w.setup.dir.path().join(format!("{name}.pem"));
+    std::fs::write(&ca, ca_pem).unwrap();
+    (sink, ca)
+}
+
 fn sidestep(w: &World, args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_sidestep"))
         .args(args)
@@ -150,24 +183,8 @@ async fn csi_block_routes_around_the_ip_for_the_whole_site() {
 #[tokio::test]
 async fn every_ip_blocked_goes_to_the_fallback_smarthost_over_tls_with_auth() {
     let (mut w, bell) = world_with_bell().await;
-    bell.behave(|b| {
-        b.refuse_from
-            .insert(ip("127.0.0.2"), csi_refusal("127.0.0.2"));
-        b.refuse_from
-            .insert(ip("127.0.0.3"), csi_refusal("127.0.0.3"));
-    });
-    let smarthost = Sink::start(crate::support::fresh_loopback(), 0).await;
-    let (acceptor, ca_pem) = tls_with_ca("smarthost.test");
-    smarthost.behave(|b| {
-        b.tls = Some(acceptor);
-        b.auth = Some(("relay-user".into(), "s3cret pass".into()));
-    });
-    w.setup
-        .dns
-        .add_a("smarthost.test", smarthost.addr.ip())
-        .await;
-    let ca = w.setup.dir.path().join("ca.pem");
-    std::fs::write(&ca, ca_pem).unwrap();
+    refuse_both_ips(&bell);
+    let (smarthost, ca) = smarthost(&w, "smarthost.test", false, "s3cret pass").await;
     let password = w.setup.dir.path().join("fallback.pass");
     std::fs::write(&password, "s3cret pass\n").unwrap();
     w.setup.extra = format!(
@@ -209,12 +226,7 @@ fallback = "clean-fallback"
 #[tokio::test]
 async fn without_fallback_mail_waits_for_the_block_then_a_canary_lifts_it() {
     let (mut w, bell) = world_with_bell().await;
-    bell.behave(|b| {
-        b.refuse_from
-            .insert(ip("127.0.0.2"), csi_refusal("127.0.0.2"));
-        b.refuse_from
-            .insert(ip("127.0.0.3"), csi_refusal("127.0.0.3"));
-    });
+    refuse_both_ips(&bell);
     // Backoff far beyond the test: only the block's expiry can bring the message back.
     w.setup.queue = "retry_initial = \"1h\"\nretry_max = \"1h\"\nmax_lifetime = \"5days\"".into();
     w.setup.extra = "\n[blocks]\nduration = \"2s\"\nmax_duration = \"10s\"\n".into();
@@ -243,12 +255,7 @@ async fn without_fallback_mail_waits_for_the_block_then_a_canary_lifts_it() {
 #[tokio::test]
 async fn failed_canary_renews_the_block_for_longer() {
     let (mut w, bell) = world_with_bell().await;
-    bell.behave(|b| {
-        b.refuse_from
-            .insert(ip("127.0.0.2"), csi_refusal("127.0.0.2"));
-        b.refuse_from
-            .insert(ip("127.0.0.3"), csi_refusal("127.0.0.3"));
-    });
+    refuse_both_ips(&bell);
     w.setup.queue = "retry_initial = \"1h\"\nretry_max = \"1h\"\nmax_lifetime = \"5days\"".into();
     w.setup.extra = "\n[blocks]\nduration = \"1s\"\nmax_duration = \"1h\"\n".into();
     let relay = w.setup.start().await;
@@ -313,12 +320,7 @@ async fn domain_reputation_bounces_and_throttle_slows_down() {
 #[tokio::test]
 async fn mail_blocked_everywhere_expires_into_a_dsn_quoting_the_evidence() {
     let (mut w, bell) = world_with_bell().await;
-    bell.behave(|b| {
-        b.refuse_from
-            .insert(ip("127.0.0.2"), csi_refusal("127.0.0.2"));
-        b.refuse_from
-            .insert(ip("127.0.0.3"), csi_refusal("127.0.0.3"));
-    });
+    refuse_both_ips(&bell);
     w.setup.queue =
         "retry_initial = \"200ms\"\nretry_max = \"300ms\"\nmax_lifetime = \"2s\"".into();
     let relay = w.setup.start().await;
@@ -344,24 +346,8 @@ async fn mail_blocked_everywhere_expires_into_a_dsn_quoting_the_evidence() {
 #[tokio::test]
 async fn implicit_tls_smarthost_with_a_password_in_the_config() {
     let (w, bell) = world_with_bell().await;
-    bell.behave(|b| {
-        b.refuse_from
-            .insert(ip("127.0.0.2"), csi_refusal("127.0.0.2"));
-        b.refuse_from
-            .insert(ip("127.0.0.3"), csi_refusal("127.0.0.3"));
-    });
-    let smarthost = Sink::start(crate::support::fresh_loopback(), 0).await;
-    let (acceptor, ca_pem) = tls_with_ca("submissions.test");
-    smarthost.behave(|b| {
-        b.implicit_tls = Some(acceptor);
-        b.auth = Some(("relay-user".into(), "pw".into()));
-    });
-    w.setup
-        .dns
-        .add_a("submissions.test", smarthost.addr.ip())
-        .await;
-    let ca = w.setup.dir.path().join("ca.pem");
-    std::fs::write(&ca, ca_pem).unwrap();
+    refuse_both_ips(&bell);
+    let (smarthost, ca) = smarthost(&w, "submissions.test", true, "pw").await;
     // The fallback of [delivery] (no route), implicit TLS, password inline.
     let config = w
         .setup
