@@ -9,6 +9,7 @@
 #
 #   bash benches/e2e.sh [--messages 20000] [--size 10240] [--sessions 20]
 #                       [--latency-messages 2000] [--latency-rate R] [--sidestep PATH]
+#                       [--only ceiling|sidestep|postfix]   (one phase, for profiling)
 #
 # Needs Debian's postfix (smtp-source, smtp-sink, postfix) and dnsmasq-base, python3, and
 # root (Postfix's daemons switch to the postfix user). Everything it starts runs from
@@ -22,6 +23,7 @@ SESSIONS=20
 LATENCY_MESSAGES=2000
 LATENCY_RATE=""
 SIDESTEP=""
+ONLY=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --messages) MESSAGES=$2; shift 2 ;;
@@ -30,7 +32,8 @@ while [ $# -gt 0 ]; do
     --latency-messages) LATENCY_MESSAGES=$2; shift 2 ;;
     --latency-rate) LATENCY_RATE=$2; shift 2 ;;
     --sidestep) SIDESTEP=$2; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --only) ONLY=$2; shift 2 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -55,7 +58,7 @@ if [ -z "$SIDESTEP" ]; then
   SIDESTEP="$here/../target/release/sidestep"
 fi
 
-WORK=$(mktemp -d /tmp/sidestep-bench.XXXXXX)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/sidestep-bench.XXXXXX")
 chmod 755 "$WORK"
 PIDS=()
 PF_CONF=""
@@ -129,11 +132,16 @@ PIDS+=("$!")
 echo "sidestep end-to-end benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
 echo "messages=$MESSAGES size=$SIZE sessions=$SESSIONS"
 
+wants() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
+
 # --- ceiling ---
+if wants ceiling; then
 read -r C_ACCEPT C_E2E <<< "$(phase "127.0.0.1:$SINK_PORT")"
 printf "%-9s accept %9s msg/s   end-to-end %9s msg/s\n" ceiling "$C_ACCEPT" "$C_E2E"
+fi
 
 # --- sidestep ---
+if wants sidestep; then
 S_PORT=$(free_port)
 mkdir -p "$WORK/sidestep"
 cat > "$WORK/sidestep/sidestep.toml" <<TOML
@@ -162,16 +170,20 @@ helo = "out2.bench.test"
 ip = "127.0.0.3"
 helo = "out3.bench.test"
 TOML
-RUST_LOG=info "$SIDESTEP" serve --config "$WORK/sidestep/sidestep.toml" \
+RUST_LOG=${BENCH_LOG:-info} "$SIDESTEP" serve --config "$WORK/sidestep/sidestep.toml" \
   > "$WORK/sidestep/out.log" 2> "$WORK/sidestep/relay.log" &
 S_PID=$!
 PIDS+=("$S_PID")
 wait_port "$S_PORT"
 read -r S_ACCEPT S_E2E <<< "$(phase "127.0.0.1:$S_PORT")"
 S_RSS=$(awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$S_PID/status")
-printf "%-9s accept %9s msg/s   end-to-end %9s msg/s   peak RSS %s MiB\n" sidestep "$S_ACCEPT" "$S_E2E" "$S_RSS"
+# utime + stime in clock ticks (fields 14 and 15; the name in field 2 has no spaces).
+S_CPU=$(awk -v hz="$(getconf CLK_TCK)" -v n="$MESSAGES" '{ printf "%.0f", ($14 + $15) * 1e6 / hz / n }' "/proc/$S_PID/stat")
+printf "%-9s accept %9s msg/s   end-to-end %9s msg/s   peak RSS %s MiB   CPU %s us/msg\n" sidestep "$S_ACCEPT" "$S_E2E" "$S_RSS" "$S_CPU"
+fi
 
 # --- postfix ---
+if wants postfix; then
 PF_PORT=$(free_port)
 PF="$WORK/postfix"
 PF_CONF="$PF/conf"
@@ -208,6 +220,8 @@ read -r P_ACCEPT P_E2E <<< "$(phase "127.0.0.1:$PF_PORT")"
 printf "%-9s accept %9s msg/s   end-to-end %9s msg/s\n" postfix "$P_ACCEPT" "$P_E2E"
 postfix -c "$PF_CONF" stop >/dev/null 2>&1 || true
 PF_CONF=""
+fi
+[ -z "$ONLY" ] || exit 0
 
 awk -v s="$S_E2E" -v p="$P_E2E" -v c="$C_E2E" -v sa="$S_ACCEPT" -v pa="$P_ACCEPT" -v ca="$C_ACCEPT" 'BEGIN {
   printf "ratios    sidestep/postfix %.2f end-to-end (%.2f accept)   sidestep/ceiling %.2f end-to-end (%.2f accept)\n",

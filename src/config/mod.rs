@@ -214,6 +214,15 @@ pub struct DeliveryConfig {
     /// Try STARTTLS when the MX offers it. Certificates are not verified (opportunistic TLS,
     /// RFC 7435): an MX with a self-signed certificate still gets encrypted mail.
     pub starttls: bool,
+    /// A session whose transaction ended cleanly waits this long for the next message to
+    /// the same MX address from the same egress IP, instead of QUIT ("0s": every message
+    /// on a new connection). Postfix's `smtp_connection_cache_time_limit`.
+    pub reuse_idle: HumanDuration,
+    /// No session is reused once it is this old, so a long burst still reconnects now
+    /// and then (and a receiver's per-connection limits reset).
+    pub reuse_lifetime: HumanDuration,
+    /// Messages per session at most; receivers such as Microsoft's cap it.
+    pub reuse_messages: u32,
 }
 
 /// `[dns]`: the resolver for MX, address and blocklist lookups.
@@ -381,6 +390,9 @@ impl Default for DeliveryConfig {
             max_connections: 100,
             max_connections_per_domain: 10,
             starttls: true,
+            reuse_idle: HumanDuration::from_secs(2),
+            reuse_lifetime: HumanDuration::from_secs(300),
+            reuse_messages: 100,
         }
     }
 }
@@ -499,6 +511,12 @@ impl Config {
             err(
                 "delivery.command_timeout".into(),
                 "must be more than 0s".into(),
+            );
+        }
+        if d.reuse_messages == 0 {
+            err(
+                "delivery.reuse_messages".into(),
+                "must be at least 1 (turn reuse off with reuse_idle = \"0s\")".into(),
             );
         }
 

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 
 use smtp_proto::EhloResponse;
 
+use super::sessions::{Client, Io, ReuseLimits, Session, SessionCache};
 use super::smarthost::Smarthost;
 use crate::config::{Config, RouteConfig};
 use crate::envelope::{Address, BodyFlags, Sender};
@@ -26,6 +27,9 @@ pub struct DomainDelivery<'a> {
     pub flags: BodyFlags,
     /// The spooled body, CRLF line endings, not dot-stuffed.
     pub body: &'a [u8],
+    /// Connections to the destination this delivery may have open, its own included
+    /// (idle sessions kept for reuse count): the domain's connection limit.
+    pub max_connections: usize,
 }
 
 /// How the mail left.
@@ -55,6 +59,8 @@ pub struct AttemptReport {
     /// Nothing was sent because no egress IP of the pool may be used (all listed): the
     /// queue retries as soon as the listing state improves.
     pub no_egress: bool,
+    /// The transaction ran on a session kept from an earlier message.
+    pub reused: bool,
 }
 
 /// The outbound side: resolver, egress pools, smarthosts, routes and the timeouts from
@@ -74,6 +80,7 @@ pub struct Outbound {
     command_timeout: Duration,
     /// `None` when `delivery.starttls = false`.
     tls: Option<TlsConnector>,
+    sessions: std::sync::Arc<SessionCache>,
 }
 
 /// A failure before the transaction started: the next MX address may do better.
@@ -126,6 +133,12 @@ impl Outbound {
             connect_timeout: d.connect_timeout.get(),
             command_timeout: d.command_timeout.get(),
             tls,
+            sessions: SessionCache::new(ReuseLimits {
+                idle: d.reuse_idle.get(),
+                lifetime: d.reuse_lifetime.get(),
+                messages: d.reuse_messages,
+                max_total: d.max_connections,
+            }),
         })
     }
 
@@ -161,6 +174,7 @@ impl Outbound {
             retry_at: None,
             replies,
             no_egress: false,
+            reused: false,
         };
         let hosts = match self.resolver.lookup_mx(d.domain).await {
             Ok(h) => h,
@@ -226,7 +240,7 @@ impl Outbound {
                     result = self.try_host(&egress, addr, &host.name, d, false).await;
                 }
                 match result {
-                    Ok(replies) => {
+                    Ok((replies, reused)) => {
                         return AttemptReport {
                             egress: Some(egress),
                             mx: Some(host.name.clone()),
@@ -236,6 +250,7 @@ impl Outbound {
                             retry_at: None,
                             replies,
                             no_egress: false,
+                            reused,
                         };
                     }
                     Err(f) => {
@@ -259,6 +274,7 @@ impl Outbound {
             retry_at: None,
             replies: vec![last; d.recipients.len()],
             no_egress,
+            reused: false,
         }
     }
 
@@ -297,6 +313,9 @@ impl Outbound {
         }
     }
 
+    /// One transaction with one MX address from `egress`: on an idle session left by an
+    /// earlier message if there is one, else on a new connection. Returns the replies
+    /// and whether the session was reused.
     async fn try_host(
         &self,
         egress: &EgressIp,
@@ -304,7 +323,40 @@ impl Outbound {
         mx: &str,
         d: &DomainDelivery<'_>,
         use_tls: bool,
-    ) -> Result<Vec<RemoteReply>, HostFailure> {
+    ) -> Result<(Vec<RemoteReply>, bool), HostFailure> {
+        let dest = SocketAddr::new(addr, self.port);
+        let _busy = self.sessions.busy(dest);
+        while let Some(mut session) = self.sessions.take(egress.ip, dest) {
+            let t = transaction(&mut session.client, session.caps, d, mx, true).await;
+            match t.after {
+                // The server closed the idle session meanwhile: nothing of this message
+                // was taken; another idle session or a new connection will do.
+                After::Stale => continue,
+                After::Ready => self.sessions.put(egress.ip, dest, session),
+                After::Done => session.quit().await,
+            }
+            return Ok((t.replies, true));
+        }
+        self.sessions.make_room(dest, d.max_connections);
+        let mut session = self.open(egress, dest, mx, use_tls).await?;
+        let t = transaction(&mut session.client, session.caps, d, mx, false).await;
+        match t.after {
+            After::Ready => self.sessions.put(egress.ip, dest, session),
+            After::Done | After::Stale => session.quit().await,
+        }
+        Ok((t.replies, false))
+    }
+
+    /// A new session: connect from `egress`, greeting, EHLO, STARTTLS when offered (and
+    /// `use_tls`), EHLO again.
+    async fn open(
+        &self,
+        egress: &EgressIp,
+        dest: SocketAddr,
+        mx: &str,
+        use_tls: bool,
+    ) -> Result<Session, HostFailure> {
+        let addr = dest.ip();
         let fail = |code: u16, enhanced: &str, text: String| HostFailure {
             reply: RemoteReply {
                 code,
@@ -314,16 +366,13 @@ impl Outbound {
             },
             tls: false,
         };
-        let stream = self
-            .connect(egress, SocketAddr::new(addr, self.port))
-            .await
-            .map_err(|e| {
-                fail(
-                    0,
-                    "4.4.1",
-                    format!("connect to {mx}[{addr}] from {egress}: {e}"),
-                )
-            })?;
+        let stream = self.connect(egress, dest).await.map_err(|e| {
+            fail(
+                0,
+                "4.4.1",
+                format!("connect to {mx}[{addr}] from {egress}: {e}"),
+            )
+        })?;
         let mut client = SmtpClient {
             stream,
             timeout: self.command_timeout,
@@ -350,9 +399,9 @@ impl Outbound {
                     tls: true,
                 })?;
                 let caps = hello(&mut client, &egress.helo, mx).await?.capabilities;
-                Ok(transaction(&mut client, caps, d, mx).await)
+                Ok(Session::new(boxed(client), caps))
             }
-            _ => Ok(transaction(&mut client, caps, d, mx).await),
+            _ => Ok(Session::new(boxed(client), caps)),
         }
     }
 
@@ -406,18 +455,53 @@ pub(super) async fn hello<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+fn boxed<S: Io + 'static>(client: SmtpClient<S>) -> Client {
+    SmtpClient {
+        stream: Box::new(client.stream),
+        timeout: client.timeout,
+    }
+}
+
+/// The state a transaction leaves its session in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum After {
+    /// The server answered the end of DATA: the session is ready for the next MAIL.
+    Ready,
+    /// The session should end (error, refusal, or a server closing with 421).
+    Done,
+    /// A reused session turned out dead (closed, or 421) before MAIL was accepted:
+    /// nothing of this transaction counts, the replies are meaningless.
+    Stale,
+}
+
+pub(super) struct Transaction {
+    /// One per recipient, in order.
+    pub(super) replies: Vec<RemoteReply>,
+    pub(super) after: After,
+}
+
 /// MAIL, RCPT…, DATA on an established session. Pipelined when the server offers it
-/// (RFC 2920), through `cmds` which reads exactly one reply per command.
+/// (RFC 2920), through `cmds` which reads exactly one reply per command. Sends no QUIT:
+/// the caller decides whether the session is kept. `reused`: the session served an
+/// earlier message, so a dead connection is [`After::Stale`], not a failure.
 pub(super) async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut SmtpClient<S>,
     caps: u32,
     d: &DomainDelivery<'_>,
     mx: &str,
-) -> Vec<RemoteReply> {
+    reused: bool,
+) -> Transaction {
     let n = d.recipients.len();
+    let done = |replies| Transaction {
+        replies,
+        after: After::Done,
+    };
+    let stale = || Transaction {
+        replies: Vec::new(),
+        after: After::Stale,
+    };
     if d.flags.smtputf8 && caps & EXT_SMTP_UTF8 == 0 {
-        let _ = client.cmd(b"QUIT\r\n").await;
-        return vec![
+        return done(vec![
             RemoteReply {
                 code: 0,
                 enhanced: "5.6.7".into(),
@@ -425,7 +509,7 @@ pub(super) async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
                 mx: Some(mx.to_string()),
             };
             n
-        ];
+        ]);
     }
     let mut mail = format!("MAIL FROM:<{}>", d.sender);
     if caps & EXT_SIZE != 0 {
@@ -455,14 +539,17 @@ pub(super) async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let envelope: Vec<RemoteReply> = match envelope {
         Ok(e) => e,
-        Err(e) => return vec![error_reply(e, mx); n],
+        Err(_) if reused => return stale(),
+        Err(e) => return done(vec![error_reply(e, mx); n]),
     };
     let Some((mail_reply, rcpt_replies)) = envelope.split_first() else {
-        return vec![error_reply(mail_send::Error::UnparseableReply, mx); n];
+        return done(vec![error_reply(mail_send::Error::UnparseableReply, mx); n]);
     };
+    if reused && mail_reply.code == 421 {
+        return stale();
+    }
     if !is_positive(mail_reply) {
-        let _ = client.cmd(b"QUIT\r\n").await;
-        return vec![mail_reply.clone(); n];
+        return done(vec![mail_reply.clone(); n]);
     }
     let mut accepted = Vec::new();
     for (i, slot) in replies.iter_mut().enumerate() {
@@ -472,17 +559,25 @@ pub(super) async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
             None => *slot = Some(mail_reply_missing(mx)),
         }
     }
+    let mut after = After::Done;
     if !accepted.is_empty() {
-        let outcome = send_data(client, d.body, mx).await;
+        let (outcome, message_sent) = send_data(client, d.body, mx).await;
+        // Only a reply to the final dot leaves a clean session (a refused DATA may leave
+        // the server mid-transaction); a reply of 0 is ours (timeout, lost connection).
+        if message_sent && (200..600).contains(&outcome.code) && outcome.code != 421 {
+            after = After::Ready;
+        }
         for i in accepted {
             replies[i] = Some(outcome.clone());
         }
     }
-    let _ = client.cmd(b"QUIT\r\n").await;
-    replies
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| mail_reply_missing(mx)))
-        .collect()
+    Transaction {
+        replies: replies
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| mail_reply_missing(mx)))
+            .collect(),
+        after,
+    }
 }
 
 async fn sequential_envelope<S: AsyncRead + AsyncWrite + Unpin>(
@@ -502,31 +597,63 @@ async fn sequential_envelope<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(out)
 }
 
+/// DATA, then the body dot-stuffed with the final dot, in one write for the common
+/// sizes. Returns the reply and whether it answers the body (rather than DATA itself).
 async fn send_data<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut SmtpClient<S>,
     body: &[u8],
     mx: &str,
-) -> RemoteReply {
+) -> (RemoteReply, bool) {
     match client.cmd(b"DATA\r\n").await {
         Ok(r) if r.code == 354 => {}
-        Ok(r) => return response_reply(&r, mx),
-        Err(e) => return error_reply(e, mx),
+        Ok(r) => return (response_reply(&r, mx), false),
+        Err(e) => return (error_reply(e, mx), false),
     }
-    // mail-send appends CRLF.CRLF itself: drop the body's own final CRLF so the message
-    // arrives byte-identical.
-    let body = body.strip_suffix(b"\r\n").unwrap_or(body);
     let timeout = client.timeout;
     let result = tokio::time::timeout(timeout, async {
-        client.write_message(body).await?;
+        write_dot_stuffed(&mut client.stream, body).await?;
         client.read().await
     })
     .await;
-    match result {
+    let reply = match result {
         Ok(Ok(r)) => response_reply(&r, mx),
         Ok(Err(e)) => error_reply(e, mx),
         Err(_) => error_reply(mail_send::Error::Timeout, mx),
-    }
+    };
+    (reply, true)
 }
+
+/// Writes `body` (CRLF line endings, as spooled) with a dot doubled at the start of
+/// every line (RFC 5321 §4.5.2) and the terminating `.` line, in chunks of about
+/// [`WRITE_CHUNK`] bytes: one write for a typical message, bounded memory for a large one.
+async fn write_dot_stuffed<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    body: &[u8],
+) -> mail_send::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut buf = Vec::with_capacity(body.len().min(WRITE_CHUNK) + 64);
+    let mut line_start = true;
+    for piece in body.split_inclusive(|&b| b == b'\n') {
+        if line_start && piece.first() == Some(&b'.') {
+            buf.push(b'.');
+        }
+        buf.extend_from_slice(piece);
+        line_start = piece.ends_with(b"\n");
+        if buf.len() >= WRITE_CHUNK {
+            out.write_all(&buf).await?;
+            buf.clear();
+        }
+    }
+    if !line_start {
+        buf.extend_from_slice(b"\r\n");
+    }
+    buf.extend_from_slice(b".\r\n");
+    out.write_all(&buf).await?;
+    out.flush().await?;
+    Ok(())
+}
+
+const WRITE_CHUNK: usize = 64 * 1024;
 
 fn is_positive(r: &RemoteReply) -> bool {
     (200..300).contains(&r.code)

@@ -3,6 +3,7 @@
 //! fallback smarthost when no egress IP is clean for the destination site.
 
 mod client;
+mod sessions;
 mod smarthost;
 
 pub use client::{AttemptReport, DomainDelivery, Outbound, Via};

@@ -121,6 +121,7 @@ impl Smarthost {
             retry_at: None,
             replies,
             no_egress: false,
+            reused: false,
         }
     }
 
@@ -183,7 +184,9 @@ impl Smarthost {
                 greeting(&mut client, host).await?;
                 let ehlo = hello(&mut client, &self.helo, host).await?;
                 self.authenticate(&mut client, &ehlo, host).await?;
-                transaction(&mut client, ehlo.capabilities, d, host).await
+                let t = transaction(&mut client, ehlo.capabilities, d, host, false).await;
+                super::sessions::quit(&mut client.stream).await;
+                t.replies
             }
             SmarthostTls::Starttls => {
                 let mut client = SmtpClient {
@@ -211,7 +214,9 @@ impl Smarthost {
                         })?;
                 let ehlo = hello(&mut client, &self.helo, host).await?;
                 self.authenticate(&mut client, &ehlo, host).await?;
-                transaction(&mut client, ehlo.capabilities, d, host).await
+                let t = transaction(&mut client, ehlo.capabilities, d, host, false).await;
+                super::sessions::quit(&mut client.stream).await;
+                t.replies
             }
         };
         Ok((ip, replies))

@@ -62,6 +62,7 @@ pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> Domain
                 recipients: &addresses,
                 flags: job.flags,
                 body: &job.body,
+                max_connections: ctx.domain_cap(&job.domain),
             })
             .await;
         outcome.no_egress = report.no_egress;
@@ -200,6 +201,7 @@ fn log_attempt(
         egress = %egress,
         mx = mx,
         mx_ip = %mx_ip,
+        reused = report.reused,
         delay_s = delay,
         dsn = %reply.enhanced,
         verdict = %verdict,

@@ -99,6 +99,21 @@ impl QueueContext {
         );
     }
 
+    /// How many connections to `domain` may be open: one while it throttles us.
+    pub(super) fn domain_cap(&self, domain: &str) -> usize {
+        let throttled = self
+            .throttled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(domain)
+            .is_some_and(|(until, _)| *until > crate::spool::unix_now());
+        if throttled {
+            1
+        } else {
+            self.config.delivery.max_connections_per_domain
+        }
+    }
+
     pub(super) fn domain_limit(&self, domain: &str) -> Arc<Semaphore> {
         if let Some((until, lane)) = self
             .throttled

@@ -345,14 +345,12 @@ async fn mail_blocked_everywhere_expires_into_a_dsn_quoting_the_evidence() {
 
 #[tokio::test]
 async fn implicit_tls_smarthost_with_a_password_in_the_config() {
-    let (w, bell) = world_with_bell().await;
+    let (mut w, bell) = world_with_bell().await;
     refuse_both_ips(&bell);
     let (smarthost, ca) = smarthost(&w, "submissions.test", true, "pw").await;
     // The fallback of [delivery] (no route), implicit TLS, password inline.
-    let config = w
-        .setup
-        .config()
-        .replace("[delivery]\n", "[delivery]\nfallback = \"implicit\"\n")
+    w.setup.delivery = "fallback = \"implicit\"".into();
+    let config = w.setup.config()
         + &format!(
             "\n[[smarthosts]]\nname = \"implicit\"\nhost = \"submissions.test\"\nport = {}\ntls = \"implicit\"\nusername = \"relay-user\"\npassword = \"pw\"\nca_file = \"{}\"\n",
             smarthost.addr.port(),

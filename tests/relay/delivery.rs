@@ -49,20 +49,10 @@ async fn delivers_end_to_end_with_received_header() {
 }
 
 #[tokio::test]
-async fn consecutive_connections_rotate_egress_ips() {
+async fn consecutive_messages_rotate_egress_ips() {
     let w = World::new().await;
     let relay = w.setup.start().await;
-    for i in 0..4 {
-        let mut c = ready(relay.addr).await;
-        c.send_mail(
-            "a@sender.test",
-            &["b@dest.test"],
-            &message(&format!("m{i}"), "x\r\n"),
-        )
-        .await;
-        // One at a time, so the order of connections is the order of messages.
-        w.dest.wait_for(i + 1).await;
-    }
+    w.send_in_a_row(&relay, 4).await;
     let peers: Vec<IpAddr> = w.dest.messages().iter().map(|m| m.peer).collect();
     let two: IpAddr = "127.0.0.2".parse().unwrap();
     let three: IpAddr = "127.0.0.3".parse().unwrap();
@@ -253,17 +243,11 @@ async fn starttls_is_used_when_the_mx_offers_it() {
 
 #[tokio::test]
 async fn per_domain_connection_limit_holds() {
-    let w = World::new().await;
-    let config_line = "max_connections_per_domain = 2\n";
+    let mut w = World::new().await;
+    w.setup.delivery = "max_connections_per_domain = 2".into();
     w.dest
         .behave(|b| b.data_delay = Some(std::time::Duration::from_millis(150)));
-    let relay = {
-        let config = w
-            .setup
-            .config()
-            .replace("[delivery]\n", &format!("[delivery]\n{config_line}"));
-        crate::support::relay::Relay::start(&config, w.setup.dir.path()).await
-    };
+    let relay = w.setup.start().await;
     let mut c = ready(relay.addr).await;
     for i in 0..8 {
         c.send_mail(

@@ -13,6 +13,7 @@ mod inbound;
 mod interop;
 mod listings;
 mod retry;
+mod reuse;
 
 use support::relay::Setup;
 use support::sink::Sink;
@@ -37,6 +38,27 @@ impl World {
             dest: sinks[0].clone(),
             sender: sinks[1].clone(),
             setup,
+        }
+    }
+
+    /// Sends `n` messages to `b@dest.test`, one after the other, each once the relay has
+    /// finished with the previous one: the order at the sink is the order sent, and a
+    /// session the relay keeps is back in its cache before the next message is due.
+    pub async fn send_in_a_row(&self, relay: &support::relay::Relay, n: usize) {
+        for i in 0..n {
+            let mut c = support::client::ready(relay.addr).await;
+            c.send_mail(
+                "a@sender.test",
+                &["b@dest.test"],
+                &message(&format!("m{i}"), "x\r\n"),
+            )
+            .await;
+            self.dest.wait_for(i + 1).await;
+            support::eventually(
+                || relay.log().matches("every recipient is final").count() == i + 1,
+                || relay.log(),
+            )
+            .await;
         }
     }
 }

@@ -23,6 +23,8 @@ pub struct Setup {
     /// Extra lines for the `[server]` section (limits).
     pub server: String,
     pub queue: String,
+    /// Extra lines for the `[delivery]` section.
+    pub delivery: String,
     /// Last octets of the egress IPs (127.0.0.N) in the default pool.
     pub egress: Vec<u8>,
 }
@@ -36,6 +38,7 @@ impl Setup {
             extra: String::new(),
             relay_networks: r#"["127.0.0.0/8"]"#.into(),
             server: String::new(),
+            delivery: String::new(),
             egress: vec![2, 3],
             queue: r#"retry_initial = "200ms"
 retry_max = "1s"
@@ -63,6 +66,7 @@ directory = "{spool}"
 port = {port}
 connect_timeout = "2s"
 command_timeout = "10s"
+{delivery}
 
 [dns]
 nameservers = ["{dns}"]
@@ -77,6 +81,7 @@ name = "default"
             server = self.server,
             spool = self.dir.path().join("spool").display(),
             queue = self.queue,
+            delivery = self.delivery,
             port = self.smtp_port,
             dns = self.dns.addr,
             extra = self.extra,

@@ -48,6 +48,20 @@ pub struct Behaviour {
     pub data_delay: Option<Duration>,
     /// Require AUTH PLAIN/LOGIN with this user and password before MAIL.
     pub auth: Option<(String, String)>,
+    /// What the sink does with a connection once a message has been answered.
+    pub after_message: AfterMessage,
+}
+
+/// How a connection goes on after a message, to try the client's connection reuse.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+pub enum AfterMessage {
+    /// Waits for the next command, like most servers.
+    #[default]
+    Stay,
+    /// Closes the connection at once, without a word.
+    HangUp,
+    /// Answers the next command with `421` (an idle timeout) and closes.
+    Refuse421,
 }
 
 #[derive(Clone)]
@@ -60,6 +74,8 @@ pub struct Sink {
     open: Arc<AtomicUsize>,
     /// The most connections that were open at once.
     pub max_open: Arc<AtomicUsize>,
+    /// QUIT commands received.
+    pub quits: Arc<AtomicUsize>,
 }
 
 impl Sink {
@@ -73,6 +89,7 @@ impl Sink {
             connections: Default::default(),
             open: Default::default(),
             max_open: Default::default(),
+            quits: Default::default(),
         };
         let s = sink.clone();
         tokio::spawn(async move {
@@ -120,6 +137,11 @@ impl Sink {
 
     pub fn behave(&self, f: impl FnOnce(&mut Behaviour)) {
         f(&mut self.behaviour.lock().unwrap());
+    }
+
+    /// Connections open now.
+    pub fn open_now(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 
     pub fn messages(&self) -> Vec<Received> {
@@ -185,9 +207,19 @@ impl Sink {
         let mut mail_from = String::new();
         let mut rcpts = Vec::new();
         let mut line = Vec::new();
+        let mut answered_message = false;
         loop {
             line.clear();
+            let after = self.behaviour.lock().unwrap().after_message;
+            if answered_message && after == AfterMessage::HangUp {
+                return Ok(());
+            }
             if r.read_until(b'\n', &mut line).await? == 0 {
+                return Ok(());
+            }
+            if answered_message && after == AfterMessage::Refuse421 {
+                w.write_all(b"421 4.4.2 sink.test idle timeout, closing\r\n")
+                    .await?;
                 return Ok(());
             }
             let text = String::from_utf8_lossy(&line).trim_end().to_string();
@@ -287,6 +319,7 @@ impl Sink {
                     if let Some(delay) = delay {
                         tokio::time::sleep(delay).await;
                     }
+                    answered_message = true;
                     match reply {
                         Some(reply) => reply,
                         None => {
@@ -306,6 +339,7 @@ impl Sink {
             } else if upper == "RSET" || upper == "NOOP" {
                 "250 2.0.0 Ok".to_string()
             } else if upper == "QUIT" {
+                self.quits.fetch_add(1, Ordering::SeqCst);
                 w.write_all(b"221 2.0.0 Bye\r\n").await?;
                 return Ok(());
             } else {
