@@ -125,7 +125,7 @@ phase() {
 DNS_PORT=$(free_port)
 dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts --no-dhcp-interface= \
   --listen-address=127.0.0.1 --bind-interfaces --port="$DNS_PORT" --pid-file= --user=root \
-  --mx-host=dest.bench.test,mx.dest.bench.test,10 --host-record=mx.dest.bench.test,127.0.0.1 \
+  --local-ttl=300 --mx-host=dest.bench.test,mx.dest.bench.test,10 --host-record=mx.dest.bench.test,127.0.0.1 \
   --log-facility="$WORK/dnsmasq.log" 2>"$WORK/dnsmasq.err" &
 PIDS+=("$!")
 
