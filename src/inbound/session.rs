@@ -17,6 +17,9 @@ use crate::envelope::{Address, BodyFlags, Sender};
 /// After this many rejected commands the client is clearly not speaking SMTP (or is
 /// probing); it is disconnected rather than served forever.
 const MAX_ERRORS: u32 = 20;
+/// Bytes read from the client at a time at least (the input buffer grows by this much
+/// when its spare room is smaller).
+const READ_CHUNK: usize = 32 * 1024;
 
 /// What the next input bytes mean.
 pub(super) enum State {
@@ -96,7 +99,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let hostname = self.inbound.config.server.hostname.clone();
         self.push(Reply::new(220, "", format!("{hostname} ESMTP sidestep")));
         let idle = self.inbound.config.server.idle_timeout.get();
-        let mut buf = vec![0u8; 64 * 1024];
         loop {
             let close = self.process_input().await;
             if !self.output.is_empty() {
@@ -108,7 +110,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 let _ = self.stream.shutdown().await;
                 return Ok(());
             }
-            let n = match tokio::time::timeout(idle, self.stream.read(&mut buf)).await {
+            // Straight into the input buffer's spare capacity: no zeroed scratch buffer per
+            // session, no copy out of it.
+            if self.input.capacity() - self.input.len() < READ_CHUNK {
+                self.input.reserve(READ_CHUNK);
+            }
+            let n = match tokio::time::timeout(idle, self.stream.read_buf(&mut self.input)).await {
                 Ok(read) => read?,
                 Err(_) => {
                     self.push(Reply::new(
@@ -124,7 +131,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             if n == 0 {
                 return Ok(());
             }
-            self.input.extend_from_slice(&buf[..n]);
         }
     }
 

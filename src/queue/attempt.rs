@@ -47,26 +47,30 @@ async fn attempt(
     queue: &QueueHandle,
     id: &QueueId,
 ) -> Result<Outcome, SpoolError> {
-    let spool = ctx.spool.clone();
-    let load_id = id.clone();
-    let loaded = tokio::task::spawn_blocking(move || -> Result<_, SpoolError> {
-        match spool.load(&load_id)? {
-            Some(msg) => {
-                let body = spool.load_body(&msg)?;
-                Ok(Some((msg, body)))
-            }
-            None => Ok(None),
+    let loaded = match ctx.spool.take_fresh(id) {
+        Some(fresh) => Some(fresh),
+        None => {
+            let spool = ctx.spool.clone();
+            let load_id = id.clone();
+            tokio::task::spawn_blocking(move || -> Result<_, SpoolError> {
+                match spool.load(&load_id)? {
+                    Some(msg) => {
+                        let body = spool.load_body(&msg)?;
+                        Ok(Some((msg, Arc::<[u8]>::from(body))))
+                    }
+                    None => Ok(None),
+                }
+            })
+            .await
+            .map_err(|_| SpoolError::CommitterGone)??
         }
-    })
-    .await
-    .map_err(|_| SpoolError::CommitterGone)??;
+    };
     let Some((mut msg, body)) = loaded else {
         return Ok(Outcome {
             next_ms: None,
             waiting_for_egress: false,
         });
     };
-    let body: Arc<[u8]> = body.into();
 
     let mut by_domain: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, r) in msg.recipients.iter().enumerate() {

@@ -411,6 +411,10 @@ impl Reputation {
                 .insert(ip, block.clone());
             block
         };
+        // Saved first: the log line promises what `sidestep blocks` shows.
+        if let Some(db) = &self.shared.db {
+            store::save_block(db, (&ip, site), Some(&block))?;
+        }
         tracing::warn!(
             ip = %ip,
             site = %site,
@@ -421,9 +425,6 @@ impl Reputation {
             removal = block.evidence.removal_url.as_deref().unwrap_or("-"),
             "egress IP blocked by destination"
         );
-        if let Some(db) = &self.shared.db {
-            store::save_block(db, (&ip, site), Some(&block))?;
-        }
         Ok(block)
     }
 

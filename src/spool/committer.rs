@@ -16,7 +16,7 @@ use redb::{ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
 use super::message::{self, BodyRef, QueuedMessage};
-use super::{MESSAGES, QueueId, SpoolError};
+use super::{Fresh, MESSAGES, QueueId, SpoolError};
 
 /// Body file → number of index entries still pointing into it.
 pub(super) const FILES: TableDefinition<&str, u64> = TableDefinition::new("body_files");
@@ -90,7 +90,12 @@ impl Handle {
     }
 }
 
-pub(super) fn spawn(db: Arc<redb::Database>, msg_dir: PathBuf, tmp_dir: PathBuf) -> Handle {
+pub(super) fn spawn(
+    db: Arc<redb::Database>,
+    msg_dir: PathBuf,
+    tmp_dir: PathBuf,
+    fresh: Arc<Fresh>,
+) -> Handle {
     let (tx, rx) = mpsc::channel::<Job>();
     std::thread::Builder::new()
         .name("spool-commit".into())
@@ -104,9 +109,12 @@ pub(super) fn spawn(db: Arc<redb::Database>, msg_dir: PathBuf, tmp_dir: PathBuf)
                 if dir.is_none() {
                     dir = File::open(&msg_dir).ok();
                 }
-                let result = commit_batch(&db, &msg_dir, &tmp_dir, dir.as_ref(), &batch);
+                let result = commit_batch(&db, &msg_dir, &tmp_dir, dir.as_ref(), &mut batch);
                 let (result, unused) = match result {
-                    Ok(unused) => (Ok(()), unused),
+                    Ok((unused, stored)) => {
+                        fresh.add(stored);
+                        (Ok(()), unused)
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, changes = batch.len(), "spool commit failed");
                         (
@@ -132,16 +140,21 @@ pub(super) fn spawn(db: Arc<redb::Database>, msg_dir: PathBuf, tmp_dir: PathBuf)
     Handle { tx }
 }
 
-/// Commits a batch; returns the body files that became unused.
+/// A new message as committed (its record says where its body is), with its body.
+type Stored = (QueuedMessage, Vec<u8>);
+
+/// Commits a batch; returns the body files that became unused, and the new messages as
+/// stored (with where their body is) together with their bodies, taken from the batch.
 fn commit_batch(
     db: &redb::Database,
     msg_dir: &Path,
     tmp_dir: &Path,
     dir: Option<&File>,
-    batch: &[Job],
-) -> Result<Vec<String>, SpoolError> {
+    batch: &mut [Job],
+) -> Result<(Vec<String>, Vec<Stored>), SpoolError> {
     // 1. The new bodies, in one file: tmp → fsync → rename → directory fsync.
     let mut records: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut stored: Vec<QueuedMessage> = Vec::new();
     let inserts: Vec<(&QueuedMessage, &Vec<u8>)> = batch
         .iter()
         .filter_map(|j| match &j.change {
@@ -182,6 +195,7 @@ fn commit_batch(
             let mut msg = (*msg).clone();
             msg.body = Some(body);
             records.push((msg.id.to_string(), message::encode(&msg)));
+            stored.push(msg);
         }
         new_file = Some((name, inserts.len() as u64));
     }
@@ -198,7 +212,7 @@ fn commit_batch(
             for (id, record) in &records {
                 table.insert(id.as_str(), record.as_slice())?;
             }
-            for job in batch {
+            for job in batch.iter() {
                 match &job.change {
                     Change::Insert { .. } => {}
                     Change::Update { id, record } => {
@@ -233,5 +247,9 @@ fn commit_batch(
         }
         return Err(SpoolError::Db(e));
     }
-    Ok(unused)
+    let bodies = batch.iter_mut().filter_map(|j| match &mut j.change {
+        Change::Insert { body, .. } => Some(std::mem::take(body)),
+        _ => None,
+    });
+    Ok((unused, stored.into_iter().zip(bodies).collect()))
 }

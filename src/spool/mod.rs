@@ -19,9 +19,10 @@ pub use message::{
     QueueId, QueuedMessage, RecipientState, RecipientStatus, RemoteReply, unix_now, unix_now_ms,
 };
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -73,6 +74,49 @@ struct Shared {
     msg_dir: PathBuf,
     db: Arc<redb::Database>,
     committer: committer::Handle,
+    fresh: Arc<Fresh>,
+}
+
+/// Bytes of fresh bodies kept in memory at most.
+const FRESH_BUDGET: usize = 32 << 20;
+
+/// Messages just committed, with their bodies, kept in memory for their first attempt,
+/// which normally starts milliseconds later: it need not read back from disk (an index
+/// read, a file open, seek and read) what was just written. Bounded in bytes; a message
+/// that does not fit is read from disk as usual. Each entry is exactly the committed
+/// record, and only the first attempt takes it, before anything else may change it.
+struct Fresh {
+    inner: Mutex<FreshInner>,
+}
+
+#[derive(Default)]
+struct FreshInner {
+    messages: HashMap<QueueId, (QueuedMessage, Arc<[u8]>)>,
+    bytes: usize,
+}
+
+impl Fresh {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FreshInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn add(&self, stored: Vec<(QueuedMessage, Vec<u8>)>) {
+        let mut inner = self.lock();
+        for (msg, body) in stored {
+            if inner.bytes + body.len() > FRESH_BUDGET {
+                break;
+            }
+            inner.bytes += body.len();
+            inner.messages.insert(msg.id.clone(), (msg, body.into()));
+        }
+    }
+
+    fn take(&self, id: &QueueId) -> Option<(QueuedMessage, Arc<[u8]>)> {
+        let mut inner = self.lock();
+        let entry = inner.messages.remove(id)?;
+        inner.bytes -= entry.1.len();
+        Some(entry)
+    }
 }
 
 impl Spool {
@@ -149,12 +193,17 @@ impl Spool {
                 let _ = fs::remove_file(entry.path());
             }
         }
-        let committer = committer::spawn(db.clone(), msg_dir.clone(), tmp_dir.clone());
+        let fresh = Arc::new(Fresh {
+            inner: Mutex::new(FreshInner::default()),
+        });
+        let committer =
+            committer::spawn(db.clone(), msg_dir.clone(), tmp_dir.clone(), fresh.clone());
         Ok(Self {
             shared: Arc::new(Shared {
                 msg_dir,
                 db,
                 committer,
+                fresh,
             }),
         })
     }
@@ -197,6 +246,13 @@ impl Spool {
     /// The database write failed.
     pub async fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
         self.shared.committer.remove(id.clone()).await
+    }
+
+    /// A message committed moments ago and its body, from memory, if it is still there
+    /// (see [`Fresh`]); taking it means the caller holds the only copy of its record
+    /// outside the index.
+    pub fn take_fresh(&self, id: &QueueId) -> Option<(QueuedMessage, Arc<[u8]>)> {
+        self.shared.fresh.take(id)
     }
 
     /// The stored body of a message, exactly as it will be sent.

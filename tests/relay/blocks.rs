@@ -268,7 +268,7 @@ async fn failed_canary_renews_the_block_for_longer() {
         .unwrap()
         .iter()
         .find(|b| b["strikes"] == 1)
-        .expect("a renewed block");
+        .unwrap_or_else(|| panic!("a renewed block: {json:#}\n{}", relay.log()));
     let length =
         renewed["expires_at"].as_u64().unwrap() - renewed["evidence"]["at"].as_u64().unwrap();
     assert!(length >= 2, "a repeat doubles the block: {renewed:#}");
