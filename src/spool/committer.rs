@@ -1,16 +1,23 @@
 //! Group commit: one thread owns every write to the spool and commits all changes
 //! waiting at that moment together. The bodies of the new messages of a batch go into
-//! one file (one write, one fsync, one rename), then the index takes the batch's new
-//! records, status updates and removals in one redb commit. With N sessions finishing
-//! DATA at once that is one body fsync, one directory fsync and one commit instead of N
-//! of each; a file fsync costs ~1.5 ms on the disks measured, which capped per-message
-//! files below 1,500 messages/s even with all fsyncs in parallel.
+//! one file (one write, one fdatasync), then the index takes the batch's new records,
+//! status updates and removals in one redb commit. With N sessions finishing DATA at once
+//! that is two syncs instead of N of each; a file fsync costs ~1.5 ms on the disks
+//! measured, which capped per-message files below 1,500 messages/s even with all fsyncs
+//! in parallel.
+//!
+//! Work that need not hold up a `250` happens beside the committer, on a janitor thread:
+//! it creates empty body files ahead of need and makes their directory entries durable
+//! (so a batch needs neither a rename nor a directory fsync), and deletes body files no
+//! entry uses any more. A batch of only updates and removals, which nobody is waiting to
+//! acknowledge, waits a moment for new messages to share its commit.
 
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use redb::{ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
@@ -90,6 +97,12 @@ impl Handle {
     }
 }
 
+/// How long a batch without new messages waits for some to share its commit.
+const LINGER: Duration = Duration::from_millis(10);
+
+/// Empty body files kept ready.
+const SPARES: usize = 8;
+
 pub(super) fn spawn(
     db: Arc<redb::Database>,
     msg_dir: PathBuf,
@@ -97,6 +110,7 @@ pub(super) fn spawn(
     fresh: Arc<Fresh>,
 ) -> Handle {
     let (tx, rx) = mpsc::channel::<Job>();
+    let janitor = Janitor::spawn(msg_dir.clone());
     std::thread::Builder::new()
         .name("spool-commit".into())
         .spawn(move || {
@@ -104,12 +118,18 @@ pub(super) fn spawn(
             // queues behind the journal on a busy disk.
             let mut dir = File::open(&msg_dir).ok();
             while let Ok(first) = rx.recv() {
-                let mut batch = vec![first];
-                batch.extend(rx.try_iter());
+                let batch = gather(first, &rx);
                 if dir.is_none() {
                     dir = File::open(&msg_dir).ok();
                 }
-                let result = commit_batch(&db, &msg_dir, &tmp_dir, dir.as_ref(), &mut batch);
+                let files = BodyFiles {
+                    msg_dir: &msg_dir,
+                    tmp_dir: &tmp_dir,
+                    dir: dir.as_ref(),
+                    janitor: &janitor,
+                };
+                let mut batch = batch;
+                let result = commit_batch(&db, &files, &mut batch);
                 let (result, unused) = match result {
                     Ok((unused, stored)) => {
                         fresh.add(stored);
@@ -126,18 +146,157 @@ pub(super) fn spawn(
                         )
                     }
                 };
-                // Bodies no entry points to any more; a crash before this leaves orphan
-                // files that Spool::open deletes.
-                for file in unused {
-                    let _ = std::fs::remove_file(msg_dir.join(file));
-                }
                 for job in batch {
                     let _ = job.reply.send(result.clone());
                 }
+                // Bodies no entry points to any more; a crash before they are gone leaves
+                // orphan files that Spool::open deletes.
+                janitor.delete(unused);
             }
         })
         .expect("spawning the spool committer thread");
     Handle { tx }
+}
+
+/// Everything waiting now; if none of it is a new message (only updates and removals,
+/// which no client waits on), also what arrives within [`LINGER`] until a new message
+/// does, so that it shares the commit the new message needs anyway.
+fn gather(first: Job, rx: &mpsc::Receiver<Job>) -> Vec<Job> {
+    let is_insert = |j: &Job| matches!(j.change, Change::Insert { .. });
+    let mut batch = vec![first];
+    batch.extend(rx.try_iter());
+    if batch.iter().any(is_insert) {
+        return batch;
+    }
+    let deadline = Instant::now() + LINGER;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(job) => {
+                let insert = is_insert(&job);
+                batch.push(job);
+                if insert {
+                    batch.extend(rx.try_iter());
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
+/// The janitor thread's two queues: empty body files it made ready, and files to delete.
+struct Janitor {
+    spares: mpsc::Receiver<(String, File)>,
+    unused: mpsc::Sender<Vec<String>>,
+}
+
+impl Janitor {
+    fn spawn(msg_dir: PathBuf) -> Self {
+        let (spare_tx, spares) = mpsc::sync_channel(SPARES);
+        let (unused, unused_rx) = mpsc::channel::<Vec<String>>();
+        let spare_dir = msg_dir.clone();
+        std::thread::Builder::new()
+            .name("spool-spares".into())
+            .spawn(move || {
+                while let Ok(made) = make_spares(&spare_dir) {
+                    for spare in made {
+                        // Blocks while SPARES files wait; ends with the committer.
+                        if spare_tx.send(spare).is_err() {
+                            return;
+                        }
+                    }
+                }
+                // Cannot create files (disk trouble): the committer makes its own.
+            })
+            .expect("spawning the spool spares thread");
+        std::thread::Builder::new()
+            .name("spool-delete".into())
+            .spawn(move || {
+                while let Ok(files) = unused_rx.recv() {
+                    for file in files {
+                        let _ = std::fs::remove_file(msg_dir.join(file));
+                    }
+                }
+            })
+            .expect("spawning the spool delete thread");
+        Self { spares, unused }
+    }
+
+    fn spare(&self) -> Option<(String, File)> {
+        self.spares.try_recv().ok()
+    }
+
+    fn delete(&self, files: Vec<String>) {
+        if !files.is_empty() {
+            let _ = self.unused.send(files);
+        }
+    }
+}
+
+/// A few empty files in `msg/`, with one directory fsync for all of them. An empty file
+/// no index entry names is a spare, and [`super::Spool::open`] removes it quietly.
+fn make_spares(msg_dir: &Path) -> std::io::Result<Vec<(String, File)>> {
+    let mut made = Vec::with_capacity(SPARES);
+    for _ in 0..SPARES {
+        let name = QueueId::generate().to_string();
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .open(msg_dir.join(&name))?;
+        made.push((name, file));
+    }
+    File::open(msg_dir)?.sync_all()?;
+    Ok(made)
+}
+
+/// Where a batch's bodies go.
+struct BodyFiles<'a> {
+    msg_dir: &'a Path,
+    tmp_dir: &'a Path,
+    /// `msg/`, open, for directory fsyncs.
+    dir: Option<&'a File>,
+    janitor: &'a Janitor,
+}
+
+impl BodyFiles<'_> {
+    /// Writes the bodies into one file that is durable, in `msg/`, when this returns:
+    /// a spare (one fdatasync), or when none is ready a file of its own written in
+    /// `tmp/`, fsynced, renamed and the directory fsynced. Returns the file's name.
+    fn write(&self, name_hint: &str, bodies: &[&Vec<u8>]) -> Result<String, SpoolError> {
+        let write_all = |f: &mut File| -> std::io::Result<()> {
+            for body in bodies {
+                f.write_all(body)?;
+            }
+            Ok(())
+        };
+        if let Some((name, mut file)) = self.janitor.spare() {
+            let path = self.msg_dir.join(&name);
+            return match write_all(&mut file).and_then(|()| file.sync_data()) {
+                Ok(()) => Ok(name),
+                Err(e) => {
+                    let _ = std::fs::remove_file(&path);
+                    Err(SpoolError::io(&path, e))
+                }
+            };
+        }
+        let tmp = self.tmp_dir.join(name_hint);
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            write_all(&mut f)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, self.msg_dir.join(name_hint))?;
+            match self.dir {
+                Some(d) => d.sync_all(),
+                None => File::open(self.msg_dir).and_then(|d| d.sync_all()),
+            }
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            SpoolError::io(&tmp, e)
+        })?;
+        Ok(name_hint.to_string())
+    }
 }
 
 /// A new message as committed (its record says where its body is), with its body.
@@ -147,12 +306,10 @@ type Stored = (QueuedMessage, Vec<u8>);
 /// stored (with where their body is) together with their bodies, taken from the batch.
 fn commit_batch(
     db: &redb::Database,
-    msg_dir: &Path,
-    tmp_dir: &Path,
-    dir: Option<&File>,
+    files: &BodyFiles<'_>,
     batch: &mut [Job],
 ) -> Result<(Vec<String>, Vec<Stored>), SpoolError> {
-    // 1. The new bodies, in one file: tmp → fsync → rename → directory fsync.
+    // 1. The new bodies, in one durable file.
     let mut records: Vec<(String, Vec<u8>)> = Vec::new();
     let mut stored: Vec<QueuedMessage> = Vec::new();
     let inserts: Vec<(&QueuedMessage, &Vec<u8>)> = batch
@@ -164,36 +321,17 @@ fn commit_batch(
         .collect();
     let mut new_file = None;
     if let Some((first, _)) = inserts.first() {
-        let name = first.id.to_string();
-        let tmp = tmp_dir.join(&name);
-        let write = || -> std::io::Result<Vec<BodyRef>> {
-            let mut f = File::create(&tmp)?;
-            let mut refs = Vec::with_capacity(inserts.len());
-            let mut offset = 0u64;
-            for (_, body) in &inserts {
-                f.write_all(body)?;
-                refs.push(BodyRef {
-                    file: name.clone(),
-                    offset,
-                    len: body.len() as u64,
-                });
-                offset += body.len() as u64;
-            }
-            f.sync_all()?;
-            std::fs::rename(&tmp, msg_dir.join(&name))?;
-            match dir {
-                Some(d) => d.sync_all(),
-                None => File::open(msg_dir).and_then(|d| d.sync_all()),
-            }?;
-            Ok(refs)
-        };
-        let refs = write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            SpoolError::io(&tmp, e)
-        })?;
-        for ((msg, _), body) in inserts.iter().zip(refs) {
+        let bodies: Vec<&Vec<u8>> = inserts.iter().map(|(_, b)| *b).collect();
+        let name = files.write(first.id.as_str(), &bodies)?;
+        let mut offset = 0u64;
+        for (msg, body) in &inserts {
             let mut msg = (*msg).clone();
-            msg.body = Some(body);
+            msg.body = Some(BodyRef {
+                file: name.clone(),
+                offset,
+                len: body.len() as u64,
+            });
+            offset += body.len() as u64;
             records.push((msg.id.to_string(), message::encode(&msg)));
             stored.push(msg);
         }
@@ -243,7 +381,7 @@ fn commit_batch(
     if let Err(e) = result {
         // The batch's messages were not acknowledged: their body file must not stay.
         if let Some((name, _)) = new_file {
-            let _ = std::fs::remove_file(msg_dir.join(name));
+            let _ = std::fs::remove_file(files.msg_dir.join(name));
         }
         return Err(SpoolError::Db(e));
     }

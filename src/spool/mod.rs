@@ -1,16 +1,17 @@
 //! The durable store. A message that got `250` lives here until every recipient is final.
 //!
 //! One committer thread makes everything durable in batches (group commit): the bodies
-//! of the messages accepted at the same moment are written to one file in `tmp/`,
-//! fsynced, renamed into `msg/` and the directory fsynced (Postfix's discipline, per batch
-//! instead of per message); then `queue.redb` (one ACID file) takes their envelopes and
-//! per-recipient state, together with status updates and removals, in one commit. A
-//! `250` is only sent after the batch holding the message is durable. Body files are
-//! plain concatenated RFC 5322 messages; each index entry says where its body is, and a
-//! file is deleted once no entry points into it.
+//! of the messages accepted at the same moment are written to one file in `msg/` whose
+//! directory entry was made durable beforehand, and fdatasynced (Postfix's discipline,
+//! per batch instead of per message); then `queue.redb` (one ACID file) takes their
+//! envelopes and per-recipient state, together with status updates and removals, in one
+//! commit. A `250` is only sent after the batch holding the message is durable. Body
+//! files are plain concatenated RFC 5322 messages; each index entry says where its body
+//! is, and a file is deleted once no entry points into it.
 //!
-//! On start, [`Spool::open`] removes half-written files and files no entry points to
-//! (never acknowledged), and [`Spool::recover`] hands back every indexed message.
+//! On start, [`Spool::open`] removes half-written files, spare empty files and files no
+//! entry points to (never acknowledged), and [`Spool::recover`] hands back every indexed
+//! message.
 
 mod committer;
 mod message;
@@ -189,7 +190,11 @@ impl Spool {
             let entry = entry.map_err(|e| SpoolError::io(&msg_dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if !uses.contains_key(&name) {
-                tracing::warn!(file = %entry.path().display(), "removing unacknowledged spool file");
+                // Empty: a spare made ahead of need. Otherwise bodies of a batch whose
+                // commit never happened.
+                if entry.metadata().is_ok_and(|m| m.len() > 0) {
+                    tracing::warn!(file = %entry.path().display(), "removing unacknowledged spool file");
+                }
                 let _ = fs::remove_file(entry.path());
             }
         }
