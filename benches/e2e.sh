@@ -221,14 +221,14 @@ printf "%-9s accept %9s msg/s   end-to-end %9s msg/s\n" postfix "$P_ACCEPT" "$P_
 postfix -c "$PF_CONF" stop >/dev/null 2>&1 || true
 PF_CONF=""
 fi
-[ -z "$ONLY" ] || exit 0
-
+if [ -z "$ONLY" ]; then
 awk -v s="$S_E2E" -v p="$P_E2E" -v c="$C_E2E" -v sa="$S_ACCEPT" -v pa="$P_ACCEPT" -v ca="$C_ACCEPT" 'BEGIN {
   printf "ratios    sidestep/postfix %.2f end-to-end (%.2f accept)   sidestep/ceiling %.2f end-to-end (%.2f accept)\n",
     s / p, sa / pa, s / c, sa / ca }'
+fi
 
 # --- latency: end of DATA -> 250 at a fixed offered load (default: half the measured rate) ---
-if [ "$LATENCY_MESSAGES" -gt 0 ]; then
+if [ "$LATENCY_MESSAGES" -gt 0 ] && wants sidestep; then
   [ -n "$LATENCY_RATE" ] || LATENCY_RATE=$(awk -v r="$S_ACCEPT" 'BEGIN { printf "%.0f", r / 2 }')
   start_sink
   python3 "$here/latency.py" --port "$S_PORT" --rate "$LATENCY_RATE" \
