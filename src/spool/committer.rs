@@ -6,14 +6,23 @@
 //! measured, which capped per-message files below 1,500 messages/s even with all fsyncs
 //! in parallel.
 //!
-//! Work that need not hold up a `250` happens beside the committer, on a janitor thread:
-//! it creates empty body files ahead of need and makes their directory entries durable
-//! (so a batch needs neither a rename nor a directory fsync), and deletes body files no
+//! A body file whose messages are all gone is kept (a few dozen at most) and overwritten
+//! by a later batch: its blocks are allocated and its size durable already, so the
+//! fdatasync flushes data only, without an ext4 journal commit (0.34 ms against 0.64 ms
+//! for a new file here, and 0.48 ms against 1.6 ms at p99). This is safe because the
+//! commit that removed the file's last entry was durable before the file is reused: no
+//! entry can point into it. What a batch leaves of older bytes past its end belongs to
+//! no entry.
+//!
+//! Work that need not hold up a `250` happens beside the committer, on janitor threads:
+//! one creates empty body files ahead of need and makes their directory entries durable
+//! (so a batch needs neither a rename nor a directory fsync), one deletes body files no
 //! entry uses any more. A batch of only updates and removals, which nobody is waiting to
 //! acknowledge, waits a moment for new messages to share its commit.
 
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -103,6 +112,9 @@ const LINGER: Duration = Duration::from_millis(10);
 /// Empty body files kept ready.
 const SPARES: usize = 8;
 
+/// Used body files kept for reuse at most.
+const RECYCLED: usize = 32;
+
 pub(super) fn spawn(
     db: Arc<redb::Database>,
     msg_dir: PathBuf,
@@ -117,19 +129,21 @@ pub(super) fn spawn(
             // Opened once: reopening the directory for every batch costs an openat that
             // queues behind the journal on a busy disk.
             let mut dir = File::open(&msg_dir).ok();
+            let mut recycled = Recycled::default();
             while let Ok(first) = rx.recv() {
                 let batch = gather(first, &rx);
                 if dir.is_none() {
                     dir = File::open(&msg_dir).ok();
                 }
-                let files = BodyFiles {
+                let mut files = BodyFiles {
                     msg_dir: &msg_dir,
                     tmp_dir: &tmp_dir,
                     dir: dir.as_ref(),
                     janitor: &janitor,
+                    recycled: &mut recycled,
                 };
                 let mut batch = batch;
-                let result = commit_batch(&db, &files, &mut batch);
+                let result = commit_batch(&db, &mut files, &mut batch);
                 let (result, unused) = match result {
                     Ok((unused, stored)) => {
                         fresh.add(stored);
@@ -149,9 +163,10 @@ pub(super) fn spawn(
                 for job in batch {
                     let _ = job.reply.send(result.clone());
                 }
-                // Bodies no entry points to any more; a crash before they are gone leaves
-                // orphan files that Spool::open deletes.
-                janitor.delete(unused);
+                // Bodies no entry points to any more (durably: the commit is done). A
+                // crash before they are reused or gone leaves orphan files that
+                // Spool::open deletes.
+                janitor.delete(recycled.keep(&msg_dir, unused));
             }
         })
         .expect("spawning the spool committer thread");
@@ -250,6 +265,54 @@ fn make_spares(msg_dir: &Path) -> std::io::Result<Vec<(String, File)>> {
     Ok(made)
 }
 
+/// Body files no entry uses any more, open for writing, with their sizes.
+#[derive(Default)]
+struct Recycled {
+    files: Vec<(String, File, u64)>,
+}
+
+impl Recycled {
+    /// Keeps what fits of `unused` for reuse; returns the rest, to delete.
+    fn keep(&mut self, msg_dir: &Path, unused: Vec<String>) -> Vec<String> {
+        let mut delete = Vec::new();
+        for name in unused {
+            if self.files.len() >= RECYCLED {
+                delete.push(name);
+                continue;
+            }
+            let opened = File::options()
+                .write(true)
+                .open(msg_dir.join(&name))
+                .and_then(|f| Ok((f.metadata()?.len(), f)));
+            match opened {
+                Ok((len, file)) => self.files.push((name, file, len)),
+                Err(_) => delete.push(name),
+            }
+        }
+        delete
+    }
+
+    /// The smallest file that holds `need` bytes without growing, else the largest (it
+    /// grows once, and fits next time).
+    fn take(&mut self, need: u64) -> Option<(String, File, u64)> {
+        let fits = self
+            .files
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.2 >= need)
+            .min_by_key(|(_, f)| f.2)
+            .map(|(i, _)| i);
+        let pick = fits.or_else(|| {
+            self.files
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, f)| f.2)
+                .map(|(i, _)| i)
+        })?;
+        Some(self.files.swap_remove(pick))
+    }
+}
+
 /// Where a batch's bodies go.
 struct BodyFiles<'a> {
     msg_dir: &'a Path,
@@ -257,19 +320,41 @@ struct BodyFiles<'a> {
     /// `msg/`, open, for directory fsyncs.
     dir: Option<&'a File>,
     janitor: &'a Janitor,
+    recycled: &'a mut Recycled,
 }
 
 impl BodyFiles<'_> {
     /// Writes the bodies into one file that is durable, in `msg/`, when this returns:
-    /// a spare (one fdatasync), or when none is ready a file of its own written in
-    /// `tmp/`, fsynced, renamed and the directory fsynced. Returns the file's name.
-    fn write(&self, name_hint: &str, bodies: &[&Vec<u8>]) -> Result<String, SpoolError> {
+    /// a recycled file or a spare (one fdatasync), or when neither is ready a file of
+    /// its own written in `tmp/`, fsynced, renamed and the directory fsynced. Returns the
+    /// file's name.
+    fn write(&mut self, name_hint: &str, bodies: &[&Vec<u8>]) -> Result<String, SpoolError> {
         let write_all = |f: &mut File| -> std::io::Result<()> {
             for body in bodies {
                 f.write_all(body)?;
             }
             Ok(())
         };
+        let need: u64 = bodies.iter().map(|b| b.len() as u64).sum();
+        if let Some((name, file, _)) = self.recycled.take(need) {
+            let write = || -> std::io::Result<()> {
+                let mut offset = 0u64;
+                for body in bodies {
+                    file.write_all_at(body, offset)?;
+                    offset += body.len() as u64;
+                }
+                file.sync_data()
+            };
+            return match write() {
+                Ok(()) => Ok(name),
+                Err(e) => {
+                    // No entry uses it: its old bytes or ours, half written, go with it.
+                    let path = self.msg_dir.join(&name);
+                    let _ = std::fs::remove_file(&path);
+                    Err(SpoolError::io(&path, e))
+                }
+            };
+        }
         if let Some((name, mut file)) = self.janitor.spare() {
             let path = self.msg_dir.join(&name);
             return match write_all(&mut file).and_then(|()| file.sync_data()) {
@@ -306,7 +391,7 @@ type Stored = (QueuedMessage, Vec<u8>);
 /// stored (with where their body is) together with their bodies, taken from the batch.
 fn commit_batch(
     db: &redb::Database,
-    files: &BodyFiles<'_>,
+    files: &mut BodyFiles<'_>,
     batch: &mut [Job],
 ) -> Result<(Vec<String>, Vec<Stored>), SpoolError> {
     // 1. The new bodies, in one durable file.

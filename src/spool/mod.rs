@@ -186,17 +186,19 @@ impl Spool {
             }
             db!(txn.commit())?;
         }
+        // Spares made ahead of need, used files kept for reuse, and bodies of a batch
+        // whose commit never finished (never acknowledged).
+        let mut unused = 0;
         for entry in fs::read_dir(&msg_dir).map_err(|e| SpoolError::io(&msg_dir, e))? {
             let entry = entry.map_err(|e| SpoolError::io(&msg_dir, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if !uses.contains_key(&name) {
-                // Empty: a spare made ahead of need. Otherwise bodies of a batch whose
-                // commit never happened.
-                if entry.metadata().is_ok_and(|m| m.len() > 0) {
-                    tracing::warn!(file = %entry.path().display(), "removing unacknowledged spool file");
-                }
+                unused += 1;
                 let _ = fs::remove_file(entry.path());
             }
+        }
+        if unused > 0 {
+            tracing::info!(files = unused, "removed spool files no entry uses");
         }
         let fresh = Arc::new(Fresh {
             inner: Mutex::new(FreshInner::default()),
@@ -354,5 +356,34 @@ mod tests {
         spool.remove(&msg.id).await.unwrap();
         assert!(spool.load(&msg.id).unwrap().is_none());
         assert_eq!(spool.recover().unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_body_file_is_reused_once_no_entry_needs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let big = message();
+        spool
+            .store_message(&big, b"B".repeat(50_000))
+            .await
+            .unwrap();
+        let big_file = spool.load(&big.id).unwrap().unwrap().body.unwrap().file;
+        spool.remove(&big.id).await.unwrap();
+        // The next batch overwrites the start of that file; its old bytes past the new
+        // body belong to no entry.
+        let small = message();
+        spool
+            .store_message(&small, b"small\r\n".to_vec())
+            .await
+            .unwrap();
+        let stored = spool.load(&small.id).unwrap().unwrap();
+        assert_eq!(stored.body.as_ref().unwrap().file, big_file);
+        assert_eq!(spool.load_body(&stored).unwrap(), b"small\r\n");
+        assert!(
+            std::fs::metadata(dir.path().join("msg").join(&big_file))
+                .unwrap()
+                .len()
+                >= 50_000
+        );
     }
 }
