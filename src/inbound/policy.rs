@@ -20,16 +20,11 @@ pub fn may_relay(client: IpAddr, relay_networks: &[IpNet]) -> bool {
 /// which is how SMTP smuggling hides a second message inside the first; RFC 5322 §2.3
 /// allows CR and LF only as a pair, so such content is refused outright.
 pub fn has_bare_cr_or_lf(body: &[u8]) -> bool {
-    let mut prev = 0u8;
-    for (i, &b) in body.iter().enumerate() {
-        match b {
-            b'\n' if prev != b'\r' => return true,
-            b'\r' if body.get(i + 1) != Some(&b'\n') => return true,
-            _ => {}
-        }
-        prev = b;
-    }
-    false
+    // Visits only the line endings (SIMD search), not every byte.
+    memchr::memchr2_iter(b'\r', b'\n', body).any(|i| match body[i] {
+        b'\r' => body.get(i + 1) != Some(&b'\n'),
+        _ => i == 0 || body[i - 1] != b'\r',
+    })
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use memchr::memchr;
 use smtp_proto::Request;
 use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -260,8 +261,4 @@ fn parse_error(e: smtp_proto::Error) -> Reply {
             Reply::new(500, "5.5.2", "Syntax error")
         }
     }
-}
-
-pub(super) fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
-    haystack.iter().position(|&b| b == needle)
 }

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use mail_send::SmtpClient;
 use smtp_proto::{EXT_8BIT_MIME, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS, Response};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 
@@ -529,19 +529,27 @@ pub(super) async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
         .collect();
 
     let mut replies: Vec<Option<RemoteReply>> = vec![None; n];
-    let envelope = if caps & EXT_PIPELINING != 0 {
+    // With PIPELINING, DATA ends the group (RFC 2920 §3.1): one round trip for the
+    // whole envelope.
+    let pipelined = caps & EXT_PIPELINING != 0;
+    let envelope = if pipelined {
         client
-            .cmds(std::iter::once(mail).chain(rcpts))
+            .cmds(
+                std::iter::once(mail)
+                    .chain(rcpts)
+                    .chain(std::iter::once("DATA\r\n".to_string())),
+            )
             .await
             .map(|r| r.into_iter().map(|r| response_reply(&r, mx)).collect())
     } else {
         sequential_envelope(client, mail, rcpts, mx).await
     };
-    let envelope: Vec<RemoteReply> = match envelope {
+    let mut envelope: Vec<RemoteReply> = match envelope {
         Ok(e) => e,
         Err(_) if reused => return stale(),
         Err(e) => return done(vec![error_reply(e, mx); n]),
     };
+    let data_reply = if pipelined { envelope.pop() } else { None };
     let Some((mail_reply, rcpt_replies)) = envelope.split_first() else {
         return done(vec![error_reply(mail_send::Error::UnparseableReply, mx); n]);
     };
@@ -560,8 +568,25 @@ pub(super) async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     let mut after = After::Done;
-    if !accepted.is_empty() {
-        let (outcome, message_sent) = send_data(client, d.body, mx).await;
+    let outcome = match data_reply {
+        // A server that took DATA although no recipient was accepted gets an empty
+        // message, which it must refuse (RFC 2920 §3.1); the session then ends.
+        Some(r) if r.code == 354 && accepted.is_empty() => {
+            let _ = tokio::time::timeout(client.timeout, async {
+                client.stream.write_all(b".\r\n").await?;
+                client.stream.flush().await?;
+                client.read().await
+            })
+            .await;
+            None
+        }
+        Some(r) if r.code == 354 => Some((send_body(client, d.body, mx).await, true)),
+        Some(r) if !accepted.is_empty() => Some((r, false)),
+        Some(_) => None,
+        None if !accepted.is_empty() => Some(send_data(client, d.body, mx).await),
+        None => None,
+    };
+    if let Some((outcome, message_sent)) = outcome {
         // Only a reply to the final dot leaves a clean session (a refused DATA may leave
         // the server mid-transaction); a reply of 0 is ours (timeout, lost connection).
         if message_sent && (200..600).contains(&outcome.code) && outcome.code != 421 {
@@ -609,18 +634,26 @@ async fn send_data<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(r) => return (response_reply(&r, mx), false),
         Err(e) => return (error_reply(e, mx), false),
     }
+    (send_body(client, body, mx).await, true)
+}
+
+/// The content after a `354`, and the reply to it.
+async fn send_body<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut SmtpClient<S>,
+    body: &[u8],
+    mx: &str,
+) -> RemoteReply {
     let timeout = client.timeout;
     let result = tokio::time::timeout(timeout, async {
         write_dot_stuffed(&mut client.stream, body).await?;
         client.read().await
     })
     .await;
-    let reply = match result {
+    match result {
         Ok(Ok(r)) => response_reply(&r, mx),
         Ok(Err(e)) => error_reply(e, mx),
         Err(_) => error_reply(mail_send::Error::Timeout, mx),
-    };
-    (reply, true)
+    }
 }
 
 /// Writes `body` (CRLF line endings, as spooled) with a dot doubled at the start of
@@ -630,7 +663,6 @@ async fn write_dot_stuffed<W: AsyncWrite + Unpin>(
     out: &mut W,
     body: &[u8],
 ) -> mail_send::Result<()> {
-    use tokio::io::AsyncWriteExt;
     let mut buf = Vec::with_capacity(body.len().min(WRITE_CHUNK) + 64);
     let mut line_start = true;
     for piece in body.split_inclusive(|&b| b == b'\n') {

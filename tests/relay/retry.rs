@@ -29,6 +29,43 @@ async fn temporary_failure_is_retried_until_delivered() {
 }
 
 #[tokio::test]
+async fn every_recipient_refused_by_a_lax_pipelining_server_still_bounces() {
+    let w = World::new().await;
+    // The server takes the pipelined DATA although it refused the only recipient; the
+    // relay must end the empty message, not send the body, and bounce.
+    w.dest.behave(|b| {
+        b.lax_data = true;
+        b.rcpt.insert(
+            "nobody@dest.test".into(),
+            "550 5.1.1 <nobody@dest.test>: User unknown".into(),
+        );
+    });
+    let relay = w.setup.start().await;
+    let mut c = ready(relay.addr).await;
+    c.send_mail(
+        "a@sender.test",
+        &["nobody@dest.test"],
+        &message("nobody home", "x\r\n"),
+    )
+    .await;
+    let dsn = &w.sender.wait_for(1).await[0];
+    let text = String::from_utf8_lossy(&dsn.data).replace("\r\n ", " ");
+    assert!(
+        text.contains("Diagnostic-Code: smtp; 550 5.1.1 <nobody@dest.test>: User unknown"),
+        "{text}"
+    );
+    assert!(w.dest.messages().is_empty());
+    let log = relay.log();
+    assert_eq!(log.matches("rcpt=nobody@dest.test").count(), 1, "{log}");
+    // The empty message was ended, so the QUIT after it was read as a command.
+    eventually(
+        || w.dest.quits.load(std::sync::atomic::Ordering::SeqCst) == 1,
+        || "the sink never saw QUIT".into(),
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn permanent_failure_bounces_a_dsn_quoting_the_reply() {
     let w = World::new().await;
     w.dest.behave(|b| {

@@ -50,6 +50,9 @@ pub struct Behaviour {
     pub auth: Option<(String, String)>,
     /// What the sink does with a connection once a message has been answered.
     pub after_message: AfterMessage,
+    /// Answer DATA with 354 even when no recipient was accepted (as some servers do; a
+    /// pipelining client must then end the empty message), and refuse it at the dot.
+    pub lax_data: bool,
 }
 
 /// How a connection goes on after a message, to try the client's connection reuse.
@@ -293,7 +296,8 @@ impl Sink {
                     }
                 }
             } else if upper == "DATA" {
-                if rcpts.is_empty() {
+                let lax = self.behaviour.lock().unwrap().lax_data;
+                if rcpts.is_empty() && !lax {
                     "554 5.5.1 No valid recipients".to_string()
                 } else {
                     w.write_all(b"354 go ahead\r\n").await?;
@@ -322,6 +326,7 @@ impl Sink {
                     answered_message = true;
                     match reply {
                         Some(reply) => reply,
+                        None if rcpts.is_empty() => "554 5.5.1 No valid recipients".to_string(),
                         None => {
                             self.received.lock().unwrap().push(Received {
                                 peer,
