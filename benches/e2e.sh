@@ -121,11 +121,12 @@ phase() {
   echo "$(rate "$MESSAGES" "$t0" "$t1") $(rate "$MESSAGES" "$t0" "$t2")"
 }
 
-# DNS for sidestep: dest.bench.test MX -> the sink on 127.0.0.1.
+# DNS for sidestep: dest.bench.test MX -> the sink on 127.0.0.1. Authoritative for the
+# zone, so that "no AAAA record" comes with an SOA and is cached, as from real DNS.
 DNS_PORT=$(free_port)
 dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts --no-dhcp-interface= \
   --listen-address=127.0.0.1 --bind-interfaces --port="$DNS_PORT" --pid-file= --user=root \
-  --local-ttl=300 --mx-host=dest.bench.test,mx.dest.bench.test,10 --host-record=mx.dest.bench.test,127.0.0.1 \
+  --local-ttl=300 --auth-zone=bench.test --auth-server=ns.bench.test,lo --auth-ttl=300 --mx-host=dest.bench.test,mx.dest.bench.test,10 --host-record=mx.dest.bench.test,127.0.0.1 \
   --log-facility="$WORK/dnsmasq.log" 2>"$WORK/dnsmasq.err" &
 PIDS+=("$!")
 
