@@ -104,7 +104,7 @@ pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> Domain
                         queue_id: job.queue_id.to_string(),
                         recipient: rcpt.to_string(),
                         removal_url: crate::reputation::blocks::find_removal_url(&reply.text),
-                        log_line: line,
+                        log_line: line.unwrap_or_default(),
                     });
                 }
                 again.push((*i, rcpt.clone()));
@@ -151,20 +151,24 @@ async fn learn(
     refusal: Option<Evidence>,
     delivered: bool,
 ) {
-    let (Some(ip), Some(site)) = (ip, site.cloned()) else {
+    let (Some(ip), Some(site)) = (ip, site) else {
         return;
     };
+    // The common case, a delivery where nothing was blocked, touches no disk and needs
+    // no blocking thread.
+    match &refusal {
+        None if !delivered => return ctx.reputation.release_canary(ip, site),
+        None if !ctx.reputation.has_block(ip, site) => return,
+        _ => {}
+    }
+    let site = site.clone();
     let reputation = ctx.reputation.clone();
     let blocks = ctx.config.blocks.clone();
     let result = tokio::task::spawn_blocking(move || match refusal {
         Some(evidence) => reputation
             .record_block(ip, &site, evidence, &blocks)
             .map(|_| ()),
-        None if delivered => reputation.note_success(ip, &site),
-        None => {
-            reputation.release_canary(ip, &site);
-            Ok(())
-        }
+        None => reputation.note_success(ip, &site),
     })
     .await;
     match result {
@@ -175,7 +179,8 @@ async fn learn(
 }
 
 /// The attempt's log line: one per recipient, the line operators grep and delisting
-/// forms ask for. Returns the same line as text, kept as a block's evidence.
+/// forms ask for. For a refusal of the IP, returns the same line as text, kept as the
+/// block's evidence.
 fn log_attempt(
     job: &DomainJob,
     rcpt: &Address,
@@ -183,7 +188,7 @@ fn log_attempt(
     reply: &RemoteReply,
     verdict: Verdict,
     rule: &str,
-) -> String {
+) -> Option<String> {
     let egress = match (&report.via, &report.egress) {
         (Via::Smarthost(name), _) => format!("smarthost:{name}"),
         (Via::Direct, Some(e)) => e.to_string(),
@@ -209,7 +214,7 @@ fn log_attempt(
         reply = %reply,
         "delivery attempt"
     );
-    format!(
+    (verdict == Verdict::IpReputation).then(|| format!(
         "{} queue_id={} rcpt={} egress={} mx={} mx_ip={} delay_s={} dsn={} verdict={} rule={} reply=\"{}\"",
         humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_now())),
         job.queue_id,
@@ -222,5 +227,5 @@ fn log_attempt(
         verdict,
         rule,
         reply
-    )
+    ))
 }

@@ -452,6 +452,15 @@ impl Reputation {
         }
     }
 
+    /// Whether `site` has a block (current or expired) on `ip`: whether a success there
+    /// has anything to lift.
+    pub fn has_block(&self, ip: IpAddr, site: &Site) -> bool {
+        self.lock()
+            .blocks
+            .get(site)
+            .is_some_and(|m| m.contains_key(&ip))
+    }
+
     /// A canary attempt ended without a verdict about the IP (connection trouble): the
     /// next delivery may try again.
     pub fn release_canary(&self, ip: IpAddr, site: &Site) {
