@@ -174,7 +174,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             client: self.peer.ip().to_string(),
             body: None,
         };
-        match self.inbound.spool.store_message(&msg, body).await {
+        // How long the disk took to make it durable: what a slow `250` comes down to.
+        let started = std::time::Instant::now();
+        let stored = self.inbound.spool.store_message(&msg, body).await;
+        let spool_us = started.elapsed().as_micros() as u64;
+        match stored {
             Ok(()) => {
                 tracing::info!(
                     queue_id = %id,
@@ -182,6 +186,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     recipients = msg.recipients.len(),
                     size = msg.size,
                     client = %self.peer.ip(),
+                    spool_us,
                     "accepted"
                 );
                 self.inbound.queue.enqueued(&msg);
