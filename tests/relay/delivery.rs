@@ -2,6 +2,8 @@
 
 use std::net::IpAddr;
 
+use hickory_server::proto::rr::RecordType;
+
 use crate::support::client::ready;
 use crate::{World, message};
 
@@ -263,4 +265,25 @@ async fn per_domain_connection_limit_holds() {
         (1..=2).contains(&max),
         "{max} connections at once to one domain"
     );
+}
+
+#[tokio::test]
+async fn a_moved_mx_is_followed_once_its_ttl_runs_out() {
+    let w = World::new().await;
+    let relay = w.setup.start().await;
+    w.send_in_a_row(&relay, 1).await;
+    // dest.test moves to the other sink; the test zone's TTL is one second.
+    w.setup.dns.remove("mx.dest.test", RecordType::A).await;
+    w.setup.dns.add_a("mx.dest.test", w.sender.addr.ip()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let mut c = ready(relay.addr).await;
+    c.send_mail(
+        "a@sender.test",
+        &["b@dest.test"],
+        &message("after the move", "x\r\n"),
+    )
+    .await;
+    let got = w.sender.wait_for(1).await;
+    assert!(String::from_utf8_lossy(&got[0].data).contains("Subject: after the move"));
+    assert_eq!(w.dest.messages().len(), 1);
 }
