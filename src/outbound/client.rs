@@ -533,14 +533,14 @@ pub(super) async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
     // whole envelope.
     let pipelined = caps & EXT_PIPELINING != 0;
     let envelope = if pipelined {
-        client
-            .cmds(
-                std::iter::once(mail)
-                    .chain(rcpts)
-                    .chain(std::iter::once("DATA\r\n".to_string())),
-            )
-            .await
-            .map(|r| r.into_iter().map(|r| response_reply(&r, mx)).collect())
+        pipeline(
+            client,
+            std::iter::once(mail)
+                .chain(rcpts)
+                .chain(std::iter::once("DATA\r\n".to_string())),
+        )
+        .await
+        .map(|r| r.into_iter().map(|r| response_reply(&r, mx)).collect())
     } else {
         sequential_envelope(client, mail, rcpts, mx).await
     };
@@ -603,6 +603,27 @@ pub(super) async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
             .collect(),
         after,
     }
+}
+
+/// Sends a group of commands in one write (mail-send's `cmds` writes each on its own,
+/// which with `TCP_NODELAY` is a packet per command) and reads one reply per command.
+async fn pipeline<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut SmtpClient<S>,
+    cmds: impl Iterator<Item = String>,
+) -> mail_send::Result<Vec<Response<String>>> {
+    let mut out = Vec::with_capacity(256);
+    let mut n = 0;
+    for cmd in cmds {
+        out.extend_from_slice(cmd.as_bytes());
+        n += 1;
+    }
+    tokio::time::timeout(client.timeout, async {
+        client.stream.write_all(&out).await?;
+        client.stream.flush().await?;
+        client.read_many(n).await
+    })
+    .await
+    .map_err(|_| mail_send::Error::Timeout)?
 }
 
 async fn sequential_envelope<S: AsyncRead + AsyncWrite + Unpin>(
