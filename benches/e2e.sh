@@ -10,6 +10,8 @@
 #   bash benches/e2e.sh [--messages 20000] [--size 10240] [--sessions 20]
 #                       [--latency-messages 2000] [--latency-rate R] [--sidestep PATH]
 #                       [--only ceiling|sidestep|postfix]   (one phase, for profiling)
+#                       [--rounds N]   (N rounds of the three phases, and the median ratio:
+#                                       this VM's speed drifts between minutes)
 #
 # Needs Debian's postfix (smtp-source, smtp-sink, postfix) and dnsmasq-base, python3, and
 # root (Postfix's daemons switch to the postfix user). Everything it starts runs from
@@ -24,6 +26,7 @@ LATENCY_MESSAGES=2000
 LATENCY_RATE=""
 SIDESTEP=""
 ONLY=""
+ROUNDS=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --messages) MESSAGES=$2; shift 2 ;;
@@ -33,7 +36,8 @@ while [ $# -gt 0 ]; do
     --latency-rate) LATENCY_RATE=$2; shift 2 ;;
     --sidestep) SIDESTEP=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    --rounds) ROUNDS=$2; shift 2 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -135,14 +139,22 @@ echo "messages=$MESSAGES size=$SIZE sessions=$SESSIONS"
 
 wants() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
 
+RATIOS_P=()
+RATIOS_C=()
+S_PID=""
+for ROUND in $(seq 1 "$ROUNDS"); do
+[ "$ROUNDS" -eq 1 ] || echo "round $ROUND of $ROUNDS"
+
 # --- ceiling ---
 if wants ceiling; then
 read -r C_ACCEPT C_E2E <<< "$(phase "127.0.0.1:$SINK_PORT")"
 printf "%-9s accept %9s msg/s   end-to-end %9s msg/s\n" ceiling "$C_ACCEPT" "$C_E2E"
 fi
 
-# --- sidestep ---
+# --- sidestep (a fresh instance and spool each round; the last one stays for latency) ---
 if wants sidestep; then
+if [ -n "$S_PID" ]; then kill "$S_PID" 2>/dev/null || true; wait "$S_PID" 2>/dev/null || true; fi
+rm -rf "$WORK/sidestep"
 S_PORT=$(free_port)
 mkdir -p "$WORK/sidestep"
 cat > "$WORK/sidestep/sidestep.toml" <<TOML
@@ -186,7 +198,7 @@ fi
 # --- postfix ---
 if wants postfix; then
 PF_PORT=$(free_port)
-PF="$WORK/postfix"
+PF="$WORK/postfix-$ROUND"
 PF_CONF="$PF/conf"
 mkdir -p "$PF_CONF" "$PF/queue" "$PF/data"
 chown postfix "$PF/data"
@@ -226,6 +238,14 @@ if [ -z "$ONLY" ]; then
 awk -v s="$S_E2E" -v p="$P_E2E" -v c="$C_E2E" -v sa="$S_ACCEPT" -v pa="$P_ACCEPT" -v ca="$C_ACCEPT" 'BEGIN {
   printf "ratios    sidestep/postfix %.2f end-to-end (%.2f accept)   sidestep/ceiling %.2f end-to-end (%.2f accept)\n",
     s / p, sa / pa, s / c, sa / ca }'
+RATIOS_P+=("$(awk -v s="$S_E2E" -v p="$P_E2E" 'BEGIN { printf "%.2f", s / p }')")
+RATIOS_C+=("$(awk -v s="$S_E2E" -v c="$C_E2E" 'BEGIN { printf "%.2f", s / c }')")
+fi
+done
+
+median() { printf "%s\n" "$@" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+if [ -z "$ONLY" ] && [ "$ROUNDS" -gt 1 ]; then
+  echo "median    sidestep/postfix $(median "${RATIOS_P[@]}") end-to-end   sidestep/ceiling $(median "${RATIOS_C[@]}") end-to-end   (rounds: ${RATIOS_P[*]} / ${RATIOS_C[*]})"
 fi
 
 # --- latency: end of DATA -> 250 at a fixed offered load (default: half the measured rate) ---
