@@ -103,10 +103,10 @@ wait_port() {
 }
 
 # One phase: push MESSAGES through host:port, wait for the sink to have them all.
-# Prints "accept-rate end-to-end-rate".
+# Prints "accept-rate end-to-end-rate". Runs in a subshell ($(phase ...)), so the sink
+# it counts on is started by the caller, in this shell, which alone can stop it.
 phase() {
   local target=$1
-  start_sink
   local t0 t1 t2
   t0=$(now)
   smtp-source -l "$SIZE" -m "$MESSAGES" -s "$SESSIONS" -f bench@sender.bench.test \
@@ -147,6 +147,7 @@ for ROUND in $(seq 1 "$ROUNDS"); do
 
 # --- ceiling ---
 if wants ceiling; then
+start_sink
 read -r C_ACCEPT C_E2E <<< "$(phase "127.0.0.1:$SINK_PORT")"
 printf "%-9s accept %9s msg/s   end-to-end %9s msg/s\n" ceiling "$C_ACCEPT" "$C_E2E"
 fi
@@ -188,6 +189,7 @@ RUST_LOG=${BENCH_LOG:-info} "$SIDESTEP" serve --config "$WORK/sidestep/sidestep.
 S_PID=$!
 PIDS+=("$S_PID")
 wait_port "$S_PORT"
+start_sink
 read -r S_ACCEPT S_E2E <<< "$(phase "127.0.0.1:$S_PORT")"
 S_RSS=$(awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$S_PID/status")
 # utime + stime in clock ticks (fields 14 and 15; the name in field 2 has no spaces).
@@ -229,6 +231,7 @@ awk -v port="$PF_PORT" 'BEGIN { OFS = "  " }
   { print }' /etc/postfix/master.cf > "$PF_CONF/master.cf"
 postfix -c "$PF_CONF" start >/dev/null 2>&1 || { echo "postfix failed to start: $(cat "$PF/maillog" 2>/dev/null)" >&2; exit 1; }
 wait_port "$PF_PORT"
+start_sink
 read -r P_ACCEPT P_E2E <<< "$(phase "127.0.0.1:$PF_PORT")"
 printf "%-9s accept %9s msg/s   end-to-end %9s msg/s\n" postfix "$P_ACCEPT" "$P_E2E"
 postfix -c "$PF_CONF" stop >/dev/null 2>&1 || true

@@ -8,6 +8,7 @@ fn benchmark_script_reports_ceiling_sidestep_and_postfix() {
     for tool in ["postfix", "dnsmasq", "smtp-source"] {
         crate::interop::require(tool);
     }
+    let sinks_before = live_processes("smtp-sink");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/e2e.sh");
     let out = Command::new("bash")
         .arg(script)
@@ -40,4 +41,21 @@ fn benchmark_script_reports_ceiling_sidestep_and_postfix() {
     assert!(text.contains("peak RSS"), "{text}");
     assert!(text.contains("ratios    sidestep/postfix"), "{text}");
     assert!(text.contains("p99"), "{text}");
+    // It leaves nothing running (no other test starts smtp-sink).
+    assert_eq!(live_processes("smtp-sink"), sinks_before, "{text}");
+}
+
+/// Processes named `name` that are not zombies.
+fn live_processes(name: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("stat")).ok())
+        .filter(|stat| {
+            // pid (comm) state ...
+            let Some((comm, rest)) = stat.split_once(") ") else {
+                return false;
+            };
+            comm.ends_with(&format!("({name}")) && !rest.starts_with('Z')
+        })
+        .count()
 }
