@@ -235,7 +235,9 @@ impl Spool {
     }
 
     /// Rewrites a message's index entry (per-recipient status, next attempt). Shares the
-    /// committer's batch commit with every other change waiting at that moment.
+    /// committer's batch commit with every other change waiting at that moment. `msg`
+    /// must come from the spool ([`Spool::load`], [`Spool::take_fresh`]): its record
+    /// says where the body is, and the new entry replaces the old one whole.
     ///
     /// # Errors
     /// The database write failed.
@@ -340,8 +342,10 @@ mod tests {
     async fn store_update_load_remove() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
-        let mut msg = message();
+        let msg = message();
         spool.store_message(&msg, b"hi\r\n".to_vec()).await.unwrap();
+        // Updates start from the stored record, which says where the body is.
+        let mut msg = spool.load(&msg.id).unwrap().unwrap();
         msg.attempts = 3;
         spool.update(&msg).await.unwrap();
         assert_eq!(spool.load(&msg.id).unwrap().unwrap().attempts, 3);
