@@ -48,18 +48,15 @@ async fn attempt(
     id: &QueueId,
 ) -> Result<Outcome, SpoolError> {
     let loaded = match ctx.spool.take_fresh(id) {
-        Some(fresh) => Some(fresh),
+        Some((msg, body)) => Some((msg, Ok(body))),
         None => {
             let spool = ctx.spool.clone();
             let load_id = id.clone();
             tokio::task::spawn_blocking(move || -> Result<_, SpoolError> {
-                match spool.load(&load_id)? {
-                    Some(msg) => {
-                        let body = spool.load_body(&msg)?;
-                        Ok(Some((msg, Arc::<[u8]>::from(body))))
-                    }
-                    None => Ok(None),
-                }
+                Ok(spool.load(&load_id)?.map(|msg| {
+                    let body = spool.load_body(&msg).map(Arc::<[u8]>::from);
+                    (msg, body)
+                }))
             })
             .await
             .map_err(|_| SpoolError::CommitterGone)??
@@ -71,10 +68,29 @@ async fn attempt(
             waiting_for_egress: false,
         });
     };
+    // A body that cannot be read (a damaged disk, a file deleted by hand) must not keep
+    // the message in the queue for ever: nothing is sent, the recipients wait with this
+    // as their last error, and the message expires into a DSN like any other.
+    let deliverable = body.is_ok();
+    let body: Arc<[u8]> = body.unwrap_or_else(|e| {
+        tracing::error!(queue_id = %msg.id, error = %e, "cannot read the message body");
+        let reply = RemoteReply {
+            code: 0,
+            enhanced: "4.3.0".into(),
+            text: format!("the spooled message body cannot be read: {e}"),
+            mx: None,
+        };
+        for r in &mut msg.recipients {
+            if let RecipientStatus::Pending { last } = &mut r.status {
+                *last = Some(reply.clone());
+            }
+        }
+        Arc::from(Vec::new())
+    });
 
     let mut by_domain: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, r) in msg.recipients.iter().enumerate() {
-        if !r.status.is_final() {
+        if deliverable && !r.status.is_final() {
             by_domain
                 .entry(r.address.domain().to_string())
                 .or_default()

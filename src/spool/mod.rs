@@ -164,20 +164,20 @@ impl Spool {
                 if msg_dir.join(&file).exists() {
                     *uses.entry(file).or_default() += 1;
                 } else {
-                    missing.push(id);
+                    missing.push((id, file));
                 }
             }
+        }
+        // Bodies are deleted only after the commit that removed their last entry, so an
+        // entry without its body file means damage or a hand-deleted file. The entry
+        // stays: its attempts fail to read the body and it expires into a DSN, rather
+        // than vanish without a word.
+        for (id, file) in &missing {
+            tracing::error!(queue_id = %id, file = %file, "the body file of a queued message is missing");
         }
         {
             let txn = db!(db.begin_write())?;
             {
-                let mut table = db!(txn.open_table(MESSAGES))?;
-                // Only the committer deletes bodies, after the entries using them are gone:
-                // an entry without its body is a finished message.
-                for id in &missing {
-                    tracing::info!(queue_id = %id, "dropping the index entry of a finished message");
-                    db!(table.remove(id.as_str()))?;
-                }
                 let mut files = db!(txn.open_table(committer::FILES))?;
                 db!(files.retain(|_, _| false))?;
                 for (file, n) in &uses {

@@ -53,23 +53,59 @@ async fn every_acknowledged_message_survives_sigkill() {
     );
 }
 
-#[tokio::test]
-async fn sigkill_right_after_250_loses_nothing() {
-    let w = World::new().await;
-    // later.test has an MX whose host has no address yet, so the message must wait.
+/// Spools one message for `b@later.test`, whose MX host has no address yet (so the
+/// message must wait), then kills the relay with SIGKILL right after the `250`.
+async fn spool_one_and_kill(w: &World, subject: &str) {
     w.setup.dns.add_mx("later.test", 10, "mx.later.test").await;
     let relay = w.setup.start().await;
     let mut c = ready(relay.addr).await;
     c.send_mail(
         "a@sender.test",
         &["b@later.test"],
-        &message("kill-now", "x\r\n"),
+        &message(subject, "x\r\n"),
     )
     .await;
     relay.kill().await;
+}
+
+#[tokio::test]
+async fn sigkill_right_after_250_loses_nothing() {
+    let w = World::new().await;
+    spool_one_and_kill(&w, "kill-now").await;
     w.setup.dns.add_a("mx.later.test", w.dest.addr.ip()).await;
     let _relay = w.setup.start().await;
     let got = w.dest.wait_for(1).await;
     assert!(String::from_utf8_lossy(&got[0].data).contains("Subject: kill-now"));
     assert!(w.sender.messages().is_empty(), "no bounce expected");
+}
+
+#[tokio::test]
+async fn a_message_whose_body_is_gone_expires_into_a_dsn_instead_of_staying_for_ever() {
+    let mut w = World::new().await;
+    w.setup.queue =
+        "retry_initial = \"200ms\"\nretry_max = \"300ms\"\nmax_lifetime = \"2s\"".into();
+    spool_one_and_kill(&w, "vanished").await;
+    // An operator (or a damaged disk) takes the body away while the relay is down.
+    let msg_dir = w.setup.dir.path().join("spool/msg");
+    for entry in std::fs::read_dir(&msg_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if std::fs::metadata(&path).unwrap().len() > 0 {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    let relay = w.setup.start().await;
+    let dsn = &w.sender.wait_for(1).await[0];
+    let text = String::from_utf8_lossy(&dsn.data).replace("\r\n ", " ");
+    assert!(
+        text.contains("Final-Recipient: rfc822; b@later.test"),
+        "{text}"
+    );
+    assert!(text.contains("cannot be read"), "{text}");
+    let log = relay.log();
+    assert!(
+        log.contains("the body file of a queued message is missing"),
+        "{log}"
+    );
+    assert!(log.contains("cannot read the message body"), "{log}");
+    assert!(w.dest.messages().is_empty());
 }
