@@ -481,7 +481,8 @@ pub(super) struct Transaction {
 }
 
 /// MAIL, RCPT…, DATA on an established session. Pipelined when the server offers it
-/// (RFC 2920), through `cmds` which reads exactly one reply per command. Sends no QUIT:
+/// (RFC 2920): the whole envelope and DATA in one write, one reply read per command;
+/// otherwise one command at a time, DATA only if a recipient was accepted. Sends no QUIT:
 /// the caller decides whether the session is kept. `reused`: the session served an
 /// earlier message, so a dead connection is [`After::Stale`], not a failure.
 pub(super) async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
@@ -567,6 +568,13 @@ pub(super) async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
             None => *slot = Some(mail_reply_missing(mx)),
         }
     }
+    let data_reply = match data_reply {
+        None if !pipelined && !accepted.is_empty() => Some(match client.cmd(b"DATA\r\n").await {
+            Ok(r) => response_reply(&r, mx),
+            Err(e) => error_reply(e, mx),
+        }),
+        other => other,
+    };
     let mut after = After::Done;
     let outcome = match data_reply {
         // A server that took DATA although no recipient was accepted gets an empty
@@ -582,9 +590,7 @@ pub(super) async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
         }
         Some(r) if r.code == 354 => Some((send_body(client, d.body, mx).await, true)),
         Some(r) if !accepted.is_empty() => Some((r, false)),
-        Some(_) => None,
-        None if !accepted.is_empty() => Some(send_data(client, d.body, mx).await),
-        None => None,
+        _ => None,
     };
     if let Some((outcome, message_sent)) = outcome {
         // Only a reply to the final dot leaves a clean session (a refused DATA may leave
@@ -641,21 +647,6 @@ async fn sequential_envelope<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     Ok(out)
-}
-
-/// DATA, then the body dot-stuffed with the final dot, in one write for the common
-/// sizes. Returns the reply and whether it answers the body (rather than DATA itself).
-async fn send_data<S: AsyncRead + AsyncWrite + Unpin>(
-    client: &mut SmtpClient<S>,
-    body: &[u8],
-    mx: &str,
-) -> (RemoteReply, bool) {
-    match client.cmd(b"DATA\r\n").await {
-        Ok(r) if r.code == 354 => {}
-        Ok(r) => return (response_reply(&r, mx), false),
-        Err(e) => return (error_reply(e, mx), false),
-    }
-    (send_body(client, body, mx).await, true)
 }
 
 /// The content after a `354`, and the reply to it.

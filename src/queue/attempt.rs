@@ -156,8 +156,7 @@ async fn attempt(
 
     let spool = ctx.spool.clone();
     if msg.is_done() {
-        let id = msg.id.clone();
-        spool.remove(&id).await?;
+        spool.remove(&msg).await?;
         tracing::info!(queue_id = %msg.id, "removed: every recipient is final");
         return Ok(Outcome {
             next_ms: None,

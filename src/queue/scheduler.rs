@@ -99,30 +99,27 @@ impl QueueContext {
         );
     }
 
-    /// How many connections to `domain` may be open: one while it throttles us.
-    pub(super) fn domain_cap(&self, domain: &str) -> usize {
-        let throttled = self
-            .throttled
+    /// The one-connection lane of a domain that currently throttles us.
+    fn throttle_lane(&self, domain: &str) -> Option<Arc<Semaphore>> {
+        self.throttled
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(domain)
-            .is_some_and(|(until, _)| *until > crate::spool::unix_now());
-        if throttled {
-            1
-        } else {
-            self.config.delivery.max_connections_per_domain
+            .filter(|(until, _)| *until > crate::spool::unix_now())
+            .map(|(_, lane)| lane.clone())
+    }
+
+    /// How many connections to `domain` may be open: one while it throttles us.
+    pub(super) fn domain_cap(&self, domain: &str) -> usize {
+        match self.throttle_lane(domain) {
+            Some(_) => 1,
+            None => self.config.delivery.max_connections_per_domain,
         }
     }
 
     pub(super) fn domain_limit(&self, domain: &str) -> Arc<Semaphore> {
-        if let Some((until, lane)) = self
-            .throttled
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(domain)
-            && *until > crate::spool::unix_now()
-        {
-            return lane.clone();
+        if let Some(lane) = self.throttle_lane(domain) {
+            return lane;
         }
         let mut map = self.per_domain.lock().unwrap_or_else(|e| e.into_inner());
         // Forget domains nobody is delivering to, so the map does not grow with every

@@ -21,7 +21,6 @@
 //! acknowledge, waits a moment for new messages to share its commit.
 
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,8 +54,9 @@ enum Change {
     },
     /// New per-recipient state for a message already in the index.
     Update { id: QueueId, record: Vec<u8> },
-    /// A finished message: its entry goes, and its body file once nothing else uses it.
-    Remove { id: QueueId },
+    /// A finished message: its entry goes, and its body file (named by the caller's copy
+    /// of the record) once nothing else uses it.
+    Remove { id: QueueId, file: String },
 }
 
 struct Job {
@@ -82,8 +82,8 @@ impl Handle {
         self.send(Change::Update { id, record }).await
     }
 
-    pub(super) async fn remove(&self, id: QueueId) -> Result<(), SpoolError> {
-        self.send(Change::Remove { id }).await
+    pub(super) async fn remove(&self, id: QueueId, file: String) -> Result<(), SpoolError> {
+        self.send(Change::Remove { id, file }).await
     }
 
     async fn send(&self, change: Change) -> Result<(), SpoolError> {
@@ -329,23 +329,14 @@ impl BodyFiles<'_> {
     /// its own written in `tmp/`, fsynced, renamed and the directory fsynced. Returns the
     /// file's name.
     fn write(&mut self, name_hint: &str, bodies: &[&Vec<u8>]) -> Result<String, SpoolError> {
-        let write_all = |f: &mut File| -> std::io::Result<()> {
-            for body in bodies {
-                f.write_all(body)?;
-            }
-            Ok(())
-        };
         let need: u64 = bodies.iter().map(|b| b.len() as u64).sum();
-        if let Some((name, file, _)) = self.recycled.take(need) {
-            let write = || -> std::io::Result<()> {
-                let mut offset = 0u64;
-                for body in bodies {
-                    file.write_all_at(body, offset)?;
-                    offset += body.len() as u64;
-                }
-                file.sync_data()
-            };
-            return match write() {
+        let ready = self
+            .recycled
+            .take(need)
+            .map(|(name, file, _)| (name, file))
+            .or_else(|| self.janitor.spare());
+        if let Some((name, file)) = ready {
+            return match fill(&file, bodies) {
                 Ok(()) => Ok(name),
                 Err(e) => {
                     // No entry uses it: its old bytes or ours, half written, go with it.
@@ -355,21 +346,9 @@ impl BodyFiles<'_> {
                 }
             };
         }
-        if let Some((name, mut file)) = self.janitor.spare() {
-            let path = self.msg_dir.join(&name);
-            return match write_all(&mut file).and_then(|()| file.sync_data()) {
-                Ok(()) => Ok(name),
-                Err(e) => {
-                    let _ = std::fs::remove_file(&path);
-                    Err(SpoolError::io(&path, e))
-                }
-            };
-        }
         let tmp = self.tmp_dir.join(name_hint);
         let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            write_all(&mut f)?;
-            f.sync_all()?;
+            fill(&File::create(&tmp)?, bodies)?;
             std::fs::rename(&tmp, self.msg_dir.join(name_hint))?;
             match self.dir {
                 Some(d) => d.sync_all(),
@@ -382,6 +361,17 @@ impl BodyFiles<'_> {
         })?;
         Ok(name_hint.to_string())
     }
+}
+
+/// The bodies one after the other from the start of `file`, then fdatasync (which
+/// covers a new size too).
+fn fill(file: &File, bodies: &[&Vec<u8>]) -> std::io::Result<()> {
+    let mut offset = 0u64;
+    for body in bodies {
+        file.write_all_at(body, offset)?;
+        offset += body.len() as u64;
+    }
+    file.sync_data()
 }
 
 /// A new message as committed (its record says where its body is), with its body.
@@ -441,18 +431,14 @@ fn commit_batch(
                     Change::Update { id, record } => {
                         table.insert(id.as_str(), record.as_slice())?;
                     }
-                    Change::Remove { id } => {
-                        let old = table.remove(id.as_str())?.map(|v| v.value().to_vec());
-                        let Some(old) = old else { continue };
-                        let file = message::decode(id.as_str(), &old)
-                            .ok()
-                            .and_then(|m| m.body)
-                            .map(|b| b.file)
-                            .unwrap_or_else(|| id.to_string());
+                    Change::Remove { id, file } => {
+                        if table.remove(id.as_str())?.is_none() {
+                            continue;
+                        }
                         let left = files.get(file.as_str())?.map(|v| v.value()).unwrap_or(1);
                         if left <= 1 {
                             files.remove(file.as_str())?;
-                            unused.push(file);
+                            unused.push(file.clone());
                         } else {
                             files.insert(file.as_str(), left - 1)?;
                         }

@@ -157,10 +157,7 @@ impl Spool {
             for row in db!(table.iter())? {
                 let (k, v) = db!(row)?;
                 let id = k.value().to_string();
-                let file = message::decode(&id, v.value())?
-                    .body
-                    .map(|b| b.file)
-                    .unwrap_or_else(|| id.clone());
+                let file = body_file(&message::decode(&id, v.value())?).to_string();
                 if msg_dir.join(&file).exists() {
                     *uses.entry(file).or_default() += 1;
                 } else {
@@ -250,11 +247,16 @@ impl Spool {
 
     /// Removes a finished message: the index entry in a (shared) commit, then the body,
     /// so a crash in between leaves only an orphan body that [`Spool::open`] deletes.
+    /// `msg` comes from the spool, like [`Spool::update`]'s: it says which body file the
+    /// entry uses.
     ///
     /// # Errors
     /// The database write failed.
-    pub async fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
-        self.shared.committer.remove(id.clone()).await
+    pub async fn remove(&self, msg: &QueuedMessage) -> Result<(), SpoolError> {
+        self.shared
+            .committer
+            .remove(msg.id.clone(), body_file(msg).to_string())
+            .await
     }
 
     /// A message committed moments ago and its body, from memory, if it is still there
@@ -271,7 +273,7 @@ impl Spool {
     pub fn load_body(&self, msg: &QueuedMessage) -> Result<Vec<u8>, SpoolError> {
         use std::io::{Read, Seek, SeekFrom};
         let Some(body) = &msg.body else {
-            let path = self.shared.msg_dir.join(msg.id.as_str());
+            let path = self.shared.msg_dir.join(body_file(msg));
             return fs::read(&path).map_err(|e| SpoolError::io(&path, e));
         };
         let path = self.shared.msg_dir.join(&body.file);
@@ -312,6 +314,14 @@ impl Spool {
         }
         Ok(out)
     }
+}
+
+/// The file holding a message's body: where its record says, or (records written
+/// before bodies shared files) the file named after the message.
+fn body_file(msg: &QueuedMessage) -> &str {
+    msg.body
+        .as_ref()
+        .map_or(msg.id.as_str(), |b| b.file.as_str())
 }
 
 #[cfg(test)]
@@ -357,7 +367,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(spool.load(&msg.id).unwrap().unwrap().attempts, 3);
-        spool.remove(&msg.id).await.unwrap();
+        spool.remove(&msg).await.unwrap();
         assert!(spool.load(&msg.id).unwrap().is_none());
         assert_eq!(spool.recover().unwrap().len(), 1);
     }
@@ -372,7 +382,10 @@ mod tests {
             .await
             .unwrap();
         let big_file = spool.load(&big.id).unwrap().unwrap().body.unwrap().file;
-        spool.remove(&big.id).await.unwrap();
+        spool
+            .remove(&spool.load(&big.id).unwrap().unwrap())
+            .await
+            .unwrap();
         // The next batch overwrites the start of that file; its old bytes past the new
         // body belong to no entry.
         let small = message();

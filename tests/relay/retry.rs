@@ -67,8 +67,18 @@ async fn every_recipient_refused_by_a_lax_pipelining_server_still_bounces() {
 
 #[tokio::test]
 async fn permanent_failure_bounces_a_dsn_quoting_the_reply() {
+    permanent_failure_bounces(false).await;
+}
+
+#[tokio::test]
+async fn a_server_without_pipelining_gets_one_command_at_a_time() {
+    permanent_failure_bounces(true).await;
+}
+
+async fn permanent_failure_bounces(no_pipelining: bool) {
     let w = World::new().await;
     w.dest.behave(|b| {
+        b.no_pipelining = no_pipelining;
         b.rcpt.insert(
             "nobody@dest.test".into(),
             "550 5.1.1 <nobody@dest.test>: User unknown in virtual mailbox table".into(),

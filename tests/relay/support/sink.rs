@@ -53,6 +53,8 @@ pub struct Behaviour {
     /// Answer DATA with 354 even when no recipient was accepted (as some servers do; a
     /// pipelining client must then end the empty message), and refuse it at the dot.
     pub lax_data: bool,
+    /// Do not offer PIPELINING: the client must wait for each reply.
+    pub no_pipelining: bool,
 }
 
 /// How a connection goes on after a message, to try the client's connection reuse.
@@ -179,12 +181,17 @@ impl Sink {
     ) -> std::io::Result<()> {
         let (r, mut w) = tokio::io::split(stream);
         let mut r = BufReader::new(r);
-        let (refuse, acceptor, required_auth) = {
+        let (refuse, acceptor, required_auth, pipelining) = {
             let b = self.behaviour.lock().unwrap();
             (
                 b.refuse_from.get(&peer).cloned(),
                 b.tls.clone(),
                 b.auth.clone(),
+                if b.no_pipelining {
+                    ""
+                } else {
+                    "250-PIPELINING\r\n"
+                },
             )
         };
         let mut authenticated: Option<String> = None;
@@ -240,7 +247,7 @@ impl Sink {
                     ""
                 };
                 format!(
-                    "250-sink.test\r\n{starttls}{auth}250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 100000000"
+                    "250-sink.test\r\n{starttls}{auth}{pipelining}250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 100000000"
                 )
             } else if upper.starts_with("AUTH PLAIN") && required_auth.is_some() {
                 let mut arg = text[10..].trim().to_string();
