@@ -48,6 +48,12 @@ async fn delivers_end_to_end_with_received_header() {
         log.contains("delivery attempt") && log.contains(&queue_id) && log.contains("mx.dest.test"),
         "{log}"
     );
+    // The accepted line says how long the spool took to make the message durable.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("accepted") && l.contains(&queue_id) && l.contains("spool_us=")),
+        "{log}"
+    );
 }
 
 #[tokio::test]
