@@ -43,7 +43,7 @@ async fn delivers_end_to_end_with_received_header() {
         text.ends_with("Subject: hello\r\n\r\nHi there\r\n"),
         "{text}"
     );
-    let log = relay.log();
+    let log = relay.log_with("delivery attempt").await;
     assert!(
         log.contains("delivery attempt") && log.contains(&queue_id) && log.contains("mx.dest.test"),
         "{log}"

@@ -147,4 +147,11 @@ impl Relay {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The log once it contains `needle`: lines about a delivery are written after the
+    /// destination has the message, so a test that saw the message waits for its line.
+    pub async fn log_with(&self, needle: &str) -> String {
+        super::eventually(|| self.log().contains(needle), || self.log()).await;
+        self.log()
+    }
 }
