@@ -20,7 +20,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     let spool = Spool::open(&config.spool.directory)
         .with_context(|| format!("opening spool {}", config.spool.directory.display()))?;
     let resolver = Resolver::new(&config.dns).context("setting up DNS")?;
-    let reputation = Reputation::open(config.blocklists.clone(), spool.database())
+    let reputation = Reputation::open(config.blocklists.clone(), &config.spool.directory)
         .context("loading listing state")?;
     reputation::spawn_monitor(
         reputation.clone(),
@@ -45,14 +45,16 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
     println!("sidestep listening on {addr}");
-    inbound::serve(
+    // On a worker, not in `block_on`: the main thread would otherwise be woken for every
+    // connection only to hand the session over to a worker.
+    let accept = tokio::spawn(inbound::serve(
         listener,
         Arc::new(Inbound {
             config,
             spool,
             queue,
         }),
-    )
-    .await;
+    ));
+    accept.await.context("the accept loop stopped")?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -118,11 +119,12 @@ impl State {
 }
 
 impl Reputation {
-    /// Loads the persisted state from `db` (the spool's database).
+    /// Loads the persisted state from its file in `spool_dir`, and keeps it there.
     ///
     /// # Errors
-    /// The database cannot be read.
-    pub fn open(lists: Vec<BlocklistConfig>, db: Arc<redb::Database>) -> Result<Self, SpoolError> {
+    /// The file cannot be opened or read.
+    pub fn open(lists: Vec<BlocklistConfig>, spool_dir: &Path) -> Result<Self, SpoolError> {
+        let db = Arc::new(store::open(spool_dir)?);
         let report = store::load(db.as_ref())?;
         Ok(Self::from_report(lists, report, Some(db)))
     }

@@ -1,5 +1,9 @@
-//! Listing state in the spool's redb file, next to the queue, so it survives restarts
-//! and `sidestep listings` can read it while the relay runs.
+//! Listing state in a redb file of its own in the spool directory, so it survives
+//! restarts and `sidestep listings` can read it while the relay runs.
+//!
+//! Not in the queue's file: a database other processes may open must commit in two
+//! phases (two fdatasyncs and a locked header rewrite), which the queue, committing on
+//! every `250`, cannot afford; listing state changes a few times a minute.
 
 use std::path::Path;
 
@@ -8,6 +12,9 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use super::blocks::Block;
 use super::listings::ReputationReport;
 use crate::spool::SpoolError;
+
+/// The file, in the spool directory.
+const FILE: &str = "reputation.redb";
 
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("listings");
 const HEALTH: TableDefinition<&str, &[u8]> = TableDefinition::new("list_health");
@@ -49,6 +56,18 @@ fn read_table<T: serde::de::DeserializeOwned>(
         out.push(serde_json::from_slice(v.value()).map_err(|e| corrupt(k.value(), e))?);
     }
     Ok(out)
+}
+
+/// Opens (creating) the state file in `spool_dir` for this process to write, while
+/// other processes may read it.
+///
+/// # Errors
+/// The file cannot be created or opened (another relay holds it, or it is corrupt).
+pub(super) fn open(spool_dir: &Path) -> Result<redb::Database, SpoolError> {
+    redb::Database::builder()
+        .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+        .create(spool_dir.join(FILE))
+        .map_err(db_err)
 }
 
 pub(super) fn save(db: &redb::Database, report: &ReputationReport) -> Result<(), SpoolError> {
@@ -103,7 +122,7 @@ pub(super) fn save_block(
 /// # Errors
 /// The spool has no database yet, or it cannot be read.
 pub fn read_report(spool_dir: &Path) -> Result<ReputationReport, SpoolError> {
-    let path = spool_dir.join("queue.redb");
+    let path = spool_dir.join(FILE);
     let db = redb::Database::builder()
         .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
         .open_read_only(&path)
@@ -125,10 +144,7 @@ mod tests {
     #[test]
     fn a_reader_in_another_handle_sees_the_latest_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let db = redb::Database::builder()
-            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
-            .create(dir.path().join("queue.redb"))
-            .unwrap();
+        let db = open(dir.path()).unwrap();
         let mut report = ReputationReport::default();
         report.health.push(ListHealth {
             zone: "one.test".into(),
@@ -157,8 +173,7 @@ mod block_tests {
     #[test]
     fn recorded_blocks_are_readable() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = crate::spool::Spool::open(dir.path()).unwrap();
-        let rep = Reputation::open(vec![], spool.database()).unwrap();
+        let rep = Reputation::open(vec![], dir.path()).unwrap();
         let evidence = Evidence {
             reply: "550 x".into(),
             rule: "r".into(),

@@ -131,10 +131,10 @@ impl Spool {
         for d in [dir, &msg_dir, &tmp_dir] {
             fs::create_dir_all(d).map_err(|e| SpoolError::io(d, e))?;
         }
-        // SingleWriter: this process writes; `sidestep listings` and friends may open the
-        // file read-only while the relay runs.
+        // ExclusiveWriter: only this process opens the queue, so a commit is one
+        // fdatasync; state other processes read lives in a file of its own.
         let db = Arc::new(db!(redb::Database::builder()
-            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
+            .set_concurrency_mode(redb::ConcurrencyMode::ExclusiveWriter)
             .create(dir.join("queue.redb")))?);
         {
             let txn = db!(db.begin_write())?;
@@ -210,11 +210,6 @@ impl Spool {
                 fresh,
             }),
         })
-    }
-
-    /// The state database, shared with the reputation store.
-    pub fn database(&self) -> Arc<redb::Database> {
-        self.shared.db.clone()
     }
 
     /// Makes a new message durable: body file and index entry. Returns only once both are
