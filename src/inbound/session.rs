@@ -100,6 +100,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let hostname = self.inbound.config.server.hostname.clone();
         self.push(Reply::new(220, "", format!("{hostname} ESMTP sidestep")));
         let idle = self.inbound.config.server.idle_timeout.get();
+        // One timer for the whole session, moved only when it fires early: a timeout
+        // per read would register and cancel a timer for every packet.
+        let mut last_input = tokio::time::Instant::now();
+        let expiry = tokio::time::sleep(idle);
+        tokio::pin!(expiry);
         loop {
             let close = self.process_input().await;
             if !self.output.is_empty() {
@@ -116,9 +121,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             if self.input.capacity() - self.input.len() < READ_CHUNK {
                 self.input.reserve(READ_CHUNK);
             }
-            let n = match tokio::time::timeout(idle, self.stream.read_buf(&mut self.input)).await {
-                Ok(read) => read?,
-                Err(_) => {
+            let n = tokio::select! {
+                read = self.stream.read_buf(&mut self.input) => read?,
+                () = &mut expiry => {
+                    if last_input.elapsed() < idle {
+                        expiry.as_mut().reset(last_input + idle);
+                        continue;
+                    }
                     self.push(Reply::new(
                         421,
                         "4.4.2",
@@ -132,6 +141,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             if n == 0 {
                 return Ok(());
             }
+            last_input = tokio::time::Instant::now();
         }
     }
 

@@ -214,6 +214,27 @@ async fn idle_client_is_disconnected_with_421() {
     assert!(c.closed().await);
 }
 
+/// The idle timeout counts from the last input, not from the start of the session.
+#[tokio::test]
+async fn a_client_that_keeps_talking_outlives_the_idle_timeout() {
+    let mut w = World::new().await;
+    w.setup.server = "idle_timeout = \"1s\"".into();
+    let relay = {
+        let config = w.setup.config().replace("idle_timeout = \"10s\"\n", "");
+        crate::support::relay::Relay::start(&config, w.setup.dir.path()).await
+    };
+    let mut c = Client::connect(relay.addr).await;
+    c.expect("220").await;
+    // 2.4 s of a command every 300 ms: past the first expiry of the session's timer.
+    for _ in 0..8 {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        c.cmd("NOOP", "250").await;
+    }
+    // Then silence: the timeout still applies.
+    c.expect("421 4.4.2").await;
+    assert!(c.closed().await);
+}
+
 #[tokio::test]
 async fn endless_errors_end_the_session() {
     let w = World::new().await;
