@@ -2,21 +2,50 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sidestep::cli::{self, Cli, Command};
+use tracing_subscriber::fmt::MakeWriter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { config } => {
+            // The relay logs lines per message: batched. The one-shot commands below write
+            // theirs at once, between their own output.
+            let logs = match cli::BatchedStderr::start() {
+                Ok(logs) => logs,
+                Err(e) => {
+                    eprintln!("sidestep: cannot start the log writer: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            init_logs(logs.make_writer());
+            let result = run_to_end(cli::serve(config.as_deref()));
+            // Everything logged is out before the error, if any, is printed.
+            drop(logs);
+            report(result)
+        }
+        command => {
+            init_logs(std::io::stderr);
+            one_shot(command)
+        }
+    }
+}
+
+fn init_logs<W: for<'a> MakeWriter<'a> + Send + Sync + 'static>(writer: W) {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         // Colour codes in a log file break every grep an operator runs on it.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match cli.command {
+}
+
+fn one_shot(command: Command) -> ExitCode {
+    match command {
         Command::CheckConfig { path } => cli::check_config(path.as_deref()),
-        Command::Serve { config } => run(cli::serve(config.as_deref())),
+        Command::Serve { config } => report(run_to_end(cli::serve(config.as_deref()))),
         Command::Listings { config, json } => report(cli::listings(config.as_deref(), json)),
         Command::Classify {
             config,
@@ -28,19 +57,20 @@ fn main() -> ExitCode {
             report(cli::delist_report(config.as_deref(), ip, json))
         }
         Command::DnsblCheck { config, json, ips } => {
-            run(cli::dnsbl_check(config.as_deref(), &ips, json))
+            report(run_to_end(cli::dnsbl_check(config.as_deref(), &ips, json)))
         }
     }
 }
 
-fn run(future: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
-    match tokio::runtime::Runtime::new() {
-        Ok(runtime) => report(runtime.block_on(future)),
-        Err(e) => {
-            eprintln!("sidestep: cannot start the runtime: {e}");
-            ExitCode::FAILURE
-        }
-    }
+fn run_to_end(future: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| anyhow::anyhow!("cannot start the runtime: {e}"))?;
+    let result = runtime.block_on(future);
+    // Tasks still running (sessions, deliveries) are dropped where they wait; what they
+    // had spooled stays spooled. Bounded, so that a stuck blocking call cannot hold up
+    // the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
 }
 
 fn report(result: anyhow::Result<()>) -> ExitCode {

@@ -6,6 +6,7 @@ mod classify;
 mod delist_report;
 mod dnsbl_check;
 mod listings;
+mod logs;
 mod serve;
 
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ pub use classify::classify;
 pub use delist_report::delist_report;
 pub use dnsbl_check::dnsbl_check;
 pub use listings::listings;
+pub use logs::BatchedStderr;
 pub use serve::serve;
 
 /// Outbound SMTP relay that keeps mail flowing when an egress IP is blocklisted.

@@ -55,6 +55,26 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
             queue,
         }),
     ));
-    accept.await.context("the accept loop stopped")?;
+    tokio::select! {
+        stopped = accept => stopped.context("the accept loop stopped")?,
+        signal = stop_signal() => {
+            let signal = signal.context("waiting for signals")?;
+            // What is spooled stays spooled: messages not yet answered `250` were never
+            // acknowledged, deliveries cut short are retried after the restart.
+            tracing::info!(signal, "stopping");
+        }
+    }
     Ok(())
+}
+
+/// SIGTERM (service managers) or SIGINT (Ctrl-C): the caller returns, so that `main`
+/// writes out pending log lines before the process exits.
+async fn stop_signal() -> std::io::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
 }

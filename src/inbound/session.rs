@@ -113,7 +113,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.output.clear();
             }
             if close {
-                let _ = self.stream.shutdown().await;
+                // Dropping the socket closes it, which sends the FIN after the reply: a
+                // shutdown(2) first would be one more system call per session to the
+                // same effect (and mostly ENOTCONN, the client having closed after QUIT).
                 return Ok(());
             }
             // Straight into the input buffer's spare capacity: no zeroed scratch buffer per

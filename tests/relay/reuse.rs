@@ -43,7 +43,7 @@ async fn messages_in_a_row_reuse_one_session_per_egress_ip() {
         "one session per egress IP: {connections:?}"
     );
     assert_eq!(w.dest.quits.load(Ordering::SeqCst), 0);
-    let log = relay.log();
+    let log = relay.log_count("delivery attempt", 6).await;
     let lines = delivery_lines(&log);
     assert_eq!(lines.len(), 6, "{log}");
     assert_eq!(
@@ -101,7 +101,7 @@ async fn a_session_the_server_closed_is_replaced_without_a_deferral() {
 
         // Each message after the first found its cached session dead and opened another.
         assert_eq!(w.dest.connections.lock().unwrap().len(), 3);
-        let log = relay.log();
+        let log = relay.log_count("delivery attempt", 3).await;
         let lines = delivery_lines(&log);
         assert_eq!(lines.len(), 3, "one attempt per message: {log}");
         assert!(

@@ -144,14 +144,38 @@ impl Relay {
         self.child.kill().await.unwrap();
     }
 
+    /// SIGTERM, as a service manager stops it; returns how the process exited.
+    pub async fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().expect("the relay is running");
+        let sent = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -TERM {pid}"))
+            .status()
+            .await
+            .unwrap();
+        assert!(sent.success());
+        let status = tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .expect("the relay did not stop on SIGTERM")
+            .unwrap();
+        (status, self.log())
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// The log once it contains `needle`: lines about a delivery are written after the
-    /// destination has the message, so a test that saw the message waits for its line.
+    /// The log once it contains `needle`. Lines reach the file some milliseconds after
+    /// the event (the relay batches its log writes), and lines about a delivery are
+    /// logged after the destination has the message: a test that saw an effect waits for
+    /// the line about it.
     pub async fn log_with(&self, needle: &str) -> String {
-        super::eventually(|| self.log().contains(needle), || self.log()).await;
+        self.log_count(needle, 1).await
+    }
+
+    /// The log once `needle` occurs at least `n` times in it.
+    pub async fn log_count(&self, needle: &str, n: usize) -> String {
+        super::eventually(|| self.log().matches(needle).count() >= n, || self.log()).await;
         self.log()
     }
 }
