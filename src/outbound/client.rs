@@ -677,12 +677,27 @@ async fn write_dot_stuffed<W: AsyncWrite + Unpin>(
 ) -> mail_send::Result<()> {
     let mut buf = Vec::with_capacity(body.len().min(WRITE_CHUNK) + 64);
     let mut line_start = true;
-    for piece in body.split_inclusive(|&b| b == b'\n') {
-        if line_start && piece.first() == Some(&b'.') {
-            buf.push(b'.');
+    // Copies the spans between lines that start with a dot whole, found with memmem,
+    // instead of line by line: most messages have no such line at all.
+    for chunk in body.chunks(WRITE_CHUNK) {
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            if line_start && rest[0] == b'.' {
+                buf.push(b'.');
+            }
+            match memchr::memmem::find(rest, b"\n.") {
+                Some(lf) => {
+                    buf.extend_from_slice(&rest[..=lf]);
+                    rest = &rest[lf + 1..];
+                    line_start = true;
+                }
+                None => {
+                    buf.extend_from_slice(rest);
+                    line_start = rest.ends_with(b"\n");
+                    rest = &[];
+                }
+            }
         }
-        buf.extend_from_slice(piece);
-        line_start = piece.ends_with(b"\n");
         if buf.len() >= WRITE_CHUNK {
             out.write_all(&buf).await?;
             buf.clear();
@@ -755,5 +770,60 @@ fn dns_reply(e: &DnsError) -> RemoteReply {
         enhanced: enhanced.into(),
         text: e.to_string(),
         mx: None,
+    }
+}
+
+#[cfg(test)]
+mod dot_stuffing_tests {
+    use super::{WRITE_CHUNK, write_dot_stuffed};
+
+    /// Line by line, as RFC 5321 §4.5.2 states it.
+    fn reference(body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for line in body.split_inclusive(|&b| b == b'\n') {
+            if line.first() == Some(&b'.') {
+                out.push(b'.');
+            }
+            out.extend_from_slice(line);
+        }
+        if !body.is_empty() && !body.ends_with(b"\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        out
+    }
+
+    async fn stuffed(body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_dot_stuffed(&mut out, body).await.unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn dots_opening_lines_are_doubled_wherever_they_are() {
+        let mut across = vec![b'a'; WRITE_CHUNK - 2];
+        across.extend_from_slice(b"\r\n.x\r\n");
+        let mut at_chunk_end = vec![b'b'; WRITE_CHUNK - 3];
+        at_chunk_end.extend_from_slice(b"\r\n.\r\n..\r\n");
+        let cases: Vec<Vec<u8>> = vec![
+            b"".to_vec(),
+            b".".to_vec(),
+            b".\r\n".to_vec(),
+            b"no dots\r\n".to_vec(),
+            b"x\r\n.\r\n..\r\n.y\r\nz.\r\n".to_vec(),
+            b"no final line end".to_vec(),
+            b"ends with a dot line\r\n.".to_vec(),
+            across,
+            at_chunk_end,
+            b".a\r\n".repeat(30_000),
+        ];
+        for body in cases {
+            assert_eq!(
+                stuffed(&body).await,
+                reference(&body),
+                "{:?}",
+                String::from_utf8_lossy(&body[..body.len().min(40)])
+            );
+        }
     }
 }
