@@ -6,26 +6,47 @@ use tracing_subscriber::fmt::MakeWriter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Serve { config } => {
-            // The relay logs lines per message: batched. The one-shot commands below write
-            // theirs at once, between their own output.
-            let logs = match cli::BatchedStderr::start() {
-                Ok(logs) => logs,
-                Err(e) => {
-                    eprintln!("sidestep: cannot start the log writer: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            init_logs(logs.make_writer());
-            let result = run_to_end(cli::serve(config.as_deref()));
-            // Everything logged is out before the error, if any, is printed.
-            drop(logs);
-            report(result)
+    // The relay logs lines per message: batched. The one-shot commands write theirs at
+    // once, between their own output.
+    let logs = match &cli.command {
+        Command::Serve { .. } => match cli::BatchedStderr::start() {
+            Ok(logs) => Some(logs),
+            Err(e) => {
+                eprintln!("sidestep: cannot start the log writer: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    match &logs {
+        Some(logs) => init_logs(logs.make_writer()),
+        None => init_logs(std::io::stderr),
+    }
+    let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
+    let result = match cli.command {
+        Command::CheckConfig { path } => Ok(cli::check_config(path.as_deref())),
+        Command::Serve { config } => done(run_to_end(cli::serve(config.as_deref()))),
+        Command::Listings { config, json } => done(cli::listings(config.as_deref(), json)),
+        Command::Classify {
+            config,
+            json,
+            reply,
+        } => done(cli::classify(config.as_deref(), reply.as_deref(), json)),
+        Command::Blocks { config, json } => done(cli::blocks(config.as_deref(), json)),
+        Command::DelistReport { config, json, ip } => {
+            done(cli::delist_report(config.as_deref(), ip, json))
         }
-        command => {
-            init_logs(std::io::stderr);
-            one_shot(command)
+        Command::DnsblCheck { config, json, ips } => {
+            done(run_to_end(cli::dnsbl_check(config.as_deref(), &ips, json)))
+        }
+    };
+    // Everything logged is out before the error, if any, is printed.
+    drop(logs);
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sidestep: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -42,26 +63,6 @@ fn init_logs<W: for<'a> MakeWriter<'a> + Send + Sync + 'static>(writer: W) {
         .init();
 }
 
-fn one_shot(command: Command) -> ExitCode {
-    match command {
-        Command::CheckConfig { path } => cli::check_config(path.as_deref()),
-        Command::Serve { config } => report(run_to_end(cli::serve(config.as_deref()))),
-        Command::Listings { config, json } => report(cli::listings(config.as_deref(), json)),
-        Command::Classify {
-            config,
-            json,
-            reply,
-        } => report(cli::classify(config.as_deref(), reply.as_deref(), json)),
-        Command::Blocks { config, json } => report(cli::blocks(config.as_deref(), json)),
-        Command::DelistReport { config, json, ip } => {
-            report(cli::delist_report(config.as_deref(), ip, json))
-        }
-        Command::DnsblCheck { config, json, ips } => {
-            report(run_to_end(cli::dnsbl_check(config.as_deref(), &ips, json)))
-        }
-    }
-}
-
 fn run_to_end(future: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|e| anyhow::anyhow!("cannot start the runtime: {e}"))?;
@@ -71,14 +72,4 @@ fn run_to_end(future: impl std::future::Future<Output = anyhow::Result<()>>) -> 
     // the exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     result
-}
-
-fn report(result: anyhow::Result<()>) -> ExitCode {
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("sidestep: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 use tracing_subscriber::fmt::MakeWriter;
 
 /// How long a line may wait for others to share its write.
-pub const LINGER: Duration = Duration::from_millis(20);
+const LINGER: Duration = Duration::from_millis(20);
 /// Written at once when this much is waiting.
 const FLUSH_AT: usize = 64 * 1024;
 /// Loggers wait for the writer beyond this.

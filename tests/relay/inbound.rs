@@ -198,18 +198,23 @@ async fn session_limit_answers_421() {
     b.cmd("NOOP", "250").await;
 }
 
-#[tokio::test]
-async fn idle_client_is_disconnected_with_421() {
+/// A relay whose inbound sessions time out after 1 s without input, and a client
+/// connected to it past the greeting.
+async fn one_second_idle_timeout() -> (World, crate::support::relay::Relay, Client) {
     let mut w = World::new().await;
     w.setup.server = "idle_timeout = \"1s\"".into();
     // The generated config sets idle_timeout too; the later key would be a duplicate,
     // so the harness's own line is replaced.
-    let relay = {
-        let config = w.setup.config().replace("idle_timeout = \"10s\"\n", "");
-        crate::support::relay::Relay::start(&config, w.setup.dir.path()).await
-    };
+    let config = w.setup.config().replace("idle_timeout = \"10s\"\n", "");
+    let relay = crate::support::relay::Relay::start(&config, w.setup.dir.path()).await;
     let mut c = Client::connect(relay.addr).await;
     c.expect("220").await;
+    (w, relay, c)
+}
+
+#[tokio::test]
+async fn idle_client_is_disconnected_with_421() {
+    let (_w, _relay, mut c) = one_second_idle_timeout().await;
     c.expect("421 4.4.2").await;
     assert!(c.closed().await);
 }
@@ -217,14 +222,7 @@ async fn idle_client_is_disconnected_with_421() {
 /// The idle timeout counts from the last input, not from the start of the session.
 #[tokio::test]
 async fn a_client_that_keeps_talking_outlives_the_idle_timeout() {
-    let mut w = World::new().await;
-    w.setup.server = "idle_timeout = \"1s\"".into();
-    let relay = {
-        let config = w.setup.config().replace("idle_timeout = \"10s\"\n", "");
-        crate::support::relay::Relay::start(&config, w.setup.dir.path()).await
-    };
-    let mut c = Client::connect(relay.addr).await;
-    c.expect("220").await;
+    let (_w, _relay, mut c) = one_second_idle_timeout().await;
     // 2.4 s of a command every 300 ms: past the first expiry of the session's timer.
     for _ in 0..8 {
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
