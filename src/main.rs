@@ -30,8 +30,18 @@ fn main() -> ExitCode {
         Command::Classify {
             config,
             json,
+            learned,
+            eval,
+            floor,
             reply,
-        } => done(cli::classify(config.as_deref(), reply.as_deref(), json)),
+        } => {
+            let mode = match (&eval, learned) {
+                (Some(file), _) => cli::ClassifyMode::Eval { file, floor },
+                (None, true) => cli::ClassifyMode::Learned,
+                (None, false) => cli::ClassifyMode::Replies(reply.as_deref()),
+            };
+            done(cli::classify(config.as_deref(), mode, json))
+        }
         Command::Blocks { config, json } => done(cli::blocks(config.as_deref(), json)),
         Command::DelistReport { config, json, ip } => {
             done(cli::delist_report(config.as_deref(), ip, json))

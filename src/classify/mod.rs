@@ -5,8 +5,12 @@
 //! plus the operator's `[[classify.rules]]`, compiled into one `RegexSet` so a reply is
 //! matched against every pattern in a single pass.
 
+mod doubt;
+pub mod eval;
 mod normalize;
 mod rules;
+
+pub use doubt::{names_ip_or_list, worth_second_opinion};
 
 pub use normalize::{ParsedReply, normalize_text, parse_reply};
 pub(crate) use rules::pattern;

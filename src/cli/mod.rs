@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 
 pub use blocks::blocks;
 pub use check_config::check_config;
-pub use classify::classify;
+pub use classify::{ClassifyMode, classify};
 pub use delist_report::delist_report;
 pub use dnsbl_check::dnsbl_check;
 pub use listings::listings;
@@ -57,10 +57,23 @@ pub enum Command {
     /// message, policy, throttle, greylist, ip-reputation, domain-reputation) and the rule.
     /// Without REPLY, classifies each line of standard input.
     Classify {
+        /// Configuration file (TOML), for its [[classify.rules]] and spool directory.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Machine-readable output (one JSON object per reply; one document otherwise).
         #[arg(long)]
         json: bool,
+        /// Show the replies no rule blamed on the IP that a second egress IP then got
+        /// past (from the relay's state), each with a rule that would catch it.
+        #[arg(long, conflicts_with_all = ["reply", "eval"])]
+        learned: bool,
+        /// Measure the rules on a labelled corpus (JSONL: {"reply": ..., "verdict": ...}
+        /// per line): accuracy, confusion matrix, every miss with the rule that fired.
+        #[arg(long, value_name = "FILE", conflicts_with = "reply")]
+        eval: Option<PathBuf>,
+        /// With --eval: exit 1 when the accuracy (in percent) is below this.
+        #[arg(long, value_name = "PERCENT", requires = "eval")]
+        floor: Option<f64>,
         /// The reply text, e.g. "550 5.7.1 ... blocked using CSI".
         reply: Option<String>,
     },

@@ -30,6 +30,9 @@ pub struct DomainDelivery<'a> {
     /// Connections to the destination this delivery may have open, its own included
     /// (idle sessions kept for reuse count): the domain's connection limit.
     pub max_connections: usize,
+    /// Egress IPs not to use for this delivery, whatever their standing: a second
+    /// opinion must come from another address than the one that was refused.
+    pub avoid: &'a [IpAddr],
 }
 
 /// How the mail left.
@@ -182,10 +185,11 @@ impl Outbound {
         };
         let site = Site::from_mx(&hosts, &self.site_rollup);
         // Every egress IP listed or blocked for this site: the fallback smarthost, or wait.
+        let avoided = |e: &EgressIp| e.ip.is_some_and(|ip| d.avoid.contains(&ip));
         let usable = pool
             .egress()
             .iter()
-            .any(|e| self.standing(e, &site) != Standing::Hard);
+            .any(|e| !avoided(e) && self.standing(e, &site) != Standing::Hard);
         if !usable {
             if let Some(smarthost) = fallback {
                 let mut r = smarthost
@@ -225,8 +229,10 @@ impl Outbound {
                 }
             };
             for addr in addrs {
-                let claim = |e: &EgressIp| {
-                    e.ip.map_or(Standing::Clean, |ip| self.reputation.claim(ip, &site))
+                let claim = |e: &EgressIp| match e.ip {
+                    _ if avoided(e) => Standing::Hard,
+                    Some(ip) => self.reputation.claim(ip, &site),
+                    None => Standing::Clean,
                 };
                 let Some(egress) = pool.next_for(addr, claim) else {
                     last = self.no_egress(pool, &site, Some((&host.name, addr)));

@@ -136,13 +136,15 @@ async fn attempt(
         if let Some(at) = outcome.retry_at {
             retry_at = Some(retry_at.map_or(at, |r: u64| r.min(at)));
         }
-        for (i, reply, verdict) in outcome.results {
+        for (i, r) in outcome.results {
+            let (reply, verdict) = (r.reply, r.verdict);
             msg.recipients[i].status = match (verdict, verdict.retry()) {
                 (Verdict::Delivered, _) => RecipientStatus::Delivered { at: now, reply },
                 (_, Retry::No) => RecipientStatus::Failed {
                     at: now,
                     reply,
                     expired: false,
+                    earlier: r.earlier,
                 },
                 (_, Retry::Later | Retry::LaterSlower | Retry::OtherIp) => {
                     RecipientStatus::Pending { last: Some(reply) }
@@ -201,6 +203,7 @@ fn expire(msg: &mut QueuedMessage, lifetime: Duration) {
                 at: now,
                 reply,
                 expired: true,
+                earlier: None,
             };
         }
     }

@@ -1,19 +1,26 @@
 //! One destination domain within an attempt: the transaction, the verdict per
-//! recipient, and what reputation learns from it. An `ip-reputation` refusal blocks the
-//! egress IP for the site and sends the refused recipients again at once from another
-//! IP (or the fallback smarthost); they are never bounced for it.
+//! recipient, and what reputation learns from it.
+//!
+//! An `ip-reputation` refusal blocks the egress IP for the site and sends the refused
+//! recipients again at once from another IP (or the fallback smarthost); they are never
+//! bounced for it. A refusal the rules do *not* blame on the IP, but that could be about
+//! it (see [`crate::classify::worth_second_opinion`]), gets a second opinion before it is
+//! acted on: the same recipients, at once, from another egress IP. Accepted there, the
+//! first refusal was about the IP after all: it becomes a block and a learned reply.
+//! Refused again, it is about the message or sender: the bounce quotes both replies.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::scheduler::QueueContext;
-use crate::classify::Verdict;
+use crate::classify::{Classification, Verdict, worth_second_opinion};
 use crate::envelope::{Address, BodyFlags, Sender};
 use crate::outbound::{AttemptReport, DomainDelivery, Via};
-use crate::reputation::Evidence;
+use crate::reputation::{Evidence, LearnedReply, Reputation};
 use crate::routing::Site;
-use crate::spool::{QueueId, RemoteReply, unix_now};
+use crate::spool::{QueueId, RemoteReply, SpoolError, unix_now};
 
 /// An IP refused, another tried at once: at most this many times per attempt, so a
 /// destination that refuses everyone cannot keep an attempt spinning.
@@ -30,9 +37,17 @@ pub(super) struct DomainJob {
     pub recipients: Vec<(usize, Address)>,
 }
 
+/// The final word on one recipient in this attempt.
+pub(super) struct RecipientResult {
+    pub reply: RemoteReply,
+    pub verdict: Verdict,
+    /// The first IP's refusal, when a second IP was asked and refused too.
+    pub earlier: Option<RemoteReply>,
+}
+
 pub(super) struct DomainOutcome {
-    /// The final reply and verdict per recipient index.
-    pub results: Vec<(usize, RemoteReply, Verdict)>,
+    /// The final result per recipient index.
+    pub results: BTreeMap<usize, RecipientResult>,
     /// Nothing could be sent: every egress IP is listed or blocked, and no fallback.
     pub no_egress: bool,
     /// With `no_egress`: when the first block expires (Unix seconds).
@@ -42,33 +57,36 @@ pub(super) struct DomainOutcome {
     pub domain: String,
 }
 
+/// A refusal that may be about the IP although no rule says so: what a block needs if a
+/// second IP gets past it.
+struct Doubt {
+    index: usize,
+    rcpt: Address,
+    reply: RemoteReply,
+    class: Classification,
+    ip: IpAddr,
+    site: Site,
+    evidence: Evidence,
+}
+
 pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> DomainOutcome {
     let mut pending = job.recipients.clone();
-    let mut results = Vec::new();
     let mut outcome = DomainOutcome {
-        results: Vec::new(),
+        results: BTreeMap::new(),
         no_egress: false,
         retry_at: None,
         throttled: false,
         domain: job.domain.clone(),
     };
+    let mut doubts = Vec::new();
     for round in 0..MAX_ROUNDS {
-        let addresses: Vec<Address> = pending.iter().map(|(_, a)| a.clone()).collect();
-        let report = ctx
-            .outbound
-            .deliver(&DomainDelivery {
-                domain: &job.domain,
-                sender: &job.sender,
-                recipients: &addresses,
-                flags: job.flags,
-                body: &job.body,
-                max_connections: ctx.domain_cap(&job.domain),
-            })
-            .await;
+        let report = send(ctx, &job, &pending, &[]).await;
         outcome.no_egress = report.no_egress;
         outcome.retry_at = report.retry_at;
         let egress_ip = report.egress.as_ref().and_then(|e| e.ip);
-        let direct = report.via == Via::Direct;
+        // Only a refusal of *our IP* on a direct delivery teaches reputation; through a
+        // smarthost it is the smarthost's IP, not ours.
+        let our_ip = egress_ip.filter(|_| report.via == Via::Direct);
         let mut again = Vec::new();
         let mut refusal: Option<Evidence> = None;
         let mut delivered = false;
@@ -79,8 +97,18 @@ pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> Domain
             let class = ctx
                 .classifier
                 .classify(reply.code, &reply.enhanced, &reply.text);
-            let line = log_attempt(&job, rcpt, &report, &reply, class.verdict, &class.rule);
-            match class.verdict {
+            let doubt = match (our_ip, &report.site) {
+                (Some(ip), Some(site))
+                    if worth_second_opinion(reply.code, class.verdict, &reply.text, ip) =>
+                {
+                    Some((ip, site.clone()))
+                }
+                _ => None,
+            };
+            let keep_line = class.verdict == Verdict::IpReputation || doubt.is_some();
+            let line = log_attempt(&job, rcpt, &report, &reply, &class, keep_line);
+            let verdict = class.verdict;
+            match verdict {
                 Verdict::Delivered => delivered = true,
                 Verdict::Throttle => outcome.throttled = true,
                 Verdict::DomainReputation => tracing::error!(
@@ -91,29 +119,34 @@ pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> Domain
                 ),
                 _ => {}
             }
-            // Only a refusal of *our IP* on a direct delivery teaches reputation; through a
-            // smarthost it is the smarthost's IP, not ours.
-            if class.verdict == Verdict::IpReputation && direct && egress_ip.is_some() {
+            if class.verdict == Verdict::IpReputation && our_ip.is_some() {
                 if refusal.is_none() {
-                    refusal = Some(Evidence {
-                        reply: reply.to_string(),
-                        rule: class.rule.clone(),
-                        at: unix_now(),
-                        mx_host: report.mx.clone(),
-                        mx_ip: report.mx_ip,
-                        queue_id: job.queue_id.to_string(),
-                        recipient: rcpt.to_string(),
-                        removal_url: crate::reputation::blocks::find_removal_url(&reply.text),
-                        log_line: line.unwrap_or_default(),
-                    });
+                    refusal = Some(evidence(&job, rcpt, &report, &reply, &class, line));
                 }
                 again.push((*i, rcpt.clone()));
+            } else if let Some((ip, site)) = doubt {
+                doubts.push(Doubt {
+                    index: *i,
+                    rcpt: rcpt.clone(),
+                    evidence: evidence(&job, rcpt, &report, &reply, &class, line),
+                    reply: reply.clone(),
+                    class,
+                    ip,
+                    site,
+                });
             }
-            results.push((*i, reply, class.verdict));
+            outcome.results.insert(
+                *i,
+                RecipientResult {
+                    reply,
+                    verdict,
+                    earlier: None,
+                },
+            );
         }
         learn(
             ctx,
-            egress_ip.filter(|_| direct),
+            our_ip,
             report.site.as_ref(),
             refusal.clone(),
             delivered,
@@ -129,16 +162,194 @@ pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> Domain
         );
         pending = again;
     }
-    // Later rounds override earlier ones: keep the last result per recipient.
-    let mut last: Vec<(usize, RemoteReply, Verdict)> = Vec::new();
-    for (i, reply, verdict) in results {
-        match last.iter_mut().find(|(j, _, _)| *j == i) {
-            Some(slot) => *slot = (i, reply, verdict),
-            None => last.push((i, reply, verdict)),
-        }
+    if !doubts.is_empty() {
+        second_opinion(ctx, &job, doubts, &mut outcome).await;
     }
-    outcome.results = last;
     outcome
+}
+
+/// Sends the job's `recipients` from any egress IP but those in `avoid`.
+async fn send(
+    ctx: &QueueContext,
+    job: &DomainJob,
+    recipients: &[(usize, Address)],
+    avoid: &[IpAddr],
+) -> AttemptReport {
+    let addresses: Vec<Address> = recipients.iter().map(|(_, a)| a.clone()).collect();
+    ctx.outbound
+        .deliver(&DomainDelivery {
+            domain: &job.domain,
+            sender: &job.sender,
+            recipients: &addresses,
+            flags: job.flags,
+            body: &job.body,
+            max_connections: ctx.domain_cap(&job.domain),
+            avoid,
+        })
+        .await
+}
+
+/// Asks another egress IP (or the fallback smarthost) about the recipients whose refusal
+/// may have been about the IP; at most once per (message, site) and attempt, so a site
+/// that refuses the content from everywhere costs two attempts and one bounce.
+async fn second_opinion(
+    ctx: &QueueContext,
+    job: &DomainJob,
+    doubts: Vec<Doubt>,
+    outcome: &mut DomainOutcome,
+) {
+    let mut avoid: Vec<IpAddr> = doubts.iter().map(|d| d.ip).collect();
+    avoid.sort();
+    avoid.dedup();
+    let recipients: Vec<(usize, Address)> =
+        doubts.iter().map(|d| (d.index, d.rcpt.clone())).collect();
+    tracing::info!(
+        queue_id = %job.queue_id,
+        recipients = recipients.len(),
+        refused_ip = %avoid.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(","),
+        first_reply = %doubts[0].reply,
+        first_rule = %doubts[0].class.rule,
+        "second opinion: a refusal no rule blames on the IP; asking another egress IP before bouncing"
+    );
+    let report = send(ctx, job, &recipients, &avoid).await;
+    if report.no_egress {
+        tracing::info!(
+            queue_id = %job.queue_id,
+            "second opinion: no other egress IP and no fallback smarthost; the refusal stands"
+        );
+        return;
+    }
+    let accepted_via = match (&report.via, &report.egress) {
+        (Via::Smarthost(name), _) => format!("smarthost:{name}"),
+        (Via::Direct, Some(e)) => e.to_string(),
+        (Via::Direct, None) => "default".into(),
+    };
+    let our_ip = report
+        .egress
+        .as_ref()
+        .and_then(|e| e.ip)
+        .filter(|_| report.via == Via::Direct);
+    let mut refusal = None;
+    let mut delivered = false;
+    let mut confirmed: Vec<(IpAddr, Site)> = Vec::new();
+    for (k, d) in doubts.into_iter().enumerate() {
+        let Some(reply) = report.replies.get(k).cloned() else {
+            continue;
+        };
+        let class = ctx
+            .classifier
+            .classify(reply.code, &reply.enhanced, &reply.text);
+        let line = log_attempt(
+            job,
+            &d.rcpt,
+            &report,
+            &reply,
+            &class,
+            class.verdict == Verdict::IpReputation,
+        );
+        let verdict = class.verdict;
+        let index = d.index;
+        let earlier = match verdict {
+            Verdict::Delivered => {
+                delivered = true;
+                if !confirmed.contains(&(d.ip, d.site.clone())) {
+                    confirmed.push((d.ip, d.site.clone()));
+                    confirm_block(ctx, job, d, &accepted_via).await;
+                }
+                None
+            }
+            Verdict::IpReputation if our_ip.is_some() => {
+                if refusal.is_none() {
+                    refusal = Some(evidence(job, &d.rcpt, &report, &reply, &class, line));
+                }
+                None
+            }
+            Verdict::Throttle => {
+                outcome.throttled = true;
+                None
+            }
+            v if v.is_permanent_failure() => {
+                tracing::info!(
+                    queue_id = %job.queue_id,
+                    rcpt = %d.rcpt,
+                    first = %d.reply,
+                    second = %reply,
+                    "second opinion: refused from another IP too; the refusal is about the message or sender"
+                );
+                Some(d.reply)
+            }
+            _ => None,
+        };
+        outcome.results.insert(
+            index,
+            RecipientResult {
+                reply,
+                verdict,
+                earlier,
+            },
+        );
+    }
+    learn(ctx, our_ip, report.site.as_ref(), refusal, delivered).await;
+}
+
+/// A second IP got past a refusal the rules did not blame on the first: block the first
+/// IP for the site as if a rule had said so, and remember the wording.
+async fn confirm_block(ctx: &QueueContext, job: &DomainJob, d: Doubt, accepted_via: &str) {
+    tracing::warn!(
+        queue_id = %job.queue_id,
+        ip = %d.ip,
+        site = %d.site,
+        accepted_via = accepted_via,
+        reply = %d.reply,
+        "second opinion: accepted from another address; the refusal was about the egress IP"
+    );
+    let mut evidence = d.evidence;
+    evidence.rule = format!(
+        "second-opinion: confirmed by {accepted_via} (rules said {} by {})",
+        d.class.verdict, d.class.rule
+    );
+    let now = unix_now();
+    let learned = LearnedReply {
+        reply: d.reply.to_string(),
+        verdict: d.class.verdict,
+        rule: d.class.rule,
+        ip: d.ip,
+        accepted_via: accepted_via.to_string(),
+        site: d.site.clone(),
+        mx_host: evidence.mx_host.clone(),
+        first_seen: now,
+        last_seen: now,
+        count: 1,
+    };
+    let blocks = ctx.config.blocks.clone();
+    let (ip, site) = (d.ip, d.site);
+    with_reputation(ctx, move |r| {
+        r.record_block(ip, &site, evidence, &blocks)?;
+        r.record_learned(learned)
+    })
+    .await;
+}
+
+/// The evidence a block keeps of one refusal.
+fn evidence(
+    job: &DomainJob,
+    rcpt: &Address,
+    report: &AttemptReport,
+    reply: &RemoteReply,
+    class: &Classification,
+    line: Option<String>,
+) -> Evidence {
+    Evidence {
+        reply: reply.to_string(),
+        rule: class.rule.clone(),
+        at: unix_now(),
+        mx_host: report.mx.clone(),
+        mx_ip: report.mx_ip,
+        queue_id: job.queue_id.to_string(),
+        recipient: rcpt.to_string(),
+        removal_url: crate::reputation::blocks::find_removal_url(&reply.text),
+        log_line: line.unwrap_or_default(),
+    }
 }
 
 /// Tells reputation what the destination thought of the IP: a refusal blocks it for the
@@ -162,16 +373,22 @@ async fn learn(
         _ => {}
     }
     let site = site.clone();
-    let reputation = ctx.reputation.clone();
     let blocks = ctx.config.blocks.clone();
-    let result = tokio::task::spawn_blocking(move || match refusal {
-        Some(evidence) => reputation
-            .record_block(ip, &site, evidence, &blocks)
-            .map(|_| ()),
-        None => reputation.note_success(ip, &site),
+    with_reputation(ctx, move |r| match refusal {
+        Some(evidence) => r.record_block(ip, &site, evidence, &blocks).map(|_| ()),
+        None => r.note_success(ip, &site),
     })
     .await;
-    match result {
+}
+
+/// Runs reputation bookkeeping that writes to disk on a blocking thread; a failure to
+/// persist is logged (the state holds in memory).
+async fn with_reputation(
+    ctx: &QueueContext,
+    f: impl FnOnce(&Reputation) -> Result<(), SpoolError> + Send + 'static,
+) {
+    let reputation = ctx.reputation.clone();
+    match tokio::task::spawn_blocking(move || f(&reputation)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "cannot persist block state"),
         Err(e) => tracing::error!(error = %e, "block bookkeeping panicked"),
@@ -179,15 +396,14 @@ async fn learn(
 }
 
 /// The attempt's log line: one per recipient, the line operators grep and delisting
-/// forms ask for. For a refusal of the IP, returns the same line as text, kept as the
-/// block's evidence.
+/// forms ask for. With `keep`, returns the same line as text, kept as a block's evidence.
 fn log_attempt(
     job: &DomainJob,
     rcpt: &Address,
     report: &AttemptReport,
     reply: &RemoteReply,
-    verdict: Verdict,
-    rule: &str,
+    class: &Classification,
+    keep: bool,
 ) -> Option<String> {
     let egress = match (&report.via, &report.egress) {
         (Via::Smarthost(name), _) => format!("smarthost:{name}"),
@@ -200,6 +416,7 @@ fn log_attempt(
         .map(|ip| ip.to_string())
         .unwrap_or_else(|| "-".into());
     let delay = unix_now().saturating_sub(job.received_at);
+    let (verdict, rule) = (class.verdict, class.rule.as_str());
     tracing::info!(
         queue_id = %job.queue_id,
         rcpt = %rcpt,
@@ -214,7 +431,7 @@ fn log_attempt(
         reply = %reply,
         "delivery attempt"
     );
-    (verdict == Verdict::IpReputation).then(|| format!(
+    keep.then(|| format!(
         "{} queue_id={} rcpt={} egress={} mx={} mx_ip={} delay_s={} dsn={} verdict={} rule={} reply=\"{}\"",
         humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_now())),
         job.queue_id,

@@ -55,12 +55,25 @@ pub fn build(
     );
     for r in failed {
         let (reply, expired) = failure(r);
-        let why = if expired {
-            "delivery time expired; last error"
-        } else {
-            "refused"
-        };
-        b.push_str(&fold(&format!("<{}>: {why}: {}", r.address, reply)));
+        match earlier(r) {
+            Some(first) => {
+                b.push_str(&fold(&format!(
+                    "<{}>: refused from two of our sending addresses, so the refusal is \
+                     about the message or its sender, not our IP.",
+                    r.address
+                )));
+                b.push_str(&fold(&format!("    first: {first}")));
+                b.push_str(&fold(&format!("    then: {reply}")));
+            }
+            None => {
+                let why = if expired {
+                    "delivery time expired; last error"
+                } else {
+                    "refused"
+                };
+                b.push_str(&fold(&format!("<{}>: {why}: {}", r.address, reply)));
+            }
+        }
     }
     let _ = write!(
         b,
@@ -90,6 +103,12 @@ pub fn build(
             b.push_str(&fold(&format!(
                 "Diagnostic-Code: X-Sidestep; {}",
                 reply.text
+            )));
+        }
+        if let Some(first) = earlier(r) {
+            // An extension field (RFC 3464 §7): the refusal the second opinion confirmed.
+            b.push_str(&fold(&format!(
+                "X-Sidestep-First-Diagnostic-Code: smtp; {first}"
             )));
         }
         let _ = write!(b, "Last-Attempt-Date: {now}\r\n");
@@ -133,6 +152,14 @@ fn failure(r: &RecipientState) -> (&RemoteReply, bool) {
         RecipientStatus::Pending { last: Some(reply) }
         | RecipientStatus::Delivered { reply, .. } => (reply, false),
         RecipientStatus::Pending { last: None } => (&EXPIRED, true),
+    }
+}
+
+/// The first IP's refusal, when a second IP refused too.
+fn earlier(r: &RecipientState) -> Option<&RemoteReply> {
+    match &r.status {
+        RecipientStatus::Failed { earlier, .. } => earlier.as_ref(),
+        _ => None,
     }
 }
 

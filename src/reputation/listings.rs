@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::blocks::{Block, Evidence, block_duration};
 use super::dnsbl::{Finding, ListedCode};
+use super::learned::{LearnedReply, wording_key};
 use super::monitor::CheckOutcome;
 use super::store;
 use crate::config::{BlocklistConfig, BlocksConfig, Severity};
@@ -77,6 +78,9 @@ pub struct ReputationReport {
     pub records: Vec<ListingRecord>,
     #[serde(default)]
     pub blocks: Vec<Block>,
+    /// Refusals a second egress IP got past (see [`super::learned`]).
+    #[serde(default)]
+    pub learned: Vec<LearnedReply>,
 }
 
 /// Cheap clonable handle to the listing state.
@@ -99,6 +103,8 @@ struct State {
     health: BTreeMap<String, ListHealth>,
     /// Keyed by site first, so routing looks up `(site, ip)` without building a key.
     blocks: HashMap<Site, HashMap<IpAddr, Block>>,
+    /// Keyed by [`wording_key`].
+    learned: BTreeMap<String, LearnedReply>,
     /// Each IP's standing from the listings, recomputed whenever they change: the
     /// routing decision reads it per candidate IP.
     listed: HashMap<IpAddr, Standing>,
@@ -114,6 +120,7 @@ impl State {
                 .values()
                 .flat_map(|m| m.values().cloned())
                 .collect(),
+            learned: self.learned.values().cloned().collect(),
         }
     }
 }
@@ -152,6 +159,9 @@ impl Reputation {
                 .entry(b.site.clone())
                 .or_default()
                 .insert(b.ip, b);
+        }
+        for l in report.learned {
+            state.learned.insert(wording_key(&l.reply), l);
         }
         state.listed = compute_listed(&lists, &state);
         Self {
@@ -428,6 +438,28 @@ impl Reputation {
             "egress IP blocked by destination"
         );
         Ok(block)
+    }
+
+    /// A reply the rules did not blame on the IP was contradicted by a second opinion:
+    /// remember the wording (and how often), for `sidestep classify --learned`.
+    ///
+    /// # Errors
+    /// The entry could not be persisted (it holds in memory).
+    pub fn record_learned(&self, mut learned: LearnedReply) -> Result<(), SpoolError> {
+        let key = wording_key(&learned.reply);
+        let entry = {
+            let mut state = self.lock();
+            if let Some(old) = state.learned.get(&key) {
+                learned.first_seen = old.first_seen;
+                learned.count = old.count + 1;
+            }
+            state.learned.insert(key.clone(), learned.clone());
+            learned
+        };
+        match &self.shared.db {
+            Some(db) => store::save_learned(db, &key, &entry),
+            None => Ok(()),
+        }
     }
 
     /// Mail from `ip` was accepted by `site`: a block there (expired or not) is over.

@@ -19,6 +19,7 @@ const FILE: &str = "reputation.redb";
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("listings");
 const HEALTH: TableDefinition<&str, &[u8]> = TableDefinition::new("list_health");
 const BLOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("blocks");
+const LEARNED: TableDefinition<&str, &[u8]> = TableDefinition::new("learned_replies");
 
 fn db_err(e: impl Into<redb::Error>) -> SpoolError {
     SpoolError::Db(e.into())
@@ -37,6 +38,7 @@ pub(super) fn load(db: &impl ReadableDatabase) -> Result<ReputationReport, Spool
         records: read_table(&txn, RECORDS)?,
         health: read_table(&txn, HEALTH)?,
         blocks: read_table(&txn, BLOCKS)?,
+        learned: read_table(&txn, LEARNED)?,
     })
 }
 
@@ -113,6 +115,21 @@ pub(super) fn save_block(
                 blocks.remove(k.as_str()).map_err(db_err)?;
             }
         }
+    }
+    txn.commit().map_err(db_err)
+}
+
+/// Writes one learned reply under its wording key.
+pub(super) fn save_learned(
+    db: &redb::Database,
+    key: &str,
+    learned: &super::LearnedReply,
+) -> Result<(), SpoolError> {
+    let txn = db.begin_write().map_err(db_err)?;
+    {
+        let mut table = txn.open_table(LEARNED).map_err(db_err)?;
+        let value = serde_json::to_vec(learned).expect("learned replies serialize");
+        table.insert(key, value.as_slice()).map_err(db_err)?;
     }
     txn.commit().map_err(db_err)
 }

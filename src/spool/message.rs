@@ -77,6 +77,10 @@ pub enum RecipientStatus {
         reply: RemoteReply,
         #[serde(default)]
         expired: bool,
+        /// The refusal from the first egress IP, when another IP was asked before
+        /// bouncing and refused too (the second opinion): the DSN quotes both.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        earlier: Option<RemoteReply>,
     },
 }
 

@@ -3,7 +3,6 @@
 //! evidence. Real SMTP over loopback throughout.
 
 use std::net::IpAddr;
-use std::process::Command;
 
 use crate::support::client::ready;
 use crate::support::eventually;
@@ -64,21 +63,6 @@ async fn smarthost(
     (sink, ca)
 }
 
-fn sidestep(w: &World, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_sidestep"))
-        .args(args)
-        .arg("--config")
-        .arg(w.setup.dir.path().join("sidestep.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 async fn send(relay: std::net::SocketAddr, to: &str, subject: &str) {
     let mut c = ready(relay).await;
     c.send_mail("a@sender.test", &[to], &message(subject, "x\r\n"))
@@ -135,7 +119,7 @@ async fn csi_block_routes_around_the_ip_for_the_whole_site() {
     );
 
     // The operator's evidence.
-    let blocks = sidestep(&w, &["blocks"]);
+    let blocks = w.setup.cli(&["blocks"]);
     assert!(
         blocks.contains("127.0.0.2 refused by site mx.bell.test"),
         "{blocks}"
@@ -145,7 +129,7 @@ async fn csi_block_routes_around_the_ip_for_the_whole_site() {
         blocks.contains("removal: https://csi.cloudmark.com/reset-request/?ip=127.0.0.2"),
         "{blocks}"
     );
-    let report = sidestep(&w, &["delist-report", "127.0.0.2"]);
+    let report = w.setup.cli(&["delist-report", "127.0.0.2"]);
     for want in [
         "Delisting report for 127.0.0.2",
         "refused by site mx.bell.test",
@@ -159,7 +143,7 @@ async fn csi_block_routes_around_the_ip_for_the_whole_site() {
         assert!(report.contains(want), "{want:?} missing from:\n{report}");
     }
     let json: serde_json::Value =
-        serde_json::from_str(&sidestep(&w, &["delist-report", "--json", "127.0.0.2"])).unwrap();
+        serde_json::from_str(&w.setup.cli(&["delist-report", "--json", "127.0.0.2"])).unwrap();
     assert_eq!(json["blocks"][0]["site"], "mx.bell.test");
 
     // Blocks survive a restart: after it, .2 still never talks to Bell.
@@ -253,7 +237,7 @@ async fn failed_canary_renews_the_block_for_longer() {
     send(relay.addr, "x@aliant.test", "stubborn").await;
     eventually(|| relay.log().contains("strikes=1"), || relay.log()).await;
     let json: serde_json::Value =
-        serde_json::from_str(&sidestep(&w, &["blocks", "--json"])).unwrap();
+        serde_json::from_str(&w.setup.cli(&["blocks", "--json"])).unwrap();
     let renewed = json
         .as_array()
         .unwrap()

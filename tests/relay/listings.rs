@@ -8,7 +8,6 @@ use serde_json::Value;
 
 use crate::support::client::ready;
 use crate::support::eventually;
-use crate::support::relay::Setup;
 use crate::{World, message};
 
 // Egress IPs for these tests are 127.0.0.3 and .4: 127.0.0.2 is every list's positive
@@ -43,23 +42,6 @@ async fn world_with_list(zone: &str) -> World {
     w.setup.dns.healthy_list(zone).await;
     w.setup.extra = format!("{FAST_REFRESH}{}", blocklist(zone, "hard"));
     w
-}
-
-fn sidestep(setup: &Setup, args: &[&str]) -> String {
-    let config = setup.dir.path().join("sidestep.toml");
-    let out = Command::new(env!("CARGO_BIN_EXE_sidestep"))
-        .args(args)
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "sidestep {args:?} failed: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
 }
 
 fn record<'a>(report: &'a Value, ip: &str, zone: &str) -> &'a Value {
@@ -111,7 +93,7 @@ async fn listed_ip_leaves_the_rotation_until_delisted() {
     let peers = send_sequentially(&w, relay.addr, 4).await;
     assert_eq!(peers, vec![ip(THREE); 4], "a hard-listed IP was used");
 
-    let text = sidestep(&w.setup, &["listings"]);
+    let text = w.setup.cli(&["listings"]);
     assert!(
         text.contains("LISTED 127.0.0.3 exploited host since"),
         "{text}"
@@ -121,7 +103,7 @@ async fn listed_ip_leaves_the_rotation_until_delisted() {
         "{text}"
     );
     assert!(text.contains("removal: https://bl.test/remove"), "{text}");
-    let json: Value = serde_json::from_str(&sidestep(&w.setup, &["listings", "--json"])).unwrap();
+    let json: Value = serde_json::from_str(&w.setup.cli(&["listings", "--json"])).unwrap();
     assert!(
         record(&json, TWO, "bl.test")["state"]["Listed"].is_object(),
         "{json:#}"
@@ -242,7 +224,7 @@ async fn dnsbl_check_tells_listings_from_errors() {
         "192.0.2.3",
         "192.0.2.4",
     ];
-    let json: Value = serde_json::from_str(&sidestep(&w.setup, &args)).unwrap();
+    let json: Value = serde_json::from_str(&w.setup.cli(&args)).unwrap();
     let listed = &record(&json, "192.0.2.1", "bl.test")["state"]["Listed"];
     assert_eq!(listed["codes"][0]["code"], "127.0.0.2");
     assert_eq!(listed["codes"][0]["meaning"], "spam source");
@@ -264,7 +246,7 @@ async fn dnsbl_check_tells_listings_from_errors() {
             "{r:#}"
         );
     }
-    let text = sidestep(&w.setup, &["dnsbl-check", "192.0.2.3"]);
+    let text = w.setup.cli(&["dnsbl-check", "192.0.2.3"]);
     assert!(
         text.contains("error at") && text.contains("127.255.255.254"),
         "{text}"
@@ -295,7 +277,7 @@ async fn lapsed_zone_answering_everything_is_ignored() {
         peers.contains(&ip(TWO)) && peers.contains(&ip(THREE)),
         "{peers:?}"
     );
-    let text = sidestep(&w.setup, &["listings"]);
+    let text = w.setup.cli(&["listings"]);
     assert!(
         text.contains("BROKEN since") && text.contains("(ignored)"),
         "{text}"
@@ -320,15 +302,14 @@ async fn unreachable_list_keeps_the_last_known_state() {
     .await;
     eventually(
         || {
-            let json: Value =
-                serde_json::from_str(&sidestep(&w.setup, &["listings", "--json"])).unwrap();
+            let json: Value = serde_json::from_str(&w.setup.cli(&["listings", "--json"])).unwrap();
             let r = record(&json, TWO, "bl.test");
             r["error"].is_object() && r["state"]["Listed"].is_object()
         },
-        || sidestep(&w.setup, &["listings"]),
+        || w.setup.cli(&["listings"]),
     )
     .await;
-    let text = sidestep(&w.setup, &["listings"]);
+    let text = w.setup.cli(&["listings"]);
     assert!(
         text.contains("(last known: LISTED 127.0.0.2 spam source"),
         "{text}"
@@ -344,7 +325,7 @@ async fn listing_state_survives_a_restart() {
         .await;
     let relay = w.setup.start().await;
     eventually(|| relay.log().contains("egress IP listed"), || relay.log()).await;
-    let before: Value = serde_json::from_str(&sidestep(&w.setup, &["listings", "--json"])).unwrap();
+    let before: Value = serde_json::from_str(&w.setup.cli(&["listings", "--json"])).unwrap();
     let first_seen = record(&before, TWO, "bl.test")["state"]["Listed"]["first_seen"].clone();
     relay.kill().await;
 
@@ -361,7 +342,7 @@ async fn listing_state_survives_a_restart() {
         || relay.log(),
     )
     .await;
-    let after: Value = serde_json::from_str(&sidestep(&w.setup, &["listings", "--json"])).unwrap();
+    let after: Value = serde_json::from_str(&w.setup.cli(&["listings", "--json"])).unwrap();
     assert_eq!(
         record(&after, TWO, "bl.test")["state"]["Listed"]["first_seen"],
         first_seen

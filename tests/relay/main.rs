@@ -14,6 +14,7 @@ mod interop;
 mod listings;
 mod retry;
 mod reuse;
+mod second_opinion;
 
 use support::relay::Setup;
 use support::sink::Sink;

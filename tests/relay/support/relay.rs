@@ -98,6 +98,31 @@ name = "default"
     pub async fn start(&self) -> Relay {
         Relay::start(&self.config(), self.dir.path()).await
     }
+
+    /// Runs `sidestep ARGS --config <this setup's file>` and returns its standard
+    /// output; fails the test if the command fails.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidestep"))
+            .args(args)
+            .arg("--config")
+            .arg(self.dir.path().join("sidestep.toml"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "sidestep {args:?} failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    }
+
+    /// [`Setup::cli`] with `--json`, parsed.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut args = args.to_vec();
+        args.push("--json");
+        serde_json::from_str(&self.cli(&args)).unwrap()
+    }
 }
 
 pub struct Relay {

@@ -40,6 +40,9 @@ pub struct Behaviour {
     pub data_always: Option<String>,
     /// Greeting replaced for connections from these source addresses.
     pub refuse_from: HashMap<IpAddr, String>,
+    /// The reply to the end of DATA for connections from these source addresses (a
+    /// receiver that refuses an IP only once it has seen the message); not recorded.
+    pub data_from: HashMap<IpAddr, String>,
     /// Offer STARTTLS with this certificate.
     pub tls: Option<TlsAcceptor>,
     /// Speak TLS from the first byte (a submissions/465 server), with this certificate.
@@ -322,8 +325,11 @@ impl Sink {
                     }
                     let (reply, delay) = {
                         let mut b = self.behaviour.lock().unwrap();
+                        let from_peer = b.data_from.get(&peer).cloned();
                         (
-                            b.data.pop_front().or_else(|| b.data_always.clone()),
+                            from_peer
+                                .or_else(|| b.data.pop_front())
+                                .or_else(|| b.data_always.clone()),
                             b.data_delay,
                         )
                     };
