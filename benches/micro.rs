@@ -116,7 +116,16 @@ fn classification(c: &mut Criterion) {
         reply: String,
     }
     let table: Table = toml::from_str(include_str!("../tests/data/replies.toml")).unwrap();
-    let replies: Vec<_> = table.case.iter().map(|c| parse_reply(&c.reply)).collect();
+    // The table and the evaluation corpus: replies that fall through most rules included.
+    let corpus =
+        sidestep::classify::eval::parse_corpus(include_str!("../tests/data/eval.jsonl")).unwrap();
+    let replies: Vec<_> = table
+        .case
+        .iter()
+        .map(|c| c.reply.as_str())
+        .chain(corpus.iter().map(|c| c.reply.as_str()))
+        .map(parse_reply)
+        .collect();
     let classifier = Classifier::builtin().unwrap();
     let mut n = 0usize;
     c.bench_function("classify one reply (mixed real replies)", |b| {

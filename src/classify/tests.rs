@@ -147,3 +147,35 @@ fn upper_case_patterns_stay_case_insensitive() {
         "ours"
     );
 }
+
+/// The labelled corpus keeps its shape: an evaluation part big enough to mean something,
+/// a third of it refusals of the sending IP from many receivers, every row sourced.
+#[test]
+fn corpus_parts_have_the_promised_shape() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/");
+    let read = |name: &str| {
+        eval::parse_corpus(&std::fs::read_to_string(format!("{dir}{name}")).unwrap()).unwrap()
+    };
+    let (dev, evaluation) = (read("corpus-dev.jsonl"), read("eval.jsonl"));
+    assert!(evaluation.len() >= 200, "{} replies", evaluation.len());
+    let ip: Vec<_> = evaluation
+        .iter()
+        .filter(|r| r.verdict == Verdict::IpReputation)
+        .collect();
+    assert!(ip.len() * 3 >= evaluation.len(), "{} IP refusals", ip.len());
+    let receivers: HashSet<_> = ip.iter().filter_map(|r| r.receiver.as_deref()).collect();
+    assert!(receivers.len() >= 15, "{receivers:?}");
+    for r in dev.iter().chain(&evaluation) {
+        assert!(r.source.is_some(), "no source: {}", r.reply);
+    }
+    let dev_replies: HashSet<_> = dev.iter().map(|r| r.reply.as_str()).collect();
+    assert!(
+        evaluation
+            .iter()
+            .all(|r| !dev_replies.contains(r.reply.as_str())),
+        "a reply is in both parts"
+    );
+    // The rules are written against the development part: it is classified right.
+    let e = eval::evaluate(&Classifier::builtin().unwrap(), &dev);
+    assert_eq!(e.misses.len(), 0, "{:#?}", e.misses);
+}

@@ -98,3 +98,56 @@ fn classify_prints_verdict_and_rule() {
     assert_eq!(lines[0]["rule"], "microsoft-ip-block");
     assert_eq!(lines[1]["verdict"], "transient");
 }
+
+/// The rules measured on replies they were not written from (tests/data/eval.jsonl):
+/// a rule change that breaks real replies fails here.
+#[test]
+fn classify_eval_holds_the_accuracy_floor_on_the_evaluation_corpus() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/eval.jsonl");
+    let (ok, out, err) = sidestep(&["classify", "--eval", path, "--floor", "97"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("accuracy: "), "{out}");
+    assert!(out.contains("confusion matrix"), "{out}");
+    let (ok, out, _) = sidestep(&["classify", "--eval", path, "--json"]);
+    assert!(ok);
+    let e: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (total, correct) = (e["total"].as_u64().unwrap(), e["correct"].as_u64().unwrap());
+    assert!(
+        total >= 200 && correct * 100 >= total * 97,
+        "{correct}/{total}"
+    );
+    assert_eq!(
+        e["misses"].as_array().unwrap().len() as u64,
+        total - correct
+    );
+}
+
+#[test]
+fn classify_eval_fails_below_the_floor_and_names_each_miss() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.jsonl");
+    std::fs::write(
+        &path,
+        concat!(
+            "# a wrong label and a right one\n",
+            r#"{"reply": "550 5.1.1 user unknown", "verdict": "ip-reputation"}"#,
+            "\n",
+            r#"{"reply": "554 5.7.1 Service unavailable; Client host [192.0.2.1] blocked using zen.spamhaus.org", "verdict": "ip-reputation"}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let path = path.to_str().unwrap();
+    let (ok, out, err) = sidestep(&["classify", "--eval", path, "--floor", "90"]);
+    assert!(!ok);
+    assert!(err.contains("below the floor"), "{err}");
+    assert!(out.contains("accuracy: 50.0% (1 of 2 replies)"), "{out}");
+    assert!(
+        out.contains(
+            "expected ip-reputation, got recipient by unknown-recipient: 550 5.1.1 user unknown"
+        ),
+        "{out}"
+    );
+    let (ok, _, err) = sidestep(&["classify", "--eval", "/nonexistent.jsonl"]);
+    assert!(!ok && err.contains("cannot read"), "{err}");
+}
