@@ -41,7 +41,7 @@ fn refuse_both_ips(bell: &Sink) {
 
 /// A smarthost on a fresh address: TLS with a certificate for `name` from a test CA
 /// (implicit, or STARTTLS), AUTH required. Returns it and the CA file to trust.
-async fn smarthost(
+pub(crate) async fn smarthost(
     w: &World,
     name: &str,
     implicit: bool,

@@ -149,3 +149,39 @@ async fn content_refused_from_every_ip_costs_two_attempts_and_one_dsn() {
     assert_eq!(relay.log().matches("DSN queued").count(), 1);
     assert_eq!(w.sender.messages().len(), 1);
 }
+
+#[tokio::test]
+async fn with_one_ip_the_fallback_smarthost_gives_the_second_opinion() {
+    let mut w = World::new().await;
+    w.setup.egress = vec![2];
+    w.setup.queue = NO_RETRY_SOON.into();
+    let refusal = "550 5.7.1 Message refused (policy 17)";
+    w.dest.behave(|b| {
+        b.data_from.insert(ip("127.0.0.2"), refusal.to_string());
+    });
+    let (smarthost, ca) = crate::blocks::smarthost(&w, "smarthost.test", false, "pw").await;
+    w.setup.delivery = "fallback = \"clean\"".into();
+    w.setup.extra = format!(
+        "\n[[smarthosts]]\nname = \"clean\"\nhost = \"smarthost.test\"\nport = {}\ntls = \"starttls\"\nusername = \"relay-user\"\npassword = \"pw\"\nca_file = \"{}\"\n",
+        smarthost.addr.port(),
+        ca.display()
+    );
+    let relay = w.setup.start().await;
+    send_and_settle(&relay, 2).await;
+    // The first message: refused from .2, then accepted by the smarthost; the second goes
+    // straight to the smarthost, .2 being blocked for the site.
+    assert_eq!(smarthost.messages().len(), 2);
+    assert!(w.dest.messages().is_empty());
+    assert!(w.sender.messages().is_empty(), "nothing bounces");
+    let blocks = w.setup.cli_json(&["blocks"]);
+    assert_eq!(blocks[0]["ip"], "127.0.0.2", "{blocks}");
+    let learned = w.setup.cli_json(&["classify", "--learned"]);
+    assert_eq!(learned[0]["accepted_via"], "smarthost:clean", "{learned}");
+    assert_eq!(
+        relay
+            .log()
+            .matches("second opinion: a refusal no rule blames")
+            .count(),
+        1
+    );
+}
