@@ -60,6 +60,16 @@ pub(super) fn render_block(b: &Block, indent: &str) -> String {
         e.removal_url.as_deref().unwrap_or("(the reply names none)")
     );
     let _ = writeln!(s, "{indent}  log:     {}", e.log_line);
+    if !b.later.is_empty() {
+        let _ = writeln!(
+            s,
+            "{indent}  also:    {} more refusal(s) from attempts already in flight (not counted as repeats):",
+            b.later.len()
+        );
+        for l in &b.later {
+            let _ = writeln!(s, "{indent}           {} {}", when(l.at), l.reply);
+        }
+    }
     s
 }
 

@@ -321,10 +321,11 @@ async fn confirm_block(ctx: &QueueContext, job: &DomainJob, d: Doubt, accepted_v
         last_seen: now,
         count: 1,
     };
-    let blocks = ctx.config.blocks.clone();
-    let (ip, site) = (d.ip, d.site);
+    let update = ctx
+        .reputation
+        .block_now(d.ip, &d.site, evidence, &ctx.config.blocks);
     with_reputation(ctx, move |r| {
-        r.record_block(ip, &site, evidence, &blocks)?;
+        r.save_block(&update)?;
         r.record_learned(learned)
     })
     .await;
@@ -372,13 +373,20 @@ async fn learn(
         None if !ctx.reputation.has_block(ip, site) => return,
         _ => {}
     }
-    let site = site.clone();
-    let blocks = ctx.config.blocks.clone();
-    with_reputation(ctx, move |r| match refusal {
-        Some(evidence) => r.record_block(ip, &site, evidence, &blocks).map(|_| ()),
-        None => r.note_success(ip, &site),
-    })
-    .await;
+    match refusal {
+        Some(evidence) => {
+            // In memory first, on this task: no new connection from the refused IP to the
+            // site is opened while the evidence is written.
+            let update = ctx
+                .reputation
+                .block_now(ip, site, evidence, &ctx.config.blocks);
+            with_reputation(ctx, move |r| r.save_block(&update)).await;
+        }
+        None => {
+            let site = site.clone();
+            with_reputation(ctx, move |r| r.note_success(ip, &site)).await;
+        }
+    }
 }
 
 /// Runs reputation bookkeeping that writes to disk on a blocking thread; a failure to

@@ -43,8 +43,12 @@ pub struct Block {
     pub expires_at: u64,
     /// Refusals after the first, each doubling the duration.
     pub strikes: u32,
-    /// The latest refusal.
+    /// The refusal that started this block (or renewed it: a refused canary).
     pub evidence: Evidence,
+    /// Refusals while the block held, from attempts that started before it (a burst of
+    /// connections in flight): more evidence, not more strikes. At most a few.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub later: Vec<Evidence>,
     /// A canary delivery is under way (not persisted: a restart frees it).
     #[serde(skip)]
     pub canary_in_flight: bool,

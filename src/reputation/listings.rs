@@ -17,6 +17,17 @@ use crate::config::{BlocklistConfig, BlocksConfig, Severity};
 use crate::routing::Site;
 use crate::spool::{SpoolError, unix_now};
 
+/// What [`Reputation::block_now`] did, for [`Reputation::save_block`].
+#[derive(Debug, Clone)]
+pub struct BlockUpdate {
+    pub block: Block,
+    /// A new block, or a longer one (a refused canary); `false`: evidence added only.
+    pub renewed: bool,
+}
+
+/// Refusals kept beyond the first while a block holds (attempts already in flight).
+const MAX_LATER_EVIDENCE: usize = 8;
+
 /// The last known state of one IP on one list.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ListingState {
@@ -93,6 +104,9 @@ struct Shared {
     lists: Vec<BlocklistConfig>,
     state: Mutex<State>,
     db: Option<Arc<redb::Database>>,
+    /// Held while a block is written, so writes of one block land in the order of the
+    /// states they write.
+    persist: Mutex<()>,
     /// Bumped whenever an IP may have become usable (a delisting, a list found broken).
     improved: tokio::sync::watch::Sender<u64>,
 }
@@ -169,6 +183,7 @@ impl Reputation {
                 lists,
                 state: Mutex::new(state),
                 db,
+                persist: Mutex::new(()),
                 improved: tokio::sync::watch::Sender::new(0),
             }),
         }
@@ -388,8 +403,84 @@ impl Reputation {
         listed.max(blocked)
     }
 
-    /// The site refused `ip` for its reputation: keep the IP away from it. A repeat (or a
-    /// failed canary) doubles the time.
+    /// The site refused `ip` for its reputation: keep the IP away from it, at once and in
+    /// memory, so routing sees the block before anything is written (see
+    /// [`Reputation::save_block`]). Only a new block or a refused canary (the block had
+    /// expired) starts a run or doubles it; a refusal while the block holds comes from an
+    /// attempt that started before it, and is added to the evidence without renewing it
+    /// (a burst of refusals in flight is one strike).
+    pub fn block_now(
+        &self,
+        ip: IpAddr,
+        site: &Site,
+        evidence: Evidence,
+        config: &BlocksConfig,
+    ) -> BlockUpdate {
+        let now = unix_now();
+        let mut state = self.lock();
+        let slot = state.blocks.entry(site.clone()).or_default();
+        if let Some(b) = slot.get_mut(&ip).filter(|b| b.expires_at > now) {
+            if b.later.len() < MAX_LATER_EVIDENCE {
+                b.later.push(evidence);
+            }
+            return BlockUpdate {
+                block: b.clone(),
+                renewed: false,
+            };
+        }
+        let (first_seen, strikes) = match slot.get(&ip) {
+            Some(b) => (b.first_seen, b.strikes + 1),
+            None => (now, 0),
+        };
+        let block = Block {
+            ip,
+            site: site.clone(),
+            first_seen,
+            expires_at: now + block_duration(config, strikes).as_secs(),
+            strikes,
+            evidence,
+            later: Vec::new(),
+            canary_in_flight: false,
+        };
+        slot.insert(ip, block.clone());
+        BlockUpdate {
+            block,
+            renewed: true,
+        }
+    }
+
+    /// Writes a block [`Reputation::block_now`] made, and logs it once it is saved (the
+    /// log line promises what `sidestep blocks` shows).
+    ///
+    /// # Errors
+    /// The block could not be persisted (it holds in memory).
+    pub fn save_block(&self, update: &BlockUpdate) -> Result<(), SpoolError> {
+        let block = &update.block;
+        self.write_block(block.ip, &block.site)?;
+        if update.renewed {
+            tracing::warn!(
+                ip = %block.ip,
+                site = %block.site,
+                strikes = block.strikes,
+                until = block.expires_at,
+                reply = %block.evidence.reply,
+                mx = block.evidence.mx_host.as_deref().unwrap_or("-"),
+                removal = block.evidence.removal_url.as_deref().unwrap_or("-"),
+                "egress IP blocked by destination"
+            );
+        } else {
+            tracing::info!(
+                ip = %block.ip,
+                site = %block.site,
+                until = block.expires_at,
+                refusals = block.later.len() + 1,
+                "refusal from an attempt that started before the block; added to its evidence, block not renewed"
+            );
+        }
+        Ok(())
+    }
+
+    /// [`Reputation::block_now`] and [`Reputation::save_block`] in one call.
     ///
     /// # Errors
     /// The block could not be persisted (it holds in memory).
@@ -400,44 +491,9 @@ impl Reputation {
         evidence: Evidence,
         config: &BlocksConfig,
     ) -> Result<Block, SpoolError> {
-        let now = unix_now();
-        let block = {
-            let mut state = self.lock();
-            let (first_seen, strikes) = match state.blocks.get(site).and_then(|m| m.get(&ip)) {
-                Some(b) => (b.first_seen, b.strikes + 1),
-                None => (now, 0),
-            };
-            let block = Block {
-                ip,
-                site: site.clone(),
-                first_seen,
-                expires_at: now + block_duration(config, strikes).as_secs(),
-                strikes,
-                evidence,
-                canary_in_flight: false,
-            };
-            state
-                .blocks
-                .entry(site.clone())
-                .or_default()
-                .insert(ip, block.clone());
-            block
-        };
-        // Saved first: the log line promises what `sidestep blocks` shows.
-        if let Some(db) = &self.shared.db {
-            store::save_block(db, (&ip, site), Some(&block))?;
-        }
-        tracing::warn!(
-            ip = %ip,
-            site = %site,
-            strikes = block.strikes,
-            until = block.expires_at,
-            reply = %block.evidence.reply,
-            mx = block.evidence.mx_host.as_deref().unwrap_or("-"),
-            removal = block.evidence.removal_url.as_deref().unwrap_or("-"),
-            "egress IP blocked by destination"
-        );
-        Ok(block)
+        let update = self.block_now(ip, site, evidence, config);
+        self.save_block(&update)?;
+        Ok(update.block)
     }
 
     /// A reply the rules did not blame on the IP was contradicted by a second opinion:
@@ -480,10 +536,28 @@ impl Reputation {
         };
         tracing::info!(ip = %ip, site = %site, since = b.first_seen, "block lifted: the destination accepts this IP again");
         self.shared.improved.send_modify(|n| *n += 1);
-        match &self.shared.db {
-            Some(db) => store::save_block(db, (&ip, site), None),
-            None => Ok(()),
-        }
+        self.write_block(ip, site)
+    }
+
+    /// Writes the block of (`ip`, `site`) as memory holds it now (deleting it when
+    /// gone). Writers of one block race on their blocking threads; each writes the state
+    /// of its turn, so the last write is the latest state whatever order they ran in.
+    fn write_block(&self, ip: IpAddr, site: &Site) -> Result<(), SpoolError> {
+        let Some(db) = &self.shared.db else {
+            return Ok(());
+        };
+        let _turn = self
+            .shared
+            .persist
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let current = self
+            .lock()
+            .blocks
+            .get(site)
+            .and_then(|m| m.get(&ip))
+            .cloned();
+        store::save_block(db, (&ip, site), current.as_ref())
     }
 
     /// Whether `site` has a block (current or expired) on `ip`: whether a success there

@@ -16,7 +16,8 @@ mod store;
 pub use blocks::{Block, Evidence};
 pub use learned::LearnedReply;
 pub use listings::{
-    CheckError, ListHealth, ListingRecord, ListingState, Reputation, ReputationReport, Standing,
+    BlockUpdate, CheckError, ListHealth, ListingRecord, ListingState, Reputation, ReputationReport,
+    Standing,
 };
 pub use monitor::{CheckOutcome, check_all, spawn_monitor};
 pub use store::read_report;

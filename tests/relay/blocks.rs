@@ -250,6 +250,81 @@ async fn failed_canary_renews_the_block_for_longer() {
     assert!(bell.messages().is_empty());
 }
 
+/// Connections opened before a site starts refusing an IP each bring their refusal a
+/// moment later: one strike, not one per connection; and once the first refusal is seen,
+/// the IP opens no new connection to the site.
+#[tokio::test]
+async fn a_burst_of_refusals_in_flight_is_one_strike_and_stops_new_connections() {
+    let (w, bell) = world_with_bell().await;
+    bell.behave(|b| {
+        b.data_from
+            .insert(ip("127.0.0.2"), csi_refusal("127.0.0.2"));
+        // Every message of the first wave is in flight before the first refusal.
+        b.data_delay = Some(std::time::Duration::from_millis(600));
+    });
+    let relay = w.setup.start().await;
+    let first = tokio::spawn(send_wave(relay.addr, "first", 8));
+    eventually(
+        || bell.refused.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        || relay.log(),
+    )
+    .await;
+    let from_2 = |bell: &Sink| {
+        bell.connections
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| **c == ip("127.0.0.2"))
+            .count()
+    };
+    let before = from_2(&bell);
+    first.await.unwrap();
+    bell.behave(|b| b.data_delay = None);
+    send_wave(relay.addr, "second", 8).await;
+    bell.wait_for(16).await;
+    assert_eq!(
+        from_2(&bell),
+        before,
+        "no new connection from the refused IP once its refusal was seen"
+    );
+    assert!(bell.messages().iter().all(|m| m.peer == ip("127.0.0.3")));
+    relay
+        .log_count("removed: every recipient is final", 16)
+        .await;
+
+    let refusals = bell.refused.load(std::sync::atomic::Ordering::SeqCst);
+    let blocks = w.setup.cli_json(&["blocks"]);
+    let block = &blocks.as_array().unwrap()[0];
+    assert_eq!(
+        block["strikes"], 0,
+        "one strike for the whole burst: {block:#}"
+    );
+    let length = block["expires_at"].as_u64().unwrap() - block["first_seen"].as_u64().unwrap();
+    assert!(length <= 4 * 3600 + 1, "not renewed: {block:#}");
+    assert!(refusals >= 2, "the test needs a burst: {refusals} refusals");
+    let later = block["later"].as_array().map_or(0, Vec::len);
+    assert_eq!(later + 1, refusals, "every refusal is evidence: {block:#}");
+    assert_eq!(
+        relay
+            .log()
+            .matches("egress IP blocked by destination")
+            .count(),
+        1
+    );
+}
+
+/// Sends `n` messages to x@aliant.test at once, each on its own session.
+async fn send_wave(relay: std::net::SocketAddr, prefix: &str, n: usize) {
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let subject = format!("{prefix}-{i}");
+        set.spawn(async move { send(relay, "x@aliant.test", &subject).await });
+    }
+    while let Some(sent) = set.join_next().await {
+        sent.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn domain_reputation_bounces_and_throttle_slows_down() {
     let w = World::new().await;

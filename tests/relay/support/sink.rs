@@ -84,6 +84,8 @@ pub struct Sink {
     pub max_open: Arc<AtomicUsize>,
     /// QUIT commands received.
     pub quits: Arc<AtomicUsize>,
+    /// Messages answered with a `data_from` refusal.
+    pub refused: Arc<AtomicUsize>,
 }
 
 impl Sink {
@@ -98,6 +100,7 @@ impl Sink {
             open: Default::default(),
             max_open: Default::default(),
             quits: Default::default(),
+            refused: Default::default(),
         };
         let s = sink.clone();
         tokio::spawn(async move {
@@ -335,6 +338,9 @@ impl Sink {
                     };
                     if let Some(delay) = delay {
                         tokio::time::sleep(delay).await;
+                    }
+                    if self.behaviour.lock().unwrap().data_from.contains_key(&peer) {
+                        self.refused.fetch_add(1, Ordering::SeqCst);
                     }
                     answered_message = true;
                     match reply {
