@@ -11,6 +11,7 @@ use std::collections::HashMap;
 
 use smtp_proto::EhloResponse;
 
+use super::reply::{Reply, exchange, read_reply};
 use super::sessions::{Client, Io, ReuseLimits, Session, SessionCache};
 use super::smarthost::Smarthost;
 use crate::config::{Config, RouteConfig};
@@ -383,20 +384,7 @@ impl Outbound {
             stream,
             timeout: self.command_timeout,
         };
-        let greeting = tokio::time::timeout(self.command_timeout, client.read())
-            .await
-            .map_err(|_| mail_send::Error::Timeout)
-            .and_then(|r| r)
-            .map_err(|e| HostFailure {
-                reply: error_reply(e, mx),
-                tls: false,
-            })?;
-        if greeting.code != 220 {
-            return Err(HostFailure {
-                reply: response_reply(&greeting, mx),
-                tls: false,
-            });
-        }
+        greeting(&mut client, mx).await?;
         let caps = hello(&mut client, &egress.helo, mx).await?.capabilities;
         match (&self.tls, use_tls && caps & EXT_START_TLS != 0) {
             (Some(tls), true) => {
@@ -428,6 +416,29 @@ impl Outbound {
     }
 }
 
+/// The server's greeting: `220`, or the refusal (a reputation block often comes here).
+pub(super) async fn greeting<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut SmtpClient<S>,
+    mx: &str,
+) -> Result<(), HostFailure> {
+    let r = tokio::time::timeout(client.timeout, read_reply(&mut client.stream))
+        .await
+        .map_err(|_| mail_send::Error::Timeout)
+        .and_then(|r| r)
+        .map_err(|e| HostFailure {
+            reply: error_reply(e, mx),
+            tls: false,
+        })?;
+    if r.code == 220 {
+        Ok(())
+    } else {
+        Err(HostFailure {
+            reply: r.to_remote(mx),
+            tls: false,
+        })
+    }
+}
+
 /// EHLO, falling back to HELO for servers that refuse EHLO (RFC 5321 §3.2). Returns
 /// the extensions (none after HELO).
 pub(super) async fn hello<S: AsyncRead + AsyncWrite + Unpin>(
@@ -435,30 +446,40 @@ pub(super) async fn hello<S: AsyncRead + AsyncWrite + Unpin>(
     helo: &str,
     mx: &str,
 ) -> Result<EhloResponse<String>, HostFailure> {
-    match client.ehlo(helo).await {
-        Ok(r) => Ok(r),
-        Err(mail_send::Error::UnexpectedReply(r)) if r.code >= 500 => {
-            let r = client
-                .cmd(format!("HELO {helo}\r\n"))
-                .await
-                .map_err(|e| HostFailure {
-                    reply: error_reply(e, mx),
-                    tls: false,
-                })?;
-            if (200..300).contains(&r.code) {
-                Ok(EhloResponse::default())
-            } else {
-                Err(HostFailure {
-                    reply: response_reply(&r, mx),
-                    tls: false,
-                })
-            }
-        }
-        Err(e) => Err(HostFailure {
-            reply: error_reply(e, mx),
-            tls: false,
-        }),
+    let fail = |e: mail_send::Error| HostFailure {
+        reply: error_reply(e, mx),
+        tls: false,
+    };
+    let refused = |r: &Reply| HostFailure {
+        reply: r.to_remote(mx),
+        tls: false,
+    };
+    let ehlo = command(client, format!("EHLO {helo}\r\n").as_bytes())
+        .await
+        .map_err(fail)?;
+    if ehlo.is_positive() {
+        return ehlo.ehlo().map_err(fail);
     }
+    if ehlo.code < 500 {
+        return Err(refused(&ehlo));
+    }
+    let r = command(client, format!("HELO {helo}\r\n").as_bytes())
+        .await
+        .map_err(fail)?;
+    if r.is_positive() {
+        Ok(EhloResponse::default())
+    } else {
+        Err(refused(&r))
+    }
+}
+
+/// One command and its reply, within the session's command timeout.
+async fn command<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut SmtpClient<S>,
+    bytes: &[u8],
+) -> mail_send::Result<Reply> {
+    let mut r = exchange(&mut client.stream, bytes, 1, client.timeout).await?;
+    r.pop().ok_or(mail_send::Error::UnparseableReply)
 }
 
 fn boxed<S: Io + 'static>(client: SmtpClient<S>) -> Client {
@@ -547,7 +568,7 @@ pub(super) async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
                 .chain(std::iter::once("DATA\r\n".to_string())),
         )
         .await
-        .map(|r| r.into_iter().map(|r| response_reply(&r, mx)).collect())
+        .map(|r| r.into_iter().map(|r| r.to_remote(mx)).collect())
     } else {
         sequential_envelope(client, mail, rcpts, mx).await
     };
@@ -575,10 +596,12 @@ pub(super) async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     let data_reply = match data_reply {
-        None if !pipelined && !accepted.is_empty() => Some(match client.cmd(b"DATA\r\n").await {
-            Ok(r) => response_reply(&r, mx),
-            Err(e) => error_reply(e, mx),
-        }),
+        None if !pipelined && !accepted.is_empty() => {
+            Some(match command(client, b"DATA\r\n").await {
+                Ok(r) => r.to_remote(mx),
+                Err(e) => error_reply(e, mx),
+            })
+        }
         other => other,
     };
     let mut after = After::Done;
@@ -589,7 +612,7 @@ pub(super) async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
             let _ = tokio::time::timeout(client.timeout, async {
                 client.stream.write_all(b".\r\n").await?;
                 client.stream.flush().await?;
-                client.read().await
+                read_reply(&mut client.stream).await
             })
             .await;
             None
@@ -622,20 +645,14 @@ pub(super) async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
 async fn pipeline<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut SmtpClient<S>,
     cmds: impl Iterator<Item = String>,
-) -> mail_send::Result<Vec<Response<String>>> {
+) -> mail_send::Result<Vec<Reply>> {
     let mut out = Vec::with_capacity(256);
     let mut n = 0;
     for cmd in cmds {
         out.extend_from_slice(cmd.as_bytes());
         n += 1;
     }
-    tokio::time::timeout(client.timeout, async {
-        client.stream.write_all(&out).await?;
-        client.stream.flush().await?;
-        client.read_many(n).await
-    })
-    .await
-    .map_err(|_| mail_send::Error::Timeout)?
+    exchange(&mut client.stream, &out, n, client.timeout).await
 }
 
 async fn sequential_envelope<S: AsyncRead + AsyncWrite + Unpin>(
@@ -644,12 +661,12 @@ async fn sequential_envelope<S: AsyncRead + AsyncWrite + Unpin>(
     rcpts: Vec<String>,
     mx: &str,
 ) -> mail_send::Result<Vec<RemoteReply>> {
-    let first = response_reply(&client.cmd(mail).await?, mx);
+    let first = command(client, mail.as_bytes()).await?.to_remote(mx);
     let ok = is_positive(&first);
     let mut out = vec![first];
     if ok {
         for rcpt in rcpts {
-            out.push(response_reply(&client.cmd(rcpt).await?, mx));
+            out.push(command(client, rcpt.as_bytes()).await?.to_remote(mx));
         }
     }
     Ok(out)
@@ -664,11 +681,11 @@ async fn send_body<S: AsyncRead + AsyncWrite + Unpin>(
     let timeout = client.timeout;
     let result = tokio::time::timeout(timeout, async {
         write_dot_stuffed(&mut client.stream, body).await?;
-        client.read().await
+        read_reply(&mut client.stream).await
     })
     .await;
     match result {
-        Ok(Ok(r)) => response_reply(&r, mx),
+        Ok(Ok(r)) => r.to_remote(mx),
         Ok(Err(e)) => error_reply(e, mx),
         Err(_) => error_reply(mail_send::Error::Timeout, mx),
     }

@@ -3,6 +3,7 @@
 //! fallback smarthost when no egress IP is clean for the destination site.
 
 mod client;
+mod reply;
 mod sessions;
 mod smarthost;
 

@@ -15,8 +15,7 @@ use tokio_rustls::TlsConnector;
 
 use super::OutboundError;
 use super::client::{
-    AttemptReport, DomainDelivery, HostFailure, Via, error_reply, hello, response_reply,
-    transaction,
+    AttemptReport, DomainDelivery, HostFailure, Via, error_reply, greeting, hello, transaction,
 };
 use crate::config::{SmarthostConfig, SmarthostTls};
 use crate::routing::Resolver;
@@ -240,27 +239,5 @@ impl Smarthost {
                 reply.text = format!("smarthost {} AUTH failed: {}", self.name, reply.text);
                 HostFailure { reply, tls: false }
             })
-    }
-}
-
-async fn greeting<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    client: &mut SmtpClient<S>,
-    host: &str,
-) -> Result<(), HostFailure> {
-    let r = tokio::time::timeout(client.timeout, client.read())
-        .await
-        .map_err(|_| mail_send::Error::Timeout)
-        .and_then(|r| r)
-        .map_err(|e| HostFailure {
-            reply: error_reply(e, host),
-            tls: false,
-        })?;
-    if r.code == 220 {
-        Ok(())
-    } else {
-        Err(HostFailure {
-            reply: response_reply(&r, host),
-            tls: false,
-        })
     }
 }

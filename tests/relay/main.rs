@@ -12,6 +12,7 @@ mod disk;
 mod inbound;
 mod interop;
 mod listings;
+mod replies;
 mod retry;
 mod reuse;
 mod second_opinion;
