@@ -140,12 +140,20 @@ async fn attempt(
             let (reply, verdict) = (r.reply, r.verdict);
             msg.recipients[i].status = match (verdict, verdict.retry()) {
                 (Verdict::Delivered, _) => RecipientStatus::Delivered { at: now, reply },
-                (_, Retry::No) => RecipientStatus::Failed {
-                    at: now,
-                    reply,
-                    expired: false,
-                    earlier: r.earlier,
-                },
+                (_, Retry::No) => {
+                    tracing::warn!(
+                        queue_id = %msg.id,
+                        rcpt = %msg.recipients[i].address,
+                        reply = %reply,
+                        "bounced: permanent failure; a DSN goes to the sender"
+                    );
+                    RecipientStatus::Failed {
+                        at: now,
+                        reply,
+                        expired: false,
+                        earlier: r.earlier,
+                    }
+                }
                 (_, Retry::Later | Retry::LaterSlower | Retry::OtherIp) => {
                     RecipientStatus::Pending { last: Some(reply) }
                 }
@@ -176,6 +184,21 @@ async fn attempt(
         next = next.min(at * 1000).max(unix_now_ms());
     }
     msg.next_attempt_ms = next;
+    let due =
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(next));
+    for r in msg.pending() {
+        if let RecipientStatus::Pending { last } = &r.status {
+            tracing::info!(
+                queue_id = %msg.id,
+                rcpt = %r.address,
+                attempts = msg.attempts,
+                next_attempt = %due,
+                in_s = next.saturating_sub(unix_now_ms()) / 1000,
+                last = last.as_ref().map(|l| l.to_string()).unwrap_or_default(),
+                "deferred: next attempt at {due}"
+            );
+        }
+    }
     spool.update(&msg).await?;
     Ok(Outcome {
         next_ms: Some(next),

@@ -24,6 +24,13 @@ async fn temporary_failure_is_retried_until_delivered() {
     let log = relay.log_with("verdict=delivered").await;
     assert_eq!(log.matches("verdict=transient").count(), 2, "{log}");
     assert!(log.contains("451 4.3.0 try again later"), "{log}");
+    // Each deferral says when the next attempt is due.
+    assert_eq!(
+        log.matches("deferred: next attempt at 20").count(),
+        2,
+        "{log}"
+    );
+    assert!(log.contains("last=\"451 4.3.0 try again later\""), "{log}");
     // No DSN for a message that was eventually delivered.
     assert!(w.sender.messages().is_empty());
 }
@@ -56,7 +63,11 @@ async fn every_recipient_refused_by_a_lax_pipelining_server_still_bounces() {
     );
     assert!(w.dest.messages().is_empty());
     let log = relay.log_with("rcpt=nobody@dest.test").await;
-    assert_eq!(log.matches("rcpt=nobody@dest.test").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("verdict=recipient").count(),
+        1,
+        "one attempt: {log}"
+    );
     // The empty message was ended, so the QUIT after it was read as a command.
     eventually(
         || w.dest.quits.load(std::sync::atomic::Ordering::SeqCst) == 1,
@@ -141,6 +152,8 @@ async fn permanent_data_rejection_bounces() {
         "{text}"
     );
     assert!(w.dest.messages().is_empty());
+    let log = relay.log_with("bounced: permanent failure").await;
+    assert!(log.contains("rcpt=b@dest.test"), "{log}");
 }
 
 #[tokio::test]
