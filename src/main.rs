@@ -24,7 +24,7 @@ fn main() -> ExitCode {
     }
     let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let result = match cli.command {
-        Command::CheckConfig { path } => Ok(cli::check_config(path.as_deref())),
+        Command::CheckConfig { config, path } => Ok(cli::check_config(config.or(path).as_deref())),
         Command::Serve { config } => done(run_to_end(cli::serve(config.as_deref()))),
         Command::Listings { config, json } => done(cli::listings(config.as_deref(), json)),
         Command::Classify {

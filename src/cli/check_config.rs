@@ -3,19 +3,20 @@ use std::process::ExitCode;
 
 use crate::config::Config;
 
-/// `sidestep check-config [PATH]`: prints every problem, not just the first.
+/// `sidestep check-config [PATH]`: prints every problem, not just the first: the keys
+/// and values the schema refuses, then what validation finds in the rest.
 pub fn check_config(path: Option<&Path>) -> ExitCode {
-    let config = match path {
-        Some(p) => match Config::load(p) {
+    let (config, mut errors) = match path {
+        Some(p) => match Config::load_collecting(p) {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("{e}");
                 return ExitCode::FAILURE;
             }
         },
-        None => Config::default(),
+        None => (Config::default(), Vec::new()),
     };
-    let errors = config.validate();
+    errors.extend(config.validate());
     let name = path
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "defaults".into());

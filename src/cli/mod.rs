@@ -42,6 +42,10 @@ pub enum Command {
     /// Validate a configuration file; print every problem with its key; exit 1 if any.
     CheckConfig {
         /// Configuration file (TOML); without it the embedded defaults are checked.
+        #[arg(long = "config", short = 'c', value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// The file, as a positional argument (the same as --config).
+        #[arg(conflicts_with = "config", value_name = "FILE")]
         path: Option<PathBuf>,
     },
     /// Show every egress IP with its state on every configured blocklist (clean, listed

@@ -26,4 +26,18 @@ pub enum LoadError {
     },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
+    /// Keys or values the schema refuses, every one of them.
+    #[error("{}", schema_lines(path, errors))]
+    Schema {
+        path: PathBuf,
+        errors: Vec<ConfigError>,
+    },
+}
+
+fn schema_lines(path: &std::path::Path, errors: &[ConfigError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("{}: {e}", path.display()))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

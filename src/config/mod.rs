@@ -6,6 +6,7 @@
 
 mod duration;
 mod error;
+mod load;
 
 pub use duration::HumanDuration;
 pub use error::{ConfigError, LoadError};
@@ -408,13 +409,20 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text).map_err(|e| match e {
-            LoadError::Parse { message, .. } => LoadError::Parse {
-                path: path.to_path_buf(),
-                message,
-            },
-            other => other,
-        })
+        load::parse(&text, path)
+    }
+
+    /// Reads a file, parsing what the schema accepts and listing what it refuses (for
+    /// `check-config`, which then validates the rest).
+    ///
+    /// # Errors
+    /// The file cannot be read or is not TOML.
+    pub fn load_collecting(path: &Path) -> Result<(Self, Vec<ConfigError>), LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        load::parse_collecting(&text, path)
     }
 
     /// Parses TOML text.

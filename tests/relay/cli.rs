@@ -151,3 +151,42 @@ fn classify_eval_fails_below_the_floor_and_names_each_miss() {
     let (ok, _, err) = sidestep(&["classify", "--eval", "/nonexistent.jsonl"]);
     assert!(!ok && err.contains("cannot read"), "{err}");
 }
+
+/// Unknown keys and bad values are all reported in one run, with their lines, together
+/// with what validation finds in the rest; `--config` and the positional form agree.
+#[test]
+fn check_config_reports_every_unknown_key_and_bad_value_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[server]\nmax_sesions = 3\nmax_recipients = 0\n[bogus]\nx = 1\n[queue]\nretry_factor = 0.1\nretry_initial = \"banana\"\n[delivery]\nport = \"smtp\"\n",
+    )
+    .unwrap();
+    let path = path.to_str().unwrap();
+    for args in [
+        vec!["check-config", path],
+        vec!["check-config", "--config", path],
+    ] {
+        let (ok, _, err) = sidestep(&args);
+        assert!(!ok);
+        for want in [
+            "server.max_sesions (line 2): unknown field `max_sesions`",
+            "bogus (line 4): unknown field `bogus`",
+            "queue.retry_initial (line 8): invalid duration",
+            "delivery.port (line 10): invalid type",
+            "server.max_recipients: must be at least 1",
+            "queue.retry_factor: must be",
+            "6 error(s)",
+        ] {
+            assert!(err.contains(want), "{want}: {err}");
+        }
+    }
+    // The relay refuses to start on it, naming every problem too.
+    let (ok, _, err) = sidestep(&["serve", "--config", path]);
+    assert!(!ok);
+    assert!(
+        err.contains("max_sesions") && err.contains("banana") && err.contains("port"),
+        "{err}"
+    );
+}
