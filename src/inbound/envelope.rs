@@ -9,6 +9,9 @@ use super::session::Transaction;
 use super::{Reply, Session, policy};
 use crate::envelope::{Address, AddressError, BodyFlags, Sender};
 
+/// RCPTs beyond `max_recipients` answered `452` without counting as client errors.
+const RECIPIENT_OVERSHOOT: usize = 1000;
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub(super) fn mail(&mut self, from: MailFrom<Cow<'_, str>>) -> Reply {
         if self.helo.is_none() {
@@ -50,6 +53,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             body: Vec::new(),
             oversize: false,
             chunking: false,
+            overshoot: 0,
         });
         Reply::new(250, "2.1.0", "Ok")
     }
@@ -76,7 +80,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Err(e) => return Reply::new(501, "5.1.3", format!("Bad recipient address: {e}")),
         };
         if txn.recipients.len() >= server.max_recipients {
-            return Reply::new(452, "4.5.3", "Too many recipients");
+            // RFC 5321 §4.5.3.1.10: the client sends the rest in another transaction. A
+            // pipelining client learns that after the fact, so the refusals do not count
+            // as errors and the accepted recipients keep their DATA; past a generous
+            // overshoot (Postfix's smtpd_recipient_overshoot_limit) they do.
+            txn.overshoot += 1;
+            let reply = Reply::new(452, "4.5.3", "Too many recipients");
+            return if txn.overshoot <= RECIPIENT_OVERSHOOT {
+                reply.harmless()
+            } else {
+                reply
+            };
         }
         txn.recipients.push(address);
         Reply::new(250, "2.1.5", "Ok")

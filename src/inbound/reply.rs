@@ -9,6 +9,9 @@ pub struct Reply {
     pub enhanced: &'static str,
     /// One entry per line of a multi-line reply.
     pub lines: Vec<Cow<'static, str>>,
+    /// A refusal that is our limit, not the client's mistake: it does not count towards
+    /// the errors that end a session.
+    pub harmless: bool,
 }
 
 impl Reply {
@@ -17,7 +20,19 @@ impl Reply {
             code,
             enhanced,
             lines: vec![text.into()],
+            harmless: false,
         }
+    }
+
+    /// Marks a refusal that is no fault of the client's (see [`Reply::harmless`]).
+    pub fn harmless(mut self) -> Self {
+        self.harmless = true;
+        self
+    }
+
+    /// Whether it counts towards the errors that end a session.
+    pub fn is_error(&self) -> bool {
+        !self.is_positive() && !self.harmless
     }
 
     pub fn multiline(code: u16, lines: Vec<Cow<'static, str>>) -> Self {
@@ -25,6 +40,7 @@ impl Reply {
             code,
             enhanced: "",
             lines,
+            harmless: false,
         }
     }
 

@@ -53,6 +53,8 @@ pub(super) struct Transaction {
     pub oversize: bool,
     /// BDAT was used; DATA is then out of sequence (RFC 3030 §2).
     pub chunking: bool,
+    /// RCPTs refused for `max_recipients` so far.
+    pub overshoot: usize,
 }
 
 pub struct Session<S> {
@@ -148,7 +150,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     pub(super) fn push(&mut self, reply: Reply) {
-        if !reply.is_positive() {
+        if reply.is_error() {
             self.errors += 1;
         }
         reply.write_to(&mut self.output);

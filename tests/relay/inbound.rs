@@ -250,3 +250,31 @@ async fn endless_errors_end_the_session() {
     assert!(last.starts_with("421 4.7.0"), "{last}");
     assert!(c.closed().await);
 }
+
+/// A pipelining client learns about `max_recipients` after the fact: the recipients
+/// accepted keep their DATA, however many RCPTs went over the limit.
+#[tokio::test]
+async fn pipelined_recipients_over_the_limit_keep_the_accepted_ones() {
+    let mut w = World::new().await;
+    w.setup.server = "max_recipients = 5".into();
+    let relay = w.setup.start().await;
+    let mut c = ready(relay.addr).await;
+    let mut group = String::from("MAIL FROM:<a@sender.test>\r\n");
+    for i in 0..40 {
+        group.push_str(&format!("RCPT TO:<r{i}@dest.test>\r\n"));
+    }
+    group.push_str("DATA\r\n");
+    c.send(group).await;
+    c.expect("250").await;
+    for i in 0..40 {
+        let want = if i < 5 { "250" } else { "452 4.5.3" };
+        c.expect(want).await;
+    }
+    c.expect("354").await;
+    c.send(format!("{}\r\n.\r\n", message("many", "x\r\n")))
+        .await;
+    c.expect("250").await;
+    let got = w.dest.wait_for(1).await;
+    assert_eq!(got[0].rcpts.len(), 5, "{:?}", got[0].rcpts);
+    c.cmd("QUIT", "221").await;
+}
