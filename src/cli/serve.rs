@@ -45,6 +45,9 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
     println!("sidestep listening on {addr}");
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let sessions = inbound::Sessions::new(config.server.max_sessions);
+    let drain_timeout = config.server.drain_timeout.get();
     // On a worker, not in `block_on`: the main thread would otherwise be woken for every
     // connection only to hand the session over to a worker.
     let accept = tokio::spawn(inbound::serve(
@@ -52,29 +55,64 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         Arc::new(Inbound {
             config,
             spool,
-            queue,
+            queue: queue.clone(),
+            stopping,
         }),
+        sessions.clone(),
     ));
+    let mut signals = StopSignals::new().context("waiting for signals")?;
     tokio::select! {
-        stopped = accept => stopped.context("the accept loop stopped")?,
-        signal = stop_signal() => {
-            let signal = signal.context("waiting for signals")?;
-            // What is spooled stays spooled: messages not yet answered `250` were never
-            // acknowledged, deliveries cut short are retried after the restart.
-            tracing::info!(signal, "stopping");
+        stopped = accept => {
+            stopped.context("the accept loop stopped")?;
+            return Ok(());
         }
+        signal = signals.next() => {
+            tracing::info!(
+                signal,
+                sessions = sessions.running(),
+                drain_timeout = %humantime::format_duration(drain_timeout),
+                "stopping: no new connections; sessions finish their transaction, deliveries in flight finish"
+            );
+        }
+    }
+    let _ = stop.send(true);
+    // Sessions end (each after its transaction), and deliveries in flight report back;
+    // then nothing is left that a restart would repeat.
+    let drained = async {
+        tokio::join!(sessions.ended(), queue.drain());
+    };
+    tokio::select! {
+        () = drained => tracing::info!("stopped: every session ended, every delivery in flight finished"),
+        () = tokio::time::sleep(drain_timeout) => tracing::warn!(
+            sessions = sessions.running(),
+            "stopped at the drain timeout; what was cut short is spooled and goes out after the restart"
+        ),
+        signal = signals.next() => tracing::warn!(signal, "stopped at once by a second signal"),
     }
     Ok(())
 }
 
-/// SIGTERM (service managers) or SIGINT (Ctrl-C): the caller returns, so that `main`
-/// writes out pending log lines before the process exits.
-async fn stop_signal() -> std::io::Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+/// SIGTERM (service managers) and SIGINT (Ctrl-C). The first starts a drain, a second
+/// cuts it short; the caller then returns, so that `main` writes out pending log lines
+/// before the process exits.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }

@@ -163,6 +163,10 @@ pub struct ServerConfig {
     pub max_line_length: usize,
     /// A client silent for this long is disconnected with `421 4.4.2`.
     pub idle_timeout: HumanDuration,
+    /// On SIGTERM/SIGINT: how long sessions may finish their transaction and deliveries
+    /// in flight may finish, before the process exits anyway (a second signal exits at
+    /// once). Deliveries cut short are sent again after the restart.
+    pub drain_timeout: HumanDuration,
 }
 
 /// `[spool]`: message files and the state database.
@@ -356,6 +360,7 @@ impl Default for ServerConfig {
             max_recipients: 1000,
             max_line_length: 2048,
             idle_timeout: HumanDuration::from_secs(300),
+            drain_timeout: HumanDuration::from_secs(30),
         }
     }
 }

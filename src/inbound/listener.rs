@@ -17,14 +17,52 @@ pub struct Inbound {
     pub config: Arc<Config>,
     pub spool: Spool,
     pub queue: QueueHandle,
+    /// Becomes `true` when the relay stops: sessions finish their transaction, then say
+    /// `421`.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
-/// Accepts connections forever. A client beyond `max_sessions` gets `421 4.7.0` and is
-/// closed at once, without a task of its own reading its input.
-pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>) {
-    let limit = Arc::new(Semaphore::new(inbound.config.server.max_sessions));
+/// The accept loop's sessions, for a stop that waits for them.
+#[derive(Clone)]
+pub struct Sessions {
+    limit: Arc<Semaphore>,
+    max: usize,
+}
+
+impl Sessions {
+    pub fn new(max: usize) -> Self {
+        Self {
+            limit: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// Sessions still running.
+    pub fn running(&self) -> usize {
+        self.max - self.limit.available_permits()
+    }
+
+    /// Waits until every session has ended.
+    pub async fn ended(&self) {
+        let _ = self.limit.acquire_many(self.max as u32).await;
+    }
+}
+
+/// Accepts connections until the relay stops. A client beyond `max_sessions` gets
+/// `421 4.7.0` and is closed at once, without a task of its own reading its input.
+pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>, sessions: Sessions) {
+    let limit = sessions.limit.clone();
+    let mut stopping = inbound.stopping.clone();
     loop {
-        let (mut stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopping.wait_for(|s| *s) => {
+                // Dropping the listener closes the port: new clients are refused by the
+                // kernel, and their MTA tries another relay or later.
+                return;
+            }
+        };
+        let (mut stream, peer) = match accepted {
             Ok(s) => s,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.

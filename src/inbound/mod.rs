@@ -9,6 +9,6 @@ pub mod policy;
 mod reply;
 mod session;
 
-pub use listener::{Inbound, serve};
+pub use listener::{Inbound, Sessions, serve};
 pub use reply::Reply;
 pub use session::Session;

@@ -107,8 +107,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let mut last_input = tokio::time::Instant::now();
         let expiry = tokio::time::sleep(idle);
         tokio::pin!(expiry);
+        let mut stopping = self.inbound.stopping.clone();
         loop {
-            let close = self.process_input().await;
+            let mut close = self.process_input().await;
+            if !close && self.may_stop_here() && *stopping.borrow() {
+                close = self.say_stopping();
+            }
             if !self.output.is_empty() {
                 self.stream.write_all(&self.output).await?;
                 self.stream.flush().await?;
@@ -127,6 +131,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             let n = tokio::select! {
                 read = self.stream.read_buf(&mut self.input) => read?,
+                _ = stopping.changed(), if self.may_stop_here() && !*stopping.borrow() => {
+                    // Between transactions: the loop says 421 at its top.
+                    continue;
+                }
                 () = &mut expiry => {
                     if last_input.elapsed() < idle {
                         expiry.as_mut().reset(last_input + idle);
@@ -149,6 +157,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
+    /// Whether a stop may end the session now: no transaction is open and no input is
+    /// waiting to be answered.
+    fn may_stop_here(&self) -> bool {
+        self.txn.is_none() && matches!(self.state, State::Command) && self.input.is_empty()
+    }
+
+    /// The relay is stopping: `421` (RFC 5321 §3.8) and close. Returns true.
+    fn say_stopping(&mut self) -> bool {
+        let hostname = &self.inbound.config.server.hostname;
+        let reply = Reply::new(
+            421,
+            "4.3.2",
+            format!("{hostname} Service shutting down, try again later"),
+        );
+        self.push(reply);
+        true
+    }
+
     pub(super) fn push(&mut self, reply: Reply) {
         if reply.is_error() {
             self.errors += 1;
@@ -162,6 +188,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let mut pos = 0;
         while pos < self.input.len() {
             match &mut self.state {
+                State::Command if self.txn.is_none() && *self.inbound.stopping.borrow() => {
+                    // Stopping: a new transaction (or anything but the end of the one
+                    // under way) gets 421.
+                    self.input.clear();
+                    return self.say_stopping();
+                }
                 State::Command => {
                     let rest = &self.input[pos..];
                     let Some(lf) = memchr(b'\n', rest) else {

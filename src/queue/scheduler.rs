@@ -28,6 +28,8 @@ pub enum QueueEvent {
         next_ms: Option<u64>,
         waiting_for_egress: bool,
     },
+    /// The relay is stopping: start no more attempts; answer once none is running.
+    Drain(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Cheap handle to tell the scheduler about new messages.
@@ -37,6 +39,15 @@ pub struct QueueHandle {
 }
 
 impl QueueHandle {
+    /// Stops starting attempts and waits until the ones under way have finished (their
+    /// results recorded). Messages due meanwhile stay spooled for the next start.
+    pub async fn drain(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(QueueEvent::Drain(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
     /// A message was just made durable; schedule it.
     pub fn enqueued(&self, msg: &QueuedMessage) {
         let _ = self.tx.send(QueueEvent::Due {
@@ -160,6 +171,7 @@ pub fn start(ctx: Arc<QueueContext>) -> Result<QueueHandle, SpoolError> {
         due,
         in_flight: HashSet::new(),
         egress_waiters: HashMap::new(),
+        drained: None,
     };
     tokio::spawn(scheduler.run());
     Ok(handle)
@@ -175,6 +187,8 @@ struct Scheduler {
     egress_waiters: HashMap<QueueId, u64>,
     /// Bumped by the reputation state when an IP may have become usable again.
     improved: tokio::sync::watch::Receiver<u64>,
+    /// Stopping: no new attempts; these are told when the last one has finished.
+    drained: Option<Vec<tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl Scheduler {
@@ -200,7 +214,12 @@ impl Scheduler {
         let max_in_flight = self.ctx.config.delivery.max_connections;
         loop {
             let now = unix_now_ms();
-            while self.in_flight.len() < max_in_flight {
+            if let Some(waiting) = self.drained.as_mut().filter(|_| self.in_flight.is_empty()) {
+                for w in waiting.drain(..) {
+                    let _ = w.send(());
+                }
+            }
+            while self.drained.is_none() && self.in_flight.len() < max_in_flight {
                 match self.due.first() {
                     Some((at, _)) if *at <= now => {}
                     _ => break,
@@ -222,7 +241,7 @@ impl Scheduler {
                 }
             }
             let wait = match self.due.first() {
-                Some((at, _)) if self.in_flight.len() < max_in_flight => {
+                Some((at, _)) if self.drained.is_none() && self.in_flight.len() < max_in_flight => {
                     Some(Duration::from_millis(at.saturating_sub(now)))
                 }
                 _ => None,
@@ -245,6 +264,16 @@ impl Scheduler {
                 return;
             };
             match event {
+                QueueEvent::Drain(done) => {
+                    if self.drained.is_none() {
+                        tracing::info!(
+                            in_flight = self.in_flight.len(),
+                            queued = self.due.len(),
+                            "stopping: no new attempts; waiting for those under way"
+                        );
+                    }
+                    self.drained.get_or_insert_with(Vec::new).push(done);
+                }
                 QueueEvent::Due { id, at_ms } => {
                     // A message already running is rescheduled by its own Finished event.
                     if !self.in_flight.contains(&id) {

@@ -65,7 +65,7 @@ async fn sigterm_stops_with_the_log_written_and_the_spool_kept() {
     assert!(status.success(), "{status}: {log}");
     // The last lines of a busy moment would be lost if the batch were not written out.
     let stopping = log
-        .find("stopping signal=\"SIGTERM\"")
+        .find("signal=\"SIGTERM\"")
         .unwrap_or_else(|| panic!("{log}"));
     assert!(log.find("verdict=transient").unwrap() < stopping, "{log}");
 

@@ -16,6 +16,7 @@ mod replies;
 mod retry;
 mod reuse;
 mod second_opinion;
+mod stop;
 
 use support::relay::Setup;
 use support::sink::Sink;

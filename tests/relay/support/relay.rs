@@ -170,18 +170,28 @@ impl Relay {
     }
 
     /// SIGTERM, as a service manager stops it; returns how the process exited.
-    pub async fn terminate(mut self) -> (std::process::ExitStatus, String) {
+    pub async fn terminate(self) -> (std::process::ExitStatus, String) {
+        self.signal("TERM").await;
+        self.exited().await
+    }
+
+    /// Sends a signal (`TERM`, `INT`) and returns at once.
+    pub async fn signal(&self, name: &str) {
         let pid = self.child.id().expect("the relay is running");
         let sent = Command::new("sh")
             .arg("-c")
-            .arg(format!("kill -TERM {pid}"))
+            .arg(format!("kill -{name} {pid}"))
             .status()
             .await
             .unwrap();
         assert!(sent.success());
+    }
+
+    /// Waits for the process to exit; how it exited, and its log.
+    pub async fn exited(mut self) -> (std::process::ExitStatus, String) {
         let status = tokio::time::timeout(PATIENCE, self.child.wait())
             .await
-            .expect("the relay did not stop on SIGTERM")
+            .expect("the relay did not stop")
             .unwrap();
         (status, self.log())
     }

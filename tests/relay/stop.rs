@@ -1,0 +1,126 @@
+//! Stopping drains instead of cutting: on SIGTERM the port closes, sessions finish their
+//! transaction (and get their `250`), deliveries in flight finish, then the process exits
+//! 0; a restart sends nothing twice.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::support::client::ready;
+use crate::{World, message};
+
+fn subjects(w: &World) -> HashMap<String, usize> {
+    let mut count = HashMap::new();
+    for m in w.dest.messages() {
+        let data = String::from_utf8_lossy(&m.data).into_owned();
+        let subject = data
+            .lines()
+            .find_map(|l| l.strip_prefix("Subject: "))
+            .unwrap_or("")
+            .to_string();
+        *count.entry(subject).or_insert(0) += 1;
+    }
+    count
+}
+
+#[tokio::test]
+async fn sigterm_under_load_finishes_deliveries_and_a_restart_sends_nothing_twice() {
+    let w = World::new().await;
+    // Every delivery takes a while: a stop always finds some in flight.
+    w.dest
+        .behave(|b| b.data_delay = Some(Duration::from_millis(300)));
+    let relay = w.setup.start().await;
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let addr = relay.addr;
+        set.spawn(async move {
+            let mut c = ready(addr).await;
+            c.send_mail(
+                "a@sender.test",
+                &["b@dest.test"],
+                &message(&format!("m{i}"), "x\r\n"),
+            )
+            .await;
+        });
+    }
+    while let Some(sent) = set.join_next().await {
+        sent.unwrap();
+    }
+    // Deliveries are under way (the sink holds each for 300 ms).
+    crate::support::eventually(|| w.dest.open_now() > 0, || relay.log()).await;
+    let (status, log) = relay.terminate().await;
+    assert!(status.success(), "{status}: {log}");
+    assert!(
+        log.contains("stopped: every session ended, every delivery in flight finished"),
+        "{log}"
+    );
+    let before = w.dest.messages().len();
+    assert!(before > 0, "some deliveries finished during the drain");
+
+    w.dest.behave(|b| b.data_delay = None);
+    let relay = w.setup.start().await;
+    w.dest.wait_for(20).await;
+    relay
+        .log_count("removed: every recipient is final", 20 - before)
+        .await;
+    let count = subjects(&w);
+    assert_eq!(count.len(), 20, "{count:?}");
+    assert!(
+        count.values().all(|n| *n == 1),
+        "a copy sent twice: {count:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_session_mid_transaction_gets_its_250_then_421_and_the_port_closes() {
+    let w = World::new().await;
+    let relay = w.setup.start().await;
+    let mut c = ready(relay.addr).await;
+    c.cmd("MAIL FROM:<a@sender.test>", "250").await;
+    c.cmd("RCPT TO:<b@dest.test>", "250").await;
+    let mut idle = ready(relay.addr).await;
+    relay.signal("TERM").await;
+    // A client between transactions is told at once.
+    idle.expect("421 4.3.2").await;
+    // The one mid-transaction finishes it.
+    c.cmd("DATA", "354").await;
+    c.send(format!("{}\r\n.\r\n", message("last", "x\r\n")))
+        .await;
+    c.expect("250").await;
+    c.expect("421 4.3.2").await;
+    // No new client gets in: the port is closed.
+    let addr = relay.addr;
+    let mut refused = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the port still accepts connections while stopping");
+    let (status, log) = relay.exited().await;
+    assert!(status.success(), "{status}: {log}");
+    // The message answered 250 during the stop was spooled, and goes out after restart.
+    let _relay = w.setup.start().await;
+    let got = w.dest.wait_for(1).await;
+    assert!(String::from_utf8_lossy(&got[0].data).contains("Subject: last"));
+}
+
+#[tokio::test]
+async fn a_second_signal_stops_at_once() {
+    let w = World::new().await;
+    // A delivery that would hold the drain for a minute.
+    w.dest
+        .behave(|b| b.data_delay = Some(Duration::from_secs(60)));
+    let relay = w.setup.start().await;
+    let mut c = ready(relay.addr).await;
+    c.send_mail("a@sender.test", &["b@dest.test"], &message("slow", "x\r\n"))
+        .await;
+    crate::support::eventually(|| w.dest.open_now() > 0, || relay.log()).await;
+    relay.signal("TERM").await;
+    relay.log_with("stopping: no new attempts").await;
+    relay.signal("INT").await;
+    let (status, log) = relay.exited().await;
+    assert!(status.success(), "{status}: {log}");
+    assert!(log.contains("stopped at once by a second signal"), "{log}");
+}
