@@ -1,6 +1,11 @@
 //! One delivery attempt of one message: every pending recipient, grouped by domain, one
 //! transaction per domain, in parallel within the connection limits. The attempt then
 //! records each recipient's verdict, bounces what failed, and says when to retry.
+//!
+//! When the spool cannot record the outcome (a full disk), the outcome is kept in memory
+//! ([`QueueContext::unrecorded`]) and the next attempt starts from it instead of the
+//! stored record: a recipient delivered is never delivered again while the relay runs,
+//! and the record is written as soon as the spool takes writes again.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +25,10 @@ use crate::spool::{
 /// When the spool itself fails mid-attempt, try the message again after this long
 /// rather than lose track of it.
 const SPOOL_ERROR_RETRY: Duration = Duration::from_secs(60);
+
+/// A finished message whose removal could not be recorded: try the write again this soon
+/// (it costs no delivery).
+const RECORD_RETRY: Duration = Duration::from_secs(2);
 
 /// How an attempt ended, for the scheduler.
 pub(super) struct Outcome {
@@ -47,9 +56,21 @@ async fn attempt(
     queue: &QueueHandle,
     id: &QueueId,
 ) -> Result<Outcome, SpoolError> {
-    let loaded = match ctx.spool.take_fresh(id) {
-        Some((msg, body)) => Some((msg, Ok(body))),
-        None => {
+    let unrecorded = ctx.take_unrecorded(id);
+    let loaded = match (unrecorded, ctx.spool.take_fresh(id)) {
+        // Nothing left to send: the body is not needed.
+        (Some(msg), _) if msg.is_done() => Some((msg, Ok(Arc::from(Vec::new())))),
+        (Some(msg), _) => {
+            let spool = ctx.spool.clone();
+            tokio::task::spawn_blocking(move || {
+                let body = spool.load_body(&msg).map(Arc::<[u8]>::from);
+                Some((msg, body))
+            })
+            .await
+            .map_err(|_| SpoolError::CommitterGone)?
+        }
+        (None, Some((msg, body))) => Some((msg, Ok(body))),
+        (None, None) => {
             let spool = ctx.spool.clone();
             let load_id = id.clone();
             tokio::task::spawn_blocking(move || -> Result<_, SpoolError> {
@@ -162,16 +183,50 @@ async fn attempt(
     }
     msg.attempts += 1;
     expire(&mut msg, ctx.config.queue.max_lifetime.get());
-    bounce(ctx, queue, &mut msg, &body).await?;
+    match record(ctx, queue, &mut msg, &body, throttled, retry_at).await {
+        Ok(next_ms) => Ok(Outcome {
+            next_ms,
+            waiting_for_egress: waiting_for_egress && next_ms.is_some(),
+        }),
+        Err(e) => {
+            let next = if msg.is_done() {
+                unix_now_ms() + RECORD_RETRY.as_millis() as u64
+            } else {
+                msg.next_attempt_ms
+                    .max(unix_now_ms() + RECORD_RETRY.as_millis() as u64)
+            };
+            tracing::error!(
+                queue_id = %msg.id,
+                error = %e,
+                done = msg.is_done(),
+                "cannot record the attempt's outcome; kept in memory, recorded when the spool takes writes again"
+            );
+            ctx.keep_unrecorded(msg);
+            Ok(Outcome {
+                next_ms: Some(next),
+                waiting_for_egress: false,
+            })
+        }
+    }
+}
+
+/// Bounces what failed, then removes the message or records its new state and next due
+/// time. Returns the next due time (Unix ms), `None` once the message is gone.
+async fn record(
+    ctx: &Arc<QueueContext>,
+    queue: &QueueHandle,
+    msg: &mut QueuedMessage,
+    body: &[u8],
+    throttled: bool,
+    retry_at: Option<u64>,
+) -> Result<Option<u64>, SpoolError> {
+    bounce(ctx, queue, msg, body).await?;
 
     let spool = ctx.spool.clone();
     if msg.is_done() {
-        spool.remove(&msg).await?;
+        spool.remove(msg).await?;
         tracing::info!(queue_id = %msg.id, "removed: every recipient is final");
-        return Ok(Outcome {
-            next_ms: None,
-            waiting_for_egress: false,
-        });
+        return Ok(None);
     }
     let mut delay = retry::retry_delay(&ctx.config.queue, msg.attempts);
     if throttled {
@@ -199,11 +254,8 @@ async fn attempt(
             );
         }
     }
-    spool.update(&msg).await?;
-    Ok(Outcome {
-        next_ms: Some(next),
-        waiting_for_egress,
-    })
+    spool.update(msg).await?;
+    Ok(Some(next))
 }
 
 /// Recipients still pending after the queue lifetime become failures that quote the

@@ -72,6 +72,9 @@ pub struct QueueContext {
     /// Domains that asked us to slow down: until when (Unix seconds), and their one-lane
     /// semaphore.
     throttled: Mutex<HashMap<String, (u64, Arc<Semaphore>)>>,
+    /// Outcomes the spool could not record (a full disk): the next attempt of the message
+    /// starts from here, not from the stored record, so nothing delivered goes out again.
+    unrecorded: Mutex<HashMap<QueueId, QueuedMessage>>,
 }
 
 impl QueueContext {
@@ -88,10 +91,27 @@ impl QueueContext {
             connections: Arc::new(Semaphore::new(config.delivery.max_connections)),
             per_domain: Mutex::new(HashMap::new()),
             throttled: Mutex::new(HashMap::new()),
+            unrecorded: Mutex::new(HashMap::new()),
             config,
             spool,
             outbound,
         }
+    }
+
+    /// Keeps an attempt's outcome that the spool could not record.
+    pub(super) fn keep_unrecorded(&self, msg: QueuedMessage) {
+        self.unrecorded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(msg.id.clone(), msg);
+    }
+
+    /// The unrecorded outcome of a message, if there is one.
+    pub(super) fn take_unrecorded(&self, id: &QueueId) -> Option<QueuedMessage> {
+        self.unrecorded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
     }
 
     /// The destination said "too fast": one connection at a time to it for `period`.

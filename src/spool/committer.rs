@@ -116,7 +116,7 @@ const SPARES: usize = 8;
 const RECYCLED: usize = 32;
 
 pub(super) fn spawn(
-    db: Arc<redb::Database>,
+    index: Arc<super::index::Index>,
     msg_dir: PathBuf,
     tmp_dir: PathBuf,
     fresh: Arc<Fresh>,
@@ -143,7 +143,10 @@ pub(super) fn spawn(
                     recycled: &mut recycled,
                 };
                 let mut batch = batch;
-                let result = commit_batch(&db, &mut files, &mut batch);
+                let result = index
+                    .get()
+                    .or_else(|_| index.reopen().and_then(|()| index.get()))
+                    .and_then(|db| commit_batch(&db, &mut files, &mut batch));
                 let (result, unused) = match result {
                     Ok((unused, stored)) => {
                         fresh.add(stored);
@@ -151,6 +154,13 @@ pub(super) fn spawn(
                     }
                     Err(e) => {
                         tracing::error!(error = %e, changes = batch.len(), "spool commit failed");
+                        if matches!(e, SpoolError::Db(_)) {
+                            // redb refuses everything after an I/O error until reopened;
+                            // if the disk is still full, the next batch tries again.
+                            if let Err(e) = index.reopen() {
+                                tracing::warn!(error = %e, "cannot reopen the queue database yet");
+                            }
+                        }
                         (
                             Err(Failure {
                                 disk_full: e.is_disk_full(),

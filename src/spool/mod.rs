@@ -14,6 +14,7 @@
 //! message.
 
 mod committer;
+mod index;
 mod message;
 
 pub use message::{
@@ -43,6 +44,8 @@ pub enum SpoolError {
     Corrupt { id: String, message: String },
     #[error("the spool committer has stopped")]
     CommitterGone,
+    #[error("the queue database is being reopened after an I/O error")]
+    IndexClosed,
 }
 
 impl SpoolError {
@@ -55,7 +58,17 @@ impl SpoolError {
 
     /// Whether the disk is full: the client should get a temporary error and retry.
     pub fn is_disk_full(&self) -> bool {
-        matches!(self, Self::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull)
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cause {
+            if e
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+            {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
     }
 }
 
@@ -73,7 +86,7 @@ pub struct Spool {
 
 struct Shared {
     msg_dir: PathBuf,
-    db: Arc<redb::Database>,
+    index: Arc<index::Index>,
     committer: committer::Handle,
     fresh: Arc<Fresh>,
 }
@@ -131,11 +144,8 @@ impl Spool {
         for d in [dir, &msg_dir, &tmp_dir] {
             fs::create_dir_all(d).map_err(|e| SpoolError::io(d, e))?;
         }
-        // ExclusiveWriter: only this process opens the queue, so a commit is one
-        // fdatasync; state other processes read lives in a file of its own.
-        let db = Arc::new(db!(redb::Database::builder()
-            .set_concurrency_mode(redb::ConcurrencyMode::ExclusiveWriter)
-            .create(dir.join("queue.redb")))?);
+        let index = Arc::new(index::Index::open(&dir.join("queue.redb"))?);
+        let db = index.get()?;
         {
             let txn = db!(db.begin_write())?;
             db!(txn.open_table(MESSAGES))?;
@@ -200,12 +210,17 @@ impl Spool {
         let fresh = Arc::new(Fresh {
             inner: Mutex::new(FreshInner::default()),
         });
-        let committer =
-            committer::spawn(db.clone(), msg_dir.clone(), tmp_dir.clone(), fresh.clone());
+        drop(db);
+        let committer = committer::spawn(
+            index.clone(),
+            msg_dir.clone(),
+            tmp_dir.clone(),
+            fresh.clone(),
+        );
         Ok(Self {
             shared: Arc::new(Shared {
                 msg_dir,
-                db,
+                index,
                 committer,
                 fresh,
             }),
@@ -287,7 +302,8 @@ impl Spool {
     /// # Errors
     /// The database read failed or the record is corrupt.
     pub fn load(&self, id: &QueueId) -> Result<Option<QueuedMessage>, SpoolError> {
-        let txn = db!(self.shared.db.begin_read())?;
+        let db = self.shared.index.get()?;
+        let txn = db!(db.begin_read())?;
         let table = db!(txn.open_table(MESSAGES))?;
         match db!(table.get(id.as_str()))? {
             Some(v) => message::decode(id.as_str(), v.value()).map(Some),
@@ -300,7 +316,8 @@ impl Spool {
     /// # Errors
     /// The database read failed or a record is corrupt.
     pub fn recover(&self) -> Result<Vec<QueuedMessage>, SpoolError> {
-        let txn = db!(self.shared.db.begin_read())?;
+        let db = self.shared.index.get()?;
+        let txn = db!(db.begin_read())?;
         let table = db!(txn.open_table(MESSAGES))?;
         let mut out = Vec::new();
         for row in db!(table.iter())? {
@@ -341,6 +358,35 @@ mod tests {
             client: "test".into(),
             body: None,
         }
+    }
+
+    /// The reopen after an I/O error: it waits for a reader of the old handle, and the
+    /// spool reads and commits through the new one.
+    #[tokio::test]
+    async fn the_index_reopens_under_a_reader_and_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let msg = message();
+        spool.store_message(&msg, b"hi\r\n".to_vec()).await.unwrap();
+        let reader = spool.shared.index.get().unwrap();
+        let held = std::thread::spawn(move || {
+            let txn = reader.begin_read().unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            drop(txn);
+        });
+        let index = spool.shared.index.clone();
+        tokio::task::spawn_blocking(move || index.reopen())
+            .await
+            .unwrap()
+            .unwrap();
+        held.join().unwrap();
+        assert!(spool.load(&msg.id).unwrap().is_some());
+        let other = message();
+        spool
+            .store_message(&other, b"x\r\n".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(spool.recover().unwrap().len(), 2);
     }
 
     #[tokio::test]

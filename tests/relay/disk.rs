@@ -77,3 +77,82 @@ async fn full_disk_gets_452_and_recovers() {
         "the refused message must not be delivered"
     );
 }
+
+/// One transaction; the reply to the end of DATA.
+async fn try_send(relay: std::net::SocketAddr, subject: &str) -> String {
+    let mut c = ready(relay).await;
+    c.cmd("MAIL FROM:<a@sender.test>", "250").await;
+    c.cmd("RCPT TO:<b@dest.test>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send(message(subject, "x\r\n")).await;
+    c.send("\r\n.\r\n").await;
+    c.reply().await
+}
+
+/// The disk fills while messages are queued: each is delivered once (a completion that
+/// cannot be written is kept in memory and written later), new mail gets 452; when space
+/// returns new mail is accepted again without a restart, and a restart sends nothing
+/// again.
+#[tokio::test]
+async fn a_full_disk_heals_without_restart_and_nothing_goes_out_twice() {
+    let w = World::new().await;
+    let spool = w.setup.dir.path().join("spool");
+    let _fs = Tmpfs::mount(&spool, "8m");
+    // The destination defers at first: the messages wait in the queue.
+    w.dest
+        .behave(|b| b.data_always = Some("451 4.3.0 try again later".into()));
+    let relay = w.setup.start().await;
+    for i in 0..3 {
+        assert!(
+            try_send(relay.addr, &format!("queued-{i}"))
+                .await
+                .starts_with("250")
+        );
+    }
+    relay.log_count("verdict=transient", 3).await;
+    let filler = fill(&spool);
+    w.dest.behave(|b| b.data_always = None);
+    // Each is delivered and its completion recorded, at once or (when the commit fails
+    // for want of room) from memory a moment later: either way, once.
+    relay
+        .log_count("removed: every recipient is final", 3)
+        .await;
+    assert_eq!(
+        w.dest.messages().len(),
+        3,
+        "delivered again while the disk was full"
+    );
+    assert_eq!(relay.log().matches("verdict=delivered").count(), 3);
+    let mut c = ready(relay.addr).await;
+    c.cmd("MAIL FROM:<a@sender.test>", "250").await;
+    c.cmd("RCPT TO:<b@dest.test>", "250").await;
+    c.cmd("DATA", "354").await;
+    c.send(message("no room", &"x".repeat(64 * 1024))).await;
+    c.send("\r\n.\r\n").await;
+    let reply = c.reply().await;
+    assert!(reply.starts_with("452 4.3.1"), "{reply}");
+
+    std::fs::remove_file(filler).unwrap();
+    // Accepted again within seconds, without a restart.
+    let mut accepted = false;
+    for _ in 0..50 {
+        if try_send(relay.addr, "room again").await.starts_with("250") {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(accepted, "{}", relay.log());
+    w.dest.wait_for(4).await;
+    relay
+        .log_count("removed: every recipient is final", 4)
+        .await;
+    assert_eq!(w.dest.messages().len(), 4, "{:#?}", w.dest.messages());
+
+    // The completions were written: a restart has nothing to send.
+    relay.kill().await;
+    let relay = w.setup.start().await;
+    let log = relay.log_with("listening").await;
+    assert!(!log.contains("recovered spooled messages"), "{log}");
+    assert_eq!(w.dest.messages().len(), 4);
+}
