@@ -46,7 +46,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     tracing::info!(%addr, "listening");
     println!("sidestep listening on {addr}");
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let sessions = inbound::Sessions::new(config.server.max_sessions);
+    let sessions = inbound::Sessions::new(&config.server);
     let drain_timeout = config.server.drain_timeout.get();
     // On a worker, not in `block_on`: the main thread would otherwise be woken for every
     // connection only to hand the session over to a worker.
@@ -57,8 +57,8 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
             spool,
             queue: queue.clone(),
             stopping,
+            sessions: sessions.clone(),
         }),
-        sessions.clone(),
     ));
     let mut signals = StopSignals::new().context("waiting for signals")?;
     tokio::select! {

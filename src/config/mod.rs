@@ -161,8 +161,24 @@ pub struct ServerConfig {
     pub max_recipients: usize,
     /// Longest command line, CRLF included (RFC 5321 §4.5.3.1.4 requires at least 512).
     pub max_line_length: usize,
-    /// A client silent for this long is disconnected with `421 4.4.2`.
+    /// Each command must arrive, and each reply wait for the next command, within this;
+    /// a client that trickles bytes gets no more time (Postfix's per-request deadline).
+    /// Past it: `421 4.4.2`.
     pub idle_timeout: HumanDuration,
+    /// Message content (DATA, BDAT) must come at least this fast, in bytes per second:
+    /// each read adds its bytes' worth of time to the deadline (Postfix's
+    /// smtpd_min_data_rate).
+    pub min_data_rate: u64,
+    /// The timeout instead of `idle_timeout` while the session table is 7/8 full, so idle
+    /// and slow clients give their slots back quickly (Postfix's stress mode).
+    pub stress_timeout: HumanDuration,
+    /// Sessions only clients in `relay_networks` may take: outsiders can never fill the
+    /// port. Default: a tenth of `max_sessions`.
+    pub reserved_sessions: Option<usize>,
+    /// Concurrent sessions from one address outside `relay_networks`.
+    pub max_sessions_per_ip: usize,
+    /// New connections per minute from one address outside `relay_networks`.
+    pub max_connection_rate_per_ip: u32,
     /// On SIGTERM/SIGINT: how long sessions may finish their transaction and deliveries
     /// in flight may finish, before the process exits anyway (a second signal exits at
     /// once). Deliveries cut short are sent again after the restart.
@@ -360,8 +376,22 @@ impl Default for ServerConfig {
             max_recipients: 1000,
             max_line_length: 2048,
             idle_timeout: HumanDuration::from_secs(300),
+            min_data_rate: 500,
+            stress_timeout: HumanDuration::from_secs(10),
+            reserved_sessions: None,
+            max_sessions_per_ip: 20,
+            max_connection_rate_per_ip: 120,
             drain_timeout: HumanDuration::from_secs(30),
         }
+    }
+}
+
+impl ServerConfig {
+    /// `reserved_sessions`, or its default: a tenth of `max_sessions`.
+    pub fn reserved(&self) -> usize {
+        self.reserved_sessions
+            .unwrap_or(self.max_sessions / 10)
+            .min(self.max_sessions)
     }
 }
 
@@ -449,6 +479,39 @@ impl Config {
         let s = &self.server;
         if s.hostname.trim().is_empty() {
             err("server.hostname".into(), "must not be empty".into());
+        }
+        if s.reserved_sessions.is_some_and(|r| r >= s.max_sessions) && s.max_sessions > 0 {
+            err(
+                "server.reserved_sessions".into(),
+                format!(
+                    "must be less than server.max_sessions ({}), or no client outside relay_networks could connect",
+                    s.max_sessions
+                ),
+            );
+        }
+        if s.max_sessions_per_ip == 0 {
+            err(
+                "server.max_sessions_per_ip".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if s.max_connection_rate_per_ip == 0 {
+            err(
+                "server.max_connection_rate_per_ip".into(),
+                "must be at least 1".into(),
+            );
+        }
+        if s.min_data_rate == 0 {
+            err(
+                "server.min_data_rate".into(),
+                "must be at least 1 byte per second".into(),
+            );
+        }
+        if s.stress_timeout.is_zero() {
+            err(
+                "server.stress_timeout".into(),
+                "must be more than 0s".into(),
+            );
         }
         if s.max_sessions == 0 {
             err("server.max_sessions".into(), "must be at least 1".into());

@@ -1,13 +1,14 @@
-//! The accept loop: one task per session, at most `max_sessions` at once.
+//! The accept loop: one task per session, admitted by the session table
+//! ([`super::limits`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
-use super::Session;
+use super::limits::Sessions;
+use super::{Session, policy};
 use crate::config::Config;
 use crate::queue::QueueHandle;
 use crate::spool::Spool;
@@ -20,38 +21,13 @@ pub struct Inbound {
     /// Becomes `true` when the relay stops: sessions finish their transaction, then say
     /// `421`.
     pub stopping: tokio::sync::watch::Receiver<bool>,
-}
-
-/// The accept loop's sessions, for a stop that waits for them.
-#[derive(Clone)]
-pub struct Sessions {
-    limit: Arc<Semaphore>,
-    max: usize,
-}
-
-impl Sessions {
-    pub fn new(max: usize) -> Self {
-        Self {
-            limit: Arc::new(Semaphore::new(max)),
-            max,
-        }
-    }
-
-    /// Sessions still running.
-    pub fn running(&self) -> usize {
-        self.max - self.limit.available_permits()
-    }
-
-    /// Waits until every session has ended.
-    pub async fn ended(&self) {
-        let _ = self.limit.acquire_many(self.max as u32).await;
-    }
+    /// The session table: slots, per-address caps, stress.
+    pub sessions: Sessions,
 }
 
 /// Accepts connections until the relay stops. A client beyond `max_sessions` gets
 /// `421 4.7.0` and is closed at once, without a task of its own reading its input.
-pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>, sessions: Sessions) {
-    let limit = sessions.limit.clone();
+pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>) {
     let mut stopping = inbound.stopping.clone();
     loop {
         let accepted = tokio::select! {
@@ -72,22 +48,22 @@ pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>, sessions: Sessi
             }
         };
         let _ = stream.set_nodelay(true);
-        match limit.clone().try_acquire_owned() {
-            Ok(permit) => {
+        let permitted = policy::may_relay(peer.ip(), &inbound.config.server.relay_networks);
+        match inbound.sessions.admit(peer.ip(), permitted) {
+            Ok(admission) => {
                 let inbound = inbound.clone();
                 tokio::spawn(async move {
-                    let _permit = permit;
+                    let _admission = admission;
                     if let Err(e) = Session::new(stream, inbound, peer).run().await {
                         tracing::debug!(client = %peer, error = %e, "session ended");
                     }
                 });
             }
-            Err(_) => {
-                tracing::warn!(client = %peer, "too many sessions, refusing");
+            Err(refusal) => {
+                tracing::warn!(client = %peer, why = ?refusal, "connection refused");
                 let hostname = inbound.config.server.hostname.clone();
                 tokio::spawn(async move {
-                    let msg =
-                        format!("421 4.7.0 {hostname} Too many connections, try again later\r\n");
+                    let msg = format!("421 4.7.0 {hostname} {}\r\n", refusal.reply_text());
                     let _ = stream.write_all(msg.as_bytes()).await;
                     let _ = stream.shutdown().await;
                 });

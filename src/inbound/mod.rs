@@ -4,11 +4,13 @@
 mod data;
 mod ehlo;
 mod envelope;
+pub mod limits;
 mod listener;
 pub mod policy;
 mod reply;
 mod session;
 
-pub use listener::{Inbound, Sessions, serve};
+pub use limits::Sessions;
+pub use listener::{Inbound, serve};
 pub use reply::Reply;
 pub use session::Session;

@@ -69,6 +69,8 @@ pub struct Session<S> {
     pub(super) input: Vec<u8>,
     pub(super) output: Vec<u8>,
     pub(super) errors: u32,
+    /// Replies given so far: each one ends a request and starts the next one's deadline.
+    pub(super) replies: u64,
 }
 
 /// The connection is no longer usable (I/O error, timeout, client gone).
@@ -91,6 +93,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             input: Vec::with_capacity(4096),
             output: Vec::with_capacity(1024),
             errors: 0,
+            replies: 0,
         }
     }
 
@@ -101,17 +104,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub async fn run(mut self) -> Result<(), SessionError> {
         let hostname = self.inbound.config.server.hostname.clone();
         self.push(Reply::new(220, "", format!("{hostname} ESMTP sidestep")));
-        let idle = self.inbound.config.server.idle_timeout.get();
-        // One timer for the whole session, moved only when it fires early: a timeout
-        // per read would register and cancel a timer for every packet.
-        let mut last_input = tokio::time::Instant::now();
-        let expiry = tokio::time::sleep(idle);
+        let server = &self.inbound.config.server;
+        let (idle, stress) = (server.idle_timeout.get(), server.stress_timeout.get());
+        let min_rate = server.min_data_rate.max(1) as f64;
+        // Each request (a command, or message content after 354) has a deadline counted
+        // from the reply before it, whatever the client trickles meanwhile; content
+        // earns time at min_data_rate. One timer for the whole session, re-armed only
+        // per request or when it fires early (at the latest every `stress`, so a table
+        // that fills up shortens the wait of sessions already idle).
+        let mut request_start = tokio::time::Instant::now();
+        let mut allowance = std::time::Duration::ZERO;
+        let mut replies_seen = 0;
+        let expiry = tokio::time::sleep(idle.min(stress));
         tokio::pin!(expiry);
         let mut stopping = self.inbound.stopping.clone();
         loop {
             let mut close = self.process_input().await;
             if !close && self.may_stop_here() && *stopping.borrow() {
                 close = self.say_stopping();
+            }
+            if self.replies != replies_seen {
+                replies_seen = self.replies;
+                request_start = tokio::time::Instant::now();
+                allowance = std::time::Duration::ZERO;
+                expiry.as_mut().reset(request_start + idle.min(stress));
             }
             if !self.output.is_empty() {
                 self.stream.write_all(&self.output).await?;
@@ -136,10 +152,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     continue;
                 }
                 () = &mut expiry => {
-                    if last_input.elapsed() < idle {
-                        expiry.as_mut().reset(last_input + idle);
+                    let timeout = if self.inbound.sessions.under_stress() { stress } else { idle };
+                    let limit = request_start + allowance + timeout;
+                    let now = tokio::time::Instant::now();
+                    if now < limit {
+                        expiry.as_mut().reset(limit.min(now + stress));
                         continue;
                     }
+                    tracing::info!(client = %self.peer, "request deadline passed; disconnecting");
                     self.push(Reply::new(
                         421,
                         "4.4.2",
@@ -153,7 +173,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             if n == 0 {
                 return Ok(());
             }
-            last_input = tokio::time::Instant::now();
+            if !matches!(self.state, State::Command | State::SkipLine) {
+                allowance += std::time::Duration::from_secs_f64(n as f64 / min_rate);
+            }
         }
     }
 
@@ -176,6 +198,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     pub(super) fn push(&mut self, reply: Reply) {
+        self.replies += 1;
         if reply.is_error() {
             self.errors += 1;
         }

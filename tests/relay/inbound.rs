@@ -278,3 +278,142 @@ async fn pipelined_recipients_over_the_limit_keep_the_accepted_ones() {
     assert_eq!(got[0].rcpts.len(), 5, "{:?}", got[0].rcpts);
     c.cmd("QUIT", "221").await;
 }
+
+/// A relay with these `[server]` lines (idle_timeout among them, replacing the harness's).
+async fn relay_with_server(w: &World, lines: &str) -> crate::support::relay::Relay {
+    let config = w
+        .setup
+        .config()
+        .replace("idle_timeout = \"10s\"\n", &format!("{lines}\n"));
+    crate::support::relay::Relay::start(&config, w.setup.dir.path()).await
+}
+
+/// A command must complete within its timeout: a byte every 100 ms does not keep a
+/// session alive (each byte used to reset the timer), nor does message content slower
+/// than `min_data_rate`.
+#[tokio::test]
+async fn trickling_clients_are_cut_off() {
+    let w = World::new().await;
+    let relay = relay_with_server(&w, "idle_timeout = \"1s\"\nmin_data_rate = 1000").await;
+    let mut c = ready(relay.addr).await;
+    let line = b"MAIL FROM:<a@sender.test>\r\n";
+    let mut cut = false;
+    for b in line.iter() {
+        if c.try_send(&[*b]).await.is_err() {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let reply = c.reply().await;
+    assert!(reply.starts_with("421 4.4.2"), "cut={cut} {reply:?}");
+
+    // Content at 100 bytes a second, where 1000 are required.
+    let mut c = ready(relay.addr).await;
+    c.cmd("MAIL FROM:<a@sender.test>", "250").await;
+    c.cmd("RCPT TO:<b@dest.test>", "250").await;
+    c.cmd("DATA", "354").await;
+    for _ in 0..40 {
+        if c.try_send(b"0123456789").await.is_err() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    c.expect("421 4.4.2").await;
+    assert!(w.dest.messages().is_empty());
+}
+
+/// 200 clients from outside `relay_networks` that say nothing cannot lock out the MTA
+/// the relay serves: slots are reserved for it, one address gets at most its share, and
+/// connection bursts from one address are refused.
+#[tokio::test]
+async fn idle_outsiders_do_not_lock_out_a_permitted_client() {
+    let mut w = World::new().await;
+    w.setup.relay_networks = r#"["127.0.0.1/32"]"#.into();
+    let relay = w.setup.start().await;
+    let mut outsiders = Vec::new();
+    let mut refused = 0;
+    for i in 0..200u32 {
+        let ip: std::net::IpAddr = format!("127.0.{}.{}", 100 + i / 200, 1 + i % 200)
+            .parse()
+            .unwrap();
+        let mut c = Client::connect_from(ip, relay.addr).await;
+        let greeting = c.reply().await;
+        if greeting.starts_with("220") {
+            outsiders.push(c);
+        } else {
+            assert!(greeting.starts_with("421 4.7.0"), "{greeting}");
+            refused += 1;
+        }
+    }
+    // max_sessions 200, a tenth reserved: outsiders got 180.
+    assert_eq!((outsiders.len(), refused), (180, 20));
+    let mut c = ready(relay.addr).await;
+    c.send_mail(
+        "a@sender.test",
+        &["b@dest.test"],
+        &message("still in", "x\r\n"),
+    )
+    .await;
+    w.dest.wait_for(1).await;
+    drop(outsiders);
+
+    // One address: at most max_sessions_per_ip (20) at once.
+    let one: std::net::IpAddr = "127.0.102.1".parse().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let mut c = Client::connect_from(one, relay.addr).await;
+        c.expect("220").await;
+        held.push(c);
+    }
+    let mut c = Client::connect_from(one, relay.addr).await;
+    c.expect("421 4.7.0").await;
+    drop(held);
+    // And at most max_connection_rate_per_ip (120) new connections a minute: 21 so far.
+    let mut last = String::new();
+    for _ in 0..120 {
+        let mut c = Client::connect_from(one, relay.addr).await;
+        last = c.reply().await;
+        if last.contains("rate limit") {
+            break;
+        }
+    }
+    assert!(
+        last.starts_with("421 4.7.0") && last.contains("rate limit"),
+        "{last}"
+    );
+}
+
+/// When the session table is nearly full, idle clients get the short stress timeout.
+#[tokio::test]
+async fn a_nearly_full_table_shortens_timeouts() {
+    let mut w = World::new().await;
+    w.setup.relay_networks = r#"["127.0.0.1/32"]"#.into();
+    let relay = relay_with_server(
+        &w,
+        "idle_timeout = \"60s\"\nstress_timeout = \"1s\"\nmax_sessions = 16",
+    )
+    .await;
+    let mut idle = Vec::new();
+    for i in 0..15u8 {
+        let ip: std::net::IpAddr = format!("127.0.103.{}", i + 1).parse().unwrap();
+        let mut c = Client::connect_from(ip, relay.addr).await;
+        c.expect("220").await;
+        idle.push(c);
+    }
+    // Fifteen of sixteen: under stress, idle sessions are cut after a second, not a
+    // minute, until the table is below the stress mark (7/8: 14 sessions).
+    let mut set = tokio::task::JoinSet::new();
+    for mut c in idle {
+        set.spawn(async move {
+            tokio::time::timeout(std::time::Duration::from_secs(5), c.reply())
+                .await
+                .is_ok_and(|r| r.starts_with("421 4.4.2"))
+        });
+    }
+    let mut cut = 0;
+    while let Some(was_cut) = set.join_next().await {
+        cut += usize::from(was_cut.unwrap());
+    }
+    assert!(cut >= 2, "{cut} cut: {}", relay.log());
+}

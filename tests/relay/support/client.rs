@@ -35,6 +35,11 @@ impl Client {
         self.w.write_all(bytes.as_ref()).await.unwrap();
     }
 
+    /// Like [`Client::send`], for a server that may have closed the connection.
+    pub async fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.w.write_all(bytes).await
+    }
+
     /// Reads one complete reply; returns its lines joined with `\n`, or "" on EOF.
     pub async fn reply(&mut self) -> String {
         tokio::time::timeout(PATIENCE, async {
