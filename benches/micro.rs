@@ -7,9 +7,11 @@ use std::net::{IpAddr, Ipv4Addr};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sidestep::classify::{Classifier, parse_reply};
 use sidestep::config::{BlocklistConfig, EgressConfig, PoolConfig};
+use sidestep::egress::{EgressIp, Standing};
 use sidestep::reputation::dnsbl::{Finding, ListedCode};
-use sidestep::reputation::{CheckOutcome, Evidence, Reputation, Standing};
-use sidestep::routing::{EgressIp, Pool, Site};
+use sidestep::reputation::{CheckOutcome, Evidence, Reputation};
+use sidestep::routing::Pool;
+use sidestep::site::Site;
 
 const EGRESS: u32 = 64;
 const SITES: usize = 10_000;

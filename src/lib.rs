@@ -6,8 +6,17 @@
 //!
 //! # Layout — the pipeline, module by module, in flow order
 //!
+//! Vocabulary every stage shares (leaves: they use nothing of the pipeline):
+//!
 //! - [`config`]: the operator's TOML file, defaults and validation.
+//! - [`clock`]: Unix time as records keep it, and a clock tests can move by hand.
 //! - [`envelope`]: addresses, sender, body flags — the values that travel the pipeline.
+//! - [`dns`]: the resolver (MX, addresses, DNSBL queries), system or configured servers.
+//! - [`site`]: recipient domains that share MX hosts, as reputation sees them.
+//! - [`egress`]: the local addresses mail leaves from, and their standing.
+//!
+//! The pipeline, each stage using only the ones after it and the vocabulary:
+//!
 //! - [`inbound`]: the SMTP listener and session state machine; relay permission.
 //! - [`spool`]: durable storage; a `250` is sent only after the message is fsynced.
 //! - [`queue`]: the scheduler owning every due time, retry math, DSNs.
@@ -23,11 +32,15 @@
 
 pub mod classify;
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod dns;
+pub mod egress;
 pub mod envelope;
 pub mod inbound;
 pub mod outbound;
 pub mod queue;
 pub mod reputation;
 pub mod routing;
+pub mod site;
 pub mod spool;

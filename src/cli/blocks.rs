@@ -24,7 +24,7 @@ pub fn blocks(config_path: Option<&Path>, json: bool) -> anyhow::Result<()> {
 /// One block as text, every line prefixed with `indent`.
 pub(super) fn render_block(b: &Block, indent: &str) -> String {
     let mut s = String::new();
-    let now = crate::spool::unix_now();
+    let now = crate::clock::unix_now();
     let state = if b.expires_at > now {
         format!("blocked until {}", when(b.expires_at))
     } else if b.canary_in_flight {

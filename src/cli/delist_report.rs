@@ -58,7 +58,7 @@ pub fn delist_report(config_path: Option<&Path>, ip: IpAddr, json: bool) -> anyh
     let _ = writeln!(
         s,
         "Delisting report for {ip} ({})",
-        when(crate::spool::unix_now())
+        when(crate::clock::unix_now())
     );
     let _ = writeln!(
         s,

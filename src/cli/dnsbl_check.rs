@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::dns::Resolver;
 use crate::reputation::{Reputation, check_all};
-use crate::routing::Resolver;
 
 /// `sidestep dnsbl-check IP…`: asks the configured lists about arbitrary addresses once,
 /// now, without touching the relay's state.

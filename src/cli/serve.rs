@@ -4,11 +4,11 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::classify::Classifier;
+use crate::dns::Resolver;
 use crate::inbound::{self, Inbound};
 use crate::outbound::Outbound;
 use crate::queue::{self, QueueContext};
 use crate::reputation::{self, Reputation};
-use crate::routing::Resolver;
 use crate::spool::Spool;
 
 /// `sidestep serve`: wires the pipeline together and runs until killed.

@@ -8,10 +8,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::session::{State, Transaction};
 use super::{Reply, Session, policy};
+use crate::clock::{unix_now, unix_now_ms};
 use crate::envelope::Sender;
-use crate::spool::{
-    QueueId, QueuedMessage, RecipientState, RecipientStatus, unix_now, unix_now_ms,
-};
+use crate::spool::{QueueId, QueuedMessage, RecipientState, RecipientStatus};
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub(super) fn data(&mut self) -> Reply {

@@ -15,9 +15,12 @@ use super::reply::{Reply, exchange, read_reply};
 use super::sessions::{Client, Io, ReuseLimits, Session, SessionCache};
 use super::smarthost::Smarthost;
 use crate::config::{Config, RouteConfig};
+use crate::dns::{DnsError, Resolver};
+use crate::egress::{EgressIp, Standing};
 use crate::envelope::{Address, BodyFlags, Sender};
-use crate::reputation::{Reputation, Standing};
-use crate::routing::{DnsError, EgressIp, Pool, Resolver, Site};
+use crate::reputation::Reputation;
+use crate::routing::Pool;
+use crate::site::Site;
 use crate::spool::RemoteReply;
 
 /// What is being sent in one transaction.

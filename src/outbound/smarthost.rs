@@ -18,7 +18,7 @@ use super::client::{
     AttemptReport, DomainDelivery, HostFailure, Via, error_reply, greeting, hello, transaction,
 };
 use crate::config::{SmarthostConfig, SmarthostTls};
-use crate::routing::Resolver;
+use crate::dns::Resolver;
 use crate::spool::RemoteReply;
 
 #[derive(Clone)]

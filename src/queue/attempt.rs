@@ -17,10 +17,9 @@ use super::domain::{DomainJob, deliver_domain};
 use super::scheduler::{QueueContext, QueueHandle};
 use super::{dsn, retry};
 use crate::classify::{Retry, Verdict};
+use crate::clock::{unix_now, unix_now_ms};
 use crate::envelope::Sender;
-use crate::spool::{
-    QueueId, QueuedMessage, RecipientStatus, RemoteReply, SpoolError, unix_now, unix_now_ms,
-};
+use crate::spool::{QueueId, QueuedMessage, RecipientStatus, RemoteReply, SpoolError};
 
 /// When the spool itself fails mid-attempt, try the message again after this long
 /// rather than lose track of it.
@@ -67,7 +66,7 @@ async fn attempt(
                 Some((msg, body))
             })
             .await
-            .map_err(|_| SpoolError::CommitterGone)?
+            .map_err(SpoolError::ReadTask)?
         }
         (None, Some((msg, body))) => Some((msg, Ok(body))),
         (None, None) => {
@@ -80,7 +79,7 @@ async fn attempt(
                 }))
             })
             .await
-            .map_err(|_| SpoolError::CommitterGone)??
+            .map_err(SpoolError::ReadTask)??
         }
     };
     let Some((mut msg, body)) = loaded else {

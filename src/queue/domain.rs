@@ -16,11 +16,12 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use super::scheduler::QueueContext;
 use crate::classify::{Classification, Verdict, worth_second_opinion};
+use crate::clock::unix_now;
 use crate::envelope::{Address, BodyFlags, Sender};
 use crate::outbound::{AttemptReport, DomainDelivery, Via};
-use crate::reputation::{Evidence, LearnedReply, Reputation};
-use crate::routing::Site;
-use crate::spool::{QueueId, RemoteReply, SpoolError, unix_now};
+use crate::reputation::{Evidence, LearnedReply, Reputation, StoreError};
+use crate::site::Site;
+use crate::spool::{QueueId, RemoteReply};
 
 /// An IP refused, another tried at once: at most this many times per attempt, so a
 /// destination that refuses everyone cannot keep an attempt spinning.
@@ -393,7 +394,7 @@ async fn learn(
 /// persist is logged (the state holds in memory).
 async fn with_reputation(
     ctx: &QueueContext,
-    f: impl FnOnce(&Reputation) -> Result<(), SpoolError> + Send + 'static,
+    f: impl FnOnce(&Reputation) -> Result<(), StoreError> + Send + 'static,
 ) {
     let reputation = ctx.reputation.clone();
     match tokio::task::spawn_blocking(move || f(&reputation)).await {

@@ -7,10 +7,9 @@ use std::fmt::Write;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc2822;
 
+use crate::clock::{unix_now, unix_now_ms};
 use crate::envelope::{Address, BodyFlags, Sender};
-use crate::spool::{
-    QueueId, QueuedMessage, RecipientState, RecipientStatus, RemoteReply, unix_now, unix_now_ms,
-};
+use crate::spool::{QueueId, QueuedMessage, RecipientState, RecipientStatus, RemoteReply};
 
 /// A DSN ready to be spooled like any other message.
 pub struct Dsn {

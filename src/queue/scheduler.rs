@@ -11,10 +11,11 @@ use tokio::sync::{Semaphore, mpsc};
 
 use super::attempt;
 use crate::classify::Classifier;
+use crate::clock::unix_now_ms;
 use crate::config::Config;
 use crate::outbound::Outbound;
 use crate::reputation::Reputation;
-use crate::spool::{QueueId, QueuedMessage, Spool, SpoolError, unix_now_ms};
+use crate::spool::{QueueId, QueuedMessage, Spool, SpoolError};
 
 /// What the scheduler is told.
 #[derive(Debug)]
@@ -116,9 +117,9 @@ impl QueueContext {
 
     /// The destination said "too fast": one connection at a time to it for `period`.
     pub(super) fn throttle(&self, domain: &str, period: Duration) {
-        let until = crate::spool::unix_now() + period.as_secs().max(1);
+        let until = crate::clock::unix_now() + period.as_secs().max(1);
         let mut map = self.throttled.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, (t, _)| *t > crate::spool::unix_now());
+        map.retain(|_, (t, _)| *t > crate::clock::unix_now());
         let entry = map
             .entry(domain.to_string())
             .or_insert_with(|| (until, Arc::new(Semaphore::new(1))));
@@ -136,7 +137,7 @@ impl QueueContext {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(domain)
-            .filter(|(until, _)| *until > crate::spool::unix_now())
+            .filter(|(until, _)| *until > crate::clock::unix_now())
             .map(|(_, lane)| lane.clone())
     }
 

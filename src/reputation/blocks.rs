@@ -10,8 +10,11 @@ use std::time::Duration;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
+use super::state::Reputation;
+use super::store::{self, StoreError};
 use crate::config::BlocksConfig;
-use crate::routing::Site;
+use crate::egress::Standing;
+use crate::site::Site;
 
 /// What the destination said, exactly, and where and when.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +56,17 @@ pub struct Block {
     #[serde(skip)]
     pub canary_in_flight: bool,
 }
+
+/// What [`Reputation::block_now`] did, for [`Reputation::save_block`].
+#[derive(Debug, Clone)]
+pub struct BlockUpdate {
+    pub block: Block,
+    /// A new block, or a longer one (a refused canary); `false`: evidence added only.
+    pub renewed: bool,
+}
+
+/// Refusals kept beyond the first while a block holds (attempts already in flight).
+const MAX_LATER_EVIDENCE: usize = 8;
 
 /// How long a block lasts after `strikes` repeats: `duration × 2^strikes`, capped.
 pub fn block_duration(config: &BlocksConfig, strikes: u32) -> Duration {
@@ -102,9 +116,289 @@ pub fn find_removal_url(text: &str) -> Option<String> {
     })
 }
 
+impl Reputation {
+    /// The standing of `ip` towards `site`: its listings, and a block the site taught us.
+    /// An expired block whose canary is free counts as clean (the IP may be tried once).
+    pub fn standing_for(&self, ip: IpAddr, site: &Site) -> Standing {
+        let state = self.lock();
+        let listed = state.listed.get(&ip).copied().unwrap_or(Standing::Clean);
+        let blocked = match state.blocks.get(site).and_then(|m| m.get(&ip)) {
+            Some(b) if b.expires_at > self.shared.clock.now() || b.canary_in_flight => {
+                Standing::Hard
+            }
+            _ => Standing::Clean,
+        };
+        listed.max(blocked)
+    }
+
+    /// Like [`Reputation::standing_for`], and if the IP is clean only because its block
+    /// expired, claims it as that site's one canary delivery.
+    pub fn claim(&self, ip: IpAddr, site: &Site) -> Standing {
+        let mut state = self.lock();
+        let listed = state.listed.get(&ip).copied().unwrap_or(Standing::Clean);
+        let Some(blocks) = state.blocks.get_mut(site) else {
+            return listed;
+        };
+        let now = self.shared.clock.now();
+        let blocked = match blocks.get_mut(&ip) {
+            Some(b) if b.expires_at > now || b.canary_in_flight => Standing::Hard,
+            // A listed IP is no canary: its probe would say nothing about this site.
+            Some(_) if listed != Standing::Clean => Standing::Hard,
+            Some(b) => {
+                b.canary_in_flight = true;
+                tracing::info!(ip = %ip, site = %site, "block expired; canary delivery");
+                Standing::Clean
+            }
+            _ => Standing::Clean,
+        };
+        listed.max(blocked)
+    }
+
+    /// The site refused `ip` for its reputation: keep the IP away from it, at once and in
+    /// memory, so routing sees the block before anything is written (see
+    /// [`Reputation::save_block`]). Only a new block or a refused canary (the block had
+    /// expired) starts a run or doubles it; a refusal while the block holds comes from an
+    /// attempt that started before it, and is added to the evidence without renewing it
+    /// (a burst of refusals in flight is one strike).
+    pub fn block_now(
+        &self,
+        ip: IpAddr,
+        site: &Site,
+        evidence: Evidence,
+        config: &BlocksConfig,
+    ) -> BlockUpdate {
+        let now = self.shared.clock.now();
+        let mut state = self.lock();
+        let slot = state.blocks.entry(site.clone()).or_default();
+        if let Some(b) = slot.get_mut(&ip).filter(|b| b.expires_at > now) {
+            if b.later.len() < MAX_LATER_EVIDENCE {
+                b.later.push(evidence);
+            }
+            return BlockUpdate {
+                block: b.clone(),
+                renewed: false,
+            };
+        }
+        let (first_seen, strikes) = match slot.get(&ip) {
+            Some(b) => (b.first_seen, b.strikes + 1),
+            None => (now, 0),
+        };
+        let block = Block {
+            ip,
+            site: site.clone(),
+            first_seen,
+            expires_at: now + block_duration(config, strikes).as_secs(),
+            strikes,
+            evidence,
+            later: Vec::new(),
+            canary_in_flight: false,
+        };
+        slot.insert(ip, block.clone());
+        BlockUpdate {
+            block,
+            renewed: true,
+        }
+    }
+
+    /// Writes a block [`Reputation::block_now`] made, and logs it once it is saved (the
+    /// log line promises what `sidestep blocks` shows).
+    ///
+    /// # Errors
+    /// The block could not be persisted (it holds in memory).
+    pub fn save_block(&self, update: &BlockUpdate) -> Result<(), StoreError> {
+        let block = &update.block;
+        self.write_block(block.ip, &block.site)?;
+        if update.renewed {
+            tracing::warn!(
+                ip = %block.ip,
+                site = %block.site,
+                strikes = block.strikes,
+                until = block.expires_at,
+                reply = %block.evidence.reply,
+                mx = block.evidence.mx_host.as_deref().unwrap_or("-"),
+                removal = block.evidence.removal_url.as_deref().unwrap_or("-"),
+                "egress IP blocked by destination"
+            );
+        } else {
+            tracing::info!(
+                ip = %block.ip,
+                site = %block.site,
+                until = block.expires_at,
+                refusals = block.later.len() + 1,
+                "refusal from an attempt that started before the block; added to its evidence, block not renewed"
+            );
+        }
+        Ok(())
+    }
+
+    /// [`Reputation::block_now`] and [`Reputation::save_block`] in one call.
+    ///
+    /// # Errors
+    /// The block could not be persisted (it holds in memory).
+    pub fn record_block(
+        &self,
+        ip: IpAddr,
+        site: &Site,
+        evidence: Evidence,
+        config: &BlocksConfig,
+    ) -> Result<Block, StoreError> {
+        let update = self.block_now(ip, site, evidence, config);
+        self.save_block(&update)?;
+        Ok(update.block)
+    }
+
+    /// Mail from `ip` was accepted by `site`: a block there (expired or not) is over.
+    ///
+    /// # Errors
+    /// The change could not be persisted.
+    pub fn note_success(&self, ip: IpAddr, site: &Site) -> Result<(), StoreError> {
+        let lifted = {
+            let mut state = self.lock();
+            let lifted = state.blocks.get_mut(site).and_then(|m| m.remove(&ip));
+            if state.blocks.get(site).is_some_and(|m| m.is_empty()) {
+                state.blocks.remove(site);
+            }
+            lifted
+        };
+        let Some(b) = lifted else {
+            return Ok(());
+        };
+        tracing::info!(ip = %ip, site = %site, since = b.first_seen, "block lifted: the destination accepts this IP again");
+        self.shared.improved.send_modify(|n| *n += 1);
+        self.write_block(ip, site)
+    }
+
+    /// Writes the block of (`ip`, `site`) as memory holds it now (deleting it when
+    /// gone). Writers of one block race on their blocking threads; each writes the state
+    /// of its turn, so the last write is the latest state whatever order they ran in.
+    fn write_block(&self, ip: IpAddr, site: &Site) -> Result<(), StoreError> {
+        let Some(db) = &self.shared.db else {
+            return Ok(());
+        };
+        let _turn = self
+            .shared
+            .persist
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let current = self
+            .lock()
+            .blocks
+            .get(site)
+            .and_then(|m| m.get(&ip))
+            .cloned();
+        store::save_block(db, (&ip, site), current.as_ref())
+    }
+
+    /// Whether `site` has a block (current or expired) on `ip`: whether a success there
+    /// has anything to lift.
+    pub fn has_block(&self, ip: IpAddr, site: &Site) -> bool {
+        self.lock()
+            .blocks
+            .get(site)
+            .is_some_and(|m| m.contains_key(&ip))
+    }
+
+    /// A canary attempt ended without a verdict about the IP (connection trouble): the
+    /// next delivery may try again.
+    pub fn release_canary(&self, ip: IpAddr, site: &Site) {
+        if let Some(b) = self
+            .lock()
+            .blocks
+            .get_mut(site)
+            .and_then(|m| m.get_mut(&ip))
+        {
+            b.canary_in_flight = false;
+        }
+    }
+
+    /// When the first block among `ips` towards `site` expires (Unix seconds).
+    pub fn next_expiry(&self, site: &Site, ips: &[IpAddr]) -> Option<u64> {
+        let state = self.lock();
+        ips.iter()
+            .filter_map(|ip| state.blocks.get(site).and_then(|m| m.get(ip)))
+            .map(|b| b.expires_at)
+            .min()
+    }
+
+    /// Why `ip` cannot carry mail to `site`, for deferral reasons and DSNs.
+    pub fn describe_for(&self, ip: IpAddr, site: &Site) -> Vec<String> {
+        let mut out = self
+            .describe(ip)
+            .into_iter()
+            .map(|l| format!("listed on {l}"))
+            .collect::<Vec<_>>();
+        if let Some(b) = self.lock().blocks.get(site).and_then(|m| m.get(&ip)) {
+            out.push(format!(
+                "blocked by {} since {} until {}: {}",
+                b.site,
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(b.first_seen)
+                ),
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(b.expires_at)
+                ),
+                b.evidence.reply
+            ));
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn evidence(reply: &str) -> Evidence {
+        Evidence {
+            reply: reply.into(),
+            rule: "r".into(),
+            at: 0,
+            mx_host: None,
+            mx_ip: None,
+            queue_id: "q".into(),
+            recipient: "a@b.test".into(),
+            removal_url: None,
+            log_line: String::new(),
+        }
+    }
+
+    /// Block, burst, expiry, canary, renewal, lift: in simulated time, no sleeping.
+    #[test]
+    fn a_block_lives_and_ends_on_the_clock() {
+        use crate::clock::Clock;
+        let clock = Clock::manual(1_000_000_000_000);
+        let rep = Reputation::in_memory_with_clock(vec![], clock.clone());
+        let config = BlocksConfig::default(); // 4 h, doubling, 2 days at most
+        let (ip, site): (IpAddr, Site) = ("192.0.2.1".parse().unwrap(), "mx.site.test".into());
+        assert_eq!(rep.claim(ip, &site), Standing::Clean);
+        let first = rep.block_now(ip, &site, evidence("550 first"), &config);
+        assert!(first.renewed && first.block.strikes == 0);
+        // A refusal from an attempt already in flight: evidence, not a strike.
+        clock.advance(Duration::from_secs(1));
+        let burst = rep.block_now(ip, &site, evidence("550 burst"), &config);
+        assert!(!burst.renewed);
+        assert_eq!(burst.block.expires_at, first.block.expires_at);
+        assert_eq!(burst.block.later.len(), 1);
+        assert_eq!(rep.standing_for(ip, &site), Standing::Hard);
+        // Just before expiry: still held; after: one canary, the next waits for it.
+        clock.advance(Duration::from_secs(4 * 3600 - 2));
+        assert_eq!(rep.claim(ip, &site), Standing::Hard);
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(rep.claim(ip, &site), Standing::Clean);
+        assert_eq!(rep.claim(ip, &site), Standing::Hard, "one canary at a time");
+        // The canary is refused: twice as long.
+        let renewed = rep.block_now(ip, &site, evidence("550 again"), &config);
+        assert!(renewed.renewed);
+        assert_eq!(renewed.block.strikes, 1);
+        assert_eq!(renewed.block.expires_at - clock.now(), 8 * 3600);
+        assert_eq!(rep.next_expiry(&site, &[ip]), Some(renewed.block.expires_at));
+        // The next canary gets through: the block is lifted.
+        clock.advance(Duration::from_secs(8 * 3600));
+        assert_eq!(rep.claim(ip, &site), Standing::Clean);
+        rep.note_success(ip, &site).unwrap();
+        assert!(!rep.has_block(ip, &site));
+        assert_eq!(rep.claim(ip, &site), Standing::Clean);
+    }
 
     #[test]
     fn durations_double_up_to_the_cap() {

@@ -8,8 +8,10 @@ use std::sync::LazyLock;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
+use super::state::Reputation;
+use super::store::{self, StoreError};
 use crate::classify::Verdict;
-use crate::routing::Site;
+use crate::site::Site;
 
 /// One reply wording, with what the rules made of it and how often it was seen.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +58,30 @@ pub fn suggested_rule(reply: &str) -> String {
     format!(
         "[[classify.rules]]\nname = \"learned\"\nverdict = \"ip-reputation\"\npattern = '''{pattern}'''\n"
     )
+}
+
+impl Reputation {
+    /// A reply the rules did not blame on the IP was contradicted by a second opinion:
+    /// remember the wording (and how often), for `sidestep classify --learned`.
+    ///
+    /// # Errors
+    /// The entry could not be persisted (it holds in memory).
+    pub fn record_learned(&self, mut learned: LearnedReply) -> Result<(), StoreError> {
+        let key = wording_key(&learned.reply);
+        let entry = {
+            let mut state = self.lock();
+            if let Some(old) = state.learned.get(&key) {
+                learned.first_seen = old.first_seen;
+                learned.count = old.count + 1;
+            }
+            state.learned.insert(key.clone(), learned.clone());
+            learned
+        };
+        match &self.shared.db {
+            Some(db) => store::save_learned(db, &key, &entry),
+            None => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]

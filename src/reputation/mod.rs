@@ -1,23 +1,24 @@
 //! What sidestep knows about the standing of its own egress IPs.
 //!
+//! - `state`: the cheap [`Reputation`] handle routing reads for every connection, kept in
+//!   memory and persisted (`store`) so it survives restarts.
 //! - [`dnsbl`]: RFC 5782 queries and the rules for what an answer means (pure).
-//! - `listings`: the state per (egress IP, list), shared with routing through the cheap
-//!   [`Reputation`] handle, and persisted so it survives restarts.
-//! - [`learned`]: refusals a second egress IP got past, which no rule knew.
+//! - `listings`: the state per (egress IP, list) and each IP's standing from it.
 //! - `monitor`: the task that asks every list about every egress IP on a schedule.
+//! - [`blocks`]: refusals learned per (egress IP, site), canaries, expiry.
+//! - [`learned`]: refusals a second egress IP got past, which no rule knew.
 
 pub mod blocks;
 pub mod dnsbl;
 pub mod learned;
 mod listings;
 mod monitor;
+mod state;
 mod store;
 
-pub use blocks::{Block, Evidence};
+pub use blocks::{Block, BlockUpdate, Evidence};
 pub use learned::LearnedReply;
-pub use listings::{
-    BlockUpdate, CheckError, ListHealth, ListingRecord, ListingState, Reputation, ReputationReport,
-    Standing,
-};
+pub use listings::{CheckError, ListHealth, ListingRecord, ListingState};
 pub use monitor::{CheckOutcome, check_all, spawn_monitor};
-pub use store::read_report;
+pub use state::{Reputation, ReputationReport};
+pub use store::{StoreError, read_report};

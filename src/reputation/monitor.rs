@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use super::Reputation;
 use super::dnsbl::{Finding, check_test_points, interpret, query_name};
 use crate::config::{BlocklistConfig, ListingsConfig};
-use crate::routing::Resolver;
+use crate::dns::Resolver;
 
 /// The raw results of one refresh, applied by [`Reputation::apply`].
 #[derive(Debug, Default)]

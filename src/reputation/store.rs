@@ -10,8 +10,7 @@ use std::path::Path;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::blocks::Block;
-use super::listings::ReputationReport;
-use crate::spool::SpoolError;
+use super::state::ReputationReport;
 
 /// The file, in the spool directory.
 const FILE: &str = "reputation.redb";
@@ -21,18 +20,36 @@ const HEALTH: TableDefinition<&str, &[u8]> = TableDefinition::new("list_health")
 const BLOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("blocks");
 const LEARNED: TableDefinition<&str, &[u8]> = TableDefinition::new("learned_replies");
 
-fn db_err(e: impl Into<redb::Error>) -> SpoolError {
-    SpoolError::Db(e.into())
+/// Reputation state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("reputation state {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("reputation state: {0}")]
+    Db(#[source] redb::Error),
+    #[error("reputation state: corrupt row {key}: {source}")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
-fn corrupt(id: &str, e: serde_json::Error) -> SpoolError {
-    SpoolError::Corrupt {
-        id: id.to_string(),
-        message: e.to_string(),
+fn db_err(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Db(e.into())
+}
+
+fn corrupt(key: &str, source: serde_json::Error) -> StoreError {
+    StoreError::Corrupt {
+        key: key.to_string(),
+        source,
     }
 }
 
-pub(super) fn load(db: &impl ReadableDatabase) -> Result<ReputationReport, SpoolError> {
+pub(super) fn load(db: &impl ReadableDatabase) -> Result<ReputationReport, StoreError> {
     let txn = db.begin_read().map_err(db_err)?;
     Ok(ReputationReport {
         records: read_table(&txn, RECORDS)?,
@@ -46,7 +63,7 @@ pub(super) fn load(db: &impl ReadableDatabase) -> Result<ReputationReport, Spool
 fn read_table<T: serde::de::DeserializeOwned>(
     txn: &redb::ReadTransaction,
     table: TableDefinition<&str, &[u8]>,
-) -> Result<Vec<T>, SpoolError> {
+) -> Result<Vec<T>, StoreError> {
     let table = match txn.open_table(table) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -65,14 +82,14 @@ fn read_table<T: serde::de::DeserializeOwned>(
 ///
 /// # Errors
 /// The file cannot be created or opened (another relay holds it, or it is corrupt).
-pub(super) fn open(spool_dir: &Path) -> Result<redb::Database, SpoolError> {
+pub(super) fn open(spool_dir: &Path) -> Result<redb::Database, StoreError> {
     redb::Database::builder()
         .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
         .create(spool_dir.join(FILE))
         .map_err(db_err)
 }
 
-pub(super) fn save(db: &redb::Database, report: &ReputationReport) -> Result<(), SpoolError> {
+pub(super) fn save(db: &redb::Database, report: &ReputationReport) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(db_err)?;
     {
         let mut records = txn.open_table(RECORDS).map_err(db_err)?;
@@ -97,9 +114,9 @@ pub(super) fn save(db: &redb::Database, report: &ReputationReport) -> Result<(),
 /// Writes (or, with `None`, deletes) one block.
 pub(super) fn save_block(
     db: &redb::Database,
-    key: (&std::net::IpAddr, &crate::routing::Site),
+    key: (&std::net::IpAddr, &crate::site::Site),
     block: Option<&Block>,
-) -> Result<(), SpoolError> {
+) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(db_err)?;
     {
         let mut blocks = txn.open_table(BLOCKS).map_err(db_err)?;
@@ -124,7 +141,7 @@ pub(super) fn save_learned(
     db: &redb::Database,
     key: &str,
     learned: &super::LearnedReply,
-) -> Result<(), SpoolError> {
+) -> Result<(), StoreError> {
     let txn = db.begin_write().map_err(db_err)?;
     {
         let mut table = txn.open_table(LEARNED).map_err(db_err)?;
@@ -138,13 +155,13 @@ pub(super) fn save_learned(
 ///
 /// # Errors
 /// The spool has no database yet, or it cannot be read.
-pub fn read_report(spool_dir: &Path) -> Result<ReputationReport, SpoolError> {
+pub fn read_report(spool_dir: &Path) -> Result<ReputationReport, StoreError> {
     let path = spool_dir.join(FILE);
     let db = redb::Database::builder()
         .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
         .open_read_only(&path)
         .map_err(|e| match e {
-            redb::DatabaseError::Storage(redb::StorageError::Io(io)) => SpoolError::Io {
+            redb::DatabaseError::Storage(redb::StorageError::Io(io)) => StoreError::Io {
                 path: path.clone(),
                 source: io,
             },

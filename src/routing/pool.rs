@@ -1,37 +1,11 @@
 //! Egress pools: the local addresses mail leaves from, used in turn.
 
-use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::config::PoolConfig;
-use crate::reputation::Standing;
-
-/// A local address to send from, with the name it announces in EHLO.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct EgressIp {
-    /// `None`: let the kernel choose the source address (the host's default route).
-    pub ip: Option<IpAddr>,
-    /// Shared, so handing out an egress IP per connection does not copy its name.
-    pub helo: Arc<str>,
-}
-
-impl EgressIp {
-    /// Whether this address can reach `dest` (an IPv4 source cannot reach an IPv6 MX).
-    pub fn can_reach(&self, dest: IpAddr) -> bool {
-        self.ip.is_none_or(|ip| ip.is_ipv4() == dest.is_ipv4())
-    }
-}
-
-impl fmt::Display for EgressIp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.ip {
-            Some(ip) => write!(f, "{ip}"),
-            None => f.write_str("default"),
-        }
-    }
-}
+use crate::egress::{EgressIp, Standing};
 
 /// A named group of egress IPs. Each new connection takes the next one (round-robin), so
 /// a listing of one address touches only its share of the mail.

@@ -152,19 +152,3 @@ pub(super) fn decode(id: &str, bytes: &[u8]) -> Result<QueuedMessage, SpoolError
         message: e.to_string(),
     })
 }
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn unix_now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
-}

@@ -17,9 +17,7 @@ mod committer;
 mod index;
 mod message;
 
-pub use message::{
-    QueueId, QueuedMessage, RecipientState, RecipientStatus, RemoteReply, unix_now, unix_now_ms,
-};
+pub use message::{QueueId, QueuedMessage, RecipientState, RecipientStatus, RemoteReply};
 
 use std::collections::HashMap;
 use std::fs;
@@ -46,6 +44,9 @@ pub enum SpoolError {
     CommitterGone,
     #[error("the queue database is being reopened after an I/O error")]
     IndexClosed,
+    /// A blocking read of the spool did not finish (its thread panicked).
+    #[error("reading the spool failed: {0}")]
+    ReadTask(#[source] tokio::task::JoinError),
 }
 
 impl SpoolError {

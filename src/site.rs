@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::MxHost;
+use crate::dns::MxHost;
 
 /// A destination as reputation sees it: the sorted set of MX host names, or a rollup
 /// suffix that covers all of them.

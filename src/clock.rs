@@ -1,0 +1,79 @@
+//! Time, in the two forms the relay keeps: Unix seconds in stored records (blocks,
+//! listings, queue records, DSN dates) and Unix milliseconds for due times.
+//!
+//! A [`Clock`] is handed to the stages that keep timestamps (reputation's blocks and
+//! canaries), so their tests move time by hand instead of sleeping; the functions below
+//! read the system clock for the places that only stamp what happened.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Seconds since the Unix epoch, from the system clock.
+pub fn unix_now() -> u64 {
+    unix_now_ms() / 1000
+}
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+/// The system clock, or (in tests) a clock that moves only when told.
+#[derive(Debug, Clone, Default)]
+pub struct Clock {
+    /// `None`: the system clock; else the manual time in Unix milliseconds.
+    manual: Option<Arc<AtomicU64>>,
+}
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Self {
+        Self::default()
+    }
+
+    /// A clock standing at `unix_ms` until [`Clock::advance`] moves it.
+    pub fn manual(unix_ms: u64) -> Self {
+        Self {
+            manual: Some(Arc::new(AtomicU64::new(unix_ms))),
+        }
+    }
+
+    /// Unix seconds now.
+    pub fn now(&self) -> u64 {
+        self.now_ms() / 1000
+    }
+
+    /// Unix milliseconds now.
+    pub fn now_ms(&self) -> u64 {
+        match &self.manual {
+            Some(t) => t.load(Ordering::Relaxed),
+            None => unix_now_ms(),
+        }
+    }
+
+    /// Moves a manual clock forward (a system clock moves by itself; this does nothing).
+    pub fn advance(&self, by: Duration) {
+        if let Some(t) = &self.manual {
+            t.fetch_add(by.as_millis() as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manual_clock_moves_only_when_told() {
+        let c = Clock::manual(1_000_000);
+        assert_eq!((c.now(), c.now_ms()), (1000, 1_000_000));
+        c.advance(Duration::from_millis(2500));
+        assert_eq!((c.now(), c.now_ms()), (1002, 1_002_500));
+        let system = Clock::system();
+        assert!(system.now() >= 1_700_000_000);
+    }
+}

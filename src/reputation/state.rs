@@ -1,0 +1,163 @@
+//! The reputation handle: one cheap clonable [`Reputation`] over the state routing reads
+//! for every connection (listings, blocks, learned replies), kept in memory and persisted
+//! in `reputation.redb`. What each part means and how it changes lives with it:
+//! [`super::listings`], [`super::blocks`], [`super::learned`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::blocks::Block;
+use super::learned::{LearnedReply, wording_key};
+use super::listings::{ListHealth, ListingRecord, compute_listed};
+use super::store::{self, StoreError};
+use crate::clock::Clock;
+use crate::config::BlocklistConfig;
+use crate::egress::Standing;
+use crate::site::Site;
+
+/// Everything the operator is shown: the lists and every record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReputationReport {
+    pub health: Vec<ListHealth>,
+    pub records: Vec<ListingRecord>,
+    #[serde(default)]
+    pub blocks: Vec<Block>,
+    /// Refusals a second egress IP got past (see [`super::learned`]).
+    #[serde(default)]
+    pub learned: Vec<LearnedReply>,
+}
+
+/// Cheap clonable handle to the listing state.
+#[derive(Clone)]
+pub struct Reputation {
+    pub(super) shared: Arc<Shared>,
+}
+
+pub(super) struct Shared {
+    pub(super) lists: Vec<BlocklistConfig>,
+    pub(super) state: Mutex<State>,
+    pub(super) db: Option<Arc<redb::Database>>,
+    /// Held while a block is written, so writes of one block land in the order of the
+    /// states they write.
+    pub(super) persist: Mutex<()>,
+    /// Stamps listings and blocks and decides when a block has expired.
+    pub(super) clock: Clock,
+    /// Bumped whenever an IP may have become usable (a delisting, a list found broken).
+    pub(super) improved: tokio::sync::watch::Sender<u64>,
+}
+
+#[derive(Default)]
+pub(super) struct State {
+    pub(super) records: BTreeMap<(IpAddr, String), ListingRecord>,
+    pub(super) health: BTreeMap<String, ListHealth>,
+    /// Keyed by site first, so routing looks up `(site, ip)` without building a key.
+    pub(super) blocks: HashMap<Site, HashMap<IpAddr, Block>>,
+    /// Keyed by [`wording_key`].
+    pub(super) learned: BTreeMap<String, LearnedReply>,
+    /// Each IP's standing from the listings, recomputed whenever they change: the
+    /// routing decision reads it per candidate IP.
+    pub(super) listed: HashMap<IpAddr, Standing>,
+}
+
+impl State {
+    pub(super) fn report(&self) -> ReputationReport {
+        ReputationReport {
+            health: self.health.values().cloned().collect(),
+            records: self.records.values().cloned().collect(),
+            blocks: self
+                .blocks
+                .values()
+                .flat_map(|m| m.values().cloned())
+                .collect(),
+            learned: self.learned.values().cloned().collect(),
+        }
+    }
+}
+
+impl Reputation {
+    /// Loads the persisted state from its file in `spool_dir`, and keeps it there.
+    ///
+    /// # Errors
+    /// The file cannot be opened or read.
+    pub fn open(lists: Vec<BlocklistConfig>, spool_dir: &Path) -> Result<Self, StoreError> {
+        let db = Arc::new(store::open(spool_dir)?);
+        let report = store::load(db.as_ref())?;
+        Ok(Self::from_report(lists, report, Some(db), Clock::system()))
+    }
+
+    /// State kept in memory only (for one-off checks).
+    pub fn in_memory(lists: Vec<BlocklistConfig>) -> Self {
+        Self::in_memory_with_clock(lists, Clock::system())
+    }
+
+    /// State in memory, timed by `clock`: block expiry and canaries in tests move with a
+    /// manual clock instead of sleeping.
+    pub fn in_memory_with_clock(lists: Vec<BlocklistConfig>, clock: Clock) -> Self {
+        Self::from_report(lists, ReputationReport::default(), None, clock)
+    }
+
+    fn from_report(
+        lists: Vec<BlocklistConfig>,
+        report: ReputationReport,
+        db: Option<Arc<redb::Database>>,
+        clock: Clock,
+    ) -> Self {
+        let mut state = State::default();
+        for r in report.records {
+            state.records.insert((r.ip, r.zone.clone()), r);
+        }
+        for h in report.health {
+            state.health.insert(h.zone.clone(), h);
+        }
+        for b in report.blocks {
+            state
+                .blocks
+                .entry(b.site.clone())
+                .or_default()
+                .insert(b.ip, b);
+        }
+        for l in report.learned {
+            state.learned.insert(wording_key(&l.reply), l);
+        }
+        state.listed = compute_listed(&lists, &state);
+        Self {
+            shared: Arc::new(Shared {
+                lists,
+                state: Mutex::new(state),
+                db,
+                persist: Mutex::new(()),
+                improved: tokio::sync::watch::Sender::new(0),
+                clock,
+            }),
+        }
+    }
+
+    /// Changes whenever an egress IP may have become usable again.
+    pub fn improvements(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.improved.subscribe()
+    }
+
+    pub fn lists(&self) -> &[BlocklistConfig] {
+        &self.shared.lists
+    }
+
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Everything known, for `sidestep listings` and `dnsbl-check`.
+    pub fn report(&self) -> ReputationReport {
+        self.lock().report()
+    }
+
+    pub(super) fn persist(&self, report: &ReputationReport) -> Result<(), StoreError> {
+        match &self.shared.db {
+            Some(db) => store::save(db, report),
+            None => Ok(()),
+        }
+    }
+}
