@@ -7,23 +7,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
-use super::limits::Sessions;
-use super::{Session, policy};
-use crate::config::Config;
-use crate::queue::QueueHandle;
-use crate::spool::Spool;
-
-/// What every inbound session shares.
-pub struct Inbound {
-    pub config: Arc<Config>,
-    pub spool: Spool,
-    pub queue: QueueHandle,
-    /// Becomes `true` when the relay stops: sessions finish their transaction, then say
-    /// `421`.
-    pub stopping: tokio::sync::watch::Receiver<bool>,
-    /// The session table: slots, per-address caps, stress.
-    pub sessions: Sessions,
-}
+use super::{Inbound, Session, policy};
 
 /// Accepts connections until the relay stops. A client beyond `max_sessions` gets
 /// `421 4.7.0` and is closed at once, without a task of its own reading its input.

@@ -11,6 +11,24 @@ mod reply;
 mod session;
 
 pub use limits::Sessions;
-pub use listener::{Inbound, serve};
+pub use listener::serve;
 pub use reply::Reply;
 pub use session::Session;
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::queue::QueueHandle;
+use crate::spool::Spool;
+
+/// What every inbound session shares.
+pub struct Inbound {
+    pub config: Arc<Config>,
+    pub spool: Spool,
+    pub queue: QueueHandle,
+    /// Becomes `true` when the relay stops: sessions finish their transaction, then say
+    /// `421`.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// The session table: slots, per-address caps, stress.
+    pub sessions: Sessions,
+}

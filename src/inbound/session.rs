@@ -11,8 +11,8 @@ use smtp_proto::Request;
 use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::Inbound;
 use super::Reply;
-use super::listener::Inbound;
 use crate::envelope::{Address, BodyFlags, Sender};
 
 /// After this many rejected commands the client is clearly not speaking SMTP (or is

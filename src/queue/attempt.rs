@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use tokio::task::JoinSet;
 
+use super::context::QueueContext;
 use super::domain::{DomainJob, deliver_domain};
-use super::scheduler::{QueueContext, QueueHandle};
+use super::handle::QueueHandle;
 use super::{dsn, retry};
 use crate::classify::{Retry, Verdict};
 use crate::clock::{unix_now, unix_now_ms};

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::scheduler::QueueContext;
+use super::context::QueueContext;
 use crate::classify::{Classification, Verdict, worth_second_opinion};
 use crate::clock::unix_now;
 use crate::envelope::{Address, BodyFlags, Sender};

@@ -2,9 +2,13 @@
 //! back. Retry math is a pure function; DSNs are built here.
 
 mod attempt;
+mod context;
 mod domain;
 pub mod dsn;
+mod handle;
 pub mod retry;
 mod scheduler;
 
-pub use scheduler::{QueueContext, QueueEvent, QueueHandle, start};
+pub use context::QueueContext;
+pub use handle::{QueueEvent, QueueHandle};
+pub use scheduler::start;

@@ -391,7 +391,10 @@ mod tests {
         assert!(renewed.renewed);
         assert_eq!(renewed.block.strikes, 1);
         assert_eq!(renewed.block.expires_at - clock.now(), 8 * 3600);
-        assert_eq!(rep.next_expiry(&site, &[ip]), Some(renewed.block.expires_at));
+        assert_eq!(
+            rep.next_expiry(&site, &[ip]),
+            Some(renewed.block.expires_at)
+        );
         // The next canary gets through: the block is lifted.
         clock.advance(Duration::from_secs(8 * 3600));
         assert_eq!(rep.claim(ip, &site), Standing::Clean);

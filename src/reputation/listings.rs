@@ -7,7 +7,6 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::dnsbl::{Finding, ListedCode};
-use super::monitor::CheckOutcome;
 use super::state::{Reputation, State};
 use super::store::StoreError;
 use crate::config::{BlocklistConfig, Severity};
@@ -56,6 +55,17 @@ pub struct ListHealth {
     pub error: Option<CheckError>,
     pub last_checked: Option<u64>,
 }
+
+/// The raw results of one refresh, applied by [`Reputation::apply`].
+#[derive(Debug, Default)]
+pub struct CheckOutcome {
+    /// Per list zone: `Ok(None)` healthy, `Ok(Some(cause))` broken, `Err` not reachable.
+    pub health: Vec<(String, Result<Option<String>, String>)>,
+    /// Per (IP, zone): the finding with the TXT reason, or why there was no answer.
+    pub findings: Vec<(IpAddr, String, FindingResult)>,
+}
+
+pub type FindingResult = Result<(Finding, Option<String>), String>;
 
 impl Reputation {
     /// The standing of `ip`: the worst severity of the healthy lists it is on.

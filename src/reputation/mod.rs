@@ -18,7 +18,8 @@ mod store;
 
 pub use blocks::{Block, BlockUpdate, Evidence};
 pub use learned::LearnedReply;
+pub use listings::CheckOutcome;
 pub use listings::{CheckError, ListHealth, ListingRecord, ListingState};
-pub use monitor::{CheckOutcome, check_all, spawn_monitor};
-pub use state::{Reputation, ReputationReport};
-pub use store::{StoreError, read_report};
+pub use monitor::{check_all, spawn_monitor};
+pub use state::Reputation;
+pub use store::{ReputationReport, StoreError, read_report};

@@ -10,19 +10,9 @@ use tokio::task::JoinSet;
 
 use super::Reputation;
 use super::dnsbl::{Finding, check_test_points, interpret, query_name};
+use super::listings::{CheckOutcome, FindingResult};
 use crate::config::{BlocklistConfig, ListingsConfig};
 use crate::dns::Resolver;
-
-/// The raw results of one refresh, applied by [`Reputation::apply`].
-#[derive(Debug, Default)]
-pub struct CheckOutcome {
-    /// Per list zone: `Ok(None)` healthy, `Ok(Some(cause))` broken, `Err` not reachable.
-    pub health: Vec<(String, Result<Option<String>, String>)>,
-    /// Per (IP, zone): the finding with the TXT reason, or why there was no answer.
-    pub findings: Vec<(IpAddr, String, FindingResult)>,
-}
-
-pub type FindingResult = Result<(Finding, Option<String>), String>;
 
 /// Checks every IP against every list once. Lists are asked in parallel; each query
 /// starts after a random delay up to `jitter`.

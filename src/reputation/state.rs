@@ -8,28 +8,14 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
-
 use super::blocks::Block;
 use super::learned::{LearnedReply, wording_key};
 use super::listings::{ListHealth, ListingRecord, compute_listed};
-use super::store::{self, StoreError};
+use super::store::{self, ReputationReport, StoreError};
 use crate::clock::Clock;
 use crate::config::BlocklistConfig;
 use crate::egress::Standing;
 use crate::site::Site;
-
-/// Everything the operator is shown: the lists and every record.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReputationReport {
-    pub health: Vec<ListHealth>,
-    pub records: Vec<ListingRecord>,
-    #[serde(default)]
-    pub blocks: Vec<Block>,
-    /// Refusals a second egress IP got past (see [`super::learned`]).
-    #[serde(default)]
-    pub learned: Vec<LearnedReply>,
-}
 
 /// Cheap clonable handle to the listing state.
 #[derive(Clone)]

@@ -9,8 +9,11 @@ use std::path::Path;
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
+use serde::{Deserialize, Serialize};
+
 use super::blocks::Block;
-use super::state::ReputationReport;
+use super::learned::LearnedReply;
+use super::listings::{ListHealth, ListingRecord};
 
 /// The file, in the spool directory.
 const FILE: &str = "reputation.redb";
@@ -19,6 +22,18 @@ const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("listings");
 const HEALTH: TableDefinition<&str, &[u8]> = TableDefinition::new("list_health");
 const BLOCKS: TableDefinition<&str, &[u8]> = TableDefinition::new("blocks");
 const LEARNED: TableDefinition<&str, &[u8]> = TableDefinition::new("learned_replies");
+
+/// Everything the operator is shown: the lists and every record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReputationReport {
+    pub health: Vec<ListHealth>,
+    pub records: Vec<ListingRecord>,
+    #[serde(default)]
+    pub blocks: Vec<Block>,
+    /// Refusals a second egress IP got past (see [`super::learned`]).
+    #[serde(default)]
+    pub learned: Vec<LearnedReply>,
+}
 
 /// Reputation state could not be read or written.
 #[derive(Debug, thiserror::Error)]

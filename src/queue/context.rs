@@ -1,0 +1,125 @@
+//! What attempts share: configuration, spool, the outbound client, reputation, the
+//! classifier, connection limits, throttle lanes, and outcomes the spool could not record.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::classify::Classifier;
+use crate::config::Config;
+use crate::outbound::Outbound;
+use crate::reputation::Reputation;
+use crate::spool::{QueueId, QueuedMessage, Spool};
+
+/// What attempts need: configuration, spool, the outbound client and connection limits.
+pub struct QueueContext {
+    pub config: Arc<Config>,
+    pub spool: Spool,
+    pub outbound: Outbound,
+    pub reputation: Reputation,
+    /// Built-in and operator rules, compiled once.
+    pub classifier: Arc<Classifier>,
+    /// Outbound connections over all destinations.
+    pub connections: Arc<Semaphore>,
+    /// Outbound connections per destination domain; entries are dropped when idle.
+    pub per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Domains that asked us to slow down: until when (Unix seconds), and their one-lane
+    /// semaphore.
+    throttled: Mutex<HashMap<String, (u64, Arc<Semaphore>)>>,
+    /// Outcomes the spool could not record (a full disk): the next attempt of the message
+    /// starts from here, not from the stored record, so nothing delivered goes out again.
+    unrecorded: Mutex<HashMap<QueueId, QueuedMessage>>,
+}
+
+impl QueueContext {
+    pub fn new(
+        config: Arc<Config>,
+        spool: Spool,
+        outbound: Outbound,
+        reputation: Reputation,
+        classifier: Arc<Classifier>,
+    ) -> Self {
+        Self {
+            reputation,
+            classifier,
+            connections: Arc::new(Semaphore::new(config.delivery.max_connections)),
+            per_domain: Mutex::new(HashMap::new()),
+            throttled: Mutex::new(HashMap::new()),
+            unrecorded: Mutex::new(HashMap::new()),
+            config,
+            spool,
+            outbound,
+        }
+    }
+
+    /// Keeps an attempt's outcome that the spool could not record.
+    pub(super) fn keep_unrecorded(&self, msg: QueuedMessage) {
+        self.unrecorded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(msg.id.clone(), msg);
+    }
+
+    /// The unrecorded outcome of a message, if there is one.
+    pub(super) fn take_unrecorded(&self, id: &QueueId) -> Option<QueuedMessage> {
+        self.unrecorded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
+    }
+
+    /// The destination said "too fast": one connection at a time to it for `period`.
+    pub(super) fn throttle(&self, domain: &str, period: Duration) {
+        let until = crate::clock::unix_now() + period.as_secs().max(1);
+        let mut map = self.throttled.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, (t, _)| *t > crate::clock::unix_now());
+        let entry = map
+            .entry(domain.to_string())
+            .or_insert_with(|| (until, Arc::new(Semaphore::new(1))));
+        entry.0 = until;
+        tracing::info!(
+            domain,
+            until,
+            "destination throttles us; one connection at a time"
+        );
+    }
+
+    /// The one-connection lane of a domain that currently throttles us.
+    fn throttle_lane(&self, domain: &str) -> Option<Arc<Semaphore>> {
+        self.throttled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(domain)
+            .filter(|(until, _)| *until > crate::clock::unix_now())
+            .map(|(_, lane)| lane.clone())
+    }
+
+    /// How many connections to `domain` may be open: one while it throttles us.
+    pub(super) fn domain_cap(&self, domain: &str) -> usize {
+        match self.throttle_lane(domain) {
+            Some(_) => 1,
+            None => self.config.delivery.max_connections_per_domain,
+        }
+    }
+
+    pub(super) fn domain_limit(&self, domain: &str) -> Arc<Semaphore> {
+        if let Some(lane) = self.throttle_lane(domain) {
+            return lane;
+        }
+        let mut map = self.per_domain.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget domains nobody is delivering to, so the map does not grow with every
+        // domain ever seen.
+        if map.len() > 1024 {
+            map.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        map.entry(domain.to_string())
+            .or_insert_with(|| {
+                Arc::new(Semaphore::new(
+                    self.config.delivery.max_connections_per_domain,
+                ))
+            })
+            .clone()
+    }
+}

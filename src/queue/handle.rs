@@ -1,0 +1,46 @@
+//! How sessions, attempts and the stop talk to the scheduler: events over a channel.
+
+use tokio::sync::mpsc;
+
+use crate::spool::{QueueId, QueuedMessage};
+
+/// What the scheduler is told.
+#[derive(Debug)]
+pub enum QueueEvent {
+    /// A message should be attempted at `at_ms` (Unix ms): new, recovered, or a DSN.
+    Due { id: QueueId, at_ms: u64 },
+    /// An attempt ended; `next_ms` is the retry time, `None` when the message left the
+    /// spool. `waiting_for_egress`: retry as soon as an egress IP becomes usable.
+    Finished {
+        id: QueueId,
+        next_ms: Option<u64>,
+        waiting_for_egress: bool,
+    },
+    /// The relay is stopping: start no more attempts; answer once none is running.
+    Drain(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Cheap handle to tell the scheduler about new messages.
+#[derive(Clone)]
+pub struct QueueHandle {
+    pub(super) tx: mpsc::UnboundedSender<QueueEvent>,
+}
+
+impl QueueHandle {
+    /// Stops starting attempts and waits until the ones under way have finished (their
+    /// results recorded). Messages due meanwhile stay spooled for the next start.
+    pub async fn drain(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(QueueEvent::Drain(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// A message was just made durable; schedule it.
+    pub fn enqueued(&self, msg: &QueuedMessage) {
+        let _ = self.tx.send(QueueEvent::Due {
+            id: msg.id.clone(),
+            at_ms: msg.next_attempt_ms,
+        });
+    }
+}
