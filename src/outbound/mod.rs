@@ -3,11 +3,84 @@
 //! fallback smarthost when no egress IP is clean for the destination site.
 
 mod client;
+mod protocol;
 mod reply;
 mod sessions;
 mod smarthost;
 
-pub use client::{AttemptReport, DomainDelivery, Outbound, Via};
+pub use client::Outbound;
+
+use std::net::IpAddr;
+
+use crate::egress::EgressIp;
+use crate::envelope::{Address, BodyFlags, Sender};
+use crate::site::Site;
+use crate::spool::RemoteReply;
+
+/// What is being sent in one transaction.
+pub struct DomainDelivery<'a> {
+    pub domain: &'a str,
+    pub sender: &'a Sender,
+    pub recipients: &'a [Address],
+    pub flags: BodyFlags,
+    /// The spooled body, CRLF line endings, not dot-stuffed.
+    pub body: &'a [u8],
+    /// Connections to the destination this delivery may have open, its own included
+    /// (idle sessions kept for reuse count): the domain's connection limit.
+    pub max_connections: usize,
+    /// Egress IPs not to use for this delivery, whatever their standing: a second
+    /// opinion must come from another address than the one that was refused.
+    pub avoid: &'a [IpAddr],
+}
+
+/// How the mail left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// To the destination's MX from one of our egress IPs.
+    Direct,
+    /// Handed to this smarthost because no egress IP was clean for the site.
+    Smarthost(String),
+}
+
+/// What happened: one reply per recipient (same order as `recipients`), plus where the
+/// attempt went, for the log line, the DSN and reputation.
+#[derive(Debug, Clone)]
+pub struct AttemptReport {
+    pub egress: Option<EgressIp>,
+    pub mx: Option<String>,
+    /// The MX address connected to.
+    pub mx_ip: Option<IpAddr>,
+    /// The destination site, once the MX lookup succeeded.
+    pub site: Option<Site>,
+    pub via: Via,
+    /// With `no_egress`: when the first block of the site expires (Unix seconds), the
+    /// earliest time an IP could be usable again.
+    pub retry_at: Option<u64>,
+    pub replies: Vec<RemoteReply>,
+    /// Nothing was sent because no egress IP of the pool may be used (all listed): the
+    /// queue retries as soon as the listing state improves.
+    pub no_egress: bool,
+    /// The transaction ran on a session kept from an earlier message.
+    pub reused: bool,
+}
+
+impl AttemptReport {
+    /// A report of `replies` through `via`, with nothing else known yet: callers set what
+    /// they learned (egress, MX, site) on it.
+    fn new(via: Via, replies: Vec<RemoteReply>) -> Self {
+        Self {
+            egress: None,
+            mx: None,
+            mx_ip: None,
+            site: None,
+            via,
+            retry_at: None,
+            replies,
+            no_egress: false,
+            reused: false,
+        }
+    }
+}
 
 /// Setting up the outbound side failed.
 #[derive(Debug, thiserror::Error)]

@@ -13,10 +13,8 @@ use smtp_proto::EXT_START_TLS;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::OutboundError;
-use super::client::{
-    AttemptReport, DomainDelivery, HostFailure, Via, error_reply, greeting, hello, transaction,
-};
+use super::protocol::{HostFailure, error_reply, greeting, hello, transaction};
+use super::{AttemptReport, DomainDelivery, OutboundError, Via};
 use crate::config::{SmarthostConfig, SmarthostTls};
 use crate::dns::Resolver;
 use crate::spool::RemoteReply;
@@ -112,15 +110,9 @@ impl Smarthost {
             Err(f) => (None, vec![f.reply; d.recipients.len()]),
         };
         AttemptReport {
-            egress: None,
             mx: Some(format!("{} (smarthost {})", self.host, self.name)),
             mx_ip: ip,
-            site: None,
-            via: Via::Smarthost(self.name.clone()),
-            retry_at: None,
-            replies,
-            no_egress: false,
-            reused: false,
+            ..AttemptReport::new(Via::Smarthost(self.name.clone()), replies)
         }
     }
 
@@ -164,7 +156,8 @@ impl Smarthost {
             )
         })?;
         let host = self.host.as_str();
-        let replies = match self.mode {
+        // Either way the submission runs over TLS: from the first byte, or after STARTTLS.
+        let mut client = match self.mode {
             SmarthostTls::Implicit => {
                 let tls =
                     tokio::time::timeout(command_timeout, self.tls.connect(server_name, stream))
@@ -181,11 +174,7 @@ impl Smarthost {
                     timeout: command_timeout,
                 };
                 greeting(&mut client, host).await?;
-                let ehlo = hello(&mut client, &self.helo, host).await?;
-                self.authenticate(&mut client, &ehlo, host).await?;
-                let t = transaction(&mut client, ehlo.capabilities, d, host, false).await;
-                super::sessions::quit(&mut client.stream).await;
-                t.replies
+                client
             }
             SmarthostTls::Starttls => {
                 let mut client = SmtpClient {
@@ -203,21 +192,20 @@ impl Smarthost {
                         ),
                     ));
                 }
-                let mut client =
-                    client
-                        .start_tls(&self.tls, host)
-                        .await
-                        .map_err(|e| HostFailure {
-                            reply: error_reply(e, host),
-                            tls: false,
-                        })?;
-                let ehlo = hello(&mut client, &self.helo, host).await?;
-                self.authenticate(&mut client, &ehlo, host).await?;
-                let t = transaction(&mut client, ehlo.capabilities, d, host, false).await;
-                super::sessions::quit(&mut client.stream).await;
-                t.replies
+                client
+                    .start_tls(&self.tls, host)
+                    .await
+                    .map_err(|e| HostFailure {
+                        reply: error_reply(e, host),
+                        tls: false,
+                    })?
             }
         };
+        let ehlo = hello(&mut client, &self.helo, host).await?;
+        self.authenticate(&mut client, &ehlo, host).await?;
+        let t = transaction(&mut client, ehlo.capabilities, d, host, false).await;
+        super::sessions::quit(&mut client.stream).await;
+        let replies = t.replies;
         Ok((ip, replies))
     }
 
