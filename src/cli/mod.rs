@@ -26,10 +26,12 @@ pub use serve::serve;
 #[derive(Debug, Parser)]
 #[command(name = "sidestep", version, about)]
 pub struct Cli {
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The subcommands; each has a file of its own in `src/cli/`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the relay. Without --config, the embedded defaults: listen on
@@ -51,9 +53,11 @@ pub enum Command {
     /// Show every egress IP with its state on every configured blocklist (clean, listed
     /// with code, reason, since when and removal URL, error, broken list).
     Listings {
+        /// Configuration file (TOML); the spool directory named there holds the relay's
+        /// state. Without it, the embedded defaults.
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Machine-readable output.
+        /// Machine-readable output (one JSON document).
         #[arg(long)]
         json: bool,
     },
@@ -83,24 +87,34 @@ pub enum Command {
     },
     /// List the blocks learned from destinations' replies, with their evidence.
     Blocks {
+        /// Configuration file (TOML); the spool directory named there holds the relay's
+        /// state. Without it, the embedded defaults.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Machine-readable output (one JSON document).
         #[arg(long)]
         json: bool,
     },
     /// Print what a delisting form asks for about one egress IP: every list and site
     /// that refuses it, since when, the exact reply and log line, where to ask.
     DelistReport {
+        /// Configuration file (TOML); the spool directory named there holds the relay's
+        /// state. Without it, the embedded defaults.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Machine-readable output (one JSON document).
         #[arg(long)]
         json: bool,
+        /// The egress IP to report on (IPv4 or IPv6).
         ip: std::net::IpAddr,
     },
     /// Check addresses against the configured blocklists once, now.
     DnsblCheck {
+        /// Configuration file (TOML), for its [[blocklists]] and [dns]. Without it, the
+        /// embedded defaults.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Machine-readable output (one JSON document).
         #[arg(long)]
         json: bool,
         /// Addresses to check (IPv4 or IPv6).

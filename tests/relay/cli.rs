@@ -190,3 +190,35 @@ fn check_config_reports_every_unknown_key_and_bad_value_at_once() {
         "{err}"
     );
 }
+
+/// Every flag and argument of every subcommand says what it is for in `--help`.
+#[test]
+fn every_flag_of_every_subcommand_has_help() {
+    let (ok, top, _) = sidestep(&["--help"]);
+    assert!(ok);
+    let commands: Vec<String> = top
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .filter(|c| c != "help")
+        .collect();
+    assert!(commands.len() >= 7, "{top}");
+    for c in &commands {
+        let (ok, help, err) = sidestep(&[c, "--help"]);
+        assert!(ok, "{c}: {err}");
+        for line in help.lines().filter(|l| {
+            let t = l.trim_start();
+            l.starts_with("  ") && (t.starts_with('-') || t.starts_with('<') || t.starts_with('['))
+        }) {
+            let described = line
+                .trim()
+                .split("  ")
+                .filter(|p| !p.trim().is_empty())
+                .count()
+                >= 2;
+            assert!(described, "`sidestep {c}`: no help for {line:?}");
+        }
+    }
+}
