@@ -20,6 +20,7 @@ use crate::config::DnsConfig;
 pub struct MxHost {
     /// Host name without the trailing dot, as shown in logs and DSNs (`Remote-MTA`).
     pub name: String,
+    /// Lower is tried first (RFC 5321 §5.1).
     pub preference: u16,
 }
 
@@ -37,12 +38,20 @@ pub enum DnsError {
     NoAddress(String),
     /// Timeout, SERVFAIL, refused: try again later.
     #[error("DNS lookup for {name} failed: {message}")]
-    Temporary { name: String, message: String },
+    /// No answer for now (timeout, SERVFAIL): try again later.
+    Temporary {
+        /// The name looked up.
+        name: String,
+        /// What the resolver said.
+        message: String,
+    },
     #[error("cannot set up the resolver: {0}")]
+    /// The resolver could not be set up from the configuration.
     Setup(String),
 }
 
 impl DnsError {
+    /// Whether the answer is final (the domain does not exist or takes no mail): bounce rather than retry.
     pub fn is_permanent(&self) -> bool {
         matches!(self, Self::NoSuchDomain(_) | Self::NullMx(_))
     }

@@ -33,6 +33,7 @@ impl fmt::Display for EgressIp {
 /// How usable an egress IP is, worst listing first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Standing {
+    /// On no list that counts (and, towards a site, not blocked by it).
     Clean,
     /// On a `soft` list: used only when no clean IP is left.
     Soft,

@@ -17,14 +17,19 @@ pub struct Address {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AddressError {
     #[error("address has no domain")]
+    /// No `@domain` part.
     NoDomain,
     #[error("invalid domain")]
+    /// The domain is not a valid host name.
     BadDomain,
     #[error("invalid local part")]
+    /// The local part is not valid (RFC 5321 §4.1.2).
     BadLocalPart,
     #[error("address literals are not supported")]
+    /// An address literal (`user@[192.0.2.1]`): not relayed.
     Literal,
     #[error("non-ASCII address without SMTPUTF8")]
+    /// Non-ASCII, but the transaction did not ask for SMTPUTF8.
     NeedsUtf8,
 }
 
@@ -61,6 +66,7 @@ impl Address {
         &self.domain
     }
 
+    /// The part before the `@`.
     pub fn local_part(&self) -> &str {
         &self.local
     }
@@ -116,7 +122,9 @@ pub fn is_valid_domain(name: &str) -> bool {
 /// never itself receive a bounce (RFC 5321 §4.5.5).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Sender {
+    /// The null reverse path `<>` (DSNs): never gets a DSN itself.
     Null,
+    /// A real sender, who gets DSNs.
     Address(Address),
 }
 

@@ -30,6 +30,8 @@
 //!   reads for every connection.
 //! - [`cli`]: the `sidestep` subcommands.
 
+#![warn(missing_docs)]
+
 pub mod classify;
 pub mod cli;
 pub mod clock;

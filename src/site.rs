@@ -33,6 +33,7 @@ impl Site {
         Site(names.join(","))
     }
 
+    /// The site's name.
     pub fn as_str(&self) -> &str {
         &self.0
     }

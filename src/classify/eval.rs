@@ -26,19 +26,26 @@ pub struct Labelled {
 /// A reply the rules got wrong.
 #[derive(Debug, Clone, Serialize)]
 pub struct Miss {
+    /// The reply as labelled.
     pub reply: String,
+    /// The verdict it should get.
     pub expected: Verdict,
+    /// The verdict the rules gave.
     pub got: Verdict,
+    /// The rule that fired (or the code default).
     pub rule: String,
 }
 
 /// The rules measured on a corpus.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Evaluation {
+    /// Replies measured.
     pub total: usize,
+    /// Replies classified as labelled.
     pub correct: usize,
     /// expected verdict → classified verdict → count.
     pub confusion: BTreeMap<String, BTreeMap<String, usize>>,
+    /// Every reply classified otherwise, in corpus order.
     pub misses: Vec<Miss>,
 }
 

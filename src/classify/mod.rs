@@ -25,20 +25,30 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Verdict {
+    /// The destination took the message for this recipient.
     Delivered,
+    /// A temporary failure: try again later, the same way.
     Transient,
+    /// The address or mailbox cannot take mail: bounce.
     Recipient,
+    /// Size, format or content: bounce (after a second opinion).
     Message,
+    /// SPF/DKIM/DMARC or the receiver's local policy: bounce (after a second opinion).
     Policy,
+    /// Too fast for this destination: fewer connections, a later retry.
     Throttle,
+    /// Greylisting: the receiver wants to see us retry.
     Greylist,
+    /// The receiver refuses this sending IP: block it for the site, retry from another.
     IpReputation,
+    /// A domain of the message is listed: another IP cannot help, bounce.
     DomainReputation,
 }
 
 /// Who an outcome blames: only a verdict that blames the egress IP teaches reputation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Blame {
+    /// Nothing went wrong (delivered).
     Nobody,
     /// The recipient's address or mailbox.
     Recipient,
@@ -68,6 +78,7 @@ pub enum Retry {
 }
 
 impl Verdict {
+    /// Every verdict, in the order the CLI shows them.
     pub const ALL: [Verdict; 9] = [
         Verdict::Delivered,
         Verdict::Transient,
@@ -80,6 +91,7 @@ impl Verdict {
         Verdict::DomainReputation,
     ];
 
+    /// The verdict's name as written in rules, logs and JSON (`ip-reputation`).
     pub fn name(self) -> &'static str {
         match self {
             Verdict::Delivered => "delivered",
@@ -94,6 +106,7 @@ impl Verdict {
         }
     }
 
+    /// Who the outcome blames.
     pub fn blame(self) -> Blame {
         match self {
             Verdict::Delivered => Blame::Nobody,
@@ -106,6 +119,7 @@ impl Verdict {
         }
     }
 
+    /// Where, if anywhere, to try again.
     pub fn retry(self) -> Retry {
         match self {
             Verdict::Delivered

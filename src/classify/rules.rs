@@ -15,6 +15,7 @@ const BUILTIN: &str = include_str!("../../config/classify.toml");
 pub struct RuleConfig {
     /// Shown by `sidestep classify` and in logs, so an operator sees why.
     pub name: String,
+    /// What a matching reply means.
     pub verdict: Verdict,
     /// Regular expression, matched case-insensitively against the normalised text.
     pub pattern: String,
@@ -31,16 +32,25 @@ struct RulesFile {
 }
 
 #[derive(Debug, thiserror::Error)]
+/// The rules cannot be used.
 pub enum ClassifyError {
     #[error("rules file: {0}")]
+    /// The built-in rules file is not valid TOML.
     Parse(String),
     #[error("rule {name:?}: invalid pattern: {message}")]
-    Pattern { name: String, message: String },
+    /// A rule's pattern does not compile.
+    Pattern {
+        /// The rule.
+        name: String,
+        /// Why not.
+        message: String,
+    },
 }
 
 /// What [`Classifier::classify`] decided and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Classification {
+    /// What the reply means.
     pub verdict: Verdict,
     /// The matching rule's name, or `default:…` when only the codes decided.
     pub rule: String,

@@ -17,7 +17,12 @@ pub enum ClassifyMode<'a> {
     /// The replies a second egress IP got past (from the relay's state).
     Learned,
     /// Measure the rules on a labelled JSONL corpus; fail below `floor` percent.
-    Eval { file: &'a Path, floor: Option<f64> },
+    Eval {
+        /// The corpus.
+        file: &'a Path,
+        /// The least accuracy (percent) accepted.
+        floor: Option<f64>,
+    },
 }
 
 #[derive(Serialize)]

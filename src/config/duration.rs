@@ -8,14 +8,17 @@ use serde::{Deserialize, Deserializer};
 pub struct HumanDuration(Duration);
 
 impl HumanDuration {
+    /// A duration of `secs` seconds.
     pub const fn from_secs(secs: u64) -> Self {
         Self(Duration::from_secs(secs))
     }
 
+    /// The duration as `std`'s type.
     pub const fn get(self) -> Duration {
         self.0
     }
 
+    /// Whether it is zero (for validation).
     pub const fn is_zero(self) -> bool {
         self.0.is_zero()
     }

@@ -20,16 +20,27 @@ impl fmt::Display for ConfigError {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("cannot read {path}: {source}")]
+    /// The file cannot be read.
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
     #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    /// The file is not TOML.
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
     /// Keys or values the schema refuses, every one of them.
     #[error("{}", schema_lines(path, errors))]
     Schema {
+        /// The file.
         path: PathBuf,
+        /// Every problem, in file order.
         errors: Vec<ConfigError>,
     },
 }

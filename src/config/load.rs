@@ -42,7 +42,10 @@ pub fn parse_collecting(text: &str, path: &Path) -> Result<(Config, Vec<ConfigEr
             .collect::<Vec<_>>()
             .join("\n");
         let err = match toml::from_str::<Config>(&current) {
-            Ok(config) => return Ok((config, in_file_order(problems))),
+            Ok(mut config) => {
+                normalize(&mut config);
+                return Ok((config, in_file_order(problems)));
+            }
             Err(e) => e,
         };
         // A syntax error (not a schema one) ends the search: the file must be fixed
@@ -81,6 +84,15 @@ pub fn parse_collecting(text: &str, path: &Path) -> Result<(Config, Vec<ConfigEr
         if lines.iter().filter(|l| l.is_some()).count() == before {
             // Nothing left to set aside: report what we have.
             return Ok((Config::default(), in_file_order(problems)));
+        }
+    }
+}
+
+/// What is compared per delivery is put in one form once, here.
+fn normalize(config: &mut Config) {
+    for route in &mut config.routes {
+        for d in &mut route.domains {
+            *d = d.trim_end_matches('.').to_ascii_lowercase();
         }
     }
 }

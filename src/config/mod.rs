@@ -90,11 +90,14 @@ pub struct SmarthostConfig {
     /// Host name (checked against its certificate) or address.
     pub host: String,
     #[serde(default = "default_submission_port")]
+    /// Its SMTP port (587 for STARTTLS, 465 for implicit TLS).
     pub port: u16,
     #[serde(default)]
+    /// How the session is encrypted: `starttls` or `implicit`.
     pub tls: SmarthostTls,
     /// AUTH user; with `password` or `password_file`.
     pub username: Option<String>,
+    /// The password, inline (prefer `password_file`).
     pub password: Option<String>,
     /// File whose first line is the password, so the config file can be world-readable.
     pub password_file: Option<PathBuf>,
@@ -120,14 +123,21 @@ pub struct RouteConfig {
 }
 
 impl RouteConfig {
+    /// Whether the route covers `domain`: `*` every domain, `*.example.com` that domain
+    /// and its subdomains, anything else that domain exactly; case does not matter. Runs
+    /// per delivery, so it compares in place (patterns are lower-cased at load).
     pub fn matches(&self, domain: &str) -> bool {
-        self.domains.iter().any(|pattern| {
-            let pattern = pattern.to_ascii_lowercase();
-            match pattern.strip_prefix("*.") {
-                _ if pattern == "*" => true,
-                Some(parent) => domain == parent || domain.ends_with(&format!(".{parent}")),
-                None => domain == pattern,
+        self.domains.iter().any(|pattern| match pattern.strip_prefix("*.") {
+            _ if pattern == "*" => true,
+            Some(parent) => {
+                let cut = domain.len().checked_sub(parent.len());
+                cut.is_some_and(|cut| {
+                    domain.is_char_boundary(cut)
+                        && domain[cut..].eq_ignore_ascii_case(parent)
+                        && (cut == 0 || domain.as_bytes()[cut - 1] == b'.')
+                })
             }
+            None => domain.eq_ignore_ascii_case(pattern),
         })
     }
 }
@@ -294,11 +304,14 @@ pub struct BlocklistConfig {
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     #[default]
+    /// A listed IP is used for no destination.
     Hard,
+    /// A listed IP is used only when no clean IP is left.
     Soft,
 }
 
 impl BlocklistConfig {
+    /// The list's name for people, or its zone.
     pub fn display_name(&self) -> &str {
         self.name.as_deref().unwrap_or(&self.zone)
     }
@@ -465,10 +478,7 @@ impl Config {
     /// # Errors
     /// The text is not valid TOML for this schema.
     pub fn parse(text: &str) -> Result<Self, LoadError> {
-        toml::from_str(text).map_err(|e| LoadError::Parse {
-            path: PathBuf::from("<config>"),
-            message: e.to_string(),
-        })
+        load::parse(text, Path::new("<config>"))
     }
 
     /// Every problem in the configuration, each with its key path. Empty means valid.

@@ -154,6 +154,9 @@ fn route_patterns() {
         ("nb.aliant.net", true),
         ("notaliant.net", false),
         ("example.com", false),
+        ("NB.Aliant.NET", true),
+        ("Bell.Net", true),
+        ("net", false),
     ] {
         assert_eq!(route.matches(domain), want, "{domain}");
     }
@@ -163,4 +166,7 @@ fn route_patterns() {
         fallback: None,
     };
     assert!(all.matches("anything.test"));
+    // Patterns are put in one form at load.
+    let config = Config::parse("[[routes]]\ndomains = [\"*.Aliant.NET.\"]\n").unwrap();
+    assert_eq!(config.routes[0].domains, vec!["*.aliant.net"]);
 }

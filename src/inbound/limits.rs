@@ -33,6 +33,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// The text of the `421` reply.
     pub fn reply_text(self) -> &'static str {
         match self {
             Refusal::Full => "Too many connections, try again later",
@@ -81,6 +82,7 @@ impl Drop for Admission {
 }
 
 impl Sessions {
+    /// The table for `[server]`'s limits.
     pub fn new(config: &ServerConfig) -> Self {
         let max = config.max_sessions;
         let reserved = config.reserved();

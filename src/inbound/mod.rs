@@ -23,8 +23,11 @@ use crate::spool::Spool;
 
 /// What every inbound session shares.
 pub struct Inbound {
+    /// The whole configuration (`[server]` mostly).
     pub config: Arc<Config>,
+    /// Where accepted messages are made durable before `250`.
     pub spool: Spool,
+    /// Tells the scheduler about each accepted message.
     pub queue: QueueHandle,
     /// Becomes `true` when the relay stops: sessions finish their transaction, then say
     /// `421`.

@@ -4,6 +4,7 @@ use std::borrow::Cow;
 #[must_use]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
+    /// The reply code, e.g. 250.
     pub code: u16,
     /// Enhanced status code (RFC 3463), empty for replies that carry none (greeting, EHLO).
     pub enhanced: &'static str,
@@ -15,6 +16,7 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// A one-line reply.
     pub fn new(code: u16, enhanced: &'static str, text: impl Into<Cow<'static, str>>) -> Self {
         Self {
             code,
@@ -35,6 +37,7 @@ impl Reply {
         !self.is_positive() && !self.harmless
     }
 
+    /// A multi-line reply without an enhanced code (EHLO).
     pub fn multiline(code: u16, lines: Vec<Cow<'static, str>>) -> Self {
         Self {
             code,
@@ -49,10 +52,12 @@ impl Reply {
         self.code == 421 || self.code == 221
     }
 
+    /// Whether the reply accepts (2xx and 3xx).
     pub fn is_positive(&self) -> bool {
         (200..400).contains(&self.code)
     }
 
+    /// Appends the reply in wire form (CRLF, `-` continuation).
     pub fn write_to(&self, out: &mut Vec<u8>) {
         use std::io::Write;
         let last = self.lines.len().saturating_sub(1);

@@ -57,6 +57,7 @@ pub(super) struct Transaction {
     pub overshoot: usize,
 }
 
+/// One client connection on the relay port.
 pub struct Session<S> {
     pub(super) stream: S,
     pub(super) inbound: Arc<Inbound>,
@@ -81,6 +82,7 @@ pub enum SessionError {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    /// A session on `stream` from `peer`, before the greeting.
     pub fn new(stream: S, inbound: Arc<Inbound>, peer: SocketAddr) -> Self {
         Self {
             stream,

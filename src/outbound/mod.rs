@@ -19,9 +19,13 @@ use crate::spool::RemoteReply;
 
 /// What is being sent in one transaction.
 pub struct DomainDelivery<'a> {
+    /// The recipient domain.
     pub domain: &'a str,
+    /// The envelope sender (MAIL FROM).
     pub sender: &'a Sender,
+    /// The recipients of this domain still pending.
     pub recipients: &'a [Address],
+    /// 8BITMIME and SMTPUTF8, as the client declared them.
     pub flags: BodyFlags,
     /// The spooled body, CRLF line endings, not dot-stuffed.
     pub body: &'a [u8],
@@ -46,16 +50,20 @@ pub enum Via {
 /// attempt went, for the log line, the DSN and reputation.
 #[derive(Debug, Clone)]
 pub struct AttemptReport {
+    /// The egress IP the session was opened from (none through a smarthost).
     pub egress: Option<EgressIp>,
+    /// The MX host that answered (or the smarthost).
     pub mx: Option<String>,
     /// The MX address connected to.
     pub mx_ip: Option<IpAddr>,
     /// The destination site, once the MX lookup succeeded.
     pub site: Option<Site>,
+    /// Directly or through a smarthost.
     pub via: Via,
     /// With `no_egress`: when the first block of the site expires (Unix seconds), the
     /// earliest time an IP could be usable again.
     pub retry_at: Option<u64>,
+    /// One reply per recipient.
     pub replies: Vec<RemoteReply>,
     /// Nothing was sent because no egress IP of the pool may be used (all listed): the
     /// queue retries as soon as the listing state improves.
@@ -86,11 +94,21 @@ impl AttemptReport {
 #[derive(Debug, thiserror::Error)]
 pub enum OutboundError {
     #[error("smarthost {name}: cannot read {path}: {source}")]
+    /// A smarthost's password or CA file cannot be read.
     File {
+        /// The smarthost.
         name: String,
+        /// The file.
         path: std::path::PathBuf,
+        /// Why.
         source: std::io::Error,
     },
     #[error("smarthost {name}: {message}")]
-    Tls { name: String, message: String },
+    /// A smarthost's TLS setup failed (no certificate in the CA file).
+    Tls {
+        /// The smarthost.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
 }

@@ -15,9 +15,13 @@ use crate::spool::{QueueId, QueuedMessage, Spool};
 
 /// What attempts need: configuration, spool, the outbound client and connection limits.
 pub struct QueueContext {
+    /// The whole configuration.
     pub config: Arc<Config>,
+    /// Messages and their records.
     pub spool: Spool,
+    /// The SMTP client side.
     pub outbound: Outbound,
+    /// Listings and blocks: read by routing, taught by verdicts.
     pub reputation: Reputation,
     /// Built-in and operator rules, compiled once.
     pub classifier: Arc<Classifier>,
@@ -34,6 +38,7 @@ pub struct QueueContext {
 }
 
 impl QueueContext {
+    /// The context for `config`, with the connection limits of `[delivery]`.
     pub fn new(
         config: Arc<Config>,
         spool: Spool,

@@ -13,7 +13,9 @@ use crate::spool::{QueueId, QueuedMessage, RecipientState, RecipientStatus, Remo
 
 /// A DSN ready to be spooled like any other message.
 pub struct Dsn {
+    /// Its queue record (null sender, one recipient: the original sender).
     pub message: QueuedMessage,
+    /// The RFC 3464 report, CRLF line endings.
     pub body: Vec<u8>,
 }
 

@@ -8,12 +8,20 @@ use crate::spool::{QueueId, QueuedMessage};
 #[derive(Debug)]
 pub enum QueueEvent {
     /// A message should be attempted at `at_ms` (Unix ms): new, recovered, or a DSN.
-    Due { id: QueueId, at_ms: u64 },
+    Due {
+        /// The message.
+        id: QueueId,
+        /// When (Unix ms).
+        at_ms: u64,
+    },
     /// An attempt ended; `next_ms` is the retry time, `None` when the message left the
     /// spool. `waiting_for_egress`: retry as soon as an egress IP becomes usable.
     Finished {
+        /// The message.
         id: QueueId,
+        /// The next due time (Unix ms); `None` once it left the spool.
         next_ms: Option<u64>,
+        /// Retry as soon as an egress IP becomes usable.
         waiting_for_egress: bool,
     },
     /// The relay is stopping: start no more attempts; answer once none is running.

@@ -25,9 +25,13 @@ pub struct Evidence {
     pub rule: String,
     /// Unix seconds.
     pub at: u64,
+    /// The MX host that refused.
     pub mx_host: Option<String>,
+    /// Its address.
     pub mx_ip: Option<IpAddr>,
+    /// The refused message.
     pub queue_id: String,
+    /// The refused recipient.
     pub recipient: String,
     /// Where to ask for removal, when the reply says (Cloudmark reset form, Microsoft's
     /// sender portal, …).
@@ -37,8 +41,11 @@ pub struct Evidence {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A destination site refuses one of our egress IPs, and until when we believe it.
 pub struct Block {
+    /// The refused egress IP.
     pub ip: IpAddr,
+    /// The site that refuses it.
     pub site: Site,
     /// Unix seconds of the first refusal in this run of refusals.
     pub first_seen: u64,
@@ -60,6 +67,7 @@ pub struct Block {
 /// What [`Reputation::block_now`] did, for [`Reputation::save_block`].
 #[derive(Debug, Clone)]
 pub struct BlockUpdate {
+    /// The block as it is now.
     pub block: Block,
     /// A new block, or a longer one (a refused canary); `false`: evidence added only.
     pub renewed: bool,

@@ -31,6 +31,7 @@ pub fn query_name(ip: IpAddr, zone: &str) -> String {
 /// One return code that the list configuration says means *listed*.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListedCode {
+    /// The A record's address (`127.0.0.x`).
     pub code: Ipv4Addr,
     /// The operator-facing meaning from the config (e.g. "XBL: exploited host").
     pub meaning: String,
@@ -42,10 +43,16 @@ pub enum Finding {
     /// NXDOMAIN: not on this list.
     Clean,
     /// An A record with a configured code.
-    Listed { codes: Vec<ListedCode> },
+    Listed {
+        /// The list's codes for this IP.
+        codes: Vec<ListedCode>,
+    },
     /// Not an answer about our IP: a refused query, an unconfigured code, a timeout. Never
     /// treated as a listing.
-    Error { cause: String },
+    Error {
+        /// Why.
+        cause: String,
+    },
 }
 
 /// Spamhaus answers these instead of a listing when it refuses the query; other lists

@@ -20,15 +20,19 @@ pub struct LearnedReply {
     pub reply: String,
     /// What the rules said (so the operator sees which rule to add or correct).
     pub verdict: Verdict,
+    /// The rule that fired.
     pub rule: String,
     /// The egress IP that was refused, the last time.
     pub ip: IpAddr,
     /// Where the same mail was then accepted: another egress IP, or `smarthost:NAME`.
     pub accepted_via: String,
+    /// The site that refused.
     pub site: Site,
+    /// Its MX host that refused.
     pub mx_host: Option<String>,
     /// Unix seconds.
     pub first_seen: u64,
+    /// Unix seconds of the latest contradiction.
     pub last_seen: u64,
     /// How many times a second opinion contradicted this wording.
     pub count: u64,

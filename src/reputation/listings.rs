@@ -17,13 +17,17 @@ use crate::egress::Standing;
 pub enum ListingState {
     /// Never successfully checked.
     Unknown,
+    /// Checked, and on no list.
     Clean,
+    /// On the list.
     Listed {
+        /// The list's answers, with what each means.
         codes: Vec<ListedCode>,
         /// The list's TXT record, which usually says why and where to ask for removal.
         reason: Option<String>,
         /// Unix seconds when this listing was first seen, and last confirmed.
         first_seen: u64,
+        /// Unix seconds when the listing was last confirmed.
         last_seen: u64,
     },
 }
@@ -31,28 +35,37 @@ pub enum ListingState {
 /// A refresh that could not get an answer; the state is then the last known one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckError {
+    /// What went wrong.
     pub cause: String,
+    /// Unix seconds.
     pub at: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One egress IP on one list.
 pub struct ListingRecord {
+    /// The egress IP.
     pub ip: IpAddr,
+    /// The list's zone.
     pub zone: String,
+    /// The last answer that meant something.
     pub state: ListingState,
     /// Unix seconds of the last check that got an answer.
     pub last_checked: Option<u64>,
+    /// The last check failed: the state above is older.
     pub error: Option<CheckError>,
 }
 
 /// Whether a list can be believed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListHealth {
+    /// The list's zone.
     pub zone: String,
     /// Why the list is ignored (it failed its test points), since when.
     pub broken: Option<CheckError>,
     /// The test points could not be asked at the last refresh.
     pub error: Option<CheckError>,
+    /// Unix seconds of the last refresh that reached the list.
     pub last_checked: Option<u64>,
 }
 

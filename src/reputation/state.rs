@@ -127,6 +127,7 @@ impl Reputation {
         self.shared.improved.subscribe()
     }
 
+    /// The configured blocklists.
     pub fn lists(&self) -> &[BlocklistConfig] {
         &self.shared.lists
     }

@@ -26,9 +26,12 @@ const LEARNED: TableDefinition<&str, &[u8]> = TableDefinition::new("learned_repl
 /// Everything the operator is shown: the lists and every record.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReputationReport {
+    /// Each list's health.
     pub health: Vec<ListHealth>,
+    /// Each (egress IP, list).
     pub records: Vec<ListingRecord>,
     #[serde(default)]
+    /// Each block learned from destinations.
     pub blocks: Vec<Block>,
     /// Refusals a second egress IP got past (see [`super::learned`]).
     #[serde(default)]
@@ -39,16 +42,23 @@ pub struct ReputationReport {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("reputation state {path}: {source}")]
+    /// The state file cannot be opened.
     Io {
+        /// The file.
         path: std::path::PathBuf,
+        /// Why.
         source: std::io::Error,
     },
     #[error("reputation state: {0}")]
+    /// The database refused a read or a write.
     Db(#[source] redb::Error),
     #[error("reputation state: corrupt row {key}: {source}")]
+    /// A row does not decode.
     Corrupt {
+        /// Its key.
         key: String,
         #[source]
+        /// Why.
         source: serde_json::Error,
     },
 }

@@ -11,12 +11,14 @@ use crate::egress::{EgressIp, Standing};
 /// a listing of one address touches only its share of the mail.
 #[derive(Clone)]
 pub struct Pool {
+    /// The pool's name in `[[pools]]`.
     pub name: String,
     egress: Arc<[EgressIp]>,
     next: Arc<AtomicUsize>,
 }
 
 impl Pool {
+    /// The pool of `config`; egress IPs without a HELO name of their own use `default_helo`.
     pub fn from_config(config: &PoolConfig, default_helo: &str) -> Self {
         let egress: Vec<EgressIp> = config
             .egress
@@ -64,6 +66,7 @@ impl Pool {
         fallback
     }
 
+    /// Its egress IPs, in rotation order.
     pub fn egress(&self) -> &[EgressIp] {
         &self.egress
     }

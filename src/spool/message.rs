@@ -28,6 +28,7 @@ impl QueueId {
         Self(format!("{micros:014X}{n:03X}{r:03X}"))
     }
 
+    /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -67,15 +68,26 @@ impl fmt::Display for RemoteReply {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RecipientStatus {
     /// Not delivered yet; `last` is the latest temporary failure, quoted in the expiry DSN.
-    Pending { last: Option<RemoteReply> },
+    Pending {
+        /// The latest temporary failure.
+        last: Option<RemoteReply>,
+    },
     /// Accepted by the destination.
-    Delivered { at: u64, reply: RemoteReply },
+    Delivered {
+        /// Unix seconds.
+        at: u64,
+        /// The destination's reply.
+        reply: RemoteReply,
+    },
     /// Permanently failed, or still failing when the queue lifetime ran out (`expired`);
     /// a DSN goes (or went) to the sender.
     Failed {
+        /// Unix seconds.
         at: u64,
+        /// The refusal, or the last temporary failure.
         reply: RemoteReply,
         #[serde(default)]
+        /// The queue lifetime ran out while it still failed temporarily.
         expired: bool,
         /// The refusal from the first egress IP, when another IP was asked before
         /// bouncing and refused too (the second opinion): the DSN quotes both.
@@ -85,14 +97,18 @@ pub enum RecipientStatus {
 }
 
 impl RecipientStatus {
+    /// Whether the recipient is done with (delivered or failed).
     pub fn is_final(&self) -> bool {
         !matches!(self, Self::Pending { .. })
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One recipient of a queued message.
 pub struct RecipientState {
+    /// The address.
     pub address: Address,
+    /// Where it stands.
     pub status: RecipientStatus,
     /// Set once this failure has been reported in a DSN, so a restart does not send a
     /// second one.
@@ -103,9 +119,13 @@ pub struct RecipientState {
 /// One message in the queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueuedMessage {
+    /// The queue id.
     pub id: QueueId,
+    /// The envelope sender.
     pub sender: Sender,
+    /// Every recipient with its state.
     pub recipients: Vec<RecipientState>,
+    /// 8BITMIME and SMTPUTF8, as the client declared them.
     pub flags: BodyFlags,
     /// Unix seconds when the `250` was sent: the queue lifetime counts from here.
     pub received_at: u64,
@@ -133,10 +153,12 @@ pub struct BodyRef {
 }
 
 impl QueuedMessage {
+    /// The recipients not yet final.
     pub fn pending(&self) -> impl Iterator<Item = &RecipientState> {
         self.recipients.iter().filter(|r| !r.status.is_final())
     }
 
+    /// Whether every recipient is final.
     pub fn is_done(&self) -> bool {
         self.recipients.iter().all(|r| r.status.is_final())
     }

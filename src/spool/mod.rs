@@ -32,17 +32,29 @@ const MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("messages");
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
     #[error("spool I/O on {path}: {source}")]
+    /// A spool file could not be read or written.
     Io {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
     #[error("queue database: {0}")]
+    /// The queue database refused a read or a write.
     Db(#[from] redb::Error),
     #[error("corrupt queue record {id}: {message}")]
-    Corrupt { id: String, message: String },
+    /// A queue record does not decode.
+    Corrupt {
+        /// The message.
+        id: String,
+        /// Why.
+        message: String,
+    },
     #[error("the spool committer has stopped")]
+    /// The committer thread is gone (the process is going down).
     CommitterGone,
     #[error("the queue database is being reopened after an I/O error")]
+    /// The database is being reopened after an I/O error.
     IndexClosed,
     /// A blocking read of the spool did not finish (its thread panicked).
     #[error("reading the spool failed: {0}")]
