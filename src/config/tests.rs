@@ -112,11 +112,11 @@ helo = "not a name"
             "queue.retry_factor",
             "queue.retry_max",
             "delivery.port",
+            "delivery.pool",
             "pools[0].egress",
             "pools[1].name",
             "pools[1].egress[0].ip",
             "pools[1].egress[0].helo",
-            "delivery.pool",
         ]
     );
 }

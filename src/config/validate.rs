@@ -1,0 +1,389 @@
+//! Validation: every semantic problem of a parsed configuration, each with the key an
+//! operator has to edit, one function per section. Schema problems (unknown keys, values
+//! of the wrong type) are found earlier, by [`super::load`].
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use super::{Config, ConfigError, default_pool_name};
+
+/// Every problem, in section order.
+pub(super) fn all(c: &Config) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    let mut err = |key: String, problem: String| errors.push(ConfigError { key, problem });
+    server(c, &mut err);
+    queue(c, &mut err);
+    delivery(c, &mut err);
+    dns_and_listings(c, &mut err);
+    blocklists(c, &mut err);
+    classify_rules(c, &mut err);
+    pools(c, &mut err);
+    blocks(c, &mut err);
+    smarthosts(c, &mut err);
+    routes(c, &mut err);
+    errors
+}
+
+/// Whether a pool of this name exists (the implicit default pool when none is configured).
+fn pool_known(c: &Config, name: &str) -> bool {
+    c.pools.iter().any(|p| p.name == name) || (c.pools.is_empty() && name == default_pool_name())
+}
+
+/// Whether a smarthost of this name exists.
+fn smarthost_known(c: &Config, name: &str) -> bool {
+    c.smarthosts.iter().any(|s| s.name == name)
+}
+
+/// `[server]` and `[spool]`.
+fn server(c: &Config, err: &mut impl FnMut(String, String)) {
+    let s = &c.server;
+    if s.hostname.trim().is_empty() {
+        err("server.hostname".into(), "must not be empty".into());
+    }
+    if s.reserved_sessions.is_some_and(|r| r >= s.max_sessions) && s.max_sessions > 0 {
+        err(
+            "server.reserved_sessions".into(),
+            format!(
+                "must be less than server.max_sessions ({}), or no client outside relay_networks could connect",
+                s.max_sessions
+            ),
+        );
+    }
+    if s.max_sessions_per_ip == 0 {
+        err(
+            "server.max_sessions_per_ip".into(),
+            "must be at least 1".into(),
+        );
+    }
+    if s.max_connection_rate_per_ip == 0 {
+        err(
+            "server.max_connection_rate_per_ip".into(),
+            "must be at least 1".into(),
+        );
+    }
+    if s.min_data_rate == 0 {
+        err(
+            "server.min_data_rate".into(),
+            "must be at least 1 byte per second".into(),
+        );
+    }
+    if s.stress_timeout.is_zero() {
+        err(
+            "server.stress_timeout".into(),
+            "must be more than 0s".into(),
+        );
+    }
+    if s.max_sessions == 0 {
+        err("server.max_sessions".into(), "must be at least 1".into());
+    }
+    if s.max_message_size.as_u64() < 1024 {
+        err(
+            "server.max_message_size".into(),
+            "must be at least 1KiB".into(),
+        );
+    }
+    if s.max_recipients == 0 {
+        err("server.max_recipients".into(), "must be at least 1".into());
+    }
+    if s.max_line_length < 512 {
+        err(
+            "server.max_line_length".into(),
+            "must be at least 512 (RFC 5321 §4.5.3.1.4)".into(),
+        );
+    }
+    if s.idle_timeout.is_zero() {
+        err("server.idle_timeout".into(), "must be more than 0s".into());
+    }
+    if c.spool.directory.as_os_str().is_empty() {
+        err("spool.directory".into(), "must not be empty".into());
+    }
+}
+
+/// `[queue]`.
+fn queue(c: &Config, err: &mut impl FnMut(String, String)) {
+    let q = &c.queue;
+    if q.retry_initial.is_zero() {
+        err("queue.retry_initial".into(), "must be more than 0s".into());
+    }
+    if !(q.retry_factor.is_finite() && q.retry_factor >= 1.0) {
+        err(
+            "queue.retry_factor".into(),
+            format!("must be a number >= 1, not {}", q.retry_factor),
+        );
+    }
+    if q.retry_max.get() < q.retry_initial.get() {
+        err(
+            "queue.retry_max".into(),
+            format!(
+                "({}) must not be shorter than queue.retry_initial ({})",
+                q.retry_max, q.retry_initial
+            ),
+        );
+    }
+    if q.max_lifetime.is_zero() {
+        err("queue.max_lifetime".into(), "must be more than 0s".into());
+    }
+}
+
+/// `[delivery]`, and the pool and fallback it names.
+fn delivery(c: &Config, err: &mut impl FnMut(String, String)) {
+    let d = &c.delivery;
+    if d.port == 0 {
+        err("delivery.port".into(), "must not be 0".into());
+    }
+    if d.max_connections == 0 {
+        err(
+            "delivery.max_connections".into(),
+            "must be at least 1".into(),
+        );
+    }
+    if d.max_connections_per_domain == 0 {
+        err(
+            "delivery.max_connections_per_domain".into(),
+            "must be at least 1".into(),
+        );
+    }
+    if d.connect_timeout.is_zero() {
+        err(
+            "delivery.connect_timeout".into(),
+            "must be more than 0s".into(),
+        );
+    }
+    if d.command_timeout.is_zero() {
+        err(
+            "delivery.command_timeout".into(),
+            "must be more than 0s".into(),
+        );
+    }
+    if d.reuse_messages == 0 {
+        err(
+            "delivery.reuse_messages".into(),
+            "must be at least 1 (turn reuse off with reuse_idle = \"0s\")".into(),
+        );
+    }
+
+    if !pool_known(c, &d.pool) {
+        err(
+            "delivery.pool".into(),
+            format!("no [[pools]] entry is named {:?}", d.pool),
+        );
+    }
+    if let Some(f) = &d.fallback
+        && !smarthost_known(c, f)
+    {
+        err(
+            "delivery.fallback".into(),
+            format!("no [[smarthosts]] entry is named {f:?}"),
+        );
+    }
+}
+
+/// `[dns]` and `[listings]`.
+fn dns_and_listings(c: &Config, err: &mut impl FnMut(String, String)) {
+    if c.dns.timeout.is_zero() {
+        err("dns.timeout".into(), "must be more than 0s".into());
+    }
+    if c.listings.refresh.get() < std::time::Duration::from_secs(1) {
+        err("listings.refresh".into(), "must be at least 1s".into());
+    }
+    if c.listings.jitter.get() > c.listings.refresh.get() {
+        err(
+            "listings.jitter".into(),
+            "must not be longer than listings.refresh".into(),
+        );
+    }
+    for (i, ns) in c.dns.nameservers.iter().enumerate() {
+        if ns.port() == 0 {
+            err(format!("dns.nameservers[{i}]"), "port must not be 0".into());
+        }
+    }
+}
+
+/// `[[blocklists]]`: zones, and codes that can mean listed.
+fn blocklists(c: &Config, err: &mut impl FnMut(String, String)) {
+    let mut zones = HashSet::new();
+    for (i, list) in c.blocklists.iter().enumerate() {
+        let zone = list.zone.trim_end_matches('.');
+        if !crate::envelope::is_valid_domain(zone) || !zone.contains('.') {
+            err(
+                format!("blocklists[{i}].zone"),
+                format!("{:?} is not a DNS zone", list.zone),
+            );
+        } else if !zones.insert(zone.to_ascii_lowercase()) {
+            err(
+                format!("blocklists[{i}].zone"),
+                format!("{zone} is listed twice"),
+            );
+        }
+        if list.codes.is_empty() {
+            err(
+                format!("blocklists[{i}].codes"),
+                "name at least one return code that means listed".into(),
+            );
+        }
+        for code in list.codes.keys() {
+            match code.parse::<std::net::Ipv4Addr>() {
+                Ok(ip) if ip.octets()[0] == 127 && ip != std::net::Ipv4Addr::new(127, 0, 0, 1) => {}
+                _ => err(
+                    format!("blocklists[{i}].codes.\"{code}\""),
+                    "a listing code is an address in 127.0.0.0/8 other than 127.0.0.1".into(),
+                ),
+            }
+        }
+    }
+}
+
+/// `[[classify.rules]]`: every pattern compiles.
+fn classify_rules(c: &Config, err: &mut impl FnMut(String, String)) {
+    for (i, rule) in c.classify.rules.iter().enumerate() {
+        if let Err(e) = regex::Regex::new(&crate::classify::pattern(&rule.pattern)) {
+            err(format!("classify.rules[{i}].pattern"), e.to_string());
+        }
+    }
+}
+
+/// `[[pools]]` and their egress addresses.
+fn pools(c: &Config, err: &mut impl FnMut(String, String)) {
+    let mut names = HashSet::new();
+    for (i, pool) in c.pools.iter().enumerate() {
+        if pool.name.trim().is_empty() {
+            err(format!("pools[{i}].name"), "must not be empty".into());
+        } else if !names.insert(pool.name.as_str()) {
+            err(
+                format!("pools[{i}].name"),
+                format!("duplicate pool name {:?}", pool.name),
+            );
+        }
+        if pool.egress.is_empty() {
+            err(
+                format!("pools[{i}].egress"),
+                "a pool needs at least one egress address".into(),
+            );
+        }
+        let mut ips = HashSet::new();
+        for (j, e) in pool.egress.iter().enumerate() {
+            if let Some(ip) = e.ip {
+                if ip.is_unspecified() || ip.is_multicast() {
+                    err(
+                        format!("pools[{i}].egress[{j}].ip"),
+                        format!("{ip} cannot be a source address"),
+                    );
+                }
+                if !ips.insert(ip) {
+                    err(
+                        format!("pools[{i}].egress[{j}].ip"),
+                        format!("{ip} appears twice in this pool"),
+                    );
+                }
+            }
+            if let Some(helo) = &e.helo
+                && !crate::envelope::is_valid_domain(helo)
+            {
+                err(
+                    format!("pools[{i}].egress[{j}].helo"),
+                    format!("{helo:?} is not a host name"),
+                );
+            }
+        }
+    }
+}
+
+/// `[blocks]`.
+fn blocks(c: &Config, err: &mut impl FnMut(String, String)) {
+    if c.blocks.duration.is_zero() {
+        err("blocks.duration".into(), "must be more than 0s".into());
+    }
+    if c.blocks.max_duration.get() < c.blocks.duration.get() {
+        err(
+            "blocks.max_duration".into(),
+            "must not be shorter than blocks.duration".into(),
+        );
+    }
+}
+
+/// `[[smarthosts]]`: names, hosts, credentials, files.
+fn smarthosts(c: &Config, err: &mut impl FnMut(String, String)) {
+    let mut smarthost_names = HashSet::new();
+    for (i, sh) in c.smarthosts.iter().enumerate() {
+        if sh.name.trim().is_empty() || !smarthost_names.insert(sh.name.as_str()) {
+            err(
+                format!("smarthosts[{i}].name"),
+                format!("{:?} is empty or used twice", sh.name),
+            );
+        }
+        if sh.host.parse::<IpAddr>().is_err() && !crate::envelope::is_valid_domain(&sh.host) {
+            err(
+                format!("smarthosts[{i}].host"),
+                format!("{:?} is not a host name or address", sh.host),
+            );
+        }
+        if sh.port == 0 {
+            err(format!("smarthosts[{i}].port"), "must not be 0".into());
+        }
+        match (&sh.username, &sh.password, &sh.password_file) {
+            (_, Some(_), Some(_)) => err(
+                format!("smarthosts[{i}].password_file"),
+                "give password or password_file, not both".into(),
+            ),
+            (Some(_), None, None) => err(
+                format!("smarthosts[{i}].password"),
+                "username needs password or password_file".into(),
+            ),
+            (None, Some(_), _) | (None, _, Some(_)) => err(
+                format!("smarthosts[{i}].username"),
+                "a password needs a username".into(),
+            ),
+            _ => {}
+        }
+        for (key, path) in [
+            ("password_file", &sh.password_file),
+            ("ca_file", &sh.ca_file),
+        ] {
+            if let Some(path) = path
+                && let Err(e) = std::fs::metadata(path)
+            {
+                err(
+                    format!("smarthosts[{i}].{key}"),
+                    format!("cannot read {}: {e}", path.display()),
+                );
+            }
+        }
+    }
+}
+
+/// `[[routes]]`: patterns, and the pools and smarthosts they name.
+fn routes(c: &Config, err: &mut impl FnMut(String, String)) {
+    for (i, route) in c.routes.iter().enumerate() {
+        if route.domains.is_empty() {
+            err(
+                format!("routes[{i}].domains"),
+                "name at least one domain".into(),
+            );
+        }
+        for (j, pattern) in route.domains.iter().enumerate() {
+            let bare = pattern.strip_prefix("*.").unwrap_or(pattern);
+            if pattern != "*" && !crate::envelope::is_valid_domain(bare) {
+                err(
+                    format!("routes[{i}].domains[{j}]"),
+                    format!("{pattern:?} is not a domain, *.domain or *"),
+                );
+            }
+        }
+        if let Some(p) = &route.pool
+            && !pool_known(c, p)
+        {
+            err(
+                format!("routes[{i}].pool"),
+                format!("no [[pools]] entry is named {p:?}"),
+            );
+        }
+        if let Some(f) = &route.fallback
+            && !smarthost_known(c, f)
+        {
+            err(
+                format!("routes[{i}].fallback"),
+                format!("no [[smarthosts]] entry is named {f:?}"),
+            );
+        }
+    }
+}
