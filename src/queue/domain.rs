@@ -414,44 +414,83 @@ fn log_attempt(
     class: &Classification,
     keep: bool,
 ) -> Option<String> {
-    let egress = match (&report.via, &report.egress) {
-        (Via::Smarthost(name), _) => format!("smarthost:{name}"),
-        (Via::Direct, Some(e)) => e.to_string(),
-        (Via::Direct, None) => "-".into(),
-    };
-    let mx = reply.mx.as_deref().or(report.mx.as_deref()).unwrap_or("-");
-    let mx_ip = report
-        .mx_ip
-        .map(|ip| ip.to_string())
-        .unwrap_or_else(|| "-".into());
-    let delay = unix_now().saturating_sub(job.received_at);
-    let (verdict, rule) = (class.verdict, class.rule.as_str());
-    tracing::info!(
-        queue_id = %job.queue_id,
-        rcpt = %rcpt,
-        egress = %egress,
-        mx = mx,
-        mx_ip = %mx_ip,
-        reused = report.reused,
-        delay_s = delay,
-        dsn = %reply.enhanced,
-        verdict = %verdict,
-        rule = rule,
-        reply = %reply,
-        "delivery attempt"
-    );
-    keep.then(|| format!(
-        "{} queue_id={} rcpt={} egress={} mx={} mx_ip={} delay_s={} dsn={} verdict={} rule={} reply=\"{}\"",
-        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_now())),
-        job.queue_id,
+    let line = AttemptLine {
+        queue_id: &job.queue_id,
         rcpt,
-        egress,
-        mx,
-        mx_ip,
-        delay,
-        reply.enhanced,
-        verdict,
-        rule,
-        reply
-    ))
+        egress: match (&report.via, &report.egress) {
+            (Via::Smarthost(name), _) => format!("smarthost:{name}"),
+            (Via::Direct, Some(e)) => e.to_string(),
+            (Via::Direct, None) => "-".into(),
+        },
+        mx: reply.mx.as_deref().or(report.mx.as_deref()).unwrap_or("-"),
+        mx_ip: report
+            .mx_ip
+            .map(|ip| ip.to_string())
+            .unwrap_or_else(|| "-".into()),
+        reused: report.reused,
+        delay_s: unix_now().saturating_sub(job.received_at),
+        reply,
+        class,
+    };
+    line.log();
+    keep.then(|| {
+        format!(
+            "{} {line}",
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_now()))
+        )
+    })
+}
+
+/// One delivery attempt of one recipient: the fields of its log line, which is both
+/// logged (structured, for grep and log shippers) and, for a refusal, kept as text in the
+/// block's evidence. One struct, so the two can never say different things.
+struct AttemptLine<'a> {
+    queue_id: &'a QueueId,
+    rcpt: &'a Address,
+    egress: String,
+    mx: &'a str,
+    mx_ip: String,
+    reused: bool,
+    delay_s: u64,
+    reply: &'a RemoteReply,
+    class: &'a Classification,
+}
+
+impl AttemptLine<'_> {
+    fn log(&self) {
+        tracing::info!(
+            queue_id = %self.queue_id,
+            rcpt = %self.rcpt,
+            egress = %self.egress,
+            mx = self.mx,
+            mx_ip = %self.mx_ip,
+            reused = self.reused,
+            delay_s = self.delay_s,
+            dsn = %self.reply.enhanced,
+            verdict = %self.class.verdict,
+            rule = self.class.rule.as_str(),
+            reply = %self.reply,
+            "delivery attempt"
+        );
+    }
+}
+
+impl std::fmt::Display for AttemptLine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "queue_id={} rcpt={} egress={} mx={} mx_ip={} reused={} delay_s={} dsn={} verdict={} rule={} reply=\"{}\"",
+            self.queue_id,
+            self.rcpt,
+            self.egress,
+            self.mx,
+            self.mx_ip,
+            self.reused,
+            self.delay_s,
+            self.reply.enhanced,
+            self.class.verdict,
+            self.class.rule,
+            self.reply
+        )
+    }
 }
