@@ -6,7 +6,7 @@ use std::process::Command;
 #[test]
 fn benchmark_script_reports_ceiling_sidestep_and_postfix() {
     for tool in ["postfix", "dnsmasq", "smtp-source"] {
-        crate::interop::require(tool);
+        crate::support::require(tool);
     }
     let sinks_before = live_processes("smtp-sink");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/e2e.sh");

@@ -372,7 +372,7 @@ async fn mail_blocked_everywhere_expires_into_a_dsn_quoting_the_evidence() {
     let relay = w.setup.start().await;
     send(relay.addr, "x@aliant.test", "never arrives").await;
     let dsn = &w.sender.wait_for(1).await[0];
-    let text = String::from_utf8_lossy(&dsn.data).replace("\r\n ", " ");
+    let text = crate::support::dsn_text(dsn);
     for want in [
         "Final-Recipient: rfc822; x@aliant.test",
         "Action: failed",

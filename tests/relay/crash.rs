@@ -117,7 +117,7 @@ async fn a_message_whose_body_is_gone_expires_into_a_dsn_instead_of_staying_for_
     }
     let relay = w.setup.start().await;
     let dsn = &w.sender.wait_for(1).await[0];
-    let text = String::from_utf8_lossy(&dsn.data).replace("\r\n ", " ");
+    let text = crate::support::dsn_text(dsn);
     assert!(
         text.contains("Final-Recipient: rfc822; b@later.test"),
         "{text}"

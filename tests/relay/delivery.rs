@@ -142,9 +142,7 @@ async fn data_with_dots_and_empty_lines_arrives_byte_identical() {
     let w = World::new().await;
     let relay = w.setup.start().await;
     let mut c = ready(relay.addr).await;
-    c.cmd("MAIL FROM:<a@sender.test>", "250").await;
-    c.cmd("RCPT TO:<b@dest.test>", "250").await;
-    c.cmd("DATA", "354").await;
+    c.begin_data("a@sender.test", &["b@dest.test"]).await;
     // Dot-stuffed as the client must: "..x" is "x" with a leading dot.
     c.send("Subject: dots\r\n\r\n..x\r\n\r\n\r\n...\r\n.\r\n")
         .await;

@@ -54,9 +54,7 @@ async fn full_disk_gets_452_and_recovers() {
     let filler = fill(&spool);
 
     let mut c = ready(relay.addr).await;
-    c.cmd("MAIL FROM:<a@sender.test>", "250").await;
-    c.cmd("RCPT TO:<b@dest.test>", "250").await;
-    c.cmd("DATA", "354").await;
+    c.begin_data("a@sender.test", &["b@dest.test"]).await;
     c.send(message("no room", &"x".repeat(8000))).await;
     c.send("\r\n.\r\n").await;
     let reply = c.reply().await;
@@ -81,9 +79,7 @@ async fn full_disk_gets_452_and_recovers() {
 /// One transaction; the reply to the end of DATA.
 async fn try_send(relay: std::net::SocketAddr, subject: &str) -> String {
     let mut c = ready(relay).await;
-    c.cmd("MAIL FROM:<a@sender.test>", "250").await;
-    c.cmd("RCPT TO:<b@dest.test>", "250").await;
-    c.cmd("DATA", "354").await;
+    c.begin_data("a@sender.test", &["b@dest.test"]).await;
     c.send(message(subject, "x\r\n")).await;
     c.send("\r\n.\r\n").await;
     c.reply().await
@@ -124,9 +120,7 @@ async fn a_full_disk_heals_without_restart_and_nothing_goes_out_twice() {
     );
     assert_eq!(relay.log().matches("verdict=delivered").count(), 3);
     let mut c = ready(relay.addr).await;
-    c.cmd("MAIL FROM:<a@sender.test>", "250").await;
-    c.cmd("RCPT TO:<b@dest.test>", "250").await;
-    c.cmd("DATA", "354").await;
+    c.begin_data("a@sender.test", &["b@dest.test"]).await;
     c.send(message("no room", &"x".repeat(64 * 1024))).await;
     c.send("\r\n.\r\n").await;
     let reply = c.reply().await;

@@ -8,21 +8,9 @@ use std::process::Command;
 use crate::World;
 use crate::support::PATIENCE;
 
-pub fn require(tool: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{tool} is not installed: `apt-get install {tool}` (.ci/run does this)"
-    );
-}
-
 #[tokio::test]
 async fn swaks_submits_with_pipelining() {
-    require("swaks");
+    crate::support::require("swaks");
     let w = World::new().await;
     let relay = w.setup.start().await;
     let out = tokio::process::Command::new("swaks")
@@ -58,7 +46,7 @@ struct Postfix {
 
 impl Postfix {
     async fn start(relayhost: SocketAddr) -> Postfix {
-        require("postfix");
+        crate::support::require("postfix");
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         // Postfix daemons run as the `postfix` user and must reach the queue.

@@ -355,7 +355,7 @@ async fn listing_state_survives_a_restart() {
 
 #[test]
 fn rbldnsd_a_real_dnsbl_server() {
-    crate::interop::require("rbldnsd");
+    crate::support::require("rbldnsd");
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(
         dir.path(),

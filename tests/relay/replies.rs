@@ -46,7 +46,7 @@ async fn three_digit_enhanced_codes_reach_log_block_classifier_and_dsn() {
     )
     .await;
     let dsn = w.sender.wait_for(1).await;
-    let text = String::from_utf8_lossy(&dsn[0].data).replace("\r\n ", " ");
+    let text = crate::support::dsn_text(&dsn[0]);
     assert!(text.contains("Status: 5.7.509"), "{text}");
     assert!(
         text.contains(&format!("Diagnostic-Code: smtp; {dmarc}")),

@@ -56,7 +56,7 @@ async fn every_recipient_refused_by_a_lax_pipelining_server_still_bounces() {
     )
     .await;
     let dsn = &w.sender.wait_for(1).await[0];
-    let text = String::from_utf8_lossy(&dsn.data).replace("\r\n ", " ");
+    let text = crate::support::dsn_text(dsn);
     assert!(
         text.contains("Diagnostic-Code: smtp; 550 5.1.1 <nobody@dest.test>: User unknown"),
         "{text}"
@@ -108,7 +108,7 @@ async fn permanent_failure_bounces(no_pipelining: bool) {
     let dsn = &w.sender.wait_for(1).await[0];
     assert_eq!(dsn.mail_from.split(' ').next().unwrap(), "<>");
     assert_eq!(dsn.rcpts, vec!["a@sender.test"]);
-    let text = String::from_utf8_lossy(&dsn.data).replace("\r\n ", " ");
+    let text = crate::support::dsn_text(dsn);
     for want in [
         "Content-Type: multipart/report; report-type=delivery-status;",
         "Content-Type: message/delivery-status",
@@ -146,7 +146,7 @@ async fn permanent_data_rejection_bounces() {
     )
     .await;
     let dsn = &w.sender.wait_for(1).await[0];
-    let text = String::from_utf8_lossy(&dsn.data).replace("\r\n ", " ");
+    let text = crate::support::dsn_text(dsn);
     assert!(
         text.contains("Diagnostic-Code: smtp; 554 5.7.1 Message rejected as spam"),
         "{text}"
@@ -169,7 +169,7 @@ async fn nonexistent_domain_and_null_mx_bounce() {
     )
     .await;
     let dsn = &w.sender.wait_for(1).await[0];
-    let text = String::from_utf8_lossy(&dsn.data).replace("\r\n ", " ");
+    let text = crate::support::dsn_text(dsn);
     assert!(
         text.contains("Final-Recipient: rfc822; x@nxdomain.test"),
         "{text}"
@@ -194,7 +194,7 @@ async fn expiry_produces_a_dsn_with_the_last_error() {
     c.send_mail("a@sender.test", &["b@dest.test"], &message("slow", "x\r\n"))
         .await;
     let dsn = &w.sender.wait_for(1).await[0];
-    let text = String::from_utf8_lossy(&dsn.data).replace("\r\n ", " ");
+    let text = crate::support::dsn_text(dsn);
     assert!(
         text.contains("Final-Recipient: rfc822; b@dest.test"),
         "{text}"

@@ -128,7 +128,7 @@ async fn content_refused_from_every_ip_costs_two_attempts_and_one_dsn() {
     );
     assert!(log.contains("refused from another IP too"));
     assert_eq!(dsns.len(), 1);
-    let dsn = String::from_utf8_lossy(&dsns[0].data).replace("\r\n ", " ");
+    let dsn = crate::support::dsn_text(&dsns[0]);
     assert_eq!(
         dsn.matches(refusal).count(),
         4,

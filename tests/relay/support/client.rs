@@ -84,13 +84,18 @@ impl Client {
         self.reply().await
     }
 
-    /// A whole plain transaction; returns the final reply (with the queue id).
-    pub async fn send_mail(&mut self, from: &str, to: &[&str], body: &str) -> String {
+    /// MAIL, RCPT for each of `to`, DATA: the server is then waiting for the content.
+    pub async fn begin_data(&mut self, from: &str, to: &[&str]) {
         self.cmd(&format!("MAIL FROM:<{from}>"), "250").await;
         for t in to {
             self.cmd(&format!("RCPT TO:<{t}>"), "250").await;
         }
         self.cmd("DATA", "354").await;
+    }
+
+    /// A whole plain transaction; returns the final reply (with the queue id).
+    pub async fn send_mail(&mut self, from: &str, to: &[&str], body: &str) -> String {
+        self.begin_data(from, to).await;
         self.send(body).await;
         self.send(".\r\n").await;
         self.expect("250 2.0.0").await

@@ -37,3 +37,29 @@ pub async fn eventually(mut done: impl FnMut() -> bool, what: impl Fn() -> Strin
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Fails the test, saying what to install, when a real peer from Debian is missing.
+pub fn require(tool: &str) {
+    let package = match tool {
+        "postfix" | "postconf" | "smtp-sink" | "smtp-source" => "postfix",
+        "dnsmasq" => "dnsmasq-base",
+        other => other,
+    };
+    let found = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!("command -v {tool} || test -x /usr/sbin/{tool}"),
+        ])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{tool} is not installed: `apt-get install {package}`; `bash .ci/run` installs every tool the tests need"
+    );
+}
+
+/// A DSN's text with folded lines joined, as a reader sees it.
+pub fn dsn_text(m: &sink::Received) -> String {
+    String::from_utf8_lossy(&m.data).replace("\r\n ", " ")
+}
