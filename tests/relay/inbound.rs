@@ -351,7 +351,15 @@ async fn idle_outsiders_do_not_lock_out_a_permitted_client() {
     .await;
     w.dest.wait_for(1).await;
     drop(outsiders);
+}
 
+/// One address outside `relay_networks` gets at most its share of sessions, and a burst
+/// of connections from it is refused.
+#[tokio::test]
+async fn one_outside_address_is_capped_and_rate_limited() {
+    let mut w = World::new().await;
+    w.setup.relay_networks = r#"["127.0.0.1/32"]"#.into();
+    let relay = w.setup.start().await;
     // One address: at most max_sessions_per_ip (20) at once.
     let one: std::net::IpAddr = "127.0.102.1".parse().unwrap();
     let mut held = Vec::new();
