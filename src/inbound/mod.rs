@@ -9,6 +9,8 @@ mod listener;
 pub mod policy;
 mod reply;
 mod session;
+#[cfg(test)]
+mod tests;
 
 pub use limits::Sessions;
 pub use listener::serve;

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+use super::throttle::ThrottleLanes;
 use crate::classify::Classifier;
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::outbound::Outbound;
 use crate::reputation::Reputation;
@@ -29,9 +31,8 @@ pub struct QueueContext {
     pub connections: Arc<Semaphore>,
     /// Outbound connections per destination domain; entries are dropped when idle.
     pub per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
-    /// Domains that asked us to slow down: until when (Unix seconds), and their one-lane
-    /// semaphore.
-    throttled: Mutex<HashMap<String, (u64, Arc<Semaphore>)>>,
+    /// Domains that asked us to slow down.
+    throttled: ThrottleLanes,
     /// Outcomes the spool could not record (a full disk): the next attempt of the message
     /// starts from here, not from the stored record, so nothing delivered goes out again.
     unrecorded: Mutex<HashMap<QueueId, QueuedMessage>>,
@@ -51,7 +52,7 @@ impl QueueContext {
             classifier,
             connections: Arc::new(Semaphore::new(config.delivery.max_connections)),
             per_domain: Mutex::new(HashMap::new()),
-            throttled: Mutex::new(HashMap::new()),
+            throttled: ThrottleLanes::new(Clock::system()),
             unrecorded: Mutex::new(HashMap::new()),
             config,
             spool,
@@ -77,28 +78,12 @@ impl QueueContext {
 
     /// The destination said "too fast": one connection at a time to it for `period`.
     pub(super) fn throttle(&self, domain: &str, period: Duration) {
-        let until = crate::clock::unix_now() + period.as_secs().max(1);
-        let mut map = self.throttled.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, (t, _)| *t > crate::clock::unix_now());
-        let entry = map
-            .entry(domain.to_string())
-            .or_insert_with(|| (until, Arc::new(Semaphore::new(1))));
-        entry.0 = until;
-        tracing::info!(
-            domain,
-            until,
-            "destination throttles us; one connection at a time"
-        );
+        self.throttled.throttle(domain, period);
     }
 
     /// The one-connection lane of a domain that currently throttles us.
     fn throttle_lane(&self, domain: &str) -> Option<Arc<Semaphore>> {
-        self.throttled
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(domain)
-            .filter(|(until, _)| *until > crate::clock::unix_now())
-            .map(|(_, lane)| lane.clone())
+        self.throttled.lane(domain)
     }
 
     /// How many connections to `domain` may be open: one while it throttles us.

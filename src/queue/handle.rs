@@ -35,6 +35,13 @@ pub struct QueueHandle {
 }
 
 impl QueueHandle {
+    /// A handle and the receiving end of its events, for tests that play the scheduler.
+    #[cfg(test)]
+    pub(crate) fn for_test() -> (Self, mpsc::UnboundedReceiver<QueueEvent>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Self { tx }, rx)
+    }
+
     /// Stops starting attempts and waits until the ones under way have finished (their
     /// results recorded). Messages due meanwhile stay spooled for the next start.
     pub async fn drain(&self) {

@@ -8,6 +8,7 @@ pub mod dsn;
 mod handle;
 pub mod retry;
 mod scheduler;
+mod throttle;
 
 pub use context::QueueContext;
 pub use handle::{QueueEvent, QueueHandle};

@@ -108,11 +108,30 @@ async fn a_full_disk_heals_without_restart_and_nothing_goes_out_twice() {
     relay.log_count("verdict=transient", 3).await;
     let filler = fill(&spool);
     w.dest.behave(|b| b.data_always = None);
-    // Each is delivered and its completion recorded, at once or (when the commit fails
-    // for want of room) from memory a moment later: either way, once.
-    relay
-        .log_count("removed: every recipient is final", 3)
-        .await;
+    // Each is delivered; its completion is recorded, or (when the commit fails for want
+    // of room) kept in memory and tried again every 2 s: either way, it goes out once.
+    w.dest.wait_for(3).await;
+    // Settled: each delivered message is removed, or failed to record its removal at
+    // least twice (a retry from memory, which must not deliver it again).
+    let settled = |log: &str| {
+        let delivered: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("verdict=delivered"))
+            .filter_map(|l| l.split("queue_id=").nth(1))
+            .filter_map(|r| r.split_whitespace().next())
+            .collect();
+        let lines_for = |needle: &str, id: &str| {
+            log.lines()
+                .filter(|l| l.contains(needle) && l.contains(&format!("queue_id={id}")))
+                .count()
+        };
+        delivered.len() >= 3
+            && delivered.iter().all(|id| {
+                lines_for("removed: every recipient is final", id) == 1
+                    || lines_for("cannot record the attempt's outcome", id) >= 2
+            })
+    };
+    crate::support::eventually(|| settled(&relay.log()), || relay.log()).await;
     assert_eq!(
         w.dest.messages().len(),
         3,

@@ -215,19 +215,8 @@ async fn idle_client_is_disconnected_with_421() {
     assert!(c.closed().await);
 }
 
-/// The idle timeout counts from the last input, not from the start of the session.
-#[tokio::test]
-async fn a_client_that_keeps_talking_outlives_the_idle_timeout() {
-    let (_w, _relay, mut c) = one_second_idle_timeout().await;
-    // 2.4 s of a command every 300 ms: past the first expiry of the session's timer.
-    for _ in 0..8 {
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        c.cmd("NOOP", "250").await;
-    }
-    // Then silence: the timeout still applies.
-    c.expect("421 4.4.2").await;
-    assert!(c.closed().await);
-}
+// That a talking client outlives the timeout, and a trickling one does not, is tested in
+// simulated time in src/inbound/tests.rs.
 
 #[tokio::test]
 async fn endless_errors_end_the_session() {
