@@ -36,12 +36,8 @@ use super::{Fresh, MESSAGES, QueueId, SpoolError};
 /// Body file → number of index entries still pointing into it.
 pub(super) const FILES: TableDefinition<&str, u64> = TableDefinition::new("body_files");
 
-/// Why a commit failed, carried back to every job of the batch.
-#[derive(Debug, Clone)]
-struct Failure {
-    disk_full: bool,
-    message: String,
-}
+/// Why a commit failed, shared by every job of the batch (the cause kept whole).
+type Failure = Arc<SpoolError>;
 
 type Reply = oneshot::Sender<Result<(), Failure>>;
 
@@ -93,14 +89,7 @@ impl Handle {
             .map_err(|_| SpoolError::CommitterGone)?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(f)) => Err(SpoolError::Io {
-                path: PathBuf::from("spool"),
-                source: if f.disk_full {
-                    std::io::Error::new(std::io::ErrorKind::StorageFull, f.message)
-                } else {
-                    std::io::Error::other(f.message)
-                },
-            }),
+            Ok(Err(cause)) => Err(SpoolError::Commit(cause)),
             Err(_) => Err(SpoolError::CommitterGone),
         }
     }
@@ -161,13 +150,7 @@ pub(super) fn spawn(
                                 tracing::warn!(error = %e, "cannot reopen the queue database yet");
                             }
                         }
-                        (
-                            Err(Failure {
-                                disk_full: e.is_disk_full(),
-                                message: e.to_string(),
-                            }),
-                            Vec::new(),
-                        )
+                        (Err(Arc::new(e)), Vec::new())
                     }
                 };
                 for job in batch {

@@ -56,6 +56,9 @@ pub enum SpoolError {
     #[error("the queue database is being reopened after an I/O error")]
     /// The database is being reopened after an I/O error.
     IndexClosed,
+    /// The batch commit this change was part of failed.
+    #[error("spool commit failed: {0}")]
+    Commit(#[source] Arc<SpoolError>),
     /// A blocking read of the spool did not finish (its thread panicked).
     #[error("reading the spool failed: {0}")]
     ReadTask(#[source] tokio::task::JoinError),
