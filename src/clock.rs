@@ -22,11 +22,24 @@ pub fn unix_now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// The system clock, or (in tests) a clock that moves only when told.
+/// The system clock, or (in tests) a clock that moves only when told, or with tokio's.
 #[derive(Debug, Clone, Default)]
 pub struct Clock {
-    /// `None`: the system clock; else the manual time in Unix milliseconds.
-    manual: Option<Arc<AtomicU64>>,
+    source: Source,
+}
+
+#[derive(Debug, Clone, Default)]
+enum Source {
+    #[default]
+    System,
+    /// Unix milliseconds, moved by [`Clock::advance`].
+    Manual(Arc<AtomicU64>),
+    /// Unix milliseconds at `start`, then tokio's clock: under a paused runtime, timers
+    /// and this clock move together, so a scheduler's hour passes in an instant.
+    Tokio {
+        base_ms: u64,
+        start: tokio::time::Instant,
+    },
 }
 
 impl Clock {
@@ -38,7 +51,17 @@ impl Clock {
     /// A clock standing at `unix_ms` until [`Clock::advance`] moves it.
     pub fn manual(unix_ms: u64) -> Self {
         Self {
-            manual: Some(Arc::new(AtomicU64::new(unix_ms))),
+            source: Source::Manual(Arc::new(AtomicU64::new(unix_ms))),
+        }
+    }
+
+    /// The system time now, moving on with tokio's clock (paused in tests).
+    pub fn following_tokio() -> Self {
+        Self {
+            source: Source::Tokio {
+                base_ms: unix_now_ms(),
+                start: tokio::time::Instant::now(),
+            },
         }
     }
 
@@ -49,15 +72,16 @@ impl Clock {
 
     /// Unix milliseconds now.
     pub fn now_ms(&self) -> u64 {
-        match &self.manual {
-            Some(t) => t.load(Ordering::Relaxed),
-            None => unix_now_ms(),
+        match &self.source {
+            Source::System => unix_now_ms(),
+            Source::Manual(t) => t.load(Ordering::Relaxed),
+            Source::Tokio { base_ms, start } => base_ms + start.elapsed().as_millis() as u64,
         }
     }
 
-    /// Moves a manual clock forward (a system clock moves by itself; this does nothing).
+    /// Moves a manual clock forward (the others move by themselves; this does nothing).
     pub fn advance(&self, by: Duration) {
-        if let Some(t) = &self.manual {
+        if let Source::Manual(t) = &self.source {
             t.fetch_add(by.as_millis() as u64, Ordering::Relaxed);
         }
     }

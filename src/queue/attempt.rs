@@ -18,7 +18,6 @@ use super::domain::{DomainJob, deliver_domain};
 use super::handle::QueueHandle;
 use super::{dsn, retry};
 use crate::classify::{Retry, Verdict};
-use crate::clock::{unix_now, unix_now_ms};
 use crate::envelope::Sender;
 use crate::spool::{QueueId, QueuedMessage, RecipientStatus, RemoteReply, SpoolError};
 
@@ -44,7 +43,7 @@ pub(super) async fn run(ctx: Arc<QueueContext>, queue: &QueueHandle, id: QueueId
         Err(e) => {
             tracing::error!(queue_id = %id, error = %e, "attempt failed in the spool; will retry");
             Outcome {
-                next_ms: Some(unix_now_ms() + SPOOL_ERROR_RETRY.as_millis() as u64),
+                next_ms: Some(ctx.clock.now_ms() + SPOOL_ERROR_RETRY.as_millis() as u64),
                 waiting_for_egress: false,
             }
         }
@@ -143,7 +142,7 @@ async fn attempt(
     let mut waiting_for_egress = false;
     let mut retry_at: Option<u64> = None;
     let mut throttled = false;
-    let now = unix_now();
+    let now = ctx.clock.now();
     while let Some(joined) = tasks.join_next().await {
         let Ok(outcome) = joined else {
             continue;
@@ -182,7 +181,11 @@ async fn attempt(
         }
     }
     msg.attempts += 1;
-    expire(&mut msg, ctx.config.queue.max_lifetime.get());
+    expire(
+        &mut msg,
+        ctx.config.queue.max_lifetime.get(),
+        ctx.clock.now(),
+    );
     match record(ctx, queue, &mut msg, &body, throttled, retry_at).await {
         Ok(next_ms) => Ok(Outcome {
             next_ms,
@@ -190,10 +193,10 @@ async fn attempt(
         }),
         Err(e) => {
             let next = if msg.is_done() {
-                unix_now_ms() + RECORD_RETRY.as_millis() as u64
+                ctx.clock.now_ms() + RECORD_RETRY.as_millis() as u64
             } else {
                 msg.next_attempt_ms
-                    .max(unix_now_ms() + RECORD_RETRY.as_millis() as u64)
+                    .max(ctx.clock.now_ms() + RECORD_RETRY.as_millis() as u64)
             };
             tracing::error!(
                 queue_id = %msg.id,
@@ -233,10 +236,10 @@ async fn record(
         // The destination asked us to slow down: back off twice as long.
         delay *= 2;
     }
-    let mut next = unix_now_ms() + delay.as_millis() as u64;
+    let mut next = ctx.clock.now_ms() + delay.as_millis() as u64;
     if let Some(at) = retry_at {
         // Waiting for a block to expire: come back when the first one does.
-        next = next.min(at * 1000).max(unix_now_ms());
+        next = next.min(at * 1000).max(ctx.clock.now_ms());
     }
     msg.next_attempt_ms = next;
     let due =
@@ -248,7 +251,7 @@ async fn record(
                 rcpt = %r.address,
                 attempts = msg.attempts,
                 next_attempt = %due,
-                in_s = next.saturating_sub(unix_now_ms()) / 1000,
+                in_s = next.saturating_sub(ctx.clock.now_ms()) / 1000,
                 last = last.as_ref().map(|l| l.to_string()).unwrap_or_default(),
                 "deferred: next attempt at {due}"
             );
@@ -260,8 +263,7 @@ async fn record(
 
 /// Recipients still pending after the queue lifetime become failures that quote the
 /// last temporary error.
-fn expire(msg: &mut QueuedMessage, lifetime: Duration) {
-    let now = unix_now();
+fn expire(msg: &mut QueuedMessage, lifetime: Duration, now: u64) {
     if now.saturating_sub(msg.received_at) < lifetime.as_secs() {
         return;
     }

@@ -33,6 +33,8 @@ pub struct QueueContext {
     pub per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Domains that asked us to slow down.
     throttled: ThrottleLanes,
+    /// Due times, retry times and stamps; the system clock except in tests.
+    pub clock: Clock,
     /// Outcomes the spool could not record (a full disk): the next attempt of the message
     /// starts from here, not from the stored record, so nothing delivered goes out again.
     unrecorded: Mutex<HashMap<QueueId, QueuedMessage>>,
@@ -53,11 +55,19 @@ impl QueueContext {
             connections: Arc::new(Semaphore::new(config.delivery.max_connections)),
             per_domain: Mutex::new(HashMap::new()),
             throttled: ThrottleLanes::new(Clock::system()),
+            clock: Clock::system(),
             unrecorded: Mutex::new(HashMap::new()),
             config,
             spool,
             outbound,
         }
+    }
+
+    /// The same context on another clock (tests run the queue on tokio's paused one).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.throttled = ThrottleLanes::new(clock.clone());
+        self.clock = clock;
+        self
     }
 
     /// Keeps an attempt's outcome that the spool could not record.

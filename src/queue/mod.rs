@@ -8,6 +8,8 @@ pub mod dsn;
 mod handle;
 pub mod retry;
 mod scheduler;
+#[cfg(test)]
+mod tests;
 mod throttle;
 
 pub use context::QueueContext;

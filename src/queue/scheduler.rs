@@ -12,7 +12,6 @@ use tokio::sync::mpsc;
 use super::attempt;
 use super::context::QueueContext;
 use super::handle::{QueueEvent, QueueHandle};
-use crate::clock::unix_now_ms;
 use crate::spool::{QueueId, SpoolError};
 
 /// Recovers the spool and starts the scheduler task.
@@ -62,7 +61,7 @@ impl Scheduler {
     /// An egress IP may be usable again: messages that waited for one go now instead of
     /// at their backoff time (which may be an hour away).
     fn wake_egress_waiters(&mut self) {
-        let now = unix_now_ms();
+        let now = self.ctx.clock.now_ms();
         let waiters = std::mem::take(&mut self.egress_waiters);
         if !waiters.is_empty() {
             tracing::info!(
@@ -80,7 +79,7 @@ impl Scheduler {
     async fn run(mut self) {
         let max_in_flight = self.ctx.config.delivery.max_connections;
         loop {
-            let now = unix_now_ms();
+            let now = self.ctx.clock.now_ms();
             if let Some(waiting) = self.drained.as_mut().filter(|_| self.in_flight.is_empty()) {
                 for w in waiting.drain(..) {
                     let _ = w.send(());
