@@ -17,16 +17,7 @@ async fn three_digit_enhanced_codes_reach_log_block_classifier_and_dsn() {
     });
     let relay = w.setup.start().await;
     // The rotation reaches .2 within two messages.
-    for i in 0..2 {
-        let mut c = ready(relay.addr).await;
-        c.send_mail(
-            "a@sender.test",
-            &["b@dest.test"],
-            &message(&format!("m{i}"), "x\r\n"),
-        )
-        .await;
-        w.dest.wait_for(i + 1).await;
-    }
+    w.send_in_a_row(&relay, 2).await;
     let log = relay.log_with("egress IP blocked by destination").await;
     assert!(log.contains("dsn=5.7.606"), "{log}");
     assert!(log.contains("rule=\"microsoft-ip-block\""), "{log}");
