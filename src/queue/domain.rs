@@ -145,15 +145,9 @@ pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> Domain
                 },
             );
         }
-        learn(
-            ctx,
-            our_ip,
-            report.site.as_ref(),
-            refusal.clone(),
-            delivered,
-        )
-        .await;
-        if again.is_empty() || refusal.is_none() || round + 1 == MAX_ROUNDS {
+        let refused = refusal.is_some();
+        learn(ctx, our_ip, report.site.as_ref(), refusal, delivered).await;
+        if again.is_empty() || !refused || round + 1 == MAX_ROUNDS {
             break;
         }
         tracing::info!(
