@@ -175,6 +175,8 @@ max_connections = 100
 max_connections_per_domain = 40
 [dns]
 nameservers = ["127.0.0.1:$DNS_PORT"]
+[admin]
+listen = "127.0.0.1:0"
 [[pools]]
 name = "default"
 [[pools.egress]]

@@ -28,10 +28,12 @@
 //! - [`reputation`]: what we know of our egress IPs — DNSBL listings (checked
 //!   proactively) and blocks (learned from verdicts that blame the IP) — which routing
 //!   reads for every connection.
+//! - [`admin`]: the HTTP API the CLI and the operator use on a running relay.
 //! - [`cli`]: the `sidestep` subcommands.
 
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod classify;
 pub mod cli;
 pub mod clock;

@@ -46,6 +46,26 @@ fn main() -> ExitCode {
         Command::DelistReport { config, json, ip } => {
             done(cli::delist_report(config.as_deref(), ip, json))
         }
+        Command::Queue {
+            config,
+            json,
+            action,
+        } => {
+            let view = match &action {
+                None => cli::QueueView::Summary,
+                Some(cli::QueueAction::List {
+                    domain,
+                    state,
+                    limit,
+                }) => cli::QueueView::List {
+                    domain: domain.as_deref(),
+                    state: state.as_deref(),
+                    limit: *limit,
+                },
+                Some(cli::QueueAction::Show { id }) => cli::QueueView::Show { id },
+            };
+            done(run_to_end(cli::queue(config.as_deref(), view, json)))
+        }
         Command::DnsblCheck { config, json, ips } => {
             done(run_to_end(cli::dnsbl_check(config.as_deref(), &ips, json)))
         }

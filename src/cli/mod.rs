@@ -1,5 +1,6 @@
 //! The `sidestep` command line: one file per subcommand.
 
+mod admin_client;
 mod blocks;
 mod check_config;
 mod classify;
@@ -7,6 +8,7 @@ mod delist_report;
 mod dnsbl_check;
 mod listings;
 mod logs;
+mod queue;
 mod serve;
 
 use std::path::PathBuf;
@@ -20,6 +22,7 @@ pub use delist_report::delist_report;
 pub use dnsbl_check::dnsbl_check;
 pub use listings::listings;
 pub use logs::BatchedStderr;
+pub use queue::{QueueView, queue};
 pub use serve::serve;
 
 /// Outbound SMTP relay that keeps mail flowing when an egress IP is blocklisted.
@@ -108,6 +111,20 @@ pub enum Command {
         /// The egress IP to report on (IPv4 or IPv6).
         ip: std::net::IpAddr,
     },
+    /// Show the running relay's queue (through its admin API): counts by state and
+    /// domain; `list` the messages; `show` one.
+    Queue {
+        /// Configuration file (TOML): where the admin API listens. Without it, the
+        /// embedded defaults.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// Machine-readable output (the API's JSON).
+        #[arg(long, global = true)]
+        json: bool,
+        /// What to show; the summary without one.
+        #[command(subcommand)]
+        action: Option<QueueAction>,
+    },
     /// Check addresses against the configured blocklists once, now.
     DnsblCheck {
         /// Configuration file (TOML), for its [[blocklists]] and [dns]. Without it, the
@@ -120,6 +137,28 @@ pub enum Command {
         /// Addresses to check (IPv4 or IPv6).
         #[arg(required = true)]
         ips: Vec<std::net::IpAddr>,
+    },
+}
+
+/// `sidestep queue` actions.
+#[derive(Debug, Subcommand)]
+pub enum QueueAction {
+    /// The messages, oldest first.
+    List {
+        /// Only messages with a pending recipient in this domain.
+        #[arg(long)]
+        domain: Option<String>,
+        /// Only messages in this state: active (an attempt under way) or deferred.
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// One message: envelope, every recipient with its last reply, next attempt.
+    Show {
+        /// The queue id (from the `250` reply or a log line).
+        id: String,
     },
 }
 

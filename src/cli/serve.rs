@@ -38,6 +38,8 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         Arc::new(Classifier::new(&config.classify.rules).context("loading classification rules")?),
     ));
     let queue = queue::start(ctx).context("recovering the queue")?;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    start_admin(&config, &spool, &queue, stopping.clone()).await?;
 
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
@@ -45,7 +47,6 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
     println!("sidestep listening on {addr}");
-    let (stop, stopping) = tokio::sync::watch::channel(false);
     let sessions = inbound::Sessions::new(&config.server);
     let drain_timeout = config.server.drain_timeout.get();
     // On a worker, not in `block_on`: the main thread would otherwise be woken for every
@@ -91,6 +92,63 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The admin API, when `[admin] listen` is set. Its address is also written to
+/// `admin.addr` in the spool directory, where the CLI looks first (a port of 0 is only
+/// known once bound).
+async fn start_admin(
+    config: &crate::config::Config,
+    spool: &Spool,
+    queue: &crate::queue::QueueHandle,
+    stopping: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let Some(addr) = config
+        .admin
+        .address()
+        .context("[admin] listen (check-config names the problem)")?
+    else {
+        let _ = std::fs::remove_file(config.spool.directory.join(ADMIN_ADDR_FILE));
+        return Ok(());
+    };
+    let token = match &config.admin.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("admin API: listening on {addr}"))?;
+    let bound = listener.local_addr()?;
+    std::fs::write(
+        config.spool.directory.join(ADMIN_ADDR_FILE),
+        format!("{bound}\n"),
+    )
+    .context("writing admin.addr in the spool directory")?;
+    tracing::info!(addr = %bound, "admin API listening");
+    println!("sidestep admin on {bound}");
+    let admin = crate::admin::Admin::new(
+        spool.clone(),
+        queue.clone(),
+        token,
+        config.admin.trusted_networks.clone(),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = crate::admin::serve(listener, admin, stopping).await {
+            tracing::error!(error = %e, "admin API stopped");
+        }
+    });
+    Ok(())
+}
+
+/// The file in the spool directory that holds the admin API's address.
+pub(crate) const ADMIN_ADDR_FILE: &str = "admin.addr";
 
 /// SIGTERM (service managers) and SIGINT (Ctrl-C). The first starts a drain, a second
 /// cuts it short; the caller then returns, so that `main` writes out pending log lines

@@ -48,6 +48,45 @@ pub struct Config {
     pub smarthosts: Vec<SmarthostConfig>,
     /// Per-destination choice of pool and fallback smarthost; first match wins.
     pub routes: Vec<RouteConfig>,
+    /// The admin HTTP API (queue, health), for the CLI and the operator.
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: the HTTP API the CLI uses, off the public internet by default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address of the admin listener, `ip:port`; `""` turns it off. Clients on loopback
+    /// need no credentials; any other needs the bearer token of `token_file`.
+    pub listen: String,
+    /// A file whose first line is the bearer token clients from other hosts must send
+    /// (`Authorization: Bearer ...`). Without it, only `trusted_networks` are served.
+    pub token_file: Option<PathBuf>,
+    /// Clients that need no token: loopback by default.
+    pub trusted_networks: Vec<IpNet>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8025".into(),
+            token_file: None,
+            trusted_networks: default_relay_networks(),
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The listen address, `None` when the listener is off.
+    ///
+    /// # Errors
+    /// The address does not parse (validation reports it first).
+    pub fn address(&self) -> Result<Option<SocketAddr>, std::net::AddrParseError> {
+        match self.listen.trim() {
+            "" => Ok(None),
+            a => a.parse().map(Some),
+        }
+    }
 }
 
 /// `[blocks]`: a destination refused an egress IP for its reputation.

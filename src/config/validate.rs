@@ -21,6 +21,7 @@ pub(super) fn all(c: &Config) -> Vec<ConfigError> {
     blocks(c, &mut err);
     smarthosts(c, &mut err);
     routes(c, &mut err);
+    admin(c, &mut err);
     errors
 }
 
@@ -384,6 +385,31 @@ fn routes(c: &Config, err: &mut impl FnMut(String, String)) {
                 format!("routes[{i}].fallback"),
                 format!("no [[smarthosts]] entry is named {f:?}"),
             );
+        }
+    }
+}
+/// `[admin]`: an address, and a token file that can be read.
+fn admin(c: &Config, err: &mut impl FnMut(String, String)) {
+    if let Err(e) = c.admin.address() {
+        err(
+            "admin.listen".into(),
+            format!("{:?} is not ip:port or \"\": {e}", c.admin.listen),
+        );
+    }
+    if let Some(path) = &c.admin.token_file {
+        match std::fs::read_to_string(path) {
+            Ok(t) if t.lines().next().is_some_and(|l| l.trim().len() >= 16) => {}
+            Ok(_) => err(
+                "admin.token_file".into(),
+                format!(
+                    "{}: the token (first line) must be at least 16 characters",
+                    path.display()
+                ),
+            ),
+            Err(e) => err(
+                "admin.token_file".into(),
+                format!("cannot read {}: {e}", path.display()),
+            ),
         }
     }
 }

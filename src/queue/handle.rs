@@ -26,6 +26,8 @@ pub enum QueueEvent {
     },
     /// The relay is stopping: start no more attempts; answer once none is running.
     Drain(tokio::sync::oneshot::Sender<()>),
+    /// The messages with an attempt under way, for the admin API.
+    InFlight(tokio::sync::oneshot::Sender<Vec<QueueId>>),
 }
 
 /// Cheap handle to tell the scheduler about new messages.
@@ -49,6 +51,20 @@ impl QueueHandle {
         if self.tx.send(QueueEvent::Drain(tx)).is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// Whether the scheduler still takes events.
+    pub fn is_open(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
+    /// The messages with an attempt under way now.
+    pub async fn in_flight(&self) -> Vec<QueueId> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(QueueEvent::InFlight(tx)).is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
     }
 
     /// A message was just made durable; schedule it.

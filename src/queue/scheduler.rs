@@ -130,6 +130,9 @@ impl Scheduler {
                 return;
             };
             match event {
+                QueueEvent::InFlight(reply) => {
+                    let _ = reply.send(self.in_flight.iter().cloned().collect());
+                }
                 QueueEvent::Drain(done) => {
                     if self.drained.is_none() {
                         tracing::info!(

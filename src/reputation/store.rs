@@ -108,10 +108,13 @@ fn read_table<T: serde::de::DeserializeOwned>(
 /// # Errors
 /// The file cannot be created or opened (another relay holds it, or it is corrupt).
 pub(super) fn open(spool_dir: &Path) -> Result<redb::Database, StoreError> {
-    redb::Database::builder()
+    let db = redb::Database::builder()
         .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
         .create(spool_dir.join(FILE))
-        .map_err(db_err)
+        .map_err(db_err)?;
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(spool_dir.join(FILE), std::fs::Permissions::from_mode(0o600));
+    Ok(db)
 }
 
 pub(super) fn save(db: &redb::Database, report: &ReputationReport) -> Result<(), StoreError> {

@@ -21,7 +21,7 @@
 //! acknowledge, waits a moment for new messages to share its commit.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -251,6 +251,7 @@ fn make_spares(msg_dir: &Path) -> std::io::Result<Vec<(String, File)>> {
         let file = File::options()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(msg_dir.join(&name))?;
         made.push((name, file));
     }
@@ -341,7 +342,13 @@ impl BodyFiles<'_> {
         }
         let tmp = self.tmp_dir.join(name_hint);
         let write = || -> std::io::Result<()> {
-            fill(&File::create(&tmp)?, bodies)?;
+            let file = File::options()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            fill(&file, bodies)?;
             std::fs::rename(&tmp, self.msg_dir.join(name_hint))?;
             match self.dir {
                 Some(d) => d.sync_all(),

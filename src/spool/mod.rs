@@ -21,6 +21,7 @@ pub use message::{QueueId, QueuedMessage, RecipientState, RecipientStatus, Remot
 
 use std::collections::HashMap;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -158,8 +159,12 @@ impl Spool {
         let tmp_dir = dir.join("tmp");
         for d in [dir, &msg_dir, &tmp_dir] {
             fs::create_dir_all(d).map_err(|e| SpoolError::io(d, e))?;
+            // Mail is private: only the relay's user reads the spool.
+            fs::set_permissions(d, fs::Permissions::from_mode(0o700))
+                .map_err(|e| SpoolError::io(d, e))?;
         }
         let index = Arc::new(index::Index::open(&dir.join("queue.redb"))?);
+        let _ = fs::set_permissions(dir.join("queue.redb"), fs::Permissions::from_mode(0o600));
         let db = index.get()?;
         {
             let txn = db!(db.begin_write())?;
@@ -284,6 +289,25 @@ impl Spool {
             .await
     }
 
+    /// Whether the spool takes a write now: a small file written, synced and removed in
+    /// its `tmp/` (for `/readyz`).
+    ///
+    /// # Errors
+    /// The write failed (a full disk, a read-only file system).
+    pub fn check_writable(&self) -> Result<(), SpoolError> {
+        use std::io::Write;
+        let dir = self.shared.msg_dir.with_file_name("tmp");
+        let path = dir.join(format!("ready-{}", QueueId::generate()));
+        let write = || -> std::io::Result<()> {
+            let mut f = fs::File::create(&path)?;
+            f.write_all(b"ready")?;
+            f.sync_data()
+        };
+        let result = write().map_err(|e| SpoolError::io(&path, e));
+        let _ = fs::remove_file(&path);
+        result
+    }
+
     /// A message committed moments ago and its body, from memory, if it is still there
     /// (see [`Fresh`]); taking it means the caller holds the only copy of its record
     /// outside the index.
@@ -402,6 +426,27 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(spool.recover().unwrap().len(), 2);
+    }
+
+    /// Mail is private: directories 0700, bodies and the index 0600, whatever the umask.
+    #[tokio::test]
+    async fn spool_files_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("spool");
+        let spool = Spool::open(&root).unwrap();
+        spool
+            .store_message(&message(), b"x\r\n".to_vec())
+            .await
+            .unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        for d in [root.clone(), root.join("msg"), root.join("tmp")] {
+            assert_eq!(mode(&d), 0o700, "{}", d.display());
+        }
+        assert_eq!(mode(&root.join("queue.redb")), 0o600);
+        for f in fs::read_dir(root.join("msg")).unwrap() {
+            let p = f.unwrap().path();
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
     }
 
     #[tokio::test]

@@ -27,6 +27,8 @@ pub struct Setup {
     pub delivery: String,
     /// Last octets of the egress IPs (127.0.0.N) in the default pool.
     pub egress: Vec<u8>,
+    /// The `[admin]` section's lines (a port of its own per relay).
+    pub admin: String,
 }
 
 impl Setup {
@@ -40,6 +42,7 @@ impl Setup {
             server: String::new(),
             delivery: String::new(),
             egress: vec![2, 3],
+            admin: "listen = \"127.0.0.1:0\"".into(),
             queue: r#"retry_initial = "200ms"
 retry_max = "1s"
 max_lifetime = "1h""#
@@ -72,11 +75,15 @@ command_timeout = "10s"
 nameservers = ["{dns}"]
 timeout = "1s"
 
+[admin]
+{admin}
+
 [[pools]]
 name = "default"
 {egress}
 {extra}
 "#,
+            admin = self.admin,
             networks = self.relay_networks,
             server = self.server,
             spool = self.dir.path().join("spool").display(),
@@ -128,6 +135,8 @@ name = "default"
 pub struct Relay {
     child: Child,
     pub addr: SocketAddr,
+    /// The admin API, when the config turned it on.
+    pub admin: Option<SocketAddr>,
     log: PathBuf,
 }
 
@@ -148,8 +157,12 @@ impl Relay {
             .unwrap();
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
+        let mut admin = None;
         let addr = tokio::time::timeout(PATIENCE, async {
             while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(addr) = line.strip_prefix("sidestep admin on ") {
+                    admin = Some(addr.parse::<SocketAddr>().unwrap());
+                }
                 if let Some(addr) = line.strip_prefix("sidestep listening on ") {
                     return addr.parse::<SocketAddr>().unwrap();
                 }
@@ -161,7 +174,12 @@ impl Relay {
         })
         .await
         .expect("sidestep did not start listening");
-        Relay { child, addr, log }
+        Relay {
+            child,
+            addr,
+            admin,
+            log,
+        }
     }
 
     /// SIGKILL: no shutdown code runs, as in a crash or power loss of the process.

@@ -1,0 +1,90 @@
+//! What the admin API answers, shared by its handlers and the CLI that prints it.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /api/v1/queue`: the queue at a glance.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct QueueSummary {
+    /// Messages in the queue.
+    pub messages: usize,
+    /// Recipients not yet delivered or bounced, over all messages.
+    pub pending_recipients: usize,
+    /// Messages by state: `active` (an attempt under way) and `deferred` (waiting for
+    /// their next attempt).
+    pub by_state: BTreeMap<String, usize>,
+    /// Pending recipients by destination domain, largest first.
+    pub by_domain: Vec<DomainCount>,
+    /// Age in seconds of the oldest message, if any.
+    pub oldest_age_s: Option<u64>,
+}
+
+/// Pending recipients of one destination domain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DomainCount {
+    /// The recipient domain.
+    pub domain: String,
+    /// Messages with a pending recipient there.
+    pub messages: usize,
+    /// Pending recipients there.
+    pub recipients: usize,
+}
+
+/// `GET /api/v1/queue/messages`: filters and paging.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ListQuery {
+    /// Only messages with a pending recipient in this domain.
+    pub domain: Option<String>,
+    /// Only messages in this state (`active`, `deferred`).
+    pub state: Option<String>,
+    /// At most this many (default 100).
+    pub limit: Option<usize>,
+    /// Skip this many first (oldest first).
+    pub offset: Option<usize>,
+}
+
+/// One page of the queue listing.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MessageList {
+    /// Messages matching the filters, over all pages.
+    pub total: usize,
+    /// This page, oldest first.
+    pub messages: Vec<MessageView>,
+}
+
+/// One queued message as the operator sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MessageView {
+    /// The queue id (in the `250` reply and every log line).
+    pub id: String,
+    /// The envelope sender (`<>` for DSNs).
+    pub sender: String,
+    /// `active` or `deferred`.
+    pub state: String,
+    /// When it was accepted (RFC 3339).
+    pub received: String,
+    /// Seconds since then.
+    pub age_s: u64,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When the next attempt is due (RFC 3339).
+    pub next_attempt: String,
+    /// Body size in bytes.
+    pub size: u64,
+    /// The client that handed it over.
+    pub client: String,
+    /// Every recipient with where it stands.
+    pub recipients: Vec<RecipientView>,
+}
+
+/// One recipient of a queued message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecipientView {
+    /// The address.
+    pub address: String,
+    /// `pending`, `delivered` or `failed`.
+    pub status: String,
+    /// The latest reply: the last temporary failure, the acceptance or the refusal.
+    pub reply: Option<String>,
+}

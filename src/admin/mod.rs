@@ -1,0 +1,180 @@
+//! The admin HTTP API: what the CLI and the operator ask of a running relay.
+//!
+//! Off the public internet by default (`[admin] listen = "127.0.0.1:8025"`). A client in
+//! `[admin] trusted_networks` (loopback by default) needs no credentials; any other needs
+//! `Authorization: Bearer <token>` with the token of `[admin] token_file`, and without a
+//! token file it is refused. Wrong
+//! tokens get `401`, and an address with too many of them gets `429` for a minute.
+//!
+//! - [`api`]: the request and response types, shared with the CLI.
+//! - `health`: `/healthz` (alive) and `/readyz` (spool writable, queue answering).
+//! - `queue`: `/api/v1/queue` (summary), `/api/v1/queue/messages` (listing, filters,
+//!   paging), `/api/v1/queue/messages/{id}` (one message).
+
+pub mod api;
+mod health;
+mod queue;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::clock::Clock;
+use crate::queue::QueueHandle;
+use crate::spool::Spool;
+
+/// Wrong tokens from one address within [`FAILURE_WINDOW`] before it gets `429`.
+const MAX_FAILURES: u32 = 5;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// What the handlers share: a cheap clonable handle.
+#[derive(Clone)]
+pub struct Admin {
+    spool: Spool,
+    queue: QueueHandle,
+    clock: Clock,
+    /// The bearer token for clients not in `trusted`; `None`: they are refused.
+    token: Option<Arc<str>>,
+    /// Clients that need no token (`[admin] trusted_networks`, loopback by default).
+    trusted: Arc<[ipnet::IpNet]>,
+    failures: Arc<Mutex<HashMap<IpAddr, (Instant, u32)>>>,
+}
+
+impl Admin {
+    /// The API over this spool and queue; `token` from `[admin] token_file`, `trusted`
+    /// from `[admin] trusted_networks`.
+    pub fn new(
+        spool: Spool,
+        queue: QueueHandle,
+        token: Option<String>,
+        trusted: Vec<ipnet::IpNet>,
+    ) -> Self {
+        Self {
+            spool,
+            queue,
+            clock: Clock::system(),
+            token: token.map(Arc::from),
+            trusted: trusted.into(),
+            failures: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Whether `ip` sent too many wrong tokens lately; counts this one when `failed`.
+    fn over_failures(&self, ip: IpAddr, failed: bool) -> bool {
+        let now = Instant::now();
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if f.len() > 10_000 {
+            f.retain(|_, (start, _)| now.duration_since(*start) < FAILURE_WINDOW);
+        }
+        let (start, count) = f.entry(ip).or_insert((now, 0));
+        if now.duration_since(*start) >= FAILURE_WINDOW {
+            *start = now;
+            *count = 0;
+        }
+        if failed {
+            *count += 1;
+        }
+        *count > MAX_FAILURES
+    }
+}
+
+/// The routes, behind the access check.
+pub fn router(admin: Admin) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/api/v1/queue", get(queue::summary))
+        .route("/api/v1/queue/messages", get(queue::list))
+        .route("/api/v1/queue/messages/{id}", get(queue::show))
+        .layer(middleware::from_fn_with_state(admin.clone(), access))
+        .with_state(admin)
+}
+
+/// Serves the API on `listener` until `stopping` turns true.
+///
+/// # Errors
+/// The listener failed.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    admin: Admin,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(admin).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = stopping.wait_for(|s| *s).await;
+    })
+    .await
+}
+
+/// Loopback clients pass; others need the bearer token.
+async fn access(
+    State(admin): State<Admin>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let ip = peer.ip();
+    if crate::inbound::policy::may_relay(ip, &admin.trusted) {
+        return next.run(request).await;
+    }
+    let Some(token) = &admin.token else {
+        tracing::warn!(client = %ip, "admin: refused a client not on loopback (no token_file)");
+        return (
+            StatusCode::FORBIDDEN,
+            "the admin API serves trusted_networks only; set [admin] token_file to allow others\n",
+        )
+            .into_response();
+    };
+    if admin.over_failures(ip, false) {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many wrong tokens; wait a minute\n",
+        )
+            .into_response();
+    }
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given.is_some_and(|g| same_secret(g.as_bytes(), token.as_bytes())) {
+        return next.run(request).await;
+    }
+    admin.over_failures(ip, true);
+    tracing::warn!(client = %ip, "admin: wrong or missing bearer token");
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "a valid bearer token is needed\n",
+    )
+        .into_response()
+}
+
+/// Compares without stopping at the first difference, so the time taken does not tell
+/// how much of a guess was right.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_secret;
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!same_secret(b"0123456789abcdef", b"0123456789abcdeg"));
+        assert!(!same_secret(b"0123", b"01234"));
+    }
+}

@@ -1,0 +1,153 @@
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::admin::api::{MessageList, MessageView, QueueSummary};
+
+/// What `sidestep queue` shows.
+pub enum QueueView<'a> {
+    /// Counts by state and domain, the oldest message's age.
+    Summary,
+    /// The messages, oldest first, filtered.
+    List {
+        /// Only messages with a pending recipient in this domain.
+        domain: Option<&'a str>,
+        /// Only messages in this state.
+        state: Option<&'a str>,
+        /// At most this many.
+        limit: usize,
+    },
+    /// One message with every recipient.
+    Show {
+        /// Its queue id.
+        id: &'a str,
+    },
+}
+
+/// `sidestep queue [list|show ID]`: the running relay's queue, through its admin API.
+pub async fn queue(
+    config_path: Option<&Path>,
+    view: QueueView<'_>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let config = super::load_config(config_path)?;
+    let path = match &view {
+        QueueView::Summary => "/api/v1/queue".to_string(),
+        QueueView::List {
+            domain,
+            state,
+            limit,
+        } => {
+            let mut p = format!("/api/v1/queue/messages?limit={limit}");
+            if let Some(d) = domain {
+                p.push_str(&format!("&domain={}", query_value(d)));
+            }
+            if let Some(s) = state {
+                p.push_str(&format!("&state={}", query_value(s)));
+            }
+            p
+        }
+        QueueView::Show { id } => format!("/api/v1/queue/messages/{}", query_value(id)),
+    };
+    let body = super::admin_client::get(&config, &path).await?;
+    if json {
+        println!("{}", String::from_utf8_lossy(&body).trim_end());
+        return Ok(());
+    }
+    let text = match view {
+        QueueView::Summary => render_summary(&serde_json::from_slice(&body)?),
+        QueueView::List { .. } => render_list(&serde_json::from_slice(&body)?),
+        QueueView::Show { .. } => render_message(&serde_json::from_slice(&body)?),
+    };
+    print!("{text}");
+    Ok(())
+}
+
+/// Keeps a query value to characters that need no escaping (domains, ids, states).
+fn query_value(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        .collect()
+}
+
+fn render_summary(s: &QueueSummary) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} message(s), {} recipient(s) pending",
+        s.messages, s.pending_recipients
+    );
+    for (state, n) in &s.by_state {
+        let _ = writeln!(out, "  {state:<10} {n}");
+    }
+    if let Some(age) = s.oldest_age_s {
+        let _ = writeln!(
+            out,
+            "oldest: {}",
+            humantime::format_duration(std::time::Duration::from_secs(age))
+        );
+    }
+    if !s.by_domain.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{:<40} {:>9} {:>11}",
+            "domain", "messages", "recipients"
+        );
+        for d in &s.by_domain {
+            let _ = writeln!(
+                out,
+                "{:<40} {:>9} {:>11}",
+                d.domain, d.messages, d.recipients
+            );
+        }
+    }
+    out
+}
+
+fn render_list(l: &MessageList) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<22} {:<9} {:>8} {:>4} {:<22} sender → pending recipients",
+        "queue id", "state", "age", "try", "next attempt"
+    );
+    for m in &l.messages {
+        let pending: Vec<&str> = m
+            .recipients
+            .iter()
+            .filter(|r| r.status == "pending")
+            .map(|r| r.address.as_str())
+            .collect();
+        let _ = writeln!(
+            out,
+            "{:<22} {:<9} {:>8} {:>4} {:<22} {} → {}",
+            m.id,
+            m.state,
+            humantime::format_duration(std::time::Duration::from_secs(m.age_s)).to_string(),
+            m.attempts,
+            m.next_attempt,
+            m.sender,
+            pending.join(", ")
+        );
+    }
+    let _ = writeln!(out, "{} of {} shown", l.messages.len(), l.total);
+    out
+}
+
+fn render_message(m: &MessageView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "{}  ({}, {} attempt(s))", m.id, m.state, m.attempts);
+    let _ = writeln!(out, "  from:     {}", m.sender);
+    let _ = writeln!(out, "  received: {} from {}", m.received, m.client);
+    let _ = writeln!(out, "  next:     {}", m.next_attempt);
+    let _ = writeln!(out, "  size:     {} bytes", m.size);
+    for r in &m.recipients {
+        let _ = writeln!(
+            out,
+            "  {:<9} {}  {}",
+            r.status,
+            r.address,
+            r.reply.as_deref().unwrap_or("")
+        );
+    }
+    out
+}

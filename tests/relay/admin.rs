@@ -1,0 +1,169 @@
+//! The admin API of a running relay, over real HTTP, and the CLI that reads it.
+
+use std::net::{IpAddr, SocketAddr};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpSocket;
+
+use crate::support::client::ready;
+use crate::{World, message};
+
+/// One HTTP/1.1 request from `from`; the status and the body.
+async fn http(admin: SocketAddr, from: IpAddr, path: &str, auth: Option<&str>) -> (u16, String) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    let mut stream = socket.connect(admin).await.unwrap();
+    let auth = auth
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: admin\r\n{auth}Connection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1)
+        .unwrap_or("")
+        .to_string();
+    (status, body)
+}
+
+fn local() -> IpAddr {
+    "127.0.0.1".parse().unwrap()
+}
+
+#[tokio::test]
+async fn the_queue_is_seen_through_the_api_and_the_cli() {
+    let w = World::new().await;
+    // The destination defers: the message stays in the queue.
+    w.dest
+        .behave(|b| b.data_always = Some("451 4.3.0 try again later".into()));
+    let relay = w.setup.start().await;
+    let admin = relay.admin.expect("the admin API is on");
+    let mut c = ready(relay.addr).await;
+    let reply = c
+        .send_mail(
+            "a@sender.test",
+            &["b@dest.test", "c@dest.test"],
+            &message("held", "x\r\n"),
+        )
+        .await;
+    let id = reply.split_whitespace().last().unwrap().to_string();
+    relay.log_with("deferred: next attempt at").await;
+
+    assert_eq!(http(admin, local(), "/healthz", None).await.0, 200);
+    let (status, body) = http(admin, local(), "/readyz", None).await;
+    assert_eq!(status, 200, "{body}");
+
+    let summary = w.setup.cli_json(&["queue"]);
+    assert_eq!(summary["messages"], 1, "{summary}");
+    assert_eq!(summary["pending_recipients"], 2, "{summary}");
+    assert_eq!(summary["by_domain"][0]["domain"], "dest.test", "{summary}");
+    assert_eq!(summary["by_domain"][0]["recipients"], 2, "{summary}");
+
+    let list = w.setup.cli(&["queue", "list", "--domain", "dest.test"]);
+    assert!(list.contains(&id), "{list}");
+    assert!(list.contains("1 of 1 shown"), "{list}");
+    let none = w
+        .setup
+        .cli_json(&["queue", "list", "--domain", "elsewhere.test"]);
+    assert_eq!(none["total"], 0, "{none}");
+
+    let shown = w.setup.cli_json(&["queue", "show", &id]);
+    assert_eq!(shown["id"], id.as_str());
+    assert_eq!(shown["sender"], "a@sender.test");
+    assert!(shown["attempts"].as_u64().unwrap() >= 1, "{shown}");
+    assert_eq!(shown["recipients"][0]["status"], "pending");
+    assert_eq!(
+        shown["recipients"][0]["reply"], "451 4.3.0 try again later",
+        "{shown}"
+    );
+    let text = w.setup.cli(&["queue", "show", &id]);
+    assert!(
+        text.contains("pending   b@dest.test  451 4.3.0 try again later"),
+        "{text}"
+    );
+
+    let (status, _) = http(admin, local(), "/api/v1/queue/messages/NOSUCHID", None).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn clients_outside_trusted_networks_need_the_token() {
+    let mut w = World::new().await;
+    let token = "an-admin-token-of-some-length";
+    let token_file = w.setup.dir.path().join("admin.token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    w.setup.admin = format!(
+        "listen = \"127.0.0.1:0\"\ntrusted_networks = [\"127.0.0.1/32\"]\ntoken_file = \"{}\"",
+        token_file.display()
+    );
+    let relay = w.setup.start().await;
+    let admin = relay.admin.unwrap();
+    let outsider: IpAddr = "127.0.0.77".parse().unwrap();
+    assert_eq!(http(admin, local(), "/api/v1/queue", None).await.0, 200);
+    assert_eq!(http(admin, outsider, "/api/v1/queue", None).await.0, 401);
+    assert_eq!(
+        http(admin, outsider, "/api/v1/queue", Some(token)).await.0,
+        200
+    );
+    // Guessing is rate limited: after a few wrong tokens, even the right one waits.
+    for _ in 0..5 {
+        assert_eq!(
+            http(admin, outsider, "/api/v1/queue", Some("wrong"))
+                .await
+                .0,
+            401
+        );
+    }
+    assert_eq!(
+        http(admin, outsider, "/api/v1/queue", Some("wrong"))
+            .await
+            .0,
+        429
+    );
+    assert_eq!(
+        http(admin, outsider, "/api/v1/queue", Some(token)).await.0,
+        429
+    );
+    relay.log_with("wrong or missing bearer token").await;
+}
+
+#[tokio::test]
+async fn without_a_token_file_only_trusted_networks_are_served() {
+    let mut w = World::new().await;
+    w.setup.admin = "listen = \"127.0.0.1:0\"\ntrusted_networks = [\"127.0.0.1/32\"]".into();
+    let relay = w.setup.start().await;
+    let admin = relay.admin.unwrap();
+    let outsider: IpAddr = "127.0.0.78".parse().unwrap();
+    let (status, body) = http(admin, outsider, "/api/v1/queue", Some("anything")).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(http(admin, local(), "/healthz", None).await.0, 200);
+}
+
+#[tokio::test]
+async fn an_admin_listen_of_nothing_turns_it_off_and_the_cli_says_so() {
+    let mut w = World::new().await;
+    w.setup.admin = "listen = \"\"".into();
+    let relay = w.setup.start().await;
+    assert!(relay.admin.is_none());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidestep"))
+        .args(["queue", "--config"])
+        .arg(w.setup.dir.path().join("sidestep.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("admin API is off"), "{err}");
+}
