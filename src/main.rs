@@ -66,6 +66,41 @@ fn main() -> ExitCode {
             };
             done(run_to_end(cli::queue(config.as_deref(), view, json)))
         }
+        Command::Flush {
+            config,
+            json,
+            domain,
+            id,
+        } => {
+            let c = cli::QueueCommand::Flush {
+                id: id.as_deref(),
+                domain: domain.as_deref(),
+            };
+            done(run_to_end(cli::queue_command(config.as_deref(), c, json)))
+        }
+        Command::Hold { config, json, id } => done(run_to_end(cli::queue_command(
+            config.as_deref(),
+            cli::QueueCommand::Hold(&id),
+            json,
+        ))),
+        Command::Release { config, json, id } => done(run_to_end(cli::queue_command(
+            config.as_deref(),
+            cli::QueueCommand::Release(&id),
+            json,
+        ))),
+        Command::Delete {
+            config,
+            json,
+            bounce,
+            id,
+        } => done(run_to_end(cli::queue_command(
+            config.as_deref(),
+            cli::QueueCommand::Delete {
+                id: &id,
+                bounce: bounce.as_deref(),
+            },
+            json,
+        ))),
         Command::DnsblCheck { config, json, ips } => {
             done(run_to_end(cli::dnsbl_check(config.as_deref(), &ips, json)))
         }

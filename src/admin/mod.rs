@@ -10,8 +10,11 @@
 //! - `health`: `/healthz` (alive) and `/readyz` (spool writable, queue answering).
 //! - `queue`: `/api/v1/queue` (summary), `/api/v1/queue/messages` (listing, filters,
 //!   paging), `/api/v1/queue/messages/{id}` (one message).
+//! - [`control`]: `POST /api/v1/queue/flush`, `POST …/{id}/hold`, `POST …/{id}/release`,
+//!   `DELETE …/{id}` (`?bounce=REASON` sends the sender a DSN).
 
 pub mod api;
+pub mod control;
 mod health;
 mod queue;
 
@@ -25,7 +28,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 
 use crate::clock::Clock;
 use crate::queue::QueueHandle;
@@ -45,6 +48,8 @@ pub struct Admin {
     token: Option<Arc<str>>,
     /// Clients that need no token (`[admin] trusted_networks`, loopback by default).
     trusted: Arc<[ipnet::IpNet]>,
+    /// The relay's name, for DSNs of deleted messages.
+    hostname: Arc<str>,
     failures: Arc<Mutex<HashMap<IpAddr, (Instant, u32)>>>,
 }
 
@@ -56,8 +61,10 @@ impl Admin {
         queue: QueueHandle,
         token: Option<String>,
         trusted: Vec<ipnet::IpNet>,
+        hostname: &str,
     ) -> Self {
         Self {
+            hostname: hostname.into(),
             spool,
             queue,
             clock: Clock::system(),
@@ -93,7 +100,16 @@ pub fn router(admin: Admin) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/api/v1/queue", get(queue::summary))
         .route("/api/v1/queue/messages", get(queue::list))
-        .route("/api/v1/queue/messages/{id}", get(queue::show))
+        .route("/api/v1/queue/flush", post(control::flush))
+        .route(
+            "/api/v1/queue/messages/{id}",
+            get(queue::show).delete(control::delete),
+        )
+        .route("/api/v1/queue/messages/{id}/hold", post(control::hold))
+        .route(
+            "/api/v1/queue/messages/{id}/release",
+            post(control::release),
+        )
         .layer(middleware::from_fn_with_state(admin.clone(), access))
         .with_state(admin)
 }

@@ -29,6 +29,8 @@ async fn snapshot(admin: &Admin) -> Result<Vec<(QueuedMessage, &'static str)>, S
         .map(|m| {
             let state = if active.contains(&m.id) {
                 "active"
+            } else if m.held {
+                "held"
             } else {
                 "deferred"
             };
@@ -62,7 +64,7 @@ pub(super) async fn summary(State(admin): State<Admin>) -> Result<Json<QueueSumm
         let age = now.saturating_sub(m.received_at);
         s.oldest_age_s = Some(s.oldest_age_s.map_or(age, |o| o.max(age)));
     }
-    for state in ["active", "deferred"] {
+    for state in ["active", "deferred", "held"] {
         s.by_state.entry(state.into()).or_default();
     }
     let mut by_domain: Vec<DomainCount> = domains

@@ -36,6 +36,14 @@ pub fn address(config: &Config) -> anyhow::Result<SocketAddr> {
 /// # Errors
 /// The relay does not answer, or answers with another status (its text is the error).
 pub async fn get(config: &Config, path: &str) -> anyhow::Result<Vec<u8>> {
+    request(config, "GET", path).await
+}
+
+/// `method path` on the relay's admin API, without a body; the body of a `200`.
+///
+/// # Errors
+/// The relay does not answer, or answers with another status (its text is the error).
+pub async fn request(config: &Config, method: &str, path: &str) -> anyhow::Result<Vec<u8>> {
     let addr = address(config)?;
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
@@ -43,7 +51,7 @@ pub async fn get(config: &Config, path: &str) -> anyhow::Result<Vec<u8>> {
             format!("cannot reach the relay's admin API at {addr}; is `sidestep serve` running?")
         })?;
     let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).await?;
     let mut response = Vec::new();
@@ -67,4 +75,17 @@ pub async fn get(config: &Config, path: &str) -> anyhow::Result<Vec<u8>> {
         );
     }
     Ok(body)
+}
+
+/// A query value, percent-encoded (RFC 3986 unreserved characters kept).
+pub fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

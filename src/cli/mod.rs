@@ -22,7 +22,7 @@ pub use delist_report::delist_report;
 pub use dnsbl_check::dnsbl_check;
 pub use listings::listings;
 pub use logs::BatchedStderr;
-pub use queue::{QueueView, queue};
+pub use queue::{QueueCommand, QueueView, command as queue_command, queue};
 pub use serve::serve;
 
 /// Outbound SMTP relay that keeps mail flowing when an egress IP is blocklisted.
@@ -124,6 +124,58 @@ pub enum Command {
         /// What to show; the summary without one.
         #[command(subcommand)]
         action: Option<QueueAction>,
+    },
+    /// Attempt queued mail now instead of at its due time: one message, a domain's, or
+    /// all of it.
+    Flush {
+        /// Configuration file (TOML): where the admin API listens.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Machine-readable output (the API's JSON).
+        #[arg(long)]
+        json: bool,
+        /// Only messages with a pending recipient in this domain.
+        #[arg(long, conflicts_with = "id")]
+        domain: Option<String>,
+        /// Only this message (its queue id).
+        id: Option<String>,
+    },
+    /// Keep a queued message, never attempted, until released.
+    Hold {
+        /// Configuration file (TOML): where the admin API listens.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Machine-readable output (the API's JSON).
+        #[arg(long)]
+        json: bool,
+        /// The message's queue id.
+        id: String,
+    },
+    /// Attempt a held message now.
+    Release {
+        /// Configuration file (TOML): where the admin API listens.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Machine-readable output (the API's JSON).
+        #[arg(long)]
+        json: bool,
+        /// The message's queue id.
+        id: String,
+    },
+    /// Remove a queued message: quietly, or with --bounce a DSN to its sender quoting
+    /// the reason.
+    Delete {
+        /// Configuration file (TOML): where the admin API listens.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Machine-readable output (the API's JSON).
+        #[arg(long)]
+        json: bool,
+        /// Bounce the pending recipients with a DSN that quotes this reason.
+        #[arg(long, value_name = "REASON")]
+        bounce: Option<String>,
+        /// The message's queue id.
+        id: String,
     },
     /// Check addresses against the configured blocklists once, now.
     DnsblCheck {

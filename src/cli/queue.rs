@@ -62,11 +62,92 @@ pub async fn queue(
     Ok(())
 }
 
-/// Keeps a query value to characters that need no escaping (domains, ids, states).
 fn query_value(s: &str) -> String {
-    s.chars()
-        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
-        .collect()
+    super::admin_client::encode(s)
+}
+
+/// An operator's command on the queue.
+pub enum QueueCommand<'a> {
+    /// Attempt now: one message, a domain's, or all.
+    Flush {
+        /// One message.
+        id: Option<&'a str>,
+        /// A domain's messages.
+        domain: Option<&'a str>,
+    },
+    /// Keep a message, never attempted, until released.
+    Hold(&'a str),
+    /// Schedule a held message now.
+    Release(&'a str),
+    /// Remove a message, quietly or bouncing it with a reason.
+    Delete {
+        /// The message.
+        id: &'a str,
+        /// Send the sender a DSN quoting this.
+        bounce: Option<&'a str>,
+    },
+}
+
+/// `sidestep flush|hold|release|delete`: through the running relay's admin API.
+pub async fn command(
+    config_path: Option<&Path>,
+    command: QueueCommand<'_>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let config = super::load_config(config_path)?;
+    let (method, path) = match &command {
+        QueueCommand::Flush { id, domain } => {
+            let mut p = "/api/v1/queue/flush?".to_string();
+            if let Some(id) = id {
+                p.push_str(&format!("id={}&", query_value(id)));
+            }
+            if let Some(d) = domain {
+                p.push_str(&format!("domain={}", query_value(d)));
+            }
+            ("POST", p)
+        }
+        QueueCommand::Hold(id) => (
+            "POST",
+            format!("/api/v1/queue/messages/{}/hold", query_value(id)),
+        ),
+        QueueCommand::Release(id) => (
+            "POST",
+            format!("/api/v1/queue/messages/{}/release", query_value(id)),
+        ),
+        QueueCommand::Delete { id, bounce } => {
+            let mut p = format!("/api/v1/queue/messages/{}", query_value(id));
+            if let Some(reason) = bounce {
+                p.push_str(&format!("?bounce={}", query_value(reason)));
+            }
+            ("DELETE", p)
+        }
+    };
+    let body = super::admin_client::request(&config, method, &path).await?;
+    if json {
+        println!("{}", String::from_utf8_lossy(&body).trim_end());
+        return Ok(());
+    }
+    let done: crate::admin::control::Done = serde_json::from_slice(&body)?;
+    let verb = match command {
+        QueueCommand::Flush { .. } => "flushed",
+        QueueCommand::Hold(_) => "held",
+        QueueCommand::Release(_) => "released",
+        QueueCommand::Delete {
+            bounce: Some(_), ..
+        } => "deleted, DSN sent",
+        QueueCommand::Delete { .. } => "deleted",
+    };
+    println!("{verb}: {}", done.done.len());
+    for id in &done.done {
+        println!("  {id}");
+    }
+    if !done.busy.is_empty() {
+        println!(
+            "left alone (an attempt is under way): {}",
+            done.busy.join(" ")
+        );
+    }
+    Ok(())
 }
 
 fn render_summary(s: &QueueSummary) -> String {

@@ -138,6 +138,7 @@ async fn start_admin(
         queue.clone(),
         token,
         config.admin.trusted_networks.clone(),
+        &config.server.hostname,
     );
     tokio::spawn(async move {
         if let Err(e) = crate::admin::serve(listener, admin, stopping).await {

@@ -172,6 +172,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             size: body.len() as u64,
             client: self.peer.ip().to_string(),
             body: None,
+            held: false,
         };
         // How long the disk took to make it durable: what a slow `250` comes down to.
         let started = std::time::Instant::now();

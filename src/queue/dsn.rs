@@ -143,6 +143,7 @@ pub fn build(
         size: body.len() as u64,
         client: "local (DSN)".into(),
         body: None,
+        held: false,
     };
     Dsn { message, body }
 }

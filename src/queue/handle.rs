@@ -28,6 +28,34 @@ pub enum QueueEvent {
     Drain(tokio::sync::oneshot::Sender<()>),
     /// The messages with an attempt under way, for the admin API.
     InFlight(tokio::sync::oneshot::Sender<Vec<QueueId>>),
+    /// An operator's command; the reply says which messages it touched.
+    Control {
+        /// What to do.
+        command: Control,
+        /// The messages acted on (not those with an attempt under way).
+        reply: tokio::sync::oneshot::Sender<ControlOutcome>,
+    },
+}
+
+/// What an operator asks of the scheduler.
+#[derive(Debug, Clone)]
+pub enum Control {
+    /// Attempt these now instead of at their due time.
+    Flush(Vec<QueueId>),
+    /// Stop scheduling this message (hold, or before a delete); refused while an attempt
+    /// is under way.
+    Forget(QueueId),
+    /// Schedule this message now (a release).
+    Schedule(QueueId),
+}
+
+/// What a [`Control`] did.
+#[derive(Debug, Clone, Default)]
+pub struct ControlOutcome {
+    /// The messages it applied to.
+    pub done: Vec<QueueId>,
+    /// The messages left alone because an attempt is under way.
+    pub busy: Vec<QueueId>,
 }
 
 /// Cheap handle to tell the scheduler about new messages.
@@ -51,6 +79,19 @@ impl QueueHandle {
         if self.tx.send(QueueEvent::Drain(tx)).is_ok() {
             let _ = rx.await;
         }
+    }
+
+    /// Sends an operator's command to the scheduler and waits for what it did.
+    pub async fn control(&self, command: Control) -> ControlOutcome {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        if self
+            .tx
+            .send(QueueEvent::Control { command, reply })
+            .is_err()
+        {
+            return ControlOutcome::default();
+        }
+        rx.await.unwrap_or_default()
     }
 
     /// Whether the scheduler still takes events.

@@ -6,6 +6,7 @@ mod context;
 mod domain;
 pub mod dsn;
 mod handle;
+pub mod operator;
 pub mod retry;
 mod scheduler;
 #[cfg(test)]
@@ -13,5 +14,5 @@ mod tests;
 mod throttle;
 
 pub use context::QueueContext;
-pub use handle::{QueueEvent, QueueHandle};
+pub use handle::{Control, ControlOutcome, QueueEvent, QueueHandle};
 pub use scheduler::start;

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 
 use super::attempt;
 use super::context::QueueContext;
-use super::handle::{QueueEvent, QueueHandle};
+use super::handle::{Control, ControlOutcome, QueueEvent, QueueHandle};
 use crate::spool::{QueueId, SpoolError};
 
 /// Recovers the spool and starts the scheduler task.
@@ -26,7 +26,8 @@ pub fn start(ctx: Arc<QueueContext>) -> Result<QueueHandle, SpoolError> {
         tracing::info!(messages = recovered.len(), "recovered spooled messages");
     }
     let mut due = BTreeSet::new();
-    for msg in recovered {
+    // Held messages stay in the spool, unscheduled, until released.
+    for msg in recovered.into_iter().filter(|m| !m.held) {
         due.insert((msg.next_attempt_ms, msg.id));
     }
     let scheduler = Scheduler {
@@ -74,6 +75,59 @@ impl Scheduler {
                 self.due.insert((now, id));
             }
         }
+    }
+
+    /// Carries out an operator's command on the due times.
+    fn control(&mut self, command: Control) -> ControlOutcome {
+        let now = self.ctx.clock.now_ms();
+        let mut outcome = ControlOutcome::default();
+        let due_of = |due: &BTreeSet<(u64, QueueId)>, id: &QueueId| {
+            due.iter().find(|(_, d)| d == id).map(|(at, _)| *at)
+        };
+        match command {
+            Control::Flush(ids) => {
+                let wanted: HashSet<QueueId> = ids.into_iter().collect();
+                let moved: Vec<(u64, QueueId)> = self
+                    .due
+                    .iter()
+                    .filter(|(_, id)| wanted.contains(id))
+                    .cloned()
+                    .collect();
+                for entry in moved {
+                    self.due.remove(&entry);
+                    self.egress_waiters.remove(&entry.1);
+                    self.due.insert((now, entry.1.clone()));
+                    outcome.done.push(entry.1);
+                }
+                outcome.busy = wanted
+                    .into_iter()
+                    .filter(|id| self.in_flight.contains(id))
+                    .collect();
+            }
+            Control::Forget(id) => {
+                if self.in_flight.contains(&id) {
+                    outcome.busy.push(id);
+                } else {
+                    if let Some(at) = due_of(&self.due, &id) {
+                        self.due.remove(&(at, id.clone()));
+                    }
+                    self.egress_waiters.remove(&id);
+                    outcome.done.push(id);
+                }
+            }
+            Control::Schedule(id) => {
+                if let Some(at) = due_of(&self.due, &id) {
+                    self.due.remove(&(at, id.clone()));
+                }
+                if !self.in_flight.contains(&id) {
+                    self.due.insert((now, id.clone()));
+                    outcome.done.push(id);
+                } else {
+                    outcome.busy.push(id);
+                }
+            }
+        }
+        outcome
     }
 
     async fn run(mut self) {
@@ -130,6 +184,9 @@ impl Scheduler {
                 return;
             };
             match event {
+                QueueEvent::Control { command, reply } => {
+                    let _ = reply.send(self.control(command));
+                }
                 QueueEvent::InFlight(reply) => {
                     let _ = reply.send(self.in_flight.iter().cloned().collect());
                 }

@@ -34,6 +34,12 @@ impl QueueId {
     }
 }
 
+impl From<&str> for QueueId {
+    fn from(s: &str) -> Self {
+        Self(s.to_string())
+    }
+}
+
 impl fmt::Display for QueueId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -140,6 +146,9 @@ pub struct QueuedMessage {
     /// Where the body is: set by the spool when it stores the message.
     #[serde(default)]
     pub body: Option<BodyRef>,
+    /// Held by the operator: kept, never attempted, until released.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held: bool,
 }
 
 /// A body's place in the spool: messages accepted together share one file (one fsync

@@ -396,6 +396,7 @@ mod tests {
             size: 3,
             client: "test".into(),
             body: None,
+            held: false,
         }
     }
 

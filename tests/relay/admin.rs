@@ -167,3 +167,103 @@ async fn an_admin_listen_of_nothing_turns_it_off_and_the_cli_says_so() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("admin API is off"), "{err}");
 }
+
+/// A retry schedule no test outlives: mail goes out only when the operator says so.
+const NO_RETRY_SOON: &str = "retry_initial = \"1h\"\nretry_max = \"1h\"\nmax_lifetime = \"2h\"";
+
+/// Sends one message to b@dest.test and waits until its first attempt was deferred;
+/// returns its queue id.
+async fn queue_one(relay: &crate::support::relay::Relay, subject: &str, n: usize) -> String {
+    let mut c = ready(relay.addr).await;
+    let reply = c
+        .send_mail(
+            "a@sender.test",
+            &["b@dest.test"],
+            &message(subject, "x\r\n"),
+        )
+        .await;
+    relay.log_count("deferred: next attempt at", n).await;
+    reply.split_whitespace().last().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn flush_sends_now_what_would_wait_an_hour() {
+    let mut w = World::new().await;
+    w.setup.queue = NO_RETRY_SOON.into();
+    w.dest
+        .behave(|b| b.data.push_back("451 4.3.0 try again later".into()));
+    let relay = w.setup.start().await;
+    let id = queue_one(&relay, "flush me", 1).await;
+    let out = w.setup.cli(&["flush", "--domain", "dest.test"]);
+    assert!(out.contains("flushed: 1") && out.contains(&id), "{out}");
+    let got = w.dest.wait_for(1).await;
+    assert!(String::from_utf8_lossy(&got[0].data).contains("Subject: flush me"));
+    relay.log_with("queue flushed by the operator").await;
+}
+
+#[tokio::test]
+async fn a_held_message_waits_across_a_restart_until_released() {
+    let mut w = World::new().await;
+    w.setup.queue = NO_RETRY_SOON.into();
+    w.dest
+        .behave(|b| b.data.push_back("451 4.3.0 try again later".into()));
+    let relay = w.setup.start().await;
+    let id = queue_one(&relay, "hold me", 1).await;
+    let out = w.setup.cli(&["hold", &id]);
+    assert!(out.contains("held: 1"), "{out}");
+    assert_eq!(w.setup.cli_json(&["queue", "show", &id])["state"], "held");
+    // Flushing skips held mail.
+    let flushed = w.setup.cli_json(&["flush"]);
+    assert_eq!(flushed["done"], serde_json::json!([]), "{flushed}");
+    relay.kill().await;
+
+    let relay = w.setup.start().await;
+    let summary = w.setup.cli_json(&["queue"]);
+    assert_eq!(summary["by_state"]["held"], 1, "{summary}");
+    assert!(
+        !relay.log().contains("delivery attempt"),
+        "a held message is not attempted"
+    );
+    w.setup.cli(&["release", &id]);
+    let got = w.dest.wait_for(1).await;
+    assert!(String::from_utf8_lossy(&got[0].data).contains("Subject: hold me"));
+}
+
+#[tokio::test]
+async fn delete_is_quiet_or_bounces_with_the_operators_reason() {
+    let mut w = World::new().await;
+    w.setup.queue = NO_RETRY_SOON.into();
+    w.dest
+        .behave(|b| b.data_always = Some("451 4.3.0 try again later".into()));
+    let relay = w.setup.start().await;
+    let quiet = queue_one(&relay, "quiet", 1).await;
+    let loud = queue_one(&relay, "loud", 2).await;
+    w.setup.cli(&["delete", &quiet]);
+    let out = w.setup.cli(&[
+        "delete",
+        &loud,
+        "--bounce",
+        "part of a spam run (ticket 42)",
+    ]);
+    assert!(out.contains("deleted, DSN sent: 1"), "{out}");
+    let dsns = w.sender.wait_for(1).await;
+    let text = crate::support::dsn_text(&dsns[0]);
+    assert!(text.contains("part of a spam run (ticket 42)"), "{text}");
+    assert!(text.contains("Subject: loud"), "{text}");
+    relay.log_count("every recipient is final", 1).await;
+    let summary = w.setup.cli_json(&["queue"]);
+    assert_eq!(summary["messages"], 0, "{summary}");
+    assert_eq!(
+        w.sender.messages().len(),
+        1,
+        "the quiet delete sent nothing"
+    );
+    // Gone: a second delete says so.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidestep"))
+        .args(["delete", &quiet, "--config"])
+        .arg(w.setup.dir.path().join("sidestep.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+}

@@ -1,0 +1,132 @@
+//! The operator's commands on the queue: flush, hold, release, delete.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::Admin;
+use crate::queue::Control;
+use crate::queue::operator::{self, OperatorError};
+use crate::spool::QueueId;
+
+/// `POST /api/v1/queue/flush`: which messages (all without a filter).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct FlushQuery {
+    /// Only this message.
+    pub id: Option<String>,
+    /// Only messages with a pending recipient in this domain.
+    pub domain: Option<String>,
+}
+
+/// What a command did.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Done {
+    /// Messages acted on.
+    pub done: Vec<String>,
+    /// Messages left alone because an attempt is under way.
+    pub busy: Vec<String>,
+}
+
+/// `DELETE /api/v1/queue/messages/{id}`: quietly, or bouncing with this reason.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct DeleteQuery {
+    /// Send the sender a DSN quoting this.
+    pub bounce: Option<String>,
+}
+
+fn status(e: &OperatorError) -> (StatusCode, String) {
+    let code = match e {
+        OperatorError::NotFound(_) => StatusCode::NOT_FOUND,
+        OperatorError::Busy(_) => StatusCode::CONFLICT,
+        OperatorError::Spool(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (code, format!("{e}\n"))
+}
+
+/// `POST /api/v1/queue/flush?id=&domain=`: attempt now instead of at the due time.
+pub(super) async fn flush(
+    State(admin): State<Admin>,
+    Query(q): Query<FlushQuery>,
+) -> Result<Json<Done>, (StatusCode, String)> {
+    let spool = admin.spool.clone();
+    let records = tokio::task::spawn_blocking(move || spool.recover())
+        .await
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+    let ids: Vec<QueueId> = records
+        .into_iter()
+        .filter(|m| !m.held)
+        .filter(|m| q.id.as_deref().is_none_or(|id| m.id.as_str() == id))
+        .filter(|m| {
+            q.domain.as_deref().is_none_or(|d| {
+                m.pending()
+                    .any(|r| r.address.domain().eq_ignore_ascii_case(d))
+            })
+        })
+        .map(|m| m.id)
+        .collect();
+    let outcome = admin.queue.control(Control::Flush(ids)).await;
+    tracing::info!(
+        flushed = outcome.done.len(),
+        busy = outcome.busy.len(),
+        "queue flushed by the operator"
+    );
+    Ok(Json(Done {
+        done: outcome.done.iter().map(ToString::to_string).collect(),
+        busy: outcome.busy.iter().map(ToString::to_string).collect(),
+    }))
+}
+
+/// `POST /api/v1/queue/messages/{id}/hold`.
+pub(super) async fn hold(
+    State(admin): State<Admin>,
+    Path(id): Path<String>,
+) -> Result<Json<Done>, (StatusCode, String)> {
+    let qid = QueueId::from(id.as_str());
+    operator::hold(&admin.spool, &admin.queue, &qid)
+        .await
+        .map_err(|e| status(&e))?;
+    Ok(Json(Done {
+        done: vec![id],
+        busy: vec![],
+    }))
+}
+
+/// `POST /api/v1/queue/messages/{id}/release`.
+pub(super) async fn release(
+    State(admin): State<Admin>,
+    Path(id): Path<String>,
+) -> Result<Json<Done>, (StatusCode, String)> {
+    let qid = QueueId::from(id.as_str());
+    operator::release(&admin.spool, &admin.queue, &qid, &admin.clock)
+        .await
+        .map_err(|e| status(&e))?;
+    Ok(Json(Done {
+        done: vec![id],
+        busy: vec![],
+    }))
+}
+
+/// `DELETE /api/v1/queue/messages/{id}?bounce=REASON`.
+pub(super) async fn delete(
+    State(admin): State<Admin>,
+    Path(id): Path<String>,
+    Query(q): Query<DeleteQuery>,
+) -> Result<Json<Done>, (StatusCode, String)> {
+    let qid = QueueId::from(id.as_str());
+    operator::delete(
+        &admin.spool,
+        &admin.queue,
+        &qid,
+        q.bounce.as_deref(),
+        &admin.hostname,
+        &admin.clock,
+    )
+    .await
+    .map_err(|e| status(&e))?;
+    Ok(Json(Done {
+        done: vec![id],
+        busy: vec![],
+    }))
+}
