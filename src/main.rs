@@ -101,6 +101,32 @@ fn main() -> ExitCode {
             },
             json,
         ))),
+        Command::Suspend {
+            config,
+            json,
+            site,
+            period,
+            reason,
+            ip,
+        } => done(run_to_end(cli::suspension(
+            config.as_deref(),
+            ip,
+            site.as_deref(),
+            Some((&period, &reason)),
+            json,
+        ))),
+        Command::Lift {
+            config,
+            json,
+            site,
+            ip,
+        } => done(run_to_end(cli::suspension(
+            config.as_deref(),
+            ip,
+            site.as_deref(),
+            None,
+            json,
+        ))),
         Command::DnsblCheck { config, json, ips } => {
             done(run_to_end(cli::dnsbl_check(config.as_deref(), &ips, json)))
         }

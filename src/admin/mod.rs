@@ -12,8 +12,11 @@
 //!   paging), `/api/v1/queue/messages/{id}` (one message).
 //! - [`control`]: `POST /api/v1/queue/flush`, `POST …/{id}/hold`, `POST …/{id}/release`,
 //!   `DELETE …/{id}` (`?bounce=REASON` sends the sender a DSN).
+//! - [`blocks`]: `GET /api/v1/blocks`, `POST /api/v1/blocks/suspend?ip=&site=&for=&reason=`,
+//!   `POST /api/v1/blocks/lift?ip=&site=`.
 
 pub mod api;
+pub mod blocks;
 pub mod control;
 mod health;
 mod queue;
@@ -50,6 +53,8 @@ pub struct Admin {
     trusted: Arc<[ipnet::IpNet]>,
     /// The relay's name, for DSNs of deleted messages.
     hostname: Arc<str>,
+    /// Blocks and suspensions.
+    reputation: crate::reputation::Reputation,
     failures: Arc<Mutex<HashMap<IpAddr, (Instant, u32)>>>,
 }
 
@@ -62,8 +67,10 @@ impl Admin {
         token: Option<String>,
         trusted: Vec<ipnet::IpNet>,
         hostname: &str,
+        reputation: crate::reputation::Reputation,
     ) -> Self {
         Self {
+            reputation,
             hostname: hostname.into(),
             spool,
             queue,
@@ -101,6 +108,9 @@ pub fn router(admin: Admin) -> Router {
         .route("/api/v1/queue", get(queue::summary))
         .route("/api/v1/queue/messages", get(queue::list))
         .route("/api/v1/queue/flush", post(control::flush))
+        .route("/api/v1/blocks", get(blocks::list))
+        .route("/api/v1/blocks/suspend", post(blocks::suspend))
+        .route("/api/v1/blocks/lift", post(blocks::lift))
         .route(
             "/api/v1/queue/messages/{id}",
             get(queue::show).delete(control::delete),

@@ -33,7 +33,15 @@ pub(super) fn render_block(b: &Block, indent: &str) -> String {
         "expired, the next delivery is a canary".to_string()
     };
     let e = &b.evidence;
-    let _ = writeln!(s, "{indent}{} refused by site {}", b.ip, b.site);
+    if b.manual {
+        let _ = writeln!(
+            s,
+            "{indent}{} suspended by the operator for site {}",
+            b.ip, b.site
+        );
+    } else {
+        let _ = writeln!(s, "{indent}{} refused by site {}", b.ip, b.site);
+    }
     let _ = writeln!(
         s,
         "{indent}  since:   {} ({state}; repeats: {})",

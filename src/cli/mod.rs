@@ -22,7 +22,7 @@ pub use delist_report::delist_report;
 pub use dnsbl_check::dnsbl_check;
 pub use listings::listings;
 pub use logs::BatchedStderr;
-pub use queue::{QueueCommand, QueueView, command as queue_command, queue};
+pub use queue::{QueueCommand, QueueView, command as queue_command, queue, suspension};
 pub use serve::serve;
 
 /// Outbound SMTP relay that keeps mail flowing when an egress IP is blocklisted.
@@ -176,6 +176,41 @@ pub enum Command {
         bounce: Option<String>,
         /// The message's queue id.
         id: String,
+    },
+    /// Keep an egress IP away from a site (or every site) for a while: routing treats it
+    /// as a block, `blocks` shows it as manual, it survives restarts and expires.
+    Suspend {
+        /// Configuration file (TOML): where the admin API listens.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Machine-readable output (the API's JSON).
+        #[arg(long)]
+        json: bool,
+        /// The site, as `sidestep blocks` names it (its MX hosts); every site without it.
+        #[arg(long)]
+        site: Option<String>,
+        /// How long, e.g. 4h.
+        #[arg(long = "for", value_name = "DURATION")]
+        period: String,
+        /// Why, for the record and the delisting report.
+        #[arg(long)]
+        reason: String,
+        /// The egress IP.
+        ip: std::net::IpAddr,
+    },
+    /// End a block or suspension of an egress IP now.
+    Lift {
+        /// Configuration file (TOML): where the admin API listens.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Machine-readable output (the API's JSON).
+        #[arg(long)]
+        json: bool,
+        /// The site, as `sidestep blocks` names it; the every-site suspension without it.
+        #[arg(long)]
+        site: Option<String>,
+        /// The egress IP.
+        ip: std::net::IpAddr,
     },
     /// Check addresses against the configured blocklists once, now.
     DnsblCheck {

@@ -88,6 +88,40 @@ pub enum QueueCommand<'a> {
     },
 }
 
+/// `sidestep suspend IP [--site S] --for D --reason R` and `sidestep lift IP [--site S]`:
+/// through the running relay's admin API.
+pub async fn suspension(
+    config_path: Option<&Path>,
+    ip: std::net::IpAddr,
+    site: Option<&str>,
+    suspend: Option<(&str, &str)>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let config = super::load_config(config_path)?;
+    let mut path = match suspend {
+        Some((period, reason)) => format!(
+            "/api/v1/blocks/suspend?ip={}&for={}&reason={}",
+            query_value(&ip.to_string()),
+            query_value(period),
+            query_value(reason)
+        ),
+        None => format!("/api/v1/blocks/lift?ip={}", query_value(&ip.to_string())),
+    };
+    if let Some(site) = site {
+        path.push_str(&format!("&site={}", query_value(site)));
+    }
+    let body = super::admin_client::request(&config, "POST", &path).await?;
+    if json {
+        println!("{}", String::from_utf8_lossy(&body).trim_end());
+    } else if suspend.is_some() {
+        let b: crate::reputation::Block = serde_json::from_slice(&body)?;
+        print!("{}", super::blocks::render_block(&b, ""));
+    } else {
+        println!("lifted: {ip} for {}", site.unwrap_or("every site"));
+    }
+    Ok(())
+}
+
 /// `sidestep flush|hold|release|delete`: through the running relay's admin API.
 pub async fn command(
     config_path: Option<&Path>,

@@ -34,12 +34,12 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         config.clone(),
         spool.clone(),
         outbound,
-        reputation,
+        reputation.clone(),
         Arc::new(Classifier::new(&config.classify.rules).context("loading classification rules")?),
     ));
     let queue = queue::start(ctx).context("recovering the queue")?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    start_admin(&config, &spool, &queue, stopping.clone()).await?;
+    start_admin(&config, &spool, &queue, &reputation, stopping.clone()).await?;
 
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
@@ -100,6 +100,7 @@ async fn start_admin(
     config: &crate::config::Config,
     spool: &Spool,
     queue: &crate::queue::QueueHandle,
+    reputation: &Reputation,
     stopping: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let Some(addr) = config
@@ -139,6 +140,7 @@ async fn start_admin(
         token,
         config.admin.trusted_networks.clone(),
         &config.server.hostname,
+        reputation.clone(),
     );
     tokio::spawn(async move {
         if let Err(e) = crate::admin::serve(listener, admin, stopping).await {

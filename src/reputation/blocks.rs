@@ -62,7 +62,14 @@ pub struct Block {
     /// A canary delivery is under way (not persisted: a restart frees it).
     #[serde(skip)]
     pub canary_in_flight: bool,
+    /// Set by the operator (`sidestep suspend`), not learned: it ends at its expiry,
+    /// without a canary.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub manual: bool,
 }
+
+/// The site of a suspension that holds for every destination.
+pub const ALL_SITES: &str = "*";
 
 /// What [`Reputation::block_now`] did, for [`Reputation::save_block`].
 #[derive(Debug, Clone)]
@@ -75,6 +82,15 @@ pub struct BlockUpdate {
 
 /// Refusals kept beyond the first while a block holds (attempts already in flight).
 const MAX_LATER_EVIDENCE: usize = 8;
+
+/// Whether the operator suspended `ip` for every site, and it still holds.
+fn suspended_everywhere(state: &super::state::State, ip: IpAddr, now: u64) -> bool {
+    state
+        .blocks
+        .get(&Site::from(ALL_SITES))
+        .and_then(|m| m.get(&ip))
+        .is_some_and(|b| b.expires_at > now)
+}
 
 /// How long a block lasts after `strikes` repeats: `duration × 2^strikes`, capped.
 pub fn block_duration(config: &BlocksConfig, strikes: u32) -> Duration {
@@ -130,10 +146,10 @@ impl Reputation {
     pub fn standing_for(&self, ip: IpAddr, site: &Site) -> Standing {
         let state = self.lock();
         let listed = state.listed.get(&ip).copied().unwrap_or(Standing::Clean);
+        let now = self.shared.clock.now();
         let blocked = match state.blocks.get(site).and_then(|m| m.get(&ip)) {
-            Some(b) if b.expires_at > self.shared.clock.now() || b.canary_in_flight => {
-                Standing::Hard
-            }
+            _ if suspended_everywhere(&state, ip, now) => Standing::Hard,
+            Some(b) if b.expires_at > now || b.canary_in_flight => Standing::Hard,
             _ => Standing::Clean,
         };
         listed.max(blocked)
@@ -144,12 +160,17 @@ impl Reputation {
     pub fn claim(&self, ip: IpAddr, site: &Site) -> Standing {
         let mut state = self.lock();
         let listed = state.listed.get(&ip).copied().unwrap_or(Standing::Clean);
+        let now = self.shared.clock.now();
+        if suspended_everywhere(&state, ip, now) {
+            return Standing::Hard;
+        }
         let Some(blocks) = state.blocks.get_mut(site) else {
             return listed;
         };
-        let now = self.shared.clock.now();
         let blocked = match blocks.get_mut(&ip) {
             Some(b) if b.expires_at > now || b.canary_in_flight => Standing::Hard,
+            // The operator's suspension is simply over: no canary needed.
+            Some(b) if b.manual => Standing::Clean,
             // A listed IP is no canary: its probe would say nothing about this site.
             Some(_) if listed != Standing::Clean => Standing::Hard,
             Some(b) => {
@@ -160,6 +181,75 @@ impl Reputation {
             _ => Standing::Clean,
         };
         listed.max(blocked)
+    }
+
+    /// The operator keeps `ip` away from `site` (every site when `None`) for `period`:
+    /// routing treats it as a block, `sidestep blocks` shows it as manual, it survives a
+    /// restart and ends at its expiry.
+    ///
+    /// # Errors
+    /// It could not be persisted (it holds in memory).
+    pub fn suspend(
+        &self,
+        ip: IpAddr,
+        site: Option<&Site>,
+        period: std::time::Duration,
+        reason: &str,
+    ) -> Result<Block, StoreError> {
+        let now = self.shared.clock.now();
+        let site = site.cloned().unwrap_or_else(|| Site::from(ALL_SITES));
+        let block = Block {
+            ip,
+            site: site.clone(),
+            first_seen: now,
+            expires_at: now + period.as_secs().max(1),
+            strikes: 0,
+            evidence: Evidence {
+                reply: format!("suspended by the operator: {reason}"),
+                rule: format!("manual: {reason}"),
+                at: now,
+                mx_host: None,
+                mx_ip: None,
+                queue_id: String::new(),
+                recipient: String::new(),
+                removal_url: None,
+                log_line: String::new(),
+            },
+            later: Vec::new(),
+            canary_in_flight: false,
+            manual: true,
+        };
+        self.lock()
+            .blocks
+            .entry(site.clone())
+            .or_default()
+            .insert(ip, block.clone());
+        self.write_block(ip, &site)?;
+        tracing::warn!(ip = %ip, site = %site, until = block.expires_at, reason, "egress IP suspended by the operator");
+        Ok(block)
+    }
+
+    /// Ends a block or suspension of `ip` for `site` (the every-site one when `None`)
+    /// now. Returns whether there was one.
+    ///
+    /// # Errors
+    /// The change could not be persisted.
+    pub fn lift(&self, ip: IpAddr, site: Option<&Site>) -> Result<bool, StoreError> {
+        let site = site.cloned().unwrap_or_else(|| Site::from(ALL_SITES));
+        let lifted = {
+            let mut state = self.lock();
+            let lifted = state.blocks.get_mut(&site).and_then(|m| m.remove(&ip));
+            if state.blocks.get(&site).is_some_and(|m| m.is_empty()) {
+                state.blocks.remove(&site);
+            }
+            lifted.is_some()
+        };
+        if lifted {
+            tracing::warn!(ip = %ip, site = %site, "block lifted by the operator");
+            self.shared.improved.send_modify(|n| *n += 1);
+            self.write_block(ip, &site)?;
+        }
+        Ok(lifted)
     }
 
     /// The site refused `ip` for its reputation: keep the IP away from it, at once and in
@@ -200,6 +290,7 @@ impl Reputation {
             evidence,
             later: Vec::new(),
             canary_in_flight: false,
+            manual: false,
         };
         slot.insert(ip, block.clone());
         BlockUpdate {
@@ -322,9 +413,16 @@ impl Reputation {
     /// When the first block among `ips` towards `site` expires (Unix seconds).
     pub fn next_expiry(&self, site: &Site, ips: &[IpAddr]) -> Option<u64> {
         let state = self.lock();
+        let everywhere = Site::from(ALL_SITES);
         ips.iter()
-            .filter_map(|ip| state.blocks.get(site).and_then(|m| m.get(ip)))
-            .map(|b| b.expires_at)
+            .filter_map(|ip| {
+                let here = state.blocks.get(site).and_then(|m| m.get(ip));
+                let all = state.blocks.get(&everywhere).and_then(|m| m.get(ip));
+                match (here, all) {
+                    (Some(a), Some(b)) => Some(a.expires_at.max(b.expires_at)),
+                    (a, b) => a.or(b).map(|b| b.expires_at),
+                }
+            })
             .min()
     }
 

@@ -267,3 +267,66 @@ async fn delete_is_quiet_or_bounces_with_the_operators_reason() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
 }
+
+#[tokio::test]
+async fn an_operators_suspension_reroutes_until_lifted() {
+    let w = World::new().await;
+    let relay = w.setup.start().await;
+    let out = w.setup.cli(&[
+        "suspend",
+        "127.0.0.2",
+        "--site",
+        "mx.dest.test",
+        "--for",
+        "4h",
+        "--reason",
+        "complaint from dest.test postmaster",
+    ]);
+    assert!(out.contains("suspended by the operator"), "{out}");
+    w.send_in_a_row(&relay, 4).await;
+    let peers: Vec<String> = w
+        .dest
+        .messages()
+        .iter()
+        .map(|m| m.peer.to_string())
+        .collect();
+    assert!(peers.iter().all(|p| p == "127.0.0.3"), "{peers:?}");
+    let blocks = w.setup.cli_json(&["blocks"]);
+    assert_eq!(blocks[0]["manual"], true, "{blocks}");
+    assert_eq!(blocks[0]["site"], "mx.dest.test");
+    assert!(
+        blocks[0]["evidence"]["reply"]
+            .as_str()
+            .unwrap()
+            .contains("complaint from dest.test postmaster")
+    );
+    w.setup
+        .cli(&["lift", "127.0.0.2", "--site", "mx.dest.test"]);
+    assert_eq!(w.setup.cli_json(&["blocks"]), serde_json::json!([]));
+
+    // Every site: the other IP carries everything.
+    w.setup.cli(&[
+        "suspend",
+        "127.0.0.3",
+        "--for",
+        "1h",
+        "--reason",
+        "rotating its PTR",
+    ]);
+    for i in 4..8 {
+        let mut c = ready(relay.addr).await;
+        c.send_mail(
+            "a@sender.test",
+            &["b@dest.test"],
+            &message(&format!("m{i}"), "x\r\n"),
+        )
+        .await;
+        w.dest.wait_for(i + 1).await;
+        relay.log_count("every recipient is final", i + 1).await;
+    }
+    let later: Vec<String> = w.dest.messages()[4..]
+        .iter()
+        .map(|m| m.peer.to_string())
+        .collect();
+    assert!(later.iter().all(|p| p == "127.0.0.2"), "{later:?}");
+}
