@@ -292,6 +292,7 @@ impl Resolver {
 }
 
 fn temporary(name: &str, e: &NetError) -> DnsError {
+    crate::metrics::metrics().dns_failures.inc();
     DnsError::Temporary {
         name: name.into(),
         message: e.to_string(),

@@ -14,6 +14,7 @@
 //! - [`dns`]: the resolver (MX, addresses, DNSBL queries), system or configured servers.
 //! - [`site`]: recipient domains that share MX hosts, as reputation sees them.
 //! - [`egress`]: the local addresses mail leaves from, and their standing.
+//! - [`metrics`]: Prometheus counters each stage bumps, served by the admin API.
 //!
 //! The pipeline, each stage using only the ones after it and the vocabulary:
 //!
@@ -42,6 +43,7 @@ pub mod dns;
 pub mod egress;
 pub mod envelope;
 pub mod inbound;
+pub mod metrics;
 pub mod outbound;
 pub mod queue;
 pub mod reputation;

@@ -8,6 +8,7 @@
 //!
 //! - [`api`]: the request and response types, shared with the CLI.
 //! - `health`: `/healthz` (alive) and `/readyz` (spool writable, queue answering).
+//! - `metrics`: `/metrics` in the Prometheus text format.
 //! - `queue`: `/api/v1/queue` (summary), `/api/v1/queue/messages` (listing, filters,
 //!   paging), `/api/v1/queue/messages/{id}` (one message).
 //! - [`control`]: `POST /api/v1/queue/flush`, `POST …/{id}/hold`, `POST …/{id}/release`,
@@ -19,6 +20,7 @@ pub mod api;
 pub mod blocks;
 pub mod control;
 mod health;
+mod metrics;
 mod queue;
 
 use std::collections::HashMap;
@@ -55,6 +57,8 @@ pub struct Admin {
     hostname: Arc<str>,
     /// Blocks and suspensions.
     reputation: crate::reputation::Reputation,
+    /// The inbound session table, for the sessions gauge.
+    sessions: Option<crate::inbound::Sessions>,
     failures: Arc<Mutex<HashMap<IpAddr, (Instant, u32)>>>,
 }
 
@@ -71,6 +75,7 @@ impl Admin {
     ) -> Self {
         Self {
             reputation,
+            sessions: None,
             hostname: hostname.into(),
             spool,
             queue,
@@ -79,6 +84,12 @@ impl Admin {
             trusted: trusted.into(),
             failures: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// Counts the inbound sessions of this table in `/metrics`.
+    pub fn with_sessions(mut self, sessions: crate::inbound::Sessions) -> Self {
+        self.sessions = Some(sessions);
+        self
     }
 
     /// Whether `ip` sent too many wrong tokens lately; counts this one when `failed`.
@@ -105,6 +116,7 @@ pub fn router(admin: Admin) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics_text))
         .route("/api/v1/queue", get(queue::summary))
         .route("/api/v1/queue/messages", get(queue::list))
         .route("/api/v1/queue/flush", post(control::flush))

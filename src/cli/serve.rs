@@ -39,7 +39,17 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     ));
     let queue = queue::start(ctx).context("recovering the queue")?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    start_admin(&config, &spool, &queue, &reputation, stopping.clone()).await?;
+    let sessions = inbound::Sessions::new(&config.server);
+    let admin = crate::admin::Admin::new(
+        spool.clone(),
+        queue.clone(),
+        read_token(&config)?,
+        config.admin.trusted_networks.clone(),
+        &config.server.hostname,
+        reputation.clone(),
+    )
+    .with_sessions(sessions.clone());
+    start_admin(&config, admin, stopping.clone()).await?;
 
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
@@ -47,7 +57,6 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
     println!("sidestep listening on {addr}");
-    let sessions = inbound::Sessions::new(&config.server);
     let drain_timeout = config.server.drain_timeout.get();
     // On a worker, not in `block_on`: the main thread would otherwise be woken for every
     // connection only to hand the session over to a worker.
@@ -98,9 +107,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
 /// known once bound).
 async fn start_admin(
     config: &crate::config::Config,
-    spool: &Spool,
-    queue: &crate::queue::QueueHandle,
-    reputation: &Reputation,
+    admin: crate::admin::Admin,
     stopping: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let Some(addr) = config
@@ -110,18 +117,6 @@ async fn start_admin(
     else {
         let _ = std::fs::remove_file(config.spool.directory.join(ADMIN_ADDR_FILE));
         return Ok(());
-    };
-    let token = match &config.admin.token_file {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string(),
-        ),
-        None => None,
     };
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -134,20 +129,22 @@ async fn start_admin(
     .context("writing admin.addr in the spool directory")?;
     tracing::info!(addr = %bound, "admin API listening");
     println!("sidestep admin on {bound}");
-    let admin = crate::admin::Admin::new(
-        spool.clone(),
-        queue.clone(),
-        token,
-        config.admin.trusted_networks.clone(),
-        &config.server.hostname,
-        reputation.clone(),
-    );
     tokio::spawn(async move {
         if let Err(e) = crate::admin::serve(listener, admin, stopping).await {
             tracing::error!(error = %e, "admin API stopped");
         }
     });
     Ok(())
+}
+
+/// The admin API's bearer token, from `[admin] token_file`.
+fn read_token(config: &crate::config::Config) -> anyhow::Result<Option<String>> {
+    let Some(path) = &config.admin.token_file else {
+        return Ok(None);
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Some(text.lines().next().unwrap_or("").trim().to_string()))
 }
 
 /// The file in the spool directory that holds the admin API's address.

@@ -130,9 +130,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Reply::new(250, "2.0.0", format!("{size} octets received"))
     }
 
-    /// End of content: validate, spool durably, then answer. The `250` is written only
-    /// after `store_message` returned, i.e. after the fsyncs.
+    /// End of content: validate, spool durably, then answer (and count the outcome).
     async fn finish_message(&mut self) -> Reply {
+        let started = std::time::Instant::now();
+        let reply = self.store_or_refuse().await;
+        let m = crate::metrics::metrics();
+        if reply.code == 250 {
+            m.accepted.inc();
+            m.accept_latency.observe(started.elapsed().as_secs_f64());
+        } else {
+            let class = format!("{}xx", reply.code / 100);
+            m.refused
+                .get_or_create(&crate::metrics::ClassLabels { class })
+                .inc();
+        }
+        reply
+    }
+
+    /// Validates the content and spools it durably. The `250` is written only after
+    /// `store_message` returned, i.e. after the fsyncs.
+    async fn store_or_refuse(&mut self) -> Reply {
         let Some(txn) = self.txn.take() else {
             return Reply::new(503, "5.5.1", "Need MAIL command first");
         };
@@ -178,6 +195,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let started = std::time::Instant::now();
         let stored = self.inbound.spool.store_message(&msg, body).await;
         let spool_us = started.elapsed().as_micros() as u64;
+        crate::metrics::metrics()
+            .spool_commit
+            .observe(spool_us as f64 / 1e6);
         match stored {
             Ok(()) => {
                 tracing::info!(

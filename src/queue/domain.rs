@@ -425,6 +425,7 @@ fn log_attempt(
         delay_s: unix_now().saturating_sub(job.received_at),
         reply,
         class,
+        site: report.site.as_ref(),
     };
     line.log();
     keep.then(|| {
@@ -448,10 +449,20 @@ struct AttemptLine<'a> {
     delay_s: u64,
     reply: &'a RemoteReply,
     class: &'a Classification,
+    site: Option<&'a Site>,
 }
 
 impl AttemptLine<'_> {
     fn log(&self) {
+        let m = crate::metrics::metrics();
+        m.delivery(
+            &self.egress,
+            self.site.map(Site::as_str),
+            self.class.verdict.name(),
+        );
+        if self.class.verdict == Verdict::Delivered && self.egress.starts_with("smarthost:") {
+            m.smarthost_deliveries.inc();
+        }
         tracing::info!(
             queue_id = %self.queue_id,
             rcpt = %self.rcpt,

@@ -28,6 +28,8 @@ pub enum QueueEvent {
     Drain(tokio::sync::oneshot::Sender<()>),
     /// The messages with an attempt under way, for the admin API.
     InFlight(tokio::sync::oneshot::Sender<Vec<QueueId>>),
+    /// How many messages are under way and how many wait for their due time.
+    Sizes(tokio::sync::oneshot::Sender<(usize, usize)>),
     /// An operator's command; the reply says which messages it touched.
     Control {
         /// What to do.
@@ -90,6 +92,15 @@ impl QueueHandle {
             .is_err()
         {
             return ControlOutcome::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Messages with an attempt under way, and messages waiting for their due time.
+    pub async fn sizes(&self) -> (usize, usize) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(QueueEvent::Sizes(tx)).is_err() {
+            return (0, 0);
         }
         rx.await.unwrap_or_default()
     }

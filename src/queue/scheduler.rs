@@ -187,6 +187,9 @@ impl Scheduler {
                 QueueEvent::Control { command, reply } => {
                     let _ = reply.send(self.control(command));
                 }
+                QueueEvent::Sizes(reply) => {
+                    let _ = reply.send((self.in_flight.len(), self.due.len()));
+                }
                 QueueEvent::InFlight(reply) => {
                     let _ = reply.send(self.in_flight.iter().cloned().collect());
                 }

@@ -330,3 +330,39 @@ async fn an_operators_suspension_reroutes_until_lifted() {
         .collect();
     assert!(later.iter().all(|p| p == "127.0.0.2"), "{later:?}");
 }
+
+#[tokio::test]
+async fn metrics_count_what_happened() {
+    let w = World::new().await;
+    let relay = w.setup.start().await;
+    w.send_in_a_row(&relay, 2).await;
+    let (status, text) = http(relay.admin.unwrap(), local(), "/metrics", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        text.contains("sidestep_messages_accepted_total 2"),
+        "{text}"
+    );
+    let delivered: u64 = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("sidestep_deliveries_total{")
+                && l.contains("site=\"mx.dest.test\"")
+                && l.contains("verdict=\"delivered\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(delivered, 2, "{text}");
+    assert!(
+        text.contains("sidestep_spool_commit_seconds_count 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sidestep_accept_latency_seconds_count 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sidestep_queue_messages{state=\"waiting\"} 0"),
+        "{text}"
+    );
+    assert!(text.contains("sidestep_inbound_sessions"), "{text}");
+}

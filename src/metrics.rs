@@ -1,0 +1,205 @@
+//! Prometheus metrics, served on the admin listener at `/metrics`.
+//!
+//! Counters and histograms are updated where things happen (an accepted message, a
+//! delivery attempt, a DNS failure): an atomic add, plus for labelled ones a map lookup
+//! under a read lock. Gauges that describe state (queue, sessions, blocks, listings) are
+//! set when scraped, from the handles that own that state, so they cost nothing between
+//! scrapes. The `site` label is bounded: the first [`MAX_SITES`] sites seen get their
+//! own, the rest are counted as `other`.
+
+use std::collections::HashSet;
+use std::sync::{Mutex, OnceLock};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Sites with a label of their own; beyond them, `other`.
+pub const MAX_SITES: usize = 100;
+
+/// A refusal's class (`4xx`, `5xx`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabels {
+    /// `4xx` or `5xx`.
+    pub class: String,
+}
+
+/// One delivery attempt's labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    /// The egress IP, or `smarthost:NAME`.
+    pub egress: String,
+    /// The destination site (bounded, see [`MAX_SITES`]).
+    pub site: String,
+    /// The verdict (`delivered`, `ip-reputation`, …).
+    pub verdict: String,
+}
+
+/// A queue state.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    /// `active` or `waiting`.
+    pub state: String,
+}
+
+/// One egress IP.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EgressLabels {
+    /// The egress IP.
+    pub egress: String,
+}
+
+/// One egress IP on one list.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListingLabels {
+    /// The egress IP.
+    pub egress: String,
+    /// The list's zone.
+    pub list: String,
+}
+
+/// Every metric sidestep exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Messages accepted (`250` after DATA).
+    pub accepted: Counter,
+    /// Messages refused after DATA, by class.
+    pub refused: Family<ClassLabels, Counter>,
+    /// Delivery attempts by egress, site and verdict.
+    pub deliveries: Family<DeliveryLabels, Counter>,
+    /// Deliveries handed to a fallback smarthost.
+    pub smarthost_deliveries: Counter,
+    /// Seconds the spool took to make a message durable.
+    pub spool_commit: Histogram,
+    /// Seconds from the end of DATA to the `250`.
+    pub accept_latency: Histogram,
+    /// DNS lookups that failed (not NXDOMAIN).
+    pub dns_failures: Counter,
+    /// Messages in the queue by state (set when scraped).
+    pub queue_messages: Family<StateLabels, Gauge>,
+    /// Inbound sessions open (set when scraped).
+    pub sessions_open: Gauge,
+    /// Blocks (learned or manual) holding now, by egress IP (set when scraped).
+    pub blocks_active: Family<EgressLabels, Gauge>,
+    /// 1 when an egress IP is listed on a list (set when scraped).
+    pub listed: Family<ListingLabels, Gauge>,
+    sites: Mutex<HashSet<String>>,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("sidestep");
+        let m = Metrics {
+            accepted: Counter::default(),
+            refused: Family::default(),
+            deliveries: Family::default(),
+            smarthost_deliveries: Counter::default(),
+            // 50 µs to about 1.6 s.
+            spool_commit: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            accept_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
+            dns_failures: Counter::default(),
+            queue_messages: Family::default(),
+            sessions_open: Gauge::default(),
+            blocks_active: Family::default(),
+            listed: Family::default(),
+            sites: Mutex::new(HashSet::new()),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "messages_accepted",
+            "Messages accepted with 250 after DATA",
+            m.accepted.clone(),
+        );
+        registry.register(
+            "messages_refused",
+            "Messages refused after DATA, by reply class",
+            m.refused.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Delivery attempts by egress IP, site and verdict",
+            m.deliveries.clone(),
+        );
+        registry.register(
+            "smarthost_deliveries",
+            "Deliveries handed to a fallback smarthost",
+            m.smarthost_deliveries.clone(),
+        );
+        registry.register(
+            "spool_commit_seconds",
+            "Time to make an accepted message durable",
+            m.spool_commit.clone(),
+        );
+        registry.register(
+            "accept_latency_seconds",
+            "End of DATA to 250",
+            m.accept_latency.clone(),
+        );
+        registry.register(
+            "dns_failures",
+            "DNS lookups that failed temporarily",
+            m.dns_failures.clone(),
+        );
+        registry.register(
+            "queue_messages",
+            "Messages in the queue by state",
+            m.queue_messages.clone(),
+        );
+        registry.register(
+            "inbound_sessions",
+            "Inbound SMTP sessions open",
+            m.sessions_open.clone(),
+        );
+        registry.register(
+            "blocks_active",
+            "Blocks holding now, by egress IP",
+            m.blocks_active.clone(),
+        );
+        registry.register(
+            "listed",
+            "1 when the egress IP is on the list",
+            m.listed.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Counts a delivery attempt.
+    pub fn delivery(&self, egress: &str, site: Option<&str>, verdict: &str) {
+        let site = self.site_label(site.unwrap_or("-"));
+        self.deliveries
+            .get_or_create(&DeliveryLabels {
+                egress: egress.to_string(),
+                site,
+                verdict: verdict.to_string(),
+            })
+            .inc();
+    }
+
+    fn site_label(&self, site: &str) -> String {
+        let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
+        if sites.contains(site) {
+            return site.to_string();
+        }
+        if sites.len() < MAX_SITES {
+            sites.insert(site.to_string());
+            return site.to_string();
+        }
+        "other".into()
+    }
+
+    /// The text exposition format (what `/metrics` serves).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
