@@ -18,9 +18,16 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
+    // The relay's log format comes from its config; a config that does not load is
+    // reported by `serve` itself, in the default format.
+    let json = match &cli.command {
+        Command::Serve { config: Some(path) } => sidestep::config::Config::load(path)
+            .is_ok_and(|c| c.log.format == sidestep::config::LogFormat::Json),
+        _ => false,
+    };
     match &logs {
-        Some(logs) => init_logs(logs.make_writer()),
-        None => init_logs(std::io::stderr),
+        Some(logs) => init_logs(logs.make_writer(), json),
+        None => init_logs(std::io::stderr, json),
     }
     let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
     let result = match cli.command {
@@ -142,16 +149,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logs<W: for<'a> MakeWriter<'a> + Send + Sync + 'static>(writer: W) {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(writer)
+fn init_logs<W: for<'a> MakeWriter<'a> + Send + Sync + 'static>(writer: W, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    if json {
+        builder.json().with_current_span(false).init();
+    } else {
         // Colour codes in a log file break every grep an operator runs on it.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 }
 
 fn run_to_end(future: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {

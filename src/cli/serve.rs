@@ -71,6 +71,16 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         }),
     ));
     let mut signals = StopSignals::new().context("waiting for signals")?;
+    // SIGHUP's default action would end the relay: a service manager's reload must not.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("waiting for SIGHUP")?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::warn!(
+                "SIGHUP: reloading the configuration is not supported yet; the running configuration stays (restart to change it)"
+            );
+        }
+    });
     tokio::select! {
         stopped = accept => {
             stopped.context("the accept loop stopped")?;

@@ -50,6 +50,28 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// The admin HTTP API (queue, health), for the CLI and the operator.
     pub admin: AdminConfig,
+    /// How log lines are written.
+    pub log: LogConfig,
+}
+
+/// `[log]`: the form of the log lines on stderr.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (one `key=value` line per event, for people and grep) or `json` (one JSON
+    /// object per line, for log pipelines).
+    pub format: LogFormat,
+}
+
+/// The form of the log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `key=value` lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `[admin]`: the HTTP API the CLI uses, off the public internet by default.

@@ -291,3 +291,21 @@ async fn a_moved_mx_is_followed_once_its_ttl_runs_out() {
     assert!(String::from_utf8_lossy(&got[0].data).contains("Subject: after the move"));
     assert_eq!(w.dest.messages().len(), 1);
 }
+
+/// `[log] format = "json"`: one JSON object per line, the attempt's fields as fields.
+#[tokio::test]
+async fn json_logs_carry_the_attempt_fields() {
+    let mut w = crate::World::new().await;
+    w.setup.extra = "\n[log]\nformat = \"json\"\n".into();
+    let relay = w.setup.start().await;
+    w.send_in_a_row(&relay, 1).await;
+    let log = relay.log_with("delivery attempt").await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("delivery attempt"))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["fields"]["verdict"], "delivered", "{v}");
+    assert_eq!(v["fields"]["rcpt"], "b@dest.test", "{v}");
+    assert_eq!(v["level"], "INFO");
+}

@@ -124,3 +124,20 @@ async fn a_second_signal_stops_at_once() {
     assert!(status.success(), "{status}: {log}");
     assert!(log.contains("stopped at once by a second signal"), "{log}");
 }
+
+/// SIGHUP (a service manager's reload) does not end the relay.
+#[tokio::test]
+async fn sighup_does_not_stop_the_relay() {
+    let w = World::new().await;
+    let relay = w.setup.start().await;
+    relay.signal("HUP").await;
+    relay.log_with("SIGHUP").await;
+    let mut c = ready(relay.addr).await;
+    c.send_mail(
+        "a@sender.test",
+        &["b@dest.test"],
+        &message("after hup", "x\r\n"),
+    )
+    .await;
+    w.dest.wait_for(1).await;
+}
