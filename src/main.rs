@@ -134,6 +134,7 @@ fn main() -> ExitCode {
             None,
             json,
         ))),
+        Command::Reload { config, json } => done(run_to_end(cli::reload(config.as_deref(), json))),
         Command::DnsblCheck { config, json, ips } => {
             done(run_to_end(cli::dnsbl_check(config.as_deref(), &ips, json)))
         }

@@ -88,3 +88,14 @@ pub struct RecipientView {
     /// The latest reply: the last temporary failure, the acceptance or the refusal.
     pub reply: Option<String>,
 }
+
+/// `POST /api/v1/reload` (and SIGHUP): what re-reading the configuration did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReloadOutcome {
+    /// The new configuration is in force (for new sessions and attempts).
+    pub applied: bool,
+    /// Why it was not: every problem, with its key. The old configuration stays.
+    pub problems: Vec<String>,
+    /// Settings that changed but take effect only after a restart.
+    pub restart_needed: Vec<String>,
+}

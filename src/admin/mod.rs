@@ -43,6 +43,9 @@ use crate::spool::Spool;
 const MAX_FAILURES: u32 = 5;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
+/// Re-reads the configuration and says what happened.
+pub type ReloadFn = Arc<dyn Fn() -> api::ReloadOutcome + Send + Sync>;
+
 /// What the handlers share: a cheap clonable handle.
 #[derive(Clone)]
 pub struct Admin {
@@ -59,6 +62,8 @@ pub struct Admin {
     reputation: crate::reputation::Reputation,
     /// The inbound session table, for the sessions gauge.
     sessions: Option<crate::inbound::Sessions>,
+    /// Re-reads the configuration (`POST /api/v1/reload`).
+    reload: Option<ReloadFn>,
     failures: Arc<Mutex<HashMap<IpAddr, (Instant, u32)>>>,
 }
 
@@ -76,6 +81,7 @@ impl Admin {
         Self {
             reputation,
             sessions: None,
+            reload: None,
             hostname: hostname.into(),
             spool,
             queue,
@@ -84,6 +90,12 @@ impl Admin {
             trusted: trusted.into(),
             failures: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// Serves `POST /api/v1/reload` with this.
+    pub fn with_reload(mut self, reload: ReloadFn) -> Self {
+        self.reload = Some(reload);
+        self
     }
 
     /// Counts the inbound sessions of this table in `/metrics`.
@@ -117,6 +129,7 @@ pub fn router(admin: Admin) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics_text))
+        .route("/api/v1/reload", post(reload))
         .route("/api/v1/queue", get(queue::summary))
         .route("/api/v1/queue/messages", get(queue::list))
         .route("/api/v1/queue/flush", post(control::flush))
@@ -153,6 +166,19 @@ pub async fn serve(
         let _ = stopping.wait_for(|s| *s).await;
     })
     .await
+}
+
+/// `POST /api/v1/reload`: 200 with the outcome when applied, 422 with every problem when
+/// the new configuration was refused.
+async fn reload(State(admin): State<Admin>) -> Response {
+    let Some(reload) = admin.reload.clone() else {
+        return (StatusCode::NOT_IMPLEMENTED, "no reload here\n").into_response();
+    };
+    match tokio::task::spawn_blocking(move || reload()).await {
+        Ok(outcome) if outcome.applied => axum::Json(outcome).into_response(),
+        Ok(outcome) => (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(outcome)).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
 }
 
 /// Loopback clients pass; others need the bearer token.

@@ -44,6 +44,21 @@ pub async fn get(config: &Config, path: &str) -> anyhow::Result<Vec<u8>> {
 /// # Errors
 /// The relay does not answer, or answers with another status (its text is the error).
 pub async fn request(config: &Config, method: &str, path: &str) -> anyhow::Result<Vec<u8>> {
+    let (status, body) = exchange(config, method, path).await?;
+    if status != 200 {
+        anyhow::bail!(
+            "admin API {path}: HTTP {status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        );
+    }
+    Ok(body)
+}
+
+/// `method path` on the relay's admin API: the status and the body, whatever the status.
+///
+/// # Errors
+/// The relay does not answer, or not in HTTP.
+pub async fn exchange(config: &Config, method: &str, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
     let addr = address(config)?;
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
@@ -67,14 +82,7 @@ pub async fn request(config: &Config, method: &str, path: &str) -> anyhow::Resul
         .nth(1)
         .and_then(|s| s.parse().ok())
         .context("the admin API sent no status")?;
-    let body = response[split + 4..].to_vec();
-    if status != 200 {
-        anyhow::bail!(
-            "admin API {path}: HTTP {status}: {}",
-            String::from_utf8_lossy(&body).trim()
-        );
-    }
-    Ok(body)
+    Ok((status, response[split + 4..].to_vec()))
 }
 
 /// A query value, percent-encoded (RFC 3986 unreserved characters kept).

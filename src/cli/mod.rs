@@ -9,6 +9,7 @@ mod dnsbl_check;
 mod listings;
 mod logs;
 mod queue;
+mod reload;
 mod serve;
 
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ pub use dnsbl_check::dnsbl_check;
 pub use listings::listings;
 pub use logs::BatchedStderr;
 pub use queue::{QueueCommand, QueueView, command as queue_command, queue, suspension};
+pub use reload::{Reloader, reload};
 pub use serve::serve;
 
 /// Outbound SMTP relay that keeps mail flowing when an egress IP is blocklisted.
@@ -211,6 +213,17 @@ pub enum Command {
         site: Option<String>,
         /// The egress IP.
         ip: std::net::IpAddr,
+    },
+    /// Make the running relay re-read its configuration file: validated first, kept out
+    /// if anything is wrong (every problem is printed), else in force for new sessions
+    /// and attempts. Settings that need a restart are named.
+    Reload {
+        /// Configuration file (TOML): where the admin API listens.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// Check addresses against the configured blocklists once, now.
     DnsblCheck {

@@ -28,8 +28,8 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         config.egress_ips(),
         config.listings.clone(),
     );
-    let outbound =
-        Outbound::new(&config, resolver, reputation.clone()).context("setting up delivery")?;
+    let outbound = Outbound::new(&config, resolver.clone(), reputation.clone())
+        .context("setting up delivery")?;
     let ctx = Arc::new(QueueContext::new(
         config.clone(),
         spool.clone(),
@@ -37,9 +37,29 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         reputation.clone(),
         Arc::new(Classifier::new(&config.classify.rules).context("loading classification rules")?),
     ));
-    let queue = queue::start(ctx).context("recovering the queue")?;
+    let queue = queue::start(ctx.clone()).context("recovering the queue")?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let sessions = inbound::Sessions::new(&config.server);
+    let inbound = Arc::new(Inbound {
+        config: std::sync::RwLock::new(config.clone()),
+        spool: spool.clone(),
+        queue: queue.clone(),
+        stopping: stopping.clone(),
+        sessions: sessions.clone(),
+    });
+    let reloader = Arc::new(super::Reloader::new(
+        config_path,
+        config.clone(),
+        ctx,
+        inbound.clone(),
+        queue.clone(),
+        resolver,
+        reputation.clone(),
+    ));
+
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.server.listen))?;
     let admin = crate::admin::Admin::new(
         spool.clone(),
         queue.clone(),
@@ -48,37 +68,28 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         &config.server.hostname,
         reputation.clone(),
     )
-    .with_sessions(sessions.clone());
+    .with_sessions(sessions.clone())
+    .with_reload({
+        let reloader = reloader.clone();
+        Arc::new(move || reloader.reload())
+    });
     start_admin(&config, admin, stopping.clone()).await?;
-
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
-        .await
-        .with_context(|| format!("listening on {}", config.server.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
     println!("sidestep listening on {addr}");
     let drain_timeout = config.server.drain_timeout.get();
     // On a worker, not in `block_on`: the main thread would otherwise be woken for every
     // connection only to hand the session over to a worker.
-    let accept = tokio::spawn(inbound::serve(
-        listener,
-        Arc::new(Inbound {
-            config,
-            spool,
-            queue: queue.clone(),
-            stopping,
-            sessions: sessions.clone(),
-        }),
-    ));
+    let accept = tokio::spawn(inbound::serve(listener, inbound));
     let mut signals = StopSignals::new().context("waiting for signals")?;
-    // SIGHUP's default action would end the relay: a service manager's reload must not.
+    // SIGHUP reloads the configuration (its default action would end the relay).
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("waiting for SIGHUP")?;
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            tracing::warn!(
-                "SIGHUP: reloading the configuration is not supported yet; the running configuration stays (restart to change it)"
-            );
+            tracing::info!("SIGHUP: reloading the configuration");
+            let reloader = reloader.clone();
+            let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
         }
     });
     tokio::select! {

@@ -52,7 +52,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Feeds input from `pos` to the content receiver. Returns the bytes used and the
     /// reply, if the content (or chunk) ended.
     pub(super) async fn ingest_content(&mut self, pos: usize) -> (usize, Option<Reply>) {
-        let max = self.inbound.config.server.max_message_size.as_u64() as usize;
+        let max = self.config.server.max_message_size.as_u64() as usize;
         let input = &self.input[pos..];
         match &mut self.state {
             State::Data(rx) => {
@@ -154,7 +154,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Reply::new(503, "5.5.1", "Need MAIL command first");
         };
         if txn.oversize {
-            let max = self.inbound.config.server.max_message_size.as_u64();
+            let max = self.config.server.max_message_size.as_u64();
             return Reply::new(
                 552,
                 "5.3.4",
@@ -227,7 +227,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// of a message by these.
     fn with_received_header(&self, id: &QueueId, txn: &Transaction) -> Vec<u8> {
         let helo = self.helo.as_deref().unwrap_or("unknown");
-        let hostname = &self.inbound.config.server.hostname;
+        let hostname = &self.config.server.hostname;
         let with = match (txn.flags.smtputf8, self.esmtp) {
             (true, _) => "UTF8SMTP",
             (false, true) => "ESMTP",

@@ -10,7 +10,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.txn = None;
         self.helo = Some(host.to_string());
         self.esmtp = esmtp;
-        let server = &self.inbound.config.server;
+        let server = &self.config.server;
         let hostname = server.hostname.clone();
         if !esmtp {
             return Reply::new(250, "", hostname);

@@ -20,7 +20,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if self.txn.is_some() {
             return Reply::new(503, "5.5.1", "Nested MAIL command");
         }
-        let max = self.inbound.config.server.max_message_size.as_u64();
+        let max = self.config.server.max_message_size.as_u64();
         if from.size as u64 > max {
             return Reply::new(
                 552,
@@ -59,7 +59,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     pub(super) fn rcpt(&mut self, to: RcptTo<Cow<'_, str>>) -> Reply {
-        let server = &self.inbound.config.server;
+        let server = &self.config.server;
         let Some(txn) = self.txn.as_mut() else {
             return Reply::new(503, "5.5.1", "Need MAIL command first");
         };

@@ -32,7 +32,8 @@ pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>) {
             }
         };
         let _ = stream.set_nodelay(true);
-        let permitted = policy::may_relay(peer.ip(), &inbound.config.server.relay_networks);
+        let config = inbound.config();
+        let permitted = policy::may_relay(peer.ip(), &config.server.relay_networks);
         match inbound.sessions.admit(peer.ip(), permitted) {
             Ok(admission) => {
                 let inbound = inbound.clone();
@@ -45,7 +46,7 @@ pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>) {
             }
             Err(refusal) => {
                 tracing::warn!(client = %peer, why = ?refusal, "connection refused");
-                let hostname = inbound.config.server.hostname.clone();
+                let hostname = config.server.hostname.clone();
                 tokio::spawn(async move {
                     let msg = format!("421 4.7.0 {hostname} {}\r\n", refusal.reply_text());
                     let _ = stream.write_all(msg.as_bytes()).await;

@@ -23,10 +23,26 @@ use crate::config::Config;
 use crate::queue::QueueHandle;
 use crate::spool::Spool;
 
+impl Inbound {
+    /// The configuration in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Puts `config` in force for sessions that start from now on.
+    pub fn reconfigure(&self, config: Arc<Config>) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+    }
+}
+
 /// What every inbound session shares.
 pub struct Inbound {
-    /// The whole configuration (`[server]` mostly).
-    pub config: Arc<Config>,
+    /// The configuration sessions start with (`[server]` mostly); a reload swaps it,
+    /// sessions under way keep theirs.
+    pub config: std::sync::RwLock<Arc<Config>>,
     /// Where accepted messages are made durable before `250`.
     pub spool: Spool,
     /// Tells the scheduler about each accepted message.

@@ -61,6 +61,8 @@ pub(super) struct Transaction {
 pub struct Session<S> {
     pub(super) stream: S,
     pub(super) inbound: Arc<Inbound>,
+    /// The configuration this session started with.
+    pub(super) config: Arc<crate::config::Config>,
     pub(super) peer: SocketAddr,
     pub(super) state: State,
     /// The name from HELO/EHLO; MAIL needs it first.
@@ -86,6 +88,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub fn new(stream: S, inbound: Arc<Inbound>, peer: SocketAddr) -> Self {
         Self {
             stream,
+            config: inbound.config(),
             inbound,
             peer,
             state: State::Command,
@@ -104,9 +107,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// # Errors
     /// The connection failed; nothing is left to tell the client.
     pub async fn run(mut self) -> Result<(), SessionError> {
-        let hostname = self.inbound.config.server.hostname.clone();
+        let hostname = self.config.server.hostname.clone();
         self.push(Reply::new(220, "", format!("{hostname} ESMTP sidestep")));
-        let server = &self.inbound.config.server;
+        let server = &self.config.server;
         let (idle, stress) = (server.idle_timeout.get(), server.stress_timeout.get());
         let min_rate = server.min_data_rate.max(1) as f64;
         // Each request (a command, or message content after 354) has a deadline counted
@@ -189,7 +192,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// The relay is stopping: `421` (RFC 5321 §3.8) and close. Returns true.
     fn say_stopping(&mut self) -> bool {
-        let hostname = &self.inbound.config.server.hostname;
+        let hostname = &self.config.server.hostname;
         let reply = Reply::new(
             421,
             "4.3.2",
@@ -209,7 +212,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Consumes every complete unit of input. Returns true when the session must close.
     async fn process_input(&mut self) -> bool {
-        let max_line = self.inbound.config.server.max_line_length;
+        let max_line = self.config.server.max_line_length;
         let mut pos = 0;
         while pos < self.input.len() {
             match &mut self.state {

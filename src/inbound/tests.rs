@@ -21,7 +21,7 @@ async fn session(dir: &std::path::Path) -> DuplexStream {
     let (_stop, stopping) = tokio::sync::watch::channel(false);
     let inbound = Arc::new(Inbound {
         sessions: Sessions::new(&config.server),
-        config: Arc::new(config),
+        config: std::sync::RwLock::new(Arc::new(config)),
         spool: Spool::open(dir).unwrap(),
         queue,
         stopping,

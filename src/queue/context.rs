@@ -30,14 +30,14 @@ pub struct QueueContext {
     /// Outbound connections over all destinations.
     pub connections: Arc<Semaphore>,
     /// Outbound connections per destination domain; entries are dropped when idle.
-    pub per_domain: Mutex<HashMap<String, Arc<Semaphore>>>,
+    pub per_domain: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
     /// Domains that asked us to slow down.
-    throttled: ThrottleLanes,
+    throttled: Arc<ThrottleLanes>,
     /// Due times, retry times and stamps; the system clock except in tests.
     pub clock: Clock,
     /// Outcomes the spool could not record (a full disk): the next attempt of the message
     /// starts from here, not from the stored record, so nothing delivered goes out again.
-    unrecorded: Mutex<HashMap<QueueId, QueuedMessage>>,
+    unrecorded: Arc<Mutex<HashMap<QueueId, QueuedMessage>>>,
 }
 
 impl QueueContext {
@@ -53,10 +53,10 @@ impl QueueContext {
             reputation,
             classifier,
             connections: Arc::new(Semaphore::new(config.delivery.max_connections)),
-            per_domain: Mutex::new(HashMap::new()),
-            throttled: ThrottleLanes::new(Clock::system()),
+            per_domain: Arc::new(Mutex::new(HashMap::new())),
+            throttled: Arc::new(ThrottleLanes::new(Clock::system())),
             clock: Clock::system(),
-            unrecorded: Mutex::new(HashMap::new()),
+            unrecorded: Arc::new(Mutex::new(HashMap::new())),
             config,
             spool,
             outbound,
@@ -65,9 +65,32 @@ impl QueueContext {
 
     /// The same context on another clock (tests run the queue on tokio's paused one).
     pub fn with_clock(mut self, clock: Clock) -> Self {
-        self.throttled = ThrottleLanes::new(clock.clone());
+        self.throttled = Arc::new(ThrottleLanes::new(clock.clone()));
         self.clock = clock;
         self
+    }
+
+    /// The same queue under a reloaded configuration: new settings, routes, pools,
+    /// smarthosts and rules; the same spool, reputation, limits in use, throttle lanes and
+    /// unrecorded outcomes. Attempts under way keep the context they started with.
+    pub fn reconfigured(
+        &self,
+        config: Arc<Config>,
+        outbound: Outbound,
+        classifier: Arc<Classifier>,
+    ) -> Self {
+        Self {
+            config,
+            outbound,
+            classifier,
+            spool: self.spool.clone(),
+            reputation: self.reputation.clone(),
+            connections: self.connections.clone(),
+            per_domain: self.per_domain.clone(),
+            throttled: self.throttled.clone(),
+            clock: self.clock.clone(),
+            unrecorded: self.unrecorded.clone(),
+        }
     }
 
     /// Keeps an attempt's outcome that the spool could not record.

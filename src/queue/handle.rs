@@ -5,7 +5,6 @@ use tokio::sync::mpsc;
 use crate::spool::{QueueId, QueuedMessage};
 
 /// What the scheduler is told.
-#[derive(Debug)]
 pub enum QueueEvent {
     /// A message should be attempted at `at_ms` (Unix ms): new, recovered, or a DSN.
     Due {
@@ -28,6 +27,8 @@ pub enum QueueEvent {
     Drain(tokio::sync::oneshot::Sender<()>),
     /// The messages with an attempt under way, for the admin API.
     InFlight(tokio::sync::oneshot::Sender<Vec<QueueId>>),
+    /// Attempts from now on run in this context (a reloaded configuration).
+    Reconfigure(std::sync::Arc<super::context::QueueContext>),
     /// How many messages are under way and how many wait for their due time.
     Sizes(tokio::sync::oneshot::Sender<(usize, usize)>),
     /// An operator's command; the reply says which messages it touched.
@@ -103,6 +104,11 @@ impl QueueHandle {
             return (0, 0);
         }
         rx.await.unwrap_or_default()
+    }
+
+    /// Runs attempts from now on in `ctx` (a reloaded configuration).
+    pub fn reconfigure(&self, ctx: std::sync::Arc<super::context::QueueContext>) {
+        let _ = self.tx.send(QueueEvent::Reconfigure(ctx));
     }
 
     /// Whether the scheduler still takes events.

@@ -131,8 +131,8 @@ impl Scheduler {
     }
 
     async fn run(mut self) {
-        let max_in_flight = self.ctx.config.delivery.max_connections;
         loop {
+            let max_in_flight = self.ctx.config.delivery.max_connections;
             let now = self.ctx.clock.now_ms();
             if let Some(waiting) = self.drained.as_mut().filter(|_| self.in_flight.is_empty()) {
                 for w in waiting.drain(..) {
@@ -186,6 +186,9 @@ impl Scheduler {
             match event {
                 QueueEvent::Control { command, reply } => {
                     let _ = reply.send(self.control(command));
+                }
+                QueueEvent::Reconfigure(ctx) => {
+                    self.ctx = ctx;
                 }
                 QueueEvent::Sizes(reply) => {
                     let _ = reply.send((self.in_flight.len(), self.due.len()));

@@ -141,3 +141,70 @@ async fn sighup_does_not_stop_the_relay() {
     .await;
     w.dest.wait_for(1).await;
 }
+
+/// SIGHUP and `sidestep reload` put a valid new configuration in force for new mail, and
+/// keep the running one, naming every problem, when the new one is broken.
+#[tokio::test]
+async fn reload_swaps_a_valid_config_and_refuses_a_broken_one() {
+    let mut w = World::new().await;
+    w.setup.egress = vec![2];
+    let relay = w.setup.start().await;
+    w.send_in_a_row(&relay, 1).await;
+    assert_eq!(w.dest.messages()[0].peer.to_string(), "127.0.0.2");
+
+    // The pool moves to .3: a HUP puts it in force.
+    let path = w.setup.dir.path().join("sidestep.toml");
+    w.setup.egress = vec![3];
+    std::fs::write(&path, w.setup.config()).unwrap();
+    relay.signal("HUP").await;
+    relay.log_with("configuration reloaded").await;
+    let mut c = ready(relay.addr).await;
+    c.send_mail(
+        "a@sender.test",
+        &["b@dest.test"],
+        &message("after reload", "x\r\n"),
+    )
+    .await;
+    let got = w.dest.wait_for(2).await;
+    assert_eq!(got[1].peer.to_string(), "127.0.0.3");
+
+    // A broken file: refused with every problem, the running configuration stays.
+    std::fs::write(
+        &path,
+        w.setup.config().replace(
+            "[queue]",
+            "[queue]\nretry_sometimes = true\nretry_factor = 0.5",
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidestep"))
+        .args(["reload", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("retry_sometimes") && text.contains("queue.retry_factor"),
+        "{text}"
+    );
+    relay.log_with("configuration reload refused").await;
+    let mut c = ready(relay.addr).await;
+    c.send_mail(
+        "a@sender.test",
+        &["b@dest.test"],
+        &message("still fine", "x\r\n"),
+    )
+    .await;
+    let got = w.dest.wait_for(3).await;
+    assert_eq!(got[2].peer.to_string(), "127.0.0.3");
+
+    // What only a restart changes is named.
+    w.setup.server = "max_sessions = 50".into();
+    std::fs::write(&path, w.setup.config()).unwrap();
+    let out = w.setup.cli(&["reload"]);
+    assert!(
+        out.contains("reloaded") && out.contains("needs a restart: server.max_sessions"),
+        "{out}"
+    );
+}

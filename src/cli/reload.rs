@@ -1,0 +1,188 @@
+//! Reloading the configuration (SIGHUP, `sidestep reload`): validate the whole file
+//! first, keep running on the old one if anything is wrong, else put the new one in force
+//! for new sessions and new attempts (those under way finish on the one they started
+//! with). What only a restart can change is reported, not silently ignored.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::admin::api::ReloadOutcome;
+use crate::classify::Classifier;
+use crate::config::Config;
+use crate::dns::Resolver;
+use crate::inbound::Inbound;
+use crate::outbound::Outbound;
+use crate::queue::{QueueContext, QueueHandle};
+use crate::reputation::Reputation;
+
+/// What a reload swaps, and what it needs to build the new pieces.
+pub struct Reloader {
+    path: Option<PathBuf>,
+    current: Mutex<(Arc<Config>, Arc<QueueContext>)>,
+    inbound: Arc<Inbound>,
+    queue: QueueHandle,
+    resolver: Resolver,
+    reputation: Reputation,
+}
+
+impl Reloader {
+    /// A reloader for the relay started from `path` with this configuration and queue.
+    pub fn new(
+        path: Option<&Path>,
+        config: Arc<Config>,
+        ctx: Arc<QueueContext>,
+        inbound: Arc<Inbound>,
+        queue: QueueHandle,
+        resolver: Resolver,
+        reputation: Reputation,
+    ) -> Self {
+        Self {
+            path: path.map(Path::to_path_buf),
+            current: Mutex::new((config, ctx)),
+            inbound,
+            queue,
+            resolver,
+            reputation,
+        }
+    }
+
+    /// Re-reads the file and swaps it in if it is valid; logs what happened.
+    pub fn reload(&self) -> ReloadOutcome {
+        let outcome = self.try_reload();
+        if outcome.applied {
+            tracing::info!(
+                restart_needed = %outcome.restart_needed.join(", "),
+                "configuration reloaded"
+            );
+        } else {
+            for p in &outcome.problems {
+                tracing::error!(problem = %p, "configuration reload refused; the running configuration stays");
+            }
+        }
+        outcome
+    }
+
+    fn try_reload(&self) -> ReloadOutcome {
+        let refuse = |problems: Vec<String>| ReloadOutcome {
+            applied: false,
+            problems,
+            restart_needed: Vec::new(),
+        };
+        let Some(path) = &self.path else {
+            return refuse(vec![
+                "the relay runs on the embedded defaults: there is no file to reload".into(),
+            ]);
+        };
+        let (config, mut errors) = match Config::load_collecting(path) {
+            Ok(c) => c,
+            Err(e) => return refuse(vec![e.to_string()]),
+        };
+        errors.extend(config.validate());
+        if !errors.is_empty() {
+            return refuse(errors.iter().map(ToString::to_string).collect());
+        }
+        let classifier = match Classifier::new(&config.classify.rules) {
+            Ok(c) => Arc::new(c),
+            Err(e) => return refuse(vec![e.to_string()]),
+        };
+        let outbound = match Outbound::new(&config, self.resolver.clone(), self.reputation.clone())
+        {
+            Ok(o) => o,
+            Err(e) => return refuse(vec![e.to_string()]),
+        };
+        let config = Arc::new(config);
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let restart_needed = needs_restart(&current.0, &config);
+        let ctx = Arc::new(current.1.reconfigured(config.clone(), outbound, classifier));
+        self.inbound.reconfigure(config.clone());
+        self.queue.reconfigure(ctx.clone());
+        *current = (config, ctx);
+        ReloadOutcome {
+            applied: true,
+            problems: Vec::new(),
+            restart_needed,
+        }
+    }
+}
+
+/// The settings that changed but are fixed for the life of the process: listeners, the
+/// spool, the session table's sizes, the global connection limit, the resolver and the
+/// blocklist monitor.
+fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
+    let s = |c: &Config| {
+        [
+            ("server.listen", format!("{:?}", c.server.listen)),
+            (
+                "server.max_sessions",
+                format!("{:?}", c.server.max_sessions),
+            ),
+            (
+                "server.reserved_sessions",
+                format!("{:?}", c.server.reserved_sessions),
+            ),
+            (
+                "server.max_sessions_per_ip",
+                format!("{:?}", c.server.max_sessions_per_ip),
+            ),
+            (
+                "server.max_connection_rate_per_ip",
+                format!("{:?}", c.server.max_connection_rate_per_ip),
+            ),
+            ("spool.directory", format!("{:?}", c.spool.directory)),
+            (
+                "delivery.max_connections",
+                format!("{:?}", c.delivery.max_connections),
+            ),
+            ("dns", format!("{:?}", c.dns)),
+            ("blocklists", format!("{:?}", c.blocklists)),
+            ("listings", format!("{:?}", c.listings)),
+            ("admin", format!("{:?}", c.admin)),
+            ("log", format!("{:?}", c.log)),
+        ]
+    };
+    s(old)
+        .into_iter()
+        .zip(s(new))
+        .filter(|((_, a), (_, b))| a != b)
+        .map(|((key, _), _)| key.to_string())
+        .collect()
+}
+
+/// `sidestep reload`: asks the running relay to re-read its configuration.
+pub async fn reload(config_path: Option<&Path>, json: bool) -> anyhow::Result<()> {
+    // The file may well be broken (that is what the relay will say): read leniently, for
+    // the spool directory and the admin address only.
+    let config = match config_path {
+        Some(p) => Config::load_collecting(p).map(|(c, _)| c)?,
+        None => Config::default(),
+    };
+    let (status, body) = super::admin_client::exchange(&config, "POST", "/api/v1/reload").await?;
+    if status != 200 && status != 422 {
+        anyhow::bail!(
+            "reload: HTTP {status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        );
+    }
+    let outcome: ReloadOutcome = serde_json::from_slice(&body)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    } else if outcome.applied {
+        println!("reloaded");
+        for key in &outcome.restart_needed {
+            println!("  changed, but needs a restart: {key}");
+        }
+    } else {
+        println!("not reloaded; the running configuration stays:");
+        for p in &outcome.problems {
+            println!("  {p}");
+        }
+    }
+    if outcome.applied {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "the new configuration has {} problem(s)",
+            outcome.problems.len()
+        )
+    }
+}
