@@ -15,6 +15,7 @@
 //! - [`site`]: recipient domains that share MX hosts, as reputation sees them.
 //! - [`egress`]: the local addresses mail leaves from, and their standing.
 //! - [`metrics`]: Prometheus counters each stage bumps, served by the admin API.
+//! - [`alerts`]: listings and blocks POSTed to the operator's webhook.
 //!
 //! The pipeline, each stage using only the ones after it and the vocabulary:
 //!
@@ -35,6 +36,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod alerts;
 pub mod classify;
 pub mod cli;
 pub mod clock;

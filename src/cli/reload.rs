@@ -138,6 +138,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
             ("listings", format!("{:?}", c.listings)),
             ("admin", format!("{:?}", c.admin)),
             ("log", format!("{:?}", c.log)),
+            ("alerts", format!("{:?}", c.alerts)),
         ]
     };
     s(old)

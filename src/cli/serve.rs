@@ -22,6 +22,10 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     let resolver = Resolver::new(&config.dns).context("setting up DNS")?;
     let reputation = Reputation::open(config.blocklists.clone(), &config.spool.directory)
         .context("loading listing state")?;
+    reputation.set_alerts(crate::alerts::Alerts::start(
+        &config.alerts,
+        &config.server.hostname,
+    ));
     reputation::spawn_monitor(
         reputation.clone(),
         resolver.clone(),

@@ -52,6 +52,30 @@ pub struct Config {
     pub admin: AdminConfig,
     /// How log lines are written.
     pub log: LogConfig,
+    /// Where the operator hears about listings and blocks first.
+    pub alerts: AlertsConfig,
+}
+
+/// `[alerts]`: events POSTed as JSON to a webhook.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertsConfig {
+    /// `http://host:port/path` that gets each event as a JSON POST; none: no alerts.
+    pub webhook: Option<String>,
+    /// The same event for the same IP and site is sent again only after this long.
+    pub repeat_after: HumanDuration,
+    /// At most this many alerts an hour, whatever happens.
+    pub max_per_hour: u32,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            webhook: None,
+            repeat_after: HumanDuration::from_secs(3600),
+            max_per_hour: 60,
+        }
+    }
 }
 
 /// `[log]`: the form of the log lines on stderr.

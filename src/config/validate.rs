@@ -22,6 +22,17 @@ pub(super) fn all(c: &Config) -> Vec<ConfigError> {
     smarthosts(c, &mut err);
     routes(c, &mut err);
     admin(c, &mut err);
+    if let Some(url) = &c.alerts.webhook
+        && !url.trim().is_empty()
+        && !url.starts_with("http://")
+    {
+        err(
+            "alerts.webhook".into(),
+            format!(
+                "{url:?}: an http:// URL is needed (put a local relay in front of an https one)"
+            ),
+        );
+    }
     errors
 }
 

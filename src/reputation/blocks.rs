@@ -226,6 +226,12 @@ impl Reputation {
             .insert(ip, block.clone());
         self.write_block(ip, &site)?;
         tracing::warn!(ip = %ip, site = %site, until = block.expires_at, reason, "egress IP suspended by the operator");
+        self.alert(
+            "suspended",
+            Some(ip),
+            Some(site.to_string()),
+            format!("{ip} suspended for {site} by the operator: {reason}"),
+        );
         Ok(block)
     }
 
@@ -246,6 +252,12 @@ impl Reputation {
         };
         if lifted {
             tracing::warn!(ip = %ip, site = %site, "block lifted by the operator");
+            self.alert(
+                "block-lifted",
+                Some(ip),
+                Some(site.to_string()),
+                format!("{ip} for {site}: lifted by the operator"),
+            );
             self.shared.improved.send_modify(|n| *n += 1);
             self.write_block(ip, &site)?;
         }
@@ -308,6 +320,28 @@ impl Reputation {
         let block = &update.block;
         self.write_block(block.ip, &block.site)?;
         if update.renewed {
+            let event = if block.strikes == 0 {
+                "blocked"
+            } else {
+                "block-renewed"
+            };
+            self.alert(
+                event,
+                Some(block.ip),
+                Some(block.site.to_string()),
+                format!(
+                    "{} refused by {} until {} (repeat {}): {}; MX {}; removal: {}",
+                    block.ip,
+                    block.site,
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(block.expires_at)
+                    ),
+                    block.strikes,
+                    block.evidence.reply,
+                    block.evidence.mx_host.as_deref().unwrap_or("-"),
+                    block.evidence.removal_url.as_deref().unwrap_or("-"),
+                ),
+            );
             tracing::warn!(
                 ip = %block.ip,
                 site = %block.site,
@@ -363,6 +397,12 @@ impl Reputation {
             return Ok(());
         };
         tracing::info!(ip = %ip, site = %site, since = b.first_seen, "block lifted: the destination accepts this IP again");
+        self.alert(
+            "block-lifted",
+            Some(ip),
+            Some(site.to_string()),
+            format!("{site} accepts {ip} again"),
+        );
         self.shared.improved.send_modify(|n| *n += 1);
         self.write_block(ip, site)
     }

@@ -124,6 +124,8 @@ impl Reputation {
     pub fn apply(&self, outcome: CheckOutcome) -> Result<(), StoreError> {
         let now = self.shared.clock.now();
         let mut improved = false;
+        // Sent once the state's lock is released.
+        let mut alerts: Vec<(&'static str, Option<IpAddr>, String, String)> = Vec::new();
         let report = {
             let mut state = self.lock();
             for (zone, result) in outcome.health {
@@ -154,6 +156,12 @@ impl Reputation {
                                 cause = %cause,
                                 "blocklist is broken; ignoring its answers until it recovers"
                             );
+                            alerts.push((
+                                "list-broken",
+                                None,
+                                zone.clone(),
+                                format!("blocklist {zone} is broken and ignored: {cause}"),
+                            ));
                             h.broken = Some(CheckError { cause, at: now });
                         }
                         h.error = None;
@@ -185,6 +193,12 @@ impl Reputation {
                         if let ListingState::Listed { first_seen, .. } = &r.state {
                             improved = true;
                             tracing::info!(ip = %ip, list = %zone, listed_since = first_seen, "egress IP delisted");
+                            alerts.push((
+                                "delisted",
+                                Some(ip),
+                                zone.clone(),
+                                format!("{ip} is no longer listed on {zone}"),
+                            ));
                         }
                         r.state = ListingState::Clean;
                         r.last_checked = Some(now);
@@ -206,6 +220,17 @@ impl Reputation {
                                     removal = %removal,
                                     "egress IP listed"
                                 );
+                                alerts.push((
+                                    "listed",
+                                    Some(ip),
+                                    zone.clone(),
+                                    format!(
+                                        "{ip} is listed on {zone}: {}; reason: {}; removal: {}",
+                                        shown.join(", "),
+                                        reason.as_deref().unwrap_or("-"),
+                                        if removal.is_empty() { "-" } else { &removal }
+                                    ),
+                                ));
                                 now
                             }
                         };
@@ -231,6 +256,9 @@ impl Reputation {
         };
         if improved {
             self.shared.improved.send_modify(|n| *n += 1);
+        }
+        for (event, ip, subject, text) in alerts {
+            self.alert(event, ip, Some(subject), text);
         }
         self.persist(&report)
     }

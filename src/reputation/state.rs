@@ -32,6 +32,8 @@ pub(super) struct Shared {
     pub(super) persist: Mutex<()>,
     /// Stamps listings and blocks and decides when a block has expired.
     pub(super) clock: Clock,
+    /// Where listings and blocks are announced, once set.
+    pub(super) alerts: std::sync::OnceLock<crate::alerts::Alerts>,
     /// Bumped whenever an IP may have become usable (a delisting, a list found broken).
     pub(super) improved: tokio::sync::watch::Sender<u64>,
 }
@@ -118,7 +120,26 @@ impl Reputation {
                 persist: Mutex::new(()),
                 improved: tokio::sync::watch::Sender::new(0),
                 clock,
+                alerts: std::sync::OnceLock::new(),
             }),
+        }
+    }
+
+    /// Announces listing and block changes through `alerts` from now on.
+    pub fn set_alerts(&self, alerts: crate::alerts::Alerts) {
+        let _ = self.shared.alerts.set(alerts);
+    }
+
+    /// Sends an alert, if alerts are set.
+    pub(super) fn alert(
+        &self,
+        event: &'static str,
+        ip: Option<IpAddr>,
+        subject: Option<String>,
+        text: String,
+    ) {
+        if let Some(a) = self.shared.alerts.get() {
+            a.send(event, ip.map(|i| i.to_string()), subject, text);
         }
     }
 

@@ -1,0 +1,170 @@
+//! Alerts: the operator hears it from sidestep first (an IP listed, a block learned). Each
+//! event is POSTed as JSON to `[alerts] webhook`, from a task of its own so that no stage
+//! waits on it; the same event for the same IP and site is sent at most once per
+//! `[alerts] repeat_after`, and at most `[alerts] max_per_hour` go out in all.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use crate::config::AlertsConfig;
+
+/// One thing the operator should hear about.
+#[derive(Debug, Clone, Serialize)]
+pub struct Alert {
+    /// `listed`, `delisted`, `list-broken`, `blocked`, `block-renewed`, `block-lifted`,
+    /// `suspended`.
+    pub event: &'static str,
+    /// The egress IP, when it concerns one.
+    pub ip: Option<String>,
+    /// The list zone or destination site, when it concerns one.
+    pub subject: Option<String>,
+    /// What happened, in a sentence, with the evidence (exact reply, removal link).
+    pub text: String,
+    /// The relay's host name.
+    pub host: String,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+/// Cheap handle: stages call [`Alerts::send`]; nothing happens without a webhook.
+#[derive(Clone, Default)]
+pub struct Alerts {
+    inner: Option<Arc<Inner>>,
+}
+
+struct Inner {
+    tx: mpsc::UnboundedSender<Alert>,
+    host: String,
+    repeat_after: Duration,
+    max_per_hour: u32,
+    sent: Mutex<Sent>,
+}
+
+/// What went out lately: per (event, ip, subject) when, and the hour's count.
+struct Sent {
+    last: HashMap<(String, String, String), Instant>,
+    hour_start: Instant,
+    count: u32,
+}
+
+impl Alerts {
+    /// Starts the sender task when a webhook is configured; a no-op handle otherwise.
+    pub fn start(config: &AlertsConfig, host: &str) -> Self {
+        let Some(url) = config.webhook.clone().filter(|u| !u.trim().is_empty()) else {
+            return Self::default();
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel::<Alert>();
+        tokio::spawn(async move {
+            while let Some(alert) = rx.recv().await {
+                if let Err(e) = post(&url, &alert).await {
+                    tracing::warn!(error = %e, event = alert.event, "alert webhook failed");
+                }
+            }
+        });
+        Self {
+            inner: Some(Arc::new(Inner {
+                tx,
+                host: host.to_string(),
+                repeat_after: config.repeat_after.get(),
+                max_per_hour: config.max_per_hour,
+                sent: Mutex::new(Sent {
+                    last: HashMap::new(),
+                    hour_start: Instant::now(),
+                    count: 0,
+                }),
+            })),
+        }
+    }
+
+    /// Queues an alert, unless the same one went out lately or the hour's budget is spent.
+    pub fn send(
+        &self,
+        event: &'static str,
+        ip: Option<String>,
+        subject: Option<String>,
+        text: String,
+    ) {
+        let Some(inner) = &self.inner else {
+            return;
+        };
+        let now = Instant::now();
+        {
+            let mut sent = inner.sent.lock().unwrap_or_else(|e| e.into_inner());
+            let Sent {
+                last,
+                hour_start,
+                count,
+            } = &mut *sent;
+            if now.duration_since(*hour_start) >= Duration::from_secs(3600) {
+                *hour_start = now;
+                *count = 0;
+            }
+            let key = (
+                event.to_string(),
+                ip.clone().unwrap_or_default(),
+                subject.clone().unwrap_or_default(),
+            );
+            if last
+                .get(&key)
+                .is_some_and(|t| now.duration_since(*t) < inner.repeat_after)
+                || *count >= inner.max_per_hour
+            {
+                return;
+            }
+            last.insert(key, now);
+            *count += 1;
+        }
+        let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let _ = inner.tx.send(Alert {
+            event,
+            ip,
+            subject,
+            text,
+            host: inner.host.clone(),
+            at,
+        });
+    }
+}
+
+/// POSTs the alert as JSON to an `http://host:port/path` URL.
+async fn post(url: &str, alert: &Alert) -> std::io::Result<()> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| std::io::Error::other("the webhook must be an http:// URL"))?;
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let body = serde_json::to_vec(alert).map_err(std::io::Error::other)?;
+    let mut stream = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect(authority),
+    )
+    .await
+    .map_err(|_| std::io::Error::other("connect timeout"))??;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(&body).await?;
+    let mut reply = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        (&mut stream).take(64 * 1024).read_to_end(&mut reply),
+    )
+    .await
+    .map_err(|_| std::io::Error::other("no answer"))??;
+    let status = String::from_utf8_lossy(&reply);
+    match status.split_whitespace().nth(1) {
+        Some(code) if code.starts_with('2') => Ok(()),
+        other => Err(std::io::Error::other(format!(
+            "webhook answered {}",
+            other.unwrap_or("nothing")
+        ))),
+    }
+}

@@ -1,0 +1,116 @@
+//! Alerts reach the operator's webhook: a block learned from a destination, with its
+//! evidence, and an operator's suspension; repeats of one event are not sent again.
+
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+use crate::World;
+use crate::support::eventually;
+
+/// A webhook receiver on loopback: every JSON body it got.
+async fn webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let listener = TcpListener::bind((crate::support::fresh_loopback(), 0))
+        .await
+        .unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let store = got.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = stream.into_split();
+                let mut r = BufReader::new(r);
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0u8; length];
+                r.read_exact(&mut body).await.unwrap();
+                store
+                    .lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&body).unwrap());
+                let _ = w
+                    .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    (url, got)
+}
+
+#[tokio::test]
+async fn a_learned_block_and_a_suspension_reach_the_webhook_once() {
+    let mut w = World::new().await;
+    let (url, got) = webhook().await;
+    w.setup.extra = format!("\n[alerts]\nwebhook = \"{url}\"\n");
+    let refusal = "550 5.7.1 Service unavailable; Client host [127.0.0.2] blocked using CSI; https://csi.cloudmark.com/reset-request/?ip=127.0.0.2";
+    w.dest.behave(|b| {
+        b.refuse_from
+            .insert("127.0.0.2".parse().unwrap(), refusal.into());
+    });
+    let relay = w.setup.start().await;
+    w.send_in_a_row(&relay, 3).await;
+    eventually(|| !got.lock().unwrap().is_empty(), || relay.log()).await;
+    let blocked = got.lock().unwrap()[0].clone();
+    assert_eq!(blocked["event"], "blocked", "{blocked}");
+    assert_eq!(blocked["ip"], "127.0.0.2");
+    assert_eq!(blocked["subject"], "mx.dest.test");
+    let text = blocked["text"].as_str().unwrap();
+    assert!(
+        text.contains(refusal) && text.contains("csi.cloudmark.com/reset-request"),
+        "{text}"
+    );
+    assert_eq!(blocked["host"], "relay.test");
+
+    w.setup.cli(&[
+        "suspend",
+        "127.0.0.3",
+        "--for",
+        "1h",
+        "--reason",
+        "testing alerts",
+    ]);
+    eventually(|| got.lock().unwrap().len() >= 2, || relay.log()).await;
+    let suspended = got.lock().unwrap()[1].clone();
+    assert_eq!(suspended["event"], "suspended", "{suspended}");
+    assert!(
+        suspended["text"]
+            .as_str()
+            .unwrap()
+            .contains("testing alerts")
+    );
+    // The same suspension again within the hour: no second alert.
+    w.setup.cli(&[
+        "suspend",
+        "127.0.0.3",
+        "--for",
+        "1h",
+        "--reason",
+        "testing alerts",
+    ]);
+    relay.log_count("suspended by the operator", 2).await;
+    let events: Vec<String> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|v| v["event"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        events.iter().filter(|e| *e == "suspended").count(),
+        1,
+        "{events:?}"
+    );
+}
