@@ -87,6 +87,28 @@ pub struct Metrics {
     /// 1 when an egress IP is listed on a list (set when scraped).
     pub listed: Family<ListingLabels, Gauge>,
     sites: Mutex<HashSet<String>>,
+    /// The latest refusals, newest last, for the status page.
+    recent: Mutex<std::collections::VecDeque<Refusal>>,
+    /// Per minute of the last hour: (Unix minute, delivered, refused).
+    minutes: Mutex<[(u64, u32, u32); 60]>,
+}
+
+/// Refusals kept for the status page.
+pub const RECENT_REFUSALS: usize = 50;
+
+/// One refusal, as the status page lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Refusal {
+    /// Unix seconds.
+    pub at: u64,
+    /// The egress IP or `smarthost:NAME`.
+    pub egress: String,
+    /// The destination site.
+    pub site: String,
+    /// The verdict.
+    pub verdict: String,
+    /// The reply as received.
+    pub reply: String,
 }
 
 impl Metrics {
@@ -106,6 +128,8 @@ impl Metrics {
             blocks_active: Family::default(),
             listed: Family::default(),
             sites: Mutex::new(HashSet::new()),
+            recent: Mutex::new(std::collections::VecDeque::with_capacity(RECENT_REFUSALS)),
+            minutes: Mutex::new([(0, 0, 0); 60]),
             registry: Registry::default(),
         };
         registry.register(
@@ -176,6 +200,52 @@ impl Metrics {
                 verdict: verdict.to_string(),
             })
             .inc();
+    }
+
+    /// Remembers an attempt for the status page: counted in its minute, and kept among
+    /// the latest refusals when it was one.
+    pub fn remember(&self, now: u64, delivered: bool, refusal: Option<Refusal>) {
+        let minute = now / 60;
+        {
+            let mut minutes = self.minutes.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = &mut minutes[(minute % 60) as usize];
+            if slot.0 != minute {
+                *slot = (minute, 0, 0);
+            }
+            slot.1 += u32::from(delivered);
+            slot.2 += u32::from(refusal.is_some());
+        }
+        if let Some(r) = refusal {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            if recent.len() == RECENT_REFUSALS {
+                recent.pop_front();
+            }
+            recent.push_back(r);
+        }
+    }
+
+    /// The latest refusals, newest first.
+    pub fn recent_refusals(&self) -> Vec<Refusal> {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.iter().rev().cloned().collect()
+    }
+
+    /// Delivered and refused attempts per minute of the hour before `now`, oldest first.
+    pub fn last_hour(&self, now: u64) -> Vec<(u32, u32)> {
+        let minutes = self.minutes.lock().unwrap_or_else(|e| e.into_inner());
+        let current = now / 60;
+        (0..60)
+            .rev()
+            .map(|back| {
+                let minute = current.saturating_sub(back);
+                let slot = minutes[(minute % 60) as usize];
+                if slot.0 == minute {
+                    (slot.1, slot.2)
+                } else {
+                    (0, 0)
+                }
+            })
+            .collect()
     }
 
     fn site_label(&self, site: &str) -> String {

@@ -7,6 +7,7 @@
 //! tokens get `401`, and an address with too many of them gets `429` for a minute.
 //!
 //! - [`api`]: the request and response types, shared with the CLI.
+//! - `page`: `/`, the status page for people.
 //! - `health`: `/healthz` (alive) and `/readyz` (spool writable, queue answering).
 //! - `metrics`: `/metrics` in the Prometheus text format.
 //! - `queue`: `/api/v1/queue` (summary), `/api/v1/queue/messages` (listing, filters,
@@ -21,6 +22,7 @@ pub mod blocks;
 pub mod control;
 mod health;
 mod metrics;
+mod page;
 mod queue;
 
 use std::collections::HashMap;
@@ -64,6 +66,8 @@ pub struct Admin {
     sessions: Option<crate::inbound::Sessions>,
     /// Re-reads the configuration (`POST /api/v1/reload`).
     reload: Option<ReloadFn>,
+    /// The configured egress IPs, for the status page.
+    egress: Arc<[IpAddr]>,
     failures: Arc<Mutex<HashMap<IpAddr, (Instant, u32)>>>,
 }
 
@@ -82,6 +86,7 @@ impl Admin {
             reputation,
             sessions: None,
             reload: None,
+            egress: Arc::from(Vec::new()),
             hostname: hostname.into(),
             spool,
             queue,
@@ -90,6 +95,12 @@ impl Admin {
             trusted: trusted.into(),
             failures: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// Lists these egress IPs on the status page (even those no list or site mentions).
+    pub fn with_egress(mut self, egress: Vec<IpAddr>) -> Self {
+        self.egress = egress.into();
+        self
     }
 
     /// Serves `POST /api/v1/reload` with this.
@@ -126,6 +137,7 @@ impl Admin {
 /// The routes, behind the access check.
 pub fn router(admin: Admin) -> Router {
     Router::new()
+        .route("/", get(page::status_page))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics_text))

@@ -41,7 +41,12 @@ async fn snapshot(admin: &Admin) -> Result<Vec<(QueuedMessage, &'static str)>, S
 
 /// `GET /api/v1/queue`.
 pub(super) async fn summary(State(admin): State<Admin>) -> Result<Json<QueueSummary>, StatusCode> {
-    let records = snapshot(&admin).await?;
+    summarize(&admin).await.map(Json)
+}
+
+/// The queue at a glance (the summary endpoint and the status page).
+pub(super) async fn summarize(admin: &Admin) -> Result<QueueSummary, StatusCode> {
+    let records = snapshot(admin).await?;
     let now = admin.clock.now();
     let mut s = QueueSummary {
         messages: records.len(),
@@ -81,7 +86,7 @@ pub(super) async fn summary(State(admin): State<Admin>) -> Result<Json<QueueSumm
             .then(a.domain.cmp(&b.domain))
     });
     s.by_domain = by_domain;
-    Ok(Json(s))
+    Ok(s)
 }
 
 /// `GET /api/v1/queue/messages?domain=&state=&limit=&offset=`.

@@ -73,6 +73,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         reputation.clone(),
     )
     .with_sessions(sessions.clone())
+    .with_egress(config.egress_ips())
     .with_reload({
         let reloader = reloader.clone();
         Arc::new(move || reloader.reload())

@@ -463,6 +463,18 @@ impl AttemptLine<'_> {
         if self.class.verdict == Verdict::Delivered && self.egress.starts_with("smarthost:") {
             m.smarthost_deliveries.inc();
         }
+        let refused = (self.reply.code >= 400).then(|| crate::metrics::Refusal {
+            at: unix_now(),
+            egress: self.egress.clone(),
+            site: self.site.map_or_else(|| "-".into(), ToString::to_string),
+            verdict: self.class.verdict.name().into(),
+            reply: self.reply.to_string(),
+        });
+        m.remember(
+            unix_now(),
+            self.class.verdict == Verdict::Delivered,
+            refused,
+        );
         tracing::info!(
             queue_id = %self.queue_id,
             rcpt = %self.rcpt,

@@ -14,6 +14,7 @@ mod disk;
 mod inbound;
 mod interop;
 mod listings;
+mod page;
 mod replies;
 mod retry;
 mod reuse;
