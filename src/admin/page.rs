@@ -99,8 +99,7 @@ pub(super) async fn status_page(State(admin): State<Admin>) -> Html<String> {
             };
             let _ = write!(
                 blocks,
-                "<div class=\"bad block\">{state}{manual} by {site} since {since} until {until}: <code>{reply}</code>{removal}</div>",
-                manual = if b.manual { " (manual)" } else { "" },
+                "<div class=\"bad block\">{state} for {site} since {since} until {until}: <code>{reply}</code>{removal}</div>",
                 site = esc(b.site.as_str()),
                 since = when(b.first_seen),
                 until = when(b.expires_at),

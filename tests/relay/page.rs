@@ -47,7 +47,7 @@ async fn the_page_shows_listings_blocks_queue_and_refusals() {
     assert!(page.contains("text/html"), "{page}");
     assert!(page.contains("LISTED on page.test"), "{page}");
     assert!(page.contains("listed for a test"), "{page}");
-    assert!(page.contains("blocked by mx.dest.test"), "{page}");
+    assert!(page.contains("blocked for mx.dest.test"), "{page}");
     assert!(
         page.contains("csi.cloudmark.com/reset-request/?ip=127.0.0.2"),
         "{page}"
@@ -93,6 +93,6 @@ async fn a_headless_browser_renders_the_page() {
         }
     }
     assert!(dom.contains("LISTED on page.test"), "{dom}");
-    assert!(dom.contains("blocked by mx.dest.test"), "{dom}");
+    assert!(dom.contains("blocked for mx.dest.test"), "{dom}");
     assert!(dom.contains("sidestep on relay.test"), "{dom}");
 }
