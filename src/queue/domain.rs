@@ -107,7 +107,15 @@ pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> Domain
                 _ => None,
             };
             let keep_line = class.verdict == Verdict::IpReputation || doubt.is_some();
-            let line = log_attempt(&job, rcpt, &report, &reply, &class, keep_line);
+            let line = log_attempt(
+                &job,
+                rcpt,
+                &report,
+                &reply,
+                &class,
+                keep_line,
+                doubt.is_some(),
+            );
             let verdict = class.verdict;
             match verdict {
                 Verdict::Delivered => delivered = true,
@@ -241,6 +249,7 @@ async fn second_opinion(
             &reply,
             &class,
             class.verdict == Verdict::IpReputation,
+            false,
         );
         let verdict = class.verdict;
         let index = d.index;
@@ -400,6 +409,7 @@ async fn with_reputation(
 
 /// The attempt's log line: one per recipient, the line operators grep and delisting
 /// forms ask for. With `keep`, returns the same line as text, kept as a block's evidence.
+/// `second_opinion`: another IP is asked before this refusal is acted on.
 fn log_attempt(
     job: &DomainJob,
     rcpt: &Address,
@@ -407,7 +417,15 @@ fn log_attempt(
     reply: &RemoteReply,
     class: &Classification,
     keep: bool,
+    second_opinion: bool,
 ) -> Option<String> {
+    // What becomes of the recipient: sent, bounced, or tried again (later, or at once
+    // from another IP).
+    let status = match class.verdict.retry() {
+        _ if class.verdict == Verdict::Delivered => "sent",
+        crate::classify::Retry::No if !second_opinion => "bounced",
+        _ => "deferred",
+    };
     let line = AttemptLine {
         queue_id: &job.queue_id,
         rcpt,
@@ -426,6 +444,7 @@ fn log_attempt(
         reply,
         class,
         site: report.site.as_ref(),
+        status,
     };
     line.log();
     keep.then(|| {
@@ -450,6 +469,8 @@ struct AttemptLine<'a> {
     reply: &'a RemoteReply,
     class: &'a Classification,
     site: Option<&'a Site>,
+    /// `sent`, `deferred` or `bounced`.
+    status: &'static str,
 }
 
 impl AttemptLine<'_> {
@@ -485,6 +506,7 @@ impl AttemptLine<'_> {
             delay_s = self.delay_s,
             dsn = %self.reply.enhanced,
             verdict = %self.class.verdict,
+            status = %self.status,
             rule = self.class.rule.as_str(),
             reply = %self.reply,
             "delivery attempt"
@@ -496,7 +518,7 @@ impl std::fmt::Display for AttemptLine<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "queue_id={} rcpt={} egress={} mx={} mx_ip={} reused={} delay_s={} dsn={} verdict={} rule={} reply=\"{}\"",
+            "queue_id={} rcpt={} egress={} mx={} mx_ip={} reused={} delay_s={} dsn={} verdict={} status={} rule={} reply=\"{}\"",
             self.queue_id,
             self.rcpt,
             self.egress,
@@ -506,6 +528,7 @@ impl std::fmt::Display for AttemptLine<'_> {
             self.delay_s,
             self.reply.enhanced,
             self.class.verdict,
+            self.status,
             self.class.rule,
             self.reply
         )

@@ -24,6 +24,9 @@ async fn temporary_failure_is_retried_until_delivered() {
     let log = relay.log_with("verdict=delivered").await;
     assert_eq!(log.matches("verdict=transient").count(), 2, "{log}");
     assert!(log.contains("451 4.3.0 try again later"), "{log}");
+    // Each attempt line says what became of the recipient.
+    assert_eq!(log.matches("status=deferred").count(), 2, "{log}");
+    assert_eq!(log.matches("status=sent").count(), 1, "{log}");
     // Each deferral says when the next attempt is due.
     assert_eq!(
         log.matches("deferred: next attempt at 20").count(),

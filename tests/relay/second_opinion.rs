@@ -127,6 +127,9 @@ async fn content_refused_from_every_ip_costs_two_attempts_and_one_dsn() {
         "two attempts, one per IP: {log}"
     );
     assert!(log.contains("refused from another IP too"));
+    // The first refusal waits for the second opinion; the second one bounces.
+    assert_eq!(log.matches("status=deferred").count(), 1, "{log}");
+    assert_eq!(log.matches("status=bounced").count(), 1, "{log}");
     assert_eq!(dsns.len(), 1);
     let dsn = crate::support::dsn_text(&dsns[0]);
     assert_eq!(
