@@ -22,10 +22,8 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     let resolver = Resolver::new(&config.dns).context("setting up DNS")?;
     let reputation = Reputation::open(config.blocklists.clone(), &config.spool.directory)
         .context("loading listing state")?;
-    reputation.set_alerts(crate::alerts::Alerts::start(
-        &config.alerts,
-        &config.server.hostname,
-    ));
+    let alerts = crate::alerts::Alerts::start(&config.alerts, &config.server.hostname);
+    reputation.set_alerts(alerts.clone());
     reputation::spawn_monitor(
         reputation.clone(),
         resolver.clone(),
@@ -50,6 +48,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         queue: queue.clone(),
         stopping: stopping.clone(),
         sessions: sessions.clone(),
+        alerts,
     });
     let reloader = Arc::new(super::Reloader::new(
         config_path,
@@ -61,6 +60,12 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         reputation.clone(),
     ));
 
+    // Signal handlers first: a SIGTERM or SIGHUP that arrives once the port is announced
+    // must find them (their default action would end the process on the spot).
+    let mut signals = StopSignals::new().context("waiting for signals")?;
+    // SIGHUP reloads the configuration.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("waiting for SIGHUP")?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("listening on {}", config.server.listen))?;
@@ -86,10 +91,6 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     // On a worker, not in `block_on`: the main thread would otherwise be woken for every
     // connection only to hand the session over to a worker.
     let accept = tokio::spawn(inbound::serve(listener, inbound));
-    let mut signals = StopSignals::new().context("waiting for signals")?;
-    // SIGHUP reloads the configuration (its default action would end the relay).
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("waiting for SIGHUP")?;
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading the configuration");

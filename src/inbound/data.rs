@@ -214,6 +214,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             Err(e) if e.is_disk_full() => {
                 tracing::error!(error = %e, "spool full, message refused");
+                self.inbound.alerts.send(
+                    "spool-full",
+                    None,
+                    None,
+                    format!("the spool is full: new mail gets 452 until there is room ({e})"),
+                );
                 Reply::new(452, "4.3.1", "Insufficient system storage")
             }
             Err(e) => {

@@ -52,4 +52,6 @@ pub struct Inbound {
     pub stopping: tokio::sync::watch::Receiver<bool>,
     /// The session table: slots, per-address caps, stress.
     pub sessions: Sessions,
+    /// Where a full spool is announced.
+    pub alerts: crate::alerts::Alerts,
 }

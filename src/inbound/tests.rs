@@ -25,6 +25,7 @@ async fn session(dir: &std::path::Path) -> DuplexStream {
         spool: Spool::open(dir).unwrap(),
         queue,
         stopping,
+        alerts: crate::alerts::Alerts::default(),
     });
     let (client, server) = tokio::io::duplex(64 * 1024);
     let peer = "127.0.0.1:40000".parse().unwrap();

@@ -82,6 +82,7 @@ pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> Domain
     let mut doubts = Vec::new();
     for round in 0..MAX_ROUNDS {
         let report = send(ctx, &job, &pending, &[]).await;
+        announce_route(ctx, &report);
         outcome.no_egress = report.no_egress;
         outcome.retry_at = report.retry_at;
         let egress_ip = report.egress.as_ref().and_then(|e| e.ip);
@@ -169,6 +170,32 @@ pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> Domain
         second_opinion(ctx, &job, doubts, &mut outcome).await;
     }
     outcome
+}
+
+/// Tells the operator when a site has no egress IP left: its mail waits, or goes through
+/// the fallback smarthost (alerts are deduplicated per site).
+fn announce_route(ctx: &QueueContext, report: &AttemptReport) {
+    let Some(site) = &report.site else {
+        return;
+    };
+    match &report.via {
+        Via::Smarthost(name) => ctx.reputation.alert(
+            "no-egress",
+            None,
+            Some(site.to_string()),
+            format!("every egress IP is listed or blocked for {site}: its mail goes through the fallback smarthost {name}"),
+        ),
+        Via::Direct if report.no_egress => ctx.reputation.alert(
+            "no-egress",
+            None,
+            Some(site.to_string()),
+            format!(
+                "every egress IP is listed or blocked for {site}, and no fallback smarthost: its mail waits ({})",
+                report.replies.first().map(|r| r.text.as_str()).unwrap_or("-")
+            ),
+        ),
+        Via::Direct => {}
+    }
 }
 
 /// Sends the job's `recipients` from any egress IP but those in `avoid`.

@@ -131,7 +131,7 @@ impl Reputation {
     }
 
     /// Sends an alert, if alerts are set.
-    pub(super) fn alert(
+    pub fn alert(
         &self,
         event: &'static str,
         ip: Option<IpAddr>,

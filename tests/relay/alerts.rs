@@ -114,3 +114,50 @@ async fn a_learned_block_and_a_suspension_reach_the_webhook_once() {
         "{events:?}"
     );
 }
+
+#[tokio::test]
+async fn a_site_with_no_egress_ip_left_is_announced() {
+    let mut w = World::new().await;
+    let (url, got) = webhook().await;
+    w.setup.extra = format!("\n[alerts]\nwebhook = \"{url}\"\n");
+    w.dest.behave(|b| {
+        for ip in ["127.0.0.2", "127.0.0.3"] {
+            b.refuse_from.insert(
+                ip.parse().unwrap(),
+                format!("554 5.7.1 Service unavailable; Client host [{ip}] blocked using CSI"),
+            );
+        }
+    });
+    let relay = w.setup.start().await;
+    let mut c = crate::support::client::ready(relay.addr).await;
+    c.send_mail(
+        "a@sender.test",
+        &["b@dest.test"],
+        &crate::message("stuck", "x\r\n"),
+    )
+    .await;
+    eventually(
+        || {
+            got.lock()
+                .unwrap()
+                .iter()
+                .any(|v| v["event"] == "no-egress")
+        },
+        || format!("{:?}\n{}", got.lock().unwrap(), relay.log()),
+    )
+    .await;
+    let events = got.lock().unwrap().clone();
+    let no_egress = events.iter().find(|v| v["event"] == "no-egress").unwrap();
+    assert_eq!(no_egress["subject"], "mx.dest.test");
+    assert!(
+        no_egress["text"]
+            .as_str()
+            .unwrap()
+            .contains("its mail waits")
+    );
+    assert_eq!(
+        events.iter().filter(|v| v["event"] == "blocked").count(),
+        2,
+        "{events:?}"
+    );
+}
