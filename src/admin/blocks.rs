@@ -82,3 +82,16 @@ pub(super) async fn lift(
         Err((StatusCode::NOT_FOUND, format!("no block of {ip} there\n")))
     }
 }
+
+/// `GET /api/v1/listings`: every egress IP on every list, and each list's health.
+pub(super) async fn listings(
+    State(admin): State<Admin>,
+) -> Json<crate::reputation::ReputationReport> {
+    Json(admin.reputation.report())
+}
+
+/// `POST /api/v1/listings/refresh`: ask every list about every egress IP now.
+pub(super) async fn refresh(State(admin): State<Admin>) -> Json<serde_json::Value> {
+    admin.reputation.request_refresh();
+    Json(serde_json::json!({ "refresh": "requested" }))
+}

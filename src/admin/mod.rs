@@ -15,7 +15,8 @@
 //! - [`control`]: `POST /api/v1/queue/flush`, `POST …/{id}/hold`, `POST …/{id}/release`,
 //!   `DELETE …/{id}` (`?bounce=REASON` sends the sender a DSN).
 //! - [`blocks`]: `GET /api/v1/blocks`, `POST /api/v1/blocks/suspend?ip=&site=&for=&reason=`,
-//!   `POST /api/v1/blocks/lift?ip=&site=`.
+//!   `POST /api/v1/blocks/lift?ip=&site=`, `GET /api/v1/listings`,
+//!   `POST /api/v1/listings/refresh`.
 
 pub mod api;
 pub mod blocks;
@@ -148,6 +149,8 @@ pub fn router(admin: Admin) -> Router {
         .route("/api/v1/blocks", get(blocks::list))
         .route("/api/v1/blocks/suspend", post(blocks::suspend))
         .route("/api/v1/blocks/lift", post(blocks::lift))
+        .route("/api/v1/listings", get(blocks::listings))
+        .route("/api/v1/listings/refresh", post(blocks::refresh))
         .route(
             "/api/v1/queue/messages/{id}",
             get(queue::show).delete(control::delete),

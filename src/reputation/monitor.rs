@@ -136,7 +136,14 @@ pub fn spawn_monitor(
                 Ok(Err(e)) => tracing::error!(error = %e, "cannot persist listing state"),
                 Err(e) => tracing::error!(error = %e, "listing refresh panicked"),
             }
-            tokio::time::sleep(config.refresh.get()).await;
+            // The next refresh at its time, or at once when the operator asks
+            // (`POST /api/v1/listings/refresh`).
+            tokio::select! {
+                () = tokio::time::sleep(config.refresh.get()) => {}
+                () = reputation.refresh_requested() => {
+                    tracing::info!("blocklist refresh requested by the operator");
+                }
+            }
         }
     })
 }

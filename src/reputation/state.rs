@@ -34,6 +34,8 @@ pub(super) struct Shared {
     pub(super) clock: Clock,
     /// Where listings and blocks are announced, once set.
     pub(super) alerts: std::sync::OnceLock<crate::alerts::Alerts>,
+    /// Wakes the listing monitor for a refresh now.
+    pub(super) refresh: tokio::sync::Notify,
     /// Bumped whenever an IP may have become usable (a delisting, a list found broken).
     pub(super) improved: tokio::sync::watch::Sender<u64>,
 }
@@ -121,8 +123,19 @@ impl Reputation {
                 improved: tokio::sync::watch::Sender::new(0),
                 clock,
                 alerts: std::sync::OnceLock::new(),
+                refresh: tokio::sync::Notify::new(),
             }),
         }
+    }
+
+    /// Asks the listing monitor to check every list now.
+    pub fn request_refresh(&self) {
+        self.shared.refresh.notify_one();
+    }
+
+    /// Resolves when a refresh was asked for.
+    pub(super) async fn refresh_requested(&self) {
+        self.shared.refresh.notified().await;
     }
 
     /// Announces listing and block changes through `alerts` from now on.

@@ -366,3 +366,40 @@ async fn metrics_count_what_happened() {
     );
     assert!(text.contains("sidestep_inbound_sessions"), "{text}");
 }
+
+/// `POST /api/v1/listings/refresh` asks every list now, not at the next hourly refresh.
+#[tokio::test]
+async fn a_listings_refresh_on_request() {
+    let mut w = World::new().await;
+    w.setup.dns.healthy_list("ops.test").await;
+    w.setup.extra = "\n[listings]\nrefresh = \"1h\"\njitter = \"0s\"\n\n[[blocklists]]\nzone = \"ops.test\"\n[blocklists.codes]\n\"127.0.0.2\" = \"spam source\"\n".into();
+    let relay = w.setup.start().await;
+    let admin = relay.admin.unwrap();
+    relay.log_with("blocklist refresh done").await;
+    w.setup
+        .dns
+        .list("ops.test", "127.0.0.2".parse().unwrap(), "127.0.0.2", None)
+        .await;
+    let (status, _) = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+        s.write_all(
+            b"POST /api/v1/listings/refresh HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        (out.split_whitespace().nth(1).unwrap_or("").to_string(), out)
+    };
+    assert_eq!(status, "200");
+    relay.log_with("egress IP listed").await;
+    let (_, body) = http(admin, local(), "/api/v1/listings", None).await;
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let listed = report["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["ip"] == "127.0.0.2" && r["state"]["Listed"].is_object());
+    assert!(listed, "{report:#}");
+}
