@@ -82,6 +82,8 @@ pub struct Metrics {
     pub queue_messages: Family<StateLabels, Gauge>,
     /// Inbound sessions open (set when scraped).
     pub sessions_open: Gauge,
+    /// Age in seconds of the oldest queued message, 0 for an empty queue (set when scraped).
+    pub oldest_age: Gauge,
     /// Blocks (learned or manual) holding now, by egress IP (set when scraped).
     pub blocks_active: Family<EgressLabels, Gauge>,
     /// 1 when an egress IP is listed on a list (set when scraped).
@@ -125,6 +127,7 @@ impl Metrics {
             dns_failures: Counter::default(),
             queue_messages: Family::default(),
             sessions_open: Gauge::default(),
+            oldest_age: Gauge::default(),
             blocks_active: Family::default(),
             listed: Family::default(),
             sites: Mutex::new(HashSet::new()),
@@ -176,6 +179,11 @@ impl Metrics {
             "inbound_sessions",
             "Inbound SMTP sessions open",
             m.sessions_open.clone(),
+        );
+        registry.register(
+            "oldest_message_age_seconds",
+            "Age of the oldest queued message",
+            m.oldest_age.clone(),
         );
         registry.register(
             "blocks_active",

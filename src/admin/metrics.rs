@@ -22,6 +22,9 @@ pub(super) async fn metrics_text(State(admin): State<Admin>) -> impl IntoRespons
             })
             .set(n as i64);
     }
+    if let Ok(summary) = super::queue::summarize(&admin).await {
+        m.oldest_age.set(summary.oldest_age_s.unwrap_or(0) as i64);
+    }
     if let Some(sessions) = &admin.sessions {
         m.sessions_open.set(sessions.running() as i64);
     }

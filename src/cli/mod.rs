@@ -276,14 +276,36 @@ pub(crate) fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<crat
     Ok(config)
 }
 
-/// The relay's reputation state (listings, blocks), read-only while it runs.
+/// The relay's reputation state (listings, blocks, learned replies): from its admin API
+/// while it runs (the state in memory), else from the state file it keeps.
 pub(crate) fn load_state(
     config: &crate::config::Config,
 ) -> anyhow::Result<crate::reputation::ReputationReport> {
+    if let Some(report) = state_from_api(config) {
+        return Ok(report);
+    }
     crate::reputation::read_report(&config.spool.directory).map_err(|e| {
         anyhow::anyhow!(
             "no state in {} ({e}); has sidestep run with this spool?",
             config.spool.directory.display()
         )
+    })
+}
+
+/// The running relay's state through `GET /api/v1/listings`, if it answers at once.
+fn state_from_api(config: &crate::config::Config) -> Option<crate::reputation::ReputationReport> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    runtime.block_on(async {
+        let body = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            admin_client::get(config, "/api/v1/listings"),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        serde_json::from_slice(&body).ok()
     })
 }

@@ -365,6 +365,10 @@ async fn metrics_count_what_happened() {
         "{text}"
     );
     assert!(text.contains("sidestep_inbound_sessions"), "{text}");
+    assert!(
+        text.contains("sidestep_oldest_message_age_seconds 0"),
+        "{text}"
+    );
 }
 
 /// `POST /api/v1/listings/refresh` asks every list now, not at the next hourly refresh.
@@ -402,4 +406,27 @@ async fn a_listings_refresh_on_request() {
         .iter()
         .any(|r| r["ip"] == "127.0.0.2" && r["state"]["Listed"].is_object());
     assert!(listed, "{report:#}");
+}
+
+/// While the relay runs, `blocks` (and `listings`, `delist-report`) ask it (the state in
+/// memory), not the file.
+#[tokio::test]
+async fn blocks_and_listings_come_from_the_running_relay() {
+    let w = World::new().await;
+    let relay = w.setup.start().await;
+    w.setup.cli(&[
+        "suspend",
+        "127.0.0.2",
+        "--for",
+        "1h",
+        "--reason",
+        "from the api",
+    ]);
+    // Without its file, only the running relay can answer.
+    std::fs::remove_file(w.setup.dir.path().join("spool/reputation.redb")).unwrap();
+    let blocks = w.setup.cli_json(&["blocks"]);
+    assert_eq!(blocks[0]["ip"], "127.0.0.2", "{blocks}");
+    let blocks = w.setup.cli(&["blocks"]);
+    assert!(blocks.contains("suspended by the operator"), "{blocks}");
+    drop(relay);
 }
