@@ -168,9 +168,6 @@ async fn an_admin_listen_of_nothing_turns_it_off_and_the_cli_says_so() {
     assert!(err.contains("admin API is off"), "{err}");
 }
 
-/// A retry schedule no test outlives: mail goes out only when the operator says so.
-const NO_RETRY_SOON: &str = "retry_initial = \"1h\"\nretry_max = \"1h\"\nmax_lifetime = \"2h\"";
-
 /// Sends one message to b@dest.test and waits until its first attempt was deferred;
 /// returns its queue id.
 async fn queue_one(relay: &crate::support::relay::Relay, subject: &str, n: usize) -> String {
@@ -189,7 +186,7 @@ async fn queue_one(relay: &crate::support::relay::Relay, subject: &str, n: usize
 #[tokio::test]
 async fn flush_sends_now_what_would_wait_an_hour() {
     let mut w = World::new().await;
-    w.setup.queue = NO_RETRY_SOON.into();
+    w.setup.queue = crate::NO_RETRY_SOON.into();
     w.dest
         .behave(|b| b.data.push_back("451 4.3.0 try again later".into()));
     let relay = w.setup.start().await;
@@ -204,7 +201,7 @@ async fn flush_sends_now_what_would_wait_an_hour() {
 #[tokio::test]
 async fn a_held_message_waits_across_a_restart_until_released() {
     let mut w = World::new().await;
-    w.setup.queue = NO_RETRY_SOON.into();
+    w.setup.queue = crate::NO_RETRY_SOON.into();
     w.dest
         .behave(|b| b.data.push_back("451 4.3.0 try again later".into()));
     let relay = w.setup.start().await;
@@ -232,7 +229,7 @@ async fn a_held_message_waits_across_a_restart_until_released() {
 #[tokio::test]
 async fn delete_is_quiet_or_bounces_with_the_operators_reason() {
     let mut w = World::new().await;
-    w.setup.queue = NO_RETRY_SOON.into();
+    w.setup.queue = crate::NO_RETRY_SOON.into();
     w.dest
         .behave(|b| b.data_always = Some("451 4.3.0 try again later".into()));
     let relay = w.setup.start().await;

@@ -13,9 +13,6 @@ fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 
-/// A retry schedule no test outlives: mail delivered came through in its first attempt.
-const NO_RETRY_SOON: &str = "retry_initial = \"1h\"\nretry_max = \"1h\"\nmax_lifetime = \"2h\"";
-
 /// Sends `n` messages one after the other and waits until the relay is done with each.
 async fn send_and_settle(relay: &crate::support::relay::Relay, n: usize) {
     for i in 0..n {
@@ -35,7 +32,7 @@ async fn send_and_settle(relay: &crate::support::relay::Relay, n: usize) {
 #[tokio::test]
 async fn an_ip_refusal_in_unknown_words_reroutes_and_is_learned() {
     let mut w = World::new().await;
-    w.setup.queue = NO_RETRY_SOON.into();
+    w.setup.queue = crate::NO_RETRY_SOON.into();
     // After DATA, in words no rule knows (the rules read it as local policy).
     let refusal = "554 5.7.1 Transaction refused by local policy, ref 8a2f";
     w.dest.behave(|b| {
@@ -96,7 +93,7 @@ async fn an_ip_refusal_in_unknown_words_reroutes_and_is_learned() {
 async fn a_deferral_naming_the_ip_is_asked_elsewhere_at_once() {
     let mut w = World::new().await;
     // Nothing waits for a retry: what arrives went out within its first attempt.
-    w.setup.queue = NO_RETRY_SOON.into();
+    w.setup.queue = crate::NO_RETRY_SOON.into();
     let deferral = "451 4.7.1 Connections from 127.0.0.2 not accepted at this time";
     w.dest.behave(|b| {
         b.refuse_from.insert(ip("127.0.0.2"), deferral.to_string());
@@ -157,7 +154,7 @@ async fn content_refused_from_every_ip_costs_two_attempts_and_one_dsn() {
 async fn with_one_ip_the_fallback_smarthost_gives_the_second_opinion() {
     let mut w = World::new().await;
     w.setup.egress = vec![2];
-    w.setup.queue = NO_RETRY_SOON.into();
+    w.setup.queue = crate::NO_RETRY_SOON.into();
     let refusal = "550 5.7.1 Message refused (policy 17)";
     w.dest.behave(|b| {
         b.data_from.insert(ip("127.0.0.2"), refusal.to_string());
