@@ -1,6 +1,6 @@
 //! Alerts: the operator hears it from sidestep first (an IP listed, a block learned). Each
-//! event is POSTed as JSON to `[alerts] webhook`, from a task of its own so that no stage
-//! waits on it; the same event for the same IP and site is sent at most once per
+//! event is POSTed as JSON to `[alerts] webhook` and/or mailed to `[alerts] mail` through
+//! the relay's own queue, from a task of its own so that no stage waits on it; the same event for the same IP and site is sent at most once per
 //! `[alerts] repeat_after`, and at most `[alerts] max_per_hour` go out in all.
 
 use std::collections::HashMap;
@@ -39,6 +39,12 @@ pub struct Alerts {
 
 struct Inner {
     tx: mpsc::UnboundedSender<Alert>,
+    /// The alert mail's recipient and the queue it goes through, once the queue runs.
+    mail: std::sync::OnceLock<(
+        crate::envelope::Address,
+        crate::spool::Spool,
+        crate::queue::QueueHandle,
+    )>,
     host: String,
     repeat_after: Duration,
     max_per_hour: u32,
@@ -53,31 +59,57 @@ struct Sent {
 }
 
 impl Alerts {
-    /// Starts the sender task when a webhook is configured; a no-op handle otherwise.
+    /// Starts the sender task when a webhook or a mail address is configured; a no-op
+    /// handle otherwise.
     pub fn start(config: &AlertsConfig, host: &str) -> Self {
-        let Some(url) = config.webhook.clone().filter(|u| !u.trim().is_empty()) else {
+        let url = config.webhook.clone().filter(|u| !u.trim().is_empty());
+        let mails = config.mail.as_deref().is_some_and(|m| !m.trim().is_empty());
+        if url.is_none() && !mails {
             return Self::default();
-        };
+        }
         let (tx, mut rx) = mpsc::unbounded_channel::<Alert>();
+        let inner = Arc::new(Inner {
+            tx,
+            mail: std::sync::OnceLock::new(),
+            host: host.to_string(),
+            repeat_after: config.repeat_after.get(),
+            max_per_hour: config.max_per_hour,
+            sent: Mutex::new(Sent {
+                last: HashMap::new(),
+                hour_start: Instant::now(),
+                count: 0,
+            }),
+        });
+        let sender = inner.clone();
         tokio::spawn(async move {
             while let Some(alert) = rx.recv().await {
-                if let Err(e) = post(&url, &alert).await {
+                if let Some(url) = &url
+                    && let Err(e) = post(url, &alert).await
+                {
                     tracing::warn!(error = %e, event = alert.event, "alert webhook failed");
+                }
+                if let Some((to, spool, queue)) = sender.mail.get()
+                    && let Err(e) = mail(to, spool, queue, &alert).await
+                {
+                    tracing::warn!(error = %e, event = alert.event, "alert mail could not be queued");
                 }
             }
         });
-        Self {
-            inner: Some(Arc::new(Inner {
-                tx,
-                host: host.to_string(),
-                repeat_after: config.repeat_after.get(),
-                max_per_hour: config.max_per_hour,
-                sent: Mutex::new(Sent {
-                    last: HashMap::new(),
-                    hour_start: Instant::now(),
-                    count: 0,
-                }),
-            })),
+        Self { inner: Some(inner) }
+    }
+
+    /// Sends alerts by mail to `[alerts] mail` too, through this spool and queue.
+    pub fn mail_through(
+        &self,
+        config: &AlertsConfig,
+        spool: crate::spool::Spool,
+        queue: crate::queue::QueueHandle,
+    ) {
+        let (Some(inner), Some(to)) = (&self.inner, &config.mail) else {
+            return;
+        };
+        if let Ok(to) = crate::envelope::Address::parse(to, false) {
+            let _ = inner.mail.set((to, spool, queue));
         }
     }
 
@@ -129,6 +161,56 @@ impl Alerts {
             at,
         });
     }
+}
+
+/// Queues the alert as a mail to `to`, from `postmaster@<host>` with a null envelope
+/// sender, like a DSN.
+async fn mail(
+    to: &crate::envelope::Address,
+    spool: &crate::spool::Spool,
+    queue: &crate::queue::QueueHandle,
+    alert: &Alert,
+) -> Result<(), crate::spool::SpoolError> {
+    use crate::spool::{QueueId, QueuedMessage, RecipientState, RecipientStatus};
+    let id = QueueId::generate();
+    let subject: String = format!("[sidestep {}] {}", alert.host, alert.event);
+    let date = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc2822)
+        .unwrap_or_default();
+    let body = format!(
+        "From: sidestep <postmaster@{host}>\r\nTo: <{to}>\r\nSubject: {subject}\r\nDate: {date}\r\nMessage-ID: <{id}@{host}>\r\nAuto-Submitted: auto-generated\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n\r\nevent: {event}\r\nip: {ip}\r\nsubject: {subj}\r\nat: {at}\r\n",
+        host = alert.host,
+        text = alert.text.replace(['\r', '\n'], " "),
+        event = alert.event,
+        ip = alert.ip.as_deref().unwrap_or("-"),
+        subj = alert.subject.as_deref().unwrap_or("-"),
+        at = alert.at,
+    )
+    .into_bytes();
+    let now = crate::clock::unix_now_ms();
+    let msg = QueuedMessage {
+        id,
+        sender: crate::envelope::Sender::Null,
+        recipients: vec![RecipientState {
+            address: to.clone(),
+            status: RecipientStatus::Pending { last: None },
+            notified: false,
+        }],
+        flags: crate::envelope::BodyFlags {
+            eight_bit: !body.is_ascii(),
+            smtputf8: false,
+        },
+        received_at: now / 1000,
+        attempts: 0,
+        next_attempt_ms: now,
+        size: body.len() as u64,
+        client: "local (alert)".into(),
+        body: None,
+        held: false,
+    };
+    spool.store_message(&msg, body).await?;
+    queue.enqueued(&msg);
+    Ok(())
 }
 
 /// POSTs the alert as JSON to an `http://host:port/path` URL.

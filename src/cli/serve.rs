@@ -40,6 +40,12 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         Arc::new(Classifier::new(&config.classify.rules).context("loading classification rules")?),
     ));
     let queue = queue::start(ctx.clone()).context("recovering the queue")?;
+    alerts.mail_through(&config.alerts, spool.clone(), queue.clone());
+    watch_spool_space(
+        config.spool.directory.clone(),
+        config.alerts.spool_free_below,
+        alerts.clone(),
+    );
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let sessions = inbound::Sessions::new(&config.server);
     let inbound = Arc::new(Inbound {
@@ -172,6 +178,43 @@ fn read_token(config: &crate::config::Config) -> anyhow::Result<Option<String>> 
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(Some(text.lines().next().unwrap_or("").trim().to_string()))
+}
+
+/// Warns (an alert, and the log) when the spool's file system has less than
+/// `below_percent` free, checked every 30 s: before it is full and mail gets 452.
+fn watch_spool_space(dir: std::path::PathBuf, below_percent: u8, alerts: crate::alerts::Alerts) {
+    tokio::spawn(async move {
+        loop {
+            let d = dir.clone();
+            let free = tokio::task::spawn_blocking(move || {
+                rustix::fs::statvfs(&d).ok().map(|s| {
+                    let total = s.f_blocks.max(1) as f64;
+                    (s.f_bavail as f64 * 100.0 / total, s.f_bavail * s.f_frsize)
+                })
+            })
+            .await
+            .ok()
+            .flatten();
+            if let Some((percent, bytes)) = free
+                && percent < f64::from(below_percent)
+            {
+                tracing::warn!(
+                    free_percent = format!("{percent:.1}"),
+                    free_bytes = bytes,
+                    "spool nearly full"
+                );
+                alerts.send(
+                    "spool-nearly-full",
+                    None,
+                    Some(dir.display().to_string()),
+                    format!(
+                        "the spool's file system has {percent:.1}% free ({bytes} bytes); at 0 new mail gets 452"
+                    ),
+                );
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        }
+    });
 }
 
 /// The file in the spool directory that holds the admin API's address.

@@ -66,6 +66,11 @@ pub struct AlertsConfig {
     pub repeat_after: HumanDuration,
     /// At most this many alerts an hour, whatever happens.
     pub max_per_hour: u32,
+    /// An address that gets each alert as a mail too, sent through the relay's own queue
+    /// from `postmaster@<hostname>` (with a null envelope sender: no bounce loops).
+    pub mail: Option<String>,
+    /// Warn when the spool's file system has less free space than this, in percent.
+    pub spool_free_below: u8,
 }
 
 impl Default for AlertsConfig {
@@ -74,6 +79,8 @@ impl Default for AlertsConfig {
             webhook: None,
             repeat_after: HumanDuration::from_secs(3600),
             max_per_hour: 60,
+            mail: None,
+            spool_free_below: 10,
         }
     }
 }

@@ -22,6 +22,20 @@ pub(super) fn all(c: &Config) -> Vec<ConfigError> {
     smarthosts(c, &mut err);
     routes(c, &mut err);
     admin(c, &mut err);
+    if let Some(to) = &c.alerts.mail
+        && crate::envelope::Address::parse(to, false).is_err()
+    {
+        err(
+            "alerts.mail".into(),
+            format!("{to:?} is not a mail address"),
+        );
+    }
+    if c.alerts.spool_free_below > 100 {
+        err(
+            "alerts.spool_free_below".into(),
+            "a percentage: 0 to 100".into(),
+        );
+    }
     if let Some(url) = &c.alerts.webhook
         && !url.trim().is_empty()
         && !url.starts_with("http://")

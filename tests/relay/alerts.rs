@@ -161,3 +161,27 @@ async fn a_site_with_no_egress_ip_left_is_announced() {
         "{events:?}"
     );
 }
+
+/// `[alerts] mail`: the alert goes out as a mail through the relay's own queue, from
+/// postmaster with a null envelope sender; a spool below its free-space mark is announced.
+#[tokio::test]
+async fn alerts_go_out_by_mail_and_a_low_spool_is_announced() {
+    let mut w = World::new().await;
+    // Every file system is below 100% free: the warning fires at start.
+    w.setup.extra = "\n[alerts]\nmail = \"ops@sender.test\"\nspool_free_below = 100\n".into();
+    let relay = w.setup.start().await;
+    relay.log_with("spool nearly full").await;
+    let got = w.sender.wait_for(1).await;
+    let text = String::from_utf8_lossy(&got[0].data).into_owned();
+    assert_eq!(got[0].rcpts, vec!["ops@sender.test"]);
+    assert!(got[0].mail_from.starts_with("<>"), "a null envelope sender");
+    assert!(
+        text.contains("From: sidestep <postmaster@relay.test>"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Subject: [sidestep relay.test] spool-nearly-full"),
+        "{text}"
+    );
+    assert!(text.contains("free"), "{text}");
+}
