@@ -24,7 +24,7 @@ pub use dnsbl_check::dnsbl_check;
 pub use listings::listings;
 pub use logs::BatchedStderr;
 pub use queue::{QueueCommand, QueueView, command as queue_command, queue, suspension};
-pub use reload::{Reloader, reload};
+pub use reload::{Reloader, Running, reload};
 pub use serve::serve;
 
 /// Outbound SMTP relay that keeps mail flowing when an egress IP is blocklisted.

@@ -15,6 +15,24 @@ use crate::outbound::Outbound;
 use crate::queue::{QueueContext, QueueHandle};
 use crate::reputation::Reputation;
 
+/// The running relay's pieces a reload replaces or builds from.
+pub struct Running {
+    /// The configuration in force.
+    pub config: Arc<Config>,
+    /// The queue's context under it.
+    pub ctx: Arc<QueueContext>,
+    /// The inbound side, whose configuration new sessions take.
+    pub inbound: Arc<Inbound>,
+    /// The scheduler, told about the new context.
+    pub queue: QueueHandle,
+    /// The resolver new outbound sides and monitors use.
+    pub resolver: Resolver,
+    /// Listings and blocks; its lists are replaced.
+    pub reputation: Reputation,
+    /// The listing monitor now.
+    pub monitor: tokio::task::JoinHandle<()>,
+}
+
 /// What a reload swaps, and what it needs to build the new pieces.
 pub struct Reloader {
     path: Option<PathBuf>,
@@ -23,26 +41,21 @@ pub struct Reloader {
     queue: QueueHandle,
     resolver: Resolver,
     reputation: Reputation,
+    /// The listing monitor, restarted with the new lists and egress IPs.
+    monitor: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Reloader {
-    /// A reloader for the relay started from `path` with this configuration and queue.
-    pub fn new(
-        path: Option<&Path>,
-        config: Arc<Config>,
-        ctx: Arc<QueueContext>,
-        inbound: Arc<Inbound>,
-        queue: QueueHandle,
-        resolver: Resolver,
-        reputation: Reputation,
-    ) -> Self {
+    /// A reloader for the relay started from `path`, running these.
+    pub fn new(path: Option<&Path>, running: Running) -> Self {
         Self {
             path: path.map(Path::to_path_buf),
-            current: Mutex::new((config, ctx)),
-            inbound,
-            queue,
-            resolver,
-            reputation,
+            current: Mutex::new((running.config, running.ctx)),
+            inbound: running.inbound,
+            queue: running.queue,
+            resolver: running.resolver,
+            reputation: running.reputation,
+            monitor: Mutex::new(Some(running.monitor)),
         }
     }
 
@@ -96,6 +109,18 @@ impl Reloader {
         let ctx = Arc::new(current.1.reconfigured(config.clone(), outbound, classifier));
         self.inbound.reconfigure(config.clone());
         self.queue.reconfigure(ctx.clone());
+        // The lists and the egress IPs they are asked about: a new monitor.
+        self.reputation.set_lists(config.blocklists.clone());
+        let mut monitor = self.monitor.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = monitor.take() {
+            old.abort();
+        }
+        *monitor = Some(crate::reputation::spawn_monitor(
+            self.reputation.clone(),
+            self.resolver.clone(),
+            config.egress_ips(),
+            config.listings.clone(),
+        ));
         *current = (config, ctx);
         ReloadOutcome {
             applied: true,
@@ -106,8 +131,7 @@ impl Reloader {
 }
 
 /// The settings that changed but are fixed for the life of the process: listeners, the
-/// spool, the session table's sizes, the global connection limit, the resolver and the
-/// blocklist monitor.
+/// spool, the session table's sizes, the global connection limit, the resolver.
 fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     let s = |c: &Config| {
         [
@@ -134,8 +158,6 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
                 format!("{:?}", c.delivery.max_connections),
             ),
             ("dns", format!("{:?}", c.dns)),
-            ("blocklists", format!("{:?}", c.blocklists)),
-            ("listings", format!("{:?}", c.listings)),
             ("admin", format!("{:?}", c.admin)),
             ("log", format!("{:?}", c.log)),
             ("alerts", format!("{:?}", c.alerts)),

@@ -24,7 +24,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         .context("loading listing state")?;
     let alerts = crate::alerts::Alerts::start(&config.alerts, &config.server.hostname);
     reputation.set_alerts(alerts.clone());
-    reputation::spawn_monitor(
+    let monitor = reputation::spawn_monitor(
         reputation.clone(),
         resolver.clone(),
         config.egress_ips(),
@@ -58,12 +58,15 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     });
     let reloader = Arc::new(super::Reloader::new(
         config_path,
-        config.clone(),
-        ctx,
-        inbound.clone(),
-        queue.clone(),
-        resolver,
-        reputation.clone(),
+        super::Running {
+            config: config.clone(),
+            ctx,
+            inbound: inbound.clone(),
+            queue: queue.clone(),
+            resolver,
+            reputation: reputation.clone(),
+            monitor,
+        },
     ));
 
     // Signal handlers first: a SIGTERM or SIGHUP that arrives once the port is announced

@@ -94,7 +94,7 @@ impl Reputation {
     pub fn describe(&self, ip: IpAddr) -> Vec<String> {
         let state = self.lock();
         let mut out = Vec::new();
-        for list in &self.shared.lists {
+        for list in self.lists().iter() {
             if state
                 .health
                 .get(&list.zone)
@@ -123,13 +123,14 @@ impl Reputation {
     /// The state could not be persisted (it is still updated in memory).
     pub fn apply(&self, outcome: CheckOutcome) -> Result<(), StoreError> {
         let now = self.shared.clock.now();
+        let lists = self.lists();
         let mut improved = false;
         // Sent once the state's lock is released.
         let mut alerts: Vec<(&'static str, Option<IpAddr>, String, String)> = Vec::new();
         let report = {
             let mut state = self.lock();
             for (zone, result) in outcome.health {
-                let list = self.shared.lists.iter().find(|l| l.zone == zone);
+                let list = lists.iter().find(|l| l.zone == zone);
                 let h = state
                     .health
                     .entry(zone.clone())
@@ -176,7 +177,7 @@ impl Reputation {
                 }
             }
             for (ip, zone, result) in outcome.findings {
-                let list = self.shared.lists.iter().find(|l| l.zone == zone);
+                let list = lists.iter().find(|l| l.zone == zone);
                 let removal = list.and_then(|l| l.removal_url.clone()).unwrap_or_default();
                 let r = state
                     .records
@@ -251,7 +252,7 @@ impl Reputation {
                     }
                 }
             }
-            state.listed = compute_listed(&self.shared.lists, &state);
+            state.listed = compute_listed(&lists, &state);
             state.report()
         };
         if improved {

@@ -125,7 +125,8 @@ pub fn spawn_monitor(
             return;
         }
         loop {
-            let outcome = check_all(&resolver, reputation.lists(), &ips, config.jitter.get()).await;
+            let lists = reputation.lists();
+            let outcome = check_all(&resolver, &lists, &ips, config.jitter.get()).await;
             let queries = outcome.findings.len();
             let apply = {
                 let reputation = reputation.clone();

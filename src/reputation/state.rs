@@ -24,7 +24,7 @@ pub struct Reputation {
 }
 
 pub(super) struct Shared {
-    pub(super) lists: Vec<BlocklistConfig>,
+    pub(super) lists: std::sync::RwLock<Arc<[BlocklistConfig]>>,
     pub(super) state: Mutex<State>,
     pub(super) db: Option<Arc<redb::Database>>,
     /// Held while a block is written, so writes of one block land in the order of the
@@ -116,7 +116,7 @@ impl Reputation {
         state.listed = compute_listed(&lists, &state);
         Self {
             shared: Arc::new(Shared {
-                lists,
+                lists: std::sync::RwLock::new(lists.into()),
                 state: Mutex::new(state),
                 db,
                 persist: Mutex::new(()),
@@ -162,8 +162,23 @@ impl Reputation {
     }
 
     /// The configured blocklists.
-    pub fn lists(&self) -> &[BlocklistConfig] {
-        &self.shared.lists
+    pub fn lists(&self) -> Arc<[BlocklistConfig]> {
+        self.shared
+            .lists
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Puts a reloaded `[[blocklists]]` in force: standings are recomputed at once (a
+    /// list removed no longer counts), the next refresh asks the new lists.
+    pub fn set_lists(&self, lists: Vec<BlocklistConfig>) {
+        let lists: Arc<[BlocklistConfig]> = lists.into();
+        *self.shared.lists.write().unwrap_or_else(|e| e.into_inner()) = lists.clone();
+        let mut state = self.lock();
+        state.listed = compute_listed(&lists, &state);
+        drop(state);
+        self.shared.improved.send_modify(|n| *n += 1);
     }
 
     pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, State> {

@@ -208,3 +208,29 @@ async fn reload_swaps_a_valid_config_and_refuses_a_broken_one() {
         "{out}"
     );
 }
+
+/// A reload that adds a blocklist puts it in force: the monitor asks it, and a listed IP
+/// leaves the rotation without a restart.
+#[tokio::test]
+async fn a_reload_brings_in_a_new_blocklist() {
+    let mut w = World::new().await;
+    let relay = w.setup.start().await;
+    w.setup.dns.healthy_list("rl.test").await;
+    w.setup
+        .dns
+        .list("rl.test", "127.0.0.2".parse().unwrap(), "127.0.0.2", None)
+        .await;
+    w.setup.extra = "\n[listings]\nrefresh = \"1h\"\njitter = \"0s\"\n\n[[blocklists]]\nzone = \"rl.test\"\nseverity = \"hard\"\n[blocklists.codes]\n\"127.0.0.2\" = \"spam source\"\n".into();
+    std::fs::write(w.setup.dir.path().join("sidestep.toml"), w.setup.config()).unwrap();
+    let out = w.setup.cli(&["reload"]);
+    assert!(out.contains("reloaded"), "{out}");
+    relay.log_with("egress IP listed").await;
+    w.send_in_a_row(&relay, 4).await;
+    let peers: Vec<String> = w
+        .dest
+        .messages()
+        .iter()
+        .map(|m| m.peer.to_string())
+        .collect();
+    assert!(peers.iter().all(|p| p == "127.0.0.3"), "{peers:?}");
+}
