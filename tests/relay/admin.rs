@@ -281,13 +281,11 @@ async fn an_operators_suspension_reroutes_until_lifted() {
     ]);
     assert!(out.contains("suspended by the operator"), "{out}");
     w.send_in_a_row(&relay, 4).await;
-    let peers: Vec<String> = w
-        .dest
-        .messages()
-        .iter()
-        .map(|m| m.peer.to_string())
-        .collect();
-    assert!(peers.iter().all(|p| p == "127.0.0.3"), "{peers:?}");
+    let peers = w.dest.peers();
+    assert!(
+        peers.iter().all(|p| p.to_string() == "127.0.0.3"),
+        "{peers:?}"
+    );
     let blocks = w.setup.cli_json(&["blocks"]);
     assert_eq!(blocks[0]["manual"], true, "{blocks}");
     assert_eq!(blocks[0]["site"], "mx.dest.test");
@@ -321,11 +319,11 @@ async fn an_operators_suspension_reroutes_until_lifted() {
         w.dest.wait_for(i + 1).await;
         relay.log_count("every recipient is final", i + 1).await;
     }
-    let later: Vec<String> = w.dest.messages()[4..]
-        .iter()
-        .map(|m| m.peer.to_string())
-        .collect();
-    assert!(later.iter().all(|p| p == "127.0.0.2"), "{later:?}");
+    let later = w.dest.peers().split_off(4);
+    assert!(
+        later.iter().all(|p| p.to_string() == "127.0.0.2"),
+        "{later:?}"
+    );
 }
 
 #[tokio::test]

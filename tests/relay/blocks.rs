@@ -112,7 +112,7 @@ async fn csi_block_routes_around_the_ip_for_the_whole_site() {
         send(relay.addr, "z@dest.test", &format!("dest-{i}")).await;
         w.dest.wait_for(i + 1).await;
     }
-    let peers: Vec<IpAddr> = w.dest.messages().iter().map(|m| m.peer).collect();
+    let peers = w.dest.peers();
     assert!(
         peers.contains(&ip("127.0.0.2")) && peers.contains(&ip("127.0.0.3")),
         "{peers:?}"

@@ -61,7 +61,7 @@ async fn consecutive_messages_rotate_egress_ips() {
     let w = World::new().await;
     let relay = w.setup.start().await;
     w.send_in_a_row(&relay, 4).await;
-    let peers: Vec<IpAddr> = w.dest.messages().iter().map(|m| m.peer).collect();
+    let peers = w.dest.peers();
     let two: IpAddr = "127.0.0.2".parse().unwrap();
     let three: IpAddr = "127.0.0.3".parse().unwrap();
     assert!(

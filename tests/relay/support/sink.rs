@@ -159,6 +159,16 @@ impl Sink {
         self.received.lock().unwrap().clone()
     }
 
+    /// The egress IP each message came from, in arrival order.
+    pub fn peers(&self) -> Vec<IpAddr> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|m| m.peer)
+            .collect()
+    }
+
     /// Waits until at least `n` messages arrived; panics after [`PATIENCE`].
     pub async fn wait_for(&self, n: usize) -> Vec<Received> {
         let deadline = tokio::time::Instant::now() + PATIENCE;
