@@ -25,6 +25,10 @@ pub struct Alert {
     pub subject: Option<String>,
     /// What happened, in a sentence, with the evidence (exact reply, removal link).
     pub text: String,
+    /// For blocks: the delisting report of the block (since when, exact reply, MX, log
+    /// line, removal link), the text a delisting form asks for, ready to paste.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<String>,
     /// The relay's host name.
     pub host: String,
     /// When (RFC 3339).
@@ -121,6 +125,18 @@ impl Alerts {
         subject: Option<String>,
         text: String,
     ) {
+        self.send_with_report(event, ip, subject, text, None);
+    }
+
+    /// [`Alerts::send`] with a delisting report attached.
+    pub fn send_with_report(
+        &self,
+        event: &'static str,
+        ip: Option<String>,
+        subject: Option<String>,
+        text: String,
+        report: Option<String>,
+    ) {
         let Some(inner) = &self.inner else {
             return;
         };
@@ -157,6 +173,7 @@ impl Alerts {
             ip,
             subject,
             text,
+            report,
             host: inner.host.clone(),
             at,
         });
@@ -171,16 +188,20 @@ async fn mail(
     queue: &crate::queue::QueueHandle,
     alert: &Alert,
 ) -> Result<(), crate::spool::SpoolError> {
-    use crate::spool::{QueueId, QueuedMessage, RecipientState, RecipientStatus};
+    use crate::spool::{QueueId, QueuedMessage, RecipientState};
     let id = QueueId::generate();
     let subject: String = format!("[sidestep {}] {}", alert.host, alert.event);
     let date = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc2822)
         .unwrap_or_default();
     let body = format!(
-        "From: sidestep <postmaster@{host}>\r\nTo: <{to}>\r\nSubject: {subject}\r\nDate: {date}\r\nMessage-ID: <{id}@{host}>\r\nAuto-Submitted: auto-generated\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n\r\nevent: {event}\r\nip: {ip}\r\nsubject: {subj}\r\nat: {at}\r\n",
+        "From: sidestep <postmaster@{host}>\r\nTo: <{to}>\r\nSubject: {subject}\r\nDate: {date}\r\nMessage-ID: <{id}@{host}>\r\nAuto-Submitted: auto-generated\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n\r\nevent: {event}\r\nip: {ip}\r\nsubject: {subj}\r\nat: {at}\r\n{report}",
         host = alert.host,
         text = alert.text.replace(['\r', '\n'], " "),
+        report = alert.report.as_deref().map_or_else(String::new, |r| format!(
+            "\r\nDelisting report:\r\n{}\r\n",
+            r.lines().collect::<Vec<_>>().join("\r\n")
+        )),
         event = alert.event,
         ip = alert.ip.as_deref().unwrap_or("-"),
         subj = alert.subject.as_deref().unwrap_or("-"),
@@ -191,11 +212,7 @@ async fn mail(
     let msg = QueuedMessage {
         id,
         sender: crate::envelope::Sender::Null,
-        recipients: vec![RecipientState {
-            address: to.clone(),
-            status: RecipientStatus::Pending { last: None },
-            notified: false,
-        }],
+        recipients: vec![RecipientState::pending(to.clone())],
         flags: crate::envelope::BodyFlags {
             eight_bit: !body.is_ascii(),
             smtputf8: false,
@@ -207,6 +224,7 @@ async fn mail(
         client: "local (alert)".into(),
         body: None,
         held: false,
+        history: Vec::new(),
     };
     spool.store_message(&msg, body).await?;
     queue.enqueued(&msg);

@@ -22,6 +22,12 @@ pub fn unix_now_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// Unix seconds as RFC 3339 (`2026-11-25T16:22:49Z`): how stored times are shown to
+/// operators.
+pub fn rfc3339(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
+}
+
 /// The system clock, or (in tests) a clock that moves only when told, or with tokio's.
 #[derive(Debug, Clone, Default)]
 pub struct Clock {

@@ -62,10 +62,16 @@ fn main() -> ExitCode {
                 None => cli::QueueView::Summary,
                 Some(cli::QueueAction::List {
                     domain,
+                    site,
+                    egress,
                     state,
                     limit,
                 }) => cli::QueueView::List {
-                    domain: domain.as_deref(),
+                    filter: cli::QueueFilter {
+                        domain: domain.as_deref(),
+                        site: site.as_deref(),
+                        egress: egress.as_deref(),
+                    },
                     state: state.as_deref(),
                     limit: *limit,
                 },
@@ -77,11 +83,17 @@ fn main() -> ExitCode {
             config,
             json,
             domain,
+            site,
+            egress,
             id,
         } => {
             let c = cli::QueueCommand::Flush {
                 id: id.as_deref(),
-                domain: domain.as_deref(),
+                filter: cli::QueueFilter {
+                    domain: domain.as_deref(),
+                    site: site.as_deref(),
+                    egress: egress.as_deref(),
+                },
             };
             done(run_to_end(cli::queue_command(config.as_deref(), c, json)))
         }

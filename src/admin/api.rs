@@ -16,6 +16,15 @@ pub struct QueueSummary {
     pub by_state: BTreeMap<String, usize>,
     /// Pending recipients by destination domain, largest first.
     pub by_domain: Vec<DomainCount>,
+    /// Pending recipients by destination site (the MX set the latest attempt found;
+    /// `-` for domains not tried yet), largest first.
+    #[serde(default)]
+    pub by_site: Vec<GroupCount>,
+    /// Pending recipients by the egress IP of their latest attempt (`smarthost:NAME`
+    /// through a smarthost, `-` when not tried yet or nothing could be sent), largest
+    /// first.
+    #[serde(default)]
+    pub by_egress: Vec<GroupCount>,
     /// Age in seconds of the oldest message, if any.
     pub oldest_age_s: Option<u64>,
 }
@@ -31,11 +40,29 @@ pub struct DomainCount {
     pub recipients: usize,
 }
 
+/// Pending recipients of one site or egress IP.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupCount {
+    /// The site or egress IP.
+    pub name: String,
+    /// Messages with a pending recipient there.
+    pub messages: usize,
+    /// Pending recipients there.
+    pub recipients: usize,
+    /// Age in seconds of the oldest of those messages.
+    pub oldest_age_s: u64,
+}
+
 /// `GET /api/v1/queue/messages`: filters and paging.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ListQuery {
     /// Only messages with a pending recipient in this domain.
     pub domain: Option<String>,
+    /// Only messages with a pending recipient at this site.
+    pub site: Option<String>,
+    /// Only messages with a pending recipient last tried from this egress IP (or
+    /// `smarthost:NAME`).
+    pub egress: Option<String>,
     /// Only messages in this state (`active`, `deferred`).
     pub state: Option<String>,
     /// At most this many (default 100).
@@ -76,6 +103,9 @@ pub struct MessageView {
     pub client: String,
     /// Every recipient with where it stands.
     pub recipients: Vec<RecipientView>,
+    /// The latest attempts, oldest first: which IP, which site, what was said.
+    #[serde(default)]
+    pub history: Vec<crate::spool::AttemptRecord>,
 }
 
 /// One recipient of a queued message.
@@ -87,6 +117,12 @@ pub struct RecipientView {
     pub status: String,
     /// The latest reply: the last temporary failure, the acceptance or the refusal.
     pub reply: Option<String>,
+    /// The site of the latest attempt (or of the domain, from other messages' attempts).
+    #[serde(default)]
+    pub site: Option<String>,
+    /// The egress of the latest attempt.
+    #[serde(default)]
+    pub egress: Option<String>,
 }
 
 /// `POST /api/v1/reload` (and SIGHUP): what re-reading the configuration did.

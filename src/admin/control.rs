@@ -17,6 +17,10 @@ pub struct FlushQuery {
     pub id: Option<String>,
     /// Only messages with a pending recipient in this domain.
     pub domain: Option<String>,
+    /// Only messages with a pending recipient at this site.
+    pub site: Option<String>,
+    /// Only messages with a pending recipient last tried from this egress IP.
+    pub egress: Option<String>,
 }
 
 /// What a command did.
@@ -44,27 +48,29 @@ fn status(e: &OperatorError) -> (StatusCode, String) {
     (code, format!("{e}\n"))
 }
 
-/// `POST /api/v1/queue/flush?id=&domain=`: attempt now instead of at the due time.
+/// `POST /api/v1/queue/flush?id=&domain=&site=&egress=`: attempt now instead of at the
+/// due time.
 pub(super) async fn flush(
     State(admin): State<Admin>,
     Query(q): Query<FlushQuery>,
 ) -> Result<Json<Done>, (StatusCode, String)> {
-    let spool = admin.spool.clone();
-    let records = tokio::task::spawn_blocking(move || spool.recover())
+    let snap = super::queue::snapshot(&admin)
         .await
-        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-    let ids: Vec<QueueId> = records
-        .into_iter()
-        .filter(|m| !m.held)
-        .filter(|m| q.id.as_deref().is_none_or(|id| m.id.as_str() == id))
-        .filter(|m| {
-            q.domain.as_deref().is_none_or(|d| {
-                m.pending()
-                    .any(|r| r.address.domain().eq_ignore_ascii_case(d))
-            })
+        .map_err(|code| (code, "cannot read the queue\n".to_string()))?;
+    let ids: Vec<QueueId> = snap
+        .records
+        .iter()
+        .filter(|(m, _)| !m.held)
+        .filter(|(m, _)| q.id.as_deref().is_none_or(|id| m.id.as_str() == id))
+        .filter(|(m, _)| {
+            snap.matches(
+                m,
+                q.domain.as_deref(),
+                q.site.as_deref(),
+                q.egress.as_deref(),
+            )
         })
-        .map(|m| m.id)
+        .map(|(m, _)| m.id.clone())
         .collect();
     let outcome = admin.queue.control(Control::Flush(ids)).await;
     tracing::info!(

@@ -155,6 +155,20 @@ pub(super) async fn status_page(State(admin): State<Admin>) -> Html<String> {
         );
     }
     h.push_str("</table>");
+    h.push_str(
+        "<table id=\"queue-sites\"><tr><th>Site</th><th>Messages</th><th>Recipients</th><th>Oldest</th></tr>",
+    );
+    for g in &summary.by_site {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&g.name),
+            g.messages,
+            g.recipients,
+            humantime::format_duration(Duration::from_secs(g.oldest_age_s))
+        );
+    }
+    h.push_str("</table>");
 
     // The last hour.
     let hour = metrics().last_hour(now);

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::blocks::{render_block, when};
+use super::blocks::when;
 use crate::reputation::{Block, ListingRecord, ListingState};
 
 #[derive(Serialize)]
@@ -108,7 +108,7 @@ pub fn delist_report(config_path: Option<&Path>, ip: IpAddr, json: bool) -> anyh
         let _ = writeln!(s, "  none");
     }
     for b in &blocks {
-        s.push_str(&render_block(b, "  "));
+        s.push_str(&b.report("  "));
     }
     print!("{s}");
     Ok(())

@@ -23,7 +23,9 @@ pub use delist_report::delist_report;
 pub use dnsbl_check::dnsbl_check;
 pub use listings::listings;
 pub use logs::BatchedStderr;
-pub use queue::{QueueCommand, QueueView, command as queue_command, queue, suspension};
+pub use queue::{
+    Filter as QueueFilter, QueueCommand, QueueView, command as queue_command, queue, suspension,
+};
 pub use reload::{Reloader, Running, reload};
 pub use serve::serve;
 
@@ -139,6 +141,14 @@ pub enum Command {
         /// Only messages with a pending recipient in this domain.
         #[arg(long, conflicts_with = "id")]
         domain: Option<String>,
+        /// Only messages with a pending recipient at this destination site (as `sidestep
+        /// queue` lists them, e.g. `mx1.bell.ca,mx2.bell.ca`).
+        #[arg(long, conflicts_with = "id")]
+        site: Option<String>,
+        /// Only messages with a pending recipient last tried from this egress IP (or
+        /// `smarthost:NAME`).
+        #[arg(long, conflicts_with = "id")]
+        egress: Option<String>,
         /// Only this message (its queue id).
         id: Option<String>,
     },
@@ -248,6 +258,13 @@ pub enum QueueAction {
         /// Only messages with a pending recipient in this domain.
         #[arg(long)]
         domain: Option<String>,
+        /// Only messages with a pending recipient at this destination site.
+        #[arg(long)]
+        site: Option<String>,
+        /// Only messages with a pending recipient last tried from this egress IP (or
+        /// `smarthost:NAME`).
+        #[arg(long)]
+        egress: Option<String>,
         /// Only messages in this state: active (an attempt under way) or deferred.
         #[arg(long)]
         state: Option<String>,

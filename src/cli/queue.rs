@@ -9,8 +9,9 @@ pub enum QueueView<'a> {
     Summary,
     /// The messages, oldest first, filtered.
     List {
-        /// Only messages with a pending recipient in this domain.
-        domain: Option<&'a str>,
+        /// Only messages with a pending recipient in this domain, at this site, or last
+        /// tried from this egress IP.
+        filter: Filter<'a>,
         /// Only messages in this state.
         state: Option<&'a str>,
         /// At most this many.
@@ -23,6 +24,32 @@ pub enum QueueView<'a> {
     },
 }
 
+/// Which queued messages a command is about: those with a pending recipient matching
+/// every field given.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Filter<'a> {
+    /// In this recipient domain.
+    pub domain: Option<&'a str>,
+    /// At this destination site.
+    pub site: Option<&'a str>,
+    /// Last tried from this egress IP (or `smarthost:NAME`).
+    pub egress: Option<&'a str>,
+}
+
+impl Filter<'_> {
+    /// The filter as query parameters (`&domain=…&site=…`), empty when none is set.
+    fn query(&self) -> String {
+        [
+            ("domain", self.domain),
+            ("site", self.site),
+            ("egress", self.egress),
+        ]
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| format!("&{k}={}", query_value(v))))
+        .collect()
+    }
+}
+
 /// `sidestep queue [list|show ID]`: the running relay's queue, through its admin API.
 pub async fn queue(
     config_path: Option<&Path>,
@@ -33,14 +60,11 @@ pub async fn queue(
     let path = match &view {
         QueueView::Summary => "/api/v1/queue".to_string(),
         QueueView::List {
-            domain,
+            filter,
             state,
             limit,
         } => {
-            let mut p = format!("/api/v1/queue/messages?limit={limit}");
-            if let Some(d) = domain {
-                p.push_str(&format!("&domain={}", query_value(d)));
-            }
+            let mut p = format!("/api/v1/queue/messages?limit={limit}{}", filter.query());
             if let Some(s) = state {
                 p.push_str(&format!("&state={}", query_value(s)));
             }
@@ -68,12 +92,12 @@ fn query_value(s: &str) -> String {
 
 /// An operator's command on the queue.
 pub enum QueueCommand<'a> {
-    /// Attempt now: one message, a domain's, or all.
+    /// Attempt now: one message, a domain's, a site's, or all.
     Flush {
         /// One message.
         id: Option<&'a str>,
-        /// A domain's messages.
-        domain: Option<&'a str>,
+        /// Those of a domain, site or egress IP.
+        filter: Filter<'a>,
     },
     /// Keep a message, never attempted, until released.
     Hold(&'a str),
@@ -115,7 +139,7 @@ pub async fn suspension(
         println!("{}", String::from_utf8_lossy(&body).trim_end());
     } else if suspend.is_some() {
         let b: crate::reputation::Block = serde_json::from_slice(&body)?;
-        print!("{}", super::blocks::render_block(&b, ""));
+        print!("{}", b.report(""));
     } else {
         println!("lifted: {ip} for {}", site.unwrap_or("every site"));
     }
@@ -130,14 +154,12 @@ pub async fn command(
 ) -> anyhow::Result<()> {
     let config = super::load_config(config_path)?;
     let (method, path) = match &command {
-        QueueCommand::Flush { id, domain } => {
+        QueueCommand::Flush { id, filter } => {
             let mut p = "/api/v1/queue/flush?".to_string();
             if let Some(id) = id {
-                p.push_str(&format!("id={}&", query_value(id)));
+                p.push_str(&format!("id={}", query_value(id)));
             }
-            if let Some(d) = domain {
-                p.push_str(&format!("domain={}", query_value(d)));
-            }
+            p.push_str(&filter.query());
             ("POST", p)
         }
         QueueCommand::Hold(id) => (
@@ -215,6 +237,26 @@ fn render_summary(s: &QueueSummary) -> String {
             );
         }
     }
+    for (title, groups) in [("site", &s.by_site), ("egress", &s.by_egress)] {
+        if groups.is_empty() {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "\n{:<40} {:>9} {:>11}  oldest",
+            title, "messages", "recipients"
+        );
+        for g in groups {
+            let _ = writeln!(
+                out,
+                "{:<40} {:>9} {:>11}  {}",
+                g.name,
+                g.messages,
+                g.recipients,
+                humantime::format_duration(std::time::Duration::from_secs(g.oldest_age_s))
+            );
+        }
+    }
     out
 }
 
@@ -263,6 +305,30 @@ fn render_message(m: &MessageView) -> String {
             r.address,
             r.reply.as_deref().unwrap_or("")
         );
+        if r.site.is_some() || r.egress.is_some() {
+            let _ = writeln!(
+                out,
+                "            site {} via {}",
+                r.site.as_deref().unwrap_or("-"),
+                r.egress.as_deref().unwrap_or("-")
+            );
+        }
+    }
+    if !m.history.is_empty() {
+        let _ = writeln!(out, "  attempts (oldest first):");
+        for a in &m.history {
+            let _ = writeln!(
+                out,
+                "    {}  {}  {} via {} to {}: {} ({})",
+                super::blocks::when(a.at),
+                a.status,
+                a.rcpt,
+                a.egress,
+                a.site.as_deref().unwrap_or("-"),
+                a.reply,
+                a.verdict
+            );
+        }
     }
     out
 }

@@ -10,7 +10,7 @@ use super::session::{State, Transaction};
 use super::{Reply, Session, policy};
 use crate::clock::{unix_now, unix_now_ms};
 use crate::envelope::Sender;
-use crate::spool::{QueueId, QueuedMessage, RecipientState, RecipientStatus};
+use crate::spool::{QueueId, QueuedMessage, RecipientState};
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     pub(super) fn data(&mut self) -> Reply {
@@ -176,11 +176,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             recipients: txn
                 .recipients
                 .into_iter()
-                .map(|address| RecipientState {
-                    address,
-                    status: RecipientStatus::Pending { last: None },
-                    notified: false,
-                })
+                .map(RecipientState::pending)
                 .collect(),
             flags: txn.flags,
             received_at: unix_now(),
@@ -190,6 +186,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             client: self.peer.ip().to_string(),
             body: None,
             held: false,
+            history: Vec::new(),
         };
         // How long the disk took to make it durable: what a slow `250` comes down to.
         let started = std::time::Instant::now();

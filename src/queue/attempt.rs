@@ -156,7 +156,9 @@ async fn attempt(
         if let Some(at) = outcome.retry_at {
             retry_at = Some(retry_at.map_or(at, |r: u64| r.min(at)));
         }
+        msg.remember(outcome.history);
         for (i, r) in outcome.results {
+            msg.recipients[i].route = Some(r.route);
             let (reply, verdict) = (r.reply, r.verdict);
             msg.recipients[i].status = match (verdict, verdict.retry()) {
                 (Verdict::Delivered, _) => RecipientStatus::Delivered { at: now, reply },

@@ -21,7 +21,7 @@ use crate::envelope::{Address, BodyFlags, Sender};
 use crate::outbound::{AttemptReport, DomainDelivery, Via};
 use crate::reputation::{Evidence, LearnedReply, Reputation, StoreError};
 use crate::site::Site;
-use crate::spool::{QueueId, RemoteReply};
+use crate::spool::{AttemptRecord, LastRoute, QueueId, RemoteReply};
 
 /// An IP refused, another tried at once: at most this many times per attempt, so a
 /// destination that refuses everyone cannot keep an attempt spinning.
@@ -44,6 +44,8 @@ pub(super) struct RecipientResult {
     pub verdict: Verdict,
     /// The first IP's refusal, when a second IP was asked and refused too.
     pub earlier: Option<RemoteReply>,
+    /// Where the attempt that gave this result went.
+    pub route: LastRoute,
 }
 
 pub(super) struct DomainOutcome {
@@ -56,6 +58,9 @@ pub(super) struct DomainOutcome {
     /// The destination asked us to slow down.
     pub throttled: bool,
     pub domain: String,
+    /// Every recipient's attempt in this job, in order (rerouted and second-opinion
+    /// rounds included), for the message's history.
+    pub history: Vec<AttemptRecord>,
 }
 
 /// A refusal that may be about the IP although no rule says so: what a block needs if a
@@ -78,6 +83,7 @@ pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> Domain
         retry_at: None,
         throttled: false,
         domain: job.domain.clone(),
+        history: Vec::new(),
     };
     let mut doubts = Vec::new();
     for round in 0..MAX_ROUNDS {
@@ -108,7 +114,7 @@ pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> Domain
                 _ => None,
             };
             let keep_line = class.verdict == Verdict::IpReputation || doubt.is_some();
-            let line = log_attempt(
+            let Logged { record, line } = log_attempt(
                 &job,
                 rcpt,
                 &report,
@@ -151,8 +157,10 @@ pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> Domain
                     reply,
                     verdict,
                     earlier: None,
+                    route: record.route(),
                 },
             );
+            outcome.history.push(record);
         }
         let refused = refusal.is_some();
         learn(ctx, our_ip, report.site.as_ref(), refusal, delivered).await;
@@ -269,7 +277,7 @@ async fn second_opinion(
         let class = ctx
             .classifier
             .classify(reply.code, &reply.enhanced, &reply.text);
-        let line = log_attempt(
+        let Logged { record, line } = log_attempt(
             job,
             &d.rcpt,
             &report,
@@ -317,8 +325,10 @@ async fn second_opinion(
                 reply,
                 verdict,
                 earlier,
+                route: record.route(),
             },
         );
+        outcome.history.push(record);
     }
     learn(ctx, our_ip, report.site.as_ref(), refusal, delivered).await;
 }
@@ -434,6 +444,13 @@ async fn with_reputation(
     }
 }
 
+/// What [`log_attempt`] leaves behind: the attempt for the message's history and, when
+/// asked for, the log line as text.
+struct Logged {
+    record: AttemptRecord,
+    line: Option<String>,
+}
+
 /// The attempt's log line: one per recipient, the line operators grep and delisting
 /// forms ask for. With `keep`, returns the same line as text, kept as a block's evidence.
 /// `second_opinion`: another IP is asked before this refusal is acted on.
@@ -445,7 +462,7 @@ fn log_attempt(
     class: &Classification,
     keep: bool,
     second_opinion: bool,
-) -> Option<String> {
+) -> Logged {
     // What becomes of the recipient: sent, bounced, or tried again (later, or at once
     // from another IP).
     let status = match class.verdict.retry() {
@@ -474,12 +491,23 @@ fn log_attempt(
         status,
     };
     line.log();
-    keep.then(|| {
-        format!(
-            "{} {line}",
-            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_now()))
-        )
-    })
+    Logged {
+        record: AttemptRecord {
+            at: unix_now(),
+            rcpt: rcpt.to_string(),
+            egress: line.egress.clone(),
+            site: report.site.as_ref().map(ToString::to_string),
+            reply: reply.to_string(),
+            verdict: class.verdict.name().to_string(),
+            status: status.to_string(),
+        },
+        line: keep.then(|| {
+            format!(
+                "{} {line}",
+                humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_now()))
+            )
+        }),
+    }
 }
 
 /// One delivery attempt of one recipient: the fields of its log line, which is both

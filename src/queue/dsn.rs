@@ -128,11 +128,7 @@ pub fn build(
     let message = QueuedMessage {
         id,
         sender: Sender::Null,
-        recipients: vec![RecipientState {
-            address: to.clone(),
-            status: RecipientStatus::Pending { last: None },
-            notified: false,
-        }],
+        recipients: vec![RecipientState::pending(to.clone())],
         flags: BodyFlags {
             eight_bit: !body.is_ascii(),
             smtputf8,
@@ -144,6 +140,7 @@ pub fn build(
         client: "local (DSN)".into(),
         body: None,
         held: false,
+        history: Vec::new(),
     };
     Dsn { message, body }
 }

@@ -83,11 +83,7 @@ async fn a_deferred_message_is_retried_on_the_backoff_schedule() {
     let msg = QueuedMessage {
         id: QueueId::generate(),
         sender: Sender::Null,
-        recipients: vec![RecipientState {
-            address: Address::parse("b@dest.test", false).unwrap(),
-            status: RecipientStatus::Pending { last: None },
-            notified: false,
-        }],
+        recipients: vec![RecipientState::pending(Address::parse("b@dest.test", false).unwrap())],
         flags: BodyFlags::default(),
         received_at: clock.now(),
         attempts: 0,
@@ -96,6 +92,7 @@ async fn a_deferred_message_is_retried_on_the_backoff_schedule() {
         client: "test".into(),
         body: None,
         held: false,
+        history: Vec::new(),
     };
     spool.store_message(&msg, b"x\r\n".to_vec()).await.unwrap();
     let _queue = start(Arc::new(ctx)).unwrap();

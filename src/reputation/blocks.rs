@@ -68,6 +68,77 @@ pub struct Block {
     pub manual: bool,
 }
 
+impl Block {
+    /// The block as a delisting form wants it (since when, the exact reply, the MX, the
+    /// log line, where to ask for removal), every line prefixed with `indent`: what
+    /// `sidestep blocks` and `delist-report` print and what a block alert carries.
+    pub fn report(&self, indent: &str) -> String {
+        use std::fmt::Write;
+        let b = self;
+        let mut s = String::new();
+        let now = crate::clock::unix_now();
+        let state = if b.expires_at > now {
+            format!("blocked until {}", crate::clock::rfc3339(b.expires_at))
+        } else if b.canary_in_flight {
+            "expired, canary delivery under way".to_string()
+        } else {
+            "expired, the next delivery is a canary".to_string()
+        };
+        let e = &b.evidence;
+        if b.manual {
+            let _ = writeln!(
+                s,
+                "{indent}{} suspended by the operator for site {}",
+                b.ip, b.site
+            );
+        } else {
+            let _ = writeln!(s, "{indent}{} refused by site {}", b.ip, b.site);
+        }
+        let _ = writeln!(
+            s,
+            "{indent}  since:   {} ({state}; repeats: {})",
+            crate::clock::rfc3339(b.first_seen),
+            b.strikes
+        );
+        let _ = writeln!(s, "{indent}  reply:   {}", e.reply);
+        let mx = match (&e.mx_host, e.mx_ip) {
+            (Some(h), Some(ip)) => format!("{h} [{ip}]"),
+            (Some(h), None) => h.clone(),
+            (None, _) => "-".into(),
+        };
+        let _ = writeln!(
+            s,
+            "{indent}  mx:      {mx}, at {}, message {} to {}",
+            crate::clock::rfc3339(e.at),
+            e.queue_id,
+            e.recipient
+        );
+        let _ = writeln!(s, "{indent}  rule:    {}", e.rule);
+        let _ = writeln!(
+            s,
+            "{indent}  removal: {}",
+            e.removal_url.as_deref().unwrap_or("(the reply names none)")
+        );
+        let _ = writeln!(s, "{indent}  log:     {}", e.log_line);
+        if !b.later.is_empty() {
+            let _ = writeln!(
+                s,
+                "{indent}  also:    {} more refusal(s) from attempts already in flight (not counted as repeats):",
+                b.later.len()
+            );
+            for l in &b.later {
+                let _ = writeln!(
+                    s,
+                    "{indent}           {} {}",
+                    crate::clock::rfc3339(l.at),
+                    l.reply
+                );
+            }
+        }
+        s
+    }
+}
+
 /// The site of a suspension that holds for every destination.
 pub const ALL_SITES: &str = "*";
 
@@ -325,7 +396,7 @@ impl Reputation {
             } else {
                 "block-renewed"
             };
-            self.alert(
+            self.alert_with_report(
                 event,
                 Some(block.ip),
                 Some(block.site.to_string()),
@@ -341,6 +412,7 @@ impl Reputation {
                     block.evidence.mx_host.as_deref().unwrap_or("-"),
                     block.evidence.removal_url.as_deref().unwrap_or("-"),
                 ),
+                Some(block.report("")),
             );
             tracing::warn!(
                 ip = %block.ip,

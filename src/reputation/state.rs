@@ -151,8 +151,20 @@ impl Reputation {
         subject: Option<String>,
         text: String,
     ) {
+        self.alert_with_report(event, ip, subject, text, None);
+    }
+
+    /// [`Reputation::alert`] with a delisting report attached (blocks).
+    pub fn alert_with_report(
+        &self,
+        event: &'static str,
+        ip: Option<IpAddr>,
+        subject: Option<String>,
+        text: String,
+        report: Option<String>,
+    ) {
         if let Some(a) = self.shared.alerts.get() {
-            a.send(event, ip.map(|i| i.to_string()), subject, text);
+            a.send_with_report(event, ip.map(|i| i.to_string()), subject, text, report);
         }
     }
 

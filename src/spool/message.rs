@@ -120,7 +120,69 @@ pub struct RecipientState {
     /// second one.
     #[serde(default)]
     pub notified: bool,
+    /// Where the latest attempt went, so the queue can be counted, listed and flushed by
+    /// destination site and by egress IP without a DNS lookup: unknown until tried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<LastRoute>,
 }
+
+impl RecipientState {
+    /// A recipient not tried yet.
+    pub fn pending(address: Address) -> Self {
+        Self {
+            address,
+            status: RecipientStatus::Pending { last: None },
+            notified: false,
+            route: None,
+        }
+    }
+}
+
+/// Where a recipient's latest attempt went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastRoute {
+    /// The destination site (its MX set), when the MX lookup succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// The egress IP, `smarthost:NAME`, or `-` when nothing could be sent.
+    pub egress: String,
+}
+
+/// One recipient's delivery attempt, kept with the message so `sidestep queue show` can
+/// tell the whole story of a deferred message (which IP, which MX, what each said),
+/// not only the last reply. Bounded by [`HISTORY_MAX`], the oldest dropped first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// Unix seconds.
+    pub at: u64,
+    /// The recipient.
+    pub rcpt: String,
+    /// The egress IP, `smarthost:NAME`, or `-`.
+    pub egress: String,
+    /// The destination site, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// The reply, exact (or why there was none).
+    pub reply: String,
+    /// The classifier's verdict.
+    pub verdict: String,
+    /// `sent`, `deferred` or `bounced`: what became of the recipient.
+    pub status: String,
+}
+
+impl AttemptRecord {
+    /// Where this attempt went.
+    pub fn route(&self) -> LastRoute {
+        LastRoute {
+            site: self.site.clone(),
+            egress: self.egress.clone(),
+        }
+    }
+}
+
+/// How many attempts a message keeps in its history: enough for a day of retries of a
+/// handful of recipients, small enough that a record stays a few KiB.
+pub const HISTORY_MAX: usize = 40;
 
 /// One message in the queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +211,9 @@ pub struct QueuedMessage {
     /// Held by the operator: kept, never attempted, until released.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub held: bool,
+    /// The latest attempts, oldest first (at most [`HISTORY_MAX`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<AttemptRecord>,
 }
 
 /// A body's place in the spool: messages accepted together share one file (one fsync
@@ -170,6 +235,13 @@ impl QueuedMessage {
     /// Whether every recipient is final.
     pub fn is_done(&self) -> bool {
         self.recipients.iter().all(|r| r.status.is_final())
+    }
+
+    /// Adds attempts to the history, dropping the oldest beyond [`HISTORY_MAX`].
+    pub fn remember(&mut self, attempts: impl IntoIterator<Item = AttemptRecord>) {
+        self.history.extend(attempts);
+        let excess = self.history.len().saturating_sub(HISTORY_MAX);
+        self.history.drain(..excess);
     }
 }
 

@@ -17,7 +17,10 @@ mod committer;
 mod index;
 mod message;
 
-pub use message::{QueueId, QueuedMessage, RecipientState, RecipientStatus, RemoteReply};
+pub use message::{
+    AttemptRecord, HISTORY_MAX, LastRoute, QueueId, QueuedMessage, RecipientState, RecipientStatus,
+    RemoteReply,
+};
 
 use std::collections::HashMap;
 use std::fs;
@@ -384,11 +387,7 @@ mod tests {
         QueuedMessage {
             id: QueueId::generate(),
             sender: Sender::Null,
-            recipients: vec![RecipientState {
-                address: Address::parse("a@b.test", false).unwrap(),
-                status: RecipientStatus::Pending { last: None },
-                notified: false,
-            }],
+            recipients: vec![RecipientState::pending(Address::parse("a@b.test", false).unwrap())],
             flags: BodyFlags::default(),
             received_at: 1,
             attempts: 0,
@@ -397,6 +396,7 @@ mod tests {
             client: "test".into(),
             body: None,
             held: false,
+            history: Vec::new(),
         }
     }
 

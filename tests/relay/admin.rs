@@ -199,6 +199,96 @@ async fn flush_sends_now_what_would_wait_an_hour() {
 }
 
 #[tokio::test]
+async fn the_queue_by_site_and_egress_with_each_attempt() {
+    let mut w = World::new().await;
+    w.setup.queue = crate::NO_RETRY_SOON.into();
+    // Two sites, both deferring: mx.dest.test and mx.sender.test.
+    for sink in [&w.dest, &w.sender] {
+        sink.behave(|b| b.data_always = Some("451 4.3.0 try again later".into()));
+    }
+    let relay = w.setup.start().await;
+    let to_dest = queue_one(&relay, "to dest", 1).await;
+    let mut c = ready(relay.addr).await;
+    let reply = c
+        .send_mail(
+            "a@sender.test",
+            &["c@sender.test", "d@sender.test"],
+            &message("to sender", "x\r\n"),
+        )
+        .await;
+    let to_sender = reply.split_whitespace().last().unwrap().to_string();
+    relay.log_count("deferred: next attempt at", 3).await;
+
+    let summary = w.setup.cli_json(&["queue"]);
+    let sites = summary["by_site"].as_array().unwrap();
+    assert_eq!(sites.len(), 2, "{summary}");
+    assert_eq!(sites[0]["name"], "mx.sender.test", "{summary}");
+    assert_eq!(sites[0]["recipients"], 2, "{summary}");
+    assert_eq!(sites[0]["messages"], 1, "{summary}");
+    assert_eq!(sites[1]["name"], "mx.dest.test", "{summary}");
+    assert_eq!(sites[1]["recipients"], 1, "{summary}");
+    let egresses = summary["by_egress"].as_array().unwrap();
+    let by_egress: u64 = egresses
+        .iter()
+        .map(|g| g["recipients"].as_u64().unwrap())
+        .sum();
+    assert_eq!(by_egress, 3, "{summary}");
+    assert!(
+        egresses
+            .iter()
+            .all(|g| ["127.0.0.2", "127.0.0.3"].contains(&g["name"].as_str().unwrap())),
+        "{summary}"
+    );
+    let table = w.setup.cli(&["queue"]);
+    assert!(table.contains("mx.sender.test"), "{table}");
+    assert!(table.contains("egress"), "{table}");
+
+    let listed = w
+        .setup
+        .cli_json(&["queue", "list", "--site", "mx.dest.test"]);
+    assert_eq!(listed["total"], 1, "{listed}");
+    assert_eq!(listed["messages"][0]["id"], to_dest.as_str(), "{listed}");
+
+    // The message's story: which IP, which site, what was said.
+    let shown = w.setup.cli_json(&["queue", "show", &to_dest]);
+    let history = shown["history"].as_array().unwrap();
+    assert_eq!(history.len(), 1, "{shown}");
+    assert_eq!(history[0]["status"], "deferred", "{shown}");
+    assert_eq!(history[0]["site"], "mx.dest.test", "{shown}");
+    assert_eq!(history[0]["reply"], "451 4.3.0 try again later", "{shown}");
+    let egress = history[0]["egress"].as_str().unwrap().to_string();
+    assert_eq!(shown["recipients"][0]["egress"], egress.as_str(), "{shown}");
+    let by_ip = w.setup.cli_json(&["queue", "list", "--egress", &egress]);
+    let ids: Vec<&str> = by_ip["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&to_dest.as_str()), "{by_ip}");
+    let text = w.setup.cli(&["queue", "show", &to_dest]);
+    assert!(
+        text.contains(&format!(
+            "deferred  b@dest.test via {egress} to mx.dest.test: 451 4.3.0 try again later"
+        )),
+        "{text}"
+    );
+
+    // Flushing one site leaves the other alone.
+    let flushed = w.setup.cli_json(&["flush", "--site", "mx.sender.test"]);
+    assert_eq!(
+        flushed["done"],
+        serde_json::json!([to_sender.as_str()]),
+        "{flushed}"
+    );
+    relay.log_count("deferred: next attempt at", 5).await;
+    let shown = w.setup.cli_json(&["queue", "show", &to_sender]);
+    assert_eq!(shown["history"].as_array().unwrap().len(), 4, "{shown}");
+    let shown = w.setup.cli_json(&["queue", "show", &to_dest]);
+    assert_eq!(shown["history"].as_array().unwrap().len(), 1, "{shown}");
+}
+
+#[tokio::test]
 async fn a_held_message_waits_across_a_restart_until_released() {
     let mut w = World::new().await;
     w.setup.queue = crate::NO_RETRY_SOON.into();

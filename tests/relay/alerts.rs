@@ -74,6 +74,20 @@ async fn a_learned_block_and_a_suspension_reach_the_webhook_once() {
         "{text}"
     );
     assert_eq!(blocked["host"], "relay.test");
+    // The delisting report, ready for the form: the exact reply, the timestamped log
+    // line, the removal link.
+    let report = blocked["report"].as_str().unwrap();
+    assert!(
+        report.contains("127.0.0.2 refused by site mx.dest.test"),
+        "{report}"
+    );
+    assert!(report.contains(&format!("reply:   {refusal}")), "{report}");
+    assert!(
+        report.contains("removal: https://csi.cloudmark.com/reset-request/?ip=127.0.0.2"),
+        "{report}"
+    );
+    assert!(report.contains("log:     20"), "{report}");
+    assert!(report.contains("verdict=ip-reputation"), "{report}");
 
     w.setup.cli(&[
         "suspend",
