@@ -66,7 +66,17 @@ impl Alerts {
     /// Starts the sender task when a webhook or a mail address is configured; a no-op
     /// handle otherwise.
     pub fn start(config: &AlertsConfig, host: &str) -> Self {
-        let url = config.webhook.clone().filter(|u| !u.trim().is_empty());
+        let url = config
+            .webhook
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+            .and_then(|u| match Webhook::new(u, config.ca_file.as_deref()) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::error!(webhook = u, error = %e, "alert webhook unusable; alerts go by mail only");
+                    None
+                }
+            });
         let mails = config.mail.as_deref().is_some_and(|m| !m.trim().is_empty());
         if url.is_none() && !mails {
             return Self::default();
@@ -87,8 +97,8 @@ impl Alerts {
         let sender = inner.clone();
         tokio::spawn(async move {
             while let Some(alert) = rx.recv().await {
-                if let Some(url) = &url
-                    && let Err(e) = post(url, &alert).await
+                if let Some(hook) = &url
+                    && let Err(e) = hook.post(&alert).await
                 {
                     tracing::warn!(error = %e, event = alert.event, "alert webhook failed");
                 }
@@ -231,40 +241,137 @@ async fn mail(
     Ok(())
 }
 
-/// POSTs the alert as JSON to an `http://host:port/path` URL.
-async fn post(url: &str, alert: &Alert) -> std::io::Result<()> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| std::io::Error::other("the webhook must be an http:// URL"))?;
-    let (authority, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
-    let body = serde_json::to_vec(alert).map_err(std::io::Error::other)?;
-    let mut stream = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::net::TcpStream::connect(authority),
-    )
-    .await
-    .map_err(|_| std::io::Error::other("connect timeout"))??;
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(&body).await?;
-    let mut reply = Vec::new();
-    tokio::time::timeout(
-        Duration::from_secs(10),
-        (&mut stream).take(64 * 1024).read_to_end(&mut reply),
-    )
-    .await
-    .map_err(|_| std::io::Error::other("no answer"))??;
-    let status = String::from_utf8_lossy(&reply);
-    match status.split_whitespace().nth(1) {
-        Some(code) if code.starts_with('2') => Ok(()),
-        other => Err(std::io::Error::other(format!(
-            "webhook answered {}",
-            other.unwrap_or("nothing")
-        ))),
+/// Where alerts are POSTed: an `http://` or `https://` URL, taken apart once.
+pub struct Webhook {
+    /// `host:port`, to connect to.
+    authority: String,
+    /// The host alone, for the `Host` header and the certificate's name.
+    host: String,
+    path: String,
+    /// `https://`.
+    https: bool,
+    /// Set up for `https://` by [`Webhook::new`].
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl Webhook {
+    /// The URL's parts, without TLS set up (what config validation checks).
+    ///
+    /// # Errors
+    /// Not an `http://` or `https://` URL with a host.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (https, rest) = if let Some(rest) = url.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err("an http:// or https:// URL is needed".into());
+        };
+        let (authority, path) = rest
+            .split_once('/')
+            .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+        let host = match authority.rsplit_once(':') {
+            // An IPv6 literal's brackets hold colons of their own.
+            Some((h, port)) if !port.contains(']') => {
+                port.parse::<u16>()
+                    .map_err(|_| format!("{port:?} is not a port"))?;
+                h
+            }
+            _ => authority,
+        };
+        if host.is_empty() {
+            return Err("the URL names no host".into());
+        }
+        let authority = if host == authority {
+            format!("{host}:{}", if https { 443 } else { 80 })
+        } else {
+            authority.to_string()
+        };
+        Ok(Self {
+            authority,
+            host: host.to_string(),
+            path,
+            https,
+            tls: None,
+        })
+    }
+
+    /// A webhook for `url`; an https one trusts `ca_file` (PEM) or the system's roots.
+    ///
+    /// # Errors
+    /// A bad URL, an unreadable CA file, no usable roots.
+    pub fn new(url: &str, ca_file: Option<&std::path::Path>) -> Result<Self, String> {
+        let mut hook = Self::parse(url)?;
+        if hook.https {
+            let pem = ca_file
+                .map(std::fs::read_to_string)
+                .transpose()
+                .map_err(|e| e.to_string())?;
+            hook.tls = Some(crate::outbound::tls_client(pem.as_deref())?);
+        }
+        Ok(hook)
+    }
+
+    /// POSTs the alert as JSON; a 2xx answer is success.
+    async fn post(&self, alert: &Alert) -> std::io::Result<()> {
+        let stream = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::net::TcpStream::connect(&self.authority),
+        )
+        .await
+        .map_err(|_| std::io::Error::other("connect timeout"))??;
+        match &self.tls {
+            None => self.exchange(stream, alert).await,
+            Some(tls) => {
+                let name = rustls::pki_types::ServerName::try_from(
+                    self.host
+                        .trim_start_matches('[')
+                        .trim_end_matches(']')
+                        .to_string(),
+                )
+                .map_err(std::io::Error::other)?;
+                let stream =
+                    tokio::time::timeout(Duration::from_secs(10), tls.connect(name, stream))
+                        .await
+                        .map_err(|_| std::io::Error::other("TLS handshake timeout"))??;
+                self.exchange(stream, alert).await
+            }
+        }
+    }
+
+    async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        &self,
+        mut stream: S,
+        alert: &Alert,
+    ) -> std::io::Result<()> {
+        let body = serde_json::to_vec(alert).map_err(std::io::Error::other)?;
+        let head = format!(
+            "POST {} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.path,
+            self.host,
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.flush().await?;
+        let mut reply = Vec::new();
+        // A server that closes without a TLS close_notify still answered: keep what came.
+        let read = tokio::time::timeout(
+            Duration::from_secs(10),
+            (&mut stream).take(64 * 1024).read_to_end(&mut reply),
+        )
+        .await
+        .map_err(|_| std::io::Error::other("no answer"))?;
+        if reply.is_empty() {
+            read?;
+        }
+        let status = String::from_utf8_lossy(&reply);
+        match status.split_whitespace().nth(1) {
+            Some(code) if code.starts_with('2') => Ok(()),
+            other => Err(std::io::Error::other(format!(
+                "webhook answered {}",
+                other.unwrap_or("nothing")
+            ))),
+        }
     }
 }

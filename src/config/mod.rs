@@ -60,8 +60,12 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertsConfig {
-    /// `http://host:port/path` that gets each event as a JSON POST; none: no alerts.
+    /// `http://` or `https://host:port/path` that gets each event as a JSON POST; none:
+    /// no webhook.
     pub webhook: Option<String>,
+    /// PEM certificates an https webhook's certificate must chain to, instead of the
+    /// system's roots (a private CA).
+    pub ca_file: Option<std::path::PathBuf>,
     /// The same event for the same IP and site is sent again only after this long.
     pub repeat_after: HumanDuration,
     /// At most this many alerts an hour, whatever happens.
@@ -77,6 +81,7 @@ impl Default for AlertsConfig {
     fn default() -> Self {
         Self {
             webhook: None,
+            ca_file: None,
             repeat_after: HumanDuration::from_secs(3600),
             max_per_hour: 60,
             mail: None,

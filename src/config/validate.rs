@@ -38,14 +38,22 @@ pub(super) fn all(c: &Config) -> Vec<ConfigError> {
     }
     if let Some(url) = &c.alerts.webhook
         && !url.trim().is_empty()
-        && !url.starts_with("http://")
+        && let Err(e) = crate::alerts::Webhook::parse(url)
     {
-        err(
-            "alerts.webhook".into(),
-            format!(
-                "{url:?}: an http:// URL is needed (put a local relay in front of an https one)"
+        err("alerts.webhook".into(), format!("{url:?}: {e}"));
+    }
+    if let Some(path) = &c.alerts.ca_file {
+        match std::fs::read_to_string(path) {
+            Ok(pem) => {
+                if let Err(e) = crate::outbound::tls_client(Some(&pem)) {
+                    err("alerts.ca_file".into(), format!("{}: {e}", path.display()));
+                }
+            }
+            Err(e) => err(
+                "alerts.ca_file".into(),
+                format!("cannot read {}: {e}", path.display()),
             ),
-        );
+        }
     }
     errors
 }

@@ -3,12 +3,10 @@
 //! session carries credentials; AUTH uses the strongest mechanism both sides know.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use mail_send::{Credentials, SmtpClient};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use smtp_proto::EXT_START_TLS;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -51,38 +49,14 @@ impl Smarthost {
             .clone()
             .zip(password)
             .map(|(u, p)| Credentials::new(u, p));
-        let tls = match &config.ca_file {
-            Some(path) => {
-                let pem = read(path)?;
-                let mut roots = rustls::RootCertStore::empty();
-                for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                    let cert = cert.map_err(|e| OutboundError::Tls {
-                        name: config.name.clone(),
-                        message: format!("{}: {e}", path.display()),
-                    })?;
-                    roots.add(cert).map_err(|e| OutboundError::Tls {
-                        name: config.name.clone(),
-                        message: e.to_string(),
-                    })?;
-                }
-                let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let client = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| OutboundError::Tls {
-                        name: config.name.clone(),
-                        message: e.to_string(),
-                    })?
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
-                TlsConnector::from(Arc::new(client))
-            }
-            None => mail_send::smtp::tls::build_tls_connector(false).map_err(|message| {
-                OutboundError::Tls {
-                    name: config.name.clone(),
-                    message,
-                }
-            })?,
-        };
+        let ca = config.ca_file.as_deref().map(read).transpose()?;
+        let tls = super::tls_client(ca.as_deref()).map_err(|message| OutboundError::Tls {
+            name: config.name.clone(),
+            message: match &config.ca_file {
+                Some(path) => format!("{}: {message}", path.display()),
+                None => message,
+            },
+        })?;
         Ok(Self {
             name: config.name.clone(),
             host: config.host.clone(),

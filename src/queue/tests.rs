@@ -83,7 +83,9 @@ async fn a_deferred_message_is_retried_on_the_backoff_schedule() {
     let msg = QueuedMessage {
         id: QueueId::generate(),
         sender: Sender::Null,
-        recipients: vec![RecipientState::pending(Address::parse("b@dest.test", false).unwrap())],
+        recipients: vec![RecipientState::pending(
+            Address::parse("b@dest.test", false).unwrap(),
+        )],
         flags: BodyFlags::default(),
         received_at: clock.now(),
         attempts: 0,

@@ -387,7 +387,9 @@ mod tests {
         QueuedMessage {
             id: QueueId::generate(),
             sender: Sender::Null,
-            recipients: vec![RecipientState::pending(Address::parse("a@b.test", false).unwrap())],
+            recipients: vec![RecipientState::pending(
+                Address::parse("a@b.test", false).unwrap(),
+            )],
             flags: BodyFlags::default(),
             received_at: 1,
             attempts: 0,

@@ -11,44 +11,120 @@ use crate::support::eventually;
 
 /// A webhook receiver on loopback: every JSON body it got.
 async fn webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
-    let listener = TcpListener::bind((crate::support::fresh_loopback(), 0))
-        .await
-        .unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    receiver(crate::support::fresh_loopback(), None).await
+}
+
+/// The receiver, over TLS when given an acceptor (its URL is then `https://`).
+async fn receiver(
+    ip: std::net::IpAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}/hook", listener.local_addr().unwrap());
     let got = Arc::new(Mutex::new(Vec::new()));
     let store = got.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let store = store.clone();
+            let (store, tls) = (store.clone(), tls.clone());
             tokio::spawn(async move {
-                let (r, mut w) = stream.into_split();
-                let mut r = BufReader::new(r);
-                let mut length = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if r.read_line(&mut line).await.unwrap_or(0) == 0 {
-                        return;
+                match tls {
+                    Some(tls) => {
+                        if let Ok(stream) = tls.accept(stream).await {
+                            answer(stream, store).await;
+                        }
                     }
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                        length = v.trim().parse().unwrap_or(0);
-                    }
-                    if line == "\r\n" {
-                        break;
-                    }
+                    None => answer(stream, store).await,
                 }
-                let mut body = vec![0u8; length];
-                r.read_exact(&mut body).await.unwrap();
-                store
-                    .lock()
-                    .unwrap()
-                    .push(serde_json::from_slice(&body).unwrap());
-                let _ = w
-                    .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
-                    .await;
             });
         }
     });
     (url, got)
+}
+
+/// Reads one POST, keeps its JSON body, answers 204.
+async fn answer(
+    stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    store: Arc<Mutex<Vec<serde_json::Value>>>,
+) {
+    let (r, mut w) = tokio::io::split(stream);
+    let mut r = BufReader::new(r);
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).await.unwrap_or(0) == 0 {
+            return;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0u8; length];
+    r.read_exact(&mut body).await.unwrap();
+    store
+        .lock()
+        .unwrap()
+        .push(serde_json::from_slice(&body).unwrap());
+    let _ = w
+        .write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+        .await;
+    let _ = w.shutdown().await;
+}
+
+/// A relay whose webhook is an https receiver with a certificate from a private CA;
+/// the relay trusts that CA, or (`trusted` false) another one. An operator's suspension
+/// is the alert sent.
+async fn suspension_over_https(
+    trusted: bool,
+) -> (
+    World,
+    crate::support::relay::Relay,
+    Arc<Mutex<Vec<serde_json::Value>>>,
+) {
+    let mut w = World::new().await;
+    let ip = crate::support::fresh_loopback();
+    let (acceptor, own_ca) = crate::support::sink::tls_with_ca(&ip.to_string());
+    let (url, got) = receiver(ip, Some(acceptor)).await;
+    let ca = if trusted {
+        own_ca
+    } else {
+        crate::support::sink::tls_with_ca(&ip.to_string()).1
+    };
+    let ca_file = w.setup.dir.path().join("hook-ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    w.setup.extra = format!(
+        "\n[alerts]\nwebhook = \"{url}\"\nca_file = \"{}\"\n",
+        ca_file.display()
+    );
+    let relay = w.setup.start().await;
+    w.setup.cli(&[
+        "suspend",
+        "127.0.0.3",
+        "--for",
+        "1h",
+        "--reason",
+        "over https",
+    ]);
+    (w, relay, got)
+}
+
+#[tokio::test]
+async fn an_https_webhook_with_a_private_ca_gets_the_alert() {
+    let (_w, relay, got) = suspension_over_https(true).await;
+    eventually(|| !got.lock().unwrap().is_empty(), || relay.log()).await;
+    let alert = got.lock().unwrap()[0].clone();
+    assert_eq!(alert["event"], "suspended", "{alert}");
+    assert!(alert["text"].as_str().unwrap().contains("over https"));
+}
+
+#[tokio::test]
+async fn an_https_webhook_whose_certificate_is_not_trusted_gets_nothing() {
+    let (_w, relay, got) = suspension_over_https(false).await;
+    relay.log_with("alert webhook failed").await;
+    assert!(got.lock().unwrap().is_empty());
 }
 
 #[tokio::test]
