@@ -235,6 +235,7 @@ async fn mail(
         body: None,
         held: false,
         history: Vec::new(),
+        user: None,
     };
     spool.store_message(&msg, body).await?;
     queue.enqueued(&msg);

@@ -147,6 +147,7 @@ fn main() -> ExitCode {
             json,
         ))),
         Command::Reload { config, json } => done(run_to_end(cli::reload(config.as_deref(), json))),
+        Command::Passwd { name, domains } => done(cli::passwd(&name, &domains)),
         Command::DnsblCheck { config, json, ips } => {
             done(run_to_end(cli::dnsbl_check(config.as_deref(), &ips, json)))
         }

@@ -46,6 +46,17 @@ use crate::spool::Spool;
 const MAX_FAILURES: u32 = 5;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
+/// `GET /api/v1/auth/lockouts`: client addresses locked out of SMTP AUTH now.
+async fn lockouts(State(admin): State<Admin>) -> axum::Json<Vec<crate::inbound::users::Lockout>> {
+    axum::Json(
+        admin
+            .guard
+            .as_ref()
+            .map(|g| g.lockouts())
+            .unwrap_or_default(),
+    )
+}
+
 /// Re-reads the configuration and says what happened.
 pub type ReloadFn = Arc<dyn Fn() -> api::ReloadOutcome + Send + Sync>;
 
@@ -69,6 +80,8 @@ pub struct Admin {
     reload: Option<ReloadFn>,
     /// The configured egress IPs, for the status page.
     egress: Arc<[IpAddr]>,
+    /// Failed SMTP logins per client address, for `/api/v1/auth/lockouts`.
+    guard: Option<Arc<crate::inbound::users::AuthGuard>>,
     failures: Arc<Mutex<HashMap<IpAddr, (Instant, u32)>>>,
 }
 
@@ -86,6 +99,7 @@ impl Admin {
         Self {
             reputation,
             sessions: None,
+            guard: None,
             reload: None,
             egress: Arc::from(Vec::new()),
             hostname: hostname.into(),
@@ -113,6 +127,12 @@ impl Admin {
     /// Counts the inbound sessions of this table in `/metrics`.
     pub fn with_sessions(mut self, sessions: crate::inbound::Sessions) -> Self {
         self.sessions = Some(sessions);
+        self
+    }
+
+    /// Serves `/api/v1/auth/lockouts` from this guard.
+    pub fn with_guard(mut self, guard: Arc<crate::inbound::users::AuthGuard>) -> Self {
+        self.guard = Some(guard);
         self
     }
 
@@ -150,6 +170,7 @@ pub fn router(admin: Admin) -> Router {
         .route("/api/v1/blocks/suspend", post(blocks::suspend))
         .route("/api/v1/blocks/lift", post(blocks::lift))
         .route("/api/v1/listings", get(blocks::listings))
+        .route("/api/v1/auth/lockouts", get(lockouts))
         .route("/api/v1/listings/refresh", post(blocks::refresh))
         .route(
             "/api/v1/queue/messages/{id}",

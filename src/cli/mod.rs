@@ -8,6 +8,7 @@ mod delist_report;
 mod dnsbl_check;
 mod listings;
 mod logs;
+mod passwd;
 mod queue;
 mod reload;
 mod serve;
@@ -23,6 +24,7 @@ pub use delist_report::delist_report;
 pub use dnsbl_check::dnsbl_check;
 pub use listings::listings;
 pub use logs::BatchedStderr;
+pub use passwd::passwd;
 pub use queue::{
     Filter as QueueFilter, QueueCommand, QueueView, command as queue_command, queue, suspension,
 };
@@ -234,6 +236,15 @@ pub enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+    /// Print the `[auth] users_file` line for a user: reads the password from the
+    /// terminal (twice, without echo) or one line of stdin, hashes it with argon2id.
+    Passwd {
+        /// The user name (what the client logs in with).
+        name: String,
+        /// The only sender domains this user may use in MAIL FROM (any, without).
+        #[arg(long = "domain")]
+        domains: Vec<String>,
     },
     /// Check addresses against the configured blocklists once, now.
     DnsblCheck {

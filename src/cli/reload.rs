@@ -103,11 +103,15 @@ impl Reloader {
             Ok(o) => o,
             Err(e) => return refuse(vec![e.to_string()]),
         };
+        let security = match crate::inbound::Security::load(&config) {
+            Ok(s) => s,
+            Err(problems) => return refuse(problems),
+        };
         let config = Arc::new(config);
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         let restart_needed = needs_restart(&current.0, &config);
         let ctx = Arc::new(current.1.reconfigured(config.clone(), outbound, classifier));
-        self.inbound.reconfigure(config.clone());
+        self.inbound.reconfigure(config.clone(), security);
         self.queue.reconfigure(ctx.clone());
         // The lists and the egress IPs they are asked about: a new monitor.
         self.reputation.set_lists(config.blocklists.clone());
@@ -136,6 +140,7 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     let s = |c: &Config| {
         [
             ("server.listen", format!("{:?}", c.server.listen)),
+            ("server.listen_tls", format!("{:?}", c.server.listen_tls)),
             (
                 "server.max_sessions",
                 format!("{:?}", c.server.max_sessions),

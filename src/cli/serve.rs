@@ -5,7 +5,7 @@ use anyhow::Context;
 
 use crate::classify::Classifier;
 use crate::dns::Resolver;
-use crate::inbound::{self, Inbound};
+use crate::inbound::{self, Inbound, Security};
 use crate::outbound::Outbound;
 use crate::queue::{self, QueueContext};
 use crate::reputation::{self, Reputation};
@@ -55,6 +55,10 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         stopping: stopping.clone(),
         sessions: sessions.clone(),
         alerts,
+        security: std::sync::RwLock::new(Arc::new(
+            Security::load(&config).map_err(|e| anyhow::anyhow!(e.join("; ")))?,
+        )),
+        guard: Default::default(),
     });
     let reloader = Arc::new(super::Reloader::new(
         config_path,
@@ -78,6 +82,18 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("listening on {}", config.server.listen))?;
+    let tls_listener = match config.server.listen_tls {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr} (listen_tls)"))?;
+            let bound = l.local_addr()?;
+            tracing::info!(addr = %bound, "listening (implicit TLS)");
+            println!("sidestep listening for TLS on {bound}");
+            Some(l)
+        }
+        None => None,
+    };
     let admin = crate::admin::Admin::new(
         spool.clone(),
         queue.clone(),
@@ -87,6 +103,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         reputation.clone(),
     )
     .with_sessions(sessions.clone())
+    .with_guard(inbound.guard.clone())
     .with_egress(config.egress_ips())
     .with_reload({
         let reloader = reloader.clone();
@@ -99,7 +116,14 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     let drain_timeout = config.server.drain_timeout.get();
     // On a worker, not in `block_on`: the main thread would otherwise be woken for every
     // connection only to hand the session over to a worker.
-    let accept = tokio::spawn(inbound::serve(listener, inbound));
+    if let Some(tls_listener) = tls_listener {
+        tokio::spawn(inbound::serve(
+            tls_listener,
+            inbound.clone(),
+            inbound::Port::Tls,
+        ));
+    }
+    let accept = tokio::spawn(inbound::serve(listener, inbound, inbound::Port::Plain));
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading the configuration");

@@ -54,6 +54,44 @@ pub struct Config {
     pub log: LogConfig,
     /// Where the operator hears about listings and blocks first.
     pub alerts: AlertsConfig,
+    /// SMTP AUTH for senders outside `relay_networks`, and the brute-force guard.
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`: who may relay from anywhere by logging in (AUTH PLAIN and LOGIN, offered
+/// only under TLS), and how password guessing is slowed and stopped.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// One user per line, `name:argon2id-hash[:domain,domain…]` (`sidestep passwd NAME`
+    /// prints the line). The optional domains are the only ones the user may send from
+    /// (`MAIL FROM`). Without a file, AUTH is not offered. Re-read when it changes.
+    pub users_file: Option<PathBuf>,
+    /// Offer AUTH without TLS to clients on loopback (an MTA or tool on this host).
+    pub allow_plaintext_loopback: bool,
+    /// A failed AUTH is answered after this delay, doubled for each failure of the same
+    /// client address in `failure_window` (up to 16 times it).
+    pub failure_delay: HumanDuration,
+    /// Failures from one client address within `failure_window` that lock it out of
+    /// AUTH for `lockout` (`454 4.7.0`).
+    pub max_failures: u32,
+    /// The window in which failures are counted.
+    pub failure_window: HumanDuration,
+    /// How long a client address stays locked out of AUTH.
+    pub lockout: HumanDuration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            users_file: None,
+            allow_plaintext_loopback: false,
+            failure_delay: HumanDuration::from_secs(1),
+            max_failures: 5,
+            failure_window: HumanDuration::from_secs(15 * 60),
+            lockout: HumanDuration::from_secs(3600),
+        }
+    }
 }
 
 /// `[alerts]`: events POSTed as JSON to a webhook.
@@ -293,6 +331,14 @@ pub struct ServerConfig {
     /// in flight may finish, before the process exits anyway (a second signal exits at
     /// once). Deliveries cut short are sent again after the restart.
     pub drain_timeout: HumanDuration,
+    /// PEM certificate chain for STARTTLS (and `listen_tls`); with `tls_key`, STARTTLS is
+    /// offered. Re-read on reload.
+    pub tls_certificate: Option<PathBuf>,
+    /// PEM private key of `tls_certificate`.
+    pub tls_key: Option<PathBuf>,
+    /// An implicit-TLS listener (submissions, port 465): TLS from the first byte. Needs
+    /// `tls_certificate` and `tls_key`.
+    pub listen_tls: Option<SocketAddr>,
 }
 
 /// `[spool]`: message files and the state database.
@@ -495,6 +541,9 @@ impl Default for ServerConfig {
             max_sessions_per_ip: 20,
             max_connection_rate_per_ip: 120,
             drain_timeout: HumanDuration::from_secs(30),
+            tls_certificate: None,
+            tls_key: None,
+            listen_tls: None,
         }
     }
 }

@@ -22,6 +22,7 @@ pub(super) fn all(c: &Config) -> Vec<ConfigError> {
     smarthosts(c, &mut err);
     routes(c, &mut err);
     admin(c, &mut err);
+    security(c, &mut err);
     if let Some(to) = &c.alerts.mail
         && crate::envelope::Address::parse(to, false).is_err()
     {
@@ -444,5 +445,43 @@ fn admin(c: &Config, err: &mut impl FnMut(String, String)) {
                 format!("cannot read {}: {e}", path.display()),
             ),
         }
+    }
+}
+
+/// TLS certificate and key, the implicit-TLS listener, the users file.
+fn security(c: &Config, err: &mut impl FnMut(String, String)) {
+    let s = &c.server;
+    match (&s.tls_certificate, &s.tls_key) {
+        (Some(_), None) => err(
+            "server.tls_key".into(),
+            "tls_certificate is set: its private key is needed too".into(),
+        ),
+        (None, Some(_)) => err(
+            "server.tls_certificate".into(),
+            "tls_key is set: its certificate is needed too".into(),
+        ),
+        (Some(_), Some(_)) => {
+            if let Err(e) = crate::inbound::tls::acceptor(s) {
+                err("server.tls_certificate".into(), e);
+            }
+        }
+        (None, None) => {
+            if s.listen_tls.is_some() {
+                err(
+                    "server.listen_tls".into(),
+                    "implicit TLS needs tls_certificate and tls_key".into(),
+                );
+            }
+        }
+    }
+    if let Some(path) = &c.auth.users_file
+        && let Err(problems) = crate::inbound::users::load(path)
+    {
+        for p in problems {
+            err("auth.users_file".into(), format!("{}: {p}", path.display()));
+        }
+    }
+    if c.auth.max_failures == 0 {
+        err("auth.max_failures".into(), "at least 1".into());
     }
 }

@@ -105,7 +105,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
                 (take, None)
             }
-            State::Command | State::SkipLine => (0, None),
+            State::Command | State::SkipLine | State::Sasl(_) => (0, None),
         }
     }
 
@@ -187,6 +187,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             body: None,
             held: false,
             history: Vec::new(),
+            user: self.user.as_ref().map(|u| u.name.clone()),
         };
         // How long the disk took to make it durable: what a slow `250` comes down to.
         let started = std::time::Instant::now();
@@ -203,6 +204,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     recipients = msg.recipients.len(),
                     size = msg.size,
                     client = %self.peer.ip(),
+                    user = msg.user.as_deref().unwrap_or("-"),
+                    tls = self.tls.is_some(),
                     spool_us,
                     "accepted"
                 );
@@ -231,19 +234,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     fn with_received_header(&self, id: &QueueId, txn: &Transaction) -> Vec<u8> {
         let helo = self.helo.as_deref().unwrap_or("unknown");
         let hostname = &self.config.server.hostname;
-        let with = match (txn.flags.smtputf8, self.esmtp) {
-            (true, _) => "UTF8SMTP",
-            (false, true) => "ESMTP",
-            (false, false) => "SMTP",
-        };
+        // RFC 3848: S for TLS, A for an authenticated client.
+        let with = format!(
+            "{}{}{}",
+            match (txn.flags.smtputf8, self.esmtp) {
+                (true, _) => "UTF8SMTP",
+                (false, true) => "ESMTP",
+                (false, false) => "SMTP",
+            },
+            if self.tls.is_some() { "S" } else { "" },
+            if self.user.is_some() { "A" } else { "" },
+        );
         let date = OffsetDateTime::now_utc()
             .format(&Rfc2822)
             .unwrap_or_default();
         let helo: String = helo.chars().filter(|c| !c.is_control()).collect();
-        let mut header = format!(
-            "Received: from {helo} ([{}])\r\n\tby {hostname} (sidestep) with {with} id {id}",
-            self.peer.ip()
-        );
+        let mut header = format!("Received: from {helo} ([{}])", self.peer.ip());
+        if let Some(user) = &self.user {
+            header.push_str(&format!("\r\n\t(authenticated as {})", user.name));
+        }
+        header.push_str(&format!("\r\n\tby {hostname} (sidestep) with {with}"));
+        if let Some(tls) = &self.tls {
+            header.push_str(&format!(" ({tls})"));
+        }
+        header.push_str(&format!(" id {id}"));
         if let ([rcpt], Sender::Address(_) | Sender::Null) =
             (txn.recipients.as_slice(), &txn.sender)
         {

@@ -15,17 +15,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if !esmtp {
             return Reply::new(250, "", hostname);
         }
-        Reply::multiline(
-            250,
-            vec![
-                hostname.into(),
-                "PIPELINING".into(),
-                format!("SIZE {}", server.max_message_size.as_u64()).into(),
-                "8BITMIME".into(),
-                "ENHANCEDSTATUSCODES".into(),
-                "CHUNKING".into(),
-                "SMTPUTF8".into(),
-            ],
-        )
+        let mut lines = vec![
+            hostname.into(),
+            "PIPELINING".into(),
+            format!("SIZE {}", server.max_message_size.as_u64()).into(),
+            "8BITMIME".into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "CHUNKING".into(),
+            "SMTPUTF8".into(),
+        ];
+        if self.tls_offered() {
+            lines.push("STARTTLS".into());
+        }
+        if self.auth_offered() && self.user.is_none() {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
+        Reply::multiline(250, lines)
     }
 }

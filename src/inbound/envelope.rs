@@ -46,6 +46,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Err(e) => return Reply::new(501, "5.1.7", format!("Bad sender address: {e}")),
             }
         };
+        // A logged-in user sends only as their own domains, when the users file says
+        // which they are: a stolen password cannot send as anyone.
+        if let (Some(user), Sender::Address(a)) = (&self.user, &sender)
+            && !user.may_send_from(a.domain())
+        {
+            tracing::warn!(client = %self.peer.ip(), user = %user.name, from = %a, "sender refused: not one of the user's domains");
+            return Reply::new(
+                553,
+                "5.7.1",
+                format!("<{a}>: Sender address not owned by user {}", user.name),
+            );
+        }
         self.txn = Some(Transaction {
             sender,
             recipients: Vec::new(),
@@ -64,7 +76,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Reply::new(503, "5.5.1", "Need MAIL command first");
         };
         // Permission before syntax: a client that may not relay learns nothing else.
-        if !policy::may_relay(self.peer.ip(), &server.relay_networks) {
+        if self.user.is_none() && !policy::may_relay(self.peer.ip(), &server.relay_networks) {
             tracing::warn!(client = %self.peer.ip(), rcpt = %to.address, "relay denied");
             return Reply::new(
                 554,

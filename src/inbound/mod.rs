@@ -1,6 +1,7 @@
 //! Inbound SMTP: the relay port. `listener` accepts and limits connections, `session`
 //! runs the state machine, one file per command group, `policy` decides relay permission.
 
+mod auth;
 mod data;
 mod ehlo;
 mod envelope;
@@ -11,11 +12,13 @@ mod reply;
 mod session;
 #[cfg(test)]
 mod tests;
+pub mod tls;
+pub mod users;
 
 pub use limits::Sessions;
-pub use listener::serve;
+pub use listener::{Port, serve};
 pub use reply::Reply;
-pub use session::Session;
+pub use session::{Ending, Session};
 
 use std::sync::Arc;
 
@@ -32,9 +35,57 @@ impl Inbound {
             .clone()
     }
 
-    /// Puts `config` in force for sessions that start from now on.
-    pub fn reconfigure(&self, config: Arc<Config>) {
+    /// Puts `config` (and its certificate and users) in force for sessions that start
+    /// from now on.
+    pub fn reconfigure(&self, config: Arc<Config>, security: Security) {
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+        *self.security.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(security);
+    }
+
+    /// The certificate and users in force now.
+    pub fn security(&self) -> Arc<Security> {
+        self.security
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// What lets senders in from anywhere: the TLS certificate and the users who may log in.
+#[derive(Default)]
+pub struct Security {
+    /// STARTTLS and the implicit-TLS listener; `None` without a certificate.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// `[auth] users_file`; `None`: AUTH is not offered.
+    pub users: Option<Arc<users::Users>>,
+}
+
+impl Security {
+    /// Loads the certificate and the users file of `config`.
+    ///
+    /// # Errors
+    /// Every file that cannot be read or parsed, with why.
+    pub fn load(config: &Config) -> Result<Self, Vec<String>> {
+        let mut errors = Vec::new();
+        let tls = tls::acceptor(&config.server).unwrap_or_else(|e| {
+            errors.push(e);
+            None
+        });
+        let users = match &config.auth.users_file {
+            Some(path) => match users::Users::open(path) {
+                Ok(u) => Some(Arc::new(u)),
+                Err(e) => {
+                    errors.extend(e);
+                    None
+                }
+            },
+            None => None,
+        };
+        if errors.is_empty() {
+            Ok(Self { tls, users })
+        } else {
+            Err(errors)
+        }
     }
 }
 
@@ -54,4 +105,8 @@ pub struct Inbound {
     pub sessions: Sessions,
     /// Where a full spool is announced.
     pub alerts: crate::alerts::Alerts,
+    /// The certificate and users; a reload swaps them.
+    pub security: std::sync::RwLock<Arc<Security>>,
+    /// Failed logins per client address (shared with the admin API).
+    pub guard: Arc<users::AuthGuard>,
 }

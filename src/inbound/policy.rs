@@ -16,6 +16,16 @@ pub fn may_relay(client: IpAddr, relay_networks: &[IpNet]) -> bool {
     relay_networks.iter().any(|net| net.contains(&client))
 }
 
+/// Whether the client is on this host (loopback, also as a v4-mapped v6 address).
+pub fn is_loopback(client: IpAddr) -> bool {
+    match client {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+        IpAddr::V4(v4) => v4.is_loopback(),
+    }
+}
+
 /// Bare CR or LF in message content. Receivers disagree on whether `<LF>.<LF>` ends DATA,
 /// which is how SMTP smuggling hides a second message inside the first; RFC 5322 §2.3
 /// allows CR and LF only as a pair, so such content is refused outright.

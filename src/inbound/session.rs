@@ -40,6 +40,8 @@ pub(super) enum State {
         last: bool,
         reject: Option<Reply>,
     },
+    /// An AUTH exchange: the next line is the client's answer to our `334`.
+    Sasl(super::auth::Sasl),
 }
 
 /// The mail transaction between MAIL and the end of DATA/BDAT LAST. RSET and the end of
@@ -74,6 +76,23 @@ pub struct Session<S> {
     pub(super) errors: u32,
     /// Replies given so far: each one ends a request and starts the next one's deadline.
     pub(super) replies: u64,
+    /// The session runs under TLS: how it was negotiated (for `Received:` and the log).
+    pub(super) tls: Option<String>,
+    /// Logged in as this user (AUTH).
+    pub(super) user: Option<super::users::User>,
+    /// STARTTLS was accepted: the session ends here and resumes under TLS.
+    pub(super) starttls: bool,
+    /// Send the `220` greeting (not after STARTTLS, where the client goes on with EHLO).
+    greet: bool,
+}
+
+/// How a session ended.
+pub enum Ending<S> {
+    /// The connection is done with.
+    Closed,
+    /// The client asked for STARTTLS and got `220`: the handshake goes on with this
+    /// stream, and a fresh session after it (RFC 3207 §4.2: nothing from before counts).
+    StartTls(S),
 }
 
 /// The connection is no longer usable (I/O error, timeout, client gone).
@@ -99,16 +118,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             output: Vec::with_capacity(1024),
             errors: 0,
             replies: 0,
+            tls: None,
+            user: None,
+            starttls: false,
+            greet: true,
         }
+    }
+
+    /// A session on a stream that is under TLS already: `tls` says how it was
+    /// negotiated; `greet` is false when STARTTLS led here (the client speaks first).
+    pub fn under_tls(mut self, tls: String, greet: bool) -> Self {
+        self.tls = Some(tls);
+        self.greet = greet;
+        self
     }
 
     /// Runs the session to its end: QUIT, a closing reply, idle timeout or disconnect.
     ///
     /// # Errors
     /// The connection failed; nothing is left to tell the client.
-    pub async fn run(mut self) -> Result<(), SessionError> {
+    pub async fn run(mut self) -> Result<Ending<S>, SessionError> {
         let hostname = self.config.server.hostname.clone();
-        self.push(Reply::new(220, "", format!("{hostname} ESMTP sidestep")));
+        if self.greet {
+            self.push(Reply::new(220, "", format!("{hostname} ESMTP sidestep")));
+        }
         let server = &self.config.server;
         let (idle, stress) = (server.idle_timeout.get(), server.stress_timeout.get());
         let min_rate = server.min_data_rate.max(1) as f64;
@@ -140,10 +173,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.output.clear();
             }
             if close {
+                if self.starttls {
+                    return Ok(Ending::StartTls(self.stream));
+                }
                 // Dropping the socket closes it, which sends the FIN after the reply: a
                 // shutdown(2) first would be one more system call per session to the
                 // same effect (and mostly ENOTCONN, the client having closed after QUIT).
-                return Ok(());
+                return Ok(Ending::Closed);
             }
             // Straight into the input buffer's spare capacity: no zeroed scratch buffer per
             // session, no copy out of it.
@@ -172,13 +208,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     ));
                     self.stream.write_all(&self.output).await?;
                     let _ = self.stream.shutdown().await;
-                    return Ok(());
+                    return Ok(Ending::Closed);
                 }
             };
             if n == 0 {
-                return Ok(());
+                return Ok(Ending::Closed);
             }
-            if !matches!(self.state, State::Command | State::SkipLine) {
+            if !matches!(
+                self.state,
+                State::Command | State::SkipLine | State::Sasl(_)
+            ) {
                 allowance += std::time::Duration::from_secs_f64(n as f64 / min_rate);
             }
         }
@@ -248,6 +287,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                             return true;
                         }
                     }
+                    if self.starttls {
+                        // Anything the client pipelined after STARTTLS came in the clear
+                        // and must not be acted on under TLS (CVE-2011-0411): dropped.
+                        self.input.clear();
+                        return true;
+                    }
                     if self.errors >= MAX_ERRORS {
                         self.push(Reply::new(
                             421,
@@ -256,6 +301,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         ));
                         return true;
                     }
+                }
+                State::Sasl(_) => {
+                    let rest = &self.input[pos..];
+                    let Some(lf) = memchr(b'\n', rest) else {
+                        if rest.len() > max_line {
+                            self.state = State::SkipLine;
+                            pos = self.input.len();
+                            self.push(Reply::new(
+                                500,
+                                "5.5.6",
+                                "Authentication exchange line is too long",
+                            ));
+                        }
+                        break;
+                    };
+                    let line = self.input[pos..pos + lf + 1].to_vec();
+                    pos += lf + 1;
+                    let reply = self.sasl_line(&line).await;
+                    self.push(reply);
                 }
                 State::SkipLine => match memchr(b'\n', &self.input[pos..]) {
                     Some(lf) => {
@@ -308,8 +372,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             ),
             Request::Expn { .. } => Reply::new(502, "5.5.1", "EXPN not available"),
             Request::Help { .. } => Reply::new(214, "2.0.0", "See RFC 5321"),
-            Request::StartTls => Reply::new(502, "5.5.1", "STARTTLS not available"),
-            Request::Auth { .. } => Reply::new(502, "5.5.1", "AUTH not available"),
+            Request::StartTls => self.start_tls(),
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, &initial_response).await,
             Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
                 Reply::new(502, "5.5.1", "Command not implemented")
             }

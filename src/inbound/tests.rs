@@ -26,6 +26,8 @@ async fn session(dir: &std::path::Path) -> DuplexStream {
         queue,
         stopping,
         alerts: crate::alerts::Alerts::default(),
+        security: Default::default(),
+        guard: Default::default(),
     });
     let (client, server) = tokio::io::duplex(64 * 1024);
     let peer = "127.0.0.1:40000".parse().unwrap();

@@ -141,6 +141,7 @@ pub fn build(
         body: None,
         held: false,
         history: Vec::new(),
+        user: None,
     };
     Dsn { message, body }
 }

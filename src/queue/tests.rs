@@ -95,6 +95,7 @@ async fn a_deferred_message_is_retried_on_the_backoff_schedule() {
         body: None,
         held: false,
         history: Vec::new(),
+        user: None,
     };
     spool.store_message(&msg, b"x\r\n".to_vec()).await.unwrap();
     let _queue = start(Arc::new(ctx)).unwrap();

@@ -214,6 +214,9 @@ pub struct QueuedMessage {
     /// The latest attempts, oldest first (at most [`HISTORY_MAX`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<AttemptRecord>,
+    /// The user that handed it over logged in (AUTH): quotas and suspensions are theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// A body's place in the spool: messages accepted together share one file (one fsync

@@ -399,6 +399,7 @@ mod tests {
             body: None,
             held: false,
             history: Vec::new(),
+            user: None,
         }
     }
 

@@ -20,6 +20,7 @@ mod retry;
 mod reuse;
 mod second_opinion;
 mod stop;
+mod submission;
 
 use support::relay::Setup;
 use support::sink::Sink;

@@ -31,6 +31,16 @@ impl Client {
         }
     }
 
+    /// The connection itself, for a TLS handshake after STARTTLS (nothing may be left
+    /// unread).
+    pub fn into_stream(self) -> tokio::net::TcpStream {
+        assert!(
+            self.r.buffer().is_empty(),
+            "unread input before the handshake"
+        );
+        self.r.into_inner().reunite(self.w).unwrap()
+    }
+
     pub async fn send(&mut self, bytes: impl AsRef<[u8]>) {
         self.w.write_all(bytes.as_ref()).await.unwrap();
     }

@@ -39,6 +39,24 @@ pub async fn eventually(mut done: impl FnMut() -> bool, what: impl Fn() -> Strin
 }
 
 /// Fails the test, saying what to install, when a real peer from Debian is missing.
+/// `GET path` on an HTTP server (the admin API) from loopback; the body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    text.split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default()
+}
+
 pub fn require(tool: &str) {
     let package = match tool {
         "postfix" | "postconf" | "smtp-sink" | "smtp-source" => "postfix",

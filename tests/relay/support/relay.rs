@@ -106,6 +106,24 @@ name = "default"
         Relay::start(&self.config(), self.dir.path()).await
     }
 
+    /// The users-file line `sidestep passwd` prints for `name` with `password` (given
+    /// on stdin), limited to `domains` when any.
+    pub fn passwd(&self, name: &str, password: &str, domains: &[&str]) -> String {
+        use std::io::Write;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sidestep"))
+            .arg("passwd")
+            .arg(name)
+            .args(domains.iter().flat_map(|d| ["--domain", d]))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
     /// Runs `sidestep ARGS --config <this setup's file>` and returns its standard
     /// output; fails the test if the command fails.
     pub fn cli(&self, args: &[&str]) -> String {
@@ -137,6 +155,8 @@ pub struct Relay {
     pub addr: SocketAddr,
     /// The admin API, when the config turned it on.
     pub admin: Option<SocketAddr>,
+    /// The implicit-TLS listener, when `listen_tls` is set.
+    pub tls_addr: Option<SocketAddr>,
     log: PathBuf,
 }
 
@@ -158,10 +178,14 @@ impl Relay {
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let mut admin = None;
+        let mut tls_addr = None;
         let addr = tokio::time::timeout(PATIENCE, async {
             while let Some(line) = lines.next_line().await.unwrap() {
                 if let Some(addr) = line.strip_prefix("sidestep admin on ") {
                     admin = Some(addr.parse::<SocketAddr>().unwrap());
+                }
+                if let Some(addr) = line.strip_prefix("sidestep listening for TLS on ") {
+                    tls_addr = Some(addr.parse::<SocketAddr>().unwrap());
                 }
                 if let Some(addr) = line.strip_prefix("sidestep listening on ") {
                     return addr.parse::<SocketAddr>().unwrap();
@@ -178,6 +202,7 @@ impl Relay {
             child,
             addr,
             admin,
+            tls_addr,
             log,
         }
     }

@@ -415,6 +415,22 @@ pub fn tls_with_ca(name: &str) -> (TlsAcceptor, String) {
     (TlsAcceptor::from(Arc::new(config)), ca.pem())
 }
 
+/// A CA, and a certificate for `name` signed by it: the certificate chain and its key
+/// in PEM (as an operator's `tls_certificate` and `tls_key`), and the CA in PEM for
+/// clients to trust.
+pub fn certificate_files(name: &str) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    (leaf.pem() + &ca.pem(), key.serialize_pem(), ca.pem())
+}
+
 /// Plain or TLS stream, behind one type so STARTTLS can restart the session.
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
