@@ -234,6 +234,7 @@ async fn mail(
         client: "local (alert)".into(),
         body: None,
         held: false,
+        held_reason: None,
         history: Vec::new(),
         user: None,
     };

@@ -30,6 +30,8 @@
 //! - [`reputation`]: what we know of our egress IPs — DNSBL listings (checked
 //!   proactively) and blocks (learned from verdicts that blame the IP) — which routing
 //!   reads for every connection.
+//! - [`senders`]: who hands mail in — per-hour quotas, and the suspension of a sender
+//!   whose mail looks like a hacked account's (fed by verdicts, read by inbound).
 //! - [`admin`]: the HTTP API the CLI and the operator use on a running relay.
 //! - [`cli`]: the `sidestep` subcommands.
 
@@ -50,5 +52,6 @@ pub mod outbound;
 pub mod queue;
 pub mod reputation;
 pub mod routing;
+pub mod senders;
 pub mod site;
 pub mod spool;

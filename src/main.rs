@@ -147,6 +147,16 @@ fn main() -> ExitCode {
             json,
         ))),
         Command::Reload { config, json } => done(run_to_end(cli::reload(config.as_deref(), json))),
+        Command::Senders {
+            config,
+            json,
+            action,
+        } => {
+            let release = action
+                .as_ref()
+                .map(|cli::SendersAction::Release { name, bounce }| (name.as_str(), *bounce));
+            done(run_to_end(cli::senders(config.as_deref(), release, json)))
+        }
         Command::Passwd { name, domains } => done(cli::passwd(&name, &domains)),
         Command::DnsblCheck { config, json, ips } => {
             done(run_to_end(cli::dnsbl_check(config.as_deref(), &ips, json)))

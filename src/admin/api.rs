@@ -103,6 +103,12 @@ pub struct MessageView {
     pub client: String,
     /// Every recipient with where it stands.
     pub recipients: Vec<RecipientView>,
+    /// Why it is held, when it is and not by the operator's hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_reason: Option<String>,
+    /// The logged-in user that handed it over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// The latest attempts, oldest first: which IP, which site, what was said.
     #[serde(default)]
     pub history: Vec<crate::spool::AttemptRecord>,

@@ -136,3 +136,43 @@ pub(super) async fn delete(
         busy: vec![],
     }))
 }
+
+/// `GET /api/v1/senders`: every suspended sender, with why and the evidence.
+pub(super) async fn senders(State(admin): State<Admin>) -> Json<Vec<crate::senders::Suspension>> {
+    Json(admin.senders.suspensions())
+}
+
+/// `POST /api/v1/senders/release`: which sender, and what becomes of its held mail.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ReleaseQuery {
+    /// `user:NAME`, `domain:NAME`, or a bare user or domain name.
+    pub name: String,
+    /// Bounce the held mail (a DSN to each sender) instead of delivering it.
+    #[serde(default)]
+    pub bounce: bool,
+}
+
+/// `POST /api/v1/senders/release?name=&bounce=`.
+pub(super) async fn release_sender(
+    State(admin): State<Admin>,
+    Query(q): Query<ReleaseQuery>,
+) -> Result<Json<operator::SenderRelease>, (StatusCode, String)> {
+    let Some(id) = admin.senders.find(&q.name) else {
+        return Err((
+            StatusCode::NOT_FOUND,
+            format!("no suspended sender {}\n", q.name),
+        ));
+    };
+    operator::release_sender(
+        &admin.senders,
+        &admin.spool,
+        &admin.queue,
+        &id,
+        q.bounce,
+        &admin.hostname,
+        &admin.clock,
+    )
+    .await
+    .map(Json)
+    .map_err(|e| status(&e))
+}

@@ -82,6 +82,8 @@ pub struct Admin {
     egress: Arc<[IpAddr]>,
     /// Failed SMTP logins per client address, for `/api/v1/auth/lockouts`.
     guard: Option<Arc<crate::inbound::users::AuthGuard>>,
+    /// Suspended senders.
+    senders: crate::senders::Senders,
     failures: Arc<Mutex<HashMap<IpAddr, (Instant, u32)>>>,
 }
 
@@ -100,6 +102,7 @@ impl Admin {
             reputation,
             sessions: None,
             guard: None,
+            senders: crate::senders::Senders::default(),
             reload: None,
             egress: Arc::from(Vec::new()),
             hostname: hostname.into(),
@@ -133,6 +136,12 @@ impl Admin {
     /// Serves `/api/v1/auth/lockouts` from this guard.
     pub fn with_guard(mut self, guard: Arc<crate::inbound::users::AuthGuard>) -> Self {
         self.guard = Some(guard);
+        self
+    }
+
+    /// Serves `/api/v1/senders` from these.
+    pub fn with_senders(mut self, senders: crate::senders::Senders) -> Self {
+        self.senders = senders;
         self
     }
 
@@ -171,6 +180,8 @@ pub fn router(admin: Admin) -> Router {
         .route("/api/v1/blocks/lift", post(blocks::lift))
         .route("/api/v1/listings", get(blocks::listings))
         .route("/api/v1/auth/lockouts", get(lockouts))
+        .route("/api/v1/senders", get(control::senders))
+        .route("/api/v1/senders/release", post(control::release_sender))
         .route("/api/v1/listings/refresh", post(blocks::refresh))
         .route(
             "/api/v1/queue/messages/{id}",

@@ -263,5 +263,7 @@ fn view(snap: &Snapshot, m: &QueuedMessage, state: &str, now: u64) -> MessageVie
             })
             .collect(),
         history: m.history.clone(),
+        held_reason: m.held_reason.clone(),
+        user: m.user.clone(),
     }
 }

@@ -11,6 +11,7 @@ mod logs;
 mod passwd;
 mod queue;
 mod reload;
+mod senders;
 mod serve;
 
 use std::path::PathBuf;
@@ -29,6 +30,7 @@ pub use queue::{
     Filter as QueueFilter, QueueCommand, QueueView, command as queue_command, queue, suspension,
 };
 pub use reload::{Reloader, Running, reload};
+pub use senders::senders;
 pub use serve::serve;
 
 /// Outbound SMTP relay that keeps mail flowing when an egress IP is blocklisted.
@@ -237,6 +239,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Suspended senders (through the running relay's admin API): who, why, the
+    /// evidence; `release NAME` lets one send again.
+    Senders {
+        /// Configuration file (TOML): where the admin API listens.
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        /// Machine-readable output (the API's JSON).
+        #[arg(long, global = true)]
+        json: bool,
+        /// What to do; the list without one.
+        #[command(subcommand)]
+        action: Option<SendersAction>,
+    },
     /// Print the `[auth] users_file` line for a user: reads the password from the
     /// terminal (twice, without echo) or one line of stdin, hashes it with argon2id.
     Passwd {
@@ -258,6 +273,20 @@ pub enum Command {
         /// Addresses to check (IPv4 or IPv6).
         #[arg(required = true)]
         ips: Vec<std::net::IpAddr>,
+    },
+}
+
+/// `sidestep senders` actions.
+#[derive(Debug, Subcommand)]
+pub enum SendersAction {
+    /// End a suspension: the sender may send again, its held mail goes out (or, with
+    /// `--bounce`, back to its senders with a DSN).
+    Release {
+        /// `user:NAME`, `domain:NAME`, or a bare user or domain name.
+        name: String,
+        /// Return the held mail to its senders instead of delivering it.
+        #[arg(long)]
+        bounce: bool,
     },
 }
 

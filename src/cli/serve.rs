@@ -24,6 +24,10 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         .context("loading listing state")?;
     let alerts = crate::alerts::Alerts::start(&config.alerts, &config.server.hostname);
     reputation.set_alerts(alerts.clone());
+    let senders = crate::senders::Senders::open(&config.spool.directory)
+        .map_err(anyhow::Error::msg)
+        .context("loading sender suspensions")?;
+    senders.set_alerts(alerts.clone());
     let monitor = reputation::spawn_monitor(
         reputation.clone(),
         resolver.clone(),
@@ -32,13 +36,18 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     );
     let outbound = Outbound::new(&config, resolver.clone(), reputation.clone())
         .context("setting up delivery")?;
-    let ctx = Arc::new(QueueContext::new(
-        config.clone(),
-        spool.clone(),
-        outbound,
-        reputation.clone(),
-        Arc::new(Classifier::new(&config.classify.rules).context("loading classification rules")?),
-    ));
+    let ctx = Arc::new(
+        QueueContext::new(
+            config.clone(),
+            spool.clone(),
+            outbound,
+            reputation.clone(),
+            Arc::new(
+                Classifier::new(&config.classify.rules).context("loading classification rules")?,
+            ),
+        )
+        .with_senders(senders.clone()),
+    );
     let queue = queue::start(ctx.clone()).context("recovering the queue")?;
     alerts.mail_through(&config.alerts, spool.clone(), queue.clone());
     watch_spool_space(
@@ -59,6 +68,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
             Security::load(&config).map_err(|e| anyhow::anyhow!(e.join("; ")))?,
         )),
         guard: Default::default(),
+        senders: senders.clone(),
     });
     let reloader = Arc::new(super::Reloader::new(
         config_path,
@@ -104,6 +114,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     )
     .with_sessions(sessions.clone())
     .with_guard(inbound.guard.clone())
+    .with_senders(senders.clone())
     .with_egress(config.egress_ips())
     .with_reload({
         let reloader = reloader.clone();

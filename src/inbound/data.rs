@@ -10,6 +10,7 @@ use super::session::{State, Transaction};
 use super::{Reply, Session, policy};
 use crate::clock::{unix_now, unix_now_ms};
 use crate::envelope::Sender;
+use crate::senders::SenderId;
 use crate::spool::{QueueId, QueuedMessage, RecipientState};
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
@@ -186,6 +187,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             client: self.peer.ip().to_string(),
             body: None,
             held: false,
+            held_reason: None,
             history: Vec::new(),
             user: self.user.as_ref().map(|u| u.name.clone()),
         };
@@ -210,6 +212,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     "accepted"
                 );
                 self.inbound.queue.enqueued(&msg);
+                let submitter = self.submitter(&msg.sender);
+                self.inbound.senders.accepted(
+                    &submitter,
+                    SenderId::of(msg.user.as_deref(), &msg.sender).as_ref(),
+                    &self.config.quotas,
+                    &self.config.suspension,
+                    msg.recipients.len() as u32,
+                );
                 Reply::new(250, "2.0.0", format!("Ok: queued as {id}"))
             }
             Err(e) if e.is_disk_full() => {

@@ -7,12 +7,86 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::session::Transaction;
 use super::{Reply, Session, policy};
+use crate::config::SuspendedReply;
 use crate::envelope::{Address, AddressError, BodyFlags, Sender};
+use crate::senders::{SenderId, Submitter};
 
 /// RCPTs beyond `max_recipients` answered `452` without counting as client errors.
 const RECIPIENT_OVERSHOOT: usize = 1000;
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    /// Who is handing in mail from `sender`, for the quotas.
+    pub(super) fn submitter<'a>(&'a self, sender: &'a Sender) -> Submitter<'a> {
+        Submitter {
+            user: self.user.as_ref().map(|u| u.name.as_str()),
+            client: (!policy::may_relay(self.peer.ip(), &self.config.server.relay_networks))
+                .then(|| self.peer.ip()),
+            sender_domain: match sender {
+                Sender::Address(a) => Some(a.domain()),
+                Sender::Null => None,
+            },
+        }
+    }
+
+    /// The `450` for one more recipient of `txn` beyond a recipient quota. Only for a
+    /// client that may relay at all: an outsider learns of relay permission first.
+    fn over_recipient_quota(&self, txn: &Transaction) -> Option<Reply> {
+        if self.user.is_none()
+            && !policy::may_relay(self.peer.ip(), &self.config.server.relay_networks)
+        {
+            return None;
+        }
+        let over = self
+            .inbound
+            .senders
+            .check(
+                &self.submitter(&txn.sender),
+                &self.config.quotas,
+                false,
+                txn.recipients.len() as u32 + 1,
+            )
+            .err()?;
+        tracing::warn!(client = %self.peer.ip(), limit = %over.0, "RCPT refused: over quota");
+        Some(Reply::new(
+            450,
+            "4.7.1",
+            format!("Recipient quota exceeded ({}); try again later", over.0),
+        ))
+    }
+
+    /// Why mail from `sender` is refused now: the sender is suspended, or over a
+    /// message quota.
+    fn sender_refused(&self, sender: &Sender) -> Option<Reply> {
+        let user = self.user.as_ref().map(|u| u.name.as_str());
+        if let Some(id) = SenderId::of(user, sender)
+            && let Some(s) = self.inbound.senders.suspended(&id)
+        {
+            tracing::warn!(client = %self.peer.ip(), sender = %id, "MAIL refused: sender suspended");
+            let text = format!(
+                "Sender {id} is suspended by the relay's abuse guard ({}); contact the postmaster",
+                s.reason
+            );
+            return Some(match self.config.suspension.reply {
+                SuspendedReply::Temporary => Reply::new(451, "4.7.1", text),
+                SuspendedReply::Permanent => Reply::new(550, "5.7.1", text),
+            });
+        }
+        let submitter = self.submitter(sender);
+        if let Err(over) = self
+            .inbound
+            .senders
+            .check(&submitter, &self.config.quotas, true, 0)
+        {
+            tracing::warn!(client = %self.peer.ip(), limit = %over.0, "MAIL refused: over quota");
+            return Some(Reply::new(
+                450,
+                "4.7.1",
+                format!("Message quota exceeded ({}); try again later", over.0),
+            ));
+        }
+        None
+    }
+
     pub(super) fn mail(&mut self, from: MailFrom<Cow<'_, str>>) -> Reply {
         if self.helo.is_none() {
             return Reply::new(503, "5.5.1", "Send HELO/EHLO first");
@@ -46,6 +120,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Err(e) => return Reply::new(501, "5.1.7", format!("Bad sender address: {e}")),
             }
         };
+        if let Some(reply) = self.sender_refused(&sender) {
+            return reply;
+        }
         // A logged-in user sends only as their own domains, when the users file says
         // which they are: a stolen password cannot send as anyone.
         if let (Some(user), Sender::Address(a)) = (&self.user, &sender)
@@ -71,6 +148,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     pub(super) fn rcpt(&mut self, to: RcptTo<Cow<'_, str>>) -> Reply {
+        if let Some(txn) = &self.txn
+            && let Some(reply) = self.over_recipient_quota(txn)
+        {
+            return reply;
+        }
         let server = &self.config.server;
         let Some(txn) = self.txn.as_mut() else {
             return Reply::new(503, "5.5.1", "Need MAIL command first");

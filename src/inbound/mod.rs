@@ -109,4 +109,6 @@ pub struct Inbound {
     pub security: std::sync::RwLock<Arc<Security>>,
     /// Failed logins per client address (shared with the admin API).
     pub guard: Arc<users::AuthGuard>,
+    /// Quotas and suspensions of senders.
+    pub senders: crate::senders::Senders,
 }

@@ -28,6 +28,7 @@ async fn session(dir: &std::path::Path) -> DuplexStream {
         alerts: crate::alerts::Alerts::default(),
         security: Default::default(),
         guard: Default::default(),
+        senders: Default::default(),
     });
     let (client, server) = tokio::io::duplex(64 * 1024);
     let peer = "127.0.0.1:40000".parse().unwrap();

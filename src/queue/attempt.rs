@@ -19,6 +19,7 @@ use super::handle::QueueHandle;
 use super::{dsn, retry};
 use crate::classify::{Retry, Verdict};
 use crate::envelope::Sender;
+use crate::senders::SenderId;
 use crate::spool::{QueueId, QueuedMessage, RecipientStatus, RemoteReply, SpoolError};
 
 /// When the spool itself fails mid-attempt, try the message again after this long
@@ -88,6 +89,21 @@ async fn attempt(
             waiting_for_egress: false,
         });
     };
+    let sender = SenderId::of(msg.user.as_deref(), &msg.sender);
+    if let Some(id) = &sender
+        && !msg.is_done()
+        && ctx.senders.suspended(id).is_some()
+    {
+        // Not delivered, not lost: kept until the operator releases the sender.
+        msg.held = true;
+        msg.held_reason = Some(format!("sender {id} suspended"));
+        ctx.spool.update(&msg).await?;
+        tracing::warn!(queue_id = %msg.id, sender = %id, "held: its sender is suspended");
+        return Ok(Outcome {
+            next_ms: None,
+            waiting_for_egress: false,
+        });
+    }
     // A body that cannot be read (a damaged disk, a file deleted by hand) must not keep
     // the message in the queue for ever: nothing is sent, the recipients wait with this
     // as their last error, and the message expires into a DSN like any other.
@@ -156,6 +172,20 @@ async fn attempt(
         if let Some(at) = outcome.retry_at {
             retry_at = Some(retry_at.map_or(at, |r: u64| r.min(at)));
         }
+        if let Some(id) = &sender {
+            let verdicts: Vec<_> = outcome
+                .history
+                .iter()
+                .map(|a| (a.verdict, a.reply.clone()))
+                .collect();
+            if ctx
+                .senders
+                .observe(id, &verdicts, &ctx.config.suspension)
+                .is_some()
+            {
+                hold_queued(ctx.clone(), queue.clone(), id.clone());
+            }
+        }
         msg.remember(outcome.history);
         for (i, r) in outcome.results {
             msg.recipients[i].route = Some(r.route);
@@ -213,6 +243,32 @@ async fn attempt(
             })
         }
     }
+}
+
+/// Holds every queued message of a newly suspended sender at once (each would be held
+/// when it comes due anyway; this makes `sidestep queue` show it now). A message with
+/// an attempt under way is held at its next attempt.
+fn hold_queued(ctx: Arc<QueueContext>, queue: QueueHandle, id: SenderId) {
+    tokio::spawn(async move {
+        let spool = ctx.spool.clone();
+        let Ok(Ok(records)) = tokio::task::spawn_blocking(move || spool.recover()).await else {
+            return;
+        };
+        let mut held = 0;
+        for m in records {
+            if m.held || SenderId::of(m.user.as_deref(), &m.sender).as_ref() != Some(&id) {
+                continue;
+            }
+            let reason = format!("sender {id} suspended");
+            if super::operator::hold_for(&ctx.spool, &queue, &m.id, Some(reason))
+                .await
+                .is_ok()
+            {
+                held += 1;
+            }
+        }
+        tracing::warn!(sender = %id, held, "queued mail of a suspended sender held");
+    });
 }
 
 /// Bounces what failed, then removes the message or records its new state and next due

@@ -27,6 +27,8 @@ pub struct QueueContext {
     pub reputation: Reputation,
     /// Built-in and operator rules, compiled once.
     pub classifier: Arc<Classifier>,
+    /// Senders' suspensions (their mail is held) and what their mail draws.
+    pub senders: crate::senders::Senders,
     /// Outbound connections over all destinations.
     pub connections: Arc<Semaphore>,
     /// Outbound connections per destination domain; entries are dropped when idle.
@@ -52,6 +54,7 @@ impl QueueContext {
         Self {
             reputation,
             classifier,
+            senders: crate::senders::Senders::default(),
             connections: Arc::new(Semaphore::new(config.delivery.max_connections)),
             per_domain: Arc::new(Mutex::new(HashMap::new())),
             throttled: Arc::new(ThrottleLanes::new(Clock::system())),
@@ -61,6 +64,12 @@ impl QueueContext {
             spool,
             outbound,
         }
+    }
+
+    /// The same context feeding and obeying these senders' state.
+    pub fn with_senders(mut self, senders: crate::senders::Senders) -> Self {
+        self.senders = senders;
+        self
     }
 
     /// The same context on another clock (tests run the queue on tokio's paused one).
@@ -85,6 +94,7 @@ impl QueueContext {
             classifier,
             spool: self.spool.clone(),
             reputation: self.reputation.clone(),
+            senders: self.senders.clone(),
             connections: self.connections.clone(),
             per_domain: self.per_domain.clone(),
             throttled: self.throttled.clone(),

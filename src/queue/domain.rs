@@ -498,7 +498,7 @@ fn log_attempt(
             egress: line.egress.clone(),
             site: report.site.as_ref().map(ToString::to_string),
             reply: reply.to_string(),
-            verdict: class.verdict.name().to_string(),
+            verdict: class.verdict,
             status: status.to_string(),
         },
         line: keep.then(|| {

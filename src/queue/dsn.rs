@@ -140,6 +140,7 @@ pub fn build(
         client: "local (DSN)".into(),
         body: None,
         held: false,
+        held_reason: None,
         history: Vec::new(),
         user: None,
     };

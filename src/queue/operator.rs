@@ -46,11 +46,25 @@ async fn forget(queue: &QueueHandle, id: &QueueId) -> Result<(), OperatorError> 
 /// # Errors
 /// Not in the queue, an attempt under way, or the spool failed.
 pub async fn hold(spool: &Spool, queue: &QueueHandle, id: &QueueId) -> Result<(), OperatorError> {
+    hold_for(spool, queue, id, None).await
+}
+
+/// [`hold`], with the reason when it is not the operator's hand.
+///
+/// # Errors
+/// Not in the queue, an attempt under way, or the spool failed.
+pub async fn hold_for(
+    spool: &Spool,
+    queue: &QueueHandle,
+    id: &QueueId,
+    reason: Option<String>,
+) -> Result<(), OperatorError> {
     let mut msg = load(spool, id).await?;
     forget(queue, id).await?;
     msg.held = true;
+    tracing::info!(queue_id = %id, reason = reason.as_deref().unwrap_or("by the operator"), "held");
+    msg.held_reason = reason;
     spool.update(&msg).await?;
-    tracing::info!(queue_id = %id, "held by the operator");
     Ok(())
 }
 
@@ -67,6 +81,7 @@ pub async fn release(
     let mut msg = load(spool, id).await?;
     if msg.held {
         msg.held = false;
+        msg.held_reason = None;
         msg.next_attempt_ms = clock.now_ms();
         spool.update(&msg).await?;
     }
@@ -131,4 +146,60 @@ pub async fn delete(
     spool.remove(&msg).await?;
     tracing::warn!(queue_id = %id, bounced = bounce.is_some(), reason = bounce.unwrap_or("-"), "deleted by the operator");
     Ok(())
+}
+
+/// What releasing a suspended sender did with its held mail.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct SenderRelease {
+    /// The sender released.
+    pub sender: String,
+    /// Held messages scheduled for delivery now.
+    pub released: Vec<String>,
+    /// Held messages returned to their senders with a DSN (`--bounce`).
+    pub bounced: Vec<String>,
+}
+
+/// Ends the suspension of `id` and lets its held mail go, or bounces it (a DSN to each
+/// message's sender quoting why).
+///
+/// # Errors
+/// The spool failed while reading the queue.
+pub async fn release_sender(
+    senders: &crate::senders::Senders,
+    spool: &Spool,
+    queue: &QueueHandle,
+    id: &crate::senders::SenderId,
+    bounce: bool,
+    hostname: &str,
+    clock: &Clock,
+) -> Result<SenderRelease, OperatorError> {
+    senders.release(id);
+    let reason = format!("sender {id} suspended");
+    let records = {
+        let spool = spool.clone();
+        tokio::task::spawn_blocking(move || spool.recover())
+            .await
+            .map_err(SpoolError::ReadTask)??
+    };
+    let mut out = SenderRelease {
+        sender: id.to_string(),
+        ..SenderRelease::default()
+    };
+    for m in records {
+        if !m.held || m.held_reason.as_deref() != Some(reason.as_str()) {
+            continue;
+        }
+        if bounce {
+            let why = format!(
+                "held while {id} was suspended for sending what looked like abuse; returned by the postmaster"
+            );
+            delete(spool, queue, &m.id, Some(&why), hostname, clock).await?;
+            out.bounced.push(m.id.to_string());
+        } else {
+            release(spool, queue, &m.id, clock).await?;
+            out.released.push(m.id.to_string());
+        }
+    }
+    tracing::warn!(sender = %id, released = out.released.len(), bounced = out.bounced.len(), "suspended sender released");
+    Ok(out)
 }

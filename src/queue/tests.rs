@@ -94,6 +94,7 @@ async fn a_deferred_message_is_retried_on_the_backoff_schedule() {
         client: "test".into(),
         body: None,
         held: false,
+        held_reason: None,
         history: Vec::new(),
         user: None,
     };

@@ -165,7 +165,7 @@ pub struct AttemptRecord {
     /// The reply, exact (or why there was none).
     pub reply: String,
     /// The classifier's verdict.
-    pub verdict: String,
+    pub verdict: crate::classify::Verdict,
     /// `sent`, `deferred` or `bounced`: what became of the recipient.
     pub status: String,
 }
@@ -211,6 +211,9 @@ pub struct QueuedMessage {
     /// Held by the operator: kept, never attempted, until released.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub held: bool,
+    /// Why it is held, when not by the operator's hand (its sender is suspended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_reason: Option<String>,
     /// The latest attempts, oldest first (at most [`HISTORY_MAX`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<AttemptRecord>,

@@ -398,6 +398,7 @@ mod tests {
             client: "test".into(),
             body: None,
             held: false,
+            held_reason: None,
             history: Vec::new(),
             user: None,
         }

@@ -19,6 +19,7 @@ mod replies;
 mod retry;
 mod reuse;
 mod second_opinion;
+mod senders;
 mod stop;
 mod submission;
 

@@ -17,7 +17,7 @@ const OUTSIDER: &str = "127.0.0.77";
 /// A world whose relay has a certificate (from a private CA, returned in PEM), a users
 /// file with alice (password `s3cret`, sender domain `sender.test`) and carol (any
 /// domain), and relays without login only for 127.0.0.1.
-fn submission_world(w: &mut World) -> String {
+pub(crate) fn submission_world(w: &mut World) -> String {
     let (cert, key, ca) = crate::support::sink::certificate_files("relay.test");
     let dir = w.setup.dir.path();
     std::fs::write(dir.join("cert.pem"), cert).unwrap();
@@ -181,7 +181,7 @@ impl TlsClient {
     }
 }
 
-fn plain_response(user: &str, password: &str) -> String {
+pub(crate) fn plain_response(user: &str, password: &str) -> String {
     B64.encode(format!("\0{user}\0{password}"))
 }
 

@@ -43,6 +43,9 @@ pub struct Behaviour {
     /// The reply to the end of DATA for connections from these source addresses (a
     /// receiver that refuses an IP only once it has seen the message); not recorded.
     pub data_from: HashMap<IpAddr, String>,
+    /// The reply to the end of DATA for messages whose content contains the key (a
+    /// content filter); `{peer}` in it becomes the client's address. Not recorded.
+    pub data_containing: HashMap<String, String>,
     /// Offer STARTTLS with this certificate.
     pub tls: Option<TlsAcceptor>,
     /// Speak TLS from the first byte (a submissions/465 server), with this certificate.
@@ -339,8 +342,15 @@ impl Sink {
                     let (reply, delay) = {
                         let mut b = self.behaviour.lock().unwrap();
                         let from_peer = b.data_from.get(&peer).cloned();
+                        let content = String::from_utf8_lossy(&data);
+                        let filtered = b
+                            .data_containing
+                            .iter()
+                            .find(|(k, _)| content.contains(k.as_str()))
+                            .map(|(_, v)| v.replace("{peer}", &peer.to_string()));
                         (
                             from_peer
+                                .or(filtered)
                                 .or_else(|| b.data.pop_front())
                                 .or_else(|| b.data_always.clone()),
                             b.data_delay,

@@ -1,0 +1,73 @@
+//! `sidestep senders [release NAME [--bounce]]`: suspended senders, through the running
+//! relay's admin API.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::queue::operator::SenderRelease;
+use crate::senders::Suspension;
+
+/// Lists suspended senders, or releases one (`release`: name, and whether its held
+/// mail bounces).
+pub async fn senders(
+    config_path: Option<&Path>,
+    release: Option<(&str, bool)>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let config = super::load_config(config_path)?;
+    let body = match release {
+        None => super::admin_client::get(&config, "/api/v1/senders").await?,
+        Some((name, bounce)) => {
+            let path = format!(
+                "/api/v1/senders/release?name={}&bounce={bounce}",
+                super::admin_client::encode(name)
+            );
+            super::admin_client::request(&config, "POST", &path).await?
+        }
+    };
+    if json {
+        println!("{}", String::from_utf8_lossy(&body).trim_end());
+        return Ok(());
+    }
+    let mut out = String::new();
+    if release.is_some() {
+        let r: SenderRelease = serde_json::from_slice(&body)?;
+        let _ = writeln!(
+            out,
+            "released {}: {} held message(s) scheduled, {} bounced",
+            r.sender,
+            r.released.len(),
+            r.bounced.len()
+        );
+    } else {
+        let list: Vec<Suspension> = serde_json::from_slice(&body)?;
+        if list.is_empty() {
+            let _ = writeln!(out, "no sender is suspended");
+        }
+        for s in &list {
+            let _ = writeln!(
+                out,
+                "{} suspended since {}",
+                s.sender,
+                super::blocks::when(s.since)
+            );
+            let _ = writeln!(out, "  why:      {}", s.reason);
+            let r = &s.recent;
+            let _ = writeln!(
+                out,
+                "  counts:   {} messages, {} attempts, {} reputation refusals, {} unknown recipients (usual {:.0} messages per window)",
+                r.messages, r.attempts, r.reputation_refusals, r.unknown_recipients, r.usual
+            );
+            for e in &r.samples {
+                let _ = writeln!(out, "  evidence: {e}");
+            }
+            let _ = writeln!(
+                out,
+                "  release:  sidestep senders release {} [--bounce]",
+                s.sender
+            );
+        }
+    }
+    print!("{out}");
+    Ok(())
+}

@@ -1,0 +1,423 @@
+//! Senders: who hands mail in, how much they may hand in, and whether they look hacked.
+//!
+//! A sender is a logged-in user, or else the envelope sender's domain (a null sender,
+//! a DSN, is nobody's). [`quota`] keeps per-hour allowances per user, client address and
+//! sender domain, checked at MAIL and RCPT and taken at the `250`. [`watch`] counts what
+//! each sender's recent mail drew from destinations; when it looks like a hacked
+//! account's (the seed 003 story: reputation refusals, unknown recipients, a spike), the
+//! sender is suspended: new mail refused, queued mail held, the operator alerted. A
+//! suspension lasts until the operator releases it and survives restarts
+//! (`senders.json` in the spool directory).
+
+mod quota;
+mod watch;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+pub use watch::Recent;
+
+use crate::classify::Verdict;
+use crate::config::{Quota, QuotasConfig, SuspensionConfig};
+use crate::envelope::Sender;
+
+/// Who a message is from, as quotas and suspensions see it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SenderId {
+    /// A logged-in user.
+    User(String),
+    /// An envelope sender domain (lower case).
+    Domain(String),
+}
+
+impl SenderId {
+    /// The sender of a message from `user` (if logged in) with envelope sender `sender`.
+    pub fn of(user: Option<&str>, sender: &Sender) -> Option<Self> {
+        match (user, sender) {
+            (Some(u), _) => Some(Self::User(u.to_string())),
+            (None, Sender::Address(a)) => Some(Self::Domain(a.domain().to_ascii_lowercase())),
+            (None, Sender::Null) => None,
+        }
+    }
+
+    /// `user:NAME` or `domain:NAME` as shown; a bare name is looked up by the caller.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.split_once(':') {
+            Some(("user", n)) if !n.is_empty() => Some(Self::User(n.to_string())),
+            Some(("domain", n)) if !n.is_empty() => Some(Self::Domain(n.to_ascii_lowercase())),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for SenderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::User(n) => write!(f, "user:{n}"),
+            Self::Domain(n) => write!(f, "domain:{n}"),
+        }
+    }
+}
+
+impl Serialize for SenderId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for SenderId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(&text).ok_or_else(|| serde::de::Error::custom(format!("not a sender: {text}")))
+    }
+}
+
+/// A suspended sender, with the evidence.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Suspension {
+    /// Who.
+    pub sender: SenderId,
+    /// Since when (Unix seconds).
+    pub since: u64,
+    /// Why, in a sentence.
+    pub reason: String,
+    /// The counts of the window that tripped it, with sample refusals.
+    pub recent: Recent,
+}
+
+/// Who is handing a message in, for the quotas.
+#[derive(Debug, Clone, Copy)]
+pub struct Submitter<'a> {
+    /// The logged-in user.
+    pub user: Option<&'a str>,
+    /// The client's address, when it is outside `relay_networks` (the MTA in front is
+    /// trusted with the sum of its users).
+    pub client: Option<IpAddr>,
+    /// The envelope sender's domain.
+    pub sender_domain: Option<&'a str>,
+}
+
+/// Which limit a submission ran into, for the `450` text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverQuota(pub String);
+
+/// Cheap handle on the senders' state, shared by inbound sessions, the queue and the
+/// admin API.
+#[derive(Clone, Default)]
+pub struct Senders {
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    /// `senders.json`; `None` in memory only (tests).
+    path: Option<PathBuf>,
+    /// Serialises writes of the file, so the last write holds the latest state.
+    persist: Mutex<()>,
+    alerts: OnceLock<crate::alerts::Alerts>,
+}
+
+#[derive(Default)]
+struct State {
+    messages: quota::Buckets,
+    recipients: quota::Buckets,
+    recent: HashMap<SenderId, Recent>,
+    suspended: BTreeMap<SenderId, Suspension>,
+}
+
+/// The file's content.
+#[derive(Serialize, Deserialize, Default)]
+struct Stored {
+    suspended: Vec<Suspension>,
+}
+
+impl Senders {
+    /// The senders' state in `dir` (suspensions survive restarts).
+    ///
+    /// # Errors
+    /// `senders.json` exists but cannot be read or parsed.
+    pub fn open(dir: &Path) -> Result<Self, String> {
+        let path = dir.join("senders.json");
+        let stored: Stored = match std::fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Stored::default(),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let state = State {
+            suspended: stored
+                .suspended
+                .into_iter()
+                .map(|s| (s.sender.clone(), s))
+                .collect(),
+            ..State::default()
+        };
+        Ok(Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(state),
+                path: Some(path),
+                ..Shared::default()
+            }),
+        })
+    }
+
+    /// Alerts go out through these from now on.
+    pub fn set_alerts(&self, alerts: crate::alerts::Alerts) {
+        let _ = self.shared.alerts.set(alerts);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The suspension of `id`, if it is suspended.
+    pub fn suspended(&self, id: &SenderId) -> Option<Suspension> {
+        self.lock().suspended.get(id).cloned()
+    }
+
+    /// Every suspended sender.
+    pub fn suspensions(&self) -> Vec<Suspension> {
+        self.lock().suspended.values().cloned().collect()
+    }
+
+    /// The suspended sender `name` means: `user:X`, `domain:X`, or a bare user or domain.
+    pub fn find(&self, name: &str) -> Option<SenderId> {
+        if let Some(id) = SenderId::parse(name) {
+            return Some(id);
+        }
+        let state = self.lock();
+        [
+            SenderId::User(name.to_string()),
+            SenderId::Domain(name.to_ascii_lowercase()),
+        ]
+        .into_iter()
+        .find(|id| state.suspended.contains_key(id))
+    }
+
+    /// Whether a message with `recipients` more recipients (and, with `message`, one
+    /// more message) fits every quota of `who`.
+    ///
+    /// # Errors
+    /// The first limit it would exceed.
+    pub fn check(
+        &self,
+        who: &Submitter<'_>,
+        quotas: &QuotasConfig,
+        message: bool,
+        recipients: u32,
+    ) -> Result<(), OverQuota> {
+        let now = Instant::now();
+        let state = self.lock();
+        for (key, what, limit) in keys(who, quotas) {
+            if message && !state.messages.allows(&key, limit.messages_per_hour, 1, now) {
+                return Err(OverQuota(format!(
+                    "{what}: {} messages per hour",
+                    limit.messages_per_hour
+                )));
+            }
+            if !state
+                .recipients
+                .allows(&key, limit.recipients_per_hour, recipients, now)
+            {
+                return Err(OverQuota(format!(
+                    "{what}: {} recipients per hour",
+                    limit.recipients_per_hour
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A message of `who` with `recipients` recipients was accepted: its quotas are
+    /// taken, and its volume counts toward a spike.
+    pub fn accepted(
+        &self,
+        who: &Submitter<'_>,
+        sender: Option<&SenderId>,
+        quotas: &QuotasConfig,
+        suspension: &SuspensionConfig,
+        recipients: u32,
+    ) {
+        let now = Instant::now();
+        let tripped = {
+            let mut state = self.lock();
+            for (key, _, limit) in keys(who, quotas) {
+                state.messages.take(&key, limit.messages_per_hour, 1, now);
+                state
+                    .recipients
+                    .take(&key, limit.recipients_per_hour, recipients, now);
+            }
+            sender.and_then(|id| {
+                let recent = state.recent.entry(id.clone()).or_default();
+                recent.roll(crate::clock::unix_now(), suspension.window.get().as_secs());
+                recent.messages += 1;
+                recent.verdict(suspension).map(|why| (id.clone(), why))
+            })
+        };
+        if let Some((id, why)) = tripped {
+            self.suspend(&id, why);
+        }
+    }
+
+    /// What destinations said to one attempt of `id`'s mail: one verdict (and reply)
+    /// per recipient. Returns the suspension when this tipped the sender over.
+    pub fn observe(
+        &self,
+        id: &SenderId,
+        verdicts: &[(Verdict, String)],
+        config: &SuspensionConfig,
+    ) -> Option<Suspension> {
+        let why = {
+            let mut state = self.lock();
+            if state.suspended.contains_key(id) {
+                return None;
+            }
+            let recent = state.recent.entry(id.clone()).or_default();
+            recent.roll(crate::clock::unix_now(), config.window.get().as_secs());
+            for (verdict, reply) in verdicts {
+                recent.attempts += 1;
+                match verdict {
+                    Verdict::IpReputation => {
+                        recent.reputation_refusals += 1;
+                        recent.sample(reply.clone());
+                    }
+                    Verdict::Recipient => {
+                        recent.unknown_recipients += 1;
+                        recent.sample(reply.clone());
+                    }
+                    _ => {}
+                }
+            }
+            recent.verdict(config)?
+        };
+        self.suspend(id, why)
+    }
+
+    /// Suspends `id` (once): persisted, logged, alerted.
+    fn suspend(&self, id: &SenderId, reason: String) -> Option<Suspension> {
+        let suspension = {
+            let mut state = self.lock();
+            if state.suspended.contains_key(id) {
+                return None;
+            }
+            let s = Suspension {
+                sender: id.clone(),
+                since: crate::clock::unix_now(),
+                reason,
+                recent: state.recent.get(id).cloned().unwrap_or_default(),
+            };
+            state.suspended.insert(id.clone(), s.clone());
+            s
+        };
+        tracing::error!(
+            sender = %id,
+            reason = %suspension.reason,
+            evidence = %suspension.recent.samples.join(" | "),
+            "sender suspended: its new mail is refused and its queued mail held until the operator releases it"
+        );
+        if let Some(a) = self.shared.alerts.get() {
+            a.send(
+                "sender-suspended",
+                None,
+                Some(id.to_string()),
+                format!(
+                    "{id} suspended: {}; its queued mail is held. Evidence: {}. Release with `sidestep senders release {id}` (add --bounce to return its held mail to the senders).",
+                    suspension.reason,
+                    suspension.recent.samples.join(" | ")
+                ),
+            );
+        }
+        self.persist();
+        Some(suspension)
+    }
+
+    /// Ends the suspension of `id`; its counts start afresh.
+    pub fn release(&self, id: &SenderId) -> Option<Suspension> {
+        let released = {
+            let mut state = self.lock();
+            state.recent.remove(id);
+            state.suspended.remove(id)
+        };
+        if released.is_some() {
+            tracing::warn!(sender = %id, "sender released by the operator");
+            self.persist();
+        }
+        released
+    }
+
+    /// Writes the suspensions (a temporary file, fsynced, renamed over the old one).
+    fn persist(&self) {
+        let Some(path) = &self.shared.path else {
+            return;
+        };
+        let _turn = self
+            .shared
+            .persist
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let stored = Stored {
+            suspended: self.suspensions(),
+        };
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let tmp = path.with_extension("json.tmp");
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&serde_json::to_vec_pretty(&stored).map_err(std::io::Error::other)?)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            if let Some(dir) = path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        if let Err(e) = write() {
+            tracing::error!(path = %path.display(), error = %e, "cannot save the sender suspensions (they hold in memory)");
+        }
+    }
+}
+
+/// The quota keys of a submission with their limits: user, client, sender domain.
+fn keys(who: &Submitter<'_>, q: &QuotasConfig) -> Vec<(String, String, Quota)> {
+    let find = |pick: &dyn Fn(&crate::config::QuotaOverride) -> bool, default: Quota| {
+        q.overrides
+            .iter()
+            .find(|o| pick(o))
+            .map_or(default, |o| Quota {
+                messages_per_hour: o.messages_per_hour,
+                recipients_per_hour: o.recipients_per_hour,
+            })
+    };
+    let mut out = Vec::new();
+    if let Some(u) = who.user {
+        let limit = find(&|o| o.user.as_deref() == Some(u), q.user);
+        out.push((format!("u:{u}"), format!("user {u}"), limit));
+    }
+    if let Some(ip) = who.client {
+        let limit = find(&|o| o.client == Some(ip), q.client);
+        out.push((format!("c:{ip}"), format!("client {ip}"), limit));
+    }
+    if let Some(d) = who.sender_domain {
+        let limit = find(
+            &|o| {
+                o.sender_domain
+                    .as_deref()
+                    .is_some_and(|x| x.eq_ignore_ascii_case(d))
+            },
+            q.sender_domain,
+        );
+        out.push((
+            format!("d:{}", d.to_ascii_lowercase()),
+            format!("sender domain {d}"),
+            limit,
+        ));
+    }
+    out
+}
