@@ -2,7 +2,7 @@
 //! name servers of `[dns] nameservers`.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -63,6 +63,10 @@ pub struct Resolver {
     inner: TokioResolver,
     mx: Arc<Answers<Vec<MxHost>>>,
     addresses: Arc<Answers<Vec<IpAddr>>>,
+    /// The name servers, asked directly for PTR records (see [`Resolver::lookup_ptr`]).
+    servers: Arc<[SocketAddr]>,
+    /// How long one name server may take to answer.
+    timeout: std::time::Duration,
 }
 
 /// Positive answers for delivery, each until its DNS TTL runs out. hickory caches too,
@@ -137,10 +141,27 @@ impl Resolver {
         let inner = builder
             .build()
             .map_err(|e| DnsError::Setup(e.to_string()))?;
+        let servers: Vec<SocketAddr> = if config.nameservers.is_empty() {
+            hickory_resolver::system_conf::read_system_conf()
+                .map(|(c, _)| {
+                    c.name_servers()
+                        .iter()
+                        .map(|ns| {
+                            let port = ns.connections.first().map_or(53, |c| c.port);
+                            SocketAddr::new(ns.ip, port)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        } else {
+            config.nameservers.clone()
+        };
         Ok(Self {
             inner,
             mx: Arc::new(Answers::new()),
             addresses: Arc::new(Answers::new()),
+            servers: servers.into(),
+            timeout: config.timeout.get(),
         })
     }
 
@@ -268,6 +289,70 @@ impl Resolver {
             Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok(None),
             Err(e) => Err(temporary(name, &e)),
         }
+    }
+
+    /// The PTR names of `ip` (lower case, without the final dot); none when it has no
+    /// reverse DNS.
+    ///
+    /// Asked of the name servers directly: the resolver library answers reverse
+    /// lookups of 127.0.0.0/8 itself (`localhost`, RFC 6761), which would hide the
+    /// records of loopback egress addresses in tests behind a made-up answer.
+    ///
+    /// # Errors
+    /// No name server answered (timeout, SERVFAIL).
+    pub async fn lookup_ptr(&self, ip: IpAddr) -> Result<Vec<String>, DnsError> {
+        use hickory_resolver::proto::op::{Message, Query, ResponseCode};
+        use hickory_resolver::proto::rr::{Name, RecordType};
+        let mut query = Message::query();
+        query.metadata.recursion_desired = true;
+        query.add_query(Query::query(Name::from(ip), RecordType::PTR));
+        let packet = query.to_vec().map_err(|e| DnsError::Setup(e.to_string()))?;
+        let mut last = format!("no name server for reverse lookups of {ip}");
+        for server in self.servers.iter() {
+            let answer = async {
+                let socket = tokio::net::UdpSocket::bind(if server.is_ipv4() {
+                    "0.0.0.0:0"
+                } else {
+                    "[::]:0"
+                })
+                .await?;
+                socket.connect(server).await?;
+                socket.send(&packet).await?;
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    let n = socket.recv(&mut buf).await?;
+                    if let Ok(m) = Message::from_vec(&buf[..n])
+                        && m.metadata.id == query.metadata.id
+                    {
+                        return Ok::<_, std::io::Error>(m);
+                    }
+                }
+            };
+            match tokio::time::timeout(self.timeout, answer).await {
+                Ok(Ok(m)) => match m.metadata.response_code {
+                    ResponseCode::NoError | ResponseCode::NXDomain => {
+                        return Ok(m
+                            .answers
+                            .iter()
+                            .filter_map(|r| match &r.data {
+                                RData::PTR(p) => {
+                                    Some(p.0.to_string().trim_end_matches('.').to_ascii_lowercase())
+                                }
+                                _ => None,
+                            })
+                            .collect());
+                    }
+                    code => last = format!("{server} answered {code}"),
+                },
+                Ok(Err(e)) => last = format!("{server}: {e}"),
+                Err(_) => last = format!("{server}: timeout"),
+            }
+        }
+        crate::metrics::metrics().dns_failures.inc();
+        Err(DnsError::Temporary {
+            name: ip.to_string(),
+            message: last,
+        })
     }
 
     /// The TXT strings at `name` (a DNSBL's reason for a listing).

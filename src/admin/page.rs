@@ -90,6 +90,23 @@ pub(super) async fn status_page(State(admin): State<Admin>) -> Html<String> {
                 ListingState::Unknown => {}
             }
         }
+        if let Some(hy) = report.hygiene.iter().find(|x| x.ip.to_string() == *ip) {
+            let problems = hy.problems();
+            let ptr = if hy.ptr.is_empty() {
+                "no PTR".to_string()
+            } else {
+                hy.ptr.join(", ")
+            };
+            let _ = if problems.is_empty() {
+                write!(listings, "<div class=\"ok rdns\">rDNS {}</div>", esc(&ptr))
+            } else {
+                write!(
+                    listings,
+                    "<div class=\"bad rdns\">rDNS: {}</div>",
+                    esc(&problems.join("; "))
+                )
+            };
+        }
         let mut blocks = String::new();
         for b in report.blocks.iter().filter(|b| b.ip.to_string() == *ip) {
             let state = if b.expires_at > now {

@@ -22,6 +22,22 @@ pub async fn dnsbl_check(
     let outcome = check_all(&resolver, &config.blocklists, ips, Duration::ZERO).await;
     let reputation = Reputation::in_memory(config.blocklists.clone());
     reputation.apply(outcome)?;
+    // Reverse DNS too, against the HELO the IP announces if it is one of ours.
+    let helos = config.egress_helos();
+    let egress: Vec<(IpAddr, String)> = ips
+        .iter()
+        .map(|ip| {
+            let helo = helos
+                .iter()
+                .find(|(e, _)| e == ip)
+                .map_or_else(|| config.server.hostname.clone(), |(_, h)| h.clone());
+            (*ip, helo)
+        })
+        .collect();
+    reputation.set_hygiene(
+        crate::reputation::hygiene::check_all(&resolver, &egress).await,
+        false,
+    );
     print!(
         "{}",
         super::listings::render(&config, ips, &reputation.report(), json)

@@ -30,6 +30,40 @@ struct JsonList<'a> {
 struct JsonReport<'a> {
     lists: Vec<JsonList<'a>>,
     records: Vec<&'a ListingRecord>,
+    /// Each egress IP's reverse DNS, with what a receiver would hold against it.
+    hygiene: Vec<JsonHygiene<'a>>,
+}
+
+#[derive(Serialize)]
+struct JsonHygiene<'a> {
+    #[serde(flatten)]
+    check: &'a crate::reputation::Hygiene,
+    problems: Vec<String>,
+}
+
+/// The reverse-DNS line of `ip`, as `sidestep listings` prints it.
+fn rdns_line(report: &ReputationReport, ip: IpAddr) -> String {
+    let Some(h) = report.hygiene.iter().find(|h| h.ip == ip) else {
+        return "not checked yet".into();
+    };
+    if let Some(e) = &h.error {
+        return format!("lookup failed: {e}");
+    }
+    let problems = h.problems();
+    let ptr = if h.ptr.is_empty() {
+        "-".to_string()
+    } else {
+        h.ptr.join(", ")
+    };
+    if problems.is_empty() {
+        format!("ok: PTR {ptr}, forward-confirmed, HELO {} matches", h.helo)
+    } else {
+        format!(
+            "PROBLEM: {} (PTR {ptr}, HELO {})",
+            problems.join("; "),
+            h.helo
+        )
+    }
 }
 
 /// Human table (or JSON) of `report` for `ips`. Shared with `dnsbl-check`.
@@ -58,12 +92,24 @@ pub(super) fn render(
                 .iter()
                 .filter(|r| ips.contains(&r.ip))
                 .collect(),
+            hygiene: report
+                .hygiene
+                .iter()
+                .filter(|h| ips.contains(&h.ip))
+                .map(|h| JsonHygiene {
+                    check: h,
+                    problems: h.problems(),
+                })
+                .collect(),
         };
         return serde_json::to_string_pretty(&out).expect("report serializes") + "\n";
     }
     let mut out = String::new();
     if config.blocklists.is_empty() {
         out.push_str("no [[blocklists]] configured\n");
+        for ip in ips {
+            let _ = writeln!(out, "\n{ip}\n  reverse DNS  {}", rdns_line(report, *ip));
+        }
         return out;
     }
     let width = config
@@ -100,6 +146,12 @@ pub(super) fn render(
     }
     for ip in ips {
         let _ = writeln!(out, "\n{ip}");
+        let _ = writeln!(
+            out,
+            "  {:width$}  {}",
+            "reverse DNS",
+            rdns_line(report, *ip)
+        );
         for l in &config.blocklists {
             let record = report
                 .records

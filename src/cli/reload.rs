@@ -122,8 +122,9 @@ impl Reloader {
         *monitor = Some(crate::reputation::spawn_monitor(
             self.reputation.clone(),
             self.resolver.clone(),
-            config.egress_ips(),
+            config.egress_helos(),
             config.listings.clone(),
+            config.delivery.require_fcrdns,
         ));
         *current = (config, ctx);
         ReloadOutcome {

@@ -31,8 +31,9 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     let monitor = reputation::spawn_monitor(
         reputation.clone(),
         resolver.clone(),
-        config.egress_ips(),
+        config.egress_helos(),
         config.listings.clone(),
+        config.delivery.require_fcrdns,
     );
     let outbound = Outbound::new(&config, resolver.clone(), reputation.clone())
         .context("setting up delivery")?;

@@ -521,6 +521,10 @@ pub struct DeliveryConfig {
     pub reuse_lifetime: HumanDuration,
     /// Messages per session at most; receivers such as Microsoft's cap it.
     pub reuse_messages: u32,
+    /// Take an egress IP out of rotation while its reverse DNS is not forward-confirmed
+    /// (no PTR, or the PTR name does not resolve back to it): many receivers refuse
+    /// such IPs outright. Checked at start, on reload and with each listings refresh.
+    pub require_fcrdns: bool,
 }
 
 /// `[dns]`: the resolver for MX, address and blocklist lookups.
@@ -712,6 +716,7 @@ impl Default for DeliveryConfig {
             reuse_idle: HumanDuration::from_secs(2),
             reuse_lifetime: HumanDuration::from_secs(300),
             reuse_messages: 100,
+            require_fcrdns: false,
         }
     }
 }
@@ -754,6 +759,26 @@ impl Config {
     /// Every problem in the configuration, each with its key path. Empty means valid.
     pub fn validate(&self) -> Vec<ConfigError> {
         validate::all(self)
+    }
+
+    /// Each egress IP with the HELO name it announces (its own, or the host name): what
+    /// the reverse-DNS check compares.
+    pub fn egress_helos(&self) -> Vec<(IpAddr, String)> {
+        let mut out: Vec<(IpAddr, String)> = self
+            .pools
+            .iter()
+            .flat_map(|p| p.egress.iter())
+            .filter_map(|e| {
+                let helo = e
+                    .helo
+                    .clone()
+                    .unwrap_or_else(|| self.server.hostname.clone());
+                e.ip.map(|ip| (ip, helo))
+            })
+            .collect();
+        out.sort();
+        out.dedup_by_key(|(ip, _)| *ip);
+        out
     }
 
     /// Every configured egress address, each once: what the DNSBL monitor checks.

@@ -485,7 +485,11 @@ fn security(c: &Config, err: &mut impl FnMut(String, String)) {
         err("auth.max_failures".into(), "at least 1".into());
     }
     for (i, o) in c.quotas.overrides.iter().enumerate() {
-        let named = [o.user.is_some(), o.client.is_some(), o.sender_domain.is_some()];
+        let named = [
+            o.user.is_some(),
+            o.client.is_some(),
+            o.sender_domain.is_some(),
+        ];
         if named.iter().filter(|n| **n).count() != 1 {
             err(
                 format!("quotas.overrides[{i}]"),
@@ -496,7 +500,10 @@ fn security(c: &Config, err: &mut impl FnMut(String, String)) {
     let s = &c.suspension;
     for (key, ratio) in [
         ("suspension.reputation_ratio", s.reputation_ratio),
-        ("suspension.unknown_recipient_ratio", s.unknown_recipient_ratio),
+        (
+            "suspension.unknown_recipient_ratio",
+            s.unknown_recipient_ratio,
+        ),
     ] {
         if !(0.0..=1.0).contains(&ratio) {
             err(key.into(), format!("{ratio}: a share, 0.0 to 1.0"));

@@ -545,6 +545,9 @@ impl Reputation {
             .into_iter()
             .map(|l| format!("listed on {l}"))
             .collect::<Vec<_>>();
+        if let Some(why) = self.hygiene_out(ip) {
+            out.push(format!("out of rotation (require_fcrdns): {why}"));
+        }
         if let Some(b) = self.lock().blocks.get(site).and_then(|m| m.get(&ip)) {
             out.push(format!(
                 "blocked by {} since {} until {}: {}",

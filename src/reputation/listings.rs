@@ -290,5 +290,10 @@ pub(super) fn compute_listed(
             }
         }
     }
+    // An IP without forward-confirmed reverse DNS, when the operator requires it, is as
+    // good as hard-listed: receivers that check refuse it everywhere.
+    for ip in &state.no_rdns {
+        listed.insert(*ip, Standing::Hard);
+    }
     listed
 }

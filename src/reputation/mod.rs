@@ -7,9 +7,11 @@
 //! - `monitor`: the task that asks every list about every egress IP on a schedule.
 //! - [`blocks`]: refusals learned per (egress IP, site), canaries, expiry.
 //! - [`learned`]: refusals a second egress IP got past, which no rule knew.
+//! - [`hygiene`]: reverse DNS of our IPs as receivers check it (PTR, FCrDNS, HELO).
 
 pub mod blocks;
 pub mod dnsbl;
+pub mod hygiene;
 pub mod learned;
 mod listings;
 mod monitor;
@@ -17,6 +19,7 @@ mod state;
 mod store;
 
 pub use blocks::{Block, BlockUpdate, Evidence};
+pub use hygiene::Hygiene;
 pub use learned::LearnedReply;
 pub use listings::CheckOutcome;
 pub use listings::{CheckError, ListHealth, ListingRecord, ListingState};

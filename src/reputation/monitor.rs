@@ -117,14 +117,20 @@ async fn check_list(
 pub fn spawn_monitor(
     reputation: Reputation,
     resolver: Resolver,
-    ips: Vec<IpAddr>,
+    egress: Vec<(IpAddr, String)>,
     config: ListingsConfig,
+    require_fcrdns: bool,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        if reputation.lists().is_empty() || ips.is_empty() {
+        if egress.is_empty() {
             return;
         }
+        let ips: Vec<IpAddr> = egress.iter().map(|(ip, _)| *ip).collect();
         loop {
+            // Reverse DNS first: a missing PTR takes an IP out (with require_fcrdns)
+            // before the lists are asked.
+            let hygiene = super::hygiene::check_all(&resolver, &egress).await;
+            reputation.set_hygiene(hygiene, require_fcrdns);
             let lists = reputation.lists();
             let outcome = check_all(&resolver, &lists, &ips, config.jitter.get()).await;
             let queries = outcome.findings.len();

@@ -51,6 +51,11 @@ pub(super) struct State {
     /// Each IP's standing from the listings, recomputed whenever they change: the
     /// routing decision reads it per candidate IP.
     pub(super) listed: HashMap<IpAddr, Standing>,
+    /// Each egress IP's reverse DNS as last checked.
+    pub(super) hygiene: BTreeMap<IpAddr, super::Hygiene>,
+    /// Egress IPs out of rotation for failing forward-confirmed reverse DNS
+    /// (`[delivery] require_fcrdns`); folded into `listed` as hard.
+    pub(super) no_rdns: std::collections::HashSet<IpAddr>,
 }
 
 impl State {
@@ -64,6 +69,7 @@ impl State {
                 .flat_map(|m| m.values().cloned())
                 .collect(),
             learned: self.learned.values().cloned().collect(),
+            hygiene: self.hygiene.values().cloned().collect(),
         }
     }
 }

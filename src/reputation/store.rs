@@ -36,6 +36,9 @@ pub struct ReputationReport {
     /// Refusals a second egress IP got past (see [`super::learned`]).
     #[serde(default)]
     pub learned: Vec<LearnedReply>,
+    /// Each egress IP's reverse DNS as last checked (not persisted: checked at start).
+    #[serde(default)]
+    pub hygiene: Vec<super::Hygiene>,
 }
 
 /// Reputation state could not be read or written.
@@ -81,6 +84,7 @@ pub(super) fn load(db: &impl ReadableDatabase) -> Result<ReputationReport, Store
         health: read_table(&txn, HEALTH)?,
         blocks: read_table(&txn, BLOCKS)?,
         learned: read_table(&txn, LEARNED)?,
+        hygiene: Vec::new(),
     })
 }
 

@@ -417,6 +417,66 @@ fn rbldnsd_a_real_dnsbl_server() {
         text.contains("reason: Listed by the rbldnsd test list, see https://rbl.test/q?192.0.2.66"),
         "{text}"
     );
-    let after_67 = text.split("192.0.2.67").nth(1).unwrap();
+    let after_67 = text.split("\n192.0.2.67\n").nth(1).unwrap();
     assert!(after_67.contains("clean (checked"), "{text}");
+}
+
+/// Reverse DNS as receivers check it: 127.0.0.2 is fine (PTR, back to the IP, HELO its
+/// name); 127.0.0.3 has a dynamic-looking PTR and a HELO that resolves nowhere.
+#[tokio::test]
+async fn reverse_dns_of_the_egress_ips_is_checked_and_shown() {
+    let w = World::new().await;
+    let (two, three): (IpAddr, IpAddr) =
+        ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
+    w.setup.dns.add_ptr(two, "out2.relay.test").await;
+    w.setup.dns.add_a("out2.relay.test", two).await;
+    w.setup.dns.add_ptr(three, "127-0-0-3.dyn.isp.test").await;
+    w.setup.dns.add_a("127-0-0-3.dyn.isp.test", three).await;
+    let relay = w.setup.start().await;
+    relay
+        .log_with("egress IP reverse DNS: receivers may refuse it")
+        .await;
+    let report = w.setup.cli_json(&["listings"]);
+    let hygiene = report["hygiene"].as_array().unwrap();
+    assert_eq!(hygiene.len(), 2, "{report:#}");
+    assert_eq!(hygiene[0]["ip"], "127.0.0.2");
+    assert_eq!(hygiene[0]["problems"], serde_json::json!([]), "{report:#}");
+    assert_eq!(hygiene[0]["fcrdns"], true);
+    let problems = hygiene[1]["problems"].to_string();
+    assert!(problems.contains("looks generic or dynamic"), "{problems}");
+    assert!(problems.contains("HELO out3.relay.test"), "{problems}");
+    assert_eq!(hygiene[1]["fcrdns"], true, "it does resolve back");
+    let text = w.setup.cli(&["listings"]);
+    assert!(text.contains("ok: PTR out2.relay.test"), "{text}");
+    assert!(text.contains("PROBLEM:"), "{text}");
+    // Without require_fcrdns both IPs still carry mail.
+    let peers = send_sequentially(&w, relay.addr, 4).await;
+    assert!(peers.contains(&three), "{peers:?}");
+}
+
+#[tokio::test]
+async fn require_fcrdns_keeps_an_ip_without_reverse_dns_out_until_it_has_one() {
+    let mut w = World::new().await;
+    let (two, three): (IpAddr, IpAddr) =
+        ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
+    w.setup.dns.add_ptr(two, "out2.relay.test").await;
+    w.setup.dns.add_a("out2.relay.test", two).await;
+    w.setup.delivery = "require_fcrdns = true".into();
+    let relay = w.setup.start().await;
+    relay
+        .log_with("out of rotation: no forward-confirmed reverse DNS")
+        .await;
+    let peers = send_sequentially(&w, relay.addr, 4).await;
+    assert!(peers.iter().all(|p| *p == two), "{peers:?}");
+    let text = w.setup.cli(&["listings"]);
+    assert!(text.contains("no PTR record"), "{text}");
+
+    // The PTR appears; the next check brings the IP back. (A name the first check did
+    // not ask about: resolvers cache "no such name" for a while.)
+    w.setup.dns.add_ptr(three, "mail3.relay.test").await;
+    w.setup.dns.add_a("mail3.relay.test", three).await;
+    crate::support::http_request(relay.admin.unwrap(), "POST", "/api/v1/listings/refresh").await;
+    relay.log_with("egress IP back in rotation").await;
+    let peers = send_sequentially(&w, relay.addr, 4).await;
+    assert!(peers.contains(&three), "{peers:?}");
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_server::Server;
-use hickory_server::proto::rr::rdata::{A, MX, SOA, TXT};
+use hickory_server::proto::rr::rdata::{A, MX, PTR, SOA, TXT};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType, RrKey};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
@@ -91,6 +91,14 @@ impl TestDns {
                 Record::from_rdata(Self::name(host), TTL, RData::A(A(v4))),
                 1,
             )
+            .await;
+    }
+
+    /// A PTR record: `ip`'s reverse name points at `name`.
+    pub async fn add_ptr(&self, ip: IpAddr, name: &str) {
+        let rdata = RData::PTR(PTR(Self::name(name)));
+        self.zone
+            .upsert(Record::from_rdata(Name::from(ip), TTL, rdata), 1)
             .await;
     }
 

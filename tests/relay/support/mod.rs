@@ -41,14 +41,18 @@ pub async fn eventually(mut done: impl FnMut() -> bool, what: impl Fn() -> Strin
 /// Fails the test, saying what to install, when a real peer from Debian is missing.
 /// `GET path` on an HTTP server (the admin API) from loopback; the body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    http_request(addr, "GET", path).await
+}
+
+/// One request without a body on an HTTP server (the admin API) from loopback; the
+/// response body.
+pub async fn http_request(addr: std::net::SocketAddr, method: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     stream.read_to_end(&mut out).await.unwrap();
     let text = String::from_utf8_lossy(&out).into_owned();
