@@ -377,6 +377,23 @@ pub struct RouteConfig {
     pub pool: Option<String>,
     /// Smarthost for mail no egress IP may carry; default `delivery.fallback`.
     pub fallback: Option<String>,
+    /// TLS toward these destinations: `opportunistic` (the default: STARTTLS when
+    /// offered, certificate not checked, plain text if TLS fails) or `verify` (STARTTLS
+    /// required and the MX host's certificate must verify for its name; otherwise the
+    /// mail waits, never goes in the clear).
+    #[serde(default)]
+    pub tls: TlsPolicy,
+}
+
+/// How outbound connections use TLS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsPolicy {
+    /// STARTTLS when offered, without checking the certificate; plain text otherwise.
+    #[default]
+    Opportunistic,
+    /// STARTTLS required, with a certificate that verifies for the MX host name.
+    Verify,
 }
 
 impl RouteConfig {
@@ -525,6 +542,9 @@ pub struct DeliveryConfig {
     /// (no PTR, or the PTR name does not resolve back to it): many receivers refuse
     /// such IPs outright. Checked at start, on reload and with each listings refresh.
     pub require_fcrdns: bool,
+    /// PEM certificates that routes with `tls = "verify"` trust instead of the system's
+    /// roots (a private CA).
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 /// `[dns]`: the resolver for MX, address and blocklist lookups.
@@ -717,6 +737,7 @@ impl Default for DeliveryConfig {
             reuse_lifetime: HumanDuration::from_secs(300),
             reuse_messages: 100,
             require_fcrdns: false,
+            tls_ca_file: None,
         }
     }
 }

@@ -146,6 +146,7 @@ fn route_patterns() {
         domains: vec!["bell.net".into(), "*.aliant.net".into()],
         pool: None,
         fallback: None,
+        tls: Default::default(),
     };
     for (domain, want) in [
         ("bell.net", true),
@@ -164,6 +165,7 @@ fn route_patterns() {
         domains: vec!["*".into()],
         pool: None,
         fallback: None,
+        tls: Default::default(),
     };
     assert!(all.matches("anything.test"));
     // Patterns are put in one form at load.

@@ -8,6 +8,8 @@ mod envelope;
 pub mod limits;
 mod listener;
 pub mod policy;
+#[cfg(test)]
+mod proptests;
 mod reply;
 mod session;
 #[cfg(test)]

@@ -14,7 +14,7 @@ use super::protocol::{After, HostFailure, boxed, error_reply, greeting, hello, t
 use super::sessions::{ReuseLimits, Session, SessionCache};
 use super::smarthost::Smarthost;
 use super::{AttemptReport, DomainDelivery, Via};
-use crate::config::{Config, RouteConfig};
+use crate::config::{Config, RouteConfig, TlsPolicy};
 use crate::dns::{DnsError, Resolver};
 use crate::egress::{EgressIp, Standing};
 use crate::reputation::Reputation;
@@ -39,6 +39,9 @@ pub struct Outbound {
     command_timeout: Duration,
     /// `None` when `delivery.starttls = false`.
     tls: Option<TlsConnector>,
+    /// For `tls = "verify"` routes: checks certificates against `delivery.tls_ca_file`
+    /// or the system's roots.
+    verify_tls: TlsConnector,
     sessions: std::sync::Arc<SessionCache>,
 }
 
@@ -57,6 +60,20 @@ impl Outbound {
             mail_send::smtp::tls::build_tls_connector(true)
                 .expect("a TLS connector without verification always builds")
         });
+        let ca = d
+            .tls_ca_file
+            .as_deref()
+            .map(std::fs::read_to_string)
+            .transpose()
+            .map_err(|e| super::OutboundError::Tls {
+                name: "delivery.tls_ca_file".into(),
+                message: e.to_string(),
+            })?;
+        let verify_tls =
+            super::tls_client(ca.as_deref()).map_err(|message| super::OutboundError::Tls {
+                name: "delivery.tls_ca_file".into(),
+                message,
+            })?;
         let pools = config
             .effective_pools()
             .iter()
@@ -85,6 +102,7 @@ impl Outbound {
             connect_timeout: d.connect_timeout.get(),
             command_timeout: d.command_timeout.get(),
             tls,
+            verify_tls,
             sessions: SessionCache::new(ReuseLimits {
                 idle: d.reuse_idle.get(),
                 lifetime: d.reuse_lifetime.get(),
@@ -94,9 +112,9 @@ impl Outbound {
         })
     }
 
-    /// The pool and fallback smarthost for a recipient domain: the first matching route,
-    /// else `[delivery]`.
-    fn route_for(&self, domain: &str) -> (&Pool, Option<&Smarthost>) {
+    /// The pool, fallback smarthost and TLS policy for a recipient domain: the first
+    /// matching route, else `[delivery]`.
+    fn route_for(&self, domain: &str) -> (&Pool, Option<&Smarthost>, TlsPolicy) {
         let route = self.routes.iter().find(|r| r.matches(domain));
         let pool_name = route
             .and_then(|r| r.pool.as_deref())
@@ -109,14 +127,18 @@ impl Outbound {
             .get(pool_name)
             .or_else(|| self.pools.get(&self.default_pool))
             .expect("validated: every route names a configured pool");
-        (pool, fallback.and_then(|f| self.smarthosts.get(f)))
+        (
+            pool,
+            fallback.and_then(|f| self.smarthosts.get(f)),
+            route.map(|r| r.tls).unwrap_or_default(),
+        )
     }
 
     /// Delivers to one domain: MX hosts in order, each address in turn, until one server
     /// takes the transaction. Never fails: every problem becomes a reply for the
     /// recipients (code 0 when no server answered).
     pub async fn deliver(&self, d: &DomainDelivery<'_>) -> AttemptReport {
-        let (pool, fallback) = self.route_for(d.domain);
+        let (pool, fallback, policy) = self.route_for(d.domain);
         let report = |replies| AttemptReport::new(Via::Direct, replies);
         let hosts = match self.resolver.lookup_mx(d.domain).await {
             Ok(h) => h,
@@ -180,9 +202,15 @@ impl Outbound {
                 };
                 last_egress = Some(egress.clone());
                 last_ip = Some(addr);
-                let mut result = self.try_host(&egress, addr, &host.name, d, true).await;
-                if let Err(HostFailure { tls: true, .. }) = result {
-                    result = self.try_host(&egress, addr, &host.name, d, false).await;
+                let mut result = self.try_host(&egress, addr, &host.name, d, policy).await;
+                // Opportunistic TLS that failed: plain text. A verified route never
+                // falls back to the clear.
+                if let (Err(HostFailure { tls: true, .. }), TlsPolicy::Opportunistic) =
+                    (&result, policy)
+                {
+                    result = self
+                        .try_host(&egress, addr, &host.name, d, TlsUse::Never)
+                        .await;
                 }
                 match result {
                     Ok((replies, reused)) => {
@@ -261,11 +289,17 @@ impl Outbound {
         addr: IpAddr,
         mx: &str,
         d: &DomainDelivery<'_>,
-        use_tls: bool,
+        tls: impl Into<TlsUse>,
     ) -> Result<(Vec<RemoteReply>, bool), HostFailure> {
+        let tls = tls.into();
         let dest = SocketAddr::new(addr, self.port);
         let _busy = self.sessions.busy(dest);
         while let Some(mut session) = self.sessions.take(egress.ip, dest) {
+            if tls == TlsUse::Verified && !session.verified {
+                // Not good enough for this route: left for others, a verified one opened.
+                self.sessions.put(egress.ip, dest, session);
+                break;
+            }
             let t = transaction(&mut session.client, session.caps, d, mx, true).await;
             match t.after {
                 // The server closed the idle session meanwhile: nothing of this message
@@ -277,7 +311,7 @@ impl Outbound {
             return Ok((t.replies, true));
         }
         self.sessions.make_room(dest, d.max_connections);
-        let mut session = self.open(egress, dest, mx, use_tls).await?;
+        let mut session = self.open(egress, dest, mx, tls).await?;
         let t = transaction(&mut session.client, session.caps, d, mx, false).await;
         match t.after {
             After::Ready => self.sessions.put(egress.ip, dest, session),
@@ -287,13 +321,13 @@ impl Outbound {
     }
 
     /// A new session: connect from `egress`, greeting, EHLO, STARTTLS when offered (and
-    /// `use_tls`), EHLO again.
+    /// wanted) or required, EHLO again.
     async fn open(
         &self,
         egress: &EgressIp,
         dest: SocketAddr,
         mx: &str,
-        use_tls: bool,
+        tls: TlsUse,
     ) -> Result<Session, HostFailure> {
         let addr = dest.ip();
         let fail = |code: u16, enhanced: &str, text: String| HostFailure {
@@ -318,16 +352,44 @@ impl Outbound {
         };
         greeting(&mut client, mx).await?;
         let caps = hello(&mut client, &egress.helo, mx).await?.capabilities;
-        match (&self.tls, use_tls && caps & EXT_START_TLS != 0) {
-            (Some(tls), true) => {
-                let mut client = client.start_tls(tls, mx).await.map_err(|e| HostFailure {
-                    reply: error_reply(e, mx),
-                    tls: true,
-                })?;
-                let caps = hello(&mut client, &egress.helo, mx).await?.capabilities;
-                Ok(Session::new(boxed(client), caps))
+        let offered = caps & EXT_START_TLS != 0;
+        let connector = match tls {
+            TlsUse::Verified if !offered => {
+                return Err(fail(
+                    0,
+                    "4.7.5",
+                    format!(
+                        "{mx}[{addr}] does not offer STARTTLS, which the route requires (tls = \"verify\"); the mail waits"
+                    ),
+                ));
             }
-            _ => Ok(Session::new(boxed(client), caps)),
+            TlsUse::Verified => Some(&self.verify_tls),
+            TlsUse::IfOffered if offered => self.tls.as_ref(),
+            TlsUse::IfOffered | TlsUse::Never => None,
+        };
+        match connector {
+            Some(connector) => {
+                let mut client = client
+                    .start_tls(connector, mx)
+                    .await
+                    .map_err(|e| HostFailure {
+                        reply: match tls {
+                            TlsUse::Verified => RemoteReply {
+                                code: 0,
+                                enhanced: "4.7.5".into(),
+                                text: format!("TLS with {mx}[{addr}] failed and the route requires a verified certificate (tls = \"verify\"): {e}"),
+                                mx: Some(mx.to_string()),
+                            },
+                            _ => error_reply(e, mx),
+                        },
+                        tls: true,
+                    })?;
+                let caps = hello(&mut client, &egress.helo, mx).await?.capabilities;
+                let mut session = Session::new(boxed(client), caps);
+                session.verified = tls == TlsUse::Verified;
+                Ok(session)
+            }
+            None => Ok(Session::new(boxed(client), caps)),
         }
     }
 
@@ -345,6 +407,26 @@ impl Outbound {
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"))??;
         stream.set_nodelay(true)?;
         Ok(stream)
+    }
+}
+
+/// How one connection uses TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TlsUse {
+    /// STARTTLS when offered, certificate unchecked.
+    IfOffered,
+    /// STARTTLS required, certificate verified for the MX name.
+    Verified,
+    /// Plain text (opportunistic TLS just failed with this host).
+    Never,
+}
+
+impl From<TlsPolicy> for TlsUse {
+    fn from(p: TlsPolicy) -> Self {
+        match p {
+            TlsPolicy::Opportunistic => Self::IfOffered,
+            TlsPolicy::Verify => Self::Verified,
+        }
     }
 }
 

@@ -31,6 +31,9 @@ pub(super) struct Session {
     pub(super) client: Client,
     /// The extensions the server announced (after STARTTLS, if used).
     pub(super) caps: u32,
+    /// Under TLS with a certificate verified for the MX name: only such a session may
+    /// carry mail of a `tls = "verify"` route.
+    pub(super) verified: bool,
     opened: Instant,
     /// Transactions completed on this session.
     messages: u32,
@@ -41,6 +44,7 @@ impl Session {
         Self {
             client,
             caps,
+            verified: false,
             opened: Instant::now(),
             messages: 0,
         }

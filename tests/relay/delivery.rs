@@ -222,6 +222,61 @@ async fn mx_preference_order_and_fallback_to_backup() {
     assert_eq!(w.dest.wait_for(1).await[0].rcpts, vec!["b@pref.test"]);
 }
 
+/// A world whose route to dest.test requires a verified certificate (`tls =
+/// "verify"`), with one message sent. The sink offers STARTTLS with a certificate for
+/// mx.dest.test (or, without `offer_tls`, no STARTTLS); the relay trusts the CA that
+/// signed it, or (without `trust_own`) another one.
+async fn verify_route(trust_own: bool, offer_tls: bool) -> (World, crate::support::relay::Relay) {
+    let mut w = World::new().await;
+    let (acceptor, own_ca) = crate::support::sink::tls_with_ca("mx.dest.test");
+    let ca = if trust_own {
+        own_ca
+    } else {
+        crate::support::sink::tls_with_ca("mx.dest.test").1
+    };
+    if offer_tls {
+        w.dest.behave(|b| b.tls = Some(acceptor));
+    }
+    let ca_file = w.setup.dir.path().join("mx-ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    w.setup.queue = crate::NO_RETRY_SOON.into();
+    w.setup.delivery = format!("tls_ca_file = \"{}\"", ca_file.display());
+    w.setup.extra = "\n[[routes]]\ndomains = [\"dest.test\"]\ntls = \"verify\"\n".into();
+    let relay = w.setup.start().await;
+    let mut c = ready(relay.addr).await;
+    c.send_mail(
+        "a@sender.test",
+        &["b@dest.test"],
+        &message("verified", "x\r\n"),
+    )
+    .await;
+    (w, relay)
+}
+
+#[tokio::test]
+async fn a_verify_route_delivers_over_tls_with_a_trusted_certificate() {
+    let (w, _relay) = verify_route(true, true).await;
+    let got = w.dest.wait_for(1).await;
+    assert!(got[0].tls, "not over TLS");
+}
+
+#[tokio::test]
+async fn a_verify_route_never_falls_back_to_plain_text() {
+    let (w, relay) = verify_route(false, true).await;
+    relay
+        .log_with("the route requires a verified certificate")
+        .await;
+    relay.log_with("deferred: next attempt at").await;
+    assert!(w.dest.messages().is_empty(), "nothing went in the clear");
+
+    let (w, relay) = verify_route(true, false).await;
+    relay
+        .log_with("does not offer STARTTLS, which the route requires")
+        .await;
+    relay.log_with("deferred: next attempt at").await;
+    assert!(w.dest.messages().is_empty());
+}
+
 #[tokio::test]
 async fn starttls_is_used_when_the_mx_offers_it() {
     let w = World::new().await;
