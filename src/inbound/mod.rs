@@ -53,6 +53,29 @@ impl Inbound {
     }
 }
 
+#[cfg(test)]
+impl Inbound {
+    /// Sessions' shared state for unit tests: no TLS, no users, no alerts.
+    pub(crate) fn for_test(
+        config: Config,
+        spool: Spool,
+        queue: QueueHandle,
+        stopping: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            sessions: Sessions::new(&config.server),
+            config: std::sync::RwLock::new(Arc::new(config)),
+            spool,
+            queue,
+            stopping,
+            alerts: crate::alerts::Alerts::default(),
+            security: Default::default(),
+            guard: Default::default(),
+            senders: Default::default(),
+        }
+    }
+}
+
 /// What lets senders in from anywhere: the TLS certificate and the users who may log in.
 #[derive(Default)]
 pub struct Security {

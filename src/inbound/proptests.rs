@@ -11,7 +11,7 @@ use std::time::Duration;
 use proptest::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{Inbound, Session, Sessions};
+use super::{Inbound, Session};
 use crate::config::{Config, HumanDuration};
 use crate::queue::QueueHandle;
 use crate::spool::Spool;
@@ -41,17 +41,7 @@ fn run(chunks: Vec<Vec<u8>>) -> Run {
         config.server.max_message_size = bytesize::ByteSize::kib(64);
         let (queue, events) = QueueHandle::for_test();
         let (stop, stopping) = tokio::sync::watch::channel(false);
-        let inbound = Arc::new(Inbound {
-            sessions: Sessions::new(&config.server),
-            config: std::sync::RwLock::new(Arc::new(config)),
-            spool: spool.clone(),
-            queue,
-            stopping,
-            alerts: crate::alerts::Alerts::default(),
-            security: Default::default(),
-            guard: Default::default(),
-            senders: Default::default(),
-        });
+        let inbound = Arc::new(Inbound::for_test(config, spool.clone(), queue, stopping));
         let (mut client, server) = tokio::io::duplex(1 << 20);
         let peer = "127.0.0.1:40000".parse().unwrap();
         let task = tokio::spawn(async move {

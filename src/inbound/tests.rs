@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
-use super::{Inbound, Session, Sessions};
+use super::{Inbound, Session};
 use crate::config::{Config, HumanDuration};
 use crate::queue::QueueHandle;
 use crate::spool::Spool;
@@ -19,17 +19,12 @@ async fn session(dir: &std::path::Path) -> DuplexStream {
     config.server.min_data_rate = 1000;
     let (queue, _events) = QueueHandle::for_test();
     let (_stop, stopping) = tokio::sync::watch::channel(false);
-    let inbound = Arc::new(Inbound {
-        sessions: Sessions::new(&config.server),
-        config: std::sync::RwLock::new(Arc::new(config)),
-        spool: Spool::open(dir).unwrap(),
+    let inbound = Arc::new(Inbound::for_test(
+        config,
+        Spool::open(dir).unwrap(),
         queue,
         stopping,
-        alerts: crate::alerts::Alerts::default(),
-        security: Default::default(),
-        guard: Default::default(),
-        senders: Default::default(),
-    });
+    ));
     let (client, server) = tokio::io::duplex(64 * 1024);
     let peer = "127.0.0.1:40000".parse().unwrap();
     tokio::spawn(async move {
