@@ -88,6 +88,14 @@ pub struct Metrics {
     pub blocks_active: Family<EgressLabels, Gauge>,
     /// 1 when an egress IP is listed on a list (set when scraped).
     pub listed: Family<ListingLabels, Gauge>,
+    /// Failed SMTP logins.
+    pub auth_failures: Counter,
+    /// Client addresses locked out of AUTH.
+    pub auth_lockouts: Counter,
+    /// MAIL or RCPT refused for a quota.
+    pub quota_refusals: Counter,
+    /// Senders suspended now (set when scraped).
+    pub senders_suspended: Gauge,
     sites: Mutex<HashSet<String>>,
     /// The latest refusals, newest last, for the status page.
     recent: Mutex<std::collections::VecDeque<Refusal>>,
@@ -130,6 +138,10 @@ impl Metrics {
             oldest_age: Gauge::default(),
             blocks_active: Family::default(),
             listed: Family::default(),
+            auth_failures: Counter::default(),
+            auth_lockouts: Counter::default(),
+            quota_refusals: Counter::default(),
+            senders_suspended: Gauge::default(),
             sites: Mutex::new(HashSet::new()),
             recent: Mutex::new(std::collections::VecDeque::with_capacity(RECENT_REFUSALS)),
             minutes: Mutex::new([(0, 0, 0); 60]),
@@ -194,6 +206,26 @@ impl Metrics {
             "listed",
             "1 when the egress IP is on the list",
             m.listed.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Failed SMTP logins",
+            m.auth_failures.clone(),
+        );
+        registry.register(
+            "auth_lockouts",
+            "Client addresses locked out of AUTH",
+            m.auth_lockouts.clone(),
+        );
+        registry.register(
+            "quota_refusals",
+            "MAIL or RCPT refused with 450 for a sender quota",
+            m.quota_refusals.clone(),
+        );
+        registry.register(
+            "senders_suspended",
+            "Senders suspended now",
+            m.senders_suspended.clone(),
         );
         Metrics { registry, ..m }
     }

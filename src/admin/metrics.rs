@@ -28,6 +28,8 @@ pub(super) async fn metrics_text(State(admin): State<Admin>) -> impl IntoRespons
     if let Some(sessions) = &admin.sessions {
         m.sessions_open.set(sessions.running() as i64);
     }
+    m.senders_suspended
+        .set(admin.senders.suspensions().len() as i64);
     let report = admin.reputation.report();
     let now = admin.clock.now();
     let mut blocks: HashMap<String, i64> = HashMap::new();

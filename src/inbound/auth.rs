@@ -181,6 +181,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             None => {
                 let (delay, locked) = self.inbound.guard.failed(client, &self.config.auth);
+                crate::metrics::metrics().auth_failures.inc();
+                if locked {
+                    crate::metrics::metrics().auth_lockouts.inc();
+                }
                 tracing::warn!(client = %client, user = %shown, "authentication failed");
                 if locked {
                     tracing::warn!(

@@ -47,6 +47,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             )
             .err()?;
         tracing::warn!(client = %self.peer.ip(), limit = %over.0, "RCPT refused: over quota");
+        crate::metrics::metrics().quota_refusals.inc();
         Some(Reply::new(
             450,
             "4.7.1",
@@ -78,6 +79,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .check(&submitter, &self.config.quotas, true, 0)
         {
             tracing::warn!(client = %self.peer.ip(), limit = %over.0, "MAIL refused: over quota");
+            crate::metrics::metrics().quota_refusals.inc();
             return Some(Reply::new(
                 450,
                 "4.7.1",

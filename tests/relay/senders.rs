@@ -72,6 +72,11 @@ async fn quotas_refuse_with_450_before_anything_is_accepted() {
         "two of alice's, one of carol's; nothing dropped"
     );
     relay.log_with("MAIL refused: over quota").await;
+    let metrics = crate::support::http_get(relay.admin.unwrap(), "/metrics").await;
+    assert!(
+        metrics.contains("sidestep_quota_refusals_total 2"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

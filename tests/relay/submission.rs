@@ -272,6 +272,15 @@ async fn password_guessing_is_slowed_then_locked_out() {
     let v: serde_json::Value = serde_json::from_str(&lockouts).unwrap();
     assert_eq!(v[0]["client"], "127.0.0.78", "{v}");
     assert_eq!(v[0]["failures"], 3, "{v}");
+    let metrics = crate::support::http_get(admin, "/metrics").await;
+    assert!(
+        metrics.contains("sidestep_auth_failures_total 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sidestep_auth_lockouts_total 1"),
+        "{metrics}"
+    );
     // Another address is not locked out: LOGIN, step by step.
     let mut other = Client::connect_from("127.0.0.79".parse().unwrap(), relay.addr).await;
     other.expect("220").await;
@@ -326,4 +335,30 @@ async fn check_config_names_bad_tls_and_users_files() {
     assert!(text.contains("server.tls_key"), "{text}");
     assert!(text.contains("auth.users_file"), "{text}");
     assert!(text.contains("not an argon2 hash"), "{text}");
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_is_served_after_a_reload() {
+    let mut w = World::new().await;
+    let old_ca = submission_world(&mut w);
+    let relay = w.setup.start().await;
+    let starttls = |relay_addr| async move {
+        let mut c = Client::connect_from(OUTSIDER.parse().unwrap(), relay_addr).await;
+        c.expect("220").await;
+        c.cmd("EHLO client.test", "250").await;
+        c.cmd("STARTTLS", "220").await;
+        c
+    };
+    let mut t = TlsClient::start(starttls(relay.addr).await, &old_ca).await;
+    assert!(t.cmd("EHLO client.test").await.contains("AUTH PLAIN LOGIN"));
+
+    // The operator renews the certificate (from another CA) and reloads.
+    let (cert, key, new_ca) = crate::support::sink::certificate_files("relay.test");
+    let dir = w.setup.dir.path();
+    std::fs::write(dir.join("cert.pem"), cert).unwrap();
+    std::fs::write(dir.join("key.pem"), key).unwrap();
+    let out = w.setup.cli(&["reload"]);
+    assert!(out.starts_with("reloaded"), "{out}");
+    let mut t = TlsClient::start(starttls(relay.addr).await, &new_ca).await;
+    assert!(t.cmd("EHLO client.test").await.contains("AUTH PLAIN LOGIN"));
 }
