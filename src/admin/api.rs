@@ -27,6 +27,10 @@ pub struct QueueSummary {
     pub by_egress: Vec<GroupCount>,
     /// Age in seconds of the oldest message, if any.
     pub oldest_age_s: Option<u64>,
+    /// Destination sites marked down (no server answered): their mail is parked, one
+    /// probe per interval.
+    #[serde(default)]
+    pub sites_down: Vec<crate::routing::DownSite>,
 }
 
 /// Pending recipients of one destination domain.

@@ -84,6 +84,8 @@ pub struct Admin {
     guard: Option<Arc<crate::inbound::users::AuthGuard>>,
     /// Suspended senders.
     senders: crate::senders::Senders,
+    /// Destination sites marked down.
+    site_health: Arc<crate::routing::SiteHealth>,
     failures: Arc<Mutex<HashMap<IpAddr, (Instant, u32)>>>,
 }
 
@@ -103,6 +105,7 @@ impl Admin {
             sessions: None,
             guard: None,
             senders: crate::senders::Senders::default(),
+            site_health: Arc::default(),
             reload: None,
             egress: Arc::from(Vec::new()),
             hostname: hostname.into(),
@@ -136,6 +139,12 @@ impl Admin {
     /// Serves `/api/v1/auth/lockouts` from this guard.
     pub fn with_guard(mut self, guard: Arc<crate::inbound::users::AuthGuard>) -> Self {
         self.guard = Some(guard);
+        self
+    }
+
+    /// Reports the down sites of this health.
+    pub fn with_site_health(mut self, health: Arc<crate::routing::SiteHealth>) -> Self {
+        self.site_health = health;
         self
     }
 

@@ -181,6 +181,7 @@ pub(super) async fn summarize(admin: &Admin) -> Result<QueueSummary, StatusCode>
     });
     s.by_domain = by_domain;
     s.by_site = largest_first(sites);
+    s.sites_down = admin.site_health.down();
     s.by_egress = largest_first(egresses);
     Ok(s)
 }

@@ -237,6 +237,17 @@ fn render_summary(s: &QueueSummary) -> String {
             );
         }
     }
+    for d in &s.sites_down {
+        let _ = writeln!(
+            out,
+            "site DOWN: {} since {} ({} deliveries reached no server: {}); next probe {}",
+            d.site,
+            super::blocks::when(d.since_ms / 1000),
+            d.failures,
+            d.last_error,
+            super::blocks::when(d.next_probe_ms / 1000)
+        );
+    }
     for (title, groups) in [("site", &s.by_site), ("egress", &s.by_egress)] {
         if groups.is_empty() {
             continue;

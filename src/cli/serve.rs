@@ -71,6 +71,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         guard: Default::default(),
         senders: senders.clone(),
     });
+    let site_health = ctx.outbound.health();
     let reloader = Arc::new(super::Reloader::new(
         config_path,
         super::Running {
@@ -116,6 +117,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     .with_sessions(sessions.clone())
     .with_guard(inbound.guard.clone())
     .with_senders(senders.clone())
+    .with_site_health(site_health)
     .with_egress(config.egress_ips())
     .with_reload({
         let reloader = reloader.clone();

@@ -500,6 +500,9 @@ pub struct QueueConfig {
     /// A recipient still undelivered after this long is bounced with a DSN
     /// (Postfix: `maximal_queue_lifetime`, 5 days).
     pub max_lifetime: HumanDuration,
+    /// Each retry comes due up to this share of its delay later, at random, so mail
+    /// deferred together (one destination's outage) never comes due in one instant.
+    pub retry_jitter: f64,
 }
 
 /// `[delivery]`: outbound SMTP.
@@ -545,6 +548,12 @@ pub struct DeliveryConfig {
     /// PEM certificates that routes with `tls = "verify"` trust instead of the system's
     /// roots (a private CA).
     pub tls_ca_file: Option<PathBuf>,
+    /// Deliveries in a row to a site where no MX answered at all (connections refused
+    /// or timed out, from any egress IP) before the site is marked down: its mail is
+    /// parked, one probe delivery per `site_probe_interval` tests it. 0: never.
+    pub site_down_after: u32,
+    /// How often a down site is probed.
+    pub site_probe_interval: HumanDuration,
 }
 
 /// `[dns]`: the resolver for MX, address and blocklist lookups.
@@ -717,6 +726,7 @@ impl Default for QueueConfig {
             retry_factor: 2.0,
             retry_max: HumanDuration::from_secs(3600),
             max_lifetime: HumanDuration::from_secs(5 * 24 * 3600),
+            retry_jitter: 0.1,
         }
     }
 }
@@ -738,6 +748,8 @@ impl Default for DeliveryConfig {
             reuse_messages: 100,
             require_fcrdns: false,
             tls_ca_file: None,
+            site_down_after: 5,
+            site_probe_interval: HumanDuration::from_secs(300),
         }
     }
 }

@@ -497,6 +497,12 @@ fn security(c: &Config, err: &mut impl FnMut(String, String)) {
             );
         }
     }
+    if !(0.0..=1.0).contains(&c.queue.retry_jitter) {
+        err(
+            "queue.retry_jitter".into(),
+            format!("{}: a share of the delay, 0.0 to 1.0", c.queue.retry_jitter),
+        );
+    }
     let s = &c.suspension;
     for (key, ratio) in [
         ("suspension.reputation_ratio", s.reputation_ratio),

@@ -19,6 +19,7 @@ use crate::dns::{DnsError, Resolver};
 use crate::egress::{EgressIp, Standing};
 use crate::reputation::Reputation;
 use crate::routing::Pool;
+use crate::routing::{Admission, SiteHealth};
 use crate::site::Site;
 use crate::spool::RemoteReply;
 
@@ -43,6 +44,10 @@ pub struct Outbound {
     /// or the system's roots.
     verify_tls: TlsConnector,
     sessions: std::sync::Arc<SessionCache>,
+    /// Which sites are down; kept across reloads ([`Outbound::keep_health`]).
+    health: std::sync::Arc<SiteHealth>,
+    site_down_after: u32,
+    site_probe_interval: Duration,
 }
 
 impl Outbound {
@@ -103,6 +108,9 @@ impl Outbound {
             command_timeout: d.command_timeout.get(),
             tls,
             verify_tls,
+            health: Default::default(),
+            site_down_after: d.site_down_after,
+            site_probe_interval: d.site_probe_interval.get(),
             sessions: SessionCache::new(ReuseLimits {
                 idle: d.reuse_idle.get(),
                 lifetime: d.reuse_lifetime.get(),
@@ -110,6 +118,17 @@ impl Outbound {
                 max_total: d.max_connections,
             }),
         })
+    }
+
+    /// Keeps `old`'s knowledge of down sites (a reload must not forget them).
+    pub fn keep_health(mut self, old: &Outbound) -> Self {
+        self.health = old.health.clone();
+        self
+    }
+
+    /// Which sites are down (the same object across reloads), for the operator.
+    pub fn health(&self) -> std::sync::Arc<SiteHealth> {
+        self.health.clone()
     }
 
     /// The pool, fallback smarthost and TLS policy for a recipient domain: the first
@@ -171,6 +190,76 @@ impl Outbound {
             r.site = Some(site);
             return r;
         }
+        let now_ms = crate::clock::unix_now_ms();
+        let probe = match self.health.admit(&site, now_ms) {
+            Admission::Go => false,
+            Admission::Probe => true,
+            Admission::Down { next_probe_ms } => {
+                let down = self.health.down();
+                let why = down
+                    .iter()
+                    .find(|s| s.site == site.as_str())
+                    .map(|s| s.last_error.clone())
+                    .unwrap_or_default();
+                let mut r = report(vec![
+                    RemoteReply {
+                        code: 0,
+                        enhanced: "4.4.1".into(),
+                        text: format!(
+                            "site {site} is down (no server answered lately: {why}); not connecting until its next probe"
+                        ),
+                        mx: None,
+                    };
+                    d.recipients.len()
+                ]);
+                r.site = Some(site);
+                r.site_down = Some(next_probe_ms);
+                r.skipped = true;
+                return r;
+            }
+        };
+        let mut r = self.deliver_direct(d, pool, policy, &hosts, &site).await;
+        // Only a delivery where no server said anything (refused, timed out, dropped)
+        // counts against the site; a TLS failure or any reply proves it is there.
+        let unanswered = !r.replies.is_empty()
+            && r.replies
+                .iter()
+                .all(|x| x.code == 0 && matches!(x.enhanced.as_str(), "4.4.1" | "4.4.2"));
+        if unanswered && !r.no_egress && r.mx_ip.is_some() {
+            r.unreachable = true;
+            let error = r
+                .replies
+                .first()
+                .map(|x| x.text.clone())
+                .unwrap_or_default();
+            r.site_down = self.health.unreachable(
+                &site,
+                &error,
+                crate::clock::unix_now_ms(),
+                self.site_down_after,
+                self.site_probe_interval,
+            );
+        } else if r.replies.iter().any(|x| x.code > 0) {
+            r.site_recovered = self.health.answered(&site);
+        } else if probe {
+            self.health.release_probe(&site);
+        }
+        r
+    }
+
+    /// Tries the MX hosts in order from the pool's egress IPs until one server takes the
+    /// transaction.
+    async fn deliver_direct(
+        &self,
+        d: &DomainDelivery<'_>,
+        pool: &Pool,
+        policy: TlsPolicy,
+        hosts: &[crate::dns::MxHost],
+        site: &Site,
+    ) -> AttemptReport {
+        let site = site.clone();
+        let report = |replies| AttemptReport::new(Via::Direct, replies);
+        let avoided = |e: &EgressIp| e.ip.is_some_and(|ip| d.avoid.contains(&ip));
         let mut last = RemoteReply {
             code: 0,
             enhanced: "4.4.4".into(),
@@ -180,7 +269,7 @@ impl Outbound {
         let mut last_egress = None;
         let mut last_ip = None;
         let mut no_egress = false;
-        for host in &hosts {
+        for host in hosts {
             let addrs = match self.resolver.lookup_addresses(&host.name).await {
                 Ok(a) => a,
                 Err(e) => {

@@ -70,6 +70,16 @@ pub struct AttemptReport {
     pub no_egress: bool,
     /// The transaction ran on a session kept from an earlier message.
     pub reused: bool,
+    /// The site is down (nothing was tried, or this was its probe and no server
+    /// answered): the next probe is due then (Unix ms).
+    pub site_down: Option<u64>,
+    /// Nothing was tried: the site is down and this was not its probe.
+    pub skipped: bool,
+    /// No server of the site answered (refused, timed out, dropped).
+    pub unreachable: bool,
+    /// The site was down and a server answered this delivery (its probe): the site's
+    /// parked mail may go.
+    pub site_recovered: bool,
 }
 
 impl AttemptReport {
@@ -86,6 +96,10 @@ impl AttemptReport {
             replies,
             no_egress: false,
             reused: false,
+            site_down: None,
+            skipped: false,
+            unreachable: false,
+            site_recovered: false,
         }
     }
 }

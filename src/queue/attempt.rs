@@ -20,6 +20,7 @@ use super::{dsn, retry};
 use crate::classify::{Retry, Verdict};
 use crate::envelope::Sender;
 use crate::senders::SenderId;
+use crate::site::Site;
 use crate::spool::{QueueId, QueuedMessage, RecipientStatus, RemoteReply, SpoolError};
 
 /// When the spool itself fails mid-attempt, try the message again after this long
@@ -36,6 +37,26 @@ pub(super) struct Outcome {
     pub next_ms: Option<u64>,
     /// Some domain could not be tried because every egress IP is listed.
     pub waiting_for_egress: bool,
+    /// Nothing was tried because the message's only site is down: park it with the
+    /// site until a probe gets through (`next_ms` is the next probe).
+    pub parked: Option<Site>,
+    /// Sites that were down and answered in this attempt: their parked mail may go.
+    pub recovered: Vec<Site>,
+    /// The message's one site reached no server (not down yet): if it comes back, the
+    /// message goes then, not at its backoff time.
+    pub waits_for: Option<Site>,
+}
+
+impl Outcome {
+    fn at(next_ms: Option<u64>) -> Self {
+        Self {
+            next_ms,
+            waiting_for_egress: false,
+            parked: None,
+            recovered: Vec::new(),
+            waits_for: None,
+        }
+    }
 }
 
 pub(super) async fn run(ctx: Arc<QueueContext>, queue: &QueueHandle, id: QueueId) -> Outcome {
@@ -43,10 +64,9 @@ pub(super) async fn run(ctx: Arc<QueueContext>, queue: &QueueHandle, id: QueueId
         Ok(outcome) => outcome,
         Err(e) => {
             tracing::error!(queue_id = %id, error = %e, "attempt failed in the spool; will retry");
-            Outcome {
-                next_ms: Some(ctx.clock.now_ms() + SPOOL_ERROR_RETRY.as_millis() as u64),
-                waiting_for_egress: false,
-            }
+            Outcome::at(Some(
+                ctx.clock.now_ms() + SPOOL_ERROR_RETRY.as_millis() as u64,
+            ))
         }
     }
 }
@@ -57,6 +77,7 @@ async fn attempt(
     id: &QueueId,
 ) -> Result<Outcome, SpoolError> {
     let unrecorded = ctx.take_unrecorded(id);
+    let from_memory = unrecorded.is_some();
     let loaded = match (unrecorded, ctx.spool.take_fresh(id)) {
         // Nothing left to send: the body is not needed.
         (Some(msg), _) if msg.is_done() => Some((msg, Ok(Arc::from(Vec::new())))),
@@ -84,10 +105,7 @@ async fn attempt(
         }
     };
     let Some((mut msg, body)) = loaded else {
-        return Ok(Outcome {
-            next_ms: None,
-            waiting_for_egress: false,
-        });
+        return Ok(Outcome::at(None));
     };
     let sender = SenderId::of(msg.user.as_deref(), &msg.sender);
     if let Some(id) = &sender
@@ -99,10 +117,7 @@ async fn attempt(
         msg.held_reason = Some(format!("sender {id} suspended"));
         ctx.spool.update(&msg).await?;
         tracing::warn!(queue_id = %msg.id, sender = %id, "held: its sender is suspended");
-        return Ok(Outcome {
-            next_ms: None,
-            waiting_for_egress: false,
-        });
+        return Ok(Outcome::at(None));
     }
     // A body that cannot be read (a damaged disk, a file deleted by hand) must not keep
     // the message in the queue for ever: nothing is sent, the recipients wait with this
@@ -158,11 +173,51 @@ async fn attempt(
     let mut waiting_for_egress = false;
     let mut retry_at: Option<u64> = None;
     let mut throttled = false;
+    let mut recovered = Vec::new();
+    // Sites down with their next probe, and whether every domain was one of them.
+    let mut down: Vec<(Site, u64)> = Vec::new();
+    let mut all_down = true;
+    let mut unreachable: Vec<Site> = Vec::new();
+    let mut all_unreachable = true;
+    let mut tried = false;
     let now = ctx.clock.now();
+    let mut outcomes = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         let Ok(outcome) = joined else {
             continue;
         };
+        recovered.extend(outcome.site_recovered.clone());
+        match &outcome.site_down {
+            Some(d) => down.push(d.clone()),
+            None => all_down = false,
+        }
+        match &outcome.unreachable {
+            Some(site) => unreachable.push(site.clone()),
+            None => all_unreachable = false,
+        }
+        tried |= !outcome.history.is_empty();
+        outcomes.push(outcome);
+    }
+    // Every domain's site is down (one site: parked with it): nothing was sent, nothing
+    // changed worth a disk write; the message waits for the site's probe.
+    // The one site this message waits for, if it is down: parked with it.
+    let parked = match down.as_slice() {
+        [(site, next)] if all_down => Some((site.clone(), *next)),
+        _ => None,
+    };
+    if !tried
+        && !from_memory
+        && let Some((site, next)) = &parked
+    {
+        return Ok(Outcome {
+            next_ms: Some(*next),
+            waiting_for_egress: false,
+            parked: Some(site.clone()),
+            recovered,
+            waits_for: None,
+        });
+    }
+    for outcome in outcomes {
         waiting_for_egress |= outcome.no_egress;
         if outcome.throttled {
             throttled = true;
@@ -218,10 +273,20 @@ async fn attempt(
         ctx.config.queue.max_lifetime.get(),
         ctx.clock.now(),
     );
+    if let Some(next) = down.iter().map(|(_, n)| *n).min() {
+        // Come back for the first down site's probe at the latest.
+        retry_at = Some(retry_at.map_or(next / 1000, |r| r.min(next / 1000)));
+    }
     match record(ctx, queue, &mut msg, &body, throttled, retry_at).await {
         Ok(next_ms) => Ok(Outcome {
             next_ms,
             waiting_for_egress: waiting_for_egress && next_ms.is_some(),
+            parked: parked.filter(|_| next_ms.is_some()).map(|(site, _)| site),
+            recovered,
+            waits_for: match unreachable.as_slice() {
+                [site] if all_unreachable && next_ms.is_some() => Some(site.clone()),
+                _ => None,
+            },
         }),
         Err(e) => {
             let next = if msg.is_done() {
@@ -238,8 +303,8 @@ async fn attempt(
             );
             ctx.keep_unrecorded(msg);
             Ok(Outcome {
-                next_ms: Some(next),
-                waiting_for_egress: false,
+                recovered,
+                ..Outcome::at(Some(next))
             })
         }
     }
@@ -293,6 +358,12 @@ async fn record(
     if throttled {
         // The destination asked us to slow down: back off twice as long.
         delay *= 2;
+    }
+    // Somewhat later, at random: mail deferred together (a destination's outage) does
+    // not come due again in one instant.
+    let jitter = ctx.config.queue.retry_jitter.clamp(0.0, 1.0);
+    if jitter > 0.0 {
+        delay = delay.mul_f64(1.0 + rand::random::<f64>() * jitter);
     }
     let mut next = ctx.clock.now_ms() + delay.as_millis() as u64;
     if let Some(at) = retry_at {

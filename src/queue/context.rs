@@ -90,7 +90,7 @@ impl QueueContext {
     ) -> Self {
         Self {
             config,
-            outbound,
+            outbound: outbound.keep_health(&self.outbound),
             classifier,
             spool: self.spool.clone(),
             reputation: self.reputation.clone(),

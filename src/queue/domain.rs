@@ -61,6 +61,12 @@ pub(super) struct DomainOutcome {
     /// Every recipient's attempt in this job, in order (rerouted and second-opinion
     /// rounds included), for the message's history.
     pub history: Vec<AttemptRecord>,
+    /// Nothing was tried: the site is down until its next probe (Unix ms).
+    pub site_down: Option<(Site, u64)>,
+    /// The site was down and answered this delivery: its parked mail may go.
+    pub site_recovered: Option<Site>,
+    /// No server of this site answered: when it comes back, this message goes too.
+    pub unreachable: Option<Site>,
 }
 
 /// A refusal that may be about the IP although no rule says so: what a block needs if a
@@ -84,10 +90,43 @@ pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> Domain
         throttled: false,
         domain: job.domain.clone(),
         history: Vec::new(),
+        site_down: None,
+        site_recovered: None,
+        unreachable: None,
     };
     let mut doubts = Vec::new();
     for round in 0..MAX_ROUNDS {
         let report = send(ctx, &job, &pending, &[]).await;
+        if let (Some(next), Some(site), true) = (report.site_down, &report.site, report.skipped) {
+            // Not tried: the recipients wait with the reason, nothing is logged per
+            // recipient (the site's mail is parked, not attempted).
+            for (k, (i, _)) in pending.iter().enumerate() {
+                if let Some(reply) = report.replies.get(k).cloned() {
+                    outcome.results.insert(
+                        *i,
+                        RecipientResult {
+                            reply,
+                            verdict: Verdict::Transient,
+                            earlier: None,
+                            route: LastRoute {
+                                site: Some(site.to_string()),
+                                egress: "-".into(),
+                            },
+                        },
+                    );
+                }
+            }
+            outcome.site_down = Some((site.clone(), next));
+            return outcome;
+        }
+        if report.site_recovered {
+            outcome.site_recovered = report.site.clone();
+        }
+        outcome.unreachable = report.site.clone().filter(|_| report.unreachable);
+        // Its probe found the site still down (or this delivery marked it down).
+        outcome.site_down = report
+            .site_down
+            .and_then(|next| Some((report.site.clone()?, next)));
         announce_route(ctx, &report);
         outcome.no_egress = report.no_egress;
         outcome.retry_at = report.retry_at;

@@ -22,6 +22,12 @@ pub enum QueueEvent {
         next_ms: Option<u64>,
         /// Retry as soon as an egress IP becomes usable.
         waiting_for_egress: bool,
+        /// Park it with this site, which is down; `next_ms` is the site's next probe.
+        parked: Option<crate::site::Site>,
+        /// Sites that answered again: release their parked mail.
+        recovered: Vec<crate::site::Site>,
+        /// Its site reached no server: go when the site answers again.
+        waits_for: Option<crate::site::Site>,
     },
     /// The relay is stopping: start no more attempts; answer once none is running.
     Drain(tokio::sync::oneshot::Sender<()>),

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use super::attempt;
 use super::context::QueueContext;
 use super::handle::{Control, ControlOutcome, QueueEvent, QueueHandle};
+use crate::site::Site;
 use crate::spool::{QueueId, SpoolError};
 
 /// Recovers the spool and starts the scheduler task.
@@ -38,6 +39,9 @@ pub fn start(ctx: Arc<QueueContext>) -> Result<QueueHandle, SpoolError> {
         due,
         in_flight: HashSet::new(),
         egress_waiters: HashMap::new(),
+        parked: HashMap::new(),
+        parked_site: HashMap::new(),
+        site_waiters: HashMap::new(),
         drained: None,
     };
     tokio::spawn(scheduler.run());
@@ -52,13 +56,100 @@ struct Scheduler {
     in_flight: HashSet<QueueId>,
     /// Messages deferred because every egress IP was listed, with their due time.
     egress_waiters: HashMap<QueueId, u64>,
+    /// Mail of sites that are down, not due at all: one message per site goes as the
+    /// probe at `probe_at`; when a probe gets through, all of them go.
+    parked: HashMap<Site, Parked>,
+    /// The site each parked message waits for.
+    parked_site: HashMap<QueueId, Site>,
+    /// Messages due at their backoff time whose site reached no server (before it was
+    /// marked down), with that due time: they go with the parked mail when it answers.
+    site_waiters: HashMap<QueueId, (Site, u64)>,
     /// Bumped by the reputation state when an IP may have become usable again.
     improved: tokio::sync::watch::Receiver<u64>,
     /// Stopping: no new attempts; these are told when the last one has finished.
     drained: Option<Vec<tokio::sync::oneshot::Sender<()>>>,
 }
 
+/// The parked mail of one down site.
+struct Parked {
+    ids: HashSet<QueueId>,
+    /// When one of them goes as the site's probe (Unix ms); `u64::MAX` while a probe is
+    /// under way.
+    probe_at: u64,
+}
+
+/// Released mail is spread over this long at most, so that a big backlog of a site that
+/// came back (or of a long outage) does not come due in one instant.
+const RELEASE_SPREAD_MS: u64 = 30_000;
+
 impl Scheduler {
+    /// One message of each down site whose probe time came goes now (the probe).
+    fn send_probes(&mut self, now: u64) {
+        for (site, p) in &mut self.parked {
+            if p.probe_at <= now
+                && let Some(id) = p.ids.iter().next().cloned()
+            {
+                p.ids.remove(&id);
+                self.parked_site.remove(&id);
+                tracing::debug!(site = %site, queue_id = %id, parked = p.ids.len(), "probe of a down site");
+                p.probe_at = u64::MAX;
+                self.due.insert((now, id));
+            }
+        }
+        self.parked
+            .retain(|_, p| !p.ids.is_empty() || p.probe_at == u64::MAX);
+    }
+
+    /// `site` answered again: its parked mail goes, spread over a few seconds per
+    /// thousand messages (the site's connection limit paces it further).
+    fn release(&mut self, site: &Site, now: u64) {
+        let waiting: Vec<QueueId> = self
+            .site_waiters
+            .iter()
+            .filter(|(_, (s, _))| s == site)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in waiting {
+            if let Some((_, at)) = self.site_waiters.remove(&id)
+                && self.due.remove(&(at, id.clone()))
+            {
+                self.due.insert((now, id));
+            }
+        }
+        let Some(p) = self.parked.remove(site) else {
+            return;
+        };
+        for id in &p.ids {
+            self.parked_site.remove(id);
+        }
+        let n = p.ids.len() as u64;
+        tracing::info!(site = %site, messages = n, "site up: its parked mail goes now");
+        let spread = (n * 5).clamp(1, RELEASE_SPREAD_MS);
+        for (i, id) in p.ids.into_iter().enumerate() {
+            self.due.insert((now + i as u64 * spread / n.max(1), id));
+        }
+    }
+
+    /// When the next probe of a parked site is due.
+    fn next_probe(&self) -> Option<u64> {
+        self.parked
+            .values()
+            .filter(|p| !p.ids.is_empty())
+            .map(|p| p.probe_at)
+            .min()
+    }
+
+    /// Takes `id` out of the parked mail, if it is there.
+    fn unpark(&mut self, id: &QueueId) -> bool {
+        let Some(site) = self.parked_site.remove(id) else {
+            return false;
+        };
+        if let Some(p) = self.parked.get_mut(&site) {
+            p.ids.remove(id);
+        }
+        true
+    }
+
     /// An egress IP may be usable again: messages that waited for one go now instead of
     /// at their backoff time (which may be an hour away).
     fn wake_egress_waiters(&mut self) {
@@ -99,6 +190,12 @@ impl Scheduler {
                     self.due.insert((now, entry.1.clone()));
                     outcome.done.push(entry.1);
                 }
+                for id in &wanted {
+                    if self.unpark(id) {
+                        self.due.insert((now, id.clone()));
+                        outcome.done.push(id.clone());
+                    }
+                }
                 outcome.busy = wanted
                     .into_iter()
                     .filter(|id| self.in_flight.contains(id))
@@ -112,6 +209,8 @@ impl Scheduler {
                         self.due.remove(&(at, id.clone()));
                     }
                     self.egress_waiters.remove(&id);
+                    self.site_waiters.remove(&id);
+                    self.unpark(&id);
                     outcome.done.push(id);
                 }
             }
@@ -119,6 +218,7 @@ impl Scheduler {
                 if let Some(at) = due_of(&self.due, &id) {
                     self.due.remove(&(at, id.clone()));
                 }
+                self.unpark(&id);
                 if !self.in_flight.contains(&id) {
                     self.due.insert((now, id.clone()));
                     outcome.done.push(id);
@@ -139,6 +239,7 @@ impl Scheduler {
                     let _ = w.send(());
                 }
             }
+            self.send_probes(now);
             while self.drained.is_none() && self.in_flight.len() < max_in_flight {
                 match self.due.first() {
                     Some((at, _)) if *at <= now => {}
@@ -147,6 +248,7 @@ impl Scheduler {
                 let Some((_, id)) = self.due.pop_first() else {
                     break;
                 };
+                self.site_waiters.remove(&id);
                 if self.in_flight.insert(id.clone()) {
                     let ctx = self.ctx.clone();
                     let handle = self.handle.clone();
@@ -156,6 +258,9 @@ impl Scheduler {
                             id,
                             next_ms: outcome.next_ms,
                             waiting_for_egress: outcome.waiting_for_egress,
+                            parked: outcome.parked,
+                            recovered: outcome.recovered,
+                            waits_for: outcome.waits_for,
                         });
                     });
                 }
@@ -165,6 +270,13 @@ impl Scheduler {
                     Some(Duration::from_millis(at.saturating_sub(now)))
                 }
                 _ => None,
+            };
+            let wait = match (wait, self.next_probe()) {
+                (Some(w), Some(p)) => Some(w.min(Duration::from_millis(p.saturating_sub(now)))),
+                (None, Some(p)) if self.drained.is_none() => {
+                    Some(Duration::from_millis(p.saturating_sub(now)))
+                }
+                (w, _) => w,
             };
             let sleep = async {
                 match wait {
@@ -191,7 +303,8 @@ impl Scheduler {
                     self.ctx = ctx;
                 }
                 QueueEvent::Sizes(reply) => {
-                    let _ = reply.send((self.in_flight.len(), self.due.len()));
+                    let parked: usize = self.parked.values().map(|p| p.ids.len()).sum();
+                    let _ = reply.send((self.in_flight.len(), self.due.len() + parked));
                 }
                 QueueEvent::InFlight(reply) => {
                     let _ = reply.send(self.in_flight.iter().cloned().collect());
@@ -216,13 +329,39 @@ impl Scheduler {
                     id,
                     next_ms,
                     waiting_for_egress,
+                    parked,
+                    recovered,
+                    waits_for,
                 } => {
                     self.in_flight.remove(&id);
-                    if let Some(at) = next_ms {
-                        if waiting_for_egress {
-                            self.egress_waiters.insert(id.clone(), at);
+                    let now = self.ctx.clock.now_ms();
+                    for site in &recovered {
+                        self.release(site, now);
+                    }
+                    match (next_ms, parked) {
+                        (Some(at), Some(site)) => {
+                            let p = self.parked.entry(site.clone()).or_insert(Parked {
+                                ids: HashSet::new(),
+                                probe_at: at,
+                            });
+                            // A failed probe (or the first parked message) sets when
+                            // the next one goes.
+                            if p.probe_at == u64::MAX || p.ids.is_empty() {
+                                p.probe_at = at;
+                            }
+                            p.ids.insert(id.clone());
+                            self.parked_site.insert(id, site);
                         }
-                        self.due.insert((at, id));
+                        (Some(at), None) => {
+                            if waiting_for_egress {
+                                self.egress_waiters.insert(id.clone(), at);
+                            }
+                            if let Some(site) = waits_for {
+                                self.site_waiters.insert(id.clone(), (site, at));
+                            }
+                            self.due.insert((at, id));
+                        }
+                        (None, _) => {}
                     }
                 }
             }

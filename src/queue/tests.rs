@@ -58,6 +58,7 @@ async fn a_deferred_message_is_retried_on_the_backoff_schedule() {
     config.queue.retry_initial = HumanDuration::from_secs(60);
     config.queue.retry_max = HumanDuration::from_secs(600);
     config.queue.max_lifetime = HumanDuration::from_secs(86_400);
+    config.queue.retry_jitter = 0.0;
     // A name server that answers every query SERVFAIL, at once: every attempt ends in a
     // temporary DNS failure, without waiting on a timer.
     config.dns.nameservers = vec![servfail_server().await];

@@ -234,3 +234,48 @@ async fn null_sender_never_gets_a_dsn() {
     assert!(w.sender.messages().is_empty());
     assert!(w.dest.messages().is_empty());
 }
+
+/// A destination whose server is down (connections closed at once): after a few
+/// failures the site is marked down, its mail is parked and only probed, and when a
+/// probe gets an answer all of it goes at once, not at its hour-later retry.
+#[tokio::test]
+async fn a_dead_site_is_probed_not_hammered_and_released_when_it_answers() {
+    let mut w = World::new().await;
+    w.setup.queue = crate::NO_RETRY_SOON.into();
+    w.setup.delivery = "site_down_after = 3\nsite_probe_interval = \"1s\"".into();
+    w.dest.behave(|b| b.dead = true);
+    let relay = w.setup.start().await;
+    for i in 0..20 {
+        let mut c = ready(relay.addr).await;
+        c.send_mail(
+            "a@sender.test",
+            &["b@dest.test"],
+            &message(&format!("d{i}"), "x\r\n"),
+        )
+        .await;
+    }
+    relay.log_with("site marked down").await;
+    let summary = w.setup.cli_json(&["queue"]);
+    assert_eq!(
+        summary["sites_down"][0]["site"], "mx.dest.test",
+        "{summary}"
+    );
+    let at_down = w.dest.connections.lock().unwrap().len();
+    // Three probes, a second apart.
+    relay.log_count("probe delivery", 3).await;
+    let after = w.dest.connections.lock().unwrap().len();
+    assert!(
+        at_down < 20 && after - at_down <= 4,
+        "20 messages: {at_down} connections until the site was down, then {} for 3 probes",
+        after - at_down
+    );
+
+    w.dest.behave(|b| b.dead = false);
+    relay.log_with("site up again").await;
+    let got = w.dest.wait_for(20).await;
+    assert_eq!(got.len(), 20);
+    assert_eq!(
+        w.setup.cli_json(&["queue"])["sites_down"],
+        serde_json::json!([])
+    );
+}

@@ -61,6 +61,9 @@ pub struct Behaviour {
     pub lax_data: bool,
     /// Do not offer PIPELINING: the client must wait for each reply.
     pub no_pipelining: bool,
+    /// Accept connections and close them at once, without a greeting (a server that is
+    /// down behind its address); they are counted in `connections`.
+    pub dead: bool,
 }
 
 /// How a connection goes on after a message, to try the client's connection reuse.
@@ -113,6 +116,11 @@ impl Sink {
                     let now = s.open.fetch_add(1, Ordering::SeqCst) + 1;
                     s.max_open.fetch_max(now, Ordering::SeqCst);
                     s.connections.lock().unwrap().push(peer.ip());
+                    if s.behaviour.lock().unwrap().dead {
+                        drop(stream);
+                        s.open.fetch_sub(1, Ordering::SeqCst);
+                        return;
+                    }
                     let implicit = s.behaviour.lock().unwrap().implicit_tls.clone();
                     let _ = match implicit {
                         Some(acceptor) => match acceptor.accept(stream).await {

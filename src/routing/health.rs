@@ -1,0 +1,249 @@
+//! Destination health: a site whose every MX keeps refusing connections or timing out
+//! (from any egress IP) is marked down. While it is down nothing connects to it except
+//! one probe delivery per probe interval; the queue parks its mail instead of retrying
+//! each message on its own (Postfix's dead-destination logic). The first probe a server
+//! answers brings the site back, and the queue releases the site's mail at once.
+//!
+//! Only failures where no server said anything count: a reply of any kind (even 421 or a
+//! refusal) proves the site is up.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::site::Site;
+
+/// Whether a delivery to a site may connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// The site is up (or not known to be down): connect.
+    Go,
+    /// The site is down and this delivery is its probe: connect, and report back.
+    Probe,
+    /// The site is down: do not connect; the next probe is due then (Unix ms).
+    Down {
+        /// When the next probe may go.
+        next_probe_ms: u64,
+    },
+}
+
+/// A site marked down, for the operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownSite {
+    /// The site.
+    pub site: String,
+    /// Since when (Unix ms).
+    pub since_ms: u64,
+    /// Deliveries in a row that reached no server.
+    pub failures: u32,
+    /// When the next probe may go (Unix ms).
+    pub next_probe_ms: u64,
+    /// Why the last one failed.
+    pub last_error: String,
+}
+
+#[derive(Debug, Default)]
+struct Health {
+    /// Deliveries in a row where no MX answered.
+    failures: u32,
+    /// Set while the site is down (Unix ms).
+    down_since: Option<u64>,
+    next_probe_ms: u64,
+    /// A probe delivery is under way.
+    probing: bool,
+    /// How often the site is probed.
+    interval_ms: u64,
+    last_error: String,
+}
+
+/// Every site's health; shared by all deliveries and kept across reloads.
+#[derive(Debug, Default)]
+pub struct SiteHealth {
+    sites: Mutex<HashMap<Site, Health>>,
+}
+
+/// Sites tracked at most; healthy entries are forgotten first.
+const MAX_SITES: usize = 100_000;
+
+impl SiteHealth {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Site, Health>> {
+        self.sites.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// May a delivery to `site` connect now?
+    pub fn admit(&self, site: &Site, now_ms: u64) -> Admission {
+        let mut sites = self.lock();
+        let Some(h) = sites.get_mut(site) else {
+            return Admission::Go;
+        };
+        if h.down_since.is_none() {
+            return Admission::Go;
+        }
+        if !h.probing && h.next_probe_ms <= now_ms {
+            h.probing = true;
+            tracing::info!(site = %site, failures = h.failures, "site down: probe delivery");
+            return Admission::Probe;
+        }
+        // While a probe is out, the next chance is a whole interval away (the probe
+        // releases everything sooner if it gets through).
+        let next = if h.probing {
+            now_ms + h.interval_ms
+        } else {
+            h.next_probe_ms
+        };
+        Admission::Down {
+            next_probe_ms: next.max(now_ms),
+        }
+    }
+
+    /// A server of `site` answered: it is up. Returns true when it was down (its
+    /// parked mail may go now).
+    pub fn answered(&self, site: &Site) -> bool {
+        let mut sites = self.lock();
+        let Some(h) = sites.remove(site) else {
+            return false;
+        };
+        if let Some(since) = h.down_since {
+            tracing::warn!(
+                site = %site,
+                down_for_s = crate::clock::unix_now_ms().saturating_sub(since) / 1000,
+                "site up again: a server answered the probe; its queued mail goes now"
+            );
+            return true;
+        }
+        false
+    }
+
+    /// No server of `site` answered a delivery (connections refused or timed out): one
+    /// failure more; `down_after` in a row mark it down until a probe gets an answer,
+    /// probes going every `interval`. A failed probe schedules the next one. Returns the
+    /// next probe time when the site is down now.
+    pub fn unreachable(
+        &self,
+        site: &Site,
+        error: &str,
+        now_ms: u64,
+        down_after: u32,
+        interval: Duration,
+    ) -> Option<u64> {
+        if down_after == 0 {
+            return None;
+        }
+        let mut sites = self.lock();
+        if sites.len() >= MAX_SITES && !sites.contains_key(site) {
+            sites.retain(|_, h| h.down_since.is_some());
+        }
+        let h = sites.entry(site.clone()).or_default();
+        h.failures = h.failures.saturating_add(1);
+        h.last_error = error.to_string();
+        h.interval_ms = interval.as_millis() as u64;
+        let next = now_ms + h.interval_ms;
+        if h.down_since.is_some() {
+            h.probing = false;
+            h.next_probe_ms = next;
+        } else if h.failures >= down_after {
+            h.down_since = Some(now_ms);
+            h.next_probe_ms = next;
+            tracing::warn!(
+                site = %site,
+                failures = h.failures,
+                last_error = error,
+                probe_every = %humantime::format_duration(interval),
+                "site marked down: no server answered; its mail waits, one probe per interval"
+            );
+        }
+        h.down_since.map(|_| h.next_probe_ms)
+    }
+
+    /// A probe that ended without saying anything about the site (no egress IP, DNS
+    /// trouble): the next delivery may probe.
+    pub fn release_probe(&self, site: &Site) {
+        if let Some(h) = self.lock().get_mut(site) {
+            h.probing = false;
+        }
+    }
+
+    /// Every site down now.
+    pub fn down(&self) -> Vec<DownSite> {
+        let mut out: Vec<DownSite> = self
+            .lock()
+            .iter()
+            .filter_map(|(site, h)| {
+                Some(DownSite {
+                    site: site.to_string(),
+                    since_ms: h.down_since?,
+                    failures: h.failures,
+                    next_probe_ms: h.next_probe_ms,
+                    last_error: h.last_error.clone(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.site.cmp(&b.site));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn down_after_failures_in_a_row_then_one_probe_per_interval() {
+        let h = SiteHealth::default();
+        let site = Site::from("mx.dead.test");
+        let minute = Duration::from_secs(60);
+        h.unreachable(&site, "refused", 1_000, 3, minute);
+        h.unreachable(&site, "refused", 1_000, 3, minute);
+        assert_eq!(
+            h.admit(&site, 1_000),
+            Admission::Go,
+            "two failures: still up"
+        );
+        h.unreachable(&site, "refused", 1_000, 3, minute);
+        assert_eq!(
+            h.admit(&site, 2_000),
+            Admission::Down {
+                next_probe_ms: 61_000
+            }
+        );
+        assert_eq!(h.down()[0].failures, 3);
+        assert_eq!(h.admit(&site, 61_000), Admission::Probe);
+        // One probe at a time; the others wait an interval.
+        assert_eq!(
+            h.admit(&site, 61_500),
+            Admission::Down {
+                next_probe_ms: 121_500
+            }
+        );
+        // The probe failed: the next one a interval later.
+        h.unreachable(&site, "timeout", 62_000, 3, minute);
+        assert_eq!(
+            h.admit(&site, 62_000),
+            Admission::Down {
+                next_probe_ms: 122_000
+            }
+        );
+        assert_eq!(h.admit(&site, 122_000), Admission::Probe);
+        assert!(h.answered(&site), "it was down");
+        assert_eq!(h.admit(&site, 122_001), Admission::Go);
+        assert!(h.down().is_empty());
+        assert!(!h.answered(&site), "an up site stays up quietly");
+    }
+
+    #[test]
+    fn an_answer_resets_the_count_and_zero_turns_it_off() {
+        let h = SiteHealth::default();
+        let site = Site::from("mx.flaky.test");
+        let minute = Duration::from_secs(60);
+        h.unreachable(&site, "refused", 0, 2, minute);
+        h.answered(&site);
+        h.unreachable(&site, "refused", 0, 2, minute);
+        assert_eq!(h.admit(&site, 0), Admission::Go);
+        for _ in 0..10 {
+            h.unreachable(&site, "refused", 0, 0, minute);
+        }
+        assert_eq!(h.admit(&site, 0), Admission::Go);
+    }
+}
