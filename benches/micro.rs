@@ -81,6 +81,8 @@ fn routing_world() -> (Pool, Reputation, Vec<Site>) {
                 .map(|i| EgressConfig {
                     ip: Some(egress_ip(i)),
                     helo: None,
+                    warmup: Vec::new(),
+                    warmup_start: None,
                 })
                 .collect(),
         },

@@ -157,6 +157,7 @@ fn main() -> ExitCode {
                 .map(|cli::SendersAction::Release { name, bounce }| (name.as_str(), *bounce));
             done(run_to_end(cli::senders(config.as_deref(), release, json)))
         }
+        Command::Warmup { config, json } => done(run_to_end(cli::warmup(config.as_deref(), json))),
         Command::Passwd { name, domains } => done(cli::passwd(&name, &domains)),
         Command::DnsblCheck { config, json, ips } => {
             done(run_to_end(cli::dnsbl_check(config.as_deref(), &ips, json)))

@@ -46,6 +46,11 @@ use crate::spool::Spool;
 const MAX_FAILURES: u32 = 5;
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
+/// `GET /api/v1/warmup`: each warming egress IP, its day, cap and today's counts.
+async fn warmup(State(admin): State<Admin>) -> axum::Json<Vec<crate::reputation::WarmupStatus>> {
+    axum::Json(admin.reputation.warmup_status())
+}
+
 /// `GET /api/v1/auth/lockouts`: client addresses locked out of SMTP AUTH now.
 async fn lockouts(State(admin): State<Admin>) -> axum::Json<Vec<crate::inbound::users::Lockout>> {
     axum::Json(
@@ -189,6 +194,7 @@ pub fn router(admin: Admin) -> Router {
         .route("/api/v1/blocks/lift", post(blocks::lift))
         .route("/api/v1/listings", get(blocks::listings))
         .route("/api/v1/auth/lockouts", get(lockouts))
+        .route("/api/v1/warmup", get(warmup))
         .route("/api/v1/senders", get(control::senders))
         .route("/api/v1/senders/release", post(control::release_sender))
         .route("/api/v1/listings/refresh", post(blocks::refresh))

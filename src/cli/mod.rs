@@ -13,6 +13,7 @@ mod queue;
 mod reload;
 mod senders;
 mod serve;
+mod warmup;
 
 use std::path::PathBuf;
 
@@ -32,6 +33,7 @@ pub use queue::{
 pub use reload::{Reloader, Running, reload};
 pub use senders::senders;
 pub use serve::serve;
+pub use warmup::warmup;
 
 /// Outbound SMTP relay that keeps mail flowing when an egress IP is blocklisted.
 #[derive(Debug, Parser)]
@@ -251,6 +253,16 @@ pub enum Command {
         /// What to do; the list without one.
         #[command(subcommand)]
         action: Option<SendersAction>,
+    },
+    /// Warming egress IPs (through the running relay's admin API): the day of each
+    /// one's schedule, today's cap per site and what was sent.
+    Warmup {
+        /// Configuration file (TOML): where the admin API listens.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Machine-readable output (the API's JSON).
+        #[arg(long)]
+        json: bool,
     },
     /// Print the `[auth] users_file` line for a user: reads the password from the
     /// terminal (twice, without echo) or one line of stdin, hashes it with argon2id.

@@ -115,6 +115,7 @@ impl Reloader {
         self.queue.reconfigure(ctx.clone());
         // The lists and the egress IPs they are asked about: a new monitor.
         self.reputation.set_lists(config.blocklists.clone());
+        self.reputation.set_warmup(config.warmup_schedules());
         let mut monitor = self.monitor.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(old) = monitor.take() {
             old.abort();

@@ -24,6 +24,18 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         .context("loading listing state")?;
     let alerts = crate::alerts::Alerts::start(&config.alerts, &config.server.hostname);
     reputation.set_alerts(alerts.clone());
+    reputation.set_warmup(config.warmup_schedules());
+    {
+        // Today's warmup counts reach the disk every few seconds (and at the stop).
+        let reputation = reputation.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                let r = reputation.clone();
+                let _ = tokio::task::spawn_blocking(move || r.flush_warmup()).await;
+            }
+        });
+    }
     let senders = crate::senders::Senders::open(&config.spool.directory)
         .map_err(anyhow::Error::msg)
         .context("loading sender suspensions")?;
@@ -173,6 +185,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         ),
         signal = signals.next() => tracing::warn!(signal, "stopped at once by a second signal"),
     }
+    reputation.flush_warmup();
     Ok(())
 }
 

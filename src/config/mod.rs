@@ -660,6 +660,25 @@ pub struct EgressConfig {
     /// EHLO name for connections from this address; receivers compare it with the PTR
     /// record of the IP, so it should be the IP's reverse DNS name.
     pub helo: Option<String>,
+    /// A new IP's warmup: messages per destination site on day 1, 2, … (e.g. `[50,
+    /// 100, 500, 1000, 5000]`); mail beyond the day's cap for a site goes from other IPs
+    /// of the pool or waits for the next (UTC) day. After the last day: no cap.
+    #[serde(default)]
+    pub warmup: Vec<u32>,
+    /// Day 1 of the warmup, `YYYY-MM-DD` (UTC); default: the day the relay first runs
+    /// with the schedule.
+    #[serde(default)]
+    pub warmup_start: Option<String>,
+}
+
+/// Days since the Unix epoch of a `YYYY-MM-DD` date.
+pub fn epoch_day(date: &str) -> Option<u64> {
+    let mut parts = date.trim().splitn(3, '-');
+    let year: i32 = parts.next()?.parse().ok()?;
+    let month: u8 = parts.next()?.parse().ok()?;
+    let day: u8 = parts.next()?.parse().ok()?;
+    let d = time::Date::from_calendar_date(year, time::Month::try_from(month).ok()?, day).ok()?;
+    u64::try_from(i64::from(d.to_julian_day()) - 2_440_588).ok()
 }
 
 fn default_hostname() -> String {
@@ -814,6 +833,26 @@ impl Config {
         out
     }
 
+    /// The warmup schedule of each egress IP that has one.
+    pub fn warmup_schedules(
+        &self,
+    ) -> std::collections::HashMap<IpAddr, crate::reputation::Schedule> {
+        self.pools
+            .iter()
+            .flat_map(|p| p.egress.iter())
+            .filter(|e| !e.warmup.is_empty())
+            .filter_map(|e| {
+                Some((
+                    e.ip?,
+                    crate::reputation::Schedule {
+                        caps: e.warmup.clone(),
+                        start_day: e.warmup_start.as_deref().and_then(epoch_day),
+                    },
+                ))
+            })
+            .collect()
+    }
+
     /// Every configured egress address, each once: what the DNSBL monitor checks.
     pub fn egress_ips(&self) -> Vec<IpAddr> {
         let mut ips: Vec<IpAddr> = self
@@ -835,6 +874,8 @@ impl Config {
                 egress: vec![EgressConfig {
                     ip: None,
                     helo: None,
+                    warmup: Vec::new(),
+                    warmup_start: None,
                 }],
             }]
         } else {

@@ -297,6 +297,20 @@ fn pools(c: &Config, err: &mut impl FnMut(String, String)) {
         }
         let mut ips = HashSet::new();
         for (j, e) in pool.egress.iter().enumerate() {
+            if !e.warmup.is_empty() && (e.ip.is_none() || e.warmup.contains(&0)) {
+                err(
+                    format!("pools[{i}].egress[{j}].warmup"),
+                    "daily caps above 0, for an egress address with an ip".into(),
+                );
+            }
+            if let Some(d) = &e.warmup_start
+                && super::epoch_day(d).is_none()
+            {
+                err(
+                    format!("pools[{i}].egress[{j}].warmup_start"),
+                    format!("{d:?} is not a date (YYYY-MM-DD)"),
+                );
+            }
             if let Some(ip) = e.ip {
                 if ip.is_unspecified() || ip.is_multicast() {
                     err(

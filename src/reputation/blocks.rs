@@ -215,6 +215,9 @@ impl Reputation {
     /// The standing of `ip` towards `site`: its listings, and a block the site taught us.
     /// An expired block whose canary is free counts as clean (the IP may be tried once).
     pub fn standing_for(&self, ip: IpAddr, site: &Site) -> Standing {
+        if !self.shared.warmup.allows(ip, site, self.shared.clock.now()) {
+            return Standing::Hard;
+        }
         let state = self.lock();
         let listed = state.listed.get(&ip).copied().unwrap_or(Standing::Clean);
         let now = self.shared.clock.now();
@@ -229,6 +232,22 @@ impl Reputation {
     /// Like [`Reputation::standing_for`], and if the IP is clean only because its block
     /// expired, claims it as that site's one canary delivery.
     pub fn claim(&self, ip: IpAddr, site: &Site) -> Standing {
+        let now = self.shared.clock.now();
+        if !self.shared.warmup.allows(ip, site, now) {
+            return Standing::Hard;
+        }
+        let standing = self.claim_unwarmed(ip, site);
+        // A message of today's warmup cap is taken only for an IP that may be used; if
+        // another delivery took the last one meanwhile, this IP is out after all.
+        if standing != Standing::Hard && !self.shared.warmup.take(ip, site, now) {
+            self.release_canary(ip, site);
+            return Standing::Hard;
+        }
+        standing
+    }
+
+    /// [`Reputation::claim`] before warmup caps.
+    fn claim_unwarmed(&self, ip: IpAddr, site: &Site) -> Standing {
         let mut state = self.lock();
         let listed = state.listed.get(&ip).copied().unwrap_or(Standing::Clean);
         let now = self.shared.clock.now();
@@ -524,6 +543,12 @@ impl Reputation {
 
     /// When the first block among `ips` towards `site` expires (Unix seconds).
     pub fn next_expiry(&self, site: &Site, ips: &[IpAddr]) -> Option<u64> {
+        let now = self.shared.clock.now();
+        // An IP out only for its warmup cap is back at the next UTC midnight.
+        let warmup = ips
+            .iter()
+            .any(|ip| !self.shared.warmup.allows(*ip, site, now))
+            .then(|| super::warmup::Warmup::next_day(now));
         let state = self.lock();
         let everywhere = Site::from(ALL_SITES);
         ips.iter()
@@ -535,6 +560,7 @@ impl Reputation {
                     (a, b) => a.or(b).map(|b| b.expires_at),
                 }
             })
+            .chain(warmup)
             .min()
     }
 
@@ -547,6 +573,11 @@ impl Reputation {
             .collect::<Vec<_>>();
         if let Some(why) = self.hygiene_out(ip) {
             out.push(format!("out of rotation (require_fcrdns): {why}"));
+        }
+        if !self.shared.warmup.allows(ip, site, self.shared.clock.now()) {
+            out.push(format!(
+                "warming up: today's cap for {site} reached (more tomorrow)"
+            ));
         }
         if let Some(b) = self.lock().blocks.get(site).and_then(|m| m.get(&ip)) {
             out.push(format!(

@@ -8,6 +8,7 @@
 //! - [`blocks`]: refusals learned per (egress IP, site), canaries, expiry.
 //! - [`learned`]: refusals a second egress IP got past, which no rule knew.
 //! - [`hygiene`]: reverse DNS of our IPs as receivers check it (PTR, FCrDNS, HELO).
+//! - [`warmup`]: daily caps per site for new IPs, growing day by day.
 
 pub mod blocks;
 pub mod dnsbl;
@@ -17,6 +18,7 @@ mod listings;
 mod monitor;
 mod state;
 mod store;
+pub mod warmup;
 
 pub use blocks::{Block, BlockUpdate, Evidence};
 pub use hygiene::Hygiene;
@@ -26,3 +28,4 @@ pub use listings::{CheckError, ListHealth, ListingRecord, ListingState};
 pub use monitor::{check_all, spawn_monitor};
 pub use state::Reputation;
 pub use store::{ReputationReport, StoreError, read_report};
+pub use warmup::{Schedule, WarmupStatus};

@@ -38,6 +38,8 @@ pub(super) struct Shared {
     pub(super) refresh: tokio::sync::Notify,
     /// Bumped whenever an IP may have become usable (a delisting, a list found broken).
     pub(super) improved: tokio::sync::watch::Sender<u64>,
+    /// Daily caps of IPs still warming up.
+    pub(super) warmup: super::warmup::Warmup,
 }
 
 #[derive(Default)]
@@ -82,7 +84,9 @@ impl Reputation {
     pub fn open(lists: Vec<BlocklistConfig>, spool_dir: &Path) -> Result<Self, StoreError> {
         let db = Arc::new(store::open(spool_dir)?);
         let report = store::load(db.as_ref())?;
-        Ok(Self::from_report(lists, report, Some(db), Clock::system()))
+        let reputation = Self::from_report(lists, report, Some(db), Clock::system());
+        reputation.shared.warmup.load(spool_dir.join("warmup.json"));
+        Ok(reputation)
     }
 
     /// State kept in memory only (for one-off checks).
@@ -130,8 +134,24 @@ impl Reputation {
                 clock,
                 alerts: std::sync::OnceLock::new(),
                 refresh: tokio::sync::Notify::new(),
+                warmup: Default::default(),
             }),
         }
+    }
+
+    /// Puts the egress IPs' warmup schedules in force (at start and on reload).
+    pub fn set_warmup(&self, schedules: HashMap<IpAddr, super::Schedule>) {
+        self.shared.warmup.set_schedules(schedules);
+    }
+
+    /// Where each warming IP stands today.
+    pub fn warmup_status(&self) -> Vec<super::WarmupStatus> {
+        self.shared.warmup.status(self.shared.clock.now())
+    }
+
+    /// Saves today's warmup counts if they changed.
+    pub fn flush_warmup(&self) {
+        self.shared.warmup.flush();
     }
 
     /// Asks the listing monitor to check every list now.

@@ -86,6 +86,8 @@ mod tests {
                     .map(|ip| EgressConfig {
                         ip: Some(ip.parse().unwrap()),
                         helo: None,
+                        warmup: Vec::new(),
+                        warmup_start: None,
                     })
                     .collect(),
             },
@@ -130,14 +132,20 @@ mod tests {
                     EgressConfig {
                         ip: Some("127.0.0.2".parse().unwrap()),
                         helo: None,
+                        warmup: Vec::new(),
+                        warmup_start: None,
                     },
                     EgressConfig {
                         ip: Some("::1".parse().unwrap()),
                         helo: Some("six.test".into()),
+                        warmup: Vec::new(),
+                        warmup_start: None,
                     },
                     EgressConfig {
                         ip: Some("127.0.0.3".parse().unwrap()),
                         helo: None,
+                        warmup: Vec::new(),
+                        warmup_start: None,
                     },
                 ],
             },

@@ -22,6 +22,7 @@ mod second_opinion;
 mod senders;
 mod stop;
 mod submission;
+mod warmup;
 
 use support::relay::Setup;
 use support::sink::Sink;
