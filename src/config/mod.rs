@@ -60,6 +60,30 @@ pub struct Config {
     pub quotas: QuotasConfig,
     /// When a sender looks hacked and is suspended.
     pub suspension: SuspensionConfig,
+    /// Per destination site (or egress IP × site): connections, messages per
+    /// connection, messages per hour, new connections per minute. First match wins.
+    pub shaping: Vec<ShapingConfig>,
+}
+
+/// `[[shaping]]`: what a receiver accepts from us. Limits not set are not limited here
+/// (`[delivery]` still caps connections per domain).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShapingConfig {
+    /// Patterns matched against the recipient domain, the site, and each MX host name:
+    /// `gmail.com`, `*.google.com` (the name and its subdomains), `*`.
+    pub sites: Vec<String>,
+    /// Only for connections from this egress IP (the IP × site limits); without it, the
+    /// limits hold for the whole site, all IPs together.
+    pub egress: Option<IpAddr>,
+    /// Connections at once.
+    pub max_connections: Option<usize>,
+    /// Messages per connection; then it is closed and a new one opened.
+    pub messages_per_connection: Option<u32>,
+    /// Messages per hour (the whole hour's worth may go at once, then evenly).
+    pub messages_per_hour: Option<u32>,
+    /// New connections per minute.
+    pub connections_per_minute: Option<u32>,
 }
 
 /// Messages and recipients per hour; `0` means no limit.

@@ -517,6 +517,27 @@ fn security(c: &Config, err: &mut impl FnMut(String, String)) {
             format!("{}: a share of the delay, 0.0 to 1.0", c.queue.retry_jitter),
         );
     }
+    for (i, r) in c.shaping.iter().enumerate() {
+        if r.sites.iter().all(|p| p.trim().is_empty()) {
+            err(
+                format!("shaping[{i}].sites"),
+                "name at least one site or domain pattern".into(),
+            );
+        }
+        if r.max_connections == Some(0)
+            || [
+                r.messages_per_connection,
+                r.messages_per_hour,
+                r.connections_per_minute,
+            ]
+            .contains(&Some(0))
+        {
+            err(
+                format!("shaping[{i}]"),
+                "a limit of 0 would stop the site's mail; leave it out for no limit".into(),
+            );
+        }
+    }
     let s = &c.suspension;
     for (key, ratio) in [
         ("suspension.reputation_ratio", s.reputation_ratio),

@@ -19,7 +19,7 @@ use crate::dns::{DnsError, Resolver};
 use crate::egress::{EgressIp, Standing};
 use crate::reputation::Reputation;
 use crate::routing::Pool;
-use crate::routing::{Admission, SiteHealth};
+use crate::routing::{Admission, Shape, Shaper, SiteHealth};
 use crate::site::Site;
 use crate::spool::RemoteReply;
 
@@ -48,6 +48,8 @@ pub struct Outbound {
     health: std::sync::Arc<SiteHealth>,
     site_down_after: u32,
     site_probe_interval: Duration,
+    /// `[[shaping]]` and its buckets and slots; kept across reloads that keep the rules.
+    shaper: std::sync::Arc<Shaper>,
 }
 
 impl Outbound {
@@ -109,6 +111,7 @@ impl Outbound {
             tls,
             verify_tls,
             health: Default::default(),
+            shaper: std::sync::Arc::new(Shaper::new(config.shaping.clone())),
             site_down_after: d.site_down_after,
             site_probe_interval: d.site_probe_interval.get(),
             sessions: SessionCache::new(ReuseLimits {
@@ -123,6 +126,10 @@ impl Outbound {
     /// Keeps `old`'s knowledge of down sites (a reload must not forget them).
     pub fn keep_health(mut self, old: &Outbound) -> Self {
         self.health = old.health.clone();
+        if old.shaper.rules() == self.shaper.rules() {
+            // Same rules: the hour's counts and the slots in use carry on.
+            self.shaper = old.shaper.clone();
+        }
         self
     }
 
@@ -218,6 +225,29 @@ impl Outbound {
                 return r;
             }
         };
+        if let Err(wait) =
+            self.shaper
+                .message(&site, None, self.shaper.shape(d.domain, &site, None))
+        {
+            let mut r = report(vec![
+                RemoteReply {
+                    code: 0,
+                    enhanced: "4.7.0".into(),
+                    text: format!(
+                        "shaping: the hourly message limit for {site} is reached; next in {} s",
+                        wait.as_secs() + 1
+                    ),
+                    mx: None,
+                };
+                d.recipients.len()
+            ]);
+            if probe {
+                self.health.release_probe(&site);
+            }
+            r.site = Some(site);
+            r.retry_at = Some(crate::clock::unix_now() + wait.as_secs() + 1);
+            return r;
+        }
         let mut r = self.deliver_direct(d, pool, policy, &hosts, &site).await;
         // Only a delivery where no server said anything (refused, timed out, dropped)
         // counts against the site; a TLS failure or any reply proves it is there.
@@ -281,6 +311,17 @@ impl Outbound {
             for addr in addrs {
                 let claim = |e: &EgressIp| match e.ip {
                     _ if avoided(e) => Standing::Hard,
+                    // An IP past its own hourly limit for the site sits this one out.
+                    Some(ip)
+                        if {
+                            let (_, of_ip) = self.shaper.shape(d.domain, &site, Some(ip));
+                            self.shaper
+                                .message(&site, Some(ip), (Shape::default(), of_ip))
+                                .is_err()
+                        } =>
+                    {
+                        Standing::Hard
+                    }
                     Some(ip) => self.reputation.claim(ip, &site),
                     None => Standing::Clean,
                 };
@@ -291,14 +332,22 @@ impl Outbound {
                 };
                 last_egress = Some(egress.clone());
                 last_ip = Some(addr);
-                let mut result = self.try_host(&egress, addr, &host.name, d, policy).await;
+                let shapes = self.shaper.shape(d.domain, &site, egress.ip);
+                let _slot = self.shaper.slot(&site, egress.ip, shapes).await;
+                let shaped = Shaped {
+                    site: &site,
+                    shapes,
+                };
+                let mut result = self
+                    .try_host(&egress, addr, &host.name, d, policy, &shaped)
+                    .await;
                 // Opportunistic TLS that failed: plain text. A verified route never
                 // falls back to the clear.
                 if let (Err(HostFailure { tls: true, .. }), TlsPolicy::Opportunistic) =
                     (&result, policy)
                 {
                     result = self
-                        .try_host(&egress, addr, &host.name, d, TlsUse::Never)
+                        .try_host(&egress, addr, &host.name, d, TlsUse::Never, &shaped)
                         .await;
                 }
                 match result {
@@ -379,6 +428,7 @@ impl Outbound {
         mx: &str,
         d: &DomainDelivery<'_>,
         tls: impl Into<TlsUse>,
+        shaped: &Shaped<'_>,
     ) -> Result<(Vec<RemoteReply>, bool), HostFailure> {
         let tls = tls.into();
         let dest = SocketAddr::new(addr, self.port);
@@ -399,14 +449,62 @@ impl Outbound {
             }
             return Ok((t.replies, true));
         }
-        self.sessions.make_room(dest, d.max_connections);
+        let cap = shaped
+            .shapes
+            .0
+            .max_connections
+            .map_or(d.max_connections, |n| n.min(d.max_connections));
+        if shaped.shapes.0.max_connections.is_some() {
+            self.sessions.make_room_strictly(dest, cap).await;
+        } else {
+            self.sessions.make_room(dest, cap);
+        }
+        self.pace_connection(shaped, egress.ip, mx).await?;
         let mut session = self.open(egress, dest, mx, tls).await?;
+        session.max_messages = [
+            shaped.shapes.0.messages_per_connection,
+            shaped.shapes.1.messages_per_connection,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let t = transaction(&mut session.client, session.caps, d, mx, false).await;
         match t.after {
             After::Ready => self.sessions.put(egress.ip, dest, session),
             After::Done | After::Stale => session.quit().await,
         }
         Ok((t.replies, false))
+    }
+
+    /// Waits for the site's (and IP's) new-connection rate; a wait longer than
+    /// [`MAX_PACING`] defers the delivery instead.
+    async fn pace_connection(
+        &self,
+        shaped: &Shaped<'_>,
+        ip: Option<IpAddr>,
+        mx: &str,
+    ) -> Result<(), HostFailure> {
+        loop {
+            match self.shaper.connection(shaped.site, ip, shaped.shapes) {
+                Ok(()) => return Ok(()),
+                Err(wait) if wait <= MAX_PACING => tokio::time::sleep(wait).await,
+                Err(wait) => {
+                    return Err(HostFailure {
+                        reply: RemoteReply {
+                            code: 0,
+                            enhanced: "4.7.0".into(),
+                            text: format!(
+                                "shaping: the connection rate to {} is used up; next in {} s",
+                                shaped.site,
+                                wait.as_secs() + 1
+                            ),
+                            mx: Some(mx.to_string()),
+                        },
+                        tls: false,
+                    });
+                }
+            }
+        }
     }
 
     /// A new session: connect from `egress`, greeting, EHLO, STARTTLS when offered (and
@@ -497,6 +595,15 @@ impl Outbound {
         stream.set_nodelay(true)?;
         Ok(stream)
     }
+}
+
+/// The longest a delivery waits for the connection rate before it is deferred.
+const MAX_PACING: Duration = Duration::from_secs(10);
+
+/// A delivery's site and the shaping limits that apply to it.
+struct Shaped<'a> {
+    site: &'a Site,
+    shapes: (Shape, Shape),
 }
 
 /// How one connection uses TLS.

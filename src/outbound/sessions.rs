@@ -34,6 +34,8 @@ pub(super) struct Session {
     /// Under TLS with a certificate verified for the MX name: only such a session may
     /// carry mail of a `tls = "verify"` route.
     pub(super) verified: bool,
+    /// The site's `messages_per_connection`, when shaping sets one.
+    pub(super) max_messages: Option<u32>,
     opened: Instant,
     /// Transactions completed on this session.
     messages: u32,
@@ -45,6 +47,7 @@ impl Session {
             client,
             caps,
             verified: false,
+            max_messages: None,
             opened: Instant::now(),
             messages: 0,
         }
@@ -66,6 +69,9 @@ pub(super) async fn quit<S: AsyncWrite + Unpin>(stream: &mut S) {
     })
     .await;
 }
+
+/// How long a strict close waits for the server to hang up.
+const STRICT_CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a QUIT may take to write before the connection is just closed.
 const QUIT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -225,6 +231,31 @@ impl SessionCache {
     /// egress IPs, then anywhere, until busy plus idle fit both that cap and the global
     /// one. Call with a [`Busy`] guard for this delivery held.
     pub(super) fn make_room(&self, dest: SocketAddr, cap: usize) {
+        quit_all(self.victims(dest, cap));
+    }
+
+    /// [`SessionCache::make_room`] for a site that counts its connections strictly
+    /// (`[[shaping]] max_connections`): returns once the server has closed each session
+    /// ended here (or a short while has passed), so the new connection never overlaps.
+    pub(super) async fn make_room_strictly(&self, dest: SocketAddr, cap: usize) {
+        for s in self.victims(dest, cap) {
+            let mut stream = s.client.stream;
+            let _ = tokio::time::timeout(STRICT_CLOSE_WAIT, async {
+                use tokio::io::AsyncReadExt;
+                stream.write_all(b"QUIT\r\n").await?;
+                stream.flush().await?;
+                // Until the server hangs up: then it no longer counts the connection.
+                let mut sink = [0u8; 512];
+                while stream.read(&mut sink).await? > 0 {}
+                Ok::<_, std::io::Error>(())
+            })
+            .await;
+        }
+    }
+
+    /// The idle sessions to close so that a new connection to `dest` fits `cap` and the
+    /// global limit.
+    fn victims(&self, dest: SocketAddr, cap: usize) -> Vec<Session> {
         let mut victims = Vec::new();
         {
             let mut st = self.lock();
@@ -242,7 +273,7 @@ impl SessionCache {
                 }
             }
         }
-        quit_all(victims);
+        victims
     }
 
     /// Returns a session whose transaction ended cleanly. It is kept for the next
@@ -257,6 +288,7 @@ impl SessionCache {
         let now = Instant::now();
         if !self.enabled()
             || session.messages >= self.limits.messages
+            || session.max_messages.is_some_and(|m| session.messages >= m)
             || now.duration_since(session.opened) >= self.limits.lifetime
         {
             quit_all(vec![session]);

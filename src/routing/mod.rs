@@ -1,8 +1,11 @@
 //! Where a delivery goes and from which address: MX lookup (RFC 5321 §5.1), the egress
-//! pool rotation, and whether the destination site is reachable at all ([`health`]).
+//! pool rotation, whether the destination site is reachable at all ([`health`]), and
+//! how fast it may be sent to ([`shaping`]).
 
 pub mod health;
 mod pool;
+pub mod shaping;
 
 pub use health::{Admission, DownSite, SiteHealth};
 pub use pool::Pool;
+pub use shaping::{Shape, Shaper};

@@ -20,6 +20,7 @@ mod retry;
 mod reuse;
 mod second_opinion;
 mod senders;
+mod shaping;
 mod stop;
 mod submission;
 mod warmup;

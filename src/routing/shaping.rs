@@ -1,0 +1,267 @@
+//! Traffic shaping per destination site (and per egress IP × site): how many
+//! connections at once, messages per connection, messages per hour and new connections
+//! per minute a receiver accepts from us — what the big receivers publish or enforce,
+//! as KumoMTA's shaping file does. Rules are data (`[[shaping]]`); this applies them.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use crate::config::ShapingConfig;
+use crate::site::Site;
+
+/// The limits that apply to one delivery: the site's, tightened by its IP's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shape {
+    /// Connections to the site at once.
+    pub max_connections: Option<usize>,
+    /// Messages per connection before it is closed.
+    pub messages_per_connection: Option<u32>,
+    /// Messages per hour to the site.
+    pub messages_per_hour: Option<u32>,
+    /// New connections per minute to the site.
+    pub connections_per_minute: Option<u32>,
+}
+
+impl Shape {
+    fn from_rule(r: &ShapingConfig) -> Self {
+        Self {
+            max_connections: r.max_connections,
+            messages_per_connection: r.messages_per_connection,
+            messages_per_hour: r.messages_per_hour,
+            connections_per_minute: r.connections_per_minute,
+        }
+    }
+}
+
+/// Whether `rule` covers a delivery to `domain` at `site`: a pattern matches the
+/// recipient domain, the site's name, or one of its MX host names (`*.example.com`
+/// covers the domain and its subdomains).
+pub fn covers(rule: &ShapingConfig, domain: &str, site: &Site) -> bool {
+    let matches = |pattern: &str, name: &str| match pattern.strip_prefix("*.") {
+        _ if pattern == "*" => true,
+        Some(parent) => {
+            name.eq_ignore_ascii_case(parent)
+                || name
+                    .to_ascii_lowercase()
+                    .ends_with(&format!(".{}", parent.to_ascii_lowercase()))
+        }
+        None => name.eq_ignore_ascii_case(pattern),
+    };
+    rule.sites.iter().any(|p| {
+        matches(p, domain)
+            || matches(p, site.as_str())
+            || site.as_str().split(',').any(|host| matches(p, host))
+    })
+}
+
+/// The shaping state: rate buckets and per-site connection slots.
+#[derive(Default)]
+pub struct Shaper {
+    rules: Vec<ShapingConfig>,
+    /// Tokens and when they were counted, per `kind|site|ip` key.
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    /// Connection slots per site (and per IP × site) with a `max_connections`.
+    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// A permit for one connection under the site's (and IP's) connection limits.
+pub struct Slot {
+    _site: Option<tokio::sync::OwnedSemaphorePermit>,
+    _ip: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Shaper {
+    /// A shaper for these rules.
+    pub fn new(rules: Vec<ShapingConfig>) -> Self {
+        Self {
+            rules,
+            ..Self::default()
+        }
+    }
+
+    /// The rules (kept across reloads with their state when unchanged).
+    pub fn rules(&self) -> &[ShapingConfig] {
+        &self.rules
+    }
+
+    /// The site-wide shape for `domain` at `site`, and the one for `ip` there.
+    pub fn shape(&self, domain: &str, site: &Site, ip: Option<IpAddr>) -> (Shape, Shape) {
+        let site_rule = self
+            .rules
+            .iter()
+            .find(|r| r.egress.is_none() && covers(r, domain, site));
+        let ip_rule = ip.and_then(|ip| {
+            self.rules
+                .iter()
+                .find(|r| r.egress == Some(ip) && covers(r, domain, site))
+        });
+        (
+            site_rule.map(Shape::from_rule).unwrap_or_default(),
+            ip_rule.map(Shape::from_rule).unwrap_or_default(),
+        )
+    }
+
+    /// Takes one token from the bucket `key` holding `n` per `period`; when empty,
+    /// how long until one is there.
+    fn take(&self, key: &str, n: u32, period: Duration) -> Result<(), Duration> {
+        if n == 0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let cap = f64::from(n);
+        let rate = cap / period.as_secs_f64();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() > 100_000 {
+            buckets.retain(|_, (_, at)| now.duration_since(*at) < period);
+        }
+        let (tokens, at) = buckets.entry(key.to_string()).or_insert((cap, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(cap);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - *tokens) / rate))
+        }
+    }
+
+    /// One more message to `site` (from `ip`) this hour, or how long until one may go.
+    ///
+    /// # Errors
+    /// The wait until the hourly rate allows one more.
+    pub fn message(
+        &self,
+        site: &Site,
+        ip: Option<IpAddr>,
+        shapes: (Shape, Shape),
+    ) -> Result<(), Duration> {
+        let hour = Duration::from_secs(3600);
+        if let Some(n) = shapes.0.messages_per_hour {
+            self.take(&format!("m|{site}"), n, hour)?;
+        }
+        if let (Some(n), Some(ip)) = (shapes.1.messages_per_hour, ip) {
+            self.take(&format!("m|{site}|{ip}"), n, hour)?;
+        }
+        Ok(())
+    }
+
+    /// One more new connection to `site` (from `ip`) this minute, or how long until
+    /// one may be opened.
+    ///
+    /// # Errors
+    /// The wait until the connection rate allows one more.
+    pub fn connection(
+        &self,
+        site: &Site,
+        ip: Option<IpAddr>,
+        shapes: (Shape, Shape),
+    ) -> Result<(), Duration> {
+        let minute = Duration::from_secs(60);
+        if let Some(n) = shapes.0.connections_per_minute {
+            self.take(&format!("c|{site}"), n, minute)?;
+        }
+        if let (Some(n), Some(ip)) = (shapes.1.connections_per_minute, ip) {
+            self.take(&format!("c|{site}|{ip}"), n, minute)?;
+        }
+        Ok(())
+    }
+
+    fn semaphore(&self, key: String, n: usize) -> Arc<Semaphore> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if slots.len() > 10_000 {
+            slots.retain(|_, s| Arc::strong_count(s) > 1);
+        }
+        slots
+            .entry(key)
+            .or_insert_with(|| Arc::new(Semaphore::new(n.max(1))))
+            .clone()
+    }
+
+    /// Waits for a connection slot under the site's and the IP's `max_connections`.
+    pub async fn slot(&self, site: &Site, ip: Option<IpAddr>, shapes: (Shape, Shape)) -> Slot {
+        let site_slot = match shapes.0.max_connections {
+            Some(n) => self
+                .semaphore(format!("{site}"), n)
+                .acquire_owned()
+                .await
+                .ok(),
+            None => None,
+        };
+        let ip_slot = match (shapes.1.max_connections, ip) {
+            (Some(n), Some(ip)) => self
+                .semaphore(format!("{site}|{ip}"), n)
+                .acquire_owned()
+                .await
+                .ok(),
+            _ => None,
+        };
+        Slot {
+            _site: site_slot,
+            _ip: ip_slot,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(sites: &[&str], egress: Option<&str>) -> ShapingConfig {
+        ShapingConfig {
+            sites: sites.iter().map(|s| s.to_string()).collect(),
+            egress: egress.map(|e| e.parse().unwrap()),
+            max_connections: Some(2),
+            messages_per_connection: None,
+            messages_per_hour: Some(3),
+            connections_per_minute: None,
+        }
+    }
+
+    #[test]
+    fn rules_cover_domains_sites_and_mx_hosts() {
+        let outlook = Site::from("mail.protection.outlook.com");
+        let bell = Site::from("mx1.bell.ca,mx2.bell.ca");
+        let r = rule(&["*.outlook.com", "bell.ca"], None);
+        assert!(covers(&r, "contoso.com", &outlook));
+        assert!(covers(
+            &r,
+            "hotmail.com",
+            &Site::from("hotmail-com.olc.protection.outlook.com")
+        ));
+        assert!(
+            !covers(&r, "bell.net", &bell),
+            "bell.ca is neither the domain nor an MX"
+        );
+        let r = rule(&["*.bell.ca"], None);
+        assert!(covers(&r, "sympatico.ca", &bell), "an MX host matches");
+        assert!(!covers(&r, "example.com", &Site::from("mx.example.com")));
+    }
+
+    #[test]
+    fn hourly_tokens_and_the_ip_rule_apply_together() {
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let s = Shaper::new(vec![rule(&["*"], None), rule(&["*"], Some("192.0.2.1"))]);
+        let site = Site::from("mx.a.test");
+        let shapes = s.shape("a.test", &site, Some(ip));
+        assert_eq!(shapes.0.messages_per_hour, Some(3));
+        assert_eq!(shapes.1.messages_per_hour, Some(3));
+        for _ in 0..3 {
+            assert!(s.message(&site, Some(ip), shapes).is_ok());
+        }
+        let wait = s.message(&site, Some(ip), shapes).unwrap_err();
+        assert!(
+            wait > Duration::from_secs(1000) && wait <= Duration::from_secs(1200),
+            "{wait:?}"
+        );
+        // Another site has its own budget.
+        let other = Site::from("mx.b.test");
+        assert!(
+            s.message(&other, Some(ip), s.shape("b.test", &other, Some(ip)))
+                .is_ok()
+        );
+    }
+}
