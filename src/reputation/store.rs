@@ -113,6 +113,7 @@ fn read_table<T: serde::de::DeserializeOwned>(
 /// The file cannot be created or opened (another relay holds it, or it is corrupt).
 pub(super) fn open(spool_dir: &Path) -> Result<redb::Database, StoreError> {
     let db = redb::Database::builder()
+        .set_cache_size(16 * 1024 * 1024)
         .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter)
         .create(spool_dir.join(FILE))
         .map_err(db_err)?;

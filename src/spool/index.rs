@@ -67,10 +67,16 @@ impl Index {
     }
 }
 
+/// Page cache of the queue database. redb's default (1 GiB) would let a deep queue's
+/// index grow the process by its whole size; the working set (recent records and the
+/// tree's inner pages) fits in far less.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// ExclusiveWriter: only this process opens the queue, so a commit is one fdatasync;
 /// state other processes read lives in a file of its own.
 fn open_file(path: &Path) -> Result<redb::Database, SpoolError> {
     redb::Database::builder()
+        .set_cache_size(CACHE_BYTES)
         .set_concurrency_mode(redb::ConcurrencyMode::ExclusiveWriter)
         .create(path)
         .map_err(|e| SpoolError::Db(e.into()))
