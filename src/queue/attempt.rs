@@ -94,14 +94,40 @@ async fn attempt(
         (None, None) => {
             let spool = ctx.spool.clone();
             let load_id = id.clone();
-            tokio::task::spawn_blocking(move || -> Result<_, SpoolError> {
-                Ok(spool.load(&load_id)?.map(|msg| {
-                    let body = spool.load_body(&msg).map(Arc::<[u8]>::from);
-                    (msg, body)
-                }))
+            let health = ctx.outbound.health();
+            let now = ctx.clock.now_ms();
+            let parked = tokio::task::spawn_blocking(move || -> Result<_, SpoolError> {
+                let Some(msg) = spool.load(&load_id)? else {
+                    return Ok(Err(None));
+                };
+                // Every pending recipient at one site that is down (and this is not its
+                // probe): parked without reading the body.
+                let sites: Vec<Option<&str>> = msg
+                    .pending()
+                    .map(|r| r.route.as_ref().and_then(|l| l.site.as_deref()))
+                    .collect();
+                if let Some(Some(site)) = sites.first().copied()
+                    && sites.iter().all(|s| *s == Some(site))
+                    && !msg.held
+                    && let Some(next) = health.down_until(&Site::from(site), now)
+                {
+                    return Ok(Ok((Site::from(site), next)));
+                }
+                drop(sites);
+                let body = spool.load_body(&msg).map(Arc::<[u8]>::from);
+                Ok(Err(Some((msg, body))))
             })
             .await
-            .map_err(SpoolError::ReadTask)??
+            .map_err(SpoolError::ReadTask)??;
+            match parked {
+                Ok((site, next)) => {
+                    return Ok(Outcome {
+                        parked: Some(site),
+                        ..Outcome::at(Some(next))
+                    });
+                }
+                Err(loaded) => loaded,
+            }
         }
     };
     let Some((mut msg, body)) = loaded else {

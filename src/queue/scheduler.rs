@@ -22,15 +22,12 @@ use crate::spool::{QueueId, SpoolError};
 pub fn start(ctx: Arc<QueueContext>) -> Result<QueueHandle, SpoolError> {
     let (tx, rx) = mpsc::unbounded_channel();
     let handle = QueueHandle { tx };
-    let recovered = ctx.spool.recover()?;
+    // Held messages stay in the spool, unscheduled, until released.
+    let recovered = ctx.spool.due_times()?;
     if !recovered.is_empty() {
         tracing::info!(messages = recovered.len(), "recovered spooled messages");
     }
-    let mut due = BTreeSet::new();
-    // Held messages stay in the spool, unscheduled, until released.
-    for msg in recovered.into_iter().filter(|m| !m.held) {
-        due.insert((msg.next_attempt_ms, msg.id));
-    }
+    let due: BTreeSet<(u64, QueueId)> = recovered.into_iter().collect();
     let scheduler = Scheduler {
         improved: ctx.reputation.improvements(),
         ctx,

@@ -98,6 +98,18 @@ impl SiteHealth {
         }
     }
 
+    /// When `site` is down and a delivery now would not be its probe: until when (the
+    /// next probe, Unix ms). Claims nothing.
+    pub fn down_until(&self, site: &Site, now_ms: u64) -> Option<u64> {
+        let sites = self.lock();
+        let h = sites.get(site)?;
+        h.down_since?;
+        if h.probing {
+            return Some(now_ms + h.interval_ms);
+        }
+        (h.next_probe_ms > now_ms).then_some(h.next_probe_ms)
+    }
+
     /// A server of `site` answered: it is up. Returns true when it was down (its
     /// parked mail may go now).
     pub fn answered(&self, site: &Site) -> bool {
