@@ -261,6 +261,7 @@ impl Senders {
                     .take(&key, limit.recipients_per_hour, recipients, now);
             }
             sender.and_then(|id| {
+                prune(&mut state.recent, suspension);
                 let recent = state.recent.entry(id.clone()).or_default();
                 recent.roll(crate::clock::unix_now(), suspension.window.get().as_secs());
                 recent.messages += 1;
@@ -285,6 +286,7 @@ impl Senders {
             if state.suspended.contains_key(id) {
                 return None;
             }
+            prune(&mut state.recent, config);
             let recent = state.recent.entry(id.clone()).or_default();
             recent.roll(crate::clock::unix_now(), config.window.get().as_secs());
             for (verdict, reply) in verdicts {
@@ -389,6 +391,23 @@ impl Senders {
     }
 }
 
+/// Senders tracked before the quiet ones are forgotten: a relay for many sender
+/// domains keeps a bounded table.
+const MAX_TRACKED: usize = 50_000;
+
+/// Forgets senders quiet for two windows once the table is full (their usual volume
+/// goes with them: a sender back after that long starts afresh).
+fn prune(recent: &mut HashMap<SenderId, Recent>, config: &SuspensionConfig) {
+    if recent.len() < MAX_TRACKED {
+        return;
+    }
+    let horizon = crate::clock::unix_now().saturating_sub(2 * config.window.get().as_secs());
+    recent.retain(|_, r| r.since >= horizon);
+    if recent.len() >= MAX_TRACKED {
+        recent.clear();
+    }
+}
+
 /// The quota keys of a submission with their limits (user, client, sender domain),
 /// leaving out those without any limit.
 fn keys(who: &Submitter<'_>, q: &QuotasConfig) -> Vec<(String, String, Quota)> {
@@ -401,14 +420,21 @@ fn keys(who: &Submitter<'_>, q: &QuotasConfig) -> Vec<(String, String, Quota)> {
                 recipients_per_hour: o.recipients_per_hour,
             })
     };
+    let limited = |q: &Quota| q.messages_per_hour > 0 || q.recipients_per_hour > 0;
+    // Keys are formatted only for limits that apply: the common case (the MTA in front,
+    // no sender-domain limit) allocates nothing per MAIL and RCPT.
     let mut out = Vec::new();
     if let Some(u) = who.user {
         let limit = find(&|o| o.user.as_deref() == Some(u), q.user);
-        out.push((format!("u:{u}"), format!("user {u}"), limit));
+        if limited(&limit) {
+            out.push((format!("u:{u}"), format!("user {u}"), limit));
+        }
     }
     if let Some(ip) = who.client {
         let limit = find(&|o| o.client == Some(ip), q.client);
-        out.push((format!("c:{ip}"), format!("client {ip}"), limit));
+        if limited(&limit) {
+            out.push((format!("c:{ip}"), format!("client {ip}"), limit));
+        }
     }
     if let Some(d) = who.sender_domain {
         let limit = find(
@@ -419,12 +445,13 @@ fn keys(who: &Submitter<'_>, q: &QuotasConfig) -> Vec<(String, String, Quota)> {
             },
             q.sender_domain,
         );
-        out.push((
-            format!("d:{}", d.to_ascii_lowercase()),
-            format!("sender domain {d}"),
-            limit,
-        ));
+        if limited(&limit) {
+            out.push((
+                format!("d:{}", d.to_ascii_lowercase()),
+                format!("sender domain {d}"),
+                limit,
+            ));
+        }
     }
-    out.retain(|(_, _, q)| q.messages_per_hour > 0 || q.recipients_per_hour > 0);
     out
 }
