@@ -191,8 +191,10 @@ async fn attempt(
             domain,
         };
         tasks.spawn(async move {
-            let _global = ctx.connections.clone().acquire_owned().await;
+            // The domain's slot first: waiting for a busy (slow) domain must not hold one
+            // of the global connections other destinations could use.
             let _domain = ctx.domain_limit(&job.domain).acquire_owned().await;
+            let _global = ctx.connections.clone().acquire_owned().await;
             deliver_domain(&ctx, job).await
         });
     }
