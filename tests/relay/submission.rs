@@ -126,6 +126,29 @@ async fn swaks_over_implicit_tls() {
     let got = w.dest.wait_for(1).await;
     let text = String::from_utf8_lossy(&got[0].data);
     assert!(text.contains("with ESMTPSA (TLSv1_3"), "{text}");
+
+    // openssl's client too: TLS from the first byte, then the greeting and EHLO.
+    crate::support::require("openssl");
+    let mut child = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", &tls, "-quiet", "-ign_eof"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"EHLO openssl.test\r\nQUIT\r\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("220 relay.test ESMTP"), "{text}");
+    assert!(
+        text.contains("250-AUTH PLAIN LOGIN") || text.contains("250 AUTH PLAIN LOGIN"),
+        "{text}"
+    );
+    assert!(text.contains("221 2.0.0"), "{text}");
 }
 
 /// A TLS client speaking SMTP line by line, after STARTTLS on a raw [`Client`].
