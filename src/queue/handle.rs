@@ -12,6 +12,9 @@ pub enum QueueEvent {
         id: QueueId,
         /// When (Unix ms).
         at_ms: u64,
+        /// Its (first) recipient domain, so that the scheduler never starts more attempts
+        /// for one domain than it has connections.
+        domain: Option<String>,
     },
     /// An attempt ended; `next_ms` is the retry time, `None` when the message left the
     /// spool. `waiting_for_egress`: retry as soon as an egress IP becomes usable.
@@ -136,6 +139,10 @@ impl QueueHandle {
         let _ = self.tx.send(QueueEvent::Due {
             id: msg.id.clone(),
             at_ms: msg.next_attempt_ms,
+            domain: msg
+                .pending()
+                .next()
+                .map(|r| r.address.domain().to_ascii_lowercase()),
         });
     }
 }

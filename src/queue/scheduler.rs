@@ -27,7 +27,12 @@ pub fn start(ctx: Arc<QueueContext>) -> Result<QueueHandle, SpoolError> {
     if !recovered.is_empty() {
         tracing::info!(messages = recovered.len(), "recovered spooled messages");
     }
-    let due: BTreeSet<(u64, QueueId)> = recovered.into_iter().collect();
+    let mut due = BTreeSet::new();
+    let mut domains = Domains::default();
+    for (at, id, domain) in recovered {
+        domains.note(&id, domain);
+        due.insert((at, id));
+    }
     let scheduler = Scheduler {
         improved: ctx.reputation.improvements(),
         ctx,
@@ -39,6 +44,7 @@ pub fn start(ctx: Arc<QueueContext>) -> Result<QueueHandle, SpoolError> {
         parked: HashMap::new(),
         parked_site: HashMap::new(),
         site_waiters: HashMap::new(),
+        domains,
         drained: None,
     };
     tokio::spawn(scheduler.run());
@@ -61,10 +67,95 @@ struct Scheduler {
     /// Messages due at their backoff time whose site reached no server (before it was
     /// marked down), with that due time: they go with the parked mail when it answers.
     site_waiters: HashMap<QueueId, (Site, u64)>,
+    /// Attempts in flight per recipient domain, and the messages waiting for one of the
+    /// domain's slots: a slow or dead domain's backlog waits here, out of the way of
+    /// every other destination's mail.
+    domains: Domains,
     /// Bumped by the reputation state when an IP may have become usable again.
     improved: tokio::sync::watch::Receiver<u64>,
     /// Stopping: no new attempts; these are told when the last one has finished.
     drained: Option<Vec<tokio::sync::oneshot::Sender<()>>>,
+}
+
+/// Per-domain bookkeeping of the scheduler.
+#[derive(Default)]
+struct Domains {
+    /// Each queued message's (first) recipient domain, shared strings.
+    of: HashMap<QueueId, Arc<str>>,
+    /// Interned domain names.
+    names: HashSet<Arc<str>>,
+    /// Attempts under way per domain.
+    busy: HashMap<Arc<str>, usize>,
+    /// Messages due but waiting for a slot of their domain, oldest first.
+    waiting: HashMap<Arc<str>, std::collections::VecDeque<QueueId>>,
+}
+
+impl Domains {
+    fn note(&mut self, id: &QueueId, domain: Option<String>) {
+        let Some(d) = domain else {
+            return;
+        };
+        let name = match self.names.get(d.as_str()) {
+            Some(n) => n.clone(),
+            None => {
+                if self.names.len() >= 10_000 {
+                    // Names no queued message uses any more.
+                    self.names.retain(|n| Arc::strong_count(n) > 1);
+                }
+                let n: Arc<str> = d.into();
+                self.names.insert(n.clone());
+                n
+            }
+        };
+        self.of.insert(id.clone(), name);
+    }
+
+    /// Whether `id` may start now with `cap` attempts per domain; if not, it waits.
+    fn admit(&mut self, id: &QueueId, cap: usize) -> bool {
+        let Some(d) = self.of.get(id).cloned() else {
+            return true;
+        };
+        let busy = self.busy.entry(d.clone()).or_insert(0);
+        if *busy >= cap.max(1) {
+            self.waiting.entry(d).or_default().push_back(id.clone());
+            return false;
+        }
+        *busy += 1;
+        true
+    }
+
+    /// An attempt of `id` ended: its domain's slot goes to the next waiting message.
+    fn finished(&mut self, id: &QueueId, gone: bool) -> Option<QueueId> {
+        let d = if gone {
+            self.of.remove(id)?
+        } else {
+            self.of.get(id)?.clone()
+        };
+        if let Some(b) = self.busy.get_mut(&d) {
+            *b = b.saturating_sub(1);
+            if *b == 0 {
+                self.busy.remove(&d);
+            }
+        }
+        let next = self.waiting.get_mut(&d).and_then(|w| w.pop_front());
+        if self.waiting.get(&d).is_some_and(|w| w.is_empty()) {
+            self.waiting.remove(&d);
+        }
+        next
+    }
+
+    /// Takes `id` out of the waiting lines (the operator forgot it).
+    fn forget(&mut self, id: &QueueId) {
+        if let Some(d) = self.of.remove(id)
+            && let Some(w) = self.waiting.get_mut(&d)
+        {
+            w.retain(|x| x != id);
+        }
+    }
+
+    fn waiting(&self) -> usize {
+        self.waiting.values().map(|w| w.len()).sum()
+    }
 }
 
 /// The parked mail of one down site.
@@ -208,6 +299,7 @@ impl Scheduler {
                     self.egress_waiters.remove(&id);
                     self.site_waiters.remove(&id);
                     self.unpark(&id);
+                    self.domains.forget(&id);
                     outcome.done.push(id);
                 }
             }
@@ -246,6 +338,12 @@ impl Scheduler {
                     break;
                 };
                 self.site_waiters.remove(&id);
+                if !self
+                    .domains
+                    .admit(&id, self.ctx.config.delivery.max_connections_per_domain)
+                {
+                    continue;
+                }
                 if self.in_flight.insert(id.clone()) {
                     let ctx = self.ctx.clone();
                     let handle = self.handle.clone();
@@ -301,7 +399,10 @@ impl Scheduler {
                 }
                 QueueEvent::Sizes(reply) => {
                     let parked: usize = self.parked.values().map(|p| p.ids.len()).sum();
-                    let _ = reply.send((self.in_flight.len(), self.due.len() + parked));
+                    let _ = reply.send((
+                        self.in_flight.len(),
+                        self.due.len() + parked + self.domains.waiting(),
+                    ));
                 }
                 QueueEvent::InFlight(reply) => {
                     let _ = reply.send(self.in_flight.iter().cloned().collect());
@@ -316,9 +417,10 @@ impl Scheduler {
                     }
                     self.drained.get_or_insert_with(Vec::new).push(done);
                 }
-                QueueEvent::Due { id, at_ms } => {
+                QueueEvent::Due { id, at_ms, domain } => {
                     // A message already running is rescheduled by its own Finished event.
                     if !self.in_flight.contains(&id) {
+                        self.domains.note(&id, domain);
                         self.due.insert((at_ms, id));
                     }
                 }
@@ -332,6 +434,9 @@ impl Scheduler {
                 } => {
                     self.in_flight.remove(&id);
                     let now = self.ctx.clock.now_ms();
+                    if let Some(next) = self.domains.finished(&id, next_ms.is_none()) {
+                        self.due.insert((now, next));
+                    }
                     for site in &recovered {
                         self.release(site, now);
                     }

@@ -359,13 +359,18 @@ impl Spool {
     ///
     /// # Errors
     /// The database read failed or a record is corrupt.
-    pub fn due_times(&self) -> Result<Vec<(u64, QueueId)>, SpoolError> {
+    pub fn due_times(&self) -> Result<Vec<(u64, QueueId, Option<String>)>, SpoolError> {
         /// The fields of a record the scheduler reads; serde skips the rest.
         #[derive(serde::Deserialize)]
         struct Due {
             next_attempt_ms: u64,
             #[serde(default)]
             held: bool,
+            recipients: Vec<Rcpt>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Rcpt {
+            address: crate::envelope::Address,
         }
         let db = self.shared.index.get()?;
         let txn = db!(db.begin_read())?;
@@ -378,7 +383,11 @@ impl Spool {
                 message: e.to_string(),
             })?;
             if !due.held {
-                out.push((due.next_attempt_ms, QueueId::from(k.value())));
+                let domain = due
+                    .recipients
+                    .first()
+                    .map(|r| r.address.domain().to_ascii_lowercase());
+                out.push((due.next_attempt_ms, QueueId::from(k.value()), domain));
             }
         }
         Ok(out)

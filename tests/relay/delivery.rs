@@ -364,3 +364,37 @@ async fn json_logs_carry_the_attempt_fields() {
     assert_eq!(v["fields"]["rcpt"], "b@dest.test", "{v}");
     assert_eq!(v["level"], "INFO");
 }
+
+/// A slow destination's backlog waits for its own connection slots, not in front of
+/// other destinations' mail: a message to a healthy domain sent after ten slow ones is
+/// delivered while the slow domain has taken only its first few.
+#[tokio::test]
+async fn a_slow_domains_backlog_does_not_hold_up_other_domains() {
+    let mut w = World::new().await;
+    w.setup.delivery = "max_connections = 4\nmax_connections_per_domain = 1".into();
+    w.dest
+        .behave(|b| b.data_delay = Some(std::time::Duration::from_millis(300)));
+    let relay = w.setup.start().await;
+    let mut c = ready(relay.addr).await;
+    for i in 0..10 {
+        c.send_mail(
+            "a@sender.test",
+            &["b@dest.test"],
+            &message(&format!("slow{i}"), "x\r\n"),
+        )
+        .await;
+    }
+    c.send_mail(
+        "a@sender.test",
+        &["c@sender.test"],
+        &message("quick", "x\r\n"),
+    )
+    .await;
+    w.sender.wait_for(1).await;
+    let slow_done = w.dest.messages().len();
+    assert!(
+        slow_done <= 4,
+        "the quick message waited for {slow_done} of the slow domain's messages"
+    );
+    w.dest.wait_for(10).await;
+}
