@@ -32,6 +32,12 @@ impl QueueId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// When the message was accepted (Unix seconds), read from the id's time prefix.
+    pub fn accepted_at(&self) -> Option<u64> {
+        let micros = u64::from_str_radix(self.0.get(..14)?, 16).ok()?;
+        Some(micros / 1_000_000)
+    }
 }
 
 impl From<&str> for QueueId {

@@ -353,6 +353,21 @@ impl Spool {
         }
     }
 
+    /// When the oldest message in the spool was accepted (Unix seconds), from the
+    /// smallest key alone: queue ids begin with their acceptance time in microseconds,
+    /// so this costs one lookup however deep the queue (a metrics scrape must not read
+    /// every record).
+    ///
+    /// # Errors
+    /// The database read failed.
+    pub fn oldest_accepted(&self) -> Result<Option<u64>, SpoolError> {
+        let db = self.shared.index.get()?;
+        let txn = db!(db.begin_read())?;
+        let table = db!(txn.open_table(MESSAGES))?;
+        let first = db!(table.first())?;
+        Ok(first.and_then(|(k, _)| QueueId::from(k.value()).accepted_at()))
+    }
+
     /// When each message not held is due, read without keeping the records: what the
     /// scheduler needs at start, in a few dozen bytes per message however deep the
     /// queue (a full [`Spool::recover`] of a million records would need gigabytes).
@@ -446,6 +461,29 @@ mod tests {
 
     /// The reopen after an I/O error: it waits for a reader of the old handle, and the
     /// spool reads and commits through the new one.
+    #[tokio::test]
+    async fn the_oldest_acceptance_comes_from_the_first_queue_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        assert_eq!(spool.oldest_accepted().unwrap(), None);
+        let first = message();
+        spool
+            .store_message(&first, b"x\r\n".to_vec())
+            .await
+            .unwrap();
+        let second = message();
+        spool
+            .store_message(&second, b"y\r\n".to_vec())
+            .await
+            .unwrap();
+        let now = crate::clock::unix_now();
+        let oldest = spool.oldest_accepted().unwrap().unwrap();
+        assert!(now.abs_diff(oldest) <= 2, "{oldest} vs {now}");
+        assert_eq!(first.id.accepted_at(), Some(oldest));
+        spool.remove(&first).await.unwrap();
+        assert_eq!(spool.oldest_accepted().unwrap(), second.id.accepted_at());
+    }
+
     #[tokio::test]
     async fn the_index_reopens_under_a_reader_and_goes_on() {
         let dir = tempfile::tempdir().unwrap();
