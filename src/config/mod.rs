@@ -425,20 +425,25 @@ impl RouteConfig {
     /// and its subdomains, anything else that domain exactly; case does not matter. Runs
     /// per delivery, so it compares in place (patterns are lower-cased at load).
     pub fn matches(&self, domain: &str) -> bool {
-        self.domains
-            .iter()
-            .any(|pattern| match pattern.strip_prefix("*.") {
-                _ if pattern == "*" => true,
-                Some(parent) => {
-                    let cut = domain.len().checked_sub(parent.len());
-                    cut.is_some_and(|cut| {
-                        domain.is_char_boundary(cut)
-                            && domain[cut..].eq_ignore_ascii_case(parent)
-                            && (cut == 0 || domain.as_bytes()[cut - 1] == b'.')
-                    })
-                }
-                None => domain.eq_ignore_ascii_case(pattern),
+        self.domains.iter().any(|p| name_matches(p, domain))
+    }
+}
+
+/// Whether `name` matches a domain pattern of routes and shaping rules: `*` anything,
+/// `*.example.com` that name and its subdomains, anything else that name exactly; case
+/// does not matter. Compares in place: it runs per delivery.
+pub fn name_matches(pattern: &str, name: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        _ if pattern == "*" => true,
+        Some(parent) => {
+            let cut = name.len().checked_sub(parent.len());
+            cut.is_some_and(|cut| {
+                name.is_char_boundary(cut)
+                    && name[cut..].eq_ignore_ascii_case(parent)
+                    && (cut == 0 || name.as_bytes()[cut - 1] == b'.')
             })
+        }
+        None => name.eq_ignore_ascii_case(pattern),
     }
 }
 

@@ -41,16 +41,7 @@ impl Shape {
 /// recipient domain, the site's name, or one of its MX host names (`*.example.com`
 /// covers the domain and its subdomains).
 pub fn covers(rule: &ShapingConfig, domain: &str, site: &Site) -> bool {
-    let matches = |pattern: &str, name: &str| match pattern.strip_prefix("*.") {
-        _ if pattern == "*" => true,
-        Some(parent) => {
-            name.eq_ignore_ascii_case(parent)
-                || name
-                    .to_ascii_lowercase()
-                    .ends_with(&format!(".{}", parent.to_ascii_lowercase()))
-        }
-        None => name.eq_ignore_ascii_case(pattern),
-    };
+    let matches = crate::config::name_matches;
     rule.sites.iter().any(|p| {
         matches(p, domain)
             || matches(p, site.as_str())
