@@ -133,6 +133,11 @@ impl Outbound {
         self
     }
 
+    /// `site` asked us to slow down: its shaping is tightened for `period`.
+    pub fn tighten(&self, site: &Site, period: Duration) {
+        self.shaper.tighten(site, period);
+    }
+
     /// Which sites are down (the same object across reloads), for the operator.
     pub fn health(&self) -> std::sync::Arc<SiteHealth> {
         self.health.clone()

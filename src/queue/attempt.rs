@@ -251,6 +251,9 @@ async fn attempt(
             throttled = true;
             let period = retry::retry_delay(&ctx.config.queue, msg.attempts + 1) * 2;
             ctx.throttle(&outcome.domain, period);
+            if let Some(site) = &outcome.throttled_site {
+                ctx.outbound.tighten(site, period);
+            }
         }
         if let Some(at) = outcome.retry_at {
             retry_at = Some(retry_at.map_or(at, |r: u64| r.min(at)));

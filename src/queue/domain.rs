@@ -57,6 +57,8 @@ pub(super) struct DomainOutcome {
     pub retry_at: Option<u64>,
     /// The destination asked us to slow down.
     pub throttled: bool,
+    /// The site that asked (its shaping is tightened, for all its domains).
+    pub throttled_site: Option<Site>,
     pub domain: String,
     /// Every recipient's attempt in this job, in order (rerouted and second-opinion
     /// rounds included), for the message's history.
@@ -88,6 +90,7 @@ pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> Domain
         no_egress: false,
         retry_at: None,
         throttled: false,
+        throttled_site: None,
         domain: job.domain.clone(),
         history: Vec::new(),
         site_down: None,
@@ -165,7 +168,10 @@ pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> Domain
             let verdict = class.verdict;
             match verdict {
                 Verdict::Delivered => delivered = true,
-                Verdict::Throttle => outcome.throttled = true,
+                Verdict::Throttle => {
+                    outcome.throttled = true;
+                    outcome.throttled_site = report.site.clone();
+                }
                 Verdict::DomainReputation => tracing::error!(
                     queue_id = %job.queue_id,
                     rcpt = %rcpt,
@@ -344,6 +350,7 @@ async fn second_opinion(
             }
             Verdict::Throttle => {
                 outcome.throttled = true;
+                outcome.throttled_site = report.site.clone();
                 None
             }
             v if v.is_permanent_failure() => {

@@ -27,6 +27,18 @@ pub struct Shape {
 }
 
 impl Shape {
+    /// The shape of a site that asked us to slow down: one connection at a time and
+    /// half the configured rates (never below one).
+    fn tightened(self) -> Self {
+        let half = |n: Option<u32>| n.map(|n| (n / 2).max(1));
+        Self {
+            max_connections: Some(1),
+            messages_per_connection: self.messages_per_connection,
+            messages_per_hour: half(self.messages_per_hour),
+            connections_per_minute: half(self.connections_per_minute),
+        }
+    }
+
     fn from_rule(r: &ShapingConfig) -> Self {
         Self {
             max_connections: r.max_connections,
@@ -57,6 +69,9 @@ pub struct Shaper {
     buckets: Mutex<HashMap<String, (f64, Instant)>>,
     /// Connection slots per site (and per IP × site) with a `max_connections`.
     slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Sites that said "too fast", until when: their shape is tightened whatever the
+    /// rule (one connection, half the rates), for every domain they serve.
+    tightened: Mutex<HashMap<Site, Instant>>,
 }
 
 /// A permit for one connection under the site's (and IP's) connection limits.
@@ -90,10 +105,38 @@ impl Shaper {
                 .iter()
                 .find(|r| r.egress == Some(ip) && covers(r, domain, site))
         });
-        (
-            site_rule.map(Shape::from_rule).unwrap_or_default(),
-            ip_rule.map(Shape::from_rule).unwrap_or_default(),
-        )
+        let mut of_site = site_rule.map(Shape::from_rule).unwrap_or_default();
+        if self.is_tightened(site) {
+            of_site = of_site.tightened();
+        }
+        (of_site, ip_rule.map(Shape::from_rule).unwrap_or_default())
+    }
+
+    /// `site` said "too fast" (a throttle verdict): for `period`, one connection at a
+    /// time to it and half its configured rates, whichever domain the mail is for. A
+    /// repeat extends the period.
+    pub fn tighten(&self, site: &Site, period: Duration) {
+        let until = Instant::now() + period.max(Duration::from_secs(1));
+        let mut tightened = self.tightened.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        tightened.retain(|_, t| *t > now);
+        let fresh = tightened.insert(site.clone(), until).is_none();
+        if fresh {
+            tracing::info!(
+                site = %site,
+                seconds = period.as_secs(),
+                "site throttles us; its shaping is tightened (one connection at a time)"
+            );
+        }
+    }
+
+    /// Whether `site` is in a tightened period.
+    pub fn is_tightened(&self, site: &Site) -> bool {
+        let tightened = self.tightened.lock().unwrap_or_else(|e| e.into_inner());
+        if tightened.is_empty() {
+            return false;
+        }
+        tightened.get(site).is_some_and(|t| *t > Instant::now())
     }
 
     /// Takes one token from the bucket `key` holding `n` per `period`; when empty,
@@ -175,6 +218,13 @@ impl Shaper {
     /// Waits for a connection slot under the site's and the IP's `max_connections`.
     pub async fn slot(&self, site: &Site, ip: Option<IpAddr>, shapes: (Shape, Shape)) -> Slot {
         let site_slot = match shapes.0.max_connections {
+            // A tightened site has its own one-connection slot: the configured one
+            // keeps its permits for when the period is over.
+            Some(1) if self.is_tightened(site) => self
+                .semaphore(format!("{site}|tight"), 1)
+                .acquire_owned()
+                .await
+                .ok(),
             Some(n) => self
                 .semaphore(format!("{site}"), n)
                 .acquire_owned()
@@ -253,6 +303,33 @@ mod tests {
         assert!(
             s.message(&other, Some(ip), s.shape("b.test", &other, Some(ip)))
                 .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_throttled_site_is_tightened_for_every_domain_for_its_period() {
+        let s = Shaper::new(vec![ShapingConfig {
+            max_connections: Some(10),
+            connections_per_minute: Some(30),
+            ..rule(&["*.bell.ca"], None)
+        }]);
+        let bell = Site::from("mx1.bell.ca,mx2.bell.ca");
+        let before = s.shape("bell.net", &bell, None).0;
+        assert_eq!(before.max_connections, Some(10));
+        s.tighten(&bell, Duration::from_millis(1));
+        for domain in ["bell.net", "sympatico.ca"] {
+            let (tight, _) = s.shape(domain, &bell, None);
+            assert_eq!(tight.max_connections, Some(1), "{domain}");
+            assert_eq!(tight.connections_per_minute, Some(15));
+            assert_eq!(tight.messages_per_hour, Some(1), "half of 3, at least one");
+        }
+        let other = Site::from("mx.other.test");
+        assert_eq!(s.shape("other.test", &other, None).0, Shape::default());
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(
+            s.shape("bell.net", &bell, None).0,
+            before,
+            "over after its period"
         );
     }
 }

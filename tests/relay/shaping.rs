@@ -66,3 +66,43 @@ async fn the_hourly_limit_defers_the_rest() {
     let summary = w.setup.cli_json(&["queue"]);
     assert_eq!(summary["messages"], 2, "{summary}");
 }
+
+#[tokio::test]
+async fn a_site_that_says_too_fast_gets_one_connection_for_all_its_domains() {
+    let mut w = World::new().await;
+    w.setup.queue = crate::NO_RETRY_SOON.into();
+    // other.test shares dest.test's mail exchanger: one site, two domains.
+    w.setup.dns.add_mx("other.test", 10, "mx.dest.test").await;
+    w.dest.behave(|b| {
+        b.data
+            .push_back("421 4.7.0 mx.dest.test Error: too many connections from you".into());
+        b.data_delay = Some(std::time::Duration::from_millis(100));
+    });
+    let relay = w.setup.start().await;
+    let mut c = ready(relay.addr).await;
+    c.send_mail(
+        "a@sender.test",
+        &["b@dest.test"],
+        &message("first", "x\r\n"),
+    )
+    .await;
+    relay
+        .log_with("its shaping is tightened (one connection at a time)")
+        .await;
+    for i in 0..8 {
+        let to = if i % 2 == 0 {
+            "b@dest.test"
+        } else {
+            "b@other.test"
+        };
+        c.send_mail("a@sender.test", &[to], &message(&format!("t{i}"), "x\r\n"))
+            .await;
+    }
+    let got = w.dest.wait_for(8).await;
+    assert!(got.iter().any(|m| m.rcpts == ["b@other.test"]));
+    assert_eq!(
+        w.dest.max_open.load(Ordering::SeqCst),
+        1,
+        "both domains share the tightened site's one connection"
+    );
+}
