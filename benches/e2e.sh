@@ -7,11 +7,25 @@
 # client is done), end-to-end rate (until the sink has every message), sidestep's peak
 # RSS, the ratios, and end-of-DATA -> 250 latency at a fixed offered load.
 #
+# The realistic scenario then sends through sidestep and Postfix (benchmail, built from
+# examples/): 1,000 recipient domains on 100 sites (MX hosts on 127.1.0.1-100, from the
+# bench's DNS), 1-5 recipients per message, sizes log-uniform from 2 to 100 KiB, and 10
+# sites refusing egress IP 127.0.0.2 with a Spamhaus-style reply. The sink counts every
+# (message, recipient) delivery: "exactly once" is checked, not assumed. Postfix has
+# the easier job: it cannot move a refused message to another IP, so it sends from the
+# IP no site refuses (127.0.0.3), and it routes each domain with transport_maps (it
+# cannot ask the bench's DNS: one lookup fewer per delivery than sidestep). Sending from
+# both IPs (randmap) with refusals retried (soft_bounce) left one message on the refused
+# IP for 40 s: Postfix's resolver client caches its last answer.
+# Last, benches/deepqueue.sh (queue fill, RSS, restart, fairness with a backlog).
+#
 #   bash benches/e2e.sh [--messages 20000] [--size 10240] [--sessions 20]
 #                       [--latency-messages 2000] [--latency-rate R] [--sidestep PATH]
 #                       [--only ceiling|sidestep|postfix]   (one phase, for profiling)
 #                       [--rounds N]   (N rounds of the three phases, and the median ratio:
 #                                       this VM's speed drifts between minutes)
+#                       [--scenario simple|realistic|both] [--real-messages 10000]
+#                       [--deep 100000]   (deep-queue messages; 0: skip it)
 #
 # Needs Debian's postfix (smtp-source, smtp-sink, postfix) and dnsmasq-base, python3, and
 # root (Postfix's daemons switch to the postfix user). Everything it starts runs from
@@ -27,6 +41,9 @@ LATENCY_RATE=""
 SIDESTEP=""
 ONLY=""
 ROUNDS=1
+SCENARIO=both
+REAL_MESSAGES=10000
+DEEP=100000
 while [ $# -gt 0 ]; do
   case "$1" in
     --messages) MESSAGES=$2; shift 2 ;;
@@ -37,7 +54,10 @@ while [ $# -gt 0 ]; do
     --sidestep) SIDESTEP=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    --scenario) SCENARIO=$2; shift 2 ;;
+    --real-messages) REAL_MESSAGES=$2; shift 2 ;;
+    --deep) DEEP=$2; shift 2 ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -61,6 +81,8 @@ if [ -z "$SIDESTEP" ]; then
   (cd "$here/.." && cargo build --release --quiet)
   SIDESTEP="$here/../target/release/sidestep"
 fi
+(cd "$here/.." && cargo build --release --quiet --example benchmail)
+BENCHMAIL="$here/../target/release/examples/benchmail"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sidestep-bench.XXXXXX")
 chmod 755 "$WORK"
@@ -70,7 +92,7 @@ cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   if [ -n "$PF_CONF" ]; then postfix -c "$PF_CONF" stop >/dev/null 2>&1 || true; fi
   wait 2>/dev/null || true
-  rm -rf "$WORK"
+  [ -n "${BENCH_KEEP:-}" ] || rm -rf "$WORK"
 }
 trap cleanup EXIT
 
@@ -125,40 +147,44 @@ phase() {
   echo "$(rate "$MESSAGES" "$t0" "$t1") $(rate "$MESSAGES" "$t0" "$t2")"
 }
 
-# DNS for sidestep: dest.bench.test MX -> the sink on 127.0.0.1. Authoritative for the
-# zone, so that "no AAAA record" comes with an SOA and is cached, as from real DNS.
+# DNS for sidestep: dest.bench.test MX -> the sink on 127.0.0.1; for the realistic
+# scenario d0..d999.bench.test MX -> mx.s0..s99.bench.test -> 127.1.0.1..100. Authoritative
+# for the zone, so that "no AAAA record" comes with an SOA and is cached, as from real DNS.
+SITES=100
+DOMAINS=1000
+{
+  echo "mx-host=dest.bench.test,mx.dest.bench.test,10"
+  echo "host-record=mx.dest.bench.test,127.0.0.1"
+  for s in $(seq 0 $((SITES - 1))); do echo "host-record=mx.s$s.bench.test,127.1.0.$((s + 1))"; done
+  for d in $(seq 0 $((DOMAINS - 1))); do echo "mx-host=d$d.bench.test,mx.s$((d % SITES)).bench.test,10"; done
+} > "$WORK/dnsmasq.conf"
+# Postfix's view of the same routes (it cannot be pointed at the bench's DNS server).
+for d in $(seq 0 $((DOMAINS - 1))); do
+  echo "d$d.bench.test :[127.1.0.$((d % SITES + 1))]:$SINK_PORT"
+done > "$WORK/transport"
+# One site in ten refuses 127.0.0.2, the way Spamhaus-using receivers do.
+REFUSE=$(for s in $(seq 0 10 $((SITES - 1))); do printf "127.1.0.%d=127.0.0.2," $((s + 1)); done)
 DNS_PORT=$(free_port)
-dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts --no-dhcp-interface= \
+dnsmasq --keep-in-foreground --conf-file="$WORK/dnsmasq.conf" --no-resolv --no-hosts --no-dhcp-interface= \
   --listen-address=127.0.0.1 --bind-interfaces --port="$DNS_PORT" --pid-file= --user=root \
-  --local-ttl=300 --auth-zone=bench.test --auth-server=ns.bench.test,lo --auth-ttl=300 --mx-host=dest.bench.test,mx.dest.bench.test,10 --host-record=mx.dest.bench.test,127.0.0.1 \
+  --local-ttl=300 --auth-zone=bench.test --auth-server=ns.bench.test,lo --auth-ttl=300 \
   --log-facility="$WORK/dnsmasq.log" 2>"$WORK/dnsmasq.err" &
 PIDS+=("$!")
 
 echo "sidestep end-to-end benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
-echo "messages=$MESSAGES size=$SIZE sessions=$SESSIONS"
+echo "messages=$MESSAGES size=$SIZE sessions=$SESSIONS scenario=$SCENARIO real-messages=$REAL_MESSAGES"
 
 wants() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
+scenario() { [ "$SCENARIO" = both ] || [ "$SCENARIO" = "$1" ]; }
 
-RATIOS_P=()
-RATIOS_C=()
+# A fresh sidestep with its own spool; sets S_PID and S_PORT.
 S_PID=""
-for ROUND in $(seq 1 "$ROUNDS"); do
-[ "$ROUNDS" -eq 1 ] || echo "round $ROUND of $ROUNDS"
-
-# --- ceiling ---
-if wants ceiling; then
-start_sink
-read -r C_ACCEPT C_E2E <<< "$(phase "127.0.0.1:$SINK_PORT")"
-printf "%-9s accept %9s msg/s   end-to-end %9s msg/s\n" ceiling "$C_ACCEPT" "$C_E2E"
-fi
-
-# --- sidestep (a fresh instance and spool each round; the last one stays for latency) ---
-if wants sidestep; then
-if [ -n "$S_PID" ]; then kill "$S_PID" 2>/dev/null || true; wait "$S_PID" 2>/dev/null || true; fi
-rm -rf "$WORK/sidestep"
-S_PORT=$(free_port)
-mkdir -p "$WORK/sidestep"
-cat > "$WORK/sidestep/sidestep.toml" <<TOML
+start_sidestep() {
+  if [ -n "$S_PID" ]; then kill "$S_PID" 2>/dev/null || true; wait "$S_PID" 2>/dev/null || true; fi
+  rm -rf "$WORK/sidestep"
+  S_PORT=$(free_port)
+  mkdir -p "$WORK/sidestep"
+  cat > "$WORK/sidestep/sidestep.toml" <<TOML
 [server]
 listen = "127.0.0.1:$S_PORT"
 hostname = "relay.bench.test"
@@ -186,27 +212,28 @@ helo = "out2.bench.test"
 ip = "127.0.0.3"
 helo = "out3.bench.test"
 TOML
-RUST_LOG=${BENCH_LOG:-info} "$SIDESTEP" serve --config "$WORK/sidestep/sidestep.toml" \
-  > "$WORK/sidestep/out.log" 2> "$WORK/sidestep/relay.log" &
-S_PID=$!
-PIDS+=("$S_PID")
-wait_port "$S_PORT"
-start_sink
-read -r S_ACCEPT S_E2E <<< "$(phase "127.0.0.1:$S_PORT")"
-S_RSS=$(awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$S_PID/status")
-# utime + stime in clock ticks (fields 14 and 15; the name in field 2 has no spaces).
-S_CPU=$(awk -v hz="$(getconf CLK_TCK)" -v n="$MESSAGES" '{ printf "%.0f", ($14 + $15) * 1e6 / hz / n }' "/proc/$S_PID/stat")
-printf "%-9s accept %9s msg/s   end-to-end %9s msg/s   peak RSS %s MiB   CPU %s us/msg\n" sidestep "$S_ACCEPT" "$S_E2E" "$S_RSS" "$S_CPU"
-fi
+  RUST_LOG=${BENCH_LOG:-info} "$SIDESTEP" serve --config "$WORK/sidestep/sidestep.toml" \
+    > "$WORK/sidestep/out.log" 2> "$WORK/sidestep/relay.log" &
+  S_PID=$!
+  PIDS+=("$S_PID")
+  wait_port "$S_PORT"
+}
+sidestep_usage() {
+  # Peak RSS; utime + stime in clock ticks (fields 14 and 15; the name has no spaces).
+  S_RSS=$(awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$S_PID/status")
+  S_CPU=$(awk -v hz="$(getconf CLK_TCK)" -v n="$1" '{ printf "%.0f", ($14 + $15) * 1e6 / hz / n }' "/proc/$S_PID/stat")
+}
 
-# --- postfix ---
-if wants postfix; then
-PF_PORT=$(free_port)
-PF="$WORK/postfix-$ROUND"
-PF_CONF="$PF/conf"
-mkdir -p "$PF_CONF" "$PF/queue" "$PF/data"
-chown postfix "$PF/data"
-cat > "$PF_CONF/main.cf" <<CF
+# A private Postfix; `realistic` routes by transport_maps from two IPs, else relayhost.
+PF_PORT=""
+start_postfix() {
+  local mode=$1
+  PF_PORT=$(free_port)
+  PF="$WORK/postfix-$mode-$ROUND"
+  PF_CONF="$PF/conf"
+  mkdir -p "$PF_CONF" "$PF/queue" "$PF/data"
+  chown postfix "$PF/data"
+  cat > "$PF_CONF/main.cf" <<CF
 compatibility_level = 3.6
 queue_directory = $PF/queue
 data_directory = $PF/data
@@ -218,7 +245,6 @@ inet_interfaces = 127.0.0.1
 inet_protocols = ipv4
 mydestination =
 local_recipient_maps =
-relayhost = [127.0.0.1]:$SINK_PORT
 mynetworks = 127.0.0.0/8
 smtpd_relay_restrictions = permit_mynetworks, reject
 alias_maps =
@@ -228,16 +254,98 @@ maillog_file_prefixes = $PF
 smtp_tls_security_level = none
 smtpd_tls_security_level = none
 CF
-awk -v port="$PF_PORT" 'BEGIN { OFS = "  " }
-  /^[^ #\t]/ { if ($1 == "smtp" && $2 == "inet") $1 = "127.0.0.1:" port; if ($5 == "y") $5 = "n" }
-  { print }' /etc/postfix/master.cf > "$PF_CONF/master.cf"
-postfix -c "$PF_CONF" start >/dev/null 2>&1 || { echo "postfix failed to start: $(cat "$PF/maillog" 2>/dev/null)" >&2; exit 1; }
-wait_port "$PF_PORT"
+  awk -v port="$PF_PORT" 'BEGIN { OFS = "  " }
+    /^[^ #\t]/ { if ($1 == "smtp" && $2 == "inet") $1 = "127.0.0.1:" port; if ($5 == "y") $5 = "n" }
+    { print }' /etc/postfix/master.cf > "$PF_CONF/master.cf"
+  if [ "$mode" = realistic ]; then
+    cp "$WORK/transport" "$PF_CONF/transport"
+    cat >> "$PF_CONF/main.cf" <<CF
+transport_maps = texthash:$PF_CONF/transport
+smtp_bind_address = 127.0.0.3
+smtp_helo_name = out3.bench.test
+CF
+  else
+    echo "relayhost = [127.0.0.1]:$SINK_PORT" >> "$PF_CONF/main.cf"
+  fi
+  postfix -c "$PF_CONF" start >/dev/null 2>&1 || { echo "postfix failed to start: $(cat "$PF/maillog" 2>/dev/null)" >&2; exit 1; }
+  wait_port "$PF_PORT"
+}
+stop_postfix() {
+  postfix -c "$PF_CONF" stop >/dev/null 2>&1 || true
+  PF_CONF=""
+}
+
+# The realistic scenario's sink (benchmail) on the 100 site addresses.
+REAL_SINK_PID=""
+start_real_sink() {
+  [ -n "$REAL_SINK_PID" ] && { kill "$REAL_SINK_PID" 2>/dev/null || true; wait "$REAL_SINK_PID" 2>/dev/null || true; }
+  rm -f "$WORK/real.status"
+  "$BENCHMAIL" sink --addrs "127.1.0.1-127.1.0.$SITES" --port "$SINK_PORT" \
+    --status "$WORK/real.status" --refuse "$REFUSE" 2> "$WORK/real-sink.err" &
+  REAL_SINK_PID=$!
+  PIDS+=("$REAL_SINK_PID")
+  for _ in $(seq 1 200); do [ -s "$WORK/real.status" ] && return 0; sleep 0.05; done
+  echo "the realistic sink did not start: $(cat "$WORK/real-sink.err")" >&2
+  return 1
+}
+real_status() { cat "$WORK/real.status" 2>/dev/null || echo "0 0 0"; }
+
+# One realistic phase through host:port. Prints "accept-rate end-to-end-rate deliveries
+# expected duplicates": the end is when the sink has every accepted recipient's copy;
+# three seconds later, the count must still be exact (nothing twice).
+real_phase() {
+  local target=$1 t0 t1 t2 expected
+  t0=$(now)
+  "$BENCHMAIL" source --target "$target" --messages "$REAL_MESSAGES" --sessions "$SESSIONS" \
+    --domains "$DOMAINS" --rcpts 1-5 --min-size 2048 --max-size 102400 > "$WORK/real-source.out" 2>&1 \
+    || { echo "benchmail source failed: $(cat "$WORK/real-source.out")" >&2; return 1; }
+  t1=$(now)
+  expected=$(grep -o 'expected deliveries [0-9]*' "$WORK/real-source.out" | awk '{ print $3 }')
+  local deadline=$(( $(date +%s) + 900 ))
+  while [ "$(real_status | awk '{ print $1 }')" -lt "$expected" ]; do
+    if [ "$(date +%s)" -gt "$deadline" ]; then
+      echo "the sink got $(real_status) of $expected deliveries in 15 minutes" >&2
+      return 1
+    fi
+    sleep 0.05
+  done
+  t2=$(now)
+  sleep 3
+  read -r got dups _ <<< "$(real_status)"
+  echo "$(rate "$REAL_MESSAGES" "$t0" "$t1") $(rate "$REAL_MESSAGES" "$t0" "$t2") $got $expected $dups"
+}
+once() { if [ "$3" -eq 0 ] && [ "$1" -eq "$2" ]; then echo "exactly once"; else echo "NOT EXACTLY ONCE"; fi; }
+
+RATIOS_P=()
+RATIOS_C=()
+RATIOS_R=()
+for ROUND in $(seq 1 "$ROUNDS"); do
+[ "$ROUNDS" -eq 1 ] || echo "round $ROUND of $ROUNDS"
+
+if scenario simple; then
+# --- ceiling ---
+if wants ceiling; then
+start_sink
+read -r C_ACCEPT C_E2E <<< "$(phase "127.0.0.1:$SINK_PORT")"
+printf "%-9s accept %9s msg/s   end-to-end %9s msg/s\n" ceiling "$C_ACCEPT" "$C_E2E"
+fi
+
+# --- sidestep (a fresh instance and spool each round; the last one stays for latency) ---
+if wants sidestep; then
+start_sidestep
+start_sink
+read -r S_ACCEPT S_E2E <<< "$(phase "127.0.0.1:$S_PORT")"
+sidestep_usage "$MESSAGES"
+printf "%-9s accept %9s msg/s   end-to-end %9s msg/s   peak RSS %s MiB   CPU %s us/msg\n" sidestep "$S_ACCEPT" "$S_E2E" "$S_RSS" "$S_CPU"
+fi
+
+# --- postfix ---
+if wants postfix; then
+start_postfix simple
 start_sink
 read -r P_ACCEPT P_E2E <<< "$(phase "127.0.0.1:$PF_PORT")"
 printf "%-9s accept %9s msg/s   end-to-end %9s msg/s\n" postfix "$P_ACCEPT" "$P_E2E"
-postfix -c "$PF_CONF" stop >/dev/null 2>&1 || true
-PF_CONF=""
+stop_postfix
 fi
 if [ -z "$ONLY" ]; then
 awk -v s="$S_E2E" -v p="$P_E2E" -v c="$C_E2E" -v sa="$S_ACCEPT" -v pa="$P_ACCEPT" -v ca="$C_ACCEPT" 'BEGIN {
@@ -246,17 +354,50 @@ awk -v s="$S_E2E" -v p="$P_E2E" -v c="$C_E2E" -v sa="$S_ACCEPT" -v pa="$P_ACCEPT
 RATIOS_P+=("$(awk -v s="$S_E2E" -v p="$P_E2E" 'BEGIN { printf "%.2f", s / p }')")
 RATIOS_C+=("$(awk -v s="$S_E2E" -v c="$C_E2E" 'BEGIN { printf "%.2f", s / c }')")
 fi
+fi
+
+if scenario realistic; then
+echo "realistic: $REAL_MESSAGES messages, $DOMAINS domains on $SITES sites, 1-5 recipients, 2-100 KiB, 10 sites refuse 127.0.0.2"
+if wants sidestep; then
+start_sidestep
+start_real_sink
+read -r SR_ACCEPT SR_E2E SR_GOT SR_EXP SR_DUP <<< "$(real_phase "127.0.0.1:$S_PORT")"
+sidestep_usage "$REAL_MESSAGES"
+SR_REROUTED=$(grep -c "verdict=ip-reputation" "$WORK/sidestep/relay.log" || true)
+printf "%-9s accept %9s msg/s   end-to-end %9s msg/s   peak RSS %s MiB   CPU %s us/msg   %s/%s deliveries, %s duplicates: %s; %s refusals rerouted\n" \
+  sidestep "$SR_ACCEPT" "$SR_E2E" "$S_RSS" "$S_CPU" "$SR_GOT" "$SR_EXP" "$SR_DUP" "$(once "$SR_GOT" "$SR_EXP" "$SR_DUP")" "$SR_REROUTED"
+fi
+if wants postfix; then
+start_postfix realistic
+start_real_sink
+read -r PR_ACCEPT PR_E2E PR_GOT PR_EXP PR_DUP <<< "$(real_phase "127.0.0.1:$PF_PORT")"
+printf "%-9s accept %9s msg/s   end-to-end %9s msg/s   %s/%s deliveries, %s duplicates: %s (from the clean IP only)\n" \
+  postfix "$PR_ACCEPT" "$PR_E2E" "$PR_GOT" "$PR_EXP" "$PR_DUP" "$(once "$PR_GOT" "$PR_EXP" "$PR_DUP")"
+stop_postfix
+fi
+if [ -z "$ONLY" ]; then
+awk -v s="$SR_E2E" -v p="$PR_E2E" 'BEGIN { printf "ratios    realistic sidestep/postfix %.2f end-to-end\n", s / p }'
+RATIOS_R+=("$(awk -v s="$SR_E2E" -v p="$PR_E2E" 'BEGIN { printf "%.2f", s / p }')")
+fi
+fi
 done
 
 median() { printf "%s\n" "$@" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 if [ -z "$ONLY" ] && [ "$ROUNDS" -gt 1 ]; then
-  echo "median    sidestep/postfix $(median "${RATIOS_P[@]}") end-to-end   sidestep/ceiling $(median "${RATIOS_C[@]}") end-to-end   (rounds: ${RATIOS_P[*]} / ${RATIOS_C[*]})"
+  scenario simple && echo "median    sidestep/postfix $(median "${RATIOS_P[@]}") end-to-end   sidestep/ceiling $(median "${RATIOS_C[@]}") end-to-end   (rounds: ${RATIOS_P[*]} / ${RATIOS_C[*]})"
+  scenario realistic && echo "median    realistic sidestep/postfix $(median "${RATIOS_R[@]}") end-to-end   (rounds: ${RATIOS_R[*]})"
 fi
 
 # --- latency: end of DATA -> 250 at a fixed offered load (default: half the measured rate) ---
-if [ "$LATENCY_MESSAGES" -gt 0 ] && wants sidestep; then
+if [ "$LATENCY_MESSAGES" -gt 0 ] && wants sidestep && scenario simple; then
+  start_sidestep
   [ -n "$LATENCY_RATE" ] || LATENCY_RATE=$(awk -v r="$S_ACCEPT" 'BEGIN { printf "%.0f", r / 2 }')
   start_sink
   python3 "$here/latency.py" --port "$S_PORT" --rate "$LATENCY_RATE" \
     --messages "$LATENCY_MESSAGES" --size "$SIZE" --sessions "$SESSIONS"
+fi
+
+# --- deep queue: fill, RSS, restart, fairness with a backlog ---
+if [ "$DEEP" -gt 0 ] && [ -z "$ONLY" ]; then
+  bash "$here/deepqueue.sh" --messages "$DEEP" --sidestep "$SIDESTEP"
 fi
