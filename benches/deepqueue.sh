@@ -9,6 +9,8 @@
 #
 #   bash benches/deepqueue.sh [--messages 100000] [--size 4096] [--sessions 20]
 #                             [--probe 10s] [--watch 40] [--sidestep PATH]
+#                             [--no-drain]   (skip the drain: a million takes ~20 min)
+#                             [--benchmail PATH]   (default: built from examples/, release)
 #
 # Needs dnsmasq-base and python3; mail comes from benchmail (examples/).
 set -euo pipefail
@@ -18,7 +20,9 @@ SIZE=4096
 SESSIONS=20
 PROBE=10s
 WATCH=40
+DRAIN=yes
 SIDESTEP=""
+BENCHMAIL=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --messages) MESSAGES=$2; shift 2 ;;
@@ -27,7 +31,9 @@ while [ $# -gt 0 ]; do
     --probe) PROBE=$2; shift 2 ;;
     --watch) WATCH=$2; shift 2 ;;
     --sidestep) SIDESTEP=$2; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    --benchmail) BENCHMAIL=$2; shift 2 ;;
+    --no-drain) DRAIN=no; shift ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -39,8 +45,10 @@ if [ -z "$SIDESTEP" ]; then
   (cd "$here/.." && cargo build --release --quiet)
   SIDESTEP="$here/../target/release/sidestep"
 fi
-(cd "$here/.." && cargo build --release --quiet --example benchmail)
-BENCHMAIL="$here/../target/release/examples/benchmail"
+if [ -z "$BENCHMAIL" ]; then
+  (cd "$here/.." && cargo build --release --quiet --example benchmail)
+  BENCHMAIL="$here/../target/release/examples/benchmail"
+fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sidestep-deepq.XXXXXX")
 PIDS=()
 cleanup() {
@@ -84,6 +92,7 @@ dnsmasq --keep-in-foreground --conf-file=/dev/null --no-resolv --no-hosts --no-d
 PIDS+=("$!")
 
 RELAY_PORT=$(free_port)
+ADMIN_PORT=$(free_port)
 cat > "$WORK/sidestep.toml" <<TOML
 [server]
 listen = "127.0.0.1:$RELAY_PORT"
@@ -102,7 +111,7 @@ site_probe_interval = "$PROBE"
 [dns]
 nameservers = ["127.0.0.1:$DNS_PORT"]
 [admin]
-listen = ""
+listen = "127.0.0.1:$ADMIN_PORT"
 [[pools]]
 name = "default"
 [[pools.egress]]
@@ -146,6 +155,15 @@ fill=$(awk -v n="$MESSAGES" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b
 at_fill=$(dead)
 rss_fill=$(rss "$RELAY")
 behind=$(fairness 20000000)
+# The operator's view of the backlog: the queue summary reads every record, one at a time.
+summary=$(python3 - "$ADMIN_PORT" <<'PY'
+import json, sys, time, urllib.request
+t = time.time()
+s = json.load(urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/api/v1/queue", timeout=600))
+print(f"{time.time() - t:.2f} s for {s['messages']} messages")
+PY
+)
+rss_summary=$(rss "$RELAY")
 # Retry waves: every message comes due every 10-20 s; sample RSS through them.
 rss_max=$rss_fill
 for _ in $(seq 1 $((WATCH / 5))); do
@@ -159,6 +177,7 @@ start_relay "$(now)"
 sleep 2
 rss_restart=$(rss "$RELAY")
 # The site comes back: a real server where the dead one was; its next probe releases all.
+if [ "$DRAIN" = yes ]; then
 kill "$DEAD_PID"; wait "$DEAD_PID" 2>/dev/null || true
 "$BENCHMAIL" sink --addrs 127.0.0.1 --port "$DEAD_PORT" --status "$WORK/back.status" 2> "$WORK/back.err" &
 PIDS+=("$!")
@@ -174,17 +193,19 @@ done
 t3=$(now)
 sleep 3
 read -r back_got back_dups _ < "$WORK/back.status"
+fi
 
 echo "sidestep deep-queue benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores"
 echo "messages=$MESSAGES size=$SIZE sessions=$SESSIONS probe=$PROBE retry=10-20s"
 echo "fill       ${fill} msg/s accepted; RSS ${rss_fill} MiB with the backlog"
 echo "waves      ${WATCH} s of retry waves: RSS at most ${rss_max} MiB, ${rss_watch} MiB after"
+echo "summary    GET /api/v1/queue: ${summary}; RSS ${rss_summary} MiB after"
 echo "dead site  ${at_fill} connections while filling; ${watched} in the next ${WATCH} s"
 echo "fairness   healthy site alone:        $alone"
 echo "           with the backlog queued:   $behind"
 awk -v a="$(p99 "$alone")" -v b="$(p99 "$behind")" 'BEGIN { printf "           p99 ratio %.2f (goal <= 2)\n", b / a }'
 echo "restart    kill -9, listening again after ${READY} s; RSS ${rss_restart} MiB"
-awk -v n="$back_got" -v a="$t2" -v b="$t3" -v d="$back_dups" -v m="$MESSAGES" -v r="$rss_drain" 'BEGIN {
+[ "$DRAIN" = yes ] && awk -v n="$back_got" -v a="$t2" -v b="$t3" -v d="$back_dups" -v m="$MESSAGES" -v r="$rss_drain" 'BEGIN {
   printf "drain      site back: %d of %d delivered in %.1f s (%.0f msg/s, probe wait included), %d duplicates; RSS at most %s MiB\n",
     n, m, b - a, n / (b - a), d, r }'
 grep -c "site marked down" "$WORK/relay.log" | sed 's/^/site marked down (log lines): /'

@@ -26,6 +26,7 @@
 #                                       this VM's speed drifts between minutes)
 #                       [--scenario simple|realistic|both] [--real-messages 10000]
 #                       [--deep 100000]   (deep-queue messages; 0: skip it)
+#                       [--benchmail PATH]   (default: built from examples/, release)
 #
 # Needs Debian's postfix (smtp-source, smtp-sink, postfix) and dnsmasq-base, python3, and
 # root (Postfix's daemons switch to the postfix user). Everything it starts runs from
@@ -39,6 +40,7 @@ SESSIONS=20
 LATENCY_MESSAGES=2000
 LATENCY_RATE=""
 SIDESTEP=""
+BENCHMAIL=""
 ONLY=""
 ROUNDS=1
 SCENARIO=both
@@ -52,12 +54,13 @@ while [ $# -gt 0 ]; do
     --latency-messages) LATENCY_MESSAGES=$2; shift 2 ;;
     --latency-rate) LATENCY_RATE=$2; shift 2 ;;
     --sidestep) SIDESTEP=$2; shift 2 ;;
+    --benchmail) BENCHMAIL=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
     --scenario) SCENARIO=$2; shift 2 ;;
     --real-messages) REAL_MESSAGES=$2; shift 2 ;;
     --deep) DEEP=$2; shift 2 ;;
-    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -81,8 +84,10 @@ if [ -z "$SIDESTEP" ]; then
   (cd "$here/.." && cargo build --release --quiet)
   SIDESTEP="$here/../target/release/sidestep"
 fi
-(cd "$here/.." && cargo build --release --quiet --example benchmail)
-BENCHMAIL="$here/../target/release/examples/benchmail"
+if [ -z "$BENCHMAIL" ]; then
+  (cd "$here/.." && cargo build --release --quiet --example benchmail)
+  BENCHMAIL="$here/../target/release/examples/benchmail"
+fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/sidestep-bench.XXXXXX")
 chmod 755 "$WORK"
@@ -399,5 +404,5 @@ fi
 
 # --- deep queue: fill, RSS, restart, fairness with a backlog ---
 if [ "$DEEP" -gt 0 ] && [ -z "$ONLY" ]; then
-  bash "$here/deepqueue.sh" --messages "$DEEP" --sidestep "$SIDESTEP"
+  bash "$here/deepqueue.sh" --messages "$DEEP" --sidestep "$SIDESTEP" --benchmail "$BENCHMAIL"
 fi

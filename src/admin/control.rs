@@ -54,24 +54,22 @@ pub(super) async fn flush(
     State(admin): State<Admin>,
     Query(q): Query<FlushQuery>,
 ) -> Result<Json<Done>, (StatusCode, String)> {
-    let snap = super::queue::snapshot(&admin)
-        .await
-        .map_err(|code| (code, "cannot read the queue\n".to_string()))?;
-    let ids: Vec<QueueId> = snap
-        .records
-        .iter()
-        .filter(|(m, _)| !m.held)
-        .filter(|(m, _)| q.id.as_deref().is_none_or(|id| m.id.as_str() == id))
-        .filter(|(m, _)| {
-            snap.matches(
-                m,
+    let ids: Vec<QueueId> = super::queue::scan(&admin, Vec::new(), move |ids, routes, m, _| {
+        let wanted = !m.held
+            && q.id.as_deref().is_none_or(|id| m.id.as_str() == id)
+            && routes.matches(
+                &m,
                 q.domain.as_deref(),
                 q.site.as_deref(),
                 q.egress.as_deref(),
-            )
-        })
-        .map(|(m, _)| m.id.clone())
-        .collect();
+            );
+        if wanted {
+            ids.push(m.id);
+        }
+        true
+    })
+    .await
+    .map_err(|code| (code, "cannot read the queue\n".to_string()))?;
     let outcome = admin.queue.control(Control::Flush(ids)).await;
     tracing::info!(
         flushed = outcome.done.len(),

@@ -1,5 +1,5 @@
-//! `/api/v1/queue…`: the queue, read from the spool's records and the scheduler's list
-//! of attempts under way.
+//! `/api/v1/queue…`: the queue, read from the spool's records (streamed, never all in
+//! memory) and the scheduler's list of attempts under way.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, UNIX_EPOCH};
@@ -12,15 +12,11 @@ use super::Admin;
 use super::api::{
     DomainCount, GroupCount, ListQuery, MessageList, MessageView, QueueSummary, RecipientView,
 };
-use crate::spool::{QueuedMessage, RecipientState, RecipientStatus};
+use crate::spool::{QueueId, QueuedMessage, RecipientState, RecipientStatus};
 
-/// The queue as the spool holds it, with each message's state and where each domain's
-/// mail goes.
-pub(super) struct Snapshot {
-    /// Every record with its state, oldest first.
-    pub records: Vec<(QueuedMessage, &'static str)>,
-    /// Domain → site, from the latest attempts of any message: a recipient not tried yet
-    /// counts under its domain's site when another message found it.
+/// Where each domain's mail goes, learned from the latest attempts of any message: a
+/// recipient not tried yet counts under its domain's site when another message found it.
+pub(super) struct Routes {
     sites: HashMap<String, String>,
 }
 
@@ -33,7 +29,7 @@ pub(super) struct Destination {
     pub egress: String,
 }
 
-impl Snapshot {
+impl Routes {
     /// Where `r` goes.
     pub fn destination(&self, r: &RecipientState) -> Destination {
         let domain = r.address.domain().to_ascii_lowercase();
@@ -69,27 +65,30 @@ impl Snapshot {
     }
 }
 
-/// Every record with its state, oldest first.
-pub(super) async fn snapshot(admin: &Admin) -> Result<Snapshot, StatusCode> {
+/// Folds every record, oldest first, with its state (`active`, `held`, `deferred`) into
+/// `acc`, reading them one at a time on a blocking thread: a queue of a million costs
+/// the time to read it, not the memory to hold it. Two passes: the first learns where
+/// each domain goes, so that the second can place mail not tried yet.
+pub(super) async fn scan<T, F>(admin: &Admin, acc: T, mut f: F) -> Result<T, StatusCode>
+where
+    T: Send + 'static,
+    F: FnMut(&mut T, &Routes, QueuedMessage, &'static str) -> bool + Send + 'static,
+{
+    let active: HashSet<QueueId> = admin.queue.in_flight().await.into_iter().collect();
     let spool = admin.spool.clone();
-    let mut records = tokio::task::spawn_blocking(move || spool.recover())
-        .await
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?
-        .map_err(|e| {
-            tracing::warn!(error = %e, "admin: cannot read the queue");
-            StatusCode::SERVICE_UNAVAILABLE
+    tokio::task::spawn_blocking(move || {
+        let mut sites = HashMap::new();
+        spool.visit(|m| {
+            for r in m.recipients {
+                if let Some(site) = r.route.and_then(|l| l.site) {
+                    sites.insert(r.address.domain().to_ascii_lowercase(), site);
+                }
+            }
+            true
         })?;
-    records.sort_by_key(|m| (m.received_at, m.id.clone()));
-    let active: HashSet<_> = admin.queue.in_flight().await.into_iter().collect();
-    let mut sites = HashMap::new();
-    for r in records.iter().flat_map(|m| &m.recipients) {
-        if let Some(site) = r.route.as_ref().and_then(|l| l.site.as_ref()) {
-            sites.insert(r.address.domain().to_ascii_lowercase(), site.clone());
-        }
-    }
-    let records = records
-        .into_iter()
-        .map(|m| {
+        let routes = Routes { sites };
+        let mut acc = acc;
+        spool.visit(|m| {
             let state = if active.contains(&m.id) {
                 "active"
             } else if m.held {
@@ -97,10 +96,16 @@ pub(super) async fn snapshot(admin: &Admin) -> Result<Snapshot, StatusCode> {
             } else {
                 "deferred"
             };
-            (m, state)
-        })
-        .collect();
-    Ok(Snapshot { records, sites })
+            f(&mut acc, &routes, m, state)
+        })?;
+        Ok(acc)
+    })
+    .await
+    .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?
+    .map_err(|e: crate::spool::SpoolError| {
+        tracing::warn!(error = %e, "admin: cannot read the queue");
+        StatusCode::SERVICE_UNAVAILABLE
+    })
 }
 
 /// Adds one pending recipient of a message `age` seconds old to a group's counts
@@ -140,29 +145,32 @@ pub(super) async fn summary(State(admin): State<Admin>) -> Result<Json<QueueSumm
 
 /// The queue at a glance (the summary endpoint and the status page).
 pub(super) async fn summarize(admin: &Admin) -> Result<QueueSummary, StatusCode> {
-    let snap = snapshot(admin).await?;
+    #[derive(Default)]
+    struct Counts {
+        s: QueueSummary,
+        domains: HashMap<String, GroupCount>,
+        sites: HashMap<String, GroupCount>,
+        egresses: HashMap<String, GroupCount>,
+    }
     let now = admin.clock.now();
-    let mut s = QueueSummary {
-        messages: snap.records.len(),
-        ..QueueSummary::default()
-    };
-    let mut domains = HashMap::new();
-    let mut sites = HashMap::new();
-    let mut egresses = HashMap::new();
-    for (m, state) in &snap.records {
-        *s.by_state.entry((*state).to_string()).or_default() += 1;
+    let c = scan(admin, Counts::default(), move |c, routes, m, state| {
+        c.s.messages += 1;
+        *c.s.by_state.entry(state.to_string()).or_default() += 1;
         let (mut seen_domains, mut seen_sites, mut seen_egresses) =
             (HashSet::new(), HashSet::new(), HashSet::new());
         let age = now.saturating_sub(m.received_at);
         for r in m.pending() {
-            s.pending_recipients += 1;
-            let d = snap.destination(r);
-            count(&mut domains, &mut seen_domains, &d.domain, age);
-            count(&mut sites, &mut seen_sites, &d.site, age);
-            count(&mut egresses, &mut seen_egresses, &d.egress, age);
+            c.s.pending_recipients += 1;
+            let d = routes.destination(r);
+            count(&mut c.domains, &mut seen_domains, &d.domain, age);
+            count(&mut c.sites, &mut seen_sites, &d.site, age);
+            count(&mut c.egresses, &mut seen_egresses, &d.egress, age);
         }
-        s.oldest_age_s = Some(s.oldest_age_s.map_or(age, |o| o.max(age)));
-    }
+        c.s.oldest_age_s = Some(c.s.oldest_age_s.map_or(age, |o| o.max(age)));
+        true
+    })
+    .await?;
+    let (mut s, domains, sites, egresses) = (c.s, c.domains, c.sites, c.egresses);
     for state in ["active", "deferred", "held"] {
         s.by_state.entry(state.into()).or_default();
     }
@@ -192,27 +200,28 @@ pub(super) async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<MessageList>, StatusCode> {
     let now = admin.clock.now();
-    let snap = snapshot(&admin).await?;
-    let matching: Vec<MessageView> = snap
-        .records
-        .iter()
-        .filter(|(m, state)| {
-            q.state.as_deref().is_none_or(|s| s == *state)
-                && snap.matches(
-                    m,
+    let (offset, limit) = (q.offset.unwrap_or(0), q.limit.unwrap_or(100));
+    let (total, messages) = scan(
+        &admin,
+        (0, Vec::new()),
+        move |(total, page), routes, m, state| {
+            let wanted = q.state.as_deref().is_none_or(|s| s == state)
+                && routes.matches(
+                    &m,
                     q.domain.as_deref(),
                     q.site.as_deref(),
                     q.egress.as_deref(),
-                )
-        })
-        .map(|(m, state)| view(&snap, m, state, now))
-        .collect();
-    let total = matching.len();
-    let messages = matching
-        .into_iter()
-        .skip(q.offset.unwrap_or(0))
-        .take(q.limit.unwrap_or(100))
-        .collect();
+                );
+            if wanted {
+                if *total >= offset && page.len() < limit {
+                    page.push(view(routes, &m, state, now));
+                }
+                *total += 1;
+            }
+            true
+        },
+    )
+    .await?;
     Ok(Json(MessageList { total, messages }))
 }
 
@@ -222,15 +231,20 @@ pub(super) async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<MessageView>, StatusCode> {
     let now = admin.clock.now();
-    let snap = snapshot(&admin).await?;
-    snap.records
-        .iter()
-        .find(|(m, _)| m.id.as_str() == id)
-        .map(|(m, state)| Json(view(&snap, m, state, now)))
-        .ok_or(StatusCode::NOT_FOUND)
+    let wanted = QueueId::from(id.as_str());
+    scan(&admin, None, move |found, routes, m, state| {
+        if m.id != wanted {
+            return true;
+        }
+        *found = Some(view(routes, &m, state, now));
+        false
+    })
+    .await?
+    .map(Json)
+    .ok_or(StatusCode::NOT_FOUND)
 }
 
-fn view(snap: &Snapshot, m: &QueuedMessage, state: &str, now: u64) -> MessageView {
+fn view(routes: &Routes, m: &QueuedMessage, state: &str, now: u64) -> MessageView {
     let when = |secs: u64| {
         humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
     };
@@ -253,7 +267,7 @@ fn view(snap: &Snapshot, m: &QueuedMessage, state: &str, now: u64) -> MessageVie
                     RecipientStatus::Delivered { reply, .. } => ("delivered", Some(reply)),
                     RecipientStatus::Failed { reply, .. } => ("failed", Some(reply)),
                 };
-                let d = snap.destination(r);
+                let d = routes.destination(r);
                 RecipientView {
                     address: r.address.to_string(),
                     status: status.to_string(),

@@ -408,6 +408,25 @@ impl Spool {
         Ok(out)
     }
 
+    /// Hands every record to `f`, oldest first (generated ids sort by time), one at a
+    /// time: what the operator's views need without a million records in memory at
+    /// once. `f` returns `false` to stop early.
+    ///
+    /// # Errors
+    /// The database read failed or a record is corrupt.
+    pub fn visit(&self, mut f: impl FnMut(QueuedMessage) -> bool) -> Result<(), SpoolError> {
+        let db = self.shared.index.get()?;
+        let txn = db!(db.begin_read())?;
+        let table = db!(txn.open_table(MESSAGES))?;
+        for row in db!(table.iter())? {
+            let (k, v) = db!(row)?;
+            if !f(message::decode(k.value(), v.value())?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// Every message in the spool, for scheduling after a start.
     ///
     /// # Errors
