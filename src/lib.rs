@@ -49,6 +49,7 @@ pub mod envelope;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
+pub mod probes;
 pub mod queue;
 pub mod reputation;
 pub mod routing;

@@ -158,6 +158,7 @@ fn main() -> ExitCode {
             done(run_to_end(cli::senders(config.as_deref(), release, json)))
         }
         Command::Warmup { config, json } => done(run_to_end(cli::warmup(config.as_deref(), json))),
+        Command::Probes { config, json } => done(run_to_end(cli::probes(config.as_deref(), json))),
         Command::Passwd { name, domains } => done(cli::passwd(&name, &domains)),
         Command::DnsblCheck { config, json, ips } => {
             done(run_to_end(cli::dnsbl_check(config.as_deref(), &ips, json)))

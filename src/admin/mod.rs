@@ -17,6 +17,7 @@
 //! - [`blocks`]: `GET /api/v1/blocks`, `POST /api/v1/blocks/suspend?ip=&site=&for=&reason=`,
 //!   `POST /api/v1/blocks/lift?ip=&site=`, `GET /api/v1/listings`,
 //!   `POST /api/v1/listings/refresh`.
+//! - `GET /api/v1/warmup`, `GET /api/v1/probes`, `GET /api/v1/auth/lockouts`.
 
 pub mod api;
 pub mod blocks;
@@ -49,6 +50,12 @@ const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// `GET /api/v1/warmup`: each warming egress IP, its day, cap and today's counts.
 async fn warmup(State(admin): State<Admin>) -> axum::Json<Vec<crate::reputation::WarmupStatus>> {
     axum::Json(admin.reputation.warmup_status())
+}
+
+/// `GET /api/v1/probes`: each (egress IP, seed)'s latest probe: sent, arrived (where),
+/// missing, refused.
+async fn probes(State(admin): State<Admin>) -> axum::Json<Vec<crate::probes::ProbeRecord>> {
+    axum::Json(admin.probes.list())
 }
 
 /// `GET /api/v1/auth/lockouts`: client addresses locked out of SMTP AUTH now.
@@ -89,6 +96,7 @@ pub struct Admin {
     guard: Option<Arc<crate::inbound::users::AuthGuard>>,
     /// Suspended senders.
     senders: crate::senders::Senders,
+    probes: crate::probes::Probes,
     /// Destination sites marked down.
     site_health: Arc<crate::routing::SiteHealth>,
     failures: Arc<Mutex<HashMap<IpAddr, (Instant, u32)>>>,
@@ -110,6 +118,7 @@ impl Admin {
             sessions: None,
             guard: None,
             senders: crate::senders::Senders::default(),
+            probes: crate::probes::Probes::default(),
             site_health: Arc::default(),
             reload: None,
             egress: Arc::from(Vec::new()),
@@ -159,6 +168,12 @@ impl Admin {
         self
     }
 
+    /// The seed probes `/api/v1/probes` shows.
+    pub fn with_probes(mut self, probes: crate::probes::Probes) -> Self {
+        self.probes = probes;
+        self
+    }
+
     /// Whether `ip` sent too many wrong tokens lately; counts this one when `failed`.
     fn over_failures(&self, ip: IpAddr, failed: bool) -> bool {
         let now = Instant::now();
@@ -195,6 +210,7 @@ pub fn router(admin: Admin) -> Router {
         .route("/api/v1/listings", get(blocks::listings))
         .route("/api/v1/auth/lockouts", get(lockouts))
         .route("/api/v1/warmup", get(warmup))
+        .route("/api/v1/probes", get(probes))
         .route("/api/v1/senders", get(control::senders))
         .route("/api/v1/senders/release", post(control::release_sender))
         .route("/api/v1/listings/refresh", post(blocks::refresh))

@@ -9,6 +9,7 @@ mod dnsbl_check;
 mod listings;
 mod logs;
 mod passwd;
+mod probes;
 mod queue;
 mod reload;
 mod senders;
@@ -27,6 +28,7 @@ pub use dnsbl_check::dnsbl_check;
 pub use listings::listings;
 pub use logs::BatchedStderr;
 pub use passwd::passwd;
+pub use probes::probes;
 pub use queue::{
     Filter as QueueFilter, QueueCommand, QueueView, command as queue_command, queue, suspension,
 };
@@ -257,6 +259,16 @@ pub enum Command {
     /// Warming egress IPs (through the running relay's admin API): the day of each
     /// one's schedule, today's cap per site and what was sent.
     Warmup {
+        /// Configuration file (TOML): where the admin API listens.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Machine-readable output (the API's JSON).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Seed probes (through the running relay's admin API): per egress IP and seed, the
+    /// latest probe: sent, arrived (inbox or junk), missing (silently discarded), refused.
+    Probes {
         /// Configuration file (TOML): where the admin API listens.
         #[arg(long, short)]
         config: Option<PathBuf>,

@@ -62,6 +62,10 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         .with_senders(senders.clone()),
     );
     let queue = queue::start(ctx.clone()).context("recovering the queue")?;
+    let probes = crate::probes::Probes::open(&config.spool.directory)
+        .map_err(anyhow::Error::msg)
+        .context("loading the seed probes")?;
+    crate::probes::spawn(ctx.clone(), probes.clone());
     alerts.mail_through(&config.alerts, spool.clone(), queue.clone());
     watch_spool_space(
         config.spool.directory.clone(),
@@ -129,6 +133,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     .with_sessions(sessions.clone())
     .with_guard(inbound.guard.clone())
     .with_senders(senders.clone())
+    .with_probes(probes)
     .with_site_health(site_health)
     .with_egress(config.egress_ips())
     .with_reload({

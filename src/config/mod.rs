@@ -63,6 +63,62 @@ pub struct Config {
     /// Per destination site (or egress IP × site): connections, messages per
     /// connection, messages per hour, new connections per minute. First match wins.
     pub shaping: Vec<ShapingConfig>,
+    /// Seed-mailbox probes: mail accepted with `250` and then discarded is seen too.
+    pub probes: ProbesConfig,
+}
+
+/// `[probes]`: every `interval`, one small message from each egress IP to each seed
+/// address; one that was accepted but is not in the seed mailbox (read over IMAP) by
+/// `deadline` marks the IP as silently discarded by that site.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProbesConfig {
+    /// `imaps://user@host[:993]`, or `imap://user@host:port` for a loopback server only
+    /// (the password would cross the network in the clear). None: no probes.
+    pub imap: Option<String>,
+    /// The IMAP password: the first line of this file.
+    pub password_file: Option<PathBuf>,
+    /// PEM certificates the IMAP server's certificate must chain to, instead of the
+    /// system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// How often each (egress IP, seed site) gets a probe: never more often.
+    pub interval: HumanDuration,
+    /// A probe accepted with `250` and not in the mailbox this long after is missing.
+    pub deadline: HumanDuration,
+    /// Where to look for probes; the first is the inbox, the others count as junk.
+    pub folders: Vec<String>,
+    /// How long a silent discard keeps the IP away from the site when no later probe
+    /// arrives (each missing probe renews it).
+    pub hold: HumanDuration,
+    /// The probes' sender (envelope and From:); default `probe@<server.hostname>`.
+    pub from: Option<String>,
+    /// The seed recipients: addresses at the destinations that matter, delivering into
+    /// the mailbox above (forwarding, or the mailbox's own address at that site).
+    pub seeds: Vec<SeedConfig>,
+}
+
+impl Default for ProbesConfig {
+    fn default() -> Self {
+        Self {
+            imap: None,
+            password_file: None,
+            ca_file: None,
+            interval: HumanDuration::from_secs(3600),
+            deadline: HumanDuration::from_secs(15 * 60),
+            folders: vec!["INBOX".into(), "Junk".into()],
+            hold: HumanDuration::from_secs(7 * 24 * 3600),
+            from: None,
+            seeds: Vec::new(),
+        }
+    }
+}
+
+/// `[[probes.seeds]]`: one seed recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedConfig {
+    /// The seed address, at the destination it tests (its MX hosts make the site).
+    pub address: String,
 }
 
 /// `[[shaping]]`: what a receiver accepts from us. Limits not set are not limited here

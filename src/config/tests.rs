@@ -172,3 +172,42 @@ fn route_patterns() {
     let config = Config::parse("[[routes]]\ndomains = [\"*.Aliant.NET.\"]\n").unwrap();
     assert_eq!(config.routes[0].domains, vec!["*.aliant.net"]);
 }
+
+#[test]
+fn probes_need_a_mailbox_reached_safely_and_real_seeds() {
+    let keys = |toml: &str| -> Vec<String> {
+        Config::parse(toml)
+            .unwrap()
+            .validate()
+            .into_iter()
+            .map(|e| e.key)
+            .collect()
+    };
+    assert_eq!(
+        keys("[[probes.seeds]]\naddress = \"seed@bell.net\"\n"),
+        vec!["probes.imap"],
+        "seeds without a mailbox"
+    );
+    assert_eq!(
+        keys(
+            "[probes]\nimap = \"imap://seeds@imap.example.net\"\npassword_file = \"/nonexistent/pw\"\ninterval = \"0s\"\n[[probes.seeds]]\naddress = \"not an address\"\n"
+        ),
+        vec![
+            "probes.imap",
+            "probes.password_file",
+            "probes.interval",
+            "probes.seeds[0].address"
+        ],
+        "plain IMAP off loopback, no password, zero interval, bad seed"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "secret\n").unwrap();
+    assert!(
+        keys(&format!(
+            "[probes]\nimap = \"imap://seeds@127.0.0.1:1143\"\npassword_file = \"{}\"\n[[probes.seeds]]\naddress = \"seed@bell.net\"\n",
+            pw.display()
+        ))
+        .is_empty()
+    );
+}

@@ -23,6 +23,7 @@ pub(super) fn all(c: &Config) -> Vec<ConfigError> {
     routes(c, &mut err);
     admin(c, &mut err);
     security(c, &mut err);
+    probes(c, &mut err);
     if let Some(to) = &c.alerts.mail
         && crate::envelope::Address::parse(to, false).is_err()
     {
@@ -554,6 +555,87 @@ fn security(c: &Config, err: &mut impl FnMut(String, String)) {
         err(
             "suspension.spike_factor".into(),
             "at least 1.0 (a multiple of the usual volume)".into(),
+        );
+    }
+}
+
+fn probes(c: &Config, err: &mut impl FnMut(String, String)) {
+    let p = &c.probes;
+    let Some(imap) = p.imap.as_deref().filter(|s| !s.trim().is_empty()) else {
+        if !p.seeds.is_empty() {
+            err(
+                "probes.imap".into(),
+                "seeds are listed but no mailbox to read them from".into(),
+            );
+        }
+        return;
+    };
+    match crate::probes::ImapUrl::parse(imap) {
+        Ok(url) if !url.tls && !url.is_loopback() => err(
+            "probes.imap".into(),
+            format!(
+                "{imap:?}: plain imap:// only to a loopback server (the password would cross the network in the clear); use imaps://"
+            ),
+        ),
+        Ok(_) => {}
+        Err(e) => err("probes.imap".into(), format!("{imap:?}: {e}")),
+    }
+    match &p.password_file {
+        None => err(
+            "probes.password_file".into(),
+            "the IMAP password file is required with probes.imap".into(),
+        ),
+        Some(path) => {
+            if let Err(e) = std::fs::read_to_string(path) {
+                err(
+                    "probes.password_file".into(),
+                    format!("cannot read {}: {e}", path.display()),
+                );
+            }
+        }
+    }
+    if let Some(path) = &p.ca_file
+        && let Err(e) = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| crate::outbound::tls_client(Some(&pem)).map(|_| ()))
+    {
+        err("probes.ca_file".into(), format!("{}: {e}", path.display()));
+    }
+    for (key, d) in [
+        ("interval", p.interval),
+        ("deadline", p.deadline),
+        ("hold", p.hold),
+    ] {
+        if d.get() < std::time::Duration::from_secs(1) {
+            err(format!("probes.{key}"), "at least 1s".into());
+        }
+    }
+    if p.folders.is_empty() {
+        err(
+            "probes.folders".into(),
+            "at least the inbox (\"INBOX\")".into(),
+        );
+    }
+    if p.seeds.is_empty() {
+        err(
+            "probes.seeds".into(),
+            "no seed address: add [[probes.seeds]] address = \"…\"".into(),
+        );
+    }
+    for (i, seed) in p.seeds.iter().enumerate() {
+        if crate::envelope::Address::parse(&seed.address, false).is_err() {
+            err(
+                format!("probes.seeds[{i}].address"),
+                format!("{:?} is not a mail address", seed.address),
+            );
+        }
+    }
+    if let Some(from) = &p.from
+        && crate::envelope::Address::parse(from, false).is_err()
+    {
+        err(
+            "probes.from".into(),
+            format!("{from:?} is not a mail address"),
         );
     }
 }

@@ -343,18 +343,9 @@ impl Outbound {
                     site: &site,
                     shapes,
                 };
-                let mut result = self
-                    .try_host(&egress, addr, &host.name, d, policy, &shaped)
+                let result = self
+                    .try_host_or_clear(&egress, addr, &host.name, d, policy, &shaped)
                     .await;
-                // Opportunistic TLS that failed: plain text. A verified route never
-                // falls back to the clear.
-                if let (Err(HostFailure { tls: true, .. }), TlsPolicy::Opportunistic) =
-                    (&result, policy)
-                {
-                    result = self
-                        .try_host(&egress, addr, &host.name, d, TlsUse::Never, &shaped)
-                        .await;
-                }
                 match result {
                     Ok((replies, reused)) => {
                         return AttemptReport {
@@ -384,6 +375,86 @@ impl Outbound {
             mx_ip: last_ip,
             site: Some(site),
             no_egress,
+            ..report(vec![last; d.recipients.len()])
+        }
+    }
+
+    /// [`Outbound::try_host`]; when opportunistic TLS failed, again in plain text. A
+    /// verified route never falls back to the clear.
+    async fn try_host_or_clear(
+        &self,
+        egress: &EgressIp,
+        addr: IpAddr,
+        mx: &str,
+        d: &DomainDelivery<'_>,
+        policy: TlsPolicy,
+        shaped: &Shaped<'_>,
+    ) -> Result<(Vec<RemoteReply>, bool), HostFailure> {
+        let result = self.try_host(egress, addr, mx, d, policy, shaped).await;
+        match (&result, policy) {
+            (Err(HostFailure { tls: true, .. }), TlsPolicy::Opportunistic) => {
+                self.try_host(egress, addr, mx, d, TlsUse::Never, shaped)
+                    .await
+            }
+            _ => result,
+        }
+    }
+
+    /// A seed probe: `d` from `egress` and no other IP, whatever its standing for the
+    /// site (a probe is how a silent discard ends), never through a smarthost, outside
+    /// shaping and site health. The MX hosts in order, each address in turn.
+    pub async fn probe(&self, egress: &EgressIp, d: &DomainDelivery<'_>) -> AttemptReport {
+        let report = |replies| AttemptReport::new(Via::Direct, replies);
+        let hosts = match self.resolver.lookup_mx(d.domain).await {
+            Ok(h) => h,
+            Err(e) => return report(vec![dns_reply(&e); d.recipients.len()]),
+        };
+        let site = Site::from_mx(&hosts, &self.site_rollup);
+        let (_, _, policy) = self.route_for(d.domain);
+        let shaped = Shaped {
+            site: &site,
+            shapes: Default::default(),
+        };
+        let mut last = RemoteReply {
+            code: 0,
+            enhanced: "4.4.4".into(),
+            text: format!("no usable mail exchanger for {}", d.domain),
+            mx: None,
+        };
+        let mut last_ip = None;
+        for host in &hosts {
+            let addrs = match self.resolver.lookup_addresses(&host.name).await {
+                Ok(a) => a,
+                Err(e) => {
+                    last = dns_reply(&e);
+                    continue;
+                }
+            };
+            for addr in addrs.into_iter().filter(|a| egress.can_reach(*a)) {
+                last_ip = Some(addr);
+                match self
+                    .try_host_or_clear(egress, addr, &host.name, d, policy, &shaped)
+                    .await
+                {
+                    Ok((replies, reused)) => {
+                        return AttemptReport {
+                            egress: Some(egress.clone()),
+                            mx: Some(host.name.clone()),
+                            mx_ip: Some(addr),
+                            site: Some(site),
+                            reused,
+                            ..report(replies)
+                        };
+                    }
+                    Err(f) => last = f.reply,
+                }
+            }
+        }
+        AttemptReport {
+            egress: Some(egress.clone()),
+            mx: last.mx.clone(),
+            mx_ip: last_ip,
+            site: Some(site),
             ..report(vec![last; d.recipients.len()])
         }
     }

@@ -66,6 +66,10 @@ pub struct Block {
     /// without a canary.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub manual: bool,
+    /// Learned from a seed probe that was accepted and never arrived, not from a reply:
+    /// a `250` proves nothing about it (so no canary), an arriving probe lifts it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub silent: bool,
 }
 
 impl Block {
@@ -89,6 +93,12 @@ impl Block {
             let _ = writeln!(
                 s,
                 "{indent}{} suspended by the operator for site {}",
+                b.ip, b.site
+            );
+        } else if b.silent {
+            let _ = writeln!(
+                s,
+                "{indent}{} silently discarded by site {} (accepted with 250, never delivered: seed probe)",
                 b.ip, b.site
             );
         } else {
@@ -153,6 +163,15 @@ pub struct BlockUpdate {
 
 /// Refusals kept beyond the first while a block holds (attempts already in flight).
 const MAX_LATER_EVIDENCE: usize = 8;
+
+/// Removes the block of (`ip`, `site`), and the site's entry when it was its last.
+fn take_block(state: &mut super::state::State, ip: IpAddr, site: &Site) -> Option<Block> {
+    let taken = state.blocks.get_mut(site).and_then(|m| m.remove(&ip));
+    if state.blocks.get(site).is_some_and(|m| m.is_empty()) {
+        state.blocks.remove(site);
+    }
+    taken
+}
 
 /// Whether the operator suspended `ip` for every site, and it still holds.
 fn suspended_everywhere(state: &super::state::State, ip: IpAddr, now: u64) -> bool {
@@ -259,8 +278,10 @@ impl Reputation {
         };
         let blocked = match blocks.get_mut(&ip) {
             Some(b) if b.expires_at > now || b.canary_in_flight => Standing::Hard,
-            // The operator's suspension is simply over: no canary needed.
-            Some(b) if b.manual => Standing::Clean,
+            // The operator's suspension is simply over: no canary needed. A silent
+            // discard's canary would prove nothing (it was accepted before too): the
+            // probes say when it is over.
+            Some(b) if b.manual || b.silent => Standing::Clean,
             // A listed IP is no canary: its probe would say nothing about this site.
             Some(_) if listed != Standing::Clean => Standing::Hard,
             Some(b) => {
@@ -308,6 +329,7 @@ impl Reputation {
             later: Vec::new(),
             canary_in_flight: false,
             manual: true,
+            silent: false,
         };
         self.lock()
             .blocks
@@ -334,11 +356,7 @@ impl Reputation {
         let site = site.cloned().unwrap_or_else(|| Site::from(ALL_SITES));
         let lifted = {
             let mut state = self.lock();
-            let lifted = state.blocks.get_mut(&site).and_then(|m| m.remove(&ip));
-            if state.blocks.get(&site).is_some_and(|m| m.is_empty()) {
-                state.blocks.remove(&site);
-            }
-            lifted.is_some()
+            take_block(&mut state, ip, &site).is_some()
         };
         if lifted {
             tracing::warn!(ip = %ip, site = %site, "block lifted by the operator");
@@ -393,6 +411,7 @@ impl Reputation {
             later: Vec::new(),
             canary_in_flight: false,
             manual: false,
+            silent: false,
         };
         slot.insert(ip, block.clone());
         BlockUpdate {
@@ -478,11 +497,17 @@ impl Reputation {
     pub fn note_success(&self, ip: IpAddr, site: &Site) -> Result<(), StoreError> {
         let lifted = {
             let mut state = self.lock();
-            let lifted = state.blocks.get_mut(site).and_then(|m| m.remove(&ip));
-            if state.blocks.get(site).is_some_and(|m| m.is_empty()) {
-                state.blocks.remove(site);
+            // A `250` is what a silently discarding site says too: only a probe that
+            // arrives lifts that block.
+            if state
+                .blocks
+                .get(site)
+                .and_then(|m| m.get(&ip))
+                .is_some_and(|b| b.silent)
+            {
+                return Ok(());
             }
-            lifted
+            take_block(&mut state, ip, site)
         };
         let Some(b) = lifted else {
             return Ok(());
@@ -496,6 +521,82 @@ impl Reputation {
         );
         self.shared.improved.send_modify(|n| *n += 1);
         self.write_block(ip, site)
+    }
+
+    /// A seed probe from `ip` was accepted by `site` and never arrived: keep the IP away
+    /// from the site for `hold` (a repeat renews it), with the probe as evidence. Saved,
+    /// logged and alerted like a learned block.
+    ///
+    /// # Errors
+    /// It could not be persisted (it holds in memory).
+    pub fn mark_silent(
+        &self,
+        ip: IpAddr,
+        site: &Site,
+        evidence: Evidence,
+        hold: Duration,
+    ) -> Result<Block, StoreError> {
+        let now = self.shared.clock.now();
+        let update = {
+            let mut state = self.lock();
+            let slot = state.blocks.entry(site.clone()).or_default();
+            let (first_seen, strikes, renewed) = match slot.get(&ip) {
+                Some(b) if b.silent && b.expires_at > now => (b.first_seen, b.strikes + 1, false),
+                Some(b) if b.silent => (b.first_seen, b.strikes + 1, true),
+                _ => (now, 0, true),
+            };
+            let block = Block {
+                ip,
+                site: site.clone(),
+                first_seen,
+                expires_at: now + hold.as_secs().max(1),
+                strikes,
+                evidence,
+                later: Vec::new(),
+                canary_in_flight: false,
+                manual: false,
+                silent: true,
+            };
+            slot.insert(ip, block.clone());
+            BlockUpdate { block, renewed }
+        };
+        if update.renewed {
+            tracing::warn!(ip = %ip, site = %site, until = update.block.expires_at, "egress IP silently discarded by the site (seed probe accepted, never arrived); kept away from it");
+        }
+        self.save_block(&update)?;
+        Ok(update.block)
+    }
+
+    /// A seed probe from `ip` arrived through `site`: a silent-discard block there is
+    /// over. Returns whether there was one.
+    ///
+    /// # Errors
+    /// The change could not be persisted.
+    pub fn lift_silent(&self, ip: IpAddr, site: &Site) -> Result<bool, StoreError> {
+        let lifted = {
+            let mut state = self.lock();
+            let silent = state
+                .blocks
+                .get(site)
+                .and_then(|m| m.get(&ip))
+                .is_some_and(|b| b.silent);
+            if silent {
+                take_block(&mut state, ip, site);
+            }
+            silent
+        };
+        if lifted {
+            tracing::info!(ip = %ip, site = %site, "silent discard over: a seed probe from this IP arrived");
+            self.alert(
+                "block-lifted",
+                Some(ip),
+                Some(site.to_string()),
+                format!("{site} delivers mail from {ip} again (a seed probe arrived)"),
+            );
+            self.shared.improved.send_modify(|n| *n += 1);
+            self.write_block(ip, site)?;
+        }
+        Ok(lifted)
     }
 
     /// Writes the block of (`ip`, `site`) as memory holds it now (deleting it when

@@ -374,16 +374,8 @@ impl Senders {
             suspended: self.suspensions(),
         };
         let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let tmp = path.with_extension("json.tmp");
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(&stored).map_err(std::io::Error::other)?)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)?;
-            if let Some(dir) = path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
+            let bytes = serde_json::to_vec_pretty(&stored).map_err(std::io::Error::other)?;
+            crate::spool::replace_durably(path, &bytes)
         };
         if let Err(e) = write() {
             tracing::error!(path = %path.display(), error = %e, "cannot save the sender suspensions (they hold in memory)");

@@ -444,6 +444,25 @@ impl Spool {
     }
 }
 
+/// Replaces `path` with `bytes` so that a crash leaves the old file or the new one, never
+/// a torn one: a temporary file beside it, fsynced, renamed over it, the directory
+/// fsynced. For the small state files kept next to the spool (senders, probes).
+///
+/// # Errors
+/// Any step of the write failed (the old file is still in place).
+pub fn replace_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// The file holding a message's body: where its record says, or (records written
 /// before bodies shared files) the file named after the message.
 fn body_file(msg: &QueuedMessage) -> &str {

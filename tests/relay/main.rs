@@ -15,6 +15,7 @@ mod inbound;
 mod interop;
 mod listings;
 mod page;
+mod probes;
 mod replies;
 mod retry;
 mod reuse;

@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod dns;
+pub mod imap;
 pub mod relay;
 pub mod sink;
 
@@ -65,6 +66,7 @@ pub fn require(tool: &str) {
     let package = match tool {
         "postfix" | "postconf" | "smtp-sink" | "smtp-source" => "postfix",
         "dnsmasq" => "dnsmasq-base",
+        "dovecot" => "dovecot-imapd",
         other => other,
     };
     let found = std::process::Command::new("sh")

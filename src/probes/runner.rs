@@ -1,0 +1,249 @@
+//! The probe task: sends the probes that are due, reads the seed mailbox for the ones in
+//! flight, and turns a missing probe into a silent-discard block (an arrived one lifts
+//! it). One pass every few seconds; the interval and deadline are the operator's.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+
+use super::mailbox::Mailbox;
+use super::{ImapUrl, ProbeRecord, ProbeStatus, Probes};
+use crate::config::Config;
+use crate::egress::{EgressIp, Standing};
+use crate::envelope::{Address, BodyFlags, Sender};
+use crate::outbound::DomainDelivery;
+use crate::queue::QueueContext;
+use crate::reputation::Evidence;
+use crate::site::Site;
+
+/// Starts the probes when `[probes]` names a mailbox and seeds; `None` otherwise.
+pub fn spawn(ctx: Arc<QueueContext>, probes: Probes) -> Option<tokio::task::JoinHandle<()>> {
+    let cfg = &ctx.config.probes;
+    let url = ImapUrl::parse(cfg.imap.as_deref()?).ok()?;
+    if cfg.seeds.is_empty() {
+        return None;
+    }
+    let tick = (cfg.interval.get().min(cfg.deadline.get()) / 4)
+        .clamp(Duration::from_secs(1), Duration::from_secs(60));
+    tracing::info!(
+        seeds = cfg.seeds.len(),
+        interval = %cfg.interval,
+        deadline = %cfg.deadline,
+        mailbox = %format!("{}@{}:{}", url.user, url.host, url.port),
+        "seed probes on"
+    );
+    Some(tokio::spawn(async move {
+        let mut mailbox_failing = false;
+        loop {
+            match mailbox(&ctx.config, url.clone()) {
+                Ok(m) => check(&ctx, &probes, &m, &mut mailbox_failing).await,
+                Err(e) => tracing::error!(error = %e, "seed probes: cannot read the IMAP password"),
+            }
+            send_due(&ctx, &probes).await;
+            tokio::time::sleep(tick).await;
+        }
+    }))
+}
+
+fn mailbox(config: &Config, url: ImapUrl) -> Result<Mailbox, String> {
+    let cfg = &config.probes;
+    let read = |p: &std::path::Path| {
+        std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let password = match &cfg.password_file {
+        Some(p) => read(p)?.lines().next().unwrap_or_default().to_string(),
+        None => String::new(),
+    };
+    let ca_pem = cfg.ca_file.as_deref().map(read).transpose()?;
+    Ok(Mailbox {
+        url,
+        password,
+        ca_pem,
+        folders: cfg.folders.clone(),
+        timeout: Duration::from_secs(30),
+    })
+}
+
+/// Reads the mailbox for every probe in flight: arrived ones lift a silent discard,
+/// ones past their deadline start one. A mailbox that cannot be read decides nothing.
+async fn check(ctx: &QueueContext, probes: &Probes, mailbox: &Mailbox, failing: &mut bool) {
+    let pending: Vec<ProbeRecord> = probes
+        .list()
+        .into_iter()
+        .filter(|r| r.status == ProbeStatus::Sent)
+        .collect();
+    if pending.is_empty() {
+        return;
+    }
+    let tokens: Vec<String> = pending.iter().map(|r| r.token.clone()).collect();
+    let found = match mailbox.find(&tokens).await {
+        Ok(f) => {
+            if *failing {
+                tracing::info!("seed probes: the mailbox answers again");
+            }
+            *failing = false;
+            f
+        }
+        Err(e) => {
+            if !*failing {
+                tracing::warn!(error = %e, "seed probes: cannot read the mailbox; probes in flight wait");
+            }
+            *failing = true;
+            return;
+        }
+    };
+    let now = ctx.clock.now();
+    let deadline = ctx.config.probes.deadline.get().as_secs();
+    for mut r in pending {
+        let site = r.site.as_deref().map(Site::from);
+        if let Some(f) = found.get(&r.token) {
+            tracing::info!(ip = %r.ip, seed = %r.seed, token = %r.token, folder = %f.folder, junk = f.junk, "seed probe arrived");
+            r.status = ProbeStatus::Arrived {
+                at: now,
+                folder: f.folder.clone(),
+                junk: f.junk,
+            };
+            if let Some(site) = &site
+                && let Err(e) = ctx.reputation.lift_silent(r.ip, site)
+            {
+                tracing::error!(error = %e, "cannot save the lifted block");
+            }
+            probes.put(r);
+        } else if now >= r.sent_at + deadline {
+            tracing::warn!(ip = %r.ip, seed = %r.seed, token = %r.token, reply = %r.reply, "seed probe accepted but missing after its deadline: silent discard");
+            r.status = ProbeStatus::Missing { checked_at: now };
+            if let Some(site) = &site {
+                let evidence = evidence(&r, now, &ctx.config.server.hostname);
+                if let Err(e) =
+                    ctx.reputation
+                        .mark_silent(r.ip, site, evidence, ctx.config.probes.hold.get())
+                {
+                    tracing::error!(error = %e, "cannot save the silent-discard block (it holds in memory)");
+                }
+            }
+            probes.put(r);
+        }
+    }
+}
+
+/// What a delisting form (or the receiver's postmaster) needs about a discarded probe.
+fn evidence(r: &ProbeRecord, checked: u64, hostname: &str) -> Evidence {
+    let rfc = crate::clock::rfc3339;
+    Evidence {
+        reply: r.reply.clone(),
+        rule: "silent-discard: seed probe accepted, not delivered by its deadline".into(),
+        at: r.sent_at,
+        mx_host: r.mx.clone(),
+        mx_ip: r.mx_ip,
+        queue_id: format!("probe {}", r.token),
+        recipient: r.seed.clone(),
+        removal_url: None,
+        log_line: format!(
+            "{} {hostname} sidestep: seed probe {} from {} to {} via {} [{}] accepted at {}: {:?} (receiver id {}); not in the seed mailbox at {}",
+            rfc(checked),
+            r.token,
+            r.ip,
+            r.seed,
+            r.mx.as_deref().unwrap_or("-"),
+            r.mx_ip.map_or_else(|| "-".into(), |ip| ip.to_string()),
+            rfc(r.sent_at),
+            r.reply,
+            r.receiver_id.as_deref().unwrap_or("-"),
+            rfc(checked)
+        ),
+    }
+}
+
+/// Sends each (egress IP, seed) its probe when the interval since the last one is over,
+/// the last one is no longer in flight, and the IP is on no blocklist.
+async fn send_due(ctx: &QueueContext, probes: &Probes) {
+    let cfg = &ctx.config.probes;
+    let now = ctx.clock.now();
+    let interval = cfg.interval.get().as_secs();
+    let from = cfg
+        .from
+        .clone()
+        .unwrap_or_else(|| format!("probe@{}", ctx.config.server.hostname));
+    for (ip, helo) in ctx.config.egress_helos() {
+        if ctx.reputation.standing(ip) == Standing::Hard {
+            continue;
+        }
+        for seed in &cfg.seeds {
+            let latest = probes.latest(ip, &seed.address);
+            let due = match &latest {
+                None => true,
+                Some(r) => r.status != ProbeStatus::Sent && r.sent_at + interval <= now,
+            };
+            // Two seeds at one site: still one probe per IP and site per interval.
+            let site_due = latest
+                .as_ref()
+                .and_then(|r| r.site.as_deref())
+                .and_then(|site| probes.last_sent_to_site(ip, site))
+                .is_none_or(|at| at + interval <= now);
+            if !due || !site_due {
+                continue;
+            }
+            let egress = EgressIp {
+                ip: Some(ip),
+                helo: helo.as_str().into(),
+            };
+            if let Some(r) = send_one(ctx, &egress, &from, &seed.address).await {
+                probes.put(r);
+            }
+        }
+    }
+}
+
+async fn send_one(
+    ctx: &QueueContext,
+    egress: &EgressIp,
+    from: &str,
+    seed: &str,
+) -> Option<ProbeRecord> {
+    let ip = egress.ip?;
+    let (Ok(sender), Ok(rcpt)) = (Address::parse(from, false), Address::parse(seed, false)) else {
+        tracing::error!(from, seed, "seed probes: not a mail address");
+        return None;
+    };
+    let token = format!("{:016x}", rand::rng().random::<u64>());
+    let host = &ctx.config.server.hostname;
+    let date = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc2822)
+        .unwrap_or_default();
+    let body = format!(
+        "From: sidestep probe <{from}>\r\nTo: <{seed}>\r\nSubject: sidestep probe {token}\r\nDate: {date}\r\nMessage-ID: <probe-{token}@{host}>\r\nX-Sidestep-Probe: {token}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nA delivery probe from {host}, sent from {ip} to see whether mail from it\r\nreaches this mailbox. It can be deleted.\r\n"
+    );
+    let sender = Sender::Address(sender);
+    let recipients = [rcpt];
+    let d = DomainDelivery {
+        domain: recipients[0].domain(),
+        sender: &sender,
+        recipients: &recipients,
+        flags: BodyFlags::default(),
+        body: body.as_bytes(),
+        max_connections: 1,
+        avoid: &[],
+    };
+    let report = ctx.outbound.probe(egress, &d).await;
+    let reply = report.replies.first()?;
+    let status = match reply.code {
+        200..=299 => ProbeStatus::Sent,
+        0 => ProbeStatus::Failed,
+        _ => ProbeStatus::Refused,
+    };
+    tracing::info!(ip = %ip, seed, token = %token, site = ?report.site.as_ref().map(Site::as_str), reply = %reply, "seed probe sent");
+    let text = reply.to_string();
+    Some(ProbeRecord {
+        receiver_id: super::receiver_id(&text),
+        token,
+        ip,
+        seed: seed.to_string(),
+        site: report.site.as_ref().map(|s| s.as_str().to_string()),
+        sent_at: ctx.clock.now(),
+        reply: text,
+        mx: report.mx.clone(),
+        mx_ip: report.mx_ip,
+        status,
+    })
+}
