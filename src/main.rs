@@ -159,6 +159,9 @@ fn main() -> ExitCode {
         }
         Command::Warmup { config, json } => done(run_to_end(cli::warmup(config.as_deref(), json))),
         Command::Probes { config, json } => done(run_to_end(cli::probes(config.as_deref(), json))),
+        Command::Complaints { config, json } => {
+            done(run_to_end(cli::complaints(config.as_deref(), json)))
+        }
         Command::Passwd { name, domains } => done(cli::passwd(&name, &domains)),
         Command::DnsblCheck { config, json, ips } => {
             done(run_to_end(cli::dnsbl_check(config.as_deref(), &ips, json)))

@@ -17,7 +17,8 @@
 //! - [`blocks`]: `GET /api/v1/blocks`, `POST /api/v1/blocks/suspend?ip=&site=&for=&reason=`,
 //!   `POST /api/v1/blocks/lift?ip=&site=`, `GET /api/v1/listings`,
 //!   `POST /api/v1/listings/refresh`.
-//! - `GET /api/v1/warmup`, `GET /api/v1/probes`, `GET /api/v1/auth/lockouts`.
+//! - `GET /api/v1/warmup`, `GET /api/v1/probes`, `GET /api/v1/complaints`,
+//!   `GET /api/v1/auth/lockouts`.
 
 pub mod api;
 pub mod blocks;
@@ -56,6 +57,12 @@ async fn warmup(State(admin): State<Admin>) -> axum::Json<Vec<crate::reputation:
 /// missing, refused.
 async fn probes(State(admin): State<Admin>) -> axum::Json<Vec<crate::probes::ProbeRecord>> {
     axum::Json(admin.probes.list())
+}
+
+/// `GET /api/v1/complaints`: feedback-loop complaints per sender and egress IP, and the
+/// latest reports.
+async fn complaints(State(admin): State<Admin>) -> axum::Json<crate::complaints::ComplaintsView> {
+    axum::Json(admin.complaints.view())
 }
 
 /// `GET /api/v1/auth/lockouts`: client addresses locked out of SMTP AUTH now.
@@ -97,6 +104,7 @@ pub struct Admin {
     /// Suspended senders.
     senders: crate::senders::Senders,
     probes: crate::probes::Probes,
+    complaints: crate::complaints::Complaints,
     /// Destination sites marked down.
     site_health: Arc<crate::routing::SiteHealth>,
     failures: Arc<Mutex<HashMap<IpAddr, (Instant, u32)>>>,
@@ -119,6 +127,7 @@ impl Admin {
             guard: None,
             senders: crate::senders::Senders::default(),
             probes: crate::probes::Probes::default(),
+            complaints: crate::complaints::Complaints::default(),
             site_health: Arc::default(),
             reload: None,
             egress: Arc::from(Vec::new()),
@@ -168,6 +177,12 @@ impl Admin {
         self
     }
 
+    /// The complaint counts `/api/v1/complaints` shows.
+    pub fn with_complaints(mut self, complaints: crate::complaints::Complaints) -> Self {
+        self.complaints = complaints;
+        self
+    }
+
     /// The seed probes `/api/v1/probes` shows.
     pub fn with_probes(mut self, probes: crate::probes::Probes) -> Self {
         self.probes = probes;
@@ -211,6 +226,7 @@ pub fn router(admin: Admin) -> Router {
         .route("/api/v1/auth/lockouts", get(lockouts))
         .route("/api/v1/warmup", get(warmup))
         .route("/api/v1/probes", get(probes))
+        .route("/api/v1/complaints", get(complaints))
         .route("/api/v1/senders", get(control::senders))
         .route("/api/v1/senders/release", post(control::release_sender))
         .route("/api/v1/listings/refresh", post(blocks::refresh))

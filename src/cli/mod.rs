@@ -4,6 +4,7 @@ mod admin_client;
 mod blocks;
 mod check_config;
 mod classify;
+mod complaints;
 mod delist_report;
 mod dnsbl_check;
 mod listings;
@@ -23,6 +24,7 @@ use clap::{Parser, Subcommand};
 pub use blocks::blocks;
 pub use check_config::check_config;
 pub use classify::{ClassifyMode, classify};
+pub use complaints::complaints;
 pub use delist_report::delist_report;
 pub use dnsbl_check::dnsbl_check;
 pub use listings::listings;
@@ -269,6 +271,16 @@ pub enum Command {
     /// Seed probes (through the running relay's admin API): per egress IP and seed, the
     /// latest probe: sent, arrived (inbox or junk), missing (silently discarded), refused.
     Probes {
+        /// Configuration file (TOML): where the admin API listens.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Machine-readable output (the API's JSON).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Feedback-loop complaints (through the running relay's admin API): counts per
+    /// sender and egress IP, and the latest reports.
+    Complaints {
         /// Configuration file (TOML): where the admin API listens.
         #[arg(long, short)]
         config: Option<PathBuf>,

@@ -55,8 +55,13 @@ pub async fn senders(
             let r = &s.recent;
             let _ = writeln!(
                 out,
-                "  counts:   {} messages, {} attempts, {} reputation refusals, {} unknown recipients (usual {:.0} messages per window)",
-                r.messages, r.attempts, r.reputation_refusals, r.unknown_recipients, r.usual
+                "  counts:   {} messages, {} attempts, {} reputation refusals, {} unknown recipients, {} complaints (usual {:.0} messages per window)",
+                r.messages,
+                r.attempts,
+                r.reputation_refusals,
+                r.unknown_recipients,
+                r.complaints,
+                r.usual
             );
             for e in &r.samples {
                 let _ = writeln!(out, "  evidence: {e}");

@@ -66,6 +66,10 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)
         .context("loading the seed probes")?;
     crate::probes::spawn(ctx.clone(), probes.clone());
+    let complaints = crate::complaints::Complaints::open(&config.spool.directory)
+        .map_err(anyhow::Error::msg)
+        .context("loading the complaint counts")?;
+    crate::complaints::spawn(ctx.clone(), complaints.clone());
     alerts.mail_through(&config.alerts, spool.clone(), queue.clone());
     watch_spool_space(
         config.spool.directory.clone(),
@@ -134,6 +138,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     .with_guard(inbound.guard.clone())
     .with_senders(senders.clone())
     .with_probes(probes)
+    .with_complaints(complaints)
     .with_site_health(site_health)
     .with_egress(config.egress_ips())
     .with_reload({

@@ -65,6 +65,64 @@ pub struct Config {
     pub shaping: Vec<ShapingConfig>,
     /// Seed-mailbox probes: mail accepted with `250` and then discarded is seen too.
     pub probes: ProbesConfig,
+    /// Feedback-loop complaint reports (ARF) read from a mailbox, counted per sender.
+    pub complaints: ComplaintsConfig,
+}
+
+/// `[complaints]`: receivers' feedback loops (Yahoo, Microsoft JMRP, Comcast…) send
+/// ARF reports (RFC 5965) to a mailbox; sidestep reads them, finds the sender and egress
+/// IP of each complained-about message, and counts them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ComplaintsConfig {
+    /// Read reports at all.
+    pub enabled: bool,
+    /// The mailbox (as `[probes] imap`); default: the probes' mailbox.
+    pub imap: Option<String>,
+    /// Its password file; default: the probes' one.
+    pub password_file: Option<PathBuf>,
+    /// PEM roots for `imaps`; default: the probes' `ca_file`, else the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Folders holding the reports.
+    pub folders: Vec<String>,
+    /// How often the mailbox is read.
+    pub interval: HumanDuration,
+    /// Reports older than this are not read.
+    pub since: HumanDuration,
+}
+
+impl Default for ComplaintsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            imap: None,
+            password_file: None,
+            ca_file: None,
+            folders: vec!["INBOX".into()],
+            interval: HumanDuration::from_secs(300),
+            since: HumanDuration::from_secs(14 * 24 * 3600),
+        }
+    }
+}
+
+impl ComplaintsConfig {
+    /// The mailbox URL, password file and CA file in use: these, else the probes'.
+    pub fn mailbox<'a>(
+        &'a self,
+        probes: &'a ProbesConfig,
+    ) -> (Option<&'a str>, Option<&'a Path>, Option<&'a Path>) {
+        let imap = self.imap.as_deref().or(probes.imap.as_deref());
+        let from_probes = self.imap.is_none();
+        let pick = |own: &'a Option<PathBuf>, theirs: &'a Option<PathBuf>| {
+            own.as_deref()
+                .or(if from_probes { theirs.as_deref() } else { None })
+        };
+        (
+            imap,
+            pick(&self.password_file, &probes.password_file),
+            pick(&self.ca_file, &probes.ca_file),
+        )
+    }
 }
 
 /// `[probes]`: every `interval`, one small message from each egress IP to each seed
@@ -228,6 +286,10 @@ pub struct SuspensionConfig {
     pub spike_factor: f64,
     /// …and at least this many.
     pub spike_messages: u32,
+    /// Feedback-loop complaints about the sender's mail, at least this many…
+    pub complaints: u32,
+    /// …making at least this share of its delivery attempts.
+    pub complaint_ratio: f64,
     /// `temporary` (`451 4.7.1`: the client keeps the mail) or `permanent` (`550 5.7.1`).
     pub reply: SuspendedReply,
 }
@@ -254,6 +316,8 @@ impl Default for SuspensionConfig {
             unknown_recipient_ratio: 0.3,
             spike_factor: 10.0,
             spike_messages: 1000,
+            complaints: 5,
+            complaint_ratio: 0.003,
             reply: SuspendedReply::Temporary,
         }
     }

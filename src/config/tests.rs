@@ -173,16 +173,18 @@ fn route_patterns() {
     assert_eq!(config.routes[0].domains, vec!["*.aliant.net"]);
 }
 
+/// The keys of every validation error of `toml`.
+fn keys(toml: &str) -> Vec<String> {
+    Config::parse(toml)
+        .unwrap()
+        .validate()
+        .into_iter()
+        .map(|e| e.key)
+        .collect()
+}
+
 #[test]
 fn probes_need_a_mailbox_reached_safely_and_real_seeds() {
-    let keys = |toml: &str| -> Vec<String> {
-        Config::parse(toml)
-            .unwrap()
-            .validate()
-            .into_iter()
-            .map(|e| e.key)
-            .collect()
-    };
     assert_eq!(
         keys("[[probes.seeds]]\naddress = \"seed@bell.net\"\n"),
         vec!["probes.imap"],
@@ -209,5 +211,28 @@ fn probes_need_a_mailbox_reached_safely_and_real_seeds() {
             pw.display()
         ))
         .is_empty()
+    );
+}
+
+#[test]
+fn complaints_need_a_mailbox_of_their_own_or_the_probes() {
+    assert_eq!(
+        keys("[complaints]\nenabled = true\n"),
+        vec!["complaints.imap"]
+    );
+    assert_eq!(
+        keys(
+            "[complaints]\nenabled = true\nimap = \"imap://fbl@mail.example.net\"\ninterval = \"0s\"\nfolders = []\n"
+        ),
+        vec![
+            "complaints.imap",
+            "complaints.password_file",
+            "complaints.interval",
+            "complaints.folders"
+        ]
+    );
+    assert!(
+        keys("[complaints]\nimap = \"nonsense\"\n").is_empty(),
+        "off: not checked"
     );
 }

@@ -24,6 +24,7 @@ pub(super) fn all(c: &Config) -> Vec<ConfigError> {
     admin(c, &mut err);
     security(c, &mut err);
     probes(c, &mut err);
+    complaints(c, &mut err);
     if let Some(to) = &c.alerts.mail
         && crate::envelope::Address::parse(to, false).is_err()
     {
@@ -570,37 +571,13 @@ fn probes(c: &Config, err: &mut impl FnMut(String, String)) {
         }
         return;
     };
-    match crate::probes::ImapUrl::parse(imap) {
-        Ok(url) if !url.tls && !url.is_loopback() => err(
-            "probes.imap".into(),
-            format!(
-                "{imap:?}: plain imap:// only to a loopback server (the password would cross the network in the clear); use imaps://"
-            ),
-        ),
-        Ok(_) => {}
-        Err(e) => err("probes.imap".into(), format!("{imap:?}: {e}")),
-    }
-    match &p.password_file {
-        None => err(
-            "probes.password_file".into(),
-            "the IMAP password file is required with probes.imap".into(),
-        ),
-        Some(path) => {
-            if let Err(e) = std::fs::read_to_string(path) {
-                err(
-                    "probes.password_file".into(),
-                    format!("cannot read {}: {e}", path.display()),
-                );
-            }
-        }
-    }
-    if let Some(path) = &p.ca_file
-        && let Err(e) = std::fs::read_to_string(path)
-            .map_err(|e| e.to_string())
-            .and_then(|pem| crate::outbound::tls_client(Some(&pem)).map(|_| ()))
-    {
-        err("probes.ca_file".into(), format!("{}: {e}", path.display()));
-    }
+    mailbox(
+        "probes",
+        imap,
+        p.password_file.as_deref(),
+        p.ca_file.as_deref(),
+        err,
+    );
     for (key, d) in [
         ("interval", p.interval),
         ("deadline", p.deadline),
@@ -636,6 +613,79 @@ fn probes(c: &Config, err: &mut impl FnMut(String, String)) {
         err(
             "probes.from".into(),
             format!("{from:?} is not a mail address"),
+        );
+    }
+}
+
+/// An IMAP mailbox's settings under `section`: a URL reached safely, a readable password
+/// file, a usable CA file.
+fn mailbox(
+    section: &str,
+    imap: &str,
+    password_file: Option<&std::path::Path>,
+    ca_file: Option<&std::path::Path>,
+    err: &mut impl FnMut(String, String),
+) {
+    match crate::probes::ImapUrl::parse(imap) {
+        Ok(url) if !url.tls && !url.is_loopback() => err(
+            format!("{section}.imap"),
+            format!(
+                "{imap:?}: plain imap:// only to a loopback server (the password would cross the network in the clear); use imaps://"
+            ),
+        ),
+        Ok(_) => {}
+        Err(e) => err(format!("{section}.imap"), format!("{imap:?}: {e}")),
+    }
+    match password_file {
+        None => err(
+            format!("{section}.password_file"),
+            "the IMAP password file is required with an imap mailbox".into(),
+        ),
+        Some(path) => {
+            if let Err(e) = std::fs::read_to_string(path) {
+                err(
+                    format!("{section}.password_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                );
+            }
+        }
+    }
+    if let Some(path) = ca_file
+        && let Err(e) = std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| crate::outbound::tls_client(Some(&pem)).map(|_| ()))
+    {
+        err(
+            format!("{section}.ca_file"),
+            format!("{}: {e}", path.display()),
+        );
+    }
+}
+
+fn complaints(c: &Config, err: &mut impl FnMut(String, String)) {
+    let cfg = &c.complaints;
+    if !cfg.enabled {
+        return;
+    }
+    let (imap, password_file, ca_file) = cfg.mailbox(&c.probes);
+    match imap.filter(|s| !s.trim().is_empty()) {
+        None => err(
+            "complaints.imap".into(),
+            "enabled, but no mailbox: set complaints.imap (or probes.imap)".into(),
+        ),
+        // The probes' mailbox is checked as theirs.
+        Some(imap) if cfg.imap.is_some() => {
+            mailbox("complaints", imap, password_file, ca_file, err);
+        }
+        Some(_) => {}
+    }
+    if cfg.interval.get() < std::time::Duration::from_secs(1) {
+        err("complaints.interval".into(), "at least 1s".into());
+    }
+    if cfg.folders.is_empty() {
+        err(
+            "complaints.folders".into(),
+            "at least one folder (\"INBOX\")".into(),
         );
     }
 }

@@ -121,6 +121,33 @@ pub struct Mailbox {
 }
 
 impl Mailbox {
+    /// The mailbox at `url` with the password from the first line of `password_file`
+    /// and the roots of `ca_file`, both read now (so that a rotated password is used).
+    ///
+    /// # Errors
+    /// A file cannot be read.
+    pub fn open(
+        url: ImapUrl,
+        password_file: Option<&std::path::Path>,
+        ca_file: Option<&std::path::Path>,
+        folders: Vec<String>,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let read = |p: &std::path::Path| {
+            std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+        };
+        Ok(Mailbox {
+            url,
+            password: match password_file {
+                Some(p) => read(p)?.lines().next().unwrap_or_default().to_string(),
+                None => String::new(),
+            },
+            ca_pem: ca_file.map(read).transpose()?,
+            folders,
+            timeout,
+        })
+    }
+
     /// Looks for each token in the folders (header `X-Sidestep-Probe`): the ones found,
     /// and where.
     ///
@@ -136,40 +163,7 @@ impl Mailbox {
     }
 
     async fn find_now(&self, tokens: &[String]) -> Result<HashMap<String, Found>, String> {
-        let tcp = tokio::net::TcpStream::connect((self.url.host.as_str(), self.url.port))
-            .await
-            .map_err(|e| format!("connecting to {}:{}: {e}", self.url.host, self.url.port))?;
-        if !self.url.tls {
-            return self.search(tcp, tokens).await;
-        }
-        let connector = crate::outbound::tls_client(self.ca_pem.as_deref())?;
-        let name = rustls::pki_types::ServerName::try_from(self.url.host.clone())
-            .map_err(|e| format!("{}: {e}", self.url.host))?;
-        let tls = connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS with {}: {e}", self.url.host))?;
-        self.search(tls, tokens).await
-    }
-
-    async fn search<T>(
-        &self,
-        stream: T,
-        tokens: &[String],
-    ) -> Result<HashMap<String, Found>, String>
-    where
-        T: AsyncRead + AsyncWrite + Unpin + Debug + Send,
-    {
-        let mut client = async_imap::Client::new(stream);
-        client
-            .read_response()
-            .await
-            .map_err(|e| format!("greeting: {e}"))?
-            .ok_or("the server closed the connection before its greeting")?;
-        let mut session = client
-            .login(&self.url.user, &self.password)
-            .await
-            .map_err(|(e, _)| format!("login as {}: {e}", self.url.user))?;
+        let mut session = self.login().await?;
         let mut found = HashMap::new();
         for (i, folder) in self.folders.iter().enumerate() {
             if let Err(e) = session.examine(folder).await {
@@ -198,7 +192,97 @@ impl Mailbox {
         let _ = session.logout().await;
         Ok(found)
     }
+
+    /// The messages of the folders that arrived on or after the day of `since` (Unix
+    /// seconds; IMAP's SINCE has a day's grain), at most the latest `limit` per folder,
+    /// read without marking them seen.
+    ///
+    /// # Errors
+    /// The server could not be reached, refused the login, or broke off.
+    pub async fn fetch_since(&self, since: u64, limit: usize) -> Result<Vec<Vec<u8>>, String> {
+        tokio::time::timeout(self.timeout, self.fetch_now(since, limit))
+            .await
+            .map_err(|_| format!("no answer within {:?}", self.timeout))?
+    }
+
+    async fn fetch_now(&self, since: u64, limit: usize) -> Result<Vec<Vec<u8>>, String> {
+        use futures_util::TryStreamExt;
+        let day = time::OffsetDateTime::from_unix_timestamp(since as i64)
+            .map_err(|e| e.to_string())?
+            .format(time::macros::format_description!(
+                "[day]-[month repr:short]-[year]"
+            ))
+            .map_err(|e| e.to_string())?;
+        let mut session = self.login().await?;
+        let mut out = Vec::new();
+        for folder in &self.folders {
+            if let Err(e) = session.examine(folder).await {
+                tracing::debug!(folder, error = %e, "report mailbox: no such folder");
+                continue;
+            }
+            let mut uids: Vec<u32> = session
+                .uid_search(format!("SINCE {day}"))
+                .await
+                .map_err(|e| format!("search in {folder}: {e}"))?
+                .into_iter()
+                .collect();
+            uids.sort_unstable();
+            let uids = &uids[uids.len().saturating_sub(limit)..];
+            if uids.is_empty() {
+                continue;
+            }
+            let set = uids
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            let fetched: Vec<_> = session
+                .uid_fetch(set, "BODY.PEEK[]")
+                .await
+                .map_err(|e| format!("fetch in {folder}: {e}"))?
+                .try_collect()
+                .await
+                .map_err(|e| format!("fetch in {folder}: {e}"))?;
+            out.extend(fetched.iter().filter_map(|f| f.body().map(<[u8]>::to_vec)));
+        }
+        let _ = session.logout().await;
+        Ok(out)
+    }
+
+    /// A logged-in session, over TLS for `imaps`.
+    async fn login(&self) -> Result<async_imap::Session<Box<dyn Io>>, String> {
+        let tcp = tokio::net::TcpStream::connect((self.url.host.as_str(), self.url.port))
+            .await
+            .map_err(|e| format!("connecting to {}:{}: {e}", self.url.host, self.url.port))?;
+        let stream: Box<dyn Io> = if self.url.tls {
+            let connector = crate::outbound::tls_client(self.ca_pem.as_deref())?;
+            let name = rustls::pki_types::ServerName::try_from(self.url.host.clone())
+                .map_err(|e| format!("{}: {e}", self.url.host))?;
+            Box::new(
+                connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS with {}: {e}", self.url.host))?,
+            )
+        } else {
+            Box::new(tcp)
+        };
+        let mut client = async_imap::Client::new(stream);
+        client
+            .read_response()
+            .await
+            .map_err(|e| format!("greeting: {e}"))?
+            .ok_or("the server closed the connection before its greeting")?;
+        client
+            .login(&self.url.user, &self.password)
+            .await
+            .map_err(|(e, _)| format!("login as {}: {e}", self.url.user))
+    }
 }
+
+/// A connection to the mailbox, plain or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send + Debug {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Debug> Io for T {}
 
 #[cfg(test)]
 mod tests {

@@ -48,21 +48,13 @@ pub fn spawn(ctx: Arc<QueueContext>, probes: Probes) -> Option<tokio::task::Join
 
 fn mailbox(config: &Config, url: ImapUrl) -> Result<Mailbox, String> {
     let cfg = &config.probes;
-    let read = |p: &std::path::Path| {
-        std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
-    };
-    let password = match &cfg.password_file {
-        Some(p) => read(p)?.lines().next().unwrap_or_default().to_string(),
-        None => String::new(),
-    };
-    let ca_pem = cfg.ca_file.as_deref().map(read).transpose()?;
-    Ok(Mailbox {
+    Mailbox::open(
         url,
-        password,
-        ca_pem,
-        folders: cfg.folders.clone(),
-        timeout: Duration::from_secs(30),
-    })
+        cfg.password_file.as_deref(),
+        cfg.ca_file.as_deref(),
+        cfg.folders.clone(),
+        Duration::from_secs(30),
+    )
 }
 
 /// Reads the mailbox for every probe in flight: arrived ones lift a silent discard,

@@ -346,17 +346,30 @@ async fn attempt(
 /// an attempt under way is held at its next attempt.
 fn hold_queued(ctx: Arc<QueueContext>, queue: QueueHandle, id: SenderId) {
     tokio::spawn(async move {
+        // The sender's message ids only: a deep queue is read one record at a time.
         let spool = ctx.spool.clone();
-        let Ok(Ok(records)) = tokio::task::spawn_blocking(move || spool.recover()).await else {
+        let wanted = id.clone();
+        let Ok(Ok(ids)) = tokio::task::spawn_blocking(move || {
+            let mut ids = Vec::new();
+            spool
+                .visit(|m| {
+                    if !m.held
+                        && SenderId::of(m.user.as_deref(), &m.sender).as_ref() == Some(&wanted)
+                    {
+                        ids.push(m.id);
+                    }
+                    true
+                })
+                .map(|()| ids)
+        })
+        .await
+        else {
             return;
         };
         let mut held = 0;
-        for m in records {
-            if m.held || SenderId::of(m.user.as_deref(), &m.sender).as_ref() != Some(&id) {
-                continue;
-            }
+        for qid in ids {
             let reason = format!("sender {id} suspended");
-            if super::operator::hold_for(&ctx.spool, &queue, &m.id, Some(reason))
+            if super::operator::hold_for(&ctx.spool, &queue, &qid, Some(reason))
                 .await
                 .is_ok()
             {

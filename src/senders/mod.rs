@@ -281,14 +281,7 @@ impl Senders {
         verdicts: &[(Verdict, String)],
         config: &SuspensionConfig,
     ) -> Option<Suspension> {
-        let why = {
-            let mut state = self.lock();
-            if state.suspended.contains_key(id) {
-                return None;
-            }
-            prune(&mut state.recent, config);
-            let recent = state.recent.entry(id.clone()).or_default();
-            recent.roll(crate::clock::unix_now(), config.window.get().as_secs());
+        self.count(id, config, |recent| {
             for (verdict, reply) in verdicts {
                 recent.attempts += 1;
                 match verdict {
@@ -303,9 +296,43 @@ impl Senders {
                     _ => {}
                 }
             }
+        })
+    }
+
+    /// Adds to `id`'s counts of the current window (`add`), then suspends it if they
+    /// say so. Nothing is counted for a sender already suspended.
+    fn count(
+        &self,
+        id: &SenderId,
+        config: &SuspensionConfig,
+        add: impl FnOnce(&mut Recent),
+    ) -> Option<Suspension> {
+        let why = {
+            let mut state = self.lock();
+            if state.suspended.contains_key(id) {
+                return None;
+            }
+            prune(&mut state.recent, config);
+            let recent = state.recent.entry(id.clone()).or_default();
+            recent.roll(crate::clock::unix_now(), config.window.get().as_secs());
+            add(recent);
             recent.verdict(config)?
         };
         self.suspend(id, why)
+    }
+
+    /// A feedback-loop complaint about `id`'s mail (`evidence`: the report in a line).
+    /// Returns the suspension when this tipped the sender over.
+    pub fn complaint(
+        &self,
+        id: &SenderId,
+        evidence: String,
+        config: &SuspensionConfig,
+    ) -> Option<Suspension> {
+        self.count(id, config, |recent| {
+            recent.complaints += 1;
+            recent.sample(evidence);
+        })
     }
 
     /// Suspends `id` (once): persisted, logged, alerted.

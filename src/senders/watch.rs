@@ -19,6 +19,9 @@ pub struct Recent {
     pub reputation_refusals: u32,
     /// Of those, permanent unknown-recipient refusals.
     pub unknown_recipients: u32,
+    /// Feedback-loop complaints about its mail that arrived in the window.
+    #[serde(default)]
+    pub complaints: u32,
     /// Messages per window, averaged over past windows (0 until one window passed).
     pub usual: f64,
     /// The latest refusals, as evidence (at most a few).
@@ -83,6 +86,12 @@ impl Recent {
             return Some(format!(
                 "{} of {} recipients unknown at the destination",
                 self.unknown_recipients, self.attempts
+            ));
+        }
+        if self.complaints >= c.complaints.max(1) && share(self.complaints) >= c.complaint_ratio {
+            return Some(format!(
+                "{} feedback-loop complaints for {} delivery attempts",
+                self.complaints, self.attempts
             ));
         }
         if self.usual > 0.0
