@@ -42,6 +42,7 @@ pub mod alerts;
 pub mod classify;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod complaints;
 pub mod config;
 pub mod dns;

@@ -47,6 +47,9 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         config.listings.clone(),
         config.delivery.require_fcrdns,
     );
+    crate::cluster::start(&config.cluster, reputation.clone())
+        .map_err(anyhow::Error::msg)
+        .context("[cluster]")?;
     let outbound = Outbound::new(&config, resolver.clone(), reputation.clone())
         .context("setting up delivery")?;
     let ctx = Arc::new(

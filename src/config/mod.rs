@@ -67,6 +67,22 @@ pub struct Config {
     pub probes: ProbesConfig,
     /// Feedback-loop complaint reports (ARF) read from a mailbox, counted per sender.
     pub complaints: ComplaintsConfig,
+    /// Several relays sharing what they learn through Redis.
+    pub cluster: ClusterConfig,
+}
+
+/// `[cluster]`: relays that send from the same egress pools share their blocks through
+/// Redis, so that what one learns the others honour. Without it (the default) nothing
+/// changes: each node keeps its own state in its spool.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `redis://host:6379/0`; none: no cluster.
+    pub redis: Option<String>,
+    /// The Redis password (`AUTH`): the first line of this file.
+    pub password_file: Option<PathBuf>,
+    /// This node's name in the shared state; default: the host name.
+    pub node: Option<String>,
 }
 
 /// `[complaints]`: receivers' feedback loops (Yahoo, Microsoft JMRP, Comcast…) send

@@ -236,3 +236,24 @@ fn complaints_need_a_mailbox_of_their_own_or_the_probes() {
         "off: not checked"
     );
 }
+
+#[test]
+fn cluster_needs_a_redis_url_it_can_use() {
+    assert!(
+        keys("[cluster]\n").is_empty(),
+        "no cluster: nothing to check"
+    );
+    assert_eq!(
+        keys("[cluster]\nredis = \"http://x\"\n"),
+        vec!["cluster.redis"]
+    );
+    assert_eq!(
+        keys("[cluster]\nredis = \"rediss://x:6380\"\n"),
+        vec!["cluster.redis"]
+    );
+    assert_eq!(
+        keys("[cluster]\nredis = \"redis://127.0.0.1:6379/0\"\npassword_file = \"/nonexistent\"\n"),
+        vec!["cluster.password_file"]
+    );
+    assert!(keys("[cluster]\nredis = \"redis://127.0.0.1:6379/0\"\nnode = \"a\"\n").is_empty());
+}

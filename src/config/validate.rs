@@ -25,6 +25,7 @@ pub(super) fn all(c: &Config) -> Vec<ConfigError> {
     security(c, &mut err);
     probes(c, &mut err);
     complaints(c, &mut err);
+    cluster(c, &mut err);
     if let Some(to) = &c.alerts.mail
         && crate::envelope::Address::parse(to, false).is_err()
     {
@@ -687,5 +688,35 @@ fn complaints(c: &Config, err: &mut impl FnMut(String, String)) {
             "complaints.folders".into(),
             "at least one folder (\"INBOX\")".into(),
         );
+    }
+}
+
+fn cluster(c: &Config, err: &mut impl FnMut(String, String)) {
+    let Some(url) = c.cluster.redis.as_deref().filter(|u| !u.trim().is_empty()) else {
+        return;
+    };
+    if url.starts_with("rediss://") {
+        err(
+            "cluster.redis".into(),
+            format!(
+                "{url:?}: TLS to Redis (rediss://) is not built in yet; reach Redis over loopback or a private network with redis://"
+            ),
+        );
+        return;
+    }
+    if !url.starts_with("redis://") {
+        err(
+            "cluster.redis".into(),
+            format!("{url:?}: must start with redis://"),
+        );
+        return;
+    }
+    if let Err(e) = crate::cluster::client(&c.cluster) {
+        let key = if e.starts_with(url) {
+            "cluster.redis"
+        } else {
+            "cluster.password_file"
+        };
+        err(key.into(), e);
     }
 }

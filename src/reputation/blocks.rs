@@ -603,21 +603,100 @@ impl Reputation {
     /// gone). Writers of one block race on their blocking threads; each writes the state
     /// of its turn, so the last write is the latest state whatever order they ran in.
     fn write_block(&self, ip: IpAddr, site: &Site) -> Result<(), StoreError> {
+        let current = self.write_block_here(ip, site)?;
+        if let Some(cluster) = self.shared.cluster.get() {
+            let _ = cluster.send(super::state::BlockChange {
+                ip,
+                site: site.clone(),
+                block: current,
+            });
+        }
+        Ok(())
+    }
+
+    /// Persists the block of (`ip`, `site`) on this node only; what it wrote.
+    fn write_block_here(&self, ip: IpAddr, site: &Site) -> Result<Option<Block>, StoreError> {
+        let current = || {
+            self.lock()
+                .blocks
+                .get(site)
+                .and_then(|m| m.get(&ip))
+                .cloned()
+        };
         let Some(db) = &self.shared.db else {
-            return Ok(());
+            return Ok(current());
         };
         let _turn = self
             .shared
             .persist
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let current = self
-            .lock()
+        let current = current();
+        store::save_block(db, (&ip, site), current.as_ref())?;
+        Ok(current)
+    }
+
+    /// Local block changes go to `tx` from now on, to be shared with the other nodes.
+    pub fn share_blocks(&self, tx: tokio::sync::mpsc::UnboundedSender<super::state::BlockChange>) {
+        let _ = self.shared.cluster.set(tx);
+    }
+
+    /// Every block this node knows (current or expired), for a merge with the cluster.
+    pub fn all_blocks(&self) -> Vec<Block> {
+        self.lock()
             .blocks
-            .get(site)
-            .and_then(|m| m.get(&ip))
-            .cloned();
-        store::save_block(db, (&ip, site), current.as_ref())
+            .values()
+            .flat_map(|m| m.values().cloned())
+            .collect()
+    }
+
+    /// Another node's block of (`ip`, `site`) (`None`: it lifted it). A block is taken
+    /// when this node has none or one that ends sooner (the longest expiry wins); a lift
+    /// is taken unless this node's own block is newer than the lift. Persisted here, not
+    /// sent back. Returns whether anything changed.
+    ///
+    /// # Errors
+    /// The change could not be persisted (it holds in memory).
+    pub fn apply_remote(
+        &self,
+        ip: IpAddr,
+        site: &Site,
+        block: Option<Block>,
+        lifted_at: u64,
+    ) -> Result<bool, StoreError> {
+        let changed = {
+            let mut state = self.lock();
+            let local = state.blocks.get(site).and_then(|m| m.get(&ip));
+            match (&block, local) {
+                (Some(remote), Some(l)) if l.expires_at >= remote.expires_at => false,
+                (Some(remote), _) => {
+                    state
+                        .blocks
+                        .entry(site.clone())
+                        .or_default()
+                        .insert(ip, remote.clone());
+                    true
+                }
+                (None, Some(l)) if l.evidence.at <= lifted_at => {
+                    take_block(&mut state, ip, site);
+                    true
+                }
+                (None, _) => false,
+            }
+        };
+        if changed {
+            match &block {
+                Some(b) => {
+                    tracing::warn!(ip = %ip, site = %site, until = b.expires_at, "block learned by another node: applied")
+                }
+                None => {
+                    tracing::info!(ip = %ip, site = %site, "block lifted by another node");
+                    self.shared.improved.send_modify(|n| *n += 1);
+                }
+            }
+            self.write_block_here(ip, site)?;
+        }
+        Ok(changed)
     }
 
     /// Whether `site` has a block (current or expired) on `ip`: whether a success there

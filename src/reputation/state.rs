@@ -40,6 +40,19 @@ pub(super) struct Shared {
     pub(super) improved: tokio::sync::watch::Sender<u64>,
     /// Daily caps of IPs still warming up.
     pub(super) warmup: super::warmup::Warmup,
+    /// Where local block changes go to be shared with the other nodes (`[cluster]`).
+    pub(super) cluster: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<BlockChange>>,
+}
+
+/// A block as it is now on this node (`None`: gone), for the other nodes.
+#[derive(Debug, Clone)]
+pub struct BlockChange {
+    /// The egress IP.
+    pub ip: IpAddr,
+    /// The site.
+    pub site: Site,
+    /// The block, or `None` when it was lifted.
+    pub block: Option<Block>,
 }
 
 #[derive(Default)]
@@ -135,6 +148,7 @@ impl Reputation {
                 alerts: std::sync::OnceLock::new(),
                 refresh: tokio::sync::Notify::new(),
                 warmup: Default::default(),
+                cluster: std::sync::OnceLock::new(),
             }),
         }
     }

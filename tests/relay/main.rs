@@ -8,6 +8,7 @@ mod alerts;
 mod bench;
 mod blocks;
 mod cli;
+mod cluster;
 mod complaints;
 mod crash;
 mod delivery;

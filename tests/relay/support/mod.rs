@@ -5,6 +5,7 @@
 pub mod client;
 pub mod dns;
 pub mod imap;
+pub mod redis;
 pub mod relay;
 pub mod sink;
 

@@ -1,0 +1,266 @@
+//! The cluster: several relays sending from the same egress pools share what they learn
+//! through Redis, the engine mail operators already run (rspamd, KumoMTA). Each node
+//! keeps its in-memory copy, so routing never waits for Redis; changes travel as keys
+//! with an expiry (the state) and pub/sub messages (the news).
+//!
+//! Shared now: blocks (learned and manual, with their evidence and expiry). A block
+//! learned on one node reaches the others in the time of one pub/sub message. When Redis
+//! is unreachable every node goes on with what it knows and learns ("degraded", logged
+//! once); when it is back, the node merges: blocks only Redis has are taken, blocks only
+//! the node has (or with a later expiry) are written back — a Redis restart loses nothing
+//! a node still knows.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use redis::{AsyncCommands, IntoConnectionInfo};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::config::ClusterConfig;
+use crate::reputation::{Block, BlockChange, Reputation};
+use crate::site::Site;
+
+/// The pub/sub channel block changes are announced on.
+const CHANNEL: &str = "sidestep:blocks";
+/// Keys of blocks: `sidestep:block:<ip>|<site>`.
+const PREFIX: &str = "sidestep:block:";
+/// A block's key outlives its expiry by this much: its strikes (how long the next one
+/// lasts) are remembered as they are on one node.
+const KEEP_AFTER_EXPIRY: u64 = 7 * 24 * 3600;
+
+/// One block change as it travels between nodes.
+#[derive(Debug, Serialize, Deserialize)]
+struct Announcement {
+    node: String,
+    ip: IpAddr,
+    site: Site,
+    /// `None`: lifted.
+    block: Option<Block>,
+    /// When it was sent (Unix seconds).
+    at: u64,
+}
+
+/// This node's name in the cluster: `[cluster] node`, else the host name.
+pub fn node_name(config: &ClusterConfig) -> String {
+    config.node.clone().unwrap_or_else(|| {
+        rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned()
+    })
+}
+
+/// The Redis client for `[cluster]`, with the password from its file.
+///
+/// # Errors
+/// The URL does not parse or the password file cannot be read.
+pub fn client(config: &ClusterConfig) -> Result<Option<redis::Client>, String> {
+    let Some(url) = config.redis.as_deref().filter(|u| !u.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let mut info: redis::ConnectionInfo = url
+        .into_connection_info()
+        .map_err(|e| format!("{url}: {e}"))?;
+    if let Some(path) = &config.password_file {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        info.redis.password = Some(text.lines().next().unwrap_or_default().to_string());
+    }
+    redis::Client::open(info)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// Starts sharing `reputation`'s blocks through Redis; nothing without `[cluster]`.
+///
+/// # Errors
+/// The `[cluster]` settings are unusable (check-config says which).
+pub fn start(config: &ClusterConfig, reputation: Reputation) -> Result<(), String> {
+    let Some(client) = client(config)? else {
+        return Ok(());
+    };
+    let node = node_name(config);
+    let (tx, rx) = mpsc::unbounded_channel();
+    reputation.share_blocks(tx);
+    tracing::info!(node = %node, "cluster: sharing blocks through Redis");
+    tokio::spawn(publish(client.clone(), node.clone(), rx));
+    tokio::spawn(subscribe(client, node, reputation));
+    Ok(())
+}
+
+fn key(ip: IpAddr, site: &Site) -> String {
+    format!("{PREFIX}{ip}|{site}")
+}
+
+/// Writes each local change to Redis and announces it. While Redis is away the changes
+/// wait here (in memory) and the merge after reconnecting covers them.
+async fn publish(
+    client: redis::Client,
+    node: String,
+    mut rx: mpsc::UnboundedReceiver<BlockChange>,
+) {
+    let mut conn: Option<redis::aio::MultiplexedConnection> = None;
+    while let Some(change) = rx.recv().await {
+        if conn.is_none() {
+            conn = client.get_multiplexed_async_connection().await.ok();
+        }
+        let Some(c) = conn.as_mut() else {
+            // Degraded: the subscriber logs it and merges when Redis is back.
+            continue;
+        };
+        if let Err(e) = write(c, &node, change).await {
+            tracing::debug!(error = %e, "cluster: write failed");
+            conn = None;
+        }
+    }
+}
+
+async fn write(
+    c: &mut redis::aio::MultiplexedConnection,
+    node: &str,
+    change: BlockChange,
+) -> redis::RedisResult<()> {
+    let now = crate::clock::unix_now();
+    let k = key(change.ip, &change.site);
+    match &change.block {
+        Some(b) => {
+            let ttl = b.expires_at.saturating_sub(now) + KEEP_AFTER_EXPIRY;
+            let value = serde_json::to_string(b).unwrap_or_default();
+            let _: () = c.set_ex(&k, value, ttl).await?;
+        }
+        None => {
+            let _: () = c.del(&k).await?;
+        }
+    }
+    let message = serde_json::to_string(&Announcement {
+        node: node.to_string(),
+        ip: change.ip,
+        site: change.site,
+        block: change.block,
+        at: now,
+    })
+    .unwrap_or_default();
+    let _: () = c.publish(CHANNEL, message).await?;
+    Ok(())
+}
+
+/// Listens for other nodes' changes; on every (re)connection first merges with what
+/// Redis holds. Retries every second while Redis is away.
+async fn subscribe(client: redis::Client, node: String, reputation: Reputation) {
+    use futures_util::StreamExt;
+    let mut degraded = false;
+    loop {
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => {
+                if let Err(e) = pubsub.subscribe(CHANNEL).await {
+                    tracing::debug!(error = %e, "cluster: subscribe failed");
+                } else {
+                    match merge(&client, &node, &reputation).await {
+                        Ok((taken, given)) => {
+                            if degraded {
+                                tracing::warn!(
+                                    taken,
+                                    given,
+                                    "cluster: Redis is back; state merged"
+                                );
+                            } else {
+                                tracing::info!(taken, given, "cluster: connected; state merged");
+                            }
+                            degraded = false;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cluster: merge failed"),
+                    }
+                    let mut messages = pubsub.on_message();
+                    while let Some(msg) = messages.next().await {
+                        let Ok(text) = msg.get_payload::<String>() else {
+                            continue;
+                        };
+                        let Ok(a) = serde_json::from_str::<Announcement>(&text) else {
+                            continue;
+                        };
+                        if a.node == node {
+                            continue;
+                        }
+                        if let Err(e) = reputation.apply_remote(a.ip, &a.site, a.block, a.at) {
+                            tracing::error!(error = %e, "cluster: cannot save a block from another node");
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                if !degraded {
+                    tracing::error!(error = %e, "cluster: Redis unreachable; degraded (delivering on what this node knows)");
+                }
+            }
+        }
+        if !degraded {
+            tracing::error!("cluster: lost Redis; degraded (delivering on what this node knows)");
+        }
+        degraded = true;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Blocks Redis has that this node lacks (or that end later) are taken; blocks this
+/// node has that Redis lacks (or that end later here) are written and announced.
+async fn merge(
+    client: &redis::Client,
+    node: &str,
+    reputation: &Reputation,
+) -> redis::RedisResult<(usize, usize)> {
+    let mut c = client.get_multiplexed_async_connection().await?;
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{PREFIX}*"))
+            .arg("COUNT")
+            .arg(500)
+            .query_async(&mut c)
+            .await?;
+        keys.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let mut remote = std::collections::HashMap::new();
+    for k in keys {
+        let value: Option<String> = c.get(&k).await?;
+        if let Some(b) = value.and_then(|v| serde_json::from_str::<Block>(&v).ok()) {
+            remote.insert((b.ip, b.site.clone()), b);
+        }
+    }
+    let now = crate::clock::unix_now();
+    let mut taken = 0;
+    for b in remote.values() {
+        if reputation
+            .apply_remote(b.ip, &b.site, Some(b.clone()), now)
+            .unwrap_or(false)
+        {
+            taken += 1;
+        }
+    }
+    let mut given = 0;
+    for b in reputation.all_blocks() {
+        let newer = remote
+            .get(&(b.ip, b.site.clone()))
+            .is_none_or(|r| r.expires_at < b.expires_at);
+        if newer {
+            write(
+                &mut c,
+                node,
+                BlockChange {
+                    ip: b.ip,
+                    site: b.site.clone(),
+                    block: Some(b),
+                },
+            )
+            .await?;
+            given += 1;
+        }
+    }
+    Ok((taken, given))
+}
