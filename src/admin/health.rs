@@ -18,6 +18,10 @@ pub(super) async fn healthz() -> &'static str {
 pub(super) struct Readiness {
     spool: String,
     queue: String,
+    /// With `[cluster]`: `ok (node N)` or why it is degraded. A Redis outage does not
+    /// make the node unready: it delivers on what it knows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<String>,
 }
 
 /// `GET /readyz`: 200 when the spool is writable and the queue answers, else 503.
@@ -42,5 +46,22 @@ pub(super) async fn readyz(State(admin): State<Admin>) -> (StatusCode, Json<Read
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(Readiness { spool, queue }))
+    let cluster = admin.cluster.as_ref().map(|c| {
+        if c.degraded() {
+            format!(
+                "degraded (node {}): Redis unreachable, delivering on what this node knows",
+                c.node
+            )
+        } else {
+            format!("ok (node {})", c.node)
+        }
+    });
+    (
+        status,
+        Json(Readiness {
+            spool,
+            queue,
+            cluster,
+        }),
+    )
 }

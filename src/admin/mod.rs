@@ -105,6 +105,7 @@ pub struct Admin {
     senders: crate::senders::Senders,
     probes: crate::probes::Probes,
     complaints: crate::complaints::Complaints,
+    cluster: Option<std::sync::Arc<crate::cluster::Status>>,
     /// Destination sites marked down.
     site_health: Arc<crate::routing::SiteHealth>,
     failures: Arc<Mutex<HashMap<IpAddr, (Instant, u32)>>>,
@@ -128,6 +129,7 @@ impl Admin {
             senders: crate::senders::Senders::default(),
             probes: crate::probes::Probes::default(),
             complaints: crate::complaints::Complaints::default(),
+            cluster: None,
             site_health: Arc::default(),
             reload: None,
             egress: Arc::from(Vec::new()),
@@ -174,6 +176,12 @@ impl Admin {
     /// Serves `/api/v1/senders` from these.
     pub fn with_senders(mut self, senders: crate::senders::Senders) -> Self {
         self.senders = senders;
+        self
+    }
+
+    /// The cluster standing `/readyz` shows.
+    pub fn with_cluster(mut self, cluster: Option<std::sync::Arc<crate::cluster::Status>>) -> Self {
+        self.cluster = cluster;
         self
     }
 

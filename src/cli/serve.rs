@@ -40,6 +40,9 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)
         .context("loading sender suspensions")?;
     senders.set_alerts(alerts.clone());
+    let cluster = crate::cluster::start(&config.cluster, reputation.clone())
+        .map_err(anyhow::Error::msg)
+        .context("[cluster]")?;
     let monitor = reputation::spawn_monitor(
         reputation.clone(),
         resolver.clone(),
@@ -47,9 +50,6 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         config.listings.clone(),
         config.delivery.require_fcrdns,
     );
-    crate::cluster::start(&config.cluster, reputation.clone())
-        .map_err(anyhow::Error::msg)
-        .context("[cluster]")?;
     let outbound = Outbound::new(&config, resolver.clone(), reputation.clone())
         .context("setting up delivery")?;
     let ctx = Arc::new(
@@ -142,6 +142,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     .with_senders(senders.clone())
     .with_probes(probes)
     .with_complaints(complaints)
+    .with_cluster(cluster)
     .with_site_health(site_health)
     .with_egress(config.egress_ips())
     .with_reload({

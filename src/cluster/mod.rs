@@ -3,8 +3,10 @@
 //! keeps its in-memory copy, so routing never waits for Redis; changes travel as keys
 //! with an expiry (the state) and pub/sub messages (the news).
 //!
-//! Shared now: blocks (learned and manual, with their evidence and expiry). A block
-//! learned on one node reaches the others in the time of one pub/sub message. When Redis
+//! Shared now: blocks (learned and manual, with their evidence and expiry) — a block
+//! learned on one node reaches the others in the time of one pub/sub message — and the
+//! blocklist refresh: one node per refresh (a lock key with an expiry) asks the lists,
+//! the others apply its results. When Redis
 //! is unreachable every node goes on with what it knows and learns ("degraded", logged
 //! once); when it is back, the node merges: blocks only Redis has are taken, blocks only
 //! the node has (or with a later expiry) are written back — a Redis restart loses nothing
@@ -23,11 +25,106 @@ use crate::site::Site;
 
 /// The pub/sub channel block changes are announced on.
 const CHANNEL: &str = "sidestep:blocks";
+/// The channel the elected checker announces its blocklist results on.
+const LISTINGS_CHANNEL: &str = "sidestep:listings";
+/// The lock key of the blocklist refresh: its value names the node that checks.
+const LISTINGS_CHECKER: &str = "sidestep:listings:checker";
+/// The latest blocklist results, for a node that joins.
+const LISTINGS_LATEST: &str = "sidestep:listings:latest";
 /// Keys of blocks: `sidestep:block:<ip>|<site>`.
 const PREFIX: &str = "sidestep:block:";
 /// A block's key outlives its expiry by this much: its strikes (how long the next one
 /// lasts) are remembered as they are on one node.
 const KEEP_AFTER_EXPIRY: u64 = 7 * 24 * 3600;
+
+/// One node's blocklist results, as they travel.
+#[derive(Debug, Serialize, Deserialize)]
+struct ListingsAnnouncement {
+    node: String,
+    outcome: crate::reputation::CheckOutcome,
+}
+
+/// The cluster's side of the blocklist refresh: a lock key with an expiry elects the
+/// checker; its results go out on pub/sub and stay in a key for nodes that join.
+struct SharedListings {
+    client: redis::Client,
+    node: String,
+    conn: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+}
+
+impl SharedListings {
+    async fn connection(&self) -> Option<redis::aio::MultiplexedConnection> {
+        let mut conn = self.conn.lock().await;
+        if conn.is_none() {
+            *conn = self.client.get_multiplexed_async_connection().await.ok();
+        }
+        conn.clone()
+    }
+}
+
+impl crate::reputation::SharedListings for SharedListings {
+    fn elect(
+        &self,
+        period: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
+        Box::pin(async move {
+            let Some(mut c) = self.connection().await else {
+                return true;
+            };
+            // Most of the period: the next refresh finds the turn free again.
+            let ms = (period.as_millis() as u64 * 9 / 10).max(500);
+            let taken: redis::RedisResult<Option<String>> = redis::cmd("SET")
+                .arg(LISTINGS_CHECKER)
+                .arg(&self.node)
+                .arg("NX")
+                .arg("PX")
+                .arg(ms)
+                .query_async(&mut c)
+                .await;
+            match taken {
+                Ok(ok) => ok.is_some(),
+                Err(_) => {
+                    *self.conn.lock().await = None;
+                    true
+                }
+            }
+        })
+    }
+
+    fn publish(&self, outcome: &crate::reputation::CheckOutcome) {
+        let message = serde_json::to_string(&ListingsAnnouncement {
+            node: self.node.clone(),
+            outcome: outcome.clone(),
+        })
+        .unwrap_or_default();
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+                return;
+            };
+            let _: redis::RedisResult<()> = c.set_ex(LISTINGS_LATEST, &message, 24 * 3600).await;
+            let _: redis::RedisResult<()> = c.publish(LISTINGS_CHANNEL, &message).await;
+        });
+    }
+}
+
+/// Applies another node's blocklist results here (persisted on a blocking thread).
+async fn apply_listings(reputation: &Reputation, node: &str, text: &str) {
+    let Ok(a) = serde_json::from_str::<ListingsAnnouncement>(text) else {
+        return;
+    };
+    if a.node == node {
+        return;
+    }
+    let r = reputation.clone();
+    match tokio::task::spawn_blocking(move || r.apply(a.outcome)).await {
+        Ok(Ok(())) => {
+            tracing::debug!(from = %a.node, "cluster: blocklist results of another node applied")
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot persist listing state"),
+        Err(_) => {}
+    }
+}
 
 /// One block change as it travels between nodes.
 #[derive(Debug, Serialize, Deserialize)]
@@ -39,6 +136,26 @@ struct Announcement {
     block: Option<Block>,
     /// When it was sent (Unix seconds).
     at: u64,
+}
+
+/// How this node stands with the cluster, for `/readyz`.
+#[derive(Debug)]
+pub struct Status {
+    /// This node's name.
+    pub node: String,
+    degraded: std::sync::atomic::AtomicBool,
+}
+
+impl Status {
+    /// Redis is unreachable: the node delivers on what it knows and learns alone.
+    pub fn degraded(&self) -> bool {
+        self.degraded.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set_degraded(&self, yes: bool) {
+        self.degraded
+            .store(yes, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// This node's name in the cluster: `[cluster] node`, else the host name.
@@ -75,17 +192,30 @@ pub fn client(config: &ClusterConfig) -> Result<Option<redis::Client>, String> {
 ///
 /// # Errors
 /// The `[cluster]` settings are unusable (check-config says which).
-pub fn start(config: &ClusterConfig, reputation: Reputation) -> Result<(), String> {
+pub fn start(
+    config: &ClusterConfig,
+    reputation: Reputation,
+) -> Result<Option<std::sync::Arc<Status>>, String> {
     let Some(client) = client(config)? else {
-        return Ok(());
+        return Ok(None);
     };
     let node = node_name(config);
+    let status = std::sync::Arc::new(Status {
+        node: node.clone(),
+        // Until the first connection says otherwise.
+        degraded: std::sync::atomic::AtomicBool::new(true),
+    });
     let (tx, rx) = mpsc::unbounded_channel();
     reputation.share_blocks(tx);
+    reputation.share_listings(std::sync::Arc::new(SharedListings {
+        client: client.clone(),
+        node: node.clone(),
+        conn: tokio::sync::Mutex::new(None),
+    }));
     tracing::info!(node = %node, "cluster: sharing blocks through Redis");
     tokio::spawn(publish(client.clone(), node.clone(), rx));
-    tokio::spawn(subscribe(client, node, reputation));
-    Ok(())
+    tokio::spawn(subscribe(client, node, reputation, status.clone()));
+    Ok(Some(status))
 }
 
 fn key(ip: IpAddr, site: &Site) -> String {
@@ -146,13 +276,18 @@ async fn write(
 
 /// Listens for other nodes' changes; on every (re)connection first merges with what
 /// Redis holds. Retries every second while Redis is away.
-async fn subscribe(client: redis::Client, node: String, reputation: Reputation) {
+async fn subscribe(
+    client: redis::Client,
+    node: String,
+    reputation: Reputation,
+    status: std::sync::Arc<Status>,
+) {
     use futures_util::StreamExt;
     let mut degraded = false;
     loop {
         match client.get_async_pubsub().await {
             Ok(mut pubsub) => {
-                if let Err(e) = pubsub.subscribe(CHANNEL).await {
+                if let Err(e) = pubsub.subscribe(&[CHANNEL, LISTINGS_CHANNEL]).await {
                     tracing::debug!(error = %e, "cluster: subscribe failed");
                 } else {
                     match merge(&client, &node, &reputation).await {
@@ -167,6 +302,7 @@ async fn subscribe(client: redis::Client, node: String, reputation: Reputation) 
                                 tracing::info!(taken, given, "cluster: connected; state merged");
                             }
                             degraded = false;
+                            status.set_degraded(false);
                         }
                         Err(e) => tracing::warn!(error = %e, "cluster: merge failed"),
                     }
@@ -175,6 +311,10 @@ async fn subscribe(client: redis::Client, node: String, reputation: Reputation) 
                         let Ok(text) = msg.get_payload::<String>() else {
                             continue;
                         };
+                        if msg.get_channel_name() == LISTINGS_CHANNEL {
+                            apply_listings(&reputation, &node, &text).await;
+                            continue;
+                        }
                         let Ok(a) = serde_json::from_str::<Announcement>(&text) else {
                             continue;
                         };
@@ -197,6 +337,7 @@ async fn subscribe(client: redis::Client, node: String, reputation: Reputation) 
             tracing::error!("cluster: lost Redis; degraded (delivering on what this node knows)");
         }
         degraded = true;
+        status.set_degraded(true);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
@@ -232,6 +373,10 @@ async fn merge(
         if let Some(b) = value.and_then(|v| serde_json::from_str::<Block>(&v).ok()) {
             remote.insert((b.ip, b.site.clone()), b);
         }
+    }
+    let latest: Option<String> = c.get(LISTINGS_LATEST).await?;
+    if let Some(text) = latest {
+        apply_listings(reputation, node, &text).await;
     }
     let now = crate::clock::unix_now();
     let mut taken = 0;

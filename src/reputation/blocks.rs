@@ -636,6 +636,11 @@ impl Reputation {
         Ok(current)
     }
 
+    /// A cluster decides who asks the blocklists each refresh, and shares the results.
+    pub fn share_listings(&self, shared: std::sync::Arc<dyn super::SharedListings>) {
+        let _ = self.shared.shared_listings.set(shared);
+    }
+
     /// Local block changes go to `tx` from now on, to be shared with the other nodes.
     pub fn share_blocks(&self, tx: tokio::sync::mpsc::UnboundedSender<super::state::BlockChange>) {
         let _ = self.shared.cluster.set(tx);

@@ -69,8 +69,9 @@ pub struct ListHealth {
     pub last_checked: Option<u64>,
 }
 
-/// The raw results of one refresh, applied by [`Reputation::apply`].
-#[derive(Debug, Default)]
+/// The raw results of one refresh, applied by [`Reputation::apply`] (and shared with the
+/// other nodes of a cluster as they are).
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CheckOutcome {
     /// Per list zone: `Ok(None)` healthy, `Ok(Some(cause))` broken, `Err` not reachable.
     pub health: Vec<(String, Result<Option<String>, String>)>,

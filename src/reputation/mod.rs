@@ -26,6 +26,6 @@ pub use learned::LearnedReply;
 pub use listings::CheckOutcome;
 pub use listings::{CheckError, ListHealth, ListingRecord, ListingState};
 pub use monitor::{check_all, spawn_monitor};
-pub use state::{BlockChange, Reputation};
+pub use state::{BlockChange, Reputation, SharedListings};
 pub use store::{ReputationReport, StoreError, read_report};
 pub use warmup::{Schedule, WarmupStatus};

@@ -126,13 +126,28 @@ pub fn spawn_monitor(
             return;
         }
         let ips: Vec<IpAddr> = egress.iter().map(|(ip, _)| *ip).collect();
+        let mut asked = false;
         loop {
             // Reverse DNS first: a missing PTR takes an IP out (with require_fcrdns)
             // before the lists are asked.
             let hygiene = super::hygiene::check_all(&resolver, &egress).await;
             reputation.set_hygiene(hygiene, require_fcrdns);
             let lists = reputation.lists();
+            // In a cluster one node asks the lists per refresh (the operator's request
+            // is always this node's own).
+            let shared = reputation.shared.shared_listings.get().cloned();
+            if let Some(shared) = &shared
+                && !asked
+                && !shared.elect(config.refresh.get()).await
+            {
+                tracing::debug!("another node asks the blocklists this refresh");
+                asked = wait_for_refresh(&reputation, &config).await;
+                continue;
+            }
             let outcome = check_all(&resolver, &lists, &ips, config.jitter.get()).await;
+            if let Some(shared) = &shared {
+                shared.publish(&outcome);
+            }
             let queries = outcome.findings.len();
             let apply = {
                 let reputation = reputation.clone();
@@ -143,14 +158,19 @@ pub fn spawn_monitor(
                 Ok(Err(e)) => tracing::error!(error = %e, "cannot persist listing state"),
                 Err(e) => tracing::error!(error = %e, "listing refresh panicked"),
             }
-            // The next refresh at its time, or at once when the operator asks
-            // (`POST /api/v1/listings/refresh`).
-            tokio::select! {
-                () = tokio::time::sleep(config.refresh.get()) => {}
-                () = reputation.refresh_requested() => {
-                    tracing::info!("blocklist refresh requested by the operator");
-                }
-            }
+            asked = wait_for_refresh(&reputation, &config).await;
         }
     })
+}
+
+/// The next refresh at its time, or at once when the operator asks (`POST
+/// /api/v1/listings/refresh`): `true` then.
+async fn wait_for_refresh(reputation: &Reputation, config: &ListingsConfig) -> bool {
+    tokio::select! {
+        () = tokio::time::sleep(config.refresh.get()) => false,
+        () = reputation.refresh_requested() => {
+            tracing::info!("blocklist refresh requested by the operator");
+            true
+        }
+    }
 }

@@ -42,6 +42,21 @@ pub(super) struct Shared {
     pub(super) warmup: super::warmup::Warmup,
     /// Where local block changes go to be shared with the other nodes (`[cluster]`).
     pub(super) cluster: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<BlockChange>>,
+    /// Who checks the blocklists this refresh, when several nodes share them.
+    pub(super) shared_listings: std::sync::OnceLock<Arc<dyn SharedListings>>,
+}
+
+/// A cluster's say in the blocklist refresh: one node asks the lists each refresh (they
+/// rate-limit the queries of many), the others take its results.
+pub trait SharedListings: Send + Sync {
+    /// Whether this node asks the lists this refresh of `period`: it holds the turn for
+    /// most of the period. Without the shared state (an outage), every node checks.
+    fn elect(
+        &self,
+        period: std::time::Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>;
+    /// The checker's results, for the other nodes.
+    fn publish(&self, outcome: &super::CheckOutcome);
 }
 
 /// A block as it is now on this node (`None`: gone), for the other nodes.
@@ -149,6 +164,7 @@ impl Reputation {
                 refresh: tokio::sync::Notify::new(),
                 warmup: Default::default(),
                 cluster: std::sync::OnceLock::new(),
+                shared_listings: std::sync::OnceLock::new(),
             }),
         }
     }

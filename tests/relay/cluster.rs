@@ -121,9 +121,16 @@ async fn redis_killed_and_restarted_loses_no_block_and_merges_what_was_learned_m
     }
     n1.log_with("cluster: connected").await;
 
+    let ready = crate::support::http_get(n1.admin.unwrap(), "/readyz").await;
+    assert!(ready.contains("ok (node n1)"), "{ready}");
     // Redis goes away; node 1 keeps delivering and learns a block alone.
     redis.kill();
     n1.log_with("degraded").await;
+    let ready = crate::support::http_get(n1.admin.unwrap(), "/readyz").await;
+    assert!(
+        ready.contains(r#""queue":"ok""#) && ready.contains("degraded (node n1)"),
+        "a Redis outage shows, and the node stays ready: {ready}"
+    );
     refuse(&w);
     send(&n1, 3, "outage").await;
     w.dest.wait_for(3).await;
@@ -139,4 +146,136 @@ async fn redis_killed_and_restarted_loses_no_block_and_merges_what_was_learned_m
     send(&others[1].1, 3, "after").await;
     w.dest.wait_for(6).await;
     assert_eq!(connections_from(&w, REFUSED), refused_before);
+}
+
+/// A DNS forwarder on loopback that counts the queries for names under `zone` (what a
+/// blocklist operator sees of us) and passes every query on to the test's server.
+struct CountingDns {
+    addr: std::net::SocketAddr,
+    counts: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+impl CountingDns {
+    async fn start(upstream: std::net::SocketAddr, zone: &str) -> CountingDns {
+        let socket = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let addr = socket.local_addr().unwrap();
+        let counts = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        let (zone, seen) = (format!(".{zone}"), counts.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let Ok((n, client)) = socket.recv_from(&mut buf).await else {
+                    return;
+                };
+                let query = buf[..n].to_vec();
+                if let Some(name) = qname(&query).filter(|q| q.ends_with(&zone)) {
+                    *seen.lock().unwrap().entry(name).or_insert(0) += 1;
+                }
+                let socket = socket.clone();
+                tokio::spawn(async move {
+                    let up = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                    up.send_to(&query, upstream).await.unwrap();
+                    let mut answer = vec![0u8; 4096];
+                    if let Ok(Ok((m, _))) = tokio::time::timeout(
+                        std::time::Duration::from_secs(2),
+                        up.recv_from(&mut answer),
+                    )
+                    .await
+                    {
+                        let _ = socket.send_to(&answer[..m], client).await;
+                    }
+                });
+            }
+        });
+        CountingDns { addr, counts }
+    }
+
+    fn count(&self, name: &str) -> usize {
+        self.counts.lock().unwrap().get(name).copied().unwrap_or(0)
+    }
+}
+
+/// The question's name of a DNS query, lower case, without the final dot.
+fn qname(packet: &[u8]) -> Option<String> {
+    let mut labels = Vec::new();
+    let mut i = 12;
+    loop {
+        let len = *packet.get(i)? as usize;
+        if len == 0 {
+            return Some(labels.join(".").to_ascii_lowercase());
+        }
+        labels.push(String::from_utf8_lossy(packet.get(i + 1..i + 1 + len)?).into_owned());
+        i += 1 + len;
+    }
+}
+
+#[tokio::test]
+async fn one_node_asks_the_blocklists_each_refresh_and_every_node_takes_its_listing() {
+    let redis = Redis::start().await;
+    let mut w = World::new().await;
+    // 127.0.0.2 is every list's positive test point: these nodes send from .3 and .4.
+    w.setup.egress = vec![3, 4];
+    w.setup.dns.healthy_list("bl.test").await;
+    w.setup
+        .dns
+        .list(
+            "bl.test",
+            "127.0.0.4".parse().unwrap(),
+            "127.0.0.2",
+            Some("spam source"),
+        )
+        .await;
+    let dns = CountingDns::start(w.setup.dns.addr, "bl.test").await;
+    w.setup.extra = format!(
+        "\n[listings]\nrefresh = \"2s\"\njitter = \"0s\"\n\n[[blocklists]]\nzone = \"bl.test\"\nname = \"Test list\"\nseverity = \"hard\"\n[blocklists.codes]\n\"127.0.0.2\" = \"spam source\"\n\n[cluster]\nredis = \"{}\"\nnode = \"n1\"\n",
+        redis.url()
+    );
+    let through_counter =
+        |config: String| config.replace(&w.setup.dns.addr.to_string(), &dns.addr.to_string());
+    let n1 = Relay::start(&through_counter(w.setup.config()), w.setup.dir.path()).await;
+    let mut nodes = vec![(None, n1)];
+    for (dir, relay) in more_nodes(&w).await {
+        drop(relay);
+        let config = std::fs::read_to_string(dir.path().join("sidestep.toml")).unwrap();
+        let relay = Relay::start(&through_counter(config), dir.path()).await;
+        nodes.push((Some(dir), relay));
+    }
+    // Every node takes the listing, whoever asked.
+    for (dir, _) in &nodes {
+        let config = match dir {
+            Some(d) => d.path().join("sidestep.toml"),
+            None => w.setup.dir.path().join("sidestep.toml"),
+        };
+        crate::support::eventually(
+            || {
+                let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidestep"))
+                    .args(["listings", "--json", "--config"])
+                    .arg(&config)
+                    .output()
+                    .unwrap();
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                v["records"].as_array().is_some_and(|r| {
+                    r.iter()
+                        .any(|r| r["ip"] == "127.0.0.4" && r["state"]["Listed"].is_object())
+                })
+            },
+            || format!("{} not listed at {}", "127.0.0.4", config.display()),
+        )
+        .await;
+    }
+    // Over 6 s of 2 s refreshes, the list is asked about the clean 127.0.0.3 (one query
+    // per check; a listed IP adds a TXT query) about three times, not three per node.
+    let name = "3.0.0.127.bl.test";
+    let before = dns.count(name);
+    tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+    let asked = dns.count(name) - before;
+    assert!(
+        (1..=5).contains(&asked),
+        "{asked} queries for {name} in 6 s from three nodes with a 2 s refresh"
+    );
+    let skipped = nodes
+        .iter()
+        .filter(|(_, n)| n.log().contains("another node asks the blocklists"))
+        .count();
+    assert!(skipped >= 2, "the others take the checker's results");
 }
