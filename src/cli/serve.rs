@@ -52,6 +52,9 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     );
     let outbound = Outbound::new(&config, resolver.clone(), reputation.clone())
         .context("setting up delivery")?;
+    if let Some(c) = &cluster {
+        outbound.share_slots(c.slots.clone());
+    }
     let ctx = Arc::new(
         QueueContext::new(
             config.clone(),
@@ -142,7 +145,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     .with_senders(senders.clone())
     .with_probes(probes)
     .with_complaints(complaints)
-    .with_cluster(cluster)
+    .with_cluster(cluster.map(|c| c.status))
     .with_site_health(site_health)
     .with_egress(config.egress_ips())
     .with_reload({

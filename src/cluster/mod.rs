@@ -47,18 +47,36 @@ struct ListingsAnnouncement {
 /// The cluster's side of the blocklist refresh: a lock key with an expiry elects the
 /// checker; its results go out on pub/sub and stay in a key for nodes that join.
 struct SharedListings {
-    client: redis::Client,
+    conn: Conn,
     node: String,
+}
+
+/// A connection kept for the next command, made again after a failure.
+struct Conn {
+    client: redis::Client,
     conn: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
 }
 
-impl SharedListings {
-    async fn connection(&self) -> Option<redis::aio::MultiplexedConnection> {
+impl Conn {
+    fn new(client: redis::Client) -> Self {
+        Self {
+            client,
+            conn: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The kept connection, or a new one; `None` while Redis is unreachable.
+    async fn get(&self) -> Option<redis::aio::MultiplexedConnection> {
         let mut conn = self.conn.lock().await;
         if conn.is_none() {
             *conn = self.client.get_multiplexed_async_connection().await.ok();
         }
         conn.clone()
+    }
+
+    /// A command failed: the next one connects again.
+    async fn reset(&self) {
+        *self.conn.lock().await = None;
     }
 }
 
@@ -68,7 +86,7 @@ impl crate::reputation::SharedListings for SharedListings {
         period: Duration,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>> {
         Box::pin(async move {
-            let Some(mut c) = self.connection().await else {
+            let Some(mut c) = self.conn.get().await else {
                 return true;
             };
             // Most of the period: the next refresh finds the turn free again.
@@ -84,7 +102,7 @@ impl crate::reputation::SharedListings for SharedListings {
             match taken {
                 Ok(ok) => ok.is_some(),
                 Err(_) => {
-                    *self.conn.lock().await = None;
+                    self.conn.reset().await;
                     true
                 }
             }
@@ -97,13 +115,90 @@ impl crate::reputation::SharedListings for SharedListings {
             outcome: outcome.clone(),
         })
         .unwrap_or_default();
-        let client = self.client.clone();
+        let client = self.conn.client.clone();
         tokio::spawn(async move {
             let Ok(mut c) = client.get_multiplexed_async_connection().await else {
                 return;
             };
             let _: redis::RedisResult<()> = c.set_ex(LISTINGS_LATEST, &message, 24 * 3600).await;
             let _: redis::RedisResult<()> = c.publish(LISTINGS_CHANNEL, &message).await;
+        });
+    }
+}
+
+/// Connection leases per site: `sidestep:conn:<site>` is a sorted set of leases scored
+/// by their expiry, so that a node that dies mid-delivery frees its leases in time.
+const CONN_PREFIX: &str = "sidestep:conn:";
+/// A lease lives this long unless given back (a delivery is seconds; a dead node's
+/// leases go after this).
+const LEASE_MS: u64 = 60_000;
+
+/// Takes a lease when fewer than the limit are live, in one step on the server.
+const TAKE_LEASE: &str = r"
+local now = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+  return 1
+end
+return 0
+";
+
+/// The cluster's connection count: `[[shaping]] max_connections` for all nodes together.
+pub struct SharedSlots {
+    conn: std::sync::Arc<Conn>,
+    node: String,
+    script: redis::Script,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl crate::routing::SharedSlots for SharedSlots {
+    fn take(
+        &self,
+        key: &str,
+        limit: usize,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<String>, ()>> + Send + '_>>
+    {
+        let key = format!("{CONN_PREFIX}{key}");
+        Box::pin(async move {
+            let mut c = self.conn.get().await.ok_or(())?;
+            let lease = format!(
+                "{}:{}",
+                self.node,
+                self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            );
+            let now = crate::clock::unix_now_ms();
+            let taken: redis::RedisResult<i64> = self
+                .script
+                .key(&key)
+                .arg(now)
+                .arg(LEASE_MS)
+                .arg(limit)
+                .arg(&lease)
+                .invoke_async(&mut c)
+                .await;
+            match taken {
+                Ok(1) => Ok(Some(lease)),
+                Ok(_) => Ok(None),
+                Err(_) => {
+                    self.conn.reset().await;
+                    Err(())
+                }
+            }
+        })
+    }
+
+    fn give_back(&self, key: &str, lease: String) {
+        let key = format!("{CONN_PREFIX}{key}");
+        let conn = self.conn.clone();
+        tokio::spawn(async move {
+            if let Some(mut c) = conn.get().await {
+                let removed: redis::RedisResult<()> = c.zrem(key, lease).await;
+                if removed.is_err() {
+                    conn.reset().await;
+                }
+            }
         });
     }
 }
@@ -192,10 +287,7 @@ pub fn client(config: &ClusterConfig) -> Result<Option<redis::Client>, String> {
 ///
 /// # Errors
 /// The `[cluster]` settings are unusable (check-config says which).
-pub fn start(
-    config: &ClusterConfig,
-    reputation: Reputation,
-) -> Result<Option<std::sync::Arc<Status>>, String> {
+pub fn start(config: &ClusterConfig, reputation: Reputation) -> Result<Option<Started>, String> {
     let Some(client) = client(config)? else {
         return Ok(None);
     };
@@ -208,14 +300,27 @@ pub fn start(
     let (tx, rx) = mpsc::unbounded_channel();
     reputation.share_blocks(tx);
     reputation.share_listings(std::sync::Arc::new(SharedListings {
-        client: client.clone(),
+        conn: Conn::new(client.clone()),
         node: node.clone(),
-        conn: tokio::sync::Mutex::new(None),
     }));
     tracing::info!(node = %node, "cluster: sharing blocks through Redis");
     tokio::spawn(publish(client.clone(), node.clone(), rx));
+    let slots = std::sync::Arc::new(SharedSlots {
+        conn: std::sync::Arc::new(Conn::new(client.clone())),
+        node: node.clone(),
+        script: redis::Script::new(TAKE_LEASE),
+        next: std::sync::atomic::AtomicU64::new(0),
+    });
     tokio::spawn(subscribe(client, node, reputation, status.clone()));
-    Ok(Some(status))
+    Ok(Some(Started { status, slots }))
+}
+
+/// What a started cluster hands the rest of the relay.
+pub struct Started {
+    /// Connected or degraded, for `/readyz`.
+    pub status: std::sync::Arc<Status>,
+    /// The shared connection count, for the shaper.
+    pub slots: std::sync::Arc<SharedSlots>,
 }
 
 fn key(ip: IpAddr, site: &Site) -> String {

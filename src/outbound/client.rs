@@ -123,14 +123,22 @@ impl Outbound {
         })
     }
 
-    /// Keeps `old`'s knowledge of down sites (a reload must not forget them).
+    /// Keeps `old`'s knowledge of down sites (a reload must not forget them), and its
+    /// place in the cluster's connection count.
     pub fn keep_health(mut self, old: &Outbound) -> Self {
         self.health = old.health.clone();
         if old.shaper.rules() == self.shaper.rules() {
             // Same rules: the hour's counts and the slots in use carry on.
             self.shaper = old.shaper.clone();
+        } else if let Some(shared) = old.shaper.shared_slots() {
+            self.shaper.share_slots(shared);
         }
         self
+    }
+
+    /// `[[shaping]]` connection limits hold across the cluster's nodes from now on.
+    pub fn share_slots(&self, slots: std::sync::Arc<dyn crate::routing::SharedSlots>) {
+        self.shaper.share_slots(slots);
     }
 
     /// `site` asked us to slow down: its shaping is tightened for `period`.
@@ -508,6 +516,10 @@ impl Outbound {
     ) -> Result<(Vec<RemoteReply>, bool), HostFailure> {
         let tls = tls.into();
         let dest = SocketAddr::new(addr, self.port);
+        // A connection limit shared by a cluster counts deliveries under way, so a
+        // session is not kept idle for such a site: every open connection holds a lease.
+        let keep =
+            shaped.shapes.0.max_connections.is_none() || self.shaper.shared_slots().is_none();
         let _busy = self.sessions.busy(dest);
         while let Some(mut session) = self.sessions.take(egress.ip, dest) {
             if tls == TlsUse::Verified && !session.verified {
@@ -520,8 +532,8 @@ impl Outbound {
                 // The server closed the idle session meanwhile: nothing of this message
                 // was taken; another idle session or a new connection will do.
                 After::Stale => continue,
-                After::Ready => self.sessions.put(egress.ip, dest, session),
-                After::Done => session.quit().await,
+                After::Ready if keep => self.sessions.put(egress.ip, dest, session),
+                After::Ready | After::Done => session.quit().await,
             }
             return Ok((t.replies, true));
         }
@@ -546,8 +558,8 @@ impl Outbound {
         .min();
         let t = transaction(&mut session.client, session.caps, d, mx, false).await;
         match t.after {
-            After::Ready => self.sessions.put(egress.ip, dest, session),
-            After::Done | After::Stale => session.quit().await,
+            After::Ready if keep => self.sessions.put(egress.ip, dest, session),
+            After::Ready | After::Done | After::Stale => session.quit().await,
         }
         Ok((t.replies, false))
     }

@@ -72,12 +72,62 @@ pub struct Shaper {
     /// Sites that said "too fast", until when: their shape is tightened whatever the
     /// rule (one connection, half the rates), for every domain they serve.
     tightened: Mutex<HashMap<Site, Instant>>,
+    /// The cluster's count of connections, when several nodes share the limits.
+    shared: std::sync::OnceLock<Arc<dyn SharedSlots>>,
 }
 
 /// A permit for one connection under the site's (and IP's) connection limits.
 pub struct Slot {
     _site: Option<tokio::sync::OwnedSemaphorePermit>,
     _ip: Option<tokio::sync::OwnedSemaphorePermit>,
+    _leases: Vec<Lease>,
+}
+
+/// Several nodes' count of connections to a site (a cluster): the site's
+/// `max_connections` holds for all of them together.
+pub trait SharedSlots: Send + Sync {
+    /// Takes one of `limit` leases of `key`: `Ok(Some(lease))`, or `Ok(None)` while all
+    /// are taken (by any node). `Err(())`: the shared count is unreachable, this node
+    /// counts alone.
+    fn take(
+        &self,
+        key: &str,
+        limit: usize,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<String>, ()>> + Send + '_>>;
+    /// Gives `lease` of `key` back (in the background).
+    fn give_back(&self, key: &str, lease: String);
+}
+
+/// A lease of the shared count, given back when the connection is done.
+struct Lease {
+    shared: Arc<dyn SharedSlots>,
+    key: String,
+    lease: String,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.shared
+            .give_back(&self.key, std::mem::take(&mut self.lease));
+    }
+}
+
+/// Waits for a lease of `key` under `limit`; `None` when the shared count cannot be
+/// reached (the local limit still holds).
+async fn lease(shared: &Arc<dyn SharedSlots>, key: String, limit: usize) -> Option<Lease> {
+    loop {
+        match shared.take(&key, limit).await {
+            Ok(Some(lease)) => {
+                return Some(Lease {
+                    shared: shared.clone(),
+                    key,
+                    lease,
+                });
+            }
+            Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(()) => return None,
+        }
+    }
 }
 
 impl Shaper {
@@ -87,6 +137,16 @@ impl Shaper {
             rules,
             ..Self::default()
         }
+    }
+
+    /// Connection limits hold across the nodes that share `slots` from now on.
+    pub fn share_slots(&self, slots: Arc<dyn SharedSlots>) {
+        let _ = self.shared.set(slots);
+    }
+
+    /// The shared count this shaper uses, to hand on to its successor after a reload.
+    pub fn shared_slots(&self) -> Option<Arc<dyn SharedSlots>> {
+        self.shared.get().cloned()
     }
 
     /// The rules (kept across reloads with their state when unchanged).
@@ -240,9 +300,24 @@ impl Shaper {
                 .ok(),
             _ => None,
         };
+        // Across the cluster: a lease of the site's (and the IP's) shared count.
+        let mut leases = Vec::new();
+        if let Some(shared) = self.shared.get() {
+            if let Some(n) = shapes.0.max_connections
+                && let Some(l) = lease(shared, format!("{site}"), n).await
+            {
+                leases.push(l);
+            }
+            if let (Some(n), Some(ip)) = (shapes.1.max_connections, ip)
+                && let Some(l) = lease(shared, format!("{site}|{ip}"), n).await
+            {
+                leases.push(l);
+            }
+        }
         Slot {
             _site: site_slot,
             _ip: ip_slot,
+            _leases: leases,
         }
     }
 }

@@ -279,3 +279,33 @@ async fn one_node_asks_the_blocklists_each_refresh_and_every_node_takes_its_list
         .count();
     assert!(skipped >= 2, "the others take the checker's results");
 }
+
+#[tokio::test]
+async fn a_sites_connection_limit_holds_across_the_nodes() {
+    let redis = Redis::start().await;
+    let mut w = World::new().await;
+    w.setup.extra = format!(
+        "\n[[shaping]]\nsites = [\"*.dest.test\"]\nmax_connections = 1\n\n[cluster]\nredis = \"{}\"\nnode = \"n1\"\n",
+        redis.url()
+    );
+    w.dest
+        .behave(|b| b.data_delay = Some(std::time::Duration::from_millis(150)));
+    let n1 = w.setup.start().await;
+    let others = more_nodes(&w).await;
+    n1.log_with("cluster: connected").await;
+    for (_, n) in &others {
+        n.log_with("cluster: connected").await;
+    }
+    // All three nodes deliver to the site at once.
+    tokio::join!(
+        send(&n1, 3, "a"),
+        send(&others[0].1, 3, "b"),
+        send(&others[1].1, 3, "c")
+    );
+    w.dest.wait_for(9).await;
+    assert_eq!(
+        w.dest.max_open.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the site allows one connection, from all nodes together"
+    );
+}
