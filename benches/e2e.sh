@@ -27,6 +27,8 @@
 #                       [--scenario simple|realistic|both] [--real-messages 10000]
 #                       [--deep 100000]   (deep-queue messages; 0: skip it)
 #                       [--benchmail PATH]   (default: built from examples/, release)
+#                       [--cluster]   (also: sidestep with [cluster] on a local redis-server,
+#                                      in the same rounds; the cost of the shared state)
 #
 # Needs Debian's postfix (smtp-source, smtp-sink, postfix) and dnsmasq-base, python3, and
 # root (Postfix's daemons switch to the postfix user). Everything it starts runs from
@@ -46,6 +48,7 @@ ROUNDS=1
 SCENARIO=both
 REAL_MESSAGES=10000
 DEEP=100000
+CLUSTER=no
 while [ $# -gt 0 ]; do
   case "$1" in
     --messages) MESSAGES=$2; shift 2 ;;
@@ -60,7 +63,8 @@ while [ $# -gt 0 ]; do
     --scenario) SCENARIO=$2; shift 2 ;;
     --real-messages) REAL_MESSAGES=$2; shift 2 ;;
     --deep) DEEP=$2; shift 2 ;;
-    -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+    --cluster) CLUSTER=yes; shift ;;
+    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -185,6 +189,7 @@ scenario() { [ "$SCENARIO" = both ] || [ "$SCENARIO" = "$1" ]; }
 # A fresh sidestep with its own spool; sets S_PID and S_PORT.
 S_PID=""
 start_sidestep() {
+  local extra=${1:-}
   if [ -n "$S_PID" ]; then kill "$S_PID" 2>/dev/null || true; wait "$S_PID" 2>/dev/null || true; fi
   rm -rf "$WORK/sidestep"
   S_PORT=$(free_port)
@@ -216,6 +221,7 @@ helo = "out2.bench.test"
 [[pools.egress]]
 ip = "127.0.0.3"
 helo = "out3.bench.test"
+$extra
 TOML
   RUST_LOG=${BENCH_LOG:-info} "$SIDESTEP" serve --config "$WORK/sidestep/sidestep.toml" \
     > "$WORK/sidestep/out.log" 2> "$WORK/sidestep/relay.log" &
@@ -342,6 +348,24 @@ start_sink
 read -r S_ACCEPT S_E2E <<< "$(phase "127.0.0.1:$S_PORT")"
 sidestep_usage "$MESSAGES"
 printf "%-9s accept %9s msg/s   end-to-end %9s msg/s   peak RSS %s MiB   CPU %s us/msg\n" sidestep "$S_ACCEPT" "$S_E2E" "$S_RSS" "$S_CPU"
+fi
+
+# --- sidestep with [cluster] (a fresh redis-server each round) ---
+if [ "$CLUSTER" = yes ] && wants sidestep; then
+  command -v redis-server >/dev/null || { echo "--cluster needs redis-server (apt-get install redis-server)" >&2; exit 2; }
+  R_PORT=$(free_port)
+  redis-server --bind 127.0.0.1 --port "$R_PORT" --save "" --appendonly no > "$WORK/redis.log" 2>&1 &
+  R_PID=$!
+  PIDS+=("$R_PID")
+  wait_port "$R_PORT"
+  start_sidestep "$(printf '[cluster]\nredis = "redis://127.0.0.1:%s/0"\nnode = "bench"\n' "$R_PORT")"
+  start_sink
+  read -r K_ACCEPT K_E2E <<< "$(phase "127.0.0.1:$S_PORT")"
+  sidestep_usage "$MESSAGES"
+  K_OPS=$(redis-cli -p "$R_PORT" info commandstats 2>/dev/null | awk -F'[=,]' '/^cmdstat_/ { n += $2 } END { print n + 0 }')
+  printf "%-9s accept %9s msg/s   end-to-end %9s msg/s   peak RSS %s MiB   CPU %s us/msg   Redis commands: %s\n" cluster "$K_ACCEPT" "$K_E2E" "$S_RSS" "$S_CPU" "$K_OPS"
+  awk -v k="$K_E2E" -v s="$S_E2E" 'BEGIN { printf "ratios    cluster/sidestep %.2f end-to-end (goal >= 0.90)\n", k / s }'
+  kill "$R_PID" 2>/dev/null || true
 fi
 
 # --- postfix ---
