@@ -40,7 +40,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)
         .context("loading sender suspensions")?;
     senders.set_alerts(alerts.clone());
-    let cluster = crate::cluster::start(&config.cluster, reputation.clone())
+    let cluster = crate::cluster::start(&config.cluster, reputation.clone(), senders.clone())
         .map_err(anyhow::Error::msg)
         .context("[cluster]")?;
     let monitor = reputation::spawn_monitor(

@@ -6,7 +6,8 @@
 //! Shared now: blocks (learned and manual, with their evidence and expiry) — a block
 //! learned on one node reaches the others in the time of one pub/sub message — and the
 //! blocklist refresh: one node per refresh (a lock key with an expiry) asks the lists,
-//! the others apply its results. When Redis
+//! the others apply its results; sender suspensions and releases; `[[shaping]]`
+//! connection limits (leases). When Redis
 //! is unreachable every node goes on with what it knows and learns ("degraded", logged
 //! once); when it is back, the node merges: blocks only Redis has are taken, blocks only
 //! the node has (or with a later expiry) are written back — a Redis restart loses nothing
@@ -25,6 +26,10 @@ use crate::site::Site;
 
 /// The pub/sub channel block changes are announced on.
 const CHANNEL: &str = "sidestep:blocks";
+/// The channel sender suspensions and releases are announced on.
+const SENDERS_CHANNEL: &str = "sidestep:senders";
+/// Keys of suspended senders: `sidestep:sender:<user:NAME|domain:NAME>`.
+const SENDER_PREFIX: &str = "sidestep:sender:";
 /// The channel the elected checker announces its blocklist results on.
 const LISTINGS_CHANNEL: &str = "sidestep:listings";
 /// The lock key of the blocklist refresh: its value names the node that checks.
@@ -287,7 +292,11 @@ pub fn client(config: &ClusterConfig) -> Result<Option<redis::Client>, String> {
 ///
 /// # Errors
 /// The `[cluster]` settings are unusable (check-config says which).
-pub fn start(config: &ClusterConfig, reputation: Reputation) -> Result<Option<Started>, String> {
+pub fn start(
+    config: &ClusterConfig,
+    reputation: Reputation,
+    senders: crate::senders::Senders,
+) -> Result<Option<Started>, String> {
     let Some(client) = client(config)? else {
         return Ok(None);
     };
@@ -311,7 +320,10 @@ pub fn start(config: &ClusterConfig, reputation: Reputation) -> Result<Option<St
         script: redis::Script::new(TAKE_LEASE),
         next: std::sync::atomic::AtomicU64::new(0),
     });
-    tokio::spawn(subscribe(client, node, reputation, status.clone()));
+    let (sender_tx, sender_rx) = mpsc::unbounded_channel();
+    senders.share_with(sender_tx);
+    tokio::spawn(publish_senders(client.clone(), node.clone(), sender_rx));
+    tokio::spawn(subscribe(client, node, reputation, senders, status.clone()));
     Ok(Some(Started { status, slots }))
 }
 
@@ -385,6 +397,7 @@ async fn subscribe(
     client: redis::Client,
     node: String,
     reputation: Reputation,
+    senders: crate::senders::Senders,
     status: std::sync::Arc<Status>,
 ) {
     use futures_util::StreamExt;
@@ -392,9 +405,15 @@ async fn subscribe(
     loop {
         match client.get_async_pubsub().await {
             Ok(mut pubsub) => {
-                if let Err(e) = pubsub.subscribe(&[CHANNEL, LISTINGS_CHANNEL]).await {
+                if let Err(e) = pubsub
+                    .subscribe(&[CHANNEL, LISTINGS_CHANNEL, SENDERS_CHANNEL])
+                    .await
+                {
                     tracing::debug!(error = %e, "cluster: subscribe failed");
                 } else {
+                    if let Err(e) = merge_senders(&client, &node, &senders).await {
+                        tracing::warn!(error = %e, "cluster: merging sender suspensions failed");
+                    }
                     match merge(&client, &node, &reputation).await {
                         Ok((taken, given)) => {
                             if degraded {
@@ -418,6 +437,14 @@ async fn subscribe(
                         };
                         if msg.get_channel_name() == LISTINGS_CHANNEL {
                             apply_listings(&reputation, &node, &text).await;
+                            continue;
+                        }
+                        if msg.get_channel_name() == SENDERS_CHANNEL {
+                            if let Ok(a) = serde_json::from_str::<SenderAnnouncement>(&text)
+                                && a.node != node
+                            {
+                                senders.apply_remote(a.change);
+                            }
                             continue;
                         }
                         let Ok(a) = serde_json::from_str::<Announcement>(&text) else {
@@ -447,6 +474,117 @@ async fn subscribe(
     }
 }
 
+/// One node's suspension or release of a sender, as it travels.
+#[derive(Debug, Serialize, Deserialize)]
+struct SenderAnnouncement {
+    node: String,
+    change: crate::senders::SenderChange,
+}
+
+/// Writes each local suspension (a key without expiry: it lasts until released) or
+/// release (the key goes) to Redis and announces it.
+async fn publish_senders(
+    client: redis::Client,
+    node: String,
+    mut rx: mpsc::UnboundedReceiver<crate::senders::SenderChange>,
+) {
+    let conn = Conn::new(client);
+    while let Some(change) = rx.recv().await {
+        let Some(mut c) = conn.get().await else {
+            continue;
+        };
+        if write_sender(&mut c, &node, change).await.is_err() {
+            conn.reset().await;
+        }
+    }
+}
+
+async fn write_sender(
+    c: &mut redis::aio::MultiplexedConnection,
+    node: &str,
+    change: crate::senders::SenderChange,
+) -> redis::RedisResult<()> {
+    let k = format!("{SENDER_PREFIX}{}", change.sender);
+    match &change.suspension {
+        Some(s) => {
+            let _: () = c
+                .set(&k, serde_json::to_string(s).unwrap_or_default())
+                .await?;
+        }
+        None => {
+            let _: () = c.del(&k).await?;
+        }
+    }
+    let message = serde_json::to_string(&SenderAnnouncement {
+        node: node.to_string(),
+        change,
+    })
+    .unwrap_or_default();
+    let _: () = c.publish(SENDERS_CHANNEL, message).await?;
+    Ok(())
+}
+
+/// The keys under `prefix`, by SCAN.
+async fn keys(
+    c: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+) -> redis::RedisResult<Vec<String>> {
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(500)
+            .query_async(c)
+            .await?;
+        keys.extend(batch);
+        if next == 0 {
+            return Ok(keys);
+        }
+        cursor = next;
+    }
+}
+
+/// Suspensions: the union of Redis's and this node's (a release made while Redis was
+/// away is undone by another node's record of the suspension: release it again).
+async fn merge_senders(
+    client: &redis::Client,
+    node: &str,
+    senders: &crate::senders::Senders,
+) -> redis::RedisResult<()> {
+    let mut c = client.get_multiplexed_async_connection().await?;
+    let mut remote = std::collections::BTreeSet::new();
+    for k in keys(&mut c, SENDER_PREFIX).await? {
+        let value: Option<String> = c.get(&k).await?;
+        if let Some(s) =
+            value.and_then(|v| serde_json::from_str::<crate::senders::Suspension>(&v).ok())
+        {
+            remote.insert(s.sender.clone());
+            senders.apply_remote(crate::senders::SenderChange {
+                sender: s.sender.clone(),
+                suspension: Some(s),
+            });
+        }
+    }
+    for s in senders.suspensions() {
+        if !remote.contains(&s.sender) {
+            write_sender(
+                &mut c,
+                node,
+                crate::senders::SenderChange {
+                    sender: s.sender.clone(),
+                    suspension: Some(s),
+                },
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
 /// Blocks Redis has that this node lacks (or that end later) are taken; blocks this
 /// node has that Redis lacks (or that end later here) are written and announced.
 async fn merge(
@@ -455,23 +593,7 @@ async fn merge(
     reputation: &Reputation,
 ) -> redis::RedisResult<(usize, usize)> {
     let mut c = client.get_multiplexed_async_connection().await?;
-    let mut keys: Vec<String> = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{PREFIX}*"))
-            .arg("COUNT")
-            .arg(500)
-            .query_async(&mut c)
-            .await?;
-        keys.extend(batch);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
+    let keys = keys(&mut c, PREFIX).await?;
     let mut remote = std::collections::HashMap::new();
     for k in keys {
         let value: Option<String> = c.get(&k).await?;

@@ -122,6 +122,18 @@ struct Shared {
     /// Serialises writes of the file, so the last write holds the latest state.
     persist: Mutex<()>,
     alerts: OnceLock<crate::alerts::Alerts>,
+    /// Where local suspensions and releases go to be shared with the other nodes.
+    cluster: OnceLock<tokio::sync::mpsc::UnboundedSender<SenderChange>>,
+}
+
+/// A sender's suspension as it is now on this node (`None`: released), for the other
+/// nodes of a cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SenderChange {
+    /// Who.
+    pub sender: SenderId,
+    /// The suspension, or `None` when it was released.
+    pub suspension: Option<Suspension>,
 }
 
 #[derive(Default)]
@@ -370,6 +382,7 @@ impl Senders {
             );
         }
         self.persist();
+        self.share(id, Some(suspension.clone()));
         Some(suspension)
     }
 
@@ -383,8 +396,48 @@ impl Senders {
         if released.is_some() {
             tracing::warn!(sender = %id, "sender released by the operator");
             self.persist();
+            self.share(id, None);
         }
         released
+    }
+
+    /// Local suspensions and releases go to `tx` from now on (a cluster).
+    pub fn share_with(&self, tx: tokio::sync::mpsc::UnboundedSender<SenderChange>) {
+        let _ = self.shared.cluster.set(tx);
+    }
+
+    fn share(&self, id: &SenderId, suspension: Option<Suspension>) {
+        if let Some(tx) = self.shared.cluster.get() {
+            let _ = tx.send(SenderChange {
+                sender: id.clone(),
+                suspension,
+            });
+        }
+    }
+
+    /// Another node suspended (`Some`) or released (`None`) a sender: the same here
+    /// (its new mail refused, its queued mail held at its next attempt), persisted, not
+    /// alerted again. Returns whether anything changed.
+    pub fn apply_remote(&self, change: SenderChange) -> bool {
+        let changed = {
+            let mut state = self.lock();
+            match change.suspension {
+                Some(s) if !state.suspended.contains_key(&change.sender) => {
+                    state.suspended.insert(change.sender.clone(), s);
+                    true
+                }
+                Some(_) => false,
+                None => {
+                    state.recent.remove(&change.sender);
+                    state.suspended.remove(&change.sender).is_some()
+                }
+            }
+        };
+        if changed {
+            tracing::warn!(sender = %change.sender, suspended = self.suspended(&change.sender).is_some(), "sender suspension changed by another node");
+            self.persist();
+        }
+        changed
     }
 
     /// Writes the suspensions (a temporary file, fsynced, renamed over the old one).

@@ -39,6 +39,25 @@ async fn more_nodes(w: &World) -> Vec<(tempfile::TempDir, Relay)> {
     nodes
 }
 
+/// `extra` and node 1's `[cluster]` section on `redis`.
+fn with_cluster(redis: &Redis, extra: &str) -> String {
+    format!(
+        "\n{extra}\n[cluster]\nredis = \"{}\"\nnode = \"n1\"\n",
+        redis.url()
+    )
+}
+
+/// Node 1 (the setup's) and nodes 2 and 3, each connected to Redis.
+async fn three_nodes(w: &World) -> (Relay, Vec<(tempfile::TempDir, Relay)>) {
+    let n1 = w.setup.start().await;
+    let others = more_nodes(w).await;
+    n1.log_with("cluster: connected").await;
+    for (_, n) in &others {
+        n.log_with("cluster: connected").await;
+    }
+    (n1, others)
+}
+
 async fn send(relay: &Relay, n: usize, tag: &str) {
     let mut c = crate::support::client::ready(relay.addr).await;
     for i in 0..n {
@@ -66,14 +85,9 @@ fn connections_from(w: &World, ip: &str) -> usize {
 async fn a_block_learned_on_one_node_keeps_the_others_off_the_ip() {
     let redis = Redis::start().await;
     let mut w = World::new().await;
-    w.setup.extra = format!("\n[cluster]\nredis = \"{}\"\nnode = \"n1\"\n", redis.url());
+    w.setup.extra = with_cluster(&redis, "");
     refuse(&w);
-    let n1 = w.setup.start().await;
-    let others = more_nodes(&w).await;
-    for (_, n) in &others {
-        n.log_with("cluster: connected").await;
-    }
-    n1.log_with("cluster: connected").await;
+    let (n1, others) = three_nodes(&w).await;
 
     // Node 1 meets the refusal and blocks the IP for the site.
     send(&n1, 2, "one").await;
@@ -113,13 +127,8 @@ async fn a_block_learned_on_one_node_keeps_the_others_off_the_ip() {
 async fn redis_killed_and_restarted_loses_no_block_and_merges_what_was_learned_meanwhile() {
     let mut redis = Redis::start().await;
     let mut w = World::new().await;
-    w.setup.extra = format!("\n[cluster]\nredis = \"{}\"\nnode = \"n1\"\n", redis.url());
-    let n1 = w.setup.start().await;
-    let others = more_nodes(&w).await;
-    for (_, n) in &others {
-        n.log_with("cluster: connected").await;
-    }
-    n1.log_with("cluster: connected").await;
+    w.setup.extra = with_cluster(&redis, "");
+    let (n1, others) = three_nodes(&w).await;
 
     let ready = crate::support::http_get(n1.admin.unwrap(), "/readyz").await;
     assert!(ready.contains("ok (node n1)"), "{ready}");
@@ -284,18 +293,13 @@ async fn one_node_asks_the_blocklists_each_refresh_and_every_node_takes_its_list
 async fn a_sites_connection_limit_holds_across_the_nodes() {
     let redis = Redis::start().await;
     let mut w = World::new().await;
-    w.setup.extra = format!(
-        "\n[[shaping]]\nsites = [\"*.dest.test\"]\nmax_connections = 1\n\n[cluster]\nredis = \"{}\"\nnode = \"n1\"\n",
-        redis.url()
+    w.setup.extra = with_cluster(
+        &redis,
+        "[[shaping]]\nsites = [\"*.dest.test\"]\nmax_connections = 1\n",
     );
     w.dest
         .behave(|b| b.data_delay = Some(std::time::Duration::from_millis(150)));
-    let n1 = w.setup.start().await;
-    let others = more_nodes(&w).await;
-    n1.log_with("cluster: connected").await;
-    for (_, n) in &others {
-        n.log_with("cluster: connected").await;
-    }
+    let (n1, others) = three_nodes(&w).await;
     // All three nodes deliver to the site at once.
     tokio::join!(
         send(&n1, 3, "a"),
@@ -308,4 +312,41 @@ async fn a_sites_connection_limit_holds_across_the_nodes() {
         1,
         "the site allows one connection, from all nodes together"
     );
+}
+
+#[tokio::test]
+async fn a_sender_suspended_on_one_node_is_refused_by_all_and_released_by_any() {
+    let redis = Redis::start().await;
+    let mut w = World::new().await;
+    w.setup.extra = with_cluster(
+        &redis,
+        "[suspension]\nreputation_refusals = 1\nreputation_ratio = 0.1\n",
+    );
+    refuse(&w);
+    let (n1, others) = three_nodes(&w).await;
+    // sender.test's mail draws a reputation refusal on node 1: suspended there...
+    send(&n1, 2, "burst").await;
+    n1.log_with("sender suspended").await;
+    // ...and on the others.
+    for (_, n) in &others {
+        n.log_with("sender suspension changed by another node")
+            .await;
+        let mut c = crate::support::client::ready(n.addr).await;
+        c.cmd("MAIL FROM:<news@sender.test>", "451").await;
+    }
+    // Released on node 3: node 1 takes its mail again.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidestep"))
+        .args(["senders", "release", "domain:sender.test", "--config"])
+        .arg(others[1].0.path().join("sidestep.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    n1.log_with("sender suspension changed by another node")
+        .await;
+    let mut c = crate::support::client::ready(n1.addr).await;
+    c.cmd("MAIL FROM:<news@sender.test>", "250").await;
 }
