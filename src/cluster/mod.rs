@@ -60,28 +60,56 @@ struct SharedListings {
 struct Conn {
     client: redis::Client,
     conn: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    /// After a failure, no new attempt before this: a Redis that does not answer must
+    /// not cost every delivery a connection timeout.
+    retry_after: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How long connecting to Redis or a command may take on the delivery path: past it,
+/// the node counts alone (degraded) rather than delay mail.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+/// After a failure, the next connection attempt waits this long.
+const REDIS_RETRY: Duration = Duration::from_secs(1);
 
 impl Conn {
     fn new(client: redis::Client) -> Self {
         Self {
             client,
             conn: tokio::sync::Mutex::new(None),
+            retry_after: std::sync::Mutex::new(None),
         }
     }
 
-    /// The kept connection, or a new one; `None` while Redis is unreachable.
+    /// The kept connection, or a new one; `None` while Redis is unreachable (at once
+    /// within [`REDIS_RETRY`] of a failure).
     async fn get(&self) -> Option<redis::aio::MultiplexedConnection> {
+        let waiting = self
+            .retry_after
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| std::time::Instant::now() < t);
+        if waiting {
+            return None;
+        }
         let mut conn = self.conn.lock().await;
         if conn.is_none() {
-            *conn = self.client.get_multiplexed_async_connection().await.ok();
+            *conn = connect(&self.client).await.ok();
+            if conn.is_none() {
+                self.failed();
+            }
         }
         conn.clone()
     }
 
-    /// A command failed: the next one connects again.
+    /// A command failed: the next one connects again, after [`REDIS_RETRY`].
     async fn reset(&self) {
         *self.conn.lock().await = None;
+        self.failed();
+    }
+
+    fn failed(&self) {
+        *self.retry_after.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(std::time::Instant::now() + REDIS_RETRY);
     }
 }
 
@@ -122,7 +150,7 @@ impl crate::reputation::SharedListings for SharedListings {
         .unwrap_or_default();
         let client = self.conn.client.clone();
         tokio::spawn(async move {
-            let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+            let Ok(mut c) = connect(&client).await else {
                 return;
             };
             let _: redis::RedisResult<()> = c.set_ex(LISTINGS_LATEST, &message, 24 * 3600).await;
@@ -346,18 +374,15 @@ async fn publish(
     node: String,
     mut rx: mpsc::UnboundedReceiver<BlockChange>,
 ) {
-    let mut conn: Option<redis::aio::MultiplexedConnection> = None;
+    let conn = Conn::new(client);
     while let Some(change) = rx.recv().await {
-        if conn.is_none() {
-            conn = client.get_multiplexed_async_connection().await.ok();
-        }
-        let Some(c) = conn.as_mut() else {
+        let Some(mut c) = conn.get().await else {
             // Degraded: the subscriber logs it and merges when Redis is back.
             continue;
         };
-        if let Err(e) = write(c, &node, change).await {
+        if let Err(e) = write(&mut c, &node, change).await {
             tracing::debug!(error = %e, "cluster: write failed");
-            conn = None;
+            conn.reset().await;
         }
     }
 }
@@ -403,7 +428,15 @@ async fn subscribe(
     use futures_util::StreamExt;
     let mut degraded = false;
     loop {
-        match client.get_async_pubsub().await {
+        let pubsub = tokio::time::timeout(REDIS_TIMEOUT * 4, client.get_async_pubsub())
+            .await
+            .unwrap_or_else(|_| {
+                Err(redis::RedisError::from((
+                    redis::ErrorKind::IoError,
+                    "no answer from Redis",
+                )))
+            });
+        match pubsub {
             Ok(mut pubsub) => {
                 if let Err(e) = pubsub
                     .subscribe(&[CHANNEL, LISTINGS_CHANNEL, SENDERS_CHANNEL])
@@ -524,6 +557,16 @@ async fn write_sender(
     Ok(())
 }
 
+/// A connection that gives up within [`REDIS_TIMEOUT`] (connecting and per command).
+async fn connect(client: &redis::Client) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(REDIS_TIMEOUT)
+        .set_response_timeout(REDIS_TIMEOUT);
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
 /// The keys under `prefix`, by SCAN.
 async fn keys(
     c: &mut redis::aio::MultiplexedConnection,
@@ -555,7 +598,7 @@ async fn merge_senders(
     node: &str,
     senders: &crate::senders::Senders,
 ) -> redis::RedisResult<()> {
-    let mut c = client.get_multiplexed_async_connection().await?;
+    let mut c = connect(client).await?;
     let mut remote = std::collections::BTreeSet::new();
     for k in keys(&mut c, SENDER_PREFIX).await? {
         let value: Option<String> = c.get(&k).await?;
@@ -592,7 +635,7 @@ async fn merge(
     node: &str,
     reputation: &Reputation,
 ) -> redis::RedisResult<(usize, usize)> {
-    let mut c = client.get_multiplexed_async_connection().await?;
+    let mut c = connect(client).await?;
     let keys = keys(&mut c, PREFIX).await?;
     let mut remote = std::collections::HashMap::new();
     for k in keys {

@@ -350,3 +350,19 @@ async fn a_sender_suspended_on_one_node_is_refused_by_all_and_released_by_any() 
     let mut c = crate::support::client::ready(n1.addr).await;
     c.cmd("MAIL FROM:<news@sender.test>", "250").await;
 }
+
+#[tokio::test]
+async fn a_redis_that_never_answers_delays_no_mail() {
+    // Accepts connections (the kernel does) and never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut w = World::new().await;
+    w.setup.extra = format!(
+        "\n[[shaping]]\nsites = [\"*.dest.test\"]\nmax_connections = 1\n\n[cluster]\nredis = \"redis://{}/0\"\nnode = \"n1\"\n",
+        silent.local_addr().unwrap()
+    );
+    let relay = w.setup.start().await;
+    send(&relay, 3, "silent").await;
+    assert_eq!(w.dest.wait_for(3).await.len(), 3);
+    relay.log_with("degraded").await;
+    drop(silent);
+}
