@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use crate::config::ClusterConfig;
 use crate::reputation::{Block, BlockChange, Reputation};
+use crate::routing::Pending;
 use crate::site::Site;
 
 /// The pub/sub channel block changes are announced on.
@@ -178,21 +179,36 @@ end
 return 0
 ";
 
-/// The cluster's connection count: `[[shaping]] max_connections` for all nodes together.
+/// Rates across nodes (GCRA): `n` per `period`, all at once at most; the key holds the
+/// theoretical arrival time of the next one (ms). Returns 0 when one may go, else the
+/// wait in ms.
+const TAKE_RATE: &str = r"
+local now = tonumber(ARGV[1])
+local period = tonumber(ARGV[2])
+local interval = period / tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local wait = tat + interval - period - now
+if wait > 0 then return math.ceil(wait) end
+redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', math.ceil(period))
+return 0
+";
+
+/// Rate keys: `sidestep:rate:<m|site>` (messages per hour), `<c|site[|ip]>` (connections
+/// per minute).
+const RATE_PREFIX: &str = "sidestep:rate:";
+
+/// The cluster's connection count and rates: `[[shaping]]` for all nodes together.
 pub struct SharedSlots {
     conn: std::sync::Arc<Conn>,
     node: String,
     script: redis::Script,
+    rate_script: redis::Script,
     next: std::sync::atomic::AtomicU64,
 }
 
 impl crate::routing::SharedSlots for SharedSlots {
-    fn take(
-        &self,
-        key: &str,
-        limit: usize,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<String>, ()>> + Send + '_>>
-    {
+    fn take(&self, key: &str, limit: usize) -> Pending<'_, Result<Option<String>, ()>> {
         let key = format!("{CONN_PREFIX}{key}");
         Box::pin(async move {
             let mut c = self.conn.get().await.ok_or(())?;
@@ -214,6 +230,37 @@ impl crate::routing::SharedSlots for SharedSlots {
             match taken {
                 Ok(1) => Ok(Some(lease)),
                 Ok(_) => Ok(None),
+                Err(_) => {
+                    self.conn.reset().await;
+                    Err(())
+                }
+            }
+        })
+    }
+
+    fn rate(
+        &self,
+        key: &str,
+        n: u32,
+        period: Duration,
+    ) -> Pending<'_, Result<Result<(), Duration>, ()>> {
+        let key = format!("{RATE_PREFIX}{key}");
+        Box::pin(async move {
+            if n == 0 {
+                return Ok(Ok(()));
+            }
+            let mut c = self.conn.get().await.ok_or(())?;
+            let wait: redis::RedisResult<u64> = self
+                .rate_script
+                .key(&key)
+                .arg(crate::clock::unix_now_ms())
+                .arg(period.as_millis() as u64)
+                .arg(n)
+                .invoke_async(&mut c)
+                .await;
+            match wait {
+                Ok(0) => Ok(Ok(())),
+                Ok(ms) => Ok(Err(Duration::from_millis(ms))),
                 Err(_) => {
                     self.conn.reset().await;
                     Err(())
@@ -346,6 +393,7 @@ pub fn start(
         conn: std::sync::Arc::new(Conn::new(client.clone())),
         node: node.clone(),
         script: redis::Script::new(TAKE_LEASE),
+        rate_script: redis::Script::new(TAKE_RATE),
         next: std::sync::atomic::AtomicU64::new(0),
     });
     let (sender_tx, sender_rx) = mpsc::unbounded_channel();

@@ -238,9 +238,10 @@ impl Outbound {
                 return r;
             }
         };
-        if let Err(wait) =
-            self.shaper
-                .message(&site, None, self.shaper.shape(d.domain, &site, None))
+        if let Err(wait) = self
+            .shaper
+            .message_shared(&site, self.shaper.shape(d.domain, &site, None))
+            .await
         {
             let mut r = report(vec![
                 RemoteReply {
@@ -573,7 +574,11 @@ impl Outbound {
         mx: &str,
     ) -> Result<(), HostFailure> {
         loop {
-            match self.shaper.connection(shaped.site, ip, shaped.shapes) {
+            match self
+                .shaper
+                .connection_shared(shaped.site, ip, shaped.shapes)
+                .await
+            {
                 Ok(()) => return Ok(()),
                 Err(wait) if wait <= MAX_PACING => tokio::time::sleep(wait).await,
                 Err(wait) => {

@@ -8,4 +8,4 @@ pub mod shaping;
 
 pub use health::{Admission, DownSite, SiteHealth};
 pub use pool::Pool;
-pub use shaping::{Shape, Shaper, SharedSlots};
+pub use shaping::{Pending, Shape, Shaper, SharedSlots};

@@ -83,19 +83,26 @@ pub struct Slot {
     _leases: Vec<Lease>,
 }
 
+/// An answer of the shared count, in time.
+pub type Pending<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
 /// Several nodes' count of connections to a site (a cluster): the site's
 /// `max_connections` holds for all of them together.
 pub trait SharedSlots: Send + Sync {
     /// Takes one of `limit` leases of `key`: `Ok(Some(lease))`, or `Ok(None)` while all
     /// are taken (by any node). `Err(())`: the shared count is unreachable, this node
     /// counts alone.
-    fn take(
-        &self,
-        key: &str,
-        limit: usize,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<String>, ()>> + Send + '_>>;
+    fn take(&self, key: &str, limit: usize) -> Pending<'_, Result<Option<String>, ()>>;
     /// Gives `lease` of `key` back (in the background).
     fn give_back(&self, key: &str, lease: String);
+    /// One of `n` per `period` for `key`, counted over all nodes (GCRA): `Ok(Ok(()))`,
+    /// or `Ok(Err(wait))` until one is free. `Err(())`: unreachable, count alone.
+    fn rate(
+        &self,
+        key: &str,
+        n: u32,
+        period: Duration,
+    ) -> Pending<'_, Result<Result<(), Duration>, ()>>;
 }
 
 /// A lease of the shared count, given back when the connection is done.
@@ -243,12 +250,39 @@ impl Shaper {
         Ok(())
     }
 
-    /// One more new connection to `site` (from `ip`) this minute, or how long until
-    /// one may be opened.
+    /// One of `n` per `period` for `key`: over the cluster when the shaper shares its
+    /// counts (and Redis answers), else on this node.
+    async fn take_shared(&self, key: &str, n: u32, period: Duration) -> Result<(), Duration> {
+        if let Some(shared) = self.shared.get()
+            && let Ok(taken) = shared.rate(key, n, period).await
+        {
+            return taken;
+        }
+        self.take(key, n, period)
+    }
+
+    /// [`Shaper::message`] with the site's hourly rate counted over the cluster.
+    ///
+    /// # Errors
+    /// The wait until the hourly rate allows one more.
+    pub async fn message_shared(
+        &self,
+        site: &Site,
+        shapes: (Shape, Shape),
+    ) -> Result<(), Duration> {
+        if let Some(n) = shapes.0.messages_per_hour {
+            self.take_shared(&format!("m|{site}"), n, Duration::from_secs(3600))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// [`Shaper::connection`] with the site's and the IP's connection rates counted over
+    /// the cluster.
     ///
     /// # Errors
     /// The wait until the connection rate allows one more.
-    pub fn connection(
+    pub async fn connection_shared(
         &self,
         site: &Site,
         ip: Option<IpAddr>,
@@ -256,10 +290,11 @@ impl Shaper {
     ) -> Result<(), Duration> {
         let minute = Duration::from_secs(60);
         if let Some(n) = shapes.0.connections_per_minute {
-            self.take(&format!("c|{site}"), n, minute)?;
+            self.take_shared(&format!("c|{site}"), n, minute).await?;
         }
         if let (Some(n), Some(ip)) = (shapes.1.connections_per_minute, ip) {
-            self.take(&format!("c|{site}|{ip}"), n, minute)?;
+            self.take_shared(&format!("c|{site}|{ip}"), n, minute)
+                .await?;
         }
         Ok(())
     }

@@ -366,3 +366,35 @@ async fn a_redis_that_never_answers_delays_no_mail() {
     relay.log_with("degraded").await;
     drop(silent);
 }
+
+#[tokio::test]
+async fn a_sites_hourly_rate_holds_across_the_nodes() {
+    let redis = Redis::start().await;
+    let mut w = World::new().await;
+    w.setup.queue = crate::NO_RETRY_SOON.into();
+    w.setup.extra = with_cluster(
+        &redis,
+        "[[shaping]]\nsites = [\"*.dest.test\"]\nmessages_per_hour = 3\n",
+    );
+    let (n1, others) = three_nodes(&w).await;
+    // Two messages through each node: six for a site that takes three an hour.
+    send(&n1, 2, "a").await;
+    send(&others[0].1, 2, "b").await;
+    send(&others[1].1, 2, "c").await;
+    let limited = |n: &Relay| {
+        n.log()
+            .matches("the hourly message limit for mx.dest.test is reached")
+            .count()
+    };
+    crate::support::eventually(
+        || limited(&n1) + others.iter().map(|(_, n)| limited(n)).sum::<usize>() >= 3,
+        || "three deferred by the shared hourly limit".into(),
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        w.dest.received.lock().unwrap().len(),
+        3,
+        "three an hour from all nodes together"
+    );
+}
