@@ -358,9 +358,22 @@ pub fn client(config: &ClusterConfig) -> Result<Option<redis::Client>, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
         info.redis.password = Some(text.lines().next().unwrap_or_default().to_string());
     }
-    redis::Client::open(info)
-        .map(Some)
-        .map_err(|e| e.to_string())
+    match &config.ca_file {
+        // rediss:// with a private CA; without one, the system's roots.
+        Some(path) if url.starts_with("rediss://") => {
+            let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            )
+        }
+        _ => redis::Client::open(info),
+    }
+    .map(Some)
+    .map_err(|e| e.to_string())
 }
 
 /// Starts sharing `reputation`'s blocks through Redis; nothing without `[cluster]`.
@@ -726,4 +739,32 @@ async fn merge(
         }
     }
     Ok((taken, given))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rediss_with_a_ca_file_trusts_that_ca_and_a_bad_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "not a certificate").unwrap();
+        let config = ClusterConfig {
+            redis: Some("rediss://127.0.0.1:6380/0".into()),
+            ca_file: Some(ca),
+            ..ClusterConfig::default()
+        };
+        // Nothing parses as a certificate: no roots at all, which redis refuses.
+        let plain = ClusterConfig {
+            redis: Some("redis://127.0.0.1:6379/0".into()),
+            ..ClusterConfig::default()
+        };
+        assert!(client(&plain).unwrap().is_some());
+        let tls = client(&config);
+        if let Ok(Some(c)) = &tls {
+            let addr = format!("{:?}", c.get_connection_info().addr);
+            assert!(addr.contains("tls_params: Some"), "{addr}");
+        }
+    }
 }

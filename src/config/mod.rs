@@ -81,6 +81,9 @@ pub struct ClusterConfig {
     pub redis: Option<String>,
     /// The Redis password (`AUTH`): the first line of this file.
     pub password_file: Option<PathBuf>,
+    /// For `rediss://`: PEM certificates Redis's certificate must chain to, instead of
+    /// the system's roots.
+    pub ca_file: Option<PathBuf>,
     /// This node's name in the shared state; default: the host name.
     pub node: Option<String>,
 }

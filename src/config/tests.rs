@@ -247,9 +247,13 @@ fn cluster_needs_a_redis_url_it_can_use() {
         keys("[cluster]\nredis = \"http://x\"\n"),
         vec!["cluster.redis"]
     );
+    assert!(
+        keys("[cluster]\nredis = \"rediss://x:6380\"\n").is_empty(),
+        "TLS with the system's roots"
+    );
     assert_eq!(
-        keys("[cluster]\nredis = \"rediss://x:6380\"\n"),
-        vec!["cluster.redis"]
+        keys("[cluster]\nredis = \"rediss://x:6380\"\nca_file = \"/nonexistent\"\n"),
+        vec!["cluster.ca_file"]
     );
     assert_eq!(
         keys("[cluster]\nredis = \"redis://127.0.0.1:6379/0\"\npassword_file = \"/nonexistent\"\n"),

@@ -695,27 +695,19 @@ fn cluster(c: &Config, err: &mut impl FnMut(String, String)) {
     let Some(url) = c.cluster.redis.as_deref().filter(|u| !u.trim().is_empty()) else {
         return;
     };
-    if url.starts_with("rediss://") {
+    if !url.starts_with("redis://") && !url.starts_with("rediss://") {
         err(
             "cluster.redis".into(),
-            format!(
-                "{url:?}: TLS to Redis (rediss://) is not built in yet; reach Redis over loopback or a private network with redis://"
-            ),
-        );
-        return;
-    }
-    if !url.starts_with("redis://") {
-        err(
-            "cluster.redis".into(),
-            format!("{url:?}: must start with redis://"),
+            format!("{url:?}: must start with redis:// (or rediss:// for TLS)"),
         );
         return;
     }
     if let Err(e) = crate::cluster::client(&c.cluster) {
-        let key = if e.starts_with(url) {
-            "cluster.redis"
-        } else {
-            "cluster.password_file"
+        let key = match (&c.cluster.password_file, &c.cluster.ca_file) {
+            _ if e.starts_with(url) => "cluster.redis",
+            (Some(p), _) if e.starts_with(&p.display().to_string()) => "cluster.password_file",
+            (_, Some(p)) if e.starts_with(&p.display().to_string()) => "cluster.ca_file",
+            _ => "cluster.redis",
         };
         err(key.into(), e);
     }

@@ -398,3 +398,22 @@ async fn a_sites_hourly_rate_holds_across_the_nodes() {
         "three an hour from all nodes together"
     );
 }
+
+#[tokio::test]
+async fn nodes_share_blocks_through_redis_over_tls() {
+    let redis = Redis::start_tls().await;
+    let mut w = World::new().await;
+    w.setup.extra = format!(
+        "\n[cluster]\nredis = \"{}\"\nca_file = \"{}\"\nnode = \"n1\"\n",
+        redis.url(),
+        redis.ca_file().display()
+    );
+    assert!(w.setup.extra.contains("rediss://"));
+    refuse(&w);
+    let (n1, others) = three_nodes(&w).await;
+    send(&n1, 2, "tls").await;
+    n1.log_with("egress IP blocked by destination").await;
+    for (_, n) in &others {
+        n.log_with("block learned by another node: applied").await;
+    }
+}
