@@ -54,6 +54,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         .context("setting up delivery")?;
     if let Some(c) = &cluster {
         outbound.share_slots(c.slots.clone());
+        c.share_health(outbound.health());
     }
     let ctx = Arc::new(
         QueueContext::new(
@@ -68,6 +69,9 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         .with_senders(senders.clone()),
     );
     let queue = queue::start(ctx.clone()).context("recovering the queue")?;
+    if let Some(c) = &cluster {
+        c.set_queue(queue.clone());
+    }
     let probes = crate::probes::Probes::open(&config.spool.directory)
         .map_err(anyhow::Error::msg)
         .context("loading the seed probes")?;

@@ -27,6 +27,8 @@ use crate::site::Site;
 
 /// The pub/sub channel block changes are announced on.
 const CHANNEL: &str = "sidestep:blocks";
+/// The channel sites marked down or seen up again are announced on.
+const SITES_CHANNEL: &str = "sidestep:sites";
 /// The channel sender suspensions and releases are announced on.
 const SENDERS_CHANNEL: &str = "sidestep:senders";
 /// Keys of suspended senders: `sidestep:sender:<user:NAME|domain:NAME>`.
@@ -409,15 +411,104 @@ pub fn start(
         rate_script: redis::Script::new(TAKE_RATE),
         next: std::sync::atomic::AtomicU64::new(0),
     });
+    let sites = std::sync::Arc::new(Sites::default());
     let (sender_tx, sender_rx) = mpsc::unbounded_channel();
     senders.share_with(sender_tx);
     tokio::spawn(publish_senders(client.clone(), node.clone(), sender_rx));
-    tokio::spawn(subscribe(client, node, reputation, senders, status.clone()));
-    Ok(Some(Started { status, slots }))
+    tokio::spawn(subscribe(
+        client.clone(),
+        node.clone(),
+        reputation,
+        senders,
+        sites.clone(),
+        status.clone(),
+    ));
+    Ok(Some(Started {
+        client,
+        node,
+        sites,
+        status,
+        slots,
+    }))
+}
+
+/// What the cluster needs of parts made after it starts: the site health (marks down and
+/// up) and the queue (to release parked mail when another node sees a site up).
+#[derive(Default)]
+pub struct Sites {
+    health: std::sync::OnceLock<std::sync::Arc<crate::routing::SiteHealth>>,
+    queue: std::sync::OnceLock<crate::queue::QueueHandle>,
+}
+
+impl Started {
+    /// Shares `health`'s down and up marks with the other nodes, and applies theirs.
+    pub fn share_health(&self, health: std::sync::Arc<crate::routing::SiteHealth>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        health.share_with(tx);
+        let _ = self.sites.health.set(health);
+        tokio::spawn(publish_sites(self.client.clone(), self.node.clone(), rx));
+    }
+
+    /// The queue whose parked mail a remote "site up" releases.
+    pub fn set_queue(&self, queue: crate::queue::QueueHandle) {
+        let _ = self.sites.queue.set(queue);
+    }
+}
+
+/// One node's site mark, as it travels.
+#[derive(Debug, Serialize, Deserialize)]
+struct SiteAnnouncement {
+    node: String,
+    change: crate::routing::HealthChange,
+}
+
+async fn publish_sites(
+    client: redis::Client,
+    node: String,
+    mut rx: mpsc::UnboundedReceiver<crate::routing::HealthChange>,
+) {
+    let conn = Conn::new(client);
+    while let Some(change) = rx.recv().await {
+        let Some(mut c) = conn.get().await else {
+            continue;
+        };
+        let message = serde_json::to_string(&SiteAnnouncement {
+            node: node.clone(),
+            change,
+        })
+        .unwrap_or_default();
+        let sent: redis::RedisResult<()> = c.publish(SITES_CHANNEL, message).await;
+        if sent.is_err() {
+            conn.reset().await;
+        }
+    }
+}
+
+/// Another node's site mark: applied to the health here; a site up again releases the
+/// mail parked for it.
+async fn apply_site(sites: &Sites, node: &str, text: &str) {
+    let Ok(a) = serde_json::from_str::<SiteAnnouncement>(text) else {
+        return;
+    };
+    if a.node == node {
+        return;
+    }
+    let Some(health) = sites.health.get() else {
+        return;
+    };
+    let site = a.change.site.clone();
+    if health.apply_remote(a.change, crate::clock::unix_now_ms())
+        && let Some(queue) = sites.queue.get()
+    {
+        queue.control(crate::queue::Control::SiteUp(site)).await;
+    }
 }
 
 /// What a started cluster hands the rest of the relay.
 pub struct Started {
+    client: redis::Client,
+    node: String,
+    sites: std::sync::Arc<Sites>,
     /// Connected or degraded, for `/readyz`.
     pub status: std::sync::Arc<Status>,
     /// The shared connection count, for the shaper.
@@ -484,6 +575,7 @@ async fn subscribe(
     node: String,
     reputation: Reputation,
     senders: crate::senders::Senders,
+    sites: std::sync::Arc<Sites>,
     status: std::sync::Arc<Status>,
 ) {
     use futures_util::StreamExt;
@@ -500,7 +592,7 @@ async fn subscribe(
         match pubsub {
             Ok(mut pubsub) => {
                 if let Err(e) = pubsub
-                    .subscribe(&[CHANNEL, LISTINGS_CHANNEL, SENDERS_CHANNEL])
+                    .subscribe(&[CHANNEL, LISTINGS_CHANNEL, SENDERS_CHANNEL, SITES_CHANNEL])
                     .await
                 {
                     tracing::debug!(error = %e, "cluster: subscribe failed");
@@ -531,6 +623,10 @@ async fn subscribe(
                         };
                         if msg.get_channel_name() == LISTINGS_CHANNEL {
                             apply_listings(&reputation, &node, &text).await;
+                            continue;
+                        }
+                        if msg.get_channel_name() == SITES_CHANNEL {
+                            apply_site(&sites, &node, &text).await;
                             continue;
                         }
                         if msg.get_channel_name() == SENDERS_CHANNEL {

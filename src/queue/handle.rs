@@ -59,6 +59,8 @@ pub enum Control {
     Forget(QueueId),
     /// Schedule this message now (a release).
     Schedule(QueueId),
+    /// This site answered another node: its parked mail goes now.
+    SiteUp(crate::site::Site),
 }
 
 /// What a [`Control`] did.

@@ -303,6 +303,7 @@ impl Scheduler {
                     outcome.done.push(id);
                 }
             }
+            Control::SiteUp(site) => self.release(&site, now),
             Control::Schedule(id) => {
                 if let Some(at) = due_of(&self.due, &id) {
                     self.due.remove(&(at, id.clone()));

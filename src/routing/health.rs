@@ -62,6 +62,18 @@ struct Health {
 #[derive(Debug, Default)]
 pub struct SiteHealth {
     sites: Mutex<HashMap<Site, Health>>,
+    /// Where this node's marks go to be shared with the other nodes (a cluster).
+    share: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<HealthChange>>,
+}
+
+/// A site marked down (with when its next probe goes, Unix ms, and why) or up again,
+/// for the other nodes of a cluster.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct HealthChange {
+    /// The site.
+    pub site: Site,
+    /// `Some((next_probe_ms, interval_ms, last_error))`: down; `None`: up.
+    pub down: Option<(u64, u64, String)>,
 }
 
 /// Sites tracked at most; healthy entries are forgotten first.
@@ -123,9 +135,54 @@ impl SiteHealth {
                 down_for_s = crate::clock::unix_now_ms().saturating_sub(since) / 1000,
                 "site up again: a server answered the probe; its queued mail goes now"
             );
+            drop(sites);
+            self.tell(site, None);
             return true;
         }
         false
+    }
+
+    /// This node's down and up marks go to `tx` from now on (a cluster).
+    pub fn share_with(&self, tx: tokio::sync::mpsc::UnboundedSender<HealthChange>) {
+        let _ = self.share.set(tx);
+    }
+
+    fn tell(&self, site: &Site, down: Option<(u64, u64, String)>) {
+        if let Some(tx) = self.share.get() {
+            let _ = tx.send(HealthChange {
+                site: site.clone(),
+                down,
+            });
+        }
+    }
+
+    /// Another node marked a site down or saw it up. Down: this node parks its mail too
+    /// and leaves the probing to that node for one interval. Up: returns true when it was
+    /// down here (its parked mail may go).
+    pub fn apply_remote(&self, change: HealthChange, now_ms: u64) -> bool {
+        let mut sites = self.lock();
+        match change.down {
+            Some((next_probe_ms, interval_ms, last_error)) => {
+                let h = sites.entry(change.site.clone()).or_default();
+                if h.down_since.is_none() {
+                    tracing::warn!(site = %change.site, last_error, "site marked down by another node; its mail waits here too");
+                    h.down_since = Some(now_ms);
+                }
+                h.interval_ms = interval_ms;
+                h.last_error = last_error;
+                h.next_probe_ms = h.next_probe_ms.max(next_probe_ms + interval_ms);
+                false
+            }
+            None => {
+                let was_down = sites
+                    .remove(&change.site)
+                    .is_some_and(|h| h.down_since.is_some());
+                if was_down {
+                    tracing::warn!(site = %change.site, "site up again (seen by another node): its queued mail goes now");
+                }
+                was_down
+            }
+        }
     }
 
     /// No server of `site` answered a delivery (connections refused or timed out): one
@@ -165,6 +222,10 @@ impl SiteHealth {
                 probe_every = %humantime::format_duration(interval),
                 "site marked down: no server answered; its mail waits, one probe per interval"
             );
+            let mark = (h.next_probe_ms, h.interval_ms, error.to_string());
+            drop(sites);
+            self.tell(site, Some(mark));
+            return Some(next);
         }
         h.down_since.map(|_| h.next_probe_ms)
     }

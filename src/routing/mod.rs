@@ -6,6 +6,6 @@ pub mod health;
 mod pool;
 pub mod shaping;
 
-pub use health::{Admission, DownSite, SiteHealth};
+pub use health::{Admission, DownSite, HealthChange, SiteHealth};
 pub use pool::Pool;
 pub use shaping::{Pending, Shape, Shaper, SharedSlots};

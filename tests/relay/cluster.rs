@@ -417,3 +417,30 @@ async fn nodes_share_blocks_through_redis_over_tls() {
         n.log_with("block learned by another node: applied").await;
     }
 }
+
+#[tokio::test]
+async fn a_site_one_node_finds_down_is_down_and_then_up_for_all() {
+    let redis = Redis::start().await;
+    let mut w = World::new().await;
+    w.setup.delivery = "site_down_after = 2\nsite_probe_interval = \"2s\"".into();
+    w.setup.extra = with_cluster(&redis, "");
+    w.dest.behave(|b| b.dead = true);
+    let (n1, others) = three_nodes(&w).await;
+    send(&n1, 2, "dead").await;
+    n1.log_with("site marked down: no server answered").await;
+    let n2 = &others[0].1;
+    n2.log_with("site marked down by another node").await;
+    // Node 2 parks its mail for the site without knocking on the dead server.
+    send(n2, 2, "parked").await;
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert!(
+        !n2.log().contains("delivery attempt"),
+        "node 2 tried a site node 1 found down: {}",
+        n2.log()
+    );
+    // The server comes back: node 1's probe gets an answer, node 2's mail goes too.
+    w.dest.behave(|b| b.dead = false);
+    n2.log_with("site up again (seen by another node)").await;
+    let got = w.dest.wait_for(4).await;
+    assert_eq!(got.len(), 4);
+}
