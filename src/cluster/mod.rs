@@ -412,6 +412,7 @@ pub fn start(
         next: std::sync::atomic::AtomicU64::new(0),
     });
     let sites = std::sync::Arc::new(Sites::default());
+    tokio::spawn(sync_warmup(client.clone(), reputation.clone()));
     let (sender_tx, sender_rx) = mpsc::unbounded_channel();
     senders.share_with(sender_tx);
     tokio::spawn(publish_senders(client.clone(), node.clone(), sender_rx));
@@ -501,6 +502,49 @@ async fn apply_site(sites: &Sites, node: &str, text: &str) {
         && let Some(queue) = sites.queue.get()
     {
         queue.control(crate::queue::Control::SiteUp(site)).await;
+    }
+}
+
+/// Warmup totals per UTC day: `sidestep:warmup:<day>`, fields `<ip>|<site>`.
+const WARMUP_PREFIX: &str = "sidestep:warmup:";
+
+/// Every second: this node's new warmup messages go into the day's totals, and the
+/// totals come back, so that an IP's cap holds for all nodes together (overshoot at most
+/// what the nodes send within that second).
+async fn sync_warmup(client: redis::Client, reputation: Reputation) {
+    let conn = Conn::new(client);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (day, mine) = reputation.warmup_unsynced();
+        let Some(mut c) = conn.get().await else {
+            reputation.warmup_unsent(day, mine);
+            continue;
+        };
+        let key = format!("{WARMUP_PREFIX}{day}");
+        let mut pipe = redis::pipe();
+        for (ip, site, n) in &mine {
+            pipe.hincr(&key, format!("{ip}|{site}"), *n).ignore();
+        }
+        pipe.expire(&key, 2 * 24 * 3600).ignore();
+        pipe.hgetall(&key);
+        let totals: redis::RedisResult<(std::collections::HashMap<String, u32>,)> =
+            pipe.query_async(&mut c).await;
+        match totals {
+            Ok((totals,)) => {
+                let totals = totals
+                    .into_iter()
+                    .filter_map(|(field, n)| {
+                        let (ip, site) = field.split_once('|')?;
+                        Some((ip.parse().ok()?, Site::from(site), n))
+                    })
+                    .collect();
+                reputation.warmup_totals(day, totals);
+            }
+            Err(_) => {
+                reputation.warmup_unsent(day, mine);
+                conn.reset().await;
+            }
+        }
     }
 }
 

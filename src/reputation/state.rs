@@ -184,6 +184,22 @@ impl Reputation {
         self.shared.warmup.flush();
     }
 
+    /// Today's warmup messages taken since the last call, for a cluster's totals.
+    pub fn warmup_unsynced(&self) -> (u64, Vec<(IpAddr, Site, u32)>) {
+        self.shared.warmup.drain_unsynced(self.shared.clock.now())
+    }
+
+    /// Warmup messages that could not be pushed to the cluster: next time.
+    pub fn warmup_unsent(&self, day: u64, back: Vec<(IpAddr, Site, u32)>) {
+        self.shared.warmup.unsent(day, back);
+    }
+
+    /// The cluster's warmup totals for `day`: the other nodes' messages count against
+    /// the caps here too.
+    pub fn warmup_totals(&self, day: u64, totals: Vec<(IpAddr, Site, u32)>) {
+        self.shared.warmup.set_totals(day, totals);
+    }
+
     /// Asks the listing monitor to check every list now.
     pub fn request_refresh(&self) {
         self.shared.refresh.notify_one();

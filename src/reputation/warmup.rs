@@ -58,6 +58,10 @@ struct State {
     day: u64,
     counts: HashMap<(IpAddr, Site), u32>,
     dirty: bool,
+    /// Today's counts of the other nodes of a cluster (their totals less ours).
+    others: HashMap<(IpAddr, Site), u32>,
+    /// Messages taken here since the last exchange with the cluster.
+    unsynced: HashMap<(IpAddr, Site), u32>,
 }
 
 /// The warmup state, part of [`super::Reputation`].
@@ -89,6 +93,8 @@ impl State {
         if self.day != today {
             self.day = today;
             self.counts.clear();
+            self.others.clear();
+            self.unsynced.clear();
             self.dirty = true;
         }
     }
@@ -158,16 +164,68 @@ impl Warmup {
         let Some(cap) = s.cap(ip, today) else {
             return true;
         };
-        let n = s.counts.entry((ip, site.clone())).or_insert(0);
-        if *n >= cap {
+        let key = (ip, site.clone());
+        let others = s.others.get(&key).copied().unwrap_or(0);
+        let n = s.counts.entry(key.clone()).or_insert(0);
+        if *n + others >= cap {
             return false;
         }
         *n += 1;
-        if *n == cap {
+        let reached = *n + others == cap;
+        *s.unsynced.entry(key).or_insert(0) += 1;
+        if reached {
             tracing::info!(ip = %ip, site = %site, cap, "warmup: today's cap for this site reached; its mail goes from other IPs or waits for tomorrow");
         }
         s.dirty = true;
         true
+    }
+
+    /// Today's messages taken since the last call, for the cluster's totals: the day and
+    /// (IP, site, messages).
+    pub(super) fn drain_unsynced(&self, now: u64) -> (u64, Vec<(IpAddr, Site, u32)>) {
+        let today = now / DAY;
+        let mut s = self.lock();
+        s.roll(today);
+        let out = s
+            .unsynced
+            .drain()
+            .map(|((ip, site), n)| (ip, site, n))
+            .collect();
+        (today, out)
+    }
+
+    /// Messages [`Warmup::drain_unsynced`] gave that could not be pushed: pushed next time.
+    pub(super) fn unsent(&self, day: u64, back: Vec<(IpAddr, Site, u32)>) {
+        let mut s = self.lock();
+        if s.day != day {
+            return;
+        }
+        for (ip, site, n) in back {
+            *s.unsynced.entry((ip, site)).or_insert(0) += n;
+        }
+    }
+
+    /// The cluster's totals for `day` (every node's messages, ours included): what the
+    /// others sent counts against the caps here too.
+    pub(super) fn set_totals(&self, day: u64, totals: Vec<(IpAddr, Site, u32)>) {
+        let mut s = self.lock();
+        if s.day != day {
+            return;
+        }
+        let others = totals
+            .into_iter()
+            .map(|(ip, site, total)| {
+                // What we have pushed: our count less what is not pushed yet.
+                let mine = s
+                    .counts
+                    .get(&(ip, site.clone()))
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(s.unsynced.get(&(ip, site.clone())).copied().unwrap_or(0));
+                ((ip, site), total.saturating_sub(mine))
+            })
+            .collect();
+        s.others = others;
     }
 
     /// When caps reset: the next UTC midnight (Unix seconds).

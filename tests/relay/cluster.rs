@@ -444,3 +444,33 @@ async fn a_site_one_node_finds_down_is_down_and_then_up_for_all() {
     let got = w.dest.wait_for(4).await;
     assert_eq!(got.len(), 4);
 }
+
+#[tokio::test]
+async fn a_warming_ips_daily_cap_holds_across_the_nodes() {
+    let redis = Redis::start().await;
+    let mut w = World::new().await;
+    // 127.0.0.2 warms up (two messages per site today), 127.0.0.3 is warm.
+    w.setup.egress = vec![];
+    w.setup.extra = with_cluster(
+        &redis,
+        "[[pools.egress]]\nip = \"127.0.0.2\"\nhelo = \"out2.relay.test\"\nwarmup = [2, 10]\n\n[[pools.egress]]\nip = \"127.0.0.3\"\nhelo = \"out3.relay.test\"\n",
+    );
+    let (n1, others) = three_nodes(&w).await;
+    for i in 0..4 {
+        send(&n1, 1, &format!("n1-{i}")).await;
+    }
+    w.dest.wait_for(4).await;
+    // The cluster's totals reach the others within a second or two.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    for i in 0..4 {
+        send(&others[0].1, 1, &format!("n2-{i}")).await;
+    }
+    let got = w.dest.wait_for(8).await;
+    let from_two = got.iter().filter(|m| m.peer.to_string() == REFUSED).count();
+    assert_eq!(
+        from_two,
+        2,
+        "the warming IP's cap is for all nodes together: {:?}",
+        w.dest.peers()
+    );
+}
