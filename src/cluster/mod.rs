@@ -413,6 +413,8 @@ pub fn start(
     });
     let sites = std::sync::Arc::new(Sites::default());
     tokio::spawn(sync_warmup(client.clone(), reputation.clone()));
+    senders.share_takes();
+    tokio::spawn(publish_quota(client.clone(), node.clone(), senders.clone()));
     let (sender_tx, sender_rx) = mpsc::unbounded_channel();
     senders.share_with(sender_tx);
     tokio::spawn(publish_senders(client.clone(), node.clone(), sender_rx));
@@ -470,18 +472,11 @@ async fn publish_sites(
 ) {
     let conn = Conn::new(client);
     while let Some(change) = rx.recv().await {
-        let Some(mut c) = conn.get().await else {
-            continue;
-        };
         let message = serde_json::to_string(&SiteAnnouncement {
             node: node.clone(),
             change,
-        })
-        .unwrap_or_default();
-        let sent: redis::RedisResult<()> = c.publish(SITES_CHANNEL, message).await;
-        if sent.is_err() {
-            conn.reset().await;
-        }
+        });
+        announce(&conn, SITES_CHANNEL, message).await;
     }
 }
 
@@ -502,6 +497,44 @@ async fn apply_site(sites: &Sites, node: &str, text: &str) {
         && let Some(queue) = sites.queue.get()
     {
         queue.control(crate::queue::Control::SiteUp(site)).await;
+    }
+}
+
+/// Publishes `message` on `channel` (news only: lost while Redis is away).
+async fn announce(conn: &Conn, channel: &str, message: serde_json::Result<String>) {
+    let (Some(mut c), Ok(message)) = (conn.get().await, message) else {
+        return;
+    };
+    let sent: redis::RedisResult<()> = c.publish(channel, message).await;
+    if sent.is_err() {
+        conn.reset().await;
+    }
+}
+
+/// The channel quota takes travel on.
+const QUOTA_CHANNEL: &str = "sidestep:quota";
+
+/// One node's quota takes of the last second, as they travel.
+#[derive(Debug, Serialize, Deserialize)]
+struct QuotaAnnouncement {
+    node: String,
+    takes: Vec<crate::senders::QuotaTake>,
+}
+
+/// Every second: the quota this node took goes to the others (they take it too).
+async fn publish_quota(client: redis::Client, node: String, senders: crate::senders::Senders) {
+    let conn = Conn::new(client);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let takes = senders.drain_takes();
+        if takes.is_empty() {
+            continue;
+        }
+        let message = serde_json::to_string(&QuotaAnnouncement {
+            node: node.clone(),
+            takes,
+        });
+        announce(&conn, QUOTA_CHANNEL, message).await;
     }
 }
 
@@ -636,7 +669,13 @@ async fn subscribe(
         match pubsub {
             Ok(mut pubsub) => {
                 if let Err(e) = pubsub
-                    .subscribe(&[CHANNEL, LISTINGS_CHANNEL, SENDERS_CHANNEL, SITES_CHANNEL])
+                    .subscribe(&[
+                        CHANNEL,
+                        LISTINGS_CHANNEL,
+                        SENDERS_CHANNEL,
+                        SITES_CHANNEL,
+                        QUOTA_CHANNEL,
+                    ])
                     .await
                 {
                     tracing::debug!(error = %e, "cluster: subscribe failed");
@@ -667,6 +706,14 @@ async fn subscribe(
                         };
                         if msg.get_channel_name() == LISTINGS_CHANNEL {
                             apply_listings(&reputation, &node, &text).await;
+                            continue;
+                        }
+                        if msg.get_channel_name() == QUOTA_CHANNEL {
+                            if let Ok(a) = serde_json::from_str::<QuotaAnnouncement>(&text)
+                                && a.node != node
+                            {
+                                senders.apply_takes(&a.takes);
+                            }
                             continue;
                         }
                         if msg.get_channel_name() == SITES_CHANNEL {

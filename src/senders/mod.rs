@@ -124,6 +124,20 @@ struct Shared {
     alerts: OnceLock<crate::alerts::Alerts>,
     /// Where local suspensions and releases go to be shared with the other nodes.
     cluster: OnceLock<tokio::sync::mpsc::UnboundedSender<SenderChange>>,
+    /// Quota takes are collected for the other nodes of a cluster.
+    share_takes: std::sync::atomic::AtomicBool,
+}
+
+/// Quota taken here: the other nodes of a cluster take the same from their buckets, so
+/// that a sender's hourly limit holds for all of them together.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QuotaTake {
+    /// The bucket (`user:NAME`, `client:IP`, `domain:NAME`).
+    pub key: String,
+    /// Its limit per hour, messages and recipients.
+    pub limit: (u32, u32),
+    /// Taken: messages and recipients.
+    pub taken: (u32, u32),
 }
 
 /// A sender's suspension as it is now on this node (`None`: released), for the other
@@ -142,6 +156,8 @@ struct State {
     recipients: quota::Buckets,
     recent: HashMap<SenderId, Recent>,
     suspended: BTreeMap<SenderId, Suspension>,
+    /// Takes not yet passed to the other nodes.
+    takes: Vec<QuotaTake>,
 }
 
 /// The file's content.
@@ -266,11 +282,22 @@ impl Senders {
         let now = Instant::now();
         let tripped = {
             let mut state = self.lock();
+            let share = self
+                .shared
+                .share_takes
+                .load(std::sync::atomic::Ordering::Relaxed);
             for (key, _, limit) in keys(who, quotas) {
                 state.messages.take(&key, limit.messages_per_hour, 1, now);
                 state
                     .recipients
                     .take(&key, limit.recipients_per_hour, recipients, now);
+                if share && state.takes.len() < 100_000 {
+                    state.takes.push(QuotaTake {
+                        key,
+                        limit: (limit.messages_per_hour, limit.recipients_per_hour),
+                        taken: (1, recipients),
+                    });
+                }
             }
             sender.and_then(|id| {
                 prune(&mut state.recent, suspension);
@@ -399,6 +426,28 @@ impl Senders {
             self.share(id, None);
         }
         released
+    }
+
+    /// Quota takes are collected for the other nodes from now on (a cluster).
+    pub fn share_takes(&self) {
+        self.shared
+            .share_takes
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The quota taken here since the last call, for the other nodes.
+    pub fn drain_takes(&self) -> Vec<QuotaTake> {
+        std::mem::take(&mut self.lock().takes)
+    }
+
+    /// Quota another node took: taken here too.
+    pub fn apply_takes(&self, takes: &[QuotaTake]) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        for t in takes {
+            state.messages.take(&t.key, t.limit.0, t.taken.0, now);
+            state.recipients.take(&t.key, t.limit.1, t.taken.1, now);
+        }
     }
 
     /// Local suspensions and releases go to `tx` from now on (a cluster).

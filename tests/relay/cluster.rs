@@ -474,3 +474,19 @@ async fn a_warming_ips_daily_cap_holds_across_the_nodes() {
         w.dest.peers()
     );
 }
+
+#[tokio::test]
+async fn a_senders_hourly_quota_holds_across_the_nodes() {
+    let redis = Redis::start().await;
+    let mut w = World::new().await;
+    w.setup.extra = with_cluster(
+        &redis,
+        "[quotas.sender_domain]\nmessages_per_hour = 2\nrecipients_per_hour = 100\n",
+    );
+    let (n1, others) = three_nodes(&w).await;
+    send(&n1, 2, "quota").await;
+    // The takes reach the others within a second or two.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let mut c = crate::support::client::ready(others[0].1.addr).await;
+    c.cmd("MAIL FROM:<news@sender.test>", "450").await;
+}
