@@ -19,20 +19,26 @@ fn refuse(w: &World) {
     });
 }
 
-/// Nodes 2 and 3: the same configuration as node 1 (same DNS, destinations, egress
-/// IPs, Redis) with their own spool and name.
+/// Node `name`'s directory and configuration: node 1's (same DNS, destinations, egress
+/// IPs, Redis) with its own spool and name.
+fn node_config(w: &World, name: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = w
+        .setup
+        .config()
+        .replace(
+            &w.setup.dir.path().join("spool").display().to_string(),
+            &dir.path().join("spool").display().to_string(),
+        )
+        .replace("node = \"n1\"", &format!("node = \"{name}\""));
+    (dir, config)
+}
+
+/// Nodes 2 and 3, started.
 async fn more_nodes(w: &World) -> Vec<(tempfile::TempDir, Relay)> {
     let mut nodes = Vec::new();
     for name in ["n2", "n3"] {
-        let dir = tempfile::tempdir().unwrap();
-        let config = w
-            .setup
-            .config()
-            .replace(
-                &w.setup.dir.path().join("spool").display().to_string(),
-                &dir.path().join("spool").display().to_string(),
-            )
-            .replace("node = \"n1\"", &format!("node = \"{name}\""));
+        let (dir, config) = node_config(w, name);
         let relay = Relay::start(&config, dir.path()).await;
         nodes.push((dir, relay));
     }
@@ -243,9 +249,8 @@ async fn one_node_asks_the_blocklists_each_refresh_and_every_node_takes_its_list
         |config: String| config.replace(&w.setup.dns.addr.to_string(), &dns.addr.to_string());
     let n1 = Relay::start(&through_counter(w.setup.config()), w.setup.dir.path()).await;
     let mut nodes = vec![(None, n1)];
-    for (dir, relay) in more_nodes(&w).await {
-        drop(relay);
-        let config = std::fs::read_to_string(dir.path().join("sidestep.toml")).unwrap();
+    for name in ["n2", "n3"] {
+        let (dir, config) = node_config(&w, name);
         let relay = Relay::start(&through_counter(config), dir.path()).await;
         nodes.push((Some(dir), relay));
     }
