@@ -548,6 +548,10 @@ async fn sync_warmup(client: redis::Client, reputation: Reputation) {
     let conn = Conn::new(client);
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        // No IP warms up: no Redis command a second for nothing.
+        if !reputation.warmup_active() {
+            continue;
+        }
         let (day, mine) = reputation.warmup_unsynced();
         let Some(mut c) = conn.get().await else {
             reputation.warmup_unsent(day, mine);

@@ -184,6 +184,11 @@ impl Reputation {
         self.shared.warmup.flush();
     }
 
+    /// Whether some egress IP warms up (else there is nothing to share about it).
+    pub fn warmup_active(&self) -> bool {
+        self.shared.warmup.active()
+    }
+
     /// Today's warmup messages taken since the last call, for a cluster's totals.
     pub fn warmup_unsynced(&self) -> (u64, Vec<(IpAddr, Site, u32)>) {
         self.shared.warmup.drain_unsynced(self.shared.clock.now())

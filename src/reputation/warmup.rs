@@ -134,7 +134,7 @@ impl Warmup {
         self.lock().schedules = schedules;
     }
 
-    fn active(&self) -> bool {
+    pub(super) fn active(&self) -> bool {
         self.active.load(std::sync::atomic::Ordering::Relaxed)
     }
 

@@ -432,14 +432,11 @@ impl Spool {
     /// # Errors
     /// The database read failed or a record is corrupt.
     pub fn recover(&self) -> Result<Vec<QueuedMessage>, SpoolError> {
-        let db = self.shared.index.get()?;
-        let txn = db!(db.begin_read())?;
-        let table = db!(txn.open_table(MESSAGES))?;
         let mut out = Vec::new();
-        for row in db!(table.iter())? {
-            let (k, v) = db!(row)?;
-            out.push(message::decode(k.value(), v.value())?);
-        }
+        self.visit(|m| {
+            out.push(m);
+            true
+        })?;
         Ok(out)
     }
 }
