@@ -165,6 +165,12 @@ impl Resolver {
         })
     }
 
+    /// The same name servers for `mail-auth`'s SPF and DMARC lookups (its own caches
+    /// keep answers for their TTL).
+    pub fn authenticator(&self) -> mail_auth::MessageAuthenticator {
+        mail_auth::MessageAuthenticator(self.inner.clone())
+    }
+
     /// The mail exchangers of `domain` in the order to try them: by preference, hosts of
     /// equal preference shuffled (RFC 5321 §5.1) so load spreads across them. A domain
     /// without MX records is its own exchanger (the implicit MX).

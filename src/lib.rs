@@ -23,6 +23,9 @@
 //! - [`spool`]: durable storage; a `250` is sent only after the message is fsynced.
 //! - [`queue`]: the scheduler owning every due time, retry math, DSNs.
 //! - [`routing`]: MX lookup, sites (domains sharing MX hosts), the egress pool rotation.
+//! - [`authorisation`]: which egress IPs (and smarthosts) SPF authorises for a sender
+//!   domain, and what receivers' authentication refusals taught; read by routing
+//!   before it picks an IP, taught by the queue.
 //! - [`outbound`]: the SMTP client, one transaction per (message, domain), from an egress
 //!   IP or through a fallback smarthost.
 //! - [`classify`]: reply → verdict, the one place deciding what a result means (rules
@@ -39,6 +42,7 @@
 
 pub mod admin;
 pub mod alerts;
+pub mod authorisation;
 pub mod classify;
 pub mod cli;
 pub mod clock;

@@ -162,6 +162,11 @@ fn main() -> ExitCode {
         Command::Complaints { config, json } => {
             done(run_to_end(cli::complaints(config.as_deref(), json)))
         }
+        Command::Auth {
+            domain,
+            config,
+            json,
+        } => done(run_to_end(cli::auth(config.as_deref(), &domain, json))),
         Command::Passwd { name, domains } => done(cli::passwd(&name, &domains)),
         Command::DnsblCheck { config, json, ips } => {
             done(run_to_end(cli::dnsbl_check(config.as_deref(), &ips, json)))

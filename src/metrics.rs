@@ -72,6 +72,16 @@ pub struct Metrics {
     pub deliveries: Family<DeliveryLabels, Counter>,
     /// Deliveries handed to a fallback smarthost.
     pub smarthost_deliveries: Counter,
+    /// Deliveries that left from an address the sender's SPF does not authorise,
+    /// because no authorised one was usable (`[delivery] spf = "prefer"`).
+    pub spf_unauthorised: Counter,
+    /// Deliveries that waited because no address SPF authorises was usable
+    /// (`[delivery] spf = "require"`).
+    pub spf_waiting: Counter,
+    /// SPF evaluations made (not answered from the cache): once per (domain, IP) per TTL.
+    pub spf_evaluations: Counter,
+    /// Authentication refusals (SPF/DKIM/DMARC) received.
+    pub auth_refusals: Counter,
     /// Seconds the spool took to make a message durable.
     pub spool_commit: Histogram,
     /// Seconds from the end of DATA to the `250`.
@@ -129,6 +139,10 @@ impl Metrics {
             refused: Family::default(),
             deliveries: Family::default(),
             smarthost_deliveries: Counter::default(),
+            spf_unauthorised: Counter::default(),
+            spf_waiting: Counter::default(),
+            auth_refusals: Counter::default(),
+            spf_evaluations: Counter::default(),
             // 50 µs to about 1.6 s.
             spool_commit: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
             accept_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 16)),
@@ -166,6 +180,26 @@ impl Metrics {
             "smarthost_deliveries",
             "Deliveries handed to a fallback smarthost",
             m.smarthost_deliveries.clone(),
+        );
+        registry.register(
+            "spf_unauthorised",
+            "Deliveries sent from an address the sender's SPF does not authorise (none that it does was usable)",
+            m.spf_unauthorised.clone(),
+        );
+        registry.register(
+            "spf_waiting",
+            "Deliveries deferred because no address the sender's SPF authorises was usable (spf = require)",
+            m.spf_waiting.clone(),
+        );
+        registry.register(
+            "spf_evaluations",
+            "SPF evaluations made, not answered from the cache (one per sender domain and IP per TTL)",
+            m.spf_evaluations.clone(),
+        );
+        registry.register(
+            "authentication_refusals",
+            "Refusals for SPF, DKIM, DMARC or alignment",
+            m.auth_refusals.clone(),
         );
         registry.register(
             "spool_commit_seconds",

@@ -17,10 +17,13 @@
 //! - [`blocks`]: `GET /api/v1/blocks`, `POST /api/v1/blocks/suspend?ip=&site=&for=&reason=`,
 //!   `POST /api/v1/blocks/lift?ip=&site=`, `GET /api/v1/listings`,
 //!   `POST /api/v1/listings/refresh`.
+//! - [`auth`]: `GET /api/v1/auth?domain=` (without a domain: the sender domains seen
+//!   in the last day).
 //! - `GET /api/v1/warmup`, `GET /api/v1/probes`, `GET /api/v1/complaints`,
 //!   `GET /api/v1/auth/lockouts`.
 
 pub mod api;
+pub mod auth;
 pub mod blocks;
 pub mod control;
 mod health;
@@ -108,6 +111,8 @@ pub struct Admin {
     cluster: Option<std::sync::Arc<crate::cluster::Status>>,
     /// Destination sites marked down.
     site_health: Arc<crate::routing::SiteHealth>,
+    /// What `/api/v1/auth` reports from.
+    auth: Option<Arc<auth::AuthDesk>>,
     failures: Arc<Mutex<HashMap<IpAddr, (Instant, u32)>>>,
 }
 
@@ -131,6 +136,7 @@ impl Admin {
             complaints: crate::complaints::Complaints::default(),
             cluster: None,
             site_health: Arc::default(),
+            auth: None,
             reload: None,
             egress: Arc::from(Vec::new()),
             hostname: hostname.into(),
@@ -191,6 +197,12 @@ impl Admin {
         self
     }
 
+    /// Serves `/api/v1/auth` from this.
+    pub fn with_auth(mut self, desk: auth::AuthDesk) -> Self {
+        self.auth = Some(Arc::new(desk));
+        self
+    }
+
     /// The seed probes `/api/v1/probes` shows.
     pub fn with_probes(mut self, probes: crate::probes::Probes) -> Self {
         self.probes = probes;
@@ -232,6 +244,7 @@ pub fn router(admin: Admin) -> Router {
         .route("/api/v1/blocks/lift", post(blocks::lift))
         .route("/api/v1/listings", get(blocks::listings))
         .route("/api/v1/auth/lockouts", get(lockouts))
+        .route("/api/v1/auth", get(auth::report))
         .route("/api/v1/warmup", get(warmup))
         .route("/api/v1/probes", get(probes))
         .route("/api/v1/complaints", get(complaints))

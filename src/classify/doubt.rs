@@ -33,6 +33,9 @@ pub fn worth_second_opinion(code: u16, verdict: Verdict, text: &str, ip: IpAddr)
         Verdict::Delivered
         | Verdict::IpReputation
         | Verdict::DomainReputation
+        // Asked again only from an IP that SPF authorises (see `queue::domain`), and
+        // never turned into a block.
+        | Verdict::Authentication
         | Verdict::Throttle
         | Verdict::Greylist => false,
         // What rules call the message or our policy is often the IP in other words.

@@ -33,8 +33,12 @@ pub enum Verdict {
     Recipient,
     /// Size, format or content: bounce (after a second opinion).
     Message,
-    /// SPF/DKIM/DMARC or the receiver's local policy: bounce (after a second opinion).
+    /// The receiver's local policy: bounce (after a second opinion).
     Policy,
+    /// SPF, DKIM, DMARC or alignment: a fact about (sender domain, IP), never about the
+    /// IP's reputation. Asked again only from an IP that SPF authorises; bounced with a
+    /// DSN naming what failed when that is refused too.
+    Authentication,
     /// Too fast for this destination: fewer connections, a later retry.
     Throttle,
     /// Greylisting: the receiver wants to see us retry.
@@ -79,12 +83,13 @@ pub enum Retry {
 
 impl Verdict {
     /// Every verdict, in the order the CLI shows them.
-    pub const ALL: [Verdict; 9] = [
+    pub const ALL: [Verdict; 10] = [
         Verdict::Delivered,
         Verdict::Transient,
         Verdict::Recipient,
         Verdict::Message,
         Verdict::Policy,
+        Verdict::Authentication,
         Verdict::Throttle,
         Verdict::Greylist,
         Verdict::IpReputation,
@@ -99,6 +104,7 @@ impl Verdict {
             Verdict::Recipient => "recipient",
             Verdict::Message => "message",
             Verdict::Policy => "policy",
+            Verdict::Authentication => "authentication",
             Verdict::Throttle => "throttle",
             Verdict::Greylist => "greylist",
             Verdict::IpReputation => "ip-reputation",
@@ -113,7 +119,7 @@ impl Verdict {
             Verdict::Transient | Verdict::Throttle | Verdict::Greylist => Blame::Destination,
             Verdict::Recipient => Blame::Recipient,
             Verdict::Message => Blame::Message,
-            Verdict::Policy => Blame::SenderPolicy,
+            Verdict::Policy | Verdict::Authentication => Blame::SenderPolicy,
             Verdict::IpReputation => Blame::EgressIp,
             Verdict::DomainReputation => Blame::SenderDomain,
         }
@@ -126,6 +132,7 @@ impl Verdict {
             | Verdict::Recipient
             | Verdict::Message
             | Verdict::Policy
+            | Verdict::Authentication
             | Verdict::DomainReputation => Retry::No,
             Verdict::Transient | Verdict::Greylist => Retry::Later,
             Verdict::Throttle => Retry::LaterSlower,

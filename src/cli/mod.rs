@@ -1,6 +1,7 @@
 //! The `sidestep` command line: one file per subcommand.
 
 mod admin_client;
+mod auth;
 mod blocks;
 mod check_config;
 mod classify;
@@ -21,6 +22,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+pub use auth::auth;
 pub use blocks::blocks;
 pub use check_config::check_config;
 pub use classify::{ClassifyMode, classify};
@@ -281,6 +283,19 @@ pub enum Command {
     /// Feedback-loop complaints (through the running relay's admin API): counts per
     /// sender and egress IP, and the latest reports.
     Complaints {
+        /// Configuration file (TOML): where the admin API listens.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Machine-readable output (the API's JSON).
+        #[arg(long)]
+        json: bool,
+    },
+    /// What receivers check about a sender domain's mail from this relay: SPF for each
+    /// egress IP and smarthost, IPs receivers refused for authentication, DKIM keys,
+    /// DMARC, reverse DNS and the bulk-sender checklist (asks the running relay).
+    Auth {
+        /// The sender domain (the MAIL FROM / From: domain).
+        domain: String,
         /// Configuration file (TOML): where the admin API listens.
         #[arg(long, short)]
         config: Option<PathBuf>,

@@ -98,8 +98,21 @@ impl Reloader {
             Ok(c) => Arc::new(c),
             Err(e) => return refuse(vec![e.to_string()]),
         };
-        let outbound = match Outbound::new(&config, self.resolver.clone(), self.reputation.clone())
-        {
+        // The same authorisation: its SPF cache and learned denials carry on.
+        let authorisation = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .outbound
+            .authorisation()
+            .clone();
+        let outbound = match Outbound::new(
+            &config,
+            self.resolver.clone(),
+            self.reputation.clone(),
+            authorisation,
+        ) {
             Ok(o) => o,
             Err(e) => return refuse(vec![e.to_string()]),
         };
@@ -110,6 +123,8 @@ impl Reloader {
         let config = Arc::new(config);
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         let restart_needed = needs_restart(&current.0, &config);
+        // The operator may have fixed a sender's DNS: SPF is asked afresh.
+        outbound.authorisation().forget();
         let ctx = Arc::new(current.1.reconfigured(config.clone(), outbound, classifier));
         self.inbound.reconfigure(config.clone(), security);
         self.queue.reconfigure(ctx.clone());

@@ -50,8 +50,40 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         config.listings.clone(),
         config.delivery.require_fcrdns,
     );
-    let outbound = Outbound::new(&config, resolver.clone(), reputation.clone())
-        .context("setting up delivery")?;
+    let authorisation = crate::authorisation::Authorisation::new(
+        &resolver,
+        &config.server.hostname,
+        Some(&config.spool.directory),
+        crate::clock::Clock::system(),
+    );
+    {
+        let reputation = reputation.clone();
+        authorisation.spawn_rechecks(
+            config.egress_helos(),
+            config.listings.refresh.get(),
+            move |c| {
+                let verb = if c.now == crate::authorisation::SpfOutcome::Pass {
+                    "is now authorised"
+                } else {
+                    "is no longer authorised"
+                };
+                tracing::warn!(sender_domain = %c.domain, ip = %c.ip, was = %c.was, now = %c.now, "egress IP {verb} by the SPF of {}", c.domain);
+                reputation.alert(
+                    "auth-changed",
+                    Some(c.ip),
+                    Some(c.domain.clone()),
+                    format!("{} {verb} by the SPF of {} (spf was {}, now {})", c.ip, c.domain, c.was, c.now),
+                );
+            },
+        );
+    }
+    let outbound = Outbound::new(
+        &config,
+        resolver.clone(),
+        reputation.clone(),
+        authorisation.clone(),
+    )
+    .context("setting up delivery")?;
     if let Some(c) = &cluster {
         outbound.share_slots(c.slots.clone());
         c.share_health(outbound.health());
@@ -109,7 +141,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
             ctx,
             inbound: inbound.clone(),
             queue: queue.clone(),
-            resolver,
+            resolver: resolver.clone(),
             reputation: reputation.clone(),
             monitor,
         },
@@ -152,6 +184,25 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     .with_cluster(cluster.map(|c| c.status))
     .with_site_health(site_health)
     .with_egress(config.egress_ips())
+    .with_auth(crate::admin::auth::AuthDesk {
+        authorisation: authorisation.clone(),
+        resolver: resolver.clone(),
+        egress: config.egress_helos(),
+        smarthosts: config
+            .smarthosts
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    s.host.clone(),
+                    config.server.hostname.clone(),
+                )
+            })
+            .collect(),
+        dkim: Vec::new(),
+        starttls: config.delivery.starttls,
+        one_click_checked: false,
+    })
     .with_reload({
         let reloader = reloader.clone();
         Arc::new(move || reloader.reload())

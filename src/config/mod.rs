@@ -722,6 +722,24 @@ pub struct DeliveryConfig {
     pub site_down_after: u32,
     /// How often a down site is probed.
     pub site_probe_interval: HumanDuration,
+    /// Whether the egress IP (or fallback smarthost) is chosen by the sender's SPF: an IP
+    /// outside the MAIL FROM domain's SPF turns a reputation save into a DMARC failure.
+    pub spf: SpfMode,
+}
+
+/// How SPF steers the choice of egress IP (`[delivery] spf`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpfMode {
+    /// Clean IPs that SPF authorises first; when none is usable, the others (with a
+    /// warning) rather than wait.
+    #[default]
+    Prefer,
+    /// Only IPs (or a smarthost) that SPF authorises; otherwise the mail waits, never
+    /// bounces, and the operator is alerted (`spf-unauthorised`).
+    Require,
+    /// SPF plays no part in the choice.
+    Off,
 }
 
 /// `[dns]`: the resolver for MX, address and blocklist lookups.
@@ -937,6 +955,7 @@ impl Default for DeliveryConfig {
             tls_ca_file: None,
             site_down_after: 5,
             site_probe_interval: HumanDuration::from_secs(300),
+            spf: SpfMode::Prefer,
         }
     }
 }

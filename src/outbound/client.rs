@@ -10,10 +10,12 @@ use smtp_proto::EXT_START_TLS;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 
+use super::authorised::SpfChoice;
 use super::protocol::{After, HostFailure, boxed, error_reply, greeting, hello, transaction};
 use super::sessions::{ReuseLimits, Session, SessionCache};
 use super::smarthost::Smarthost;
 use super::{AttemptReport, DomainDelivery, Via};
+use crate::authorisation::Authorisation;
 use crate::config::{Config, RouteConfig, TlsPolicy};
 use crate::dns::{DnsError, Resolver};
 use crate::egress::{EgressIp, Standing};
@@ -34,7 +36,10 @@ pub struct Outbound {
     default_pool: String,
     default_fallback: Option<String>,
     site_rollup: Vec<String>,
-    reputation: Reputation,
+    pub(super) reputation: Reputation,
+    /// Which egress IPs and smarthosts the senders' SPF authorises (the same object
+    /// across reloads: its caches and learned denials carry on).
+    authorisation: Authorisation,
     port: u16,
     connect_timeout: Duration,
     command_timeout: Duration,
@@ -61,6 +66,7 @@ impl Outbound {
         config: &Config,
         resolver: Resolver,
         reputation: Reputation,
+        authorisation: Authorisation,
     ) -> Result<Self, super::OutboundError> {
         let d = &config.delivery;
         let tls = d.starttls.then(|| {
@@ -105,6 +111,7 @@ impl Outbound {
             default_fallback: d.fallback.clone(),
             site_rollup: d.site_rollup.clone(),
             reputation,
+            authorisation,
             port: d.port,
             connect_timeout: d.connect_timeout.get(),
             command_timeout: d.command_timeout.get(),
@@ -146,6 +153,15 @@ impl Outbound {
         self.shaper.tighten(site, period);
     }
 
+    /// What the senders' SPF authorises, and what receivers taught about it.
+    pub fn authorisation(&self) -> &Authorisation {
+        &self.authorisation
+    }
+
+    pub(super) fn resolver(&self) -> &Resolver {
+        &self.resolver
+    }
+
     /// Which sites are down (the same object across reloads), for the operator.
     pub fn health(&self) -> std::sync::Arc<SiteHealth> {
         self.health.clone()
@@ -184,6 +200,32 @@ impl Outbound {
             Err(e) => return report(vec![dns_reply(&e); d.recipients.len()]),
         };
         let site = Site::from_mx(&hosts, &self.site_rollup);
+        self.authorisation.note_sender(d.sender);
+        // The sender's SPF narrows the pool (and may allow the smarthost only).
+        let mut avoid = d.avoid.to_vec();
+        match self.spf_choice(d, pool, fallback, &site).await {
+            SpfChoice::AsBefore => {}
+            SpfChoice::Avoid(ips) => avoid.extend(ips),
+            SpfChoice::Smarthost => avoid.extend(pool.egress().iter().filter_map(|e| e.ip)),
+            SpfChoice::Wait(why) => {
+                let mut r = report(vec![
+                    RemoteReply {
+                        code: 0,
+                        enhanced: "4.7.0".into(),
+                        text: why,
+                        mx: None,
+                    };
+                    d.recipients.len()
+                ]);
+                r.site = Some(site);
+                r.unauthorised = true;
+                return r;
+            }
+        }
+        let d = &DomainDelivery {
+            avoid: &avoid,
+            ..*d
+        };
         // Every egress IP listed or blocked for this site: the fallback smarthost, or wait.
         let avoided = |e: &EgressIp| e.ip.is_some_and(|ip| d.avoid.contains(&ip));
         let usable = pool
@@ -468,7 +510,7 @@ impl Outbound {
         }
     }
 
-    fn standing(&self, egress: &EgressIp, site: &Site) -> Standing {
+    pub(super) fn standing(&self, egress: &EgressIp, site: &Site) -> Standing {
         egress
             .ip
             .map_or(Standing::Clean, |ip| self.reputation.standing_for(ip, site))

@@ -2,6 +2,7 @@
 //! the route's pool to the domain's MX hosts in preference order, or to the route's
 //! fallback smarthost when no egress IP is clean for the destination site.
 
+mod authorised;
 mod client;
 mod protocol;
 mod reply;
@@ -35,6 +36,10 @@ pub struct DomainDelivery<'a> {
     /// Egress IPs not to use for this delivery, whatever their standing: a second
     /// opinion must come from another address than the one that was refused.
     pub avoid: &'a [IpAddr],
+    /// How the sender's SPF narrows the choice of egress IP and smarthost: the
+    /// configured `[delivery] spf`, or `Require` for a second opinion after an
+    /// authentication refusal (only an authorised address may be asked).
+    pub spf: crate::config::SpfMode,
 }
 
 /// How the mail left.
@@ -80,6 +85,9 @@ pub struct AttemptReport {
     /// The site was down and a server answered this delivery (its probe): the site's
     /// parked mail may go.
     pub site_recovered: bool,
+    /// Nothing was sent: no usable address is authorised by the sender's SPF and the
+    /// delivery required one.
+    pub unauthorised: bool,
 }
 
 impl AttemptReport {
@@ -100,6 +108,7 @@ impl AttemptReport {
             skipped: false,
             unreachable: false,
             site_recovered: false,
+            unauthorised: false,
         }
     }
 }

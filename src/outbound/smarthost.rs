@@ -68,6 +68,21 @@ impl Smarthost {
         })
     }
 
+    /// Its name in `[[smarthosts]]`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The host connected to.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The name announced in EHLO (SPF's HELO identity for bounces).
+    pub fn helo(&self) -> &str {
+        &self.helo
+    }
+
     /// Hands the transaction to the smarthost. Never fails: problems become replies.
     pub async fn deliver(
         &self,

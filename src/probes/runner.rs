@@ -216,6 +216,8 @@ async fn send_one(
         body: body.as_bytes(),
         max_connections: 1,
         avoid: &[],
+        // A probe leaves from the IP under test, whatever SPF says of it.
+        spf: crate::config::SpfMode::Off,
     };
     let report = ctx.outbound.probe(egress, &d).await;
     let reply = report.replies.first()?;

@@ -290,6 +290,7 @@ async fn attempt(
                         reply,
                         expired: false,
                         earlier: r.earlier,
+                        explanation: r.explanation,
                     }
                 }
                 (_, Retry::Later | Retry::LaterSlower | Retry::OtherIp) => {
@@ -454,6 +455,7 @@ fn expire(msg: &mut QueuedMessage, lifetime: Duration, now: u64) {
                 reply,
                 expired: true,
                 earlier: None,
+                explanation: None,
             };
         }
     }

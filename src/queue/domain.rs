@@ -17,6 +17,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use super::context::QueueContext;
 use crate::classify::{Classification, Verdict, worth_second_opinion};
 use crate::clock::unix_now;
+use crate::config::SpfMode;
 use crate::envelope::{Address, BodyFlags, Sender};
 use crate::outbound::{AttemptReport, DomainDelivery, Via};
 use crate::reputation::{Evidence, LearnedReply, Reputation, StoreError};
@@ -44,6 +45,8 @@ pub(super) struct RecipientResult {
     pub verdict: Verdict,
     /// The first IP's refusal, when a second IP was asked and refused too.
     pub earlier: Option<RemoteReply>,
+    /// What the sender must fix (an authentication failure), for the DSN.
+    pub explanation: Option<String>,
     /// Where the attempt that gave this result went.
     pub route: LastRoute,
 }
@@ -69,6 +72,18 @@ pub(super) struct DomainOutcome {
     pub site_recovered: Option<Site>,
     /// No server of this site answered: when it comes back, this message goes too.
     pub unreachable: Option<Site>,
+}
+
+/// An authentication refusal (SPF/DKIM/DMARC) from one of our IPs: asked again only from
+/// an IP the sender's SPF authorises.
+struct AuthDoubt {
+    index: usize,
+    rcpt: Address,
+    reply: RemoteReply,
+    ip: IpAddr,
+    /// The HELO name it announced (SPF's identity for a null sender).
+    helo: std::sync::Arc<str>,
+    site: Site,
 }
 
 /// A refusal that may be about the IP although no rule says so: what a block needs if a
@@ -98,8 +113,9 @@ pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> Domain
         unreachable: None,
     };
     let mut doubts = Vec::new();
+    let mut auth_doubts = Vec::new();
     for round in 0..MAX_ROUNDS {
-        let report = send(ctx, &job, &pending, &[]).await;
+        let report = send(ctx, &job, &pending, &[], ctx.config.delivery.spf).await;
         if let (Some(next), Some(site), true) = (report.site_down, &report.site, report.skipped) {
             // Not tried: the recipients wait with the reason, nothing is logged per
             // recipient (the site's mail is parked, not attempted).
@@ -111,6 +127,7 @@ pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> Domain
                             reply,
                             verdict: Verdict::Transient,
                             earlier: None,
+                            explanation: None,
                             route: LastRoute {
                                 site: Some(site.to_string()),
                                 egress: "-".into(),
@@ -156,6 +173,17 @@ pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> Domain
                 _ => None,
             };
             let keep_line = class.verdict == Verdict::IpReputation || doubt.is_some();
+            // An authentication refusal of one of our IPs: another IP that the sender's
+            // SPF authorises is asked before anything is concluded.
+            let auth_doubt = match (&report.egress, our_ip, &report.site) {
+                (Some(e), Some(ip), Some(site)) if class.verdict == Verdict::Authentication => {
+                    Some((ip, e.helo.clone(), site.clone()))
+                }
+                _ => None,
+            };
+            if class.verdict == Verdict::Authentication {
+                crate::metrics::metrics().auth_refusals.inc();
+            }
             let Logged { record, line } = log_attempt(
                 &job,
                 rcpt,
@@ -163,7 +191,7 @@ pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> Domain
                 &reply,
                 &class,
                 keep_line,
-                doubt.is_some(),
+                doubt.is_some() || auth_doubt.is_some(),
             );
             let verdict = class.verdict;
             match verdict {
@@ -185,6 +213,18 @@ pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> Domain
                     refusal = Some(evidence(&job, rcpt, &report, &reply, &class, line));
                 }
                 again.push((*i, rcpt.clone()));
+            } else if let Some((ip, helo, site)) = auth_doubt {
+                auth_doubts.push(AuthDoubt {
+                    index: *i,
+                    rcpt: rcpt.clone(),
+                    reply: reply.clone(),
+                    ip,
+                    helo,
+                    site,
+                });
+            } else if class.verdict == Verdict::Authentication {
+                // Through a smarthost: nothing of ours to try instead.
+                auth_failing(ctx, &job, &reply, None).await;
             } else if let Some((ip, site)) = doubt {
                 doubts.push(Doubt {
                     index: *i,
@@ -202,6 +242,7 @@ pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> Domain
                     reply,
                     verdict,
                     earlier: None,
+                    explanation: None,
                     route: record.route(),
                 },
             );
@@ -222,7 +263,225 @@ pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> Domain
     if !doubts.is_empty() {
         second_opinion(ctx, &job, doubts, &mut outcome).await;
     }
+    if !auth_doubts.is_empty() {
+        auth_second_opinion(ctx, &job, auth_doubts, &mut outcome).await;
+    }
     outcome
+}
+
+/// Asks an egress IP that the sender's SPF authorises (or an authorised fallback
+/// smarthost) about recipients refused for authentication. Accepted there: the first IP
+/// is recorded as not authorised for the sender domain (`sidestep auth`), never blocked
+/// for the site. Refused there too, or no authorised address: the refusal stands, the
+/// DSN says what failed and the operator gets an `auth-failing` alert.
+async fn auth_second_opinion(
+    ctx: &QueueContext,
+    job: &DomainJob,
+    doubts: Vec<AuthDoubt>,
+    outcome: &mut DomainOutcome,
+) {
+    let mut avoid: Vec<IpAddr> = doubts.iter().map(|d| d.ip).collect();
+    avoid.sort();
+    avoid.dedup();
+    let recipients: Vec<(usize, Address)> =
+        doubts.iter().map(|d| (d.index, d.rcpt.clone())).collect();
+    tracing::info!(
+        queue_id = %job.queue_id,
+        recipients = recipients.len(),
+        refused_ip = %avoid.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(","),
+        first_reply = %doubts[0].reply,
+        "authentication refusal: asking an address the sender's SPF authorises before bouncing (no block: it is not the IP's reputation)"
+    );
+    let report = send(ctx, job, &recipients, &avoid, SpfMode::Require).await;
+    if report.unauthorised || report.no_egress || report.replies.is_empty() {
+        tracing::warn!(
+            queue_id = %job.queue_id,
+            why = report.replies.first().map(|r| r.text.as_str()).unwrap_or("-"),
+            "authentication refusal stands: no other address that the sender's SPF authorises"
+        );
+        for d in doubts {
+            let explanation = auth_failing(ctx, job, &d.reply, Some((d.ip, &d.helo))).await;
+            if let Some(r) = outcome.results.get_mut(&d.index) {
+                r.explanation = Some(explanation);
+            }
+        }
+        return;
+    }
+    let accepted_via = match (&report.via, &report.egress) {
+        (Via::Smarthost(name), _) => format!("smarthost:{name}"),
+        (Via::Direct, Some(e)) => e.to_string(),
+        (Via::Direct, None) => "default".into(),
+    };
+    let our_ip = report
+        .egress
+        .as_ref()
+        .and_then(|e| e.ip)
+        .filter(|_| report.via == Via::Direct);
+    let mut refusal = None;
+    let mut delivered = false;
+    let mut denied: Vec<IpAddr> = Vec::new();
+    for (k, d) in doubts.into_iter().enumerate() {
+        let Some(reply) = report.replies.get(k).cloned() else {
+            continue;
+        };
+        let class = ctx
+            .classifier
+            .classify(reply.code, &reply.enhanced, &reply.text);
+        let Logged { record, line } = log_attempt(
+            job,
+            &d.rcpt,
+            &report,
+            &reply,
+            &class,
+            class.verdict == Verdict::IpReputation,
+            false,
+        );
+        let verdict = class.verdict;
+        let mut explanation = None;
+        let earlier = match verdict {
+            Verdict::Delivered => {
+                delivered = true;
+                if !denied.contains(&d.ip) {
+                    denied.push(d.ip);
+                    deny(ctx, job, &d, &accepted_via);
+                }
+                None
+            }
+            Verdict::IpReputation if our_ip.is_some() => {
+                if refusal.is_none() {
+                    refusal = Some(evidence(job, &d.rcpt, &report, &reply, &class, line));
+                }
+                None
+            }
+            Verdict::Throttle => {
+                outcome.throttled = true;
+                outcome.throttled_site = report.site.clone();
+                None
+            }
+            v if v.is_permanent_failure() => {
+                if v == Verdict::Authentication {
+                    crate::metrics::metrics().auth_refusals.inc();
+                    explanation = Some(auth_failing(ctx, job, &reply, Some((d.ip, &d.helo))).await);
+                }
+                tracing::info!(
+                    queue_id = %job.queue_id,
+                    rcpt = %d.rcpt,
+                    first = %d.reply,
+                    second = %reply,
+                    "authentication: refused from an authorised address too; bouncing"
+                );
+                Some(d.reply)
+            }
+            _ => None,
+        };
+        outcome.results.insert(
+            d.index,
+            RecipientResult {
+                reply,
+                verdict,
+                earlier,
+                explanation,
+                route: record.route(),
+            },
+        );
+        outcome.history.push(record);
+    }
+    learn(ctx, our_ip, report.site.as_ref(), refusal, delivered).await;
+}
+
+/// An address SPF authorises got past an authentication refusal of `d.ip`: the pair
+/// (sender domain, IP) is remembered so that domain's mail avoids the IP; the IP keeps
+/// its standing for every other sender.
+fn deny(ctx: &QueueContext, job: &DomainJob, d: &AuthDoubt, accepted_via: &str) {
+    let domain = crate::authorisation::domain_of(&job.sender, &d.helo).to_string();
+    let stored = ctx
+        .outbound
+        .authorisation()
+        .deny(crate::authorisation::Denial {
+            domain: domain.clone(),
+            ip: d.ip,
+            site: d.site.to_string(),
+            reply: d.reply.to_string(),
+            accepted_via: accepted_via.to_string(),
+            first_seen: 0,
+            last_seen: 0,
+            count: 0,
+            until: 0,
+        });
+    tracing::warn!(
+        queue_id = %job.queue_id,
+        sender_domain = %domain,
+        ip = %d.ip,
+        site = %d.site,
+        accepted_via,
+        count = stored.count,
+        until = %crate::clock::rfc3339(stored.until),
+        reply = %d.reply,
+        "IP not authorised for {domain}: refused for authentication, accepted from {accepted_via}; that domain's mail avoids the IP (no block: other senders keep it)"
+    );
+}
+
+/// An authentication refusal that another address cannot get past: alert the operator
+/// (`auth-failing`, once per sender domain per `[alerts] repeat_after`) and return what
+/// the DSN tells the sender.
+async fn auth_failing(
+    ctx: &QueueContext,
+    job: &DomainJob,
+    reply: &RemoteReply,
+    from: Option<(IpAddr, &str)>,
+) -> String {
+    let helo = from.map_or("", |(_, h)| h);
+    let domain = crate::authorisation::domain_of(&job.sender, helo).to_string();
+    let named = named_checks(&reply.text);
+    let spf = match from {
+        Some((ip, helo)) => {
+            let outcome = ctx
+                .outbound
+                .authorisation()
+                .spf(crate::authorisation::identity_of(&job.sender), ip, helo)
+                .await;
+            format!("SPF of {domain} for {ip}: {outcome}; ")
+        }
+        None => String::new(),
+    };
+    let explanation = format!(
+        "Sender authentication failed for {domain} ({spf}the receiver names: {named}).          No address of ours that {domain}'s SPF authorises got the message accepted:          the sender domain's DNS must be fixed (SPF record, DKIM signature, DMARC alignment)."
+    );
+    ctx.reputation.alert(
+        "auth-failing",
+        None,
+        Some(domain.clone()),
+        format!(
+            "mail from {domain} is refused for authentication and no egress IP that its SPF authorises gets it accepted; {spf}reply: {reply}"
+        ),
+    );
+    tracing::warn!(
+        queue_id = %job.queue_id,
+        sender_domain = %domain,
+        reply = %reply,
+        "authentication failing for {domain}: {named}"
+    );
+    explanation
+}
+
+/// Which checks an authentication refusal names, in words for the DSN.
+fn named_checks(text: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    let named: Vec<&str> = [
+        ("spf", "SPF"),
+        ("dkim", "DKIM"),
+        ("dmarc", "DMARC"),
+        ("align", "alignment"),
+    ]
+    .into_iter()
+    .filter(|(word, _)| lower.contains(word))
+    .map(|(_, name)| name)
+    .collect();
+    if named.is_empty() {
+        "authentication".into()
+    } else {
+        named.join(", ")
+    }
 }
 
 /// Tells the operator when a site has no egress IP left: its mail waits, or goes through
@@ -257,6 +516,7 @@ async fn send(
     job: &DomainJob,
     recipients: &[(usize, Address)],
     avoid: &[IpAddr],
+    spf: SpfMode,
 ) -> AttemptReport {
     let addresses: Vec<Address> = recipients.iter().map(|(_, a)| a.clone()).collect();
     ctx.outbound
@@ -268,6 +528,7 @@ async fn send(
             body: &job.body,
             max_connections: ctx.domain_cap(&job.domain),
             avoid,
+            spf,
         })
         .await
 }
@@ -294,7 +555,7 @@ async fn second_opinion(
         first_rule = %doubts[0].class.rule,
         "second opinion: a refusal no rule blames on the IP; asking another egress IP before bouncing"
     );
-    let report = send(ctx, job, &recipients, &avoid).await;
+    let report = send(ctx, job, &recipients, &avoid, ctx.config.delivery.spf).await;
     if report.no_egress {
         tracing::info!(
             queue_id = %job.queue_id,
@@ -371,6 +632,7 @@ async fn second_opinion(
                 reply,
                 verdict,
                 earlier,
+                explanation: None,
                 route: record.route(),
             },
         );

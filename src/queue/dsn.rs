@@ -75,6 +75,9 @@ pub fn build(
                 b.push_str(&fold(&format!("<{}>: {why}: {}", r.address, reply)));
             }
         }
+        if let Some(what) = explanation(r) {
+            b.push_str(&fold(&format!("    {what}")));
+        }
     }
     let _ = write!(
         b,
@@ -153,6 +156,14 @@ fn failure(r: &RecipientState) -> (&RemoteReply, bool) {
         RecipientStatus::Pending { last: Some(reply) }
         | RecipientStatus::Delivered { reply, .. } => (reply, false),
         RecipientStatus::Pending { last: None } => (&EXPIRED, true),
+    }
+}
+
+/// What the sender must fix, when the queue knew more than the reply says.
+fn explanation(r: &RecipientState) -> Option<&str> {
+    match &r.status {
+        RecipientStatus::Failed { explanation, .. } => explanation.as_deref(),
+        _ => None,
     }
 }
 

@@ -119,6 +119,7 @@ pub async fn delete(
                     reply: reply.clone(),
                     expired: false,
                     earlier: None,
+                    explanation: None,
                 };
             }
         }

@@ -66,12 +66,10 @@ async fn a_deferred_message_is_retried_on_the_backoff_schedule() {
     let config = Arc::new(config);
     let spool = Spool::open(dir.path()).unwrap();
     let reputation = Reputation::in_memory(vec![]);
-    let outbound = Outbound::new(
-        &config,
-        Resolver::new(&config.dns).unwrap(),
-        reputation.clone(),
-    )
-    .unwrap();
+    let resolver = Resolver::new(&config.dns).unwrap();
+    let authorisation =
+        crate::authorisation::Authorisation::new(&resolver, "relay.test", None, Clock::system());
+    let outbound = Outbound::new(&config, resolver, reputation.clone(), authorisation).unwrap();
     let clock = Clock::following_tokio();
     let ctx = QueueContext::new(
         config.clone(),

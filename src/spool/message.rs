@@ -179,6 +179,11 @@ pub enum RecipientStatus {
         /// bouncing and refused too (the second opinion): the DSN quotes both.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         earlier: Option<RemoteReply>,
+        /// What the sender must fix, when the refusal says more than its text (an
+        /// authentication failure: which check failed for which address); the DSN
+        /// quotes it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        explanation: Option<String>,
     },
 }
 

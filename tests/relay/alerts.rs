@@ -10,7 +10,7 @@ use crate::World;
 use crate::support::eventually;
 
 /// A webhook receiver on loopback: every JSON body it got.
-async fn webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
+pub async fn webhook() -> (String, Arc<Mutex<Vec<serde_json::Value>>>) {
     receiver(crate::support::fresh_loopback(), None).await
 }
 

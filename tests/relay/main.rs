@@ -5,6 +5,7 @@ mod support;
 
 mod admin;
 mod alerts;
+mod authentication;
 mod bench;
 mod blocks;
 mod cli;

@@ -64,6 +64,54 @@ pub struct Behaviour {
     /// Accept connections and close them at once, without a greeting (a server that is
     /// down behind its address); they are counted in `connections`.
     pub dead: bool,
+    /// Check SPF for the connecting IP and the MAIL FROM domain (through the test's DNS)
+    /// at the end of DATA, and refuse what does not pass as Gmail does (5.7.26).
+    pub spf: Option<Arc<mail_auth::MessageAuthenticator>>,
+}
+
+/// An SPF checker for a sink, asking the test's DNS server at `dns`.
+pub fn spf_checker(dns: SocketAddr) -> Arc<mail_auth::MessageAuthenticator> {
+    use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+    let mut ns = NameServerConfig::udp_and_tcp(dns.ip());
+    for conn in &mut ns.connections {
+        conn.port = dns.port();
+    }
+    Arc::new(
+        mail_auth::MessageAuthenticator::new(
+            ResolverConfig::from_name_servers(vec![ns]),
+            ResolverOpts::default(),
+        )
+        .unwrap(),
+    )
+}
+
+/// Gmail's refusal when SPF does not pass and nothing else authenticates the mail.
+async fn spf_refusal(
+    auth: &mail_auth::MessageAuthenticator,
+    peer: IpAddr,
+    helo: &str,
+    mail_from: &str,
+) -> Option<String> {
+    let sender = mail_from
+        .trim_start_matches('<')
+        .split('>')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let output = auth
+        .verify_spf(mail_auth::spf::verify::SpfParameters::verify_mail_from(
+            peer,
+            helo,
+            "sink.test",
+            &sender,
+        ))
+        .await;
+    let domain = sender.rsplit_once('@').map_or(helo, |(_, d)| d).to_string();
+    (output.result() != mail_auth::SpfResult::Pass).then(|| {
+        format!(
+            "550 5.7.26 This mail has been blocked because the sender is unauthenticated. Gmail requires all senders to authenticate with either SPF or DKIM. Authentication results: DKIM = did not pass SPF [{domain}] with ip: [{peer}] = did not pass"
+        )
+    })
 }
 
 /// How a connection goes on after a message, to try the client's connection reuse.
@@ -363,6 +411,11 @@ impl Sink {
                                 .or_else(|| b.data_always.clone()),
                             b.data_delay,
                         )
+                    };
+                    let spf = self.behaviour.lock().unwrap().spf.clone();
+                    let reply = match (reply, spf) {
+                        (None, Some(auth)) => spf_refusal(&auth, peer, &helo, &mail_from).await,
+                        (reply, _) => reply,
                     };
                     if let Some(delay) = delay {
                         tokio::time::sleep(delay).await;

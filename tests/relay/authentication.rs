@@ -1,0 +1,203 @@
+//! Rotation that never breaks authentication: the egress IP is chosen among those the
+//! sender's SPF authorises, an SPF/DKIM/DMARC refusal is never turned into a block of
+//! the IP, and when no authorised address gets the mail accepted the sender gets one DSN
+//! naming SPF and the operator an `auth-failing` alert. The destination checks SPF for
+//! the connecting IP through the test's DNS, as Gmail does.
+
+use std::net::IpAddr;
+
+use crate::World;
+use crate::support::client::ready;
+use crate::support::relay::Relay;
+use crate::support::sink::spf_checker;
+use crate::support::{dsn_text, eventually, http_get};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// A world whose destination refuses (5.7.26) mail that fails SPF, with sender domains
+/// `one.test` (SPF lists 127.0.0.2 only), `both.test` (both egress IPs) and `none.test`
+/// (neither); their MX is the sender sink, where DSNs arrive.
+async fn spf_world() -> World {
+    let w = World::new().await;
+    w.dest
+        .behave(|b| b.spf = Some(spf_checker(w.setup.dns.addr)));
+    let dns = &w.setup.dns;
+    dns.add_txt("one.test", "v=spf1 ip4:127.0.0.2 -all").await;
+    dns.add_txt("both.test", "v=spf1 ip4:127.0.0.2 a:out.both.test -all")
+        .await;
+    dns.add_a("out.both.test", ip("127.0.0.3")).await;
+    dns.add_txt("none.test", "v=spf1 ip4:192.0.2.1 -all").await;
+    for d in ["one.test", "both.test", "none.test"] {
+        dns.add_mx(d, 10, "mx.sender.test").await;
+    }
+    w
+}
+
+/// Sends `n` messages from `from`, each once the relay is done with the previous one.
+async fn send_from(relay: &Relay, from: &str, n: usize, done_before: usize) {
+    for i in 0..n {
+        let mut c = ready(relay.addr).await;
+        c.send_mail(
+            from,
+            &["b@dest.test"],
+            &format!("From: {from}\r\nTo: b@dest.test\r\nSubject: m{i}\r\n\r\nx\r\n"),
+        )
+        .await;
+        relay
+            .log_count("removed: every recipient is final", done_before + i + 1)
+            .await;
+    }
+}
+
+fn peers_of(w: &World, from: &str) -> Vec<IpAddr> {
+    w.dest
+        .messages()
+        .iter()
+        .filter(|m| m.mail_from.contains(from))
+        .map(|m| m.peer)
+        .collect()
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
+#[tokio::test]
+async fn each_sender_leaves_only_from_ips_its_spf_authorises() {
+    let w = spf_world().await;
+    let relay = w.setup.start().await;
+    send_from(&relay, "a@one.test", 10, 0).await;
+    send_from(&relay, "a@both.test", 10, 10).await;
+
+    let one = peers_of(&w, "one.test");
+    let both = peers_of(&w, "both.test");
+    assert_eq!(one.len(), 10, "every message of one.test arrives");
+    assert!(one.iter().all(|p| *p == ip("127.0.0.2")), "{one:?}");
+    assert_eq!(both.len(), 10);
+    assert!(
+        both.contains(&ip("127.0.0.2")) && both.contains(&ip("127.0.0.3")),
+        "{both:?}"
+    );
+    assert!(w.sender.messages().is_empty(), "nothing bounces");
+    let log = relay.log();
+    assert!(!log.contains("5.7.26"), "no refusal was drawn: {log}");
+    let blocks = w.setup.cli_json(&["blocks"]);
+    assert_eq!(blocks.as_array().unwrap().len(), 0, "{blocks}");
+
+    // One evaluation per (domain, IP) for the records' lifetime, not one per message.
+    let metrics = http_get(relay.admin.unwrap(), "/metrics").await;
+    assert_eq!(
+        metric(&metrics, "sidestep_spf_evaluations_total"),
+        4,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn with_spf_off_an_authentication_refusal_teaches_the_pair_and_blocks_nothing() {
+    let mut w = spf_world().await;
+    w.setup.delivery = "spf = \"off\"".into();
+    let relay = w.setup.start().await;
+    send_from(&relay, "a@one.test", 6, 0).await;
+
+    let one = peers_of(&w, "one.test");
+    assert_eq!(one.len(), 6, "every message arrives, none bounces");
+    assert!(one.iter().all(|p| *p == ip("127.0.0.2")), "{one:?}");
+    assert!(w.sender.messages().is_empty());
+    let log = relay.log();
+    // Refused once from .3, asked again from .2, accepted; then one.test avoids .3.
+    assert_eq!(log.matches("verdict=authentication").count(), 1, "{log}");
+    assert!(log.contains("IP not authorised for one.test"), "{log}");
+    let blocks = w.setup.cli_json(&["blocks"]);
+    assert_eq!(blocks.as_array().unwrap().len(), 0, "no block: {blocks}");
+    let auth = w.setup.cli_json(&["auth", "one.test"]);
+    let denials = auth["denials"].as_array().unwrap();
+    assert_eq!(denials.len(), 1, "{auth}");
+    assert_eq!(denials[0]["ip"], "127.0.0.3");
+    assert!(denials[0]["reply"].as_str().unwrap().contains("5.7.26"));
+
+    // Another sender, whose SPF lists both IPs, still uses both.
+    send_from(&relay, "a@both.test", 10, 6).await;
+    let both = peers_of(&w, "both.test");
+    assert!(both.contains(&ip("127.0.0.3")), "{both:?}");
+}
+
+#[tokio::test]
+async fn every_ip_failing_spf_bounces_once_naming_spf_and_alerts() {
+    let mut w = spf_world().await;
+    let (url, alerts) = crate::alerts::webhook().await;
+    w.setup.extra = format!("\n[alerts]\nwebhook = \"{url}\"\nspool_free_below = 0\n");
+    let relay = w.setup.start().await;
+    send_from(&relay, "a@none.test", 1, 0).await;
+
+    let dsns = w.sender.wait_for(1).await;
+    assert_eq!(dsns.len(), 1);
+    let text = dsn_text(&dsns[0]);
+    assert!(text.contains("5.7.26"), "{text}");
+    assert!(text.contains("SPF of none.test for 127.0.0."), "{text}");
+    assert!(text.contains("DNS must be fixed"), "{text}");
+    assert!(w.dest.messages().is_empty());
+    let blocks = w.setup.cli_json(&["blocks"]);
+    assert_eq!(blocks.as_array().unwrap().len(), 0, "no block: {blocks}");
+    eventually(
+        || {
+            alerts
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|a| a["event"] == "auth-failing" && a["subject"] == "none.test")
+        },
+        || format!("{:?}", alerts.lock().unwrap()),
+    )
+    .await;
+    let log = relay.log();
+    assert!(
+        log.contains("sending from an address the sender's SPF does not authorise"),
+        "{log}"
+    );
+    let metrics = http_get(relay.admin.unwrap(), "/metrics").await;
+    assert!(
+        metric(&metrics, "sidestep_spf_unauthorised_total") >= 1,
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn spf_require_waits_instead_of_sending_from_an_unauthorised_ip() {
+    let mut w = spf_world().await;
+    w.setup.delivery = "spf = \"require\"".into();
+    let relay = w.setup.start().await;
+    let mut c = ready(relay.addr).await;
+    c.send_mail(
+        "a@none.test",
+        &["b@dest.test"],
+        "From: a@none.test\r\nTo: b@dest.test\r\nSubject: wait\r\n\r\nx\r\n",
+    )
+    .await;
+    relay
+        .log_with("no usable egress IP or smarthost is authorised by the SPF of none.test")
+        .await;
+    relay.log_with("deferred: next attempt").await;
+    assert!(
+        w.dest.connections.lock().unwrap().is_empty(),
+        "never connected"
+    );
+    assert!(w.sender.messages().is_empty(), "never bounced");
+
+    // The sender publishes 127.0.0.3; after a reload (SPF asked afresh) and a flush
+    // the mail leaves from it.
+    let dns = &w.setup.dns;
+    dns.remove("none.test", hickory_server::proto::rr::RecordType::TXT)
+        .await;
+    dns.add_txt("none.test", "v=spf1 ip4:127.0.0.3 -all").await;
+    w.setup.cli(&["reload"]);
+    w.setup.cli(&["flush"]);
+    let got = w.dest.wait_for(1).await;
+    assert_eq!(got[0].peer, ip("127.0.0.3"));
+}
