@@ -19,7 +19,7 @@ use super::cache::{Tracked, TtlCache};
 /// lookup) is kept this long.
 const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 /// Kept at least this long, so a zone with TTL 0 does not cost an evaluation per message.
-const MIN_TTL: Duration = Duration::from_secs(30);
+const MIN_TTL: Duration = Duration::from_secs(5);
 /// And at most a day, so a changed record is seen the next day whatever its TTL.
 const MAX_TTL: Duration = Duration::from_secs(86_400);
 /// A lookup that failed (temperror) is asked again after this long.
@@ -92,6 +92,9 @@ pub enum Identity<'a> {
     Helo,
 }
 
+/// A result and until when it holds.
+type Fresh = (SpfOutcome, Instant);
+
 /// The evaluator with its caches; one per relay.
 pub(super) struct SpfChecker {
     authenticator: MessageAuthenticator,
@@ -102,7 +105,7 @@ pub(super) struct SpfChecker {
     v4: TtlCache<Box<str>, RecordSet<Ipv4Addr>>,
     v6: TtlCache<Box<str>, RecordSet<Ipv6Addr>>,
     ptr: TtlCache<IpAddr, RecordSet<Box<str>>>,
-    results: Mutex<HashMap<(Box<str>, IpAddr), (SpfOutcome, Instant)>>,
+    results: Mutex<HashMap<(Box<str>, IpAddr), Fresh>>,
     /// Evaluations made (not answered from the result cache): the cost measure.
     evaluations: AtomicU64,
     /// Moved on by [`SpfChecker::forget`]: an evaluation that began before it does not
@@ -220,6 +223,9 @@ impl SpfChecker {
     /// recheck).
     pub(super) fn forget(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+        // The resolver's own cache too: an operator who fixed a record and reloads
+        // expects it to be read now, not when the old answer's TTL runs out.
+        self.authenticator.resolver().clear_cache();
         self.results
             .lock()
             .unwrap_or_else(|e| e.into_inner())

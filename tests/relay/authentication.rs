@@ -24,10 +24,19 @@ async fn spf_world() -> World {
     w.dest
         .behave(|b| b.spf = Some(spf_checker(w.setup.dns.addr)));
     let dns = &w.setup.dns;
-    dns.add_txt("one.test", "v=spf1 ip4:127.0.0.2 -all").await;
-    dns.add_txt("both.test", "v=spf1 ip4:127.0.0.2 a:out.both.test -all")
+    // An hour's TTL: the relay may keep the results that long (one evaluation per
+    // (domain, IP) for the whole test).
+    dns.add_txt_ttl("one.test", "v=spf1 ip4:127.0.0.2 -all", 3600)
         .await;
-    dns.add_a("out.both.test", ip("127.0.0.3")).await;
+    dns.add_txt("_dmarc.one.test", "v=DMARC1; p=reject; adkim=s")
+        .await;
+    dns.add_txt_ttl(
+        "both.test",
+        "v=spf1 ip4:127.0.0.2 a:out.both.test -all",
+        3600,
+    )
+    .await;
+    dns.add_a_ttl("out.both.test", ip("127.0.0.3"), 3600).await;
     dns.add_txt("none.test", "v=spf1 ip4:192.0.2.1 -all").await;
     for d in ["one.test", "both.test", "none.test"] {
         dns.add_mx(d, 10, "mx.sender.test").await;

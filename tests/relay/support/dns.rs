@@ -155,9 +155,27 @@ impl TestDns {
     }
 
     pub async fn add_txt(&self, name: &str, text: &str) {
+        self.add_txt_ttl(name, text, TTL).await;
+    }
+
+    /// A TXT record with a TTL of its own (SPF records that caches may keep).
+    pub async fn add_txt_ttl(&self, name: &str, text: &str, ttl: u32) {
         let rdata = RData::TXT(TXT::new(vec![text.to_string()]));
         self.zone
-            .upsert(Record::from_rdata(Self::name(name), TTL, rdata), 1)
+            .upsert(Record::from_rdata(Self::name(name), ttl, rdata), 1)
+            .await;
+    }
+
+    /// An A record with a TTL of its own.
+    pub async fn add_a_ttl(&self, host: &str, ip: IpAddr, ttl: u32) {
+        let IpAddr::V4(v4) = ip else {
+            panic!("tests use IPv4 loopback")
+        };
+        self.zone
+            .upsert(
+                Record::from_rdata(Self::name(host), ttl, RData::A(A(v4))),
+                1,
+            )
             .await;
     }
 }
