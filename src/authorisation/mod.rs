@@ -34,6 +34,9 @@ const SEEN_FOR_SECS: u64 = 86_400;
 /// message must not take a lock and allocate for it each time).
 const SEEN_RESOLUTION_SECS: u64 = 60;
 
+/// The "sending unauthorised" warning is repeated per sender domain at most this often.
+pub const WARN_EVERY_SECS: u64 = 600;
+
 /// Whether an address may send for a sender.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Authorised {
@@ -89,6 +92,8 @@ struct Shared {
     /// Sender domains seen lately: (Unix seconds of the last sighting, deliveries
     /// since the day's count began, when it began).
     seen: Mutex<HashMap<String, Seen>>,
+    /// When each sender domain was last warned about mail leaving unauthorised.
+    warned: Mutex<HashMap<String, u64>>,
     /// The last rechecked result per (domain, IP), to tell when it changes.
     known: Mutex<HashMap<(String, IpAddr), SpfOutcome>>,
 }
@@ -103,6 +108,7 @@ impl Authorisation {
                 denials: denials::Denials::open(state_dir.map(|d| d.join("authorisation.json"))),
                 clock,
                 seen: Mutex::new(HashMap::new()),
+                warned: Mutex::new(HashMap::new()),
                 known: Mutex::new(HashMap::new()),
             }),
         }
@@ -146,6 +152,26 @@ impl Authorisation {
         self.shared
             .denials
             .denies(domain_of(sender, &egress.helo), ip, self.shared.clock.now())
+    }
+
+    /// Whether to log (again) that `domain`'s mail leaves from addresses its SPF does
+    /// not authorise: once per domain per [`WARN_EVERY_SECS`], not per message (a domain
+    /// without SPF would fill the log); the metric counts every one.
+    pub fn warn_due(&self, domain: &str) -> bool {
+        let now = self.shared.clock.now();
+        let mut warned = self.shared.warned.lock().unwrap_or_else(|e| e.into_inner());
+        match warned.get_mut(domain) {
+            Some(t) if now.saturating_sub(*t) < WARN_EVERY_SECS => false,
+            Some(t) => {
+                *t = now;
+                true
+            }
+            None => {
+                warned.retain(|_, t| now.saturating_sub(*t) < WARN_EVERY_SECS);
+                warned.insert(domain.to_string(), now);
+                true
+            }
+        }
     }
 
     /// Counts a delivery of `sender`'s mail (for the status page, the rechecks and the

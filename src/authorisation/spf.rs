@@ -24,7 +24,7 @@ const MIN_TTL: Duration = Duration::from_secs(5);
 const MAX_TTL: Duration = Duration::from_secs(86_400);
 /// A lookup that failed (temperror) is asked again after this long.
 const TEMPERROR_TTL: Duration = Duration::from_secs(60);
-/// (domain, IP) results kept at most.
+/// Domains whose results are kept at most.
 const MAX_RESULTS: usize = 100_000;
 
 /// The SPF result for one (domain, IP), as RFC 7208 §2.6 names them.
@@ -105,7 +105,9 @@ pub(super) struct SpfChecker {
     v4: TtlCache<Box<str>, RecordSet<Ipv4Addr>>,
     v6: TtlCache<Box<str>, RecordSet<Ipv6Addr>>,
     ptr: TtlCache<IpAddr, RecordSet<Box<str>>>,
-    results: Mutex<HashMap<(Box<str>, IpAddr), Fresh>>,
+    /// Per domain (lower case), per IP: looked up by `&str`, so a delivery's check
+    /// allocates nothing.
+    results: Mutex<HashMap<Box<str>, Vec<(IpAddr, Fresh)>>>,
     /// Evaluations made (not answered from the result cache): the cost measure.
     evaluations: AtomicU64,
     /// Moved on by [`SpfChecker::forget`]: an evaluation that began before it does not
@@ -136,21 +138,26 @@ impl SpfChecker {
     /// The cached result for (domain, ip), if still fresh.
     pub(super) fn cached(&self, domain: &str, ip: IpAddr) -> Option<SpfOutcome> {
         let results = self.results.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (Box::<str>::from(domain), ip);
-        let (outcome, until) = results.get(&key)?;
+        let (_, (outcome, until)) = results.get(domain)?.iter().find(|(i, _)| *i == ip)?;
         (Instant::now() < *until).then_some(*outcome)
     }
 
     /// The SPF result of `identity` for `ip` announcing `helo`: from the cache while the
     /// records it was made of are fresh, else evaluated.
     pub(super) async fn check(&self, identity: Identity<'_>, ip: IpAddr, helo: &str) -> SpfOutcome {
-        let domain = match identity {
-            Identity::MailFrom(d) => d.to_ascii_lowercase(),
-            Identity::Helo => helo.to_ascii_lowercase(),
+        let name = match identity {
+            Identity::MailFrom(d) => d,
+            Identity::Helo => helo,
+        };
+        let domain: std::borrow::Cow<'_, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            name.to_ascii_lowercase().into()
+        } else {
+            name.into()
         };
         if let Some(hit) = self.cached(&domain, ip) {
             return hit;
         }
+        let domain = domain.into_owned();
         self.evaluations.fetch_add(1, Ordering::Relaxed);
         let generation = self.generation.load(Ordering::Acquire);
         crate::metrics::metrics().spf_evaluations.inc();
@@ -210,12 +217,17 @@ impl SpfChecker {
             return outcome;
         }
         if results.len() >= MAX_RESULTS {
-            results.retain(|_, (_, u)| *u > now);
+            results.retain(|_, v| {
+                v.retain(|(_, (_, u))| *u > now);
+                !v.is_empty()
+            });
             if results.len() >= MAX_RESULTS {
                 results.clear();
             }
         }
-        results.insert((domain.into_boxed_str(), ip), (outcome, until));
+        let per_ip = results.entry(domain.into_boxed_str()).or_default();
+        per_ip.retain(|(i, _)| *i != ip);
+        per_ip.push((ip, (outcome, until)));
         outcome
     }
 

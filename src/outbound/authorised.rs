@@ -94,13 +94,16 @@ impl Outbound {
             );
             return SpfChoice::Smarthost;
         }
-        let why = format!(
-            "no usable egress IP or smarthost is authorised by the SPF of {domain} towards {site}: {}",
-            describe(&pass, &not, &usable)
-        );
+        let why = || {
+            format!(
+                "no usable egress IP or smarthost is authorised by the SPF of {domain} towards {site}: {}",
+                describe(&pass, &not, &usable)
+            )
+        };
         match d.spf {
             SpfMode::Require => {
                 crate::metrics::metrics().spf_waiting.inc();
+                let why = why();
                 self.reputation.alert(
                     "spf-unauthorised",
                     None,
@@ -111,10 +114,13 @@ impl Outbound {
             }
             _ => {
                 crate::metrics::metrics().spf_unauthorised.inc();
+                if !auth.warn_due(domain) {
+                    return SpfChoice::AsBefore;
+                }
                 tracing::warn!(
                     sender_domain = domain,
                     site = %site,
-                    detail = %why,
+                    detail = %why(),
                     "sending from an address the sender's SPF does not authorise (delivery.spf = \"prefer\"): DMARC may fail"
                 );
                 SpfChoice::AsBefore
