@@ -27,6 +27,8 @@
 #                       [--scenario simple|realistic|both] [--real-messages 10000]
 #                       [--deep 100000]   (deep-queue messages; 0: skip it)
 #                       [--benchmail PATH]   (default: built from examples/, release)
+#                       [--spf prefer|require|off]   (sidestep's [delivery] spf; the
+#                                      sender's SPF authorises both egress IPs)
 #                       [--cluster]   (also: sidestep with [cluster] on a local redis-server,
 #                                      in the same rounds; the cost of the shared state)
 #
@@ -49,6 +51,7 @@ SCENARIO=both
 REAL_MESSAGES=10000
 DEEP=100000
 CLUSTER=no
+SPF=prefer
 while [ $# -gt 0 ]; do
   case "$1" in
     --messages) MESSAGES=$2; shift 2 ;;
@@ -63,6 +66,7 @@ while [ $# -gt 0 ]; do
     --scenario) SCENARIO=$2; shift 2 ;;
     --real-messages) REAL_MESSAGES=$2; shift 2 ;;
     --deep) DEEP=$2; shift 2 ;;
+    --spf) SPF=$2; shift 2 ;;
     --cluster) CLUSTER=yes; shift ;;
     -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
@@ -163,6 +167,8 @@ SITES=100
 DOMAINS=1000
 {
   echo "mx-host=dest.bench.test,mx.dest.bench.test,10"
+  # The sender's SPF authorises both egress IPs: sidestep evaluates it per (domain, IP).
+  echo 'txt-record=sender.bench.test,"v=spf1 ip4:127.0.0.2 ip4:127.0.0.3 -all"'
   echo "host-record=mx.dest.bench.test,127.0.0.1"
   for s in $(seq 0 $((SITES - 1))); do echo "host-record=mx.s$s.bench.test,127.1.0.$((s + 1))"; done
   for d in $(seq 0 $((DOMAINS - 1))); do echo "mx-host=d$d.bench.test,mx.s$((d % SITES)).bench.test,10"; done
@@ -209,6 +215,7 @@ retry_max = "5s"
 port = $SINK_PORT
 max_connections = 100
 max_connections_per_domain = 40
+spf = "$SPF"
 [dns]
 nameservers = ["127.0.0.1:$DNS_PORT"]
 [admin]
