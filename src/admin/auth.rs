@@ -88,3 +88,19 @@ pub(super) async fn report(State(admin): State<Admin>, Query(q): Query<DomainQue
     )
     .into_response()
 }
+
+/// `GET /api/v1/senders/complaint-rates`: each sender domain seen in the last day, its
+/// messages and complaints, against Gmail's and Yahoo's 0.3%.
+pub(super) async fn complaint_rates(
+    State(admin): State<Admin>,
+) -> axum::Json<Vec<crate::authorisation::report::ComplaintRate>> {
+    let Some(desk) = admin.auth.clone() else {
+        return axum::Json(Vec::new());
+    };
+    let view = admin.complaints.view();
+    axum::Json(desk.authorisation.complaint_rates(|d| {
+        view.by_sender
+            .get(&format!("domain:{d}"))
+            .map_or(0, |t| t.complaints)
+    }))
+}

@@ -245,6 +245,10 @@ pub fn router(admin: Admin) -> Router {
         .route("/api/v1/listings", get(blocks::listings))
         .route("/api/v1/auth/lockouts", get(lockouts))
         .route("/api/v1/auth", get(auth::report))
+        .route(
+            "/api/v1/senders/complaint-rates",
+            get(auth::complaint_rates),
+        )
         .route("/api/v1/warmup", get(warmup))
         .route("/api/v1/probes", get(probes))
         .route("/api/v1/complaints", get(complaints))

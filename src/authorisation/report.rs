@@ -98,6 +98,47 @@ pub struct AuthReport {
     pub checklist: Vec<CheckItem>,
 }
 
+/// One sender domain's complaint rate over the last day, against the 0.3% limit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ComplaintRate {
+    /// The sender domain.
+    pub domain: String,
+    /// Deliveries of its mail in the day's count.
+    pub messages: u64,
+    /// Complaints counted for it (`domain:NAME` in `[complaints]`).
+    pub complaints: u64,
+    /// complaints / messages.
+    pub rate: f64,
+    /// At or above [`COMPLAINT_LIMIT`].
+    pub over_limit: bool,
+}
+
+impl Authorisation {
+    /// The complaint rate of every sender domain seen in the last day; `complaints`
+    /// gives a domain's complaint count.
+    pub fn complaint_rates(&self, complaints: impl Fn(&str) -> u64) -> Vec<ComplaintRate> {
+        self.recent_senders()
+            .into_iter()
+            .map(|domain| {
+                let messages = self.sent(&domain);
+                let complaints = complaints(&domain);
+                let rate = if messages == 0 {
+                    0.0
+                } else {
+                    complaints as f64 / messages as f64
+                };
+                ComplaintRate {
+                    domain,
+                    messages,
+                    complaints,
+                    rate,
+                    over_limit: rate >= COMPLAINT_LIMIT,
+                }
+            })
+            .collect()
+    }
+}
+
 /// What the relay knows that the report needs, besides DNS.
 pub struct ReportInputs {
     /// Egress IPs and the HELO names they announce.

@@ -73,6 +73,29 @@ pub async fn senders(
             );
         }
     }
+    if release.is_none() {
+        // The bulk-sender limit: complaints under 0.3% of what each domain sends.
+        let body = super::admin_client::get(&config, "/api/v1/senders/complaint-rates").await?;
+        let rates: Vec<crate::authorisation::report::ComplaintRate> =
+            serde_json::from_slice(&body)?;
+        if !rates.is_empty() {
+            let _ = writeln!(
+                out,
+                "complaint rates (last day; Gmail and Yahoo want under 0.3%):"
+            );
+        }
+        for r in rates {
+            let _ = writeln!(
+                out,
+                "  {:<30} {:>8} messages {:>5} complaints  {:.3}%{}",
+                r.domain,
+                r.messages,
+                r.complaints,
+                r.rate * 100.0,
+                if r.over_limit { "  OVER 0.3%" } else { "" }
+            );
+        }
+    }
     print!("{out}");
     Ok(())
 }
