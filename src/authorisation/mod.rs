@@ -323,3 +323,89 @@ pub fn domain_of<'a>(sender: &'a Sender, helo: &'a str) -> &'a str {
         Sender::Null => helo,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn auth(clock: &Clock, dir: &Path) -> Authorisation {
+        let resolver = Resolver::new(&crate::config::DnsConfig {
+            nameservers: vec!["127.0.0.1:9".parse().unwrap()],
+            timeout: crate::config::HumanDuration::from_secs(1),
+        })
+        .unwrap();
+        Authorisation::new(&resolver, "relay.test", Some(dir), clock.clone())
+    }
+
+    fn denial(domain: &str, ip: &str) -> Denial {
+        Denial {
+            domain: domain.into(),
+            ip: ip.parse().unwrap(),
+            site: "mx.gmail.test".into(),
+            reply: "550 5.7.26 unauthenticated".into(),
+            accepted_via: "127.0.0.2".into(),
+            first_seen: 0,
+            last_seen: 0,
+            count: 0,
+            until: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_denial_holds_for_its_domain_only_survives_a_restart_and_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Clock::manual(1_000_000_000);
+        let a = auth(&clock, dir.path());
+        let sender =
+            Sender::Address(crate::envelope::Address::parse("x@News.Example", false).unwrap());
+        let other =
+            Sender::Address(crate::envelope::Address::parse("y@other.example", false).unwrap());
+        let egress = EgressIp {
+            ip: Some("127.0.0.3".parse().unwrap()),
+            helo: "out3.relay.test".into(),
+        };
+        let ip = egress.ip.unwrap();
+        assert!(!a.denied(&sender, &egress, ip));
+        let stored = a.deny(denial("News.Example", "127.0.0.3"));
+        assert_eq!((stored.domain.as_str(), stored.count), ("news.example", 1));
+        assert_eq!(a.deny(denial("news.example", "127.0.0.3")).count, 2);
+        assert!(a.denied(&sender, &egress, ip));
+        assert!(
+            !a.denied(&other, &egress, ip),
+            "another sender keeps the IP"
+        );
+
+        // A restart reads them back.
+        let again = auth(&clock, dir.path());
+        assert!(again.denied(&sender, &egress, ip));
+        assert_eq!(again.denials(Some("news.example")).len(), 1);
+
+        clock.advance(Duration::from_secs(denials::DENIAL_TTL_SECS + 1));
+        assert!(!again.denied(&sender, &egress, ip));
+        assert!(again.denials(None).is_empty());
+    }
+
+    #[tokio::test]
+    async fn sender_domains_are_counted_for_a_day_and_warned_about_once_per_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Clock::manual(1_000_000_000);
+        let a = auth(&clock, dir.path());
+        let sender =
+            Sender::Address(crate::envelope::Address::parse("x@news.example", false).unwrap());
+        for _ in 0..3 {
+            a.note_sender(&sender);
+        }
+        a.note_sender(&Sender::Null);
+        assert_eq!(a.recent_senders(), ["news.example"]);
+        assert_eq!(a.sent("news.example"), 3);
+        assert!(a.warn_due("news.example"));
+        assert!(!a.warn_due("news.example"));
+        clock.advance(Duration::from_secs(WARN_EVERY_SECS));
+        assert!(a.warn_due("news.example"));
+        clock.advance(Duration::from_secs(SEEN_FOR_SECS));
+        assert!(a.recent_senders().is_empty());
+        a.note_sender(&sender);
+        assert_eq!(a.sent("news.example"), 1, "a new day's count");
+    }
+}
