@@ -94,6 +94,8 @@ pub enum Identity<'a> {
 
 /// A result and until when it holds.
 type Fresh = (SpfOutcome, Instant);
+/// One domain's results, per IP (a pool has a handful: a list beats a map).
+type PerIp = Vec<(IpAddr, Fresh)>;
 
 /// The evaluator with its caches; one per relay.
 pub(super) struct SpfChecker {
@@ -107,7 +109,7 @@ pub(super) struct SpfChecker {
     ptr: TtlCache<IpAddr, RecordSet<Box<str>>>,
     /// Per domain (lower case), per IP: looked up by `&str`, so a delivery's check
     /// allocates nothing.
-    results: Mutex<HashMap<Box<str>, Vec<(IpAddr, Fresh)>>>,
+    results: Mutex<HashMap<Box<str>, PerIp>>,
     /// Evaluations made (not answered from the result cache): the cost measure.
     evaluations: AtomicU64,
     /// Moved on by [`SpfChecker::forget`]: an evaluation that began before it does not
