@@ -43,12 +43,9 @@ pub struct Alerts {
 
 struct Inner {
     tx: mpsc::UnboundedSender<Alert>,
-    /// The alert mail's recipient and the queue it goes through, once the queue runs.
-    mail: std::sync::OnceLock<(
-        crate::envelope::Address,
-        crate::spool::Spool,
-        crate::queue::QueueHandle,
-    )>,
+    /// Where alerts to be mailed go, once the queue runs (`serve` turns them into mail
+    /// and queues it: alerts know nothing of the queue).
+    mail: std::sync::OnceLock<mpsc::UnboundedSender<Alert>>,
     host: String,
     repeat_after: Duration,
     max_per_hour: u32,
@@ -102,29 +99,27 @@ impl Alerts {
                 {
                     tracing::warn!(error = %e, event = alert.event, "alert webhook failed");
                 }
-                if let Some((to, spool, queue)) = sender.mail.get()
-                    && let Err(e) = mail(to, spool, queue, &alert).await
-                {
-                    tracing::warn!(error = %e, event = alert.event, "alert mail could not be queued");
+                if let Some(mail) = sender.mail.get() {
+                    let _ = mail.send(alert);
                 }
             }
         });
         Self { inner: Some(inner) }
     }
 
-    /// Sends alerts by mail to `[alerts] mail` too, through this spool and queue.
-    pub fn mail_through(
+    /// The alerts to mail to `[alerts] mail`, as events: `serve` queues each as a
+    /// message. `None` without a mail address (or when already taken).
+    pub fn mail_events(
         &self,
         config: &AlertsConfig,
-        spool: crate::spool::Spool,
-        queue: crate::queue::QueueHandle,
-    ) {
+    ) -> Option<(crate::envelope::Address, mpsc::UnboundedReceiver<Alert>)> {
         let (Some(inner), Some(to)) = (&self.inner, &config.mail) else {
-            return;
+            return None;
         };
-        if let Ok(to) = crate::envelope::Address::parse(to, false) {
-            let _ = inner.mail.set((to, spool, queue));
-        }
+        let to = crate::envelope::Address::parse(to, false).ok()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        inner.mail.set(tx).ok()?;
+        Some((to, rx))
     }
 
     /// Queues an alert, unless the same one went out lately or the hour's budget is spent.
@@ -188,59 +183,6 @@ impl Alerts {
             at,
         });
     }
-}
-
-/// Queues the alert as a mail to `to`, from `postmaster@<host>` with a null envelope
-/// sender, like a DSN.
-async fn mail(
-    to: &crate::envelope::Address,
-    spool: &crate::spool::Spool,
-    queue: &crate::queue::QueueHandle,
-    alert: &Alert,
-) -> Result<(), crate::spool::SpoolError> {
-    use crate::spool::{QueueId, QueuedMessage, RecipientState};
-    let id = QueueId::generate();
-    let subject: String = format!("[sidestep {}] {}", alert.host, alert.event);
-    let date = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc2822)
-        .unwrap_or_default();
-    let body = format!(
-        "From: sidestep <postmaster@{host}>\r\nTo: <{to}>\r\nSubject: {subject}\r\nDate: {date}\r\nMessage-ID: <{id}@{host}>\r\nAuto-Submitted: auto-generated\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n\r\nevent: {event}\r\nip: {ip}\r\nsubject: {subj}\r\nat: {at}\r\n{report}",
-        host = alert.host,
-        text = alert.text.replace(['\r', '\n'], " "),
-        report = alert.report.as_deref().map_or_else(String::new, |r| format!(
-            "\r\nDelisting report:\r\n{}\r\n",
-            r.lines().collect::<Vec<_>>().join("\r\n")
-        )),
-        event = alert.event,
-        ip = alert.ip.as_deref().unwrap_or("-"),
-        subj = alert.subject.as_deref().unwrap_or("-"),
-        at = alert.at,
-    )
-    .into_bytes();
-    let now = crate::clock::unix_now_ms();
-    let msg = QueuedMessage {
-        id,
-        sender: crate::envelope::Sender::Null,
-        recipients: vec![RecipientState::pending(to.clone())],
-        flags: crate::envelope::BodyFlags {
-            eight_bit: !body.is_ascii(),
-            smtputf8: false,
-        },
-        received_at: now / 1000,
-        attempts: 0,
-        next_attempt_ms: now,
-        size: body.len() as u64,
-        client: "local (alert)".into(),
-        body: None,
-        held: false,
-        held_reason: None,
-        history: Vec::new(),
-        user: None,
-    };
-    spool.store_message(&msg, body).await?;
-    queue.enqueued(&msg);
-    Ok(())
 }
 
 /// Where alerts are POSTed: an `http://` or `https://` URL, taken apart once.
@@ -309,7 +251,7 @@ impl Webhook {
                 .map(std::fs::read_to_string)
                 .transpose()
                 .map_err(|e| e.to_string())?;
-            hook.tls = Some(crate::outbound::tls_client(pem.as_deref())?);
+            hook.tls = Some(crate::tls::client(pem.as_deref()).map_err(|e| e.to_string())?);
         }
         Ok(hook)
     }

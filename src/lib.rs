@@ -14,6 +14,7 @@
 //! - [`dns`]: the resolver (MX, addresses, DNSBL queries), system or configured servers.
 //! - [`site`]: recipient domains that share MX hosts, as reputation sees them.
 //! - [`egress`]: the local addresses mail leaves from, and their standing.
+//! - [`tls`]: verifying TLS clients for the connections the relay opens itself.
 //! - [`metrics`]: Prometheus counters each stage bumps, served by the admin API.
 //! - [`alerts`]: listings and blocks POSTed to the operator's webhook.
 //!
@@ -62,3 +63,4 @@ pub mod routing;
 pub mod senders;
 pub mod site;
 pub mod spool;
+pub mod tls;

@@ -112,7 +112,9 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)
         .context("loading the complaint counts")?;
     crate::complaints::spawn(ctx.clone(), complaints.clone());
-    alerts.mail_through(&config.alerts, spool.clone(), queue.clone());
+    if let Some((to, events)) = alerts.mail_events(&config.alerts) {
+        queue::notice::spawn_alert_mail(to, events, spool.clone(), queue.clone());
+    }
     watch_spool_space(
         config.spool.directory.clone(),
         config.alerts.spool_free_below,

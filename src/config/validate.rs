@@ -49,7 +49,7 @@ pub(super) fn all(c: &Config) -> Vec<ConfigError> {
     if let Some(path) = &c.alerts.ca_file {
         match std::fs::read_to_string(path) {
             Ok(pem) => {
-                if let Err(e) = crate::outbound::tls_client(Some(&pem)) {
+                if let Err(e) = crate::tls::client(Some(&pem)) {
                     err("alerts.ca_file".into(), format!("{}: {e}", path.display()));
                 }
             }
@@ -654,7 +654,11 @@ fn mailbox(
     if let Some(path) = ca_file
         && let Err(e) = std::fs::read_to_string(path)
             .map_err(|e| e.to_string())
-            .and_then(|pem| crate::outbound::tls_client(Some(&pem)).map(|_| ()))
+            .and_then(|pem| {
+                crate::tls::client(Some(&pem))
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
     {
         err(
             format!("{section}.ca_file"),

@@ -83,9 +83,9 @@ impl Outbound {
                 message: e.to_string(),
             })?;
         let verify_tls =
-            super::tls_client(ca.as_deref()).map_err(|message| super::OutboundError::Tls {
+            crate::tls::client(ca.as_deref()).map_err(|e| super::OutboundError::Tls {
                 name: "delivery.tls_ca_file".into(),
-                message,
+                message: e.to_string(),
             })?;
         let pools = config
             .effective_pools()

@@ -113,37 +113,6 @@ impl AttemptReport {
     }
 }
 
-/// A TLS client that trusts the certificates in `ca_pem` (PEM) when given, else the
-/// system's roots: for smarthosts with a private CA and for https alert webhooks.
-///
-/// # Errors
-/// The PEM holds no usable certificate, or the system roots cannot be loaded.
-pub fn tls_client(ca_pem: Option<&str>) -> Result<tokio_rustls::TlsConnector, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let Some(pem) = ca_pem else {
-        return mail_send::smtp::tls::build_tls_connector(false);
-    };
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-        roots
-            .add(cert.map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    }
-    if roots.is_empty() {
-        return Err("no certificate in the CA file".into());
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(std::sync::Arc::new(
-        client,
-    )))
-}
-
 /// Setting up the outbound side failed.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboundError {

@@ -50,11 +50,11 @@ impl Smarthost {
             .zip(password)
             .map(|(u, p)| Credentials::new(u, p));
         let ca = config.ca_file.as_deref().map(read).transpose()?;
-        let tls = super::tls_client(ca.as_deref()).map_err(|message| OutboundError::Tls {
+        let tls = crate::tls::client(ca.as_deref()).map_err(|e| OutboundError::Tls {
             name: config.name.clone(),
             message: match &config.ca_file {
-                Some(path) => format!("{}: {message}", path.display()),
-                None => message,
+                Some(path) => format!("{}: {e}", path.display()),
+                None => e.to_string(),
             },
         })?;
         Ok(Self {

@@ -255,7 +255,8 @@ impl Mailbox {
             .await
             .map_err(|e| format!("connecting to {}:{}: {e}", self.url.host, self.url.port))?;
         let stream: Box<dyn Io> = if self.url.tls {
-            let connector = crate::outbound::tls_client(self.ca_pem.as_deref())?;
+            let connector =
+                crate::tls::client(self.ca_pem.as_deref()).map_err(|e| e.to_string())?;
             let name = rustls::pki_types::ServerName::try_from(self.url.host.clone())
                 .map_err(|e| format!("{}: {e}", self.url.host))?;
             Box::new(

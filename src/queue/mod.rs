@@ -6,6 +6,7 @@ mod context;
 mod domain;
 pub mod dsn;
 mod handle;
+pub mod notice;
 pub mod operator;
 pub mod retry;
 mod scheduler;
