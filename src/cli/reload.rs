@@ -130,7 +130,8 @@ impl Reloader {
         self.queue.reconfigure(ctx.clone());
         // The lists and the egress IPs they are asked about: a new monitor.
         self.reputation.set_lists(config.blocklists.clone());
-        self.reputation.set_warmup(config.warmup_schedules());
+        self.reputation
+            .set_warmup(crate::reputation::warmup_schedules(&config));
         let mut monitor = self.monitor.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(old) = monitor.take() {
             old.abort();

@@ -24,7 +24,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         .context("loading listing state")?;
     let alerts = crate::alerts::Alerts::start(&config.alerts, &config.server.hostname);
     reputation.set_alerts(alerts.clone());
-    reputation.set_warmup(config.warmup_schedules());
+    reputation.set_warmup(crate::reputation::warmup_schedules(&config));
     {
         // Today's warmup counts reach the disk every few seconds (and at the stop).
         let reputation = reputation.clone();

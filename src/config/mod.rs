@@ -1020,26 +1020,6 @@ impl Config {
         out
     }
 
-    /// The warmup schedule of each egress IP that has one.
-    pub fn warmup_schedules(
-        &self,
-    ) -> std::collections::HashMap<IpAddr, crate::reputation::Schedule> {
-        self.pools
-            .iter()
-            .flat_map(|p| p.egress.iter())
-            .filter(|e| !e.warmup.is_empty())
-            .filter_map(|e| {
-                Some((
-                    e.ip?,
-                    crate::reputation::Schedule {
-                        caps: e.warmup.clone(),
-                        start_day: e.warmup_start.as_deref().and_then(epoch_day),
-                    },
-                ))
-            })
-            .collect()
-    }
-
     /// Every configured egress address, each once: what the DNSBL monitor checks.
     pub fn egress_ips(&self) -> Vec<IpAddr> {
         let mut ips: Vec<IpAddr> = self

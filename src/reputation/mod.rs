@@ -28,4 +28,4 @@ pub use listings::{CheckError, ListHealth, ListingRecord, ListingState};
 pub use monitor::{check_all, spawn_monitor};
 pub use state::{BlockChange, Reputation, SharedListings};
 pub use store::{ReputationReport, StoreError, read_report};
-pub use warmup::{Schedule, WarmupStatus};
+pub use warmup::{Schedule, WarmupStatus, schedules as warmup_schedules};

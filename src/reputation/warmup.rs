@@ -25,6 +25,25 @@ pub struct Schedule {
     pub start_day: Option<u64>,
 }
 
+/// The warmup schedule of each egress IP of `config` that has one.
+pub fn schedules(config: &crate::config::Config) -> std::collections::HashMap<IpAddr, Schedule> {
+    config
+        .pools
+        .iter()
+        .flat_map(|p| p.egress.iter())
+        .filter(|e| !e.warmup.is_empty())
+        .filter_map(|e| {
+            Some((
+                e.ip?,
+                Schedule {
+                    caps: e.warmup.clone(),
+                    start_day: e.warmup_start.as_deref().and_then(crate::config::epoch_day),
+                },
+            ))
+        })
+        .collect()
+}
+
 /// Where one IP stands in its warmup, for the operator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WarmupStatus {
