@@ -13,6 +13,7 @@ mod complaints;
 mod crash;
 mod delivery;
 mod disk;
+mod dkim;
 mod inbound;
 mod interop;
 mod listings;

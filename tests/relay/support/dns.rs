@@ -154,8 +154,15 @@ impl TestDns {
         .await;
     }
 
+    /// A TXT record; text longer than a DNS string (255 bytes, an RSA DKIM key) goes in
+    /// several strings of one record, which resolvers join back.
     pub async fn add_txt(&self, name: &str, text: &str) {
-        let rdata = RData::TXT(TXT::new(vec![text.to_string()]));
+        let strings = text
+            .as_bytes()
+            .chunks(255)
+            .map(|c| String::from_utf8(c.to_vec()).unwrap())
+            .collect();
+        let rdata = RData::TXT(TXT::new(strings));
         self.zone
             .upsert(Record::from_rdata(Self::name(name), TTL, rdata), 1)
             .await;
