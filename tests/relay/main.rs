@@ -7,6 +7,7 @@ mod admin;
 mod alerts;
 mod bench;
 mod blocks;
+mod bulk;
 mod cli;
 mod cluster;
 mod complaints;
