@@ -92,11 +92,12 @@ impl Headers {
                 }
                 HeaderName::ListUnsubscribePost => {
                     // RFC 8058 §3.1: exactly this key=value pair.
-                    h.one_click_post |=
-                        trimmed(raw).eq_ignore_ascii_case(b"List-Unsubscribe=One-Click");
+                    h.one_click_post |= raw
+                        .trim_ascii()
+                        .eq_ignore_ascii_case(b"List-Unsubscribe=One-Click");
                 }
                 HeaderName::Other(name) if name.eq_ignore_ascii_case("Precedence") => {
-                    let value = trimmed(raw);
+                    let value = raw.trim_ascii();
                     h.precedence_bulk |=
                         value.eq_ignore_ascii_case(b"bulk") || value.eq_ignore_ascii_case(b"list");
                 }
@@ -133,10 +134,6 @@ impl Headers {
         });
         (!https).then_some(OneClickMissing::HttpsUri)
     }
-}
-
-fn trimmed(raw: &[u8]) -> &[u8] {
-    raw.trim_ascii()
 }
 
 #[cfg(test)]
