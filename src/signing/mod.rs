@@ -263,3 +263,91 @@ impl SigningKey for SharedKey {
         self.0.algorithm()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(domain: &str, selector: &str, subdomains: bool) -> Arc<Key> {
+        let new = keygen::generate(DkimAlgorithm::Ed25519Sha256, 0).unwrap();
+        let secret = key::parse(new.pem.as_bytes(), DkimAlgorithm::Ed25519Sha256).unwrap();
+        Arc::new(Key {
+            domain: domain.into(),
+            selector: selector.into(),
+            algorithm: DkimAlgorithm::Ed25519Sha256,
+            subdomains,
+            secret: SharedKey(Arc::new(secret)),
+        })
+    }
+
+    fn names(keys: &[Arc<Key>]) -> Vec<String> {
+        keys.iter().map(|k| k.record_name()).collect()
+    }
+
+    #[test]
+    fn the_from_domain_picks_its_keys_else_the_nearest_parent_covering_subdomains() {
+        let signer = Signer {
+            keys: vec![
+                key("example.net", "a", false),
+                key("example.net", "b", false),
+                key("news.example.net", "n", false),
+                key("example.org", "o", true),
+            ],
+        };
+        assert_eq!(
+            names(&signer.keys_for("example.net")),
+            ["a._domainkey.example.net", "b._domainkey.example.net"]
+        );
+        assert_eq!(
+            names(&signer.keys_for("news.example.net")),
+            ["n._domainkey.news.example.net"]
+        );
+        assert!(
+            signer.keys_for("other.example.net").is_empty(),
+            "no subdomains"
+        );
+        assert_eq!(
+            names(&signer.keys_for("a.b.example.org")),
+            ["o._domainkey.example.org"]
+        );
+        assert!(signer.keys_for("example.com").is_empty());
+    }
+
+    #[test]
+    fn a_plan_signs_present_fields_over_signs_from_and_skips_existing_signers() {
+        let signer = Signer {
+            keys: vec![
+                key("example.net", "a", false),
+                key("example.net", "b", false),
+            ],
+        };
+        let message = "DKIM-Signature: v=1; a=rsa-sha256; d=example.net; s=A; h=from; bh=AA; b=AA\r\n\
+                       From: x@Example.net\r\nTo: y@d.test\r\nSubject: s\r\nX-Other: 1\r\n\
+                       Feedback-ID: 1:2\r\n\r\nbody\r\n";
+        let headers = Headers::parse(message.as_bytes());
+        let plan = signer.plan(&headers).unwrap();
+        assert_eq!(plan.key_names(), ["b._domainkey.example.net"]);
+        assert_eq!(
+            plan.fields,
+            ["From", "To", "Subject", "Feedback-ID", "From"]
+        );
+        let signed = plan.sign(message.as_bytes()).unwrap();
+        assert_eq!(signed.len(), 1);
+        let text = &signed[0];
+        assert!(
+            text.starts_with(
+                "DKIM-Signature: v=1; a=ed25519-sha256; s=b; d=example.net; c=relaxed/relaxed;"
+            ),
+            "{text}"
+        );
+        let h = text.replace("\r\n\t", "");
+        assert!(h.ends_with("\r\n") && !h.contains("; l="), "{text}");
+        assert!(h.contains("h=Feedback-ID:Subject:To:From:From;"), "{text}");
+
+        assert!(
+            signer
+                .plan(&Headers::parse(b"To: y@d.test\r\n\r\nx\r\n"))
+                .is_none()
+        );
+    }
+}

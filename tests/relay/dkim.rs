@@ -161,6 +161,7 @@ async fn relay_network_clients_are_signed_only_under_sign_all() {
     let dir = w.setup.dir.path().to_path_buf();
     let (ed, ed_record) = keygen(&dir, "sender.test", "e1", "ed25519");
     publish(&w.setup.dns, "sender.test", "e1", &ed_record).await;
+    let (other, _) = keygen(&dir, "other.test", "o1", "ed25519");
     std::fs::write(
         dir.join("users"),
         format!("{}\n", w.setup.passwd("alice", "s3cret", &["sender.test"])),
@@ -168,9 +169,10 @@ async fn relay_network_clients_are_signed_only_under_sign_all() {
     .unwrap();
     // The default: sign = "authenticated".
     w.setup.extra = format!(
-        "\n[auth]\nusers_file = \"{}\"\nallow_plaintext_loopback = true\n{}",
+        "\n[auth]\nusers_file = \"{}\"\nallow_plaintext_loopback = true\n{}{}",
         dir.join("users").display(),
-        key_entry("sender.test", "e1", &ed, "ed25519-sha256")
+        key_entry("sender.test", "e1", &ed, "ed25519-sha256"),
+        key_entry("other.test", "o1", &other, "ed25519-sha256")
     );
     let relay = w.setup.start().await;
     let mut c = ready(relay.addr).await;
@@ -192,7 +194,15 @@ async fn relay_network_clients_are_signed_only_under_sign_all() {
             &newsletter("alice@sender.test", "auth"),
         )
         .await;
-    let got = w.dest.wait_for(2).await;
+    // alice may send as sender.test only: other.test's key does not vouch for her.
+    alice
+        .send_mail(
+            "alice@sender.test",
+            &["b@dest.test"],
+            &newsletter("alice@other.test", "not-hers"),
+        )
+        .await;
+    let got = w.dest.wait_for(3).await;
     let by_subject = |s: &str| {
         got.iter()
             .find(|m| String::from_utf8_lossy(&m.data).contains(&format!("Subject: {s}\r\n")))
@@ -207,6 +217,7 @@ async fn relay_network_clients_are_signed_only_under_sign_all() {
     );
     let sigs = verify(&w.setup.dns, &by_subject("auth")).await;
     assert!(sigs.len() == 1 && sigs[0].ok, "{sigs:?}");
+    assert_eq!(count(&by_subject("not-hers"), "DKIM-Signature:"), 0);
     relay.terminate().await;
 
     // sign = "all": the relay_networks client is signed too.
@@ -222,8 +233,8 @@ async fn relay_network_clients_are_signed_only_under_sign_all() {
         &newsletter("a@sender.test", "all"),
     )
     .await;
-    let got = w.dest.wait_for(3).await;
-    let sigs = verify(&w.setup.dns, &got[2].data).await;
+    let got = w.dest.wait_for(4).await;
+    let sigs = verify(&w.setup.dns, &got[3].data).await;
     assert!(sigs.len() == 1 && sigs[0].ok, "{sigs:?}");
 }
 
