@@ -1,16 +1,21 @@
 //! Micro-benchmarks of the per-message hot paths (criterion): the routing decision, reply
-//! classification, SMTP command parsing and DATA ingestion. `cargo bench --bench micro`.
+//! classification, SMTP command parsing, DATA ingestion, and at the end of DATA the header
+//! block's parse and DKIM signing. `cargo bench --bench micro`.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sidestep::classify::{Classifier, parse_reply};
-use sidestep::config::{BlocklistConfig, EgressConfig, PoolConfig};
+use sidestep::config::{
+    BlocklistConfig, DkimAlgorithm, DkimConfig, DkimKeyConfig, EgressConfig, PoolConfig,
+};
+use sidestep::content::Headers;
 use sidestep::egress::{EgressIp, Standing};
 use sidestep::reputation::dnsbl::{Finding, ListedCode};
 use sidestep::reputation::{CheckOutcome, Evidence, Reputation};
 use sidestep::routing::Pool;
+use sidestep::signing::{Signer, keygen};
 use sidestep::site::Site;
 
 const EGRESS: u32 = 64;
@@ -199,5 +204,73 @@ fn command_parsing(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, routing, classification, command_parsing);
+/// A 10 KiB newsletter with the fields a bulk sender sends.
+fn newsletter() -> Vec<u8> {
+    let mut m = String::from(
+        "Received: from mta.example.net ([192.0.2.1])\r\n\tby relay.example.net (sidestep) with ESMTP id 0;\r\n\tThu, 3 Dec 2026 10:00:00 +0000\r\n\
+         From: News <news@example.net>\r\nTo: reader@example.org\r\nSubject: This week\r\n\
+         Date: Thu, 03 Dec 2026 10:00:00 +0000\r\nMessage-ID: <n1@example.net>\r\n\
+         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         List-Unsubscribe: <https://example.net/u?1>, <mailto:u@example.net>\r\n\
+         List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\nFeedback-ID: 7:news:esp\r\n\r\n",
+    );
+    while m.len() < 10 * 1024 {
+        m.push_str("Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod.\r\n");
+    }
+    m.into_bytes()
+}
+
+/// A signer with one new key of `algorithm` for example.net, its file in `dir`.
+fn signer(dir: &std::path::Path, algorithm: DkimAlgorithm) -> Signer {
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = keygen::generate(algorithm, 2048).unwrap();
+    let path = dir.join(algorithm.name());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .unwrap();
+    std::io::Write::write_all(&mut file, key.pem.as_bytes()).unwrap();
+    let config = DkimConfig {
+        sign: Default::default(),
+        keys: vec![DkimKeyConfig {
+            domain: "example.net".into(),
+            selector: "s1".into(),
+            private_key: path,
+            algorithm,
+            subdomains: false,
+        }],
+    };
+    Signer::load(&config).map_err(|e| format!("{e:?}")).unwrap()
+}
+
+fn dkim_signing(c: &mut Criterion) {
+    let message = newsletter();
+    c.bench_function("content/parse header block (10 KiB newsletter)", |b| {
+        b.iter(|| Headers::parse(black_box(&message)))
+    });
+    let dir = tempfile::tempdir().unwrap();
+    for (name, algorithm) in [
+        ("ed25519", DkimAlgorithm::Ed25519Sha256),
+        ("rsa-2048", DkimAlgorithm::RsaSha256),
+    ] {
+        let signer = signer(dir.path(), algorithm);
+        c.bench_function(&format!("dkim/sign {name} (10 KiB, headers parsed)"), |b| {
+            b.iter(|| {
+                let headers = Headers::parse(black_box(&message));
+                let plan = signer.plan(&headers).unwrap();
+                plan.sign(&message).unwrap()
+            })
+        });
+    }
+}
+
+criterion_group!(
+    benches,
+    routing,
+    classification,
+    command_parsing,
+    dkim_signing
+);
 criterion_main!(benches);

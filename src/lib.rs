@@ -11,6 +11,8 @@
 //! - [`config`]: the operator's TOML file, defaults and validation.
 //! - [`clock`]: Unix time as records keep it, and a clock tests can move by hand.
 //! - [`envelope`]: addresses, sender, body flags — the values that travel the pipeline.
+//! - [`content`]: the accepted message's header block, read once: From: domain, existing
+//!   signatures, bulk-mail fields.
 //! - [`dns`]: the resolver (MX, addresses, DNSBL queries), system or configured servers.
 //! - [`site`]: recipient domains that share MX hosts, as reputation sees them.
 //! - [`egress`]: the local addresses mail leaves from, and their standing.
@@ -20,7 +22,9 @@
 //!
 //! The pipeline, each stage using only the ones after it and the vocabulary:
 //!
-//! - [`inbound`]: the SMTP listener and session state machine; relay permission.
+//! - [`inbound`]: the SMTP listener and session state machine; relay permission; the
+//!   bulk-mail check at the end of DATA.
+//! - [`signing`]: DKIM keys and the signatures made once, at acceptance, before spooling.
 //! - [`spool`]: durable storage; a `250` is sent only after the message is fsynced.
 //! - [`queue`]: the scheduler owning every due time, retry math, DSNs.
 //! - [`routing`]: MX lookup, sites (domains sharing MX hosts), the egress pool rotation.
@@ -50,6 +54,7 @@ pub mod clock;
 pub mod cluster;
 pub mod complaints;
 pub mod config;
+pub mod content;
 pub mod dns;
 pub mod egress;
 pub mod envelope;
@@ -61,6 +66,7 @@ pub mod queue;
 pub mod reputation;
 pub mod routing;
 pub mod senders;
+pub mod signing;
 pub mod site;
 pub mod spool;
 pub mod tls;

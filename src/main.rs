@@ -168,6 +168,24 @@ fn main() -> ExitCode {
             json,
         } => done(run_to_end(cli::auth(config.as_deref(), &domain, json))),
         Command::Passwd { name, domains } => done(cli::passwd(&name, &domains)),
+        Command::Dkim { action } => match action {
+            cli::DkimAction::Keygen {
+                domain,
+                selector,
+                algorithm,
+                bits,
+                out,
+            } => done(cli::dkim_keygen(
+                &domain,
+                &selector,
+                algorithm.into(),
+                bits,
+                &out,
+            )),
+            cli::DkimAction::Check { config, json } => {
+                done(run_to_end(cli::dkim_check(config.as_deref(), json)))
+            }
+        },
         Command::DnsblCheck { config, json, ips } => {
             done(run_to_end(cli::dnsbl_check(config.as_deref(), &ips, json)))
         }

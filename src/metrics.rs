@@ -45,6 +45,17 @@ pub struct StateLabels {
     pub state: String,
 }
 
+/// One sender (`user:NAME` or `domain:NAME`, bounded like sites: the first
+/// [`MAX_SENDERS`] get their own label, the rest are `other`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SenderLabels {
+    /// The sender.
+    pub sender: String,
+}
+
+/// Senders with a label of their own; beyond them, `other`.
+pub const MAX_SENDERS: usize = 100;
+
 /// One egress IP.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EgressLabels {
@@ -106,7 +117,14 @@ pub struct Metrics {
     pub quota_refusals: Counter,
     /// Senders suspended now (set when scraped).
     pub senders_suspended: Gauge,
+    /// Bulk mail accepted without one-click unsubscribe, by sender.
+    pub bulk_without_one_click: Family<SenderLabels, Counter>,
+    /// DKIM signatures made at acceptance.
+    pub dkim_signatures: Counter,
+    /// Messages refused with 451 because signing failed.
+    pub dkim_failures: Counter,
     sites: Mutex<HashSet<String>>,
+    senders: Mutex<HashSet<String>>,
     /// The latest refusals, newest last, for the status page.
     recent: Mutex<std::collections::VecDeque<Refusal>>,
     /// Per minute of the last hour: (Unix minute, delivered, refused).
@@ -156,7 +174,11 @@ impl Metrics {
             auth_lockouts: Counter::default(),
             quota_refusals: Counter::default(),
             senders_suspended: Gauge::default(),
+            bulk_without_one_click: Family::default(),
+            dkim_signatures: Counter::default(),
+            dkim_failures: Counter::default(),
             sites: Mutex::new(HashSet::new()),
+            senders: Mutex::new(HashSet::new()),
             recent: Mutex::new(std::collections::VecDeque::with_capacity(RECENT_REFUSALS)),
             minutes: Mutex::new([(0, 0, 0); 60]),
             registry: Registry::default(),
@@ -261,7 +283,30 @@ impl Metrics {
             "Senders suspended now",
             m.senders_suspended.clone(),
         );
+        registry.register(
+            "bulk_without_one_click",
+            "Bulk mail accepted without RFC 8058 one-click unsubscribe, by sender",
+            m.bulk_without_one_click.clone(),
+        );
+        registry.register(
+            "dkim_signatures",
+            "DKIM signatures made at acceptance",
+            m.dkim_signatures.clone(),
+        );
+        registry.register(
+            "dkim_failures",
+            "Messages refused with 451 because DKIM signing failed",
+            m.dkim_failures.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts bulk mail from `sender` that lacks one-click unsubscribe.
+    pub fn bulk_without_one_click(&self, sender: &str) {
+        let sender = bounded(&self.senders, sender, MAX_SENDERS);
+        self.bulk_without_one_click
+            .get_or_create(&SenderLabels { sender })
+            .inc();
     }
 
     /// Counts a delivery attempt.
@@ -323,15 +368,7 @@ impl Metrics {
     }
 
     fn site_label(&self, site: &str) -> String {
-        let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
-        if sites.contains(site) {
-            return site.to_string();
-        }
-        if sites.len() < MAX_SITES {
-            sites.insert(site.to_string());
-            return site.to_string();
-        }
-        "other".into()
+        bounded(&self.sites, site, MAX_SITES)
     }
 
     /// The text exposition format (what `/metrics` serves).
@@ -340,6 +377,20 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// `value` as a label: itself while `seen` holds fewer than `max` values (or holds it),
+/// else `other`, so that a label's values stay bounded.
+fn bounded(seen: &Mutex<HashSet<String>>, value: &str, max: usize) -> String {
+    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+    if seen.contains(value) {
+        return value.to_string();
+    }
+    if seen.len() < max {
+        seen.insert(value.to_string());
+        return value.to_string();
+    }
+    "other".into()
 }
 
 /// The process's metrics.

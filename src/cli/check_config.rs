@@ -17,6 +17,13 @@ pub fn check_config(path: Option<&Path>) -> ExitCode {
         None => (Config::default(), Vec::new()),
     };
     errors.extend(config.validate());
+    // The key files are read by the module that signs with them.
+    if let Err(problems) = crate::signing::Signer::load(&config.dkim) {
+        errors.extend(problems.into_iter().map(|p| crate::config::ConfigError {
+            key: p.key,
+            problem: p.error.to_string(),
+        }));
+    }
     let name = path
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "defaults".into());

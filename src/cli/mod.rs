@@ -7,6 +7,7 @@ mod check_config;
 mod classify;
 mod complaints;
 mod delist_report;
+mod dkim;
 mod dnsbl_check;
 mod listings;
 mod logs;
@@ -28,6 +29,7 @@ pub use check_config::check_config;
 pub use classify::{ClassifyMode, classify};
 pub use complaints::complaints;
 pub use delist_report::delist_report;
+pub use dkim::{dkim_check, dkim_keygen};
 pub use dnsbl_check::dnsbl_check;
 pub use listings::listings;
 pub use logs::BatchedStderr;
@@ -312,6 +314,12 @@ pub enum Command {
         #[arg(long = "domain")]
         domains: Vec<String>,
     },
+    /// DKIM keys: make one, or check that DNS publishes the configured ones.
+    Dkim {
+        /// What to do.
+        #[command(subcommand)]
+        action: DkimAction,
+    },
     /// Check addresses against the configured blocklists once, now.
     DnsblCheck {
         /// Configuration file (TOML), for its [[blocklists]] and [dns]. Without it, the
@@ -325,6 +333,58 @@ pub enum Command {
         #[arg(required = true)]
         ips: Vec<std::net::IpAddr>,
     },
+}
+
+/// `sidestep dkim` actions.
+#[derive(Debug, Subcommand)]
+pub enum DkimAction {
+    /// Make a private key (written with mode 0600; an existing file is never replaced)
+    /// and print the TXT record to publish for it.
+    Keygen {
+        /// The signing domain (`d=`).
+        #[arg(long)]
+        domain: String,
+        /// The selector (`s=`): the record goes at SELECTOR._domainkey.DOMAIN.
+        #[arg(long)]
+        selector: String,
+        /// `rsa` (what every verifier reads) or `ed25519` (RFC 8463).
+        #[arg(long, value_enum, default_value = "rsa")]
+        algorithm: KeyAlgorithm,
+        /// RSA key size (2048 to 4096).
+        #[arg(long, default_value_t = 2048)]
+        bits: usize,
+        /// Where to write the PEM key.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// For each configured key, whether DNS (through the configured resolver) publishes
+    /// it: published, missing or mismatch. Exits 1 unless all are published.
+    Check {
+        /// Configuration file (TOML), for its [[dkim.keys]] and [dns].
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Machine-readable output (one JSON document).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// A key type for `sidestep dkim keygen`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum KeyAlgorithm {
+    /// RSA with SHA-256.
+    Rsa,
+    /// Ed25519 with SHA-256.
+    Ed25519,
+}
+
+impl From<KeyAlgorithm> for crate::config::DkimAlgorithm {
+    fn from(a: KeyAlgorithm) -> Self {
+        match a {
+            KeyAlgorithm::Rsa => Self::RsaSha256,
+            KeyAlgorithm::Ed25519 => Self::Ed25519Sha256,
+        }
+    }
 }
 
 /// `sidestep senders` actions.

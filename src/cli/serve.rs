@@ -201,9 +201,20 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
                 )
             })
             .collect(),
-        dkim: Vec::new(),
+        dkim: config
+            .dkim
+            .keys
+            .iter()
+            .map(|k| {
+                (
+                    k.domain.to_ascii_lowercase(),
+                    k.selector.clone(),
+                    k.algorithm.name().to_string(),
+                )
+            })
+            .collect(),
         starttls: config.delivery.starttls,
-        one_click_checked: false,
+        one_click_checked: config.compliance.one_click != crate::config::OneClick::Off,
     })
     .with_reload({
         let reloader = reloader.clone();

@@ -4,11 +4,13 @@
 //! `Config::load` parses; `Config::validate` collects *every* problem with its key path so
 //! `sidestep check-config` can list them all at once.
 
+mod dkim;
 mod duration;
 mod error;
 mod load;
 mod validate;
 
+pub use dkim::{ComplianceConfig, DkimAlgorithm, DkimConfig, DkimKeyConfig, OneClick, SignPolicy};
 pub use duration::HumanDuration;
 pub use error::{ConfigError, LoadError};
 
@@ -69,6 +71,10 @@ pub struct Config {
     pub complaints: ComplaintsConfig,
     /// Several relays sharing what they learn through Redis.
     pub cluster: ClusterConfig,
+    /// DKIM signing at acceptance: whose mail, and the keys of each From: domain.
+    pub dkim: DkimConfig,
+    /// Bulk-sender rules checked at the end of DATA (one-click unsubscribe).
+    pub compliance: ComplianceConfig,
 }
 
 /// `[cluster]`: relays that send from the same egress pools share their blocks through

@@ -26,6 +26,14 @@ fn shipped_config_file_loads_and_validates() {
     assert_eq!(errors, vec!["smarthosts[0].password_file"]);
     assert_eq!(examples.routes[0].fallback.as_deref(), Some("clean-relay"));
     assert_eq!(examples.delivery.fallback.as_deref(), Some("clean-relay"));
+    assert_eq!(config.dkim.sign, SignPolicy::Authenticated);
+    assert!(config.dkim.keys.is_empty());
+    let algorithms: Vec<_> = examples.dkim.keys.iter().map(|k| k.algorithm).collect();
+    assert_eq!(
+        algorithms,
+        [DkimAlgorithm::RsaSha256, DkimAlgorithm::Ed25519Sha256]
+    );
+    assert_eq!(config.compliance.one_click, OneClick::Warn);
     assert_eq!(config.server.max_message_size, ByteSize::mib(25));
     assert_eq!(config.queue.max_lifetime.get().as_secs(), 5 * 24 * 3600);
     assert_eq!(config.pools[0].egress.len(), 2);
@@ -260,4 +268,26 @@ fn cluster_needs_a_redis_url_it_can_use() {
         vec!["cluster.password_file"]
     );
     assert!(keys("[cluster]\nredis = \"redis://127.0.0.1:6379/0\"\nnode = \"a\"\n").is_empty());
+}
+
+#[test]
+fn dkim_keys_need_a_domain_a_selector_and_no_twin() {
+    let c = Config::parse(
+        "[dkim]\nsign = \"all\"\n\
+         [[dkim.keys]]\ndomain = \"example.net\"\nselector = \"s1\"\nprivate_key = \"/k1\"\n\
+         [[dkim.keys]]\ndomain = \"Example.NET.\"\nselector = \"S1\"\nprivate_key = \"/k2\"\nalgorithm = \"ed25519-sha256\"\n\
+         [[dkim.keys]]\ndomain = \"no domain\"\nselector = \"a b\"\nprivate_key = \"/k3\"\nsubdomains = true\n",
+    )
+    .unwrap();
+    let keys: Vec<String> = c.validate().into_iter().map(|e| e.key).collect();
+    assert_eq!(
+        keys,
+        [
+            "dkim.keys[1]",
+            "dkim.keys[2].domain",
+            "dkim.keys[2].selector"
+        ]
+    );
+    assert!(Config::parse("[dkim]\nsign = \"everyone\"\n").is_err());
+    assert!(Config::parse("[compliance]\none_click = \"maybe\"\n").is_err());
 }

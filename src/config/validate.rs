@@ -26,6 +26,7 @@ pub(super) fn all(c: &Config) -> Vec<ConfigError> {
     probes(c, &mut err);
     complaints(c, &mut err);
     cluster(c, &mut err);
+    dkim(c, &mut err);
     if let Some(to) = &c.alerts.mail
         && crate::envelope::Address::parse(to, false).is_err()
     {
@@ -714,5 +715,50 @@ fn cluster(c: &Config, err: &mut impl FnMut(String, String)) {
             _ => "cluster.redis",
         };
         err(key.into(), e);
+    }
+}
+
+/// `[[dkim.keys]]`: names only. Whether each key file is safe and usable is for
+/// [`crate::signing::Signer::load`], which check-config and serve call.
+fn dkim(c: &Config, err: &mut impl FnMut(String, String)) {
+    let mut seen = HashSet::new();
+    for (i, k) in c.dkim.keys.iter().enumerate() {
+        let domain = k.domain.trim_end_matches('.');
+        if domain.is_empty()
+            || !domain.contains('.')
+            || !domain
+                .split('.')
+                .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        {
+            err(
+                format!("dkim.keys[{i}].domain"),
+                format!(
+                    "{:?} is not a domain name (use the A-label form of IDNs)",
+                    k.domain
+                ),
+            );
+        }
+        // RFC 6376 §3.1: a selector is one or more dot-separated labels.
+        if k.selector.is_empty()
+            || !k.selector.split('.').all(|l| {
+                !l.is_empty()
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+        {
+            err(
+                format!("dkim.keys[{i}].selector"),
+                format!(
+                    "{:?} is not a selector (letters, digits, '-', dot-separated)",
+                    k.selector
+                ),
+            );
+        }
+        if !seen.insert((domain.to_ascii_lowercase(), k.selector.to_ascii_lowercase())) {
+            err(
+                format!("dkim.keys[{i}]"),
+                format!("a second key for {domain} with selector {}", k.selector),
+            );
+        }
     }
 }

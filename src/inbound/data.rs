@@ -151,7 +151,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Validates the content and spools it durably. The `250` is written only after
     /// `store_message` returned, i.e. after the fsyncs.
     async fn store_or_refuse(&mut self) -> Reply {
-        let Some(txn) = self.txn.take() else {
+        let Some(mut txn) = self.txn.take() else {
             return Reply::new(503, "5.5.1", "Need MAIL command first");
         };
         if txn.oversize {
@@ -169,8 +169,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 "Message contains bare CR or LF; lines must end with CRLF",
             );
         }
+        let headers = crate::content::Headers::parse(&txn.body);
+        if let Some(refusal) = self.check_one_click(&headers, &txn.sender) {
+            return refusal;
+        }
+        let (body, signed) = self.sign(&headers, std::mem::take(&mut txn.body)).await;
+        txn.body = body;
+        let signatures = match signed {
+            Ok(s) => s,
+            Err(refusal) => return refusal,
+        };
         let id = QueueId::generate();
-        let body = self.with_received_header(&id, &txn);
+        let body = self.with_received_header(&id, &txn, &signatures);
         let msg = QueuedMessage {
             id: id.clone(),
             sender: txn.sender,
@@ -239,9 +249,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    /// Prepends our trace header (RFC 5321 §4.4): receivers and operators follow the path
-    /// of a message by these.
-    fn with_received_header(&self, id: &QueueId, txn: &Transaction) -> Vec<u8> {
+    /// Prepends our trace header (RFC 5321 §4.4: receivers and operators follow the path
+    /// of a message by these), then the DKIM signatures made for the content.
+    fn with_received_header(
+        &self,
+        id: &QueueId,
+        txn: &Transaction,
+        signatures: &[String],
+    ) -> Vec<u8> {
         let helo = self.helo.as_deref().unwrap_or("unknown");
         let hostname = &self.config.server.hostname;
         // RFC 3848: S for TLS, A for an authenticated client.
@@ -274,8 +289,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             header.push_str(&format!("\r\n\tfor <{rcpt}>"));
         }
         header.push_str(&format!(";\r\n\t{date}\r\n"));
-        let mut body = Vec::with_capacity(header.len() + txn.body.len());
+        let signed: usize = signatures.iter().map(String::len).sum();
+        let mut body = Vec::with_capacity(header.len() + signed + txn.body.len());
         body.extend_from_slice(header.as_bytes());
+        for s in signatures {
+            body.extend_from_slice(s.as_bytes());
+        }
         body.extend_from_slice(&txn.body);
         body
     }

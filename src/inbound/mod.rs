@@ -2,6 +2,7 @@
 //! runs the state machine, one file per command group, `policy` decides relay permission.
 
 mod auth;
+mod content;
 mod data;
 mod ehlo;
 mod envelope;
@@ -76,20 +77,24 @@ impl Inbound {
     }
 }
 
-/// What lets senders in from anywhere: the TLS certificate and the users who may log in.
+/// What sessions build from files the config names: the TLS certificate and the users
+/// who may log in (which let senders in from anywhere), and the DKIM keys.
 #[derive(Default)]
 pub struct Security {
     /// STARTTLS and the implicit-TLS listener; `None` without a certificate.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// `[auth] users_file`; `None`: AUTH is not offered.
     pub users: Option<Arc<users::Users>>,
+    /// `[[dkim.keys]]`, loaded.
+    pub signer: Arc<crate::signing::Signer>,
 }
 
 impl Security {
-    /// Loads the certificate and the users file of `config`.
+    /// Loads the certificate, the users file and the DKIM keys of `config`.
     ///
     /// # Errors
-    /// Every file that cannot be read or parsed, with why.
+    /// Every file that cannot be read or parsed (or, for a key, is readable by others),
+    /// with why.
     pub fn load(config: &Config) -> Result<Self, Vec<String>> {
         let mut errors = Vec::new();
         let tls = tls::acceptor(&config.server).unwrap_or_else(|e| {
@@ -106,8 +111,16 @@ impl Security {
             },
             None => None,
         };
+        let signer = crate::signing::Signer::load(&config.dkim).unwrap_or_else(|problems| {
+            errors.extend(problems.iter().map(ToString::to_string));
+            Default::default()
+        });
         if errors.is_empty() {
-            Ok(Self { tls, users })
+            Ok(Self {
+                tls,
+                users,
+                signer: Arc::new(signer),
+            })
         } else {
             Err(errors)
         }

@@ -154,13 +154,20 @@ impl TestDns {
         .await;
     }
 
+    /// A TXT record; text longer than a DNS string (255 bytes, an RSA DKIM key) goes in
+    /// several strings of one record, which resolvers join back.
     pub async fn add_txt(&self, name: &str, text: &str) {
         self.add_txt_ttl(name, text, TTL).await;
     }
 
     /// A TXT record with a TTL of its own (SPF records that caches may keep).
     pub async fn add_txt_ttl(&self, name: &str, text: &str, ttl: u32) {
-        let rdata = RData::TXT(TXT::new(vec![text.to_string()]));
+        let strings = text
+            .as_bytes()
+            .chunks(255)
+            .map(|c| String::from_utf8(c.to_vec()).unwrap())
+            .collect();
+        let rdata = RData::TXT(TXT::new(strings));
         self.zone
             .upsert(Record::from_rdata(Self::name(name), ttl, rdata), 1)
             .await;

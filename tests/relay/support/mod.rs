@@ -3,6 +3,7 @@
 //! started from the built binary with a config written for the test.
 
 pub mod client;
+pub mod dkim;
 pub mod dns;
 pub mod imap;
 pub mod redis;
