@@ -906,6 +906,19 @@ impl Default for SpoolConfig {
     }
 }
 
+impl QueueConfig {
+    /// Delay after the `attempt`-th failed attempt (1-based): `retry_initial` times
+    /// `retry_factor` to the power `attempt - 1`, capped at `retry_max`. Here because
+    /// both the queue (messages) and routing (down sites' probes) keep this pace.
+    pub fn retry_delay(&self, attempt: u32) -> std::time::Duration {
+        let initial = self.retry_initial.get().as_secs_f64();
+        let max = self.retry_max.get().as_secs_f64();
+        let exp = attempt.saturating_sub(1).min(64) as i32;
+        let secs = (initial * self.retry_factor.powi(exp)).min(max);
+        std::time::Duration::from_secs_f64(secs.max(0.0))
+    }
+}
+
 impl Default for QueueConfig {
     fn default() -> Self {
         Self {
