@@ -193,7 +193,9 @@ pub async fn command(
         } => "deleted, DSN sent",
         QueueCommand::Delete { .. } => "deleted",
     };
-    println!("{verb}: {}", done.done.len());
+    if !done.done.is_empty() || done.when_attempt_ends.is_empty() {
+        println!("{verb}: {}", done.done.len());
+    }
     for id in &done.done {
         println!("  {id}");
     }
@@ -202,6 +204,9 @@ pub async fn command(
             "left alone (an attempt is under way): {}",
             done.busy.join(" ")
         );
+    }
+    for id in &done.when_attempt_ends {
+        println!("{id}: an attempt is under way; {verb} when it ends (it is not attempted again)");
     }
     Ok(())
 }

@@ -6,6 +6,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
 use crate::support::client::ready;
+use crate::support::eventually;
+use crate::support::sink::Gate;
 use crate::{World, message};
 
 /// One HTTP/1.1 request from `from`; the status and the body.
@@ -514,4 +516,71 @@ async fn blocks_and_listings_come_from_the_running_relay() {
     let blocks = w.setup.cli(&["blocks"]);
     assert!(blocks.contains("suspended by the operator"), "{blocks}");
     drop(relay);
+}
+
+/// `delete` and `hold` of a message whose attempt is under way (its server has not
+/// answered the end of DATA yet): the reply says they take effect when the attempt ends,
+/// and then they do, without another attempt (retries are 200 ms apart here).
+#[tokio::test]
+async fn delete_and_hold_during_an_attempt_act_when_it_ends() {
+    let w = World::new().await;
+    let gate = Gate::new();
+    w.dest.behave(|b| {
+        b.data_always = Some("451 4.3.0 try again later".into());
+        b.data_gate = Some(gate.clone());
+    });
+    let relay = w.setup.start().await;
+    let mut c = ready(relay.addr).await;
+    let reply = c
+        .send_mail(
+            "a@sender.test",
+            &["b@dest.test"],
+            &message("doomed", "x\r\n"),
+        )
+        .await;
+    let doomed = reply.split_whitespace().last().unwrap().to_string();
+    eventually(|| gate.waiting() == 1, || "no attempt reached DATA".into()).await;
+    let out = w
+        .setup
+        .cli(&["delete", &doomed, "--bounce", "spam run (ticket 7)"]);
+    assert!(
+        out.contains(&format!(
+            "{doomed}: an attempt is under way; deleted, DSN sent when it ends (it is not attempted again)"
+        )),
+        "{out}"
+    );
+    gate.let_through(1);
+    let dsns = w.sender.wait_for(1).await;
+    let text = crate::support::dsn_text(&dsns[0]);
+    assert!(text.contains("spam run (ticket 7)"), "{text}");
+    relay.log_with("deleted by the operator").await;
+    assert_eq!(w.setup.cli_json(&["queue"])["messages"], 0);
+
+    let reply = c
+        .send_mail("a@sender.test", &["b@dest.test"], &message("kept", "x\r\n"))
+        .await;
+    let kept = reply.split_whitespace().last().unwrap().to_string();
+    eventually(|| gate.waiting() == 1, || "no attempt reached DATA".into()).await;
+    let out = w.setup.cli(&["hold", &kept]);
+    assert!(
+        out.contains(&format!(
+            "{kept}: an attempt is under way; held when it ends"
+        )),
+        "{out}"
+    );
+    gate.let_through(1);
+    eventually(
+        || w.setup.cli_json(&["queue", "show", &kept])["state"] == "held",
+        || relay.log(),
+    )
+    .await;
+    let log = relay.log();
+    for id in [&doomed, &kept] {
+        let attempts = log
+            .lines()
+            .filter(|l| l.contains(id.as_str()) && l.contains("delivery attempt"))
+            .count();
+        assert_eq!(attempts, 1, "{id} was attempted again: {log}");
+    }
+    assert_eq!(gate.waiting(), 0);
 }
