@@ -225,23 +225,41 @@ pub(super) async fn list(
     Ok(Json(MessageList { total, messages }))
 }
 
-/// `GET /api/v1/queue/messages/{id}`.
+/// `GET /api/v1/queue/messages/{id}`. A message that is gone: 404, and the text says
+/// what became of it when the spool remembers ([`crate::spool::Departed`]).
 pub(super) async fn show(
     State(admin): State<Admin>,
     Path(id): Path<String>,
-) -> Result<Json<MessageView>, StatusCode> {
+) -> Result<Json<MessageView>, (StatusCode, String)> {
     let now = admin.clock.now();
     let wanted = QueueId::from(id.as_str());
+    let lookup = wanted.clone();
     scan(&admin, None, move |found, routes, m, state| {
-        if m.id != wanted {
+        if m.id != lookup {
             return true;
         }
         *found = Some(view(routes, &m, state, now));
         false
     })
-    .await?
+    .await
+    .map_err(|code| (code, "cannot read the queue\n".to_string()))?
     .map(Json)
-    .ok_or(StatusCode::NOT_FOUND)
+    .ok_or_else(|| (StatusCode::NOT_FOUND, gone(&admin, &wanted)))
+}
+
+/// What became of a message that is not in the queue.
+fn gone(admin: &Admin, id: &QueueId) -> String {
+    match admin.spool.departed(id) {
+        Some(d) => format!(
+            "{id} is not in the queue: {} at {}\n",
+            d.departure,
+            crate::clock::rfc3339(d.at)
+        ),
+        None => format!(
+            "{id} is not in the queue (delivered, bounced or deleted before the relay's last start or among more than the last {} to leave, or never queued; see the log)\n",
+            crate::spool::DEPARTED_MAX
+        ),
+    }
 }
 
 fn view(routes: &Routes, m: &QueuedMessage, state: &str, now: u64) -> MessageView {

@@ -72,7 +72,16 @@ pub async fn queue(
         }
         QueueView::Show { id } => format!("/api/v1/queue/messages/{}", query_value(id)),
     };
-    let body = super::admin_client::get(&config, &path).await?;
+    let body = match view {
+        QueueView::Show { .. } => match super::admin_client::exchange(&config, "GET", &path).await?
+        {
+            (200, body) => body,
+            // Gone: the relay's text says what became of it.
+            (404, body) => anyhow::bail!("{}", String::from_utf8_lossy(&body).trim()),
+            (_, _) => super::admin_client::get(&config, &path).await?,
+        },
+        _ => super::admin_client::get(&config, &path).await?,
+    };
     if json {
         println!("{}", String::from_utf8_lossy(&body).trim_end());
         return Ok(());

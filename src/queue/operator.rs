@@ -6,7 +6,9 @@
 
 use crate::clock::Clock;
 use crate::envelope::Sender;
-use crate::spool::{QueueId, QueuedMessage, RecipientStatus, RemoteReply, Spool, SpoolError};
+use crate::spool::{
+    Departure, QueueId, QueuedMessage, RecipientStatus, RemoteReply, Spool, SpoolError,
+};
 
 use super::dsn;
 use super::handle::{Control, QueueHandle};
@@ -179,7 +181,10 @@ pub async fn delete(
             tracing::info!(queue_id = %id, dsn_id = %dsn.message.id, to = %to, "DSN queued for a deleted message");
         }
     }
-    spool.remove(&msg).await?;
+    let departure = Departure::Deleted {
+        bounced: bounce.is_some(),
+    };
+    spool.remove(&msg, departure, clock.now()).await?;
     tracing::warn!(queue_id = %id, bounced = bounce.is_some(), reason = bounce.unwrap_or("-"), "deleted by the operator");
     Ok(Acted::Now)
 }

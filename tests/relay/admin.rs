@@ -354,7 +354,21 @@ async fn delete_is_quiet_or_bounces_with_the_operators_reason() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("404"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidestep"))
+        .args(["queue", "show", &loud, "--config"])
+        .arg(w.setup.dir.path().join("sidestep.toml"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("is not in the queue: deleted by the operator, DSN sent at 20"),
+        "{said}"
+    );
 }
 
 #[tokio::test]
@@ -583,4 +597,61 @@ async fn delete_and_hold_during_an_attempt_act_when_it_ends() {
         assert_eq!(attempts, 1, "{id} was attempted again: {log}");
     }
     assert_eq!(gate.waiting(), 0);
+}
+
+/// `sidestep queue show` of a message that left the queue says what became of it.
+#[tokio::test]
+async fn queue_show_of_a_message_that_is_gone_says_what_became_of_it() {
+    let w = World::new().await;
+    w.dest.behave(|b| {
+        b.rcpt.insert(
+            "nobody@dest.test".into(),
+            "550 5.1.1 <nobody@dest.test>: User unknown".into(),
+        );
+    });
+    let relay = w.setup.start().await;
+    let mut c = ready(relay.addr).await;
+    let id_of = |reply: String| reply.split_whitespace().last().unwrap().to_string();
+    let sent = id_of(
+        c.send_mail("a@sender.test", &["b@dest.test"], &message("ok", "x\r\n"))
+            .await,
+    );
+    let refused = id_of(
+        c.send_mail(
+            "a@sender.test",
+            &["nobody@dest.test"],
+            &message("no", "x\r\n"),
+        )
+        .await,
+    );
+    relay
+        .log_count("removed: every recipient is final", 2)
+        .await;
+    let gone = |id: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidestep"))
+            .args(["queue", "show", id, "--config"])
+            .arg(w.setup.dir.path().join("sidestep.toml"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let said = gone(&sent);
+    assert!(
+        said.contains(&format!(
+            "{sent} is not in the queue: delivered (1 recipient(s)) at 20"
+        )),
+        "{said}"
+    );
+    assert!(!said.contains("HTTP 404"), "{said}");
+    let said = gone(&refused);
+    assert!(
+        said.contains("is not in the queue: bounced (1 recipient(s) failed, 0 delivered) at 20"),
+        "{said}"
+    );
+    let said = gone("00000000000000000000");
+    assert!(
+        said.contains("is not in the queue (delivered, bounced or deleted before"),
+        "{said}"
+    );
 }
