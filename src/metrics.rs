@@ -41,7 +41,7 @@ pub struct DeliveryLabels {
 /// A queue state.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
-    /// `active` or `waiting`.
+    /// `active` or `deferred`, as `sidestep queue` says.
     pub state: String,
 }
 

@@ -171,7 +171,7 @@ pub(super) async fn summarize(admin: &Admin) -> Result<QueueSummary, StatusCode>
     })
     .await?;
     let (mut s, domains, sites, egresses) = (c.s, c.domains, c.sites, c.egresses);
-    for state in ["active", "deferred", "held"] {
+    for state in super::api::QUEUE_STATES {
         s.by_state.entry(state.into()).or_default();
     }
     let mut by_domain: Vec<DomainCount> = domains
@@ -198,7 +198,18 @@ pub(super) async fn summarize(admin: &Admin) -> Result<QueueSummary, StatusCode>
 pub(super) async fn list(
     State(admin): State<Admin>,
     Query(q): Query<ListQuery>,
-) -> Result<Json<MessageList>, StatusCode> {
+) -> Result<Json<MessageList>, (StatusCode, String)> {
+    if let Some(state) = q.state.as_deref()
+        && !super::api::QUEUE_STATES.contains(&state)
+    {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            format!(
+                "no queue state {state:?}: one of {}\n",
+                super::api::QUEUE_STATES.join(", ")
+            ),
+        ));
+    }
     let now = admin.clock.now();
     let (offset, limit) = (q.offset.unwrap_or(0), q.limit.unwrap_or(100));
     let (total, messages) = scan(
@@ -221,7 +232,8 @@ pub(super) async fn list(
             true
         },
     )
-    .await?;
+    .await
+    .map_err(|code| (code, "cannot read the queue\n".to_string()))?;
     Ok(Json(MessageList { total, messages }))
 }
 
@@ -273,7 +285,7 @@ fn view(routes: &Routes, m: &QueuedMessage, state: &str, now: u64) -> MessageVie
         received: when(m.received_at),
         age_s: now.saturating_sub(m.received_at),
         attempts: m.attempts,
-        next_attempt: when(m.next_attempt_ms / 1000),
+        next_attempt: (!m.held).then(|| when(m.next_attempt_ms / 1000)),
         size: m.size,
         client: m.client.clone(),
         recipients: m

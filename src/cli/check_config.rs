@@ -16,7 +16,10 @@ pub fn check_config(path: Option<&Path>) -> ExitCode {
         },
         None => (Config::default(), Vec::new()),
     };
-    errors.extend(config.validate());
+    errors.extend(match path {
+        Some(p) => config.validate_file(p),
+        None => config.validate(),
+    });
     let name = path
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "defaults".into());

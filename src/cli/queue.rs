@@ -306,7 +306,7 @@ fn render_list(l: &MessageList) -> String {
             m.state,
             humantime::format_duration(std::time::Duration::from_secs(m.age_s)).to_string(),
             m.attempts,
-            m.next_attempt,
+            m.next_attempt.as_deref().unwrap_or("-"),
             m.sender,
             pending.join(", ")
         );
@@ -320,7 +320,13 @@ fn render_message(m: &MessageView) -> String {
     let _ = writeln!(out, "{}  ({}, {} attempt(s))", m.id, m.state, m.attempts);
     let _ = writeln!(out, "  from:     {}", m.sender);
     let _ = writeln!(out, "  received: {} from {}", m.received, m.client);
-    let _ = writeln!(out, "  next:     {}", m.next_attempt);
+    let _ = writeln!(
+        out,
+        "  next:     {}",
+        m.next_attempt
+            .as_deref()
+            .unwrap_or("none: held until `sidestep release`")
+    );
     let _ = writeln!(out, "  size:     {} bytes", m.size);
     for r in &m.recipients {
         let _ = writeln!(

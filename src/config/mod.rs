@@ -7,7 +7,9 @@
 mod duration;
 mod error;
 mod load;
+mod networks;
 mod validate;
+mod words;
 
 pub use duration::HumanDuration;
 pub use error::{ConfigError, LoadError};
@@ -443,6 +445,7 @@ pub struct AdminConfig {
     /// (`Authorization: Bearer ...`). Without it, only `trusted_networks` are served.
     pub token_file: Option<PathBuf>,
     /// Clients that need no token: loopback by default.
+    #[serde(deserialize_with = "networks::deserialize")]
     pub trusted_networks: Vec<IpNet>,
 }
 
@@ -604,6 +607,7 @@ pub struct ServerConfig {
     pub hostname: String,
     /// Client networks allowed to relay. Anyone else is refused at RCPT with `554 5.7.1`:
     /// sidestep has no local domains, so an unlisted client can never send anything.
+    #[serde(deserialize_with = "networks::deserialize")]
     pub relay_networks: Vec<IpNet>,
     /// Sessions beyond this many get `421 4.7.0` and are closed, so a flood of
     /// connections cannot exhaust memory or file descriptors.
@@ -992,6 +996,21 @@ impl Config {
     /// Every problem in the configuration, each with its key path. Empty means valid.
     pub fn validate(&self) -> Vec<ConfigError> {
         validate::all(self)
+    }
+
+    /// [`Config::validate`] for the configuration read from `path`: each problem also
+    /// names the line of its key (or of the closest enclosing one) when it is in the
+    /// file, as schema problems do.
+    pub fn validate_file(&self, path: &Path) -> Vec<ConfigError> {
+        let mut errors = self.validate();
+        if let Ok(text) = std::fs::read_to_string(path) {
+            for e in &mut errors {
+                if let Some(at) = load::line_of(&text, &e.key) {
+                    e.key = format!("{} (line {})", e.key, at + 1);
+                }
+            }
+        }
+        errors
     }
 
     /// Each egress IP with the HELO name it announces (its own, or the host name): what

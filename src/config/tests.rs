@@ -137,7 +137,10 @@ fn parse_errors_name_the_key() {
     let e = Config::parse("[server]\nrelay_networks = [\"10.0.0.0/33\"]\n")
         .unwrap_err()
         .to_string();
-    assert!(e.contains("relay_networks"), "{e}");
+    assert!(
+        e.contains("relay_networks") && e.contains("entry [0] \"10.0.0.0/33\""),
+        "{e}"
+    );
 }
 
 #[test]

@@ -465,14 +465,22 @@ impl Spool {
 
 /// Replaces `path` with `bytes` so that a crash leaves the old file or the new one, never
 /// a torn one: a temporary file beside it, fsynced, renamed over it, the directory
-/// fsynced. For the small state files kept next to the spool (senders, probes).
+/// fsynced. For the small state files kept next to the spool (senders, probes, the admin
+/// address); readable by this user only (0600), as everything in the spool.
 ///
 /// # Errors
 /// Any step of the write failed (the old file is still in place).
 pub fn replace_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.set_permissions(fs::Permissions::from_mode(0o600))?;
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
@@ -590,6 +598,13 @@ mod tests {
             let p = f.unwrap().path();
             assert_eq!(mode(&p), 0o600, "{}", p.display());
         }
+        // The state files beside it (probes, senders, the admin address) too, also
+        // when an older one was more open.
+        let state = root.join("probes.json");
+        fs::write(&state, b"{}").unwrap();
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o644)).unwrap();
+        replace_durably(&state, b"{}").unwrap();
+        assert_eq!(mode(&state), 0o600);
     }
 
     #[tokio::test]

@@ -53,6 +53,12 @@ async fn the_queue_is_seen_through_the_api_and_the_cli() {
         .behave(|b| b.data_always = Some("451 4.3.0 try again later".into()));
     let relay = w.setup.start().await;
     let admin = relay.admin.expect("the admin API is on");
+    // Where the CLI finds the API: private, as everything in the spool.
+    let addr_file = w.setup.dir.path().join("spool").join("admin.addr");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&addr_file).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "{}", addr_file.display());
     let mut c = ready(relay.addr).await;
     let reply = c
         .send_mail(
@@ -300,7 +306,17 @@ async fn a_held_message_waits_across_a_restart_until_released() {
     let id = queue_one(&relay, "hold me", 1).await;
     let out = w.setup.cli(&["hold", &id]);
     assert!(out.contains("held: 1"), "{out}");
-    assert_eq!(w.setup.cli_json(&["queue", "show", &id])["state"], "held");
+    let shown = w.setup.cli_json(&["queue", "show", &id]);
+    assert_eq!(shown["state"], "held");
+    // Held: no attempt is due, and neither view pretends one is.
+    assert_eq!(shown["next_attempt"], serde_json::Value::Null, "{shown}");
+    let text = w.setup.cli(&["queue", "show", &id]);
+    assert!(text.contains("next:     none: held until"), "{text}");
+    let listed = w.setup.cli(&["queue", "list", "--state", "held"]);
+    assert!(
+        listed.contains(&id) && listed.contains("1 of 1 shown"),
+        "{listed}"
+    );
     // Flushing skips held mail.
     let flushed = w.setup.cli_json(&["flush"]);
     assert_eq!(flushed["done"], serde_json::json!([]), "{flushed}");
@@ -462,7 +478,7 @@ async fn metrics_count_what_happened() {
         "{text}"
     );
     assert!(
-        text.contains("sidestep_queue_messages{state=\"waiting\"} 0"),
+        text.contains("sidestep_queue_messages{state=\"deferred\"} 0"),
         "{text}"
     );
     assert!(text.contains("sidestep_inbound_sessions"), "{text}");
