@@ -152,6 +152,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     .with_cluster(cluster.map(|c| c.status))
     .with_site_health(site_health)
     .with_egress(config.egress_ips())
+    .with_default_source(config.uses_default_source())
     .with_reload({
         let reloader = reloader.clone();
         Arc::new(move || reloader.reload())

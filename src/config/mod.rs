@@ -1065,6 +1065,15 @@ impl Config {
         ips
     }
 
+    /// Whether some mail leaves from the host's default source address: an egress
+    /// without `ip`, or no `[[pools]]` at all.
+    pub fn uses_default_source(&self) -> bool {
+        self.effective_pools()
+            .iter()
+            .flat_map(|p| &p.egress)
+            .any(|e| e.ip.is_none())
+    }
+
     /// The pools as configured, or the implicit one used when the file defines none: the
     /// host's default source address, announcing `server.hostname`.
     pub fn effective_pools(&self) -> Vec<PoolConfig> {

@@ -264,3 +264,13 @@ fn cluster_needs_a_redis_url_it_can_use() {
     );
     assert!(keys("[cluster]\nredis = \"redis://127.0.0.1:6379/0\"\nnode = \"a\"\n").is_empty());
 }
+
+/// The embedded defaults send from the host's default source address; a pool of bound
+/// addresses does not.
+#[test]
+fn the_defaults_use_the_default_source_address() {
+    assert!(Config::default().uses_default_source());
+    let c = Config::parse("[[pools]]\nname = \"default\"\n[[pools.egress]]\nip = \"192.0.2.1\"\n")
+        .unwrap();
+    assert!(!c.uses_default_source());
+}
