@@ -241,3 +241,50 @@ fn every_flag_of_every_subcommand_has_help() {
         }
     }
 }
+
+/// The README's first steps work for someone who has only just cloned: the toolchain
+/// comes before the first command that needs it, no bare `sidestep …` before it is on
+/// the PATH, what the first run prints, where the spool is and how to stop it, and a
+/// first message that stays in the queue.
+#[test]
+fn the_readme_first_steps_come_in_order() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let at = |needle: &str| {
+        readme
+            .find(needle)
+            .unwrap_or_else(|| panic!("README lacks {needle:?}"))
+    };
+    let run = at("\n    cargo run --release -- serve\n");
+    assert!(
+        at("Rust 1.95") < run,
+        "the toolchain comes after the command needing it"
+    );
+    let first_bare = readme
+        .lines()
+        // A command line, not what the first run prints ("sidestep listening on …").
+        .position(|l| l.starts_with("    sidestep ") && !l.contains(" on 127.0.0.1:"))
+        .unwrap();
+    let path_note = readme
+        .lines()
+        .position(|l| l.contains("cargo install --path ."))
+        .unwrap();
+    assert!(
+        path_note < first_bare,
+        "`sidestep …` used before it is on the PATH"
+    );
+    let first_steps = &readme[run..at("## See the queue")];
+    for part in [
+        "sidestep listening on 127.0.0.1:2525",
+        "./sidestep-spool",
+        "Ctrl-C",
+        "--to someone@localhost",
+        "target/release/sidestep queue list",
+    ] {
+        assert!(first_steps.contains(part), "first steps lack {part:?}");
+    }
+    assert!(
+        !first_steps.contains("--to someone@example.net"),
+        "example.net has a null MX: that message bounces at once"
+    );
+}
