@@ -6,8 +6,11 @@ use std::fmt::Write as _;
 
 use crate::metrics::MinuteCounts;
 
+/// What one series counts in a minute.
+type Pick = fn(&MinuteCounts) -> u32;
+
 /// The series: label, colour, and what they count.
-const SERIES: [(&str, &str, fn(&MinuteCounts) -> u32); 3] = [
+const SERIES: [(&str, &str, Pick); 3] = [
     ("delivered", "#070", |m| m.delivered),
     ("deferred", "#c80", |m| m.deferred),
     ("bounced", "#b00", |m| m.bounced),

@@ -139,8 +139,8 @@ fn parent_key(key: &str) -> Option<String> {
     if key.ends_with(']') {
         return key.rfind('[').map(|i| key[..i].to_string());
     }
-    if key.ends_with('"') {
-        let open = key[..key.len() - 1].rfind('"')?;
+    if let Some(quoted) = key.strip_suffix('"') {
+        let open = quoted.rfind('"')?;
         return Some(key[..open].trim_end_matches('.').to_string());
     }
     key.rfind('.').map(|i| key[..i].to_string())
