@@ -722,9 +722,11 @@ pub struct DeliveryConfig {
     pub tls_ca_file: Option<PathBuf>,
     /// Deliveries in a row to a site where no MX answered at all (connections refused
     /// or timed out, from any egress IP) before the site is marked down: its mail is
-    /// parked, one probe delivery per `site_probe_interval` tests it. 0: never.
+    /// parked, one probe delivery at a time tests it. 0: never.
     pub site_down_after: u32,
-    /// How often a down site is probed.
+    /// The longest wait between two probes of a down site. They go at the pace of the
+    /// `[queue]` retry schedule when that is quicker: parking a site never makes its mail
+    /// wait longer than the retry schedule promises.
     pub site_probe_interval: HumanDuration,
 }
 
