@@ -30,6 +30,15 @@ impl fmt::Display for EgressIp {
     }
 }
 
+/// The address the host sends from when none is bound (its default route's source), if
+/// it has one: a UDP socket "connected" to a documentation address (RFC 5737) asks the
+/// kernel's routing table and sends nothing.
+pub fn default_source() -> Option<IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:25").ok()?;
+    Some(socket.local_addr().ok()?.ip()).filter(|ip| !ip.is_unspecified())
+}
+
 /// How usable an egress IP is, worst listing first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Standing {

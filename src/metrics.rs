@@ -41,7 +41,7 @@ pub struct DeliveryLabels {
 /// A queue state.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
-    /// `active` or `waiting`.
+    /// `active` or `deferred`, as `sidestep queue` says.
     pub state: String,
 }
 
@@ -127,8 +127,53 @@ pub struct Metrics {
     senders: Mutex<HashSet<String>>,
     /// The latest refusals, newest last, for the status page.
     recent: Mutex<std::collections::VecDeque<Refusal>>,
-    /// Per minute of the last hour: (Unix minute, delivered, refused).
-    minutes: Mutex<[(u64, u32, u32); 60]>,
+    /// Per minute of the last hour: (Unix minute, what the attempts came to).
+    minutes: Mutex<[(u64, MinuteCounts); 60]>,
+}
+
+/// What the attempts of one minute came to, for the status page's last hour.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MinuteCounts {
+    /// Recipients delivered.
+    pub delivered: u32,
+    /// Recipients deferred (to be tried again).
+    pub deferred: u32,
+    /// Recipients bounced (failed for good; a DSN goes to the sender).
+    pub bounced: u32,
+    /// Of the deferred and bounced, those a server refused (a 4xx or 5xx reply).
+    pub refused: u32,
+}
+
+/// What became of one recipient's attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptResult {
+    /// Delivered.
+    Delivered,
+    /// To be tried again.
+    Deferred,
+    /// Failed for good.
+    Bounced,
+}
+
+impl AttemptResult {
+    /// The log's word for it: `sent`, `deferred`, `bounced`.
+    pub fn word(self) -> &'static str {
+        match self {
+            Self::Delivered => "sent",
+            Self::Deferred => "deferred",
+            Self::Bounced => "bounced",
+        }
+    }
+}
+
+impl MinuteCounts {
+    /// Adds `other`'s counts.
+    pub fn add(&mut self, other: &MinuteCounts) {
+        self.delivered += other.delivered;
+        self.deferred += other.deferred;
+        self.bounced += other.bounced;
+        self.refused += other.refused;
+    }
 }
 
 /// Refusals kept for the status page.
@@ -180,7 +225,7 @@ impl Metrics {
             sites: Mutex::new(HashSet::new()),
             senders: Mutex::new(HashSet::new()),
             recent: Mutex::new(std::collections::VecDeque::with_capacity(RECENT_REFUSALS)),
-            minutes: Mutex::new([(0, 0, 0); 60]),
+            minutes: Mutex::new([(0, MinuteCounts::default()); 60]),
             registry: Registry::default(),
         };
         registry.register(
@@ -323,16 +368,21 @@ impl Metrics {
 
     /// Remembers an attempt for the status page: counted in its minute, and kept among
     /// the latest refusals when it was one.
-    pub fn remember(&self, now: u64, delivered: bool, refusal: Option<Refusal>) {
+    pub fn remember(&self, now: u64, result: AttemptResult, refusal: Option<Refusal>) {
         let minute = now / 60;
         {
             let mut minutes = self.minutes.lock().unwrap_or_else(|e| e.into_inner());
             let slot = &mut minutes[(minute % 60) as usize];
             if slot.0 != minute {
-                *slot = (minute, 0, 0);
+                *slot = (minute, MinuteCounts::default());
             }
-            slot.1 += u32::from(delivered);
-            slot.2 += u32::from(refusal.is_some());
+            let counts = &mut slot.1;
+            match result {
+                AttemptResult::Delivered => counts.delivered += 1,
+                AttemptResult::Deferred => counts.deferred += 1,
+                AttemptResult::Bounced => counts.bounced += 1,
+            }
+            counts.refused += u32::from(refusal.is_some());
         }
         if let Some(r) = refusal {
             let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
@@ -349,8 +399,8 @@ impl Metrics {
         recent.iter().rev().cloned().collect()
     }
 
-    /// Delivered and refused attempts per minute of the hour before `now`, oldest first.
-    pub fn last_hour(&self, now: u64) -> Vec<(u32, u32)> {
+    /// What the attempts came to per minute of the hour before `now`, oldest first.
+    pub fn last_hour(&self, now: u64) -> Vec<MinuteCounts> {
         let minutes = self.minutes.lock().unwrap_or_else(|e| e.into_inner());
         let current = now / 60;
         (0..60)
@@ -359,9 +409,9 @@ impl Metrics {
                 let minute = current.saturating_sub(back);
                 let slot = minutes[(minute % 60) as usize];
                 if slot.0 == minute {
-                    (slot.1, slot.2)
+                    slot.1
                 } else {
-                    (0, 0)
+                    MinuteCounts::default()
                 }
             })
             .collect()

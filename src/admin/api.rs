@@ -75,6 +75,10 @@ pub struct ListQuery {
     pub offset: Option<usize>,
 }
 
+/// The states a queued message is in, in the words of the CLI, the API and `/metrics`:
+/// `active` (an attempt under way), `deferred` (waiting for its next attempt), `held`.
+pub const QUEUE_STATES: [&str; 3] = ["active", "deferred", "held"];
+
 /// One page of the queue listing.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct MessageList {
@@ -99,8 +103,8 @@ pub struct MessageView {
     pub age_s: u64,
     /// Attempts made.
     pub attempts: u32,
-    /// When the next attempt is due (RFC 3339).
-    pub next_attempt: String,
+    /// When the next attempt is due (RFC 3339); none while it is held.
+    pub next_attempt: Option<String>,
     /// Body size in bytes.
     pub size: u64,
     /// The client that handed it over.

@@ -30,6 +30,26 @@ pub struct Done {
     pub done: Vec<String>,
     /// Messages left alone because an attempt is under way.
     pub busy: Vec<String>,
+    /// Messages with an attempt under way that the command applies to when it ends
+    /// (held or deleted then, never attempted again).
+    #[serde(default)]
+    pub when_attempt_ends: Vec<String>,
+}
+
+impl Done {
+    /// The reply for a command on one message, done now or when its attempt ends.
+    fn one(id: String, acted: operator::Acted) -> Self {
+        match acted {
+            operator::Acted::Now => Done {
+                done: vec![id],
+                ..Done::default()
+            },
+            operator::Acted::WhenAttemptEnds => Done {
+                when_attempt_ends: vec![id],
+                ..Done::default()
+            },
+        }
+    }
 }
 
 /// `DELETE /api/v1/queue/messages/{id}`: quietly, or bouncing with this reason.
@@ -42,7 +62,6 @@ pub struct DeleteQuery {
 fn status(e: &OperatorError) -> (StatusCode, String) {
     let code = match e {
         OperatorError::NotFound(_) => StatusCode::NOT_FOUND,
-        OperatorError::Busy(_) => StatusCode::CONFLICT,
         OperatorError::Spool(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     (code, format!("{e}\n"))
@@ -79,6 +98,7 @@ pub(super) async fn flush(
     Ok(Json(Done {
         done: outcome.done.iter().map(ToString::to_string).collect(),
         busy: outcome.busy.iter().map(ToString::to_string).collect(),
+        ..Done::default()
     }))
 }
 
@@ -88,13 +108,10 @@ pub(super) async fn hold(
     Path(id): Path<String>,
 ) -> Result<Json<Done>, (StatusCode, String)> {
     let qid = QueueId::from(id.as_str());
-    operator::hold(&admin.spool, &admin.queue, &qid)
+    let acted = operator::hold(&admin.spool, &admin.queue, &qid)
         .await
         .map_err(|e| status(&e))?;
-    Ok(Json(Done {
-        done: vec![id],
-        busy: vec![],
-    }))
+    Ok(Json(Done::one(id, acted)))
 }
 
 /// `POST /api/v1/queue/messages/{id}/release`.
@@ -106,10 +123,7 @@ pub(super) async fn release(
     operator::release(&admin.spool, &admin.queue, &qid, &admin.clock)
         .await
         .map_err(|e| status(&e))?;
-    Ok(Json(Done {
-        done: vec![id],
-        busy: vec![],
-    }))
+    Ok(Json(Done::one(id, operator::Acted::Now)))
 }
 
 /// `DELETE /api/v1/queue/messages/{id}?bounce=REASON`.
@@ -119,7 +133,7 @@ pub(super) async fn delete(
     Query(q): Query<DeleteQuery>,
 ) -> Result<Json<Done>, (StatusCode, String)> {
     let qid = QueueId::from(id.as_str());
-    operator::delete(
+    let acted = operator::delete(
         &admin.spool,
         &admin.queue,
         &qid,
@@ -129,10 +143,7 @@ pub(super) async fn delete(
     )
     .await
     .map_err(|e| status(&e))?;
-    Ok(Json(Done {
-        done: vec![id],
-        busy: vec![],
-    }))
+    Ok(Json(Done::one(id, acted)))
 }
 
 /// `GET /api/v1/senders`: every suspended sender, with why and the evidence.

@@ -15,7 +15,8 @@ use crate::reputation::ListingState;
 pub(super) async fn metrics_text(State(admin): State<Admin>) -> impl IntoResponse {
     let m = metrics();
     let (active, waiting) = admin.queue.sizes().await;
-    for (state, n) in [("active", active), ("waiting", waiting)] {
+    // The CLI's words for the states (held mail is not scheduled, so not counted).
+    for (state, n) in [("active", active), ("deferred", waiting)] {
         m.queue_messages
             .get_or_create(&StateLabels {
                 state: state.into(),

@@ -25,6 +25,7 @@
 pub mod api;
 pub mod auth;
 pub mod blocks;
+mod chart;
 pub mod control;
 mod health;
 mod metrics;
@@ -102,6 +103,9 @@ pub struct Admin {
     reload: Option<ReloadFn>,
     /// The configured egress IPs, for the status page.
     egress: Arc<[IpAddr]>,
+    /// Some mail leaves from the host's default source address (an egress without `ip`,
+    /// or no `[[pools]]` at all): the status page shows it as an egress too.
+    default_source: bool,
     /// Failed SMTP logins per client address, for `/api/v1/auth/lockouts`.
     guard: Option<Arc<crate::inbound::users::AuthGuard>>,
     /// Suspended senders.
@@ -139,6 +143,7 @@ impl Admin {
             auth: None,
             reload: None,
             egress: Arc::from(Vec::new()),
+            default_source: false,
             hostname: hostname.into(),
             spool,
             queue,
@@ -152,6 +157,13 @@ impl Admin {
     /// Lists these egress IPs on the status page (even those no list or site mentions).
     pub fn with_egress(mut self, egress: Vec<IpAddr>) -> Self {
         self.egress = egress.into();
+        self
+    }
+
+    /// Shows the host's default source address as an egress on the status page (some
+    /// mail leaves from it).
+    pub fn with_default_source(mut self, used: bool) -> Self {
+        self.default_source = used;
         self
     }
 

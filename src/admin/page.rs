@@ -1,6 +1,7 @@
 //! `GET /`: the status page. One self-contained HTML page (no external assets, refreshed
 //! every 5 s): each egress IP with its listings and blocks, the queue by domain, the
-//! latest refusals with their evidence, and the last hour's deliveries and refusals.
+//! latest refusals with their evidence, and the last hour's deliveries, deferrals and
+//! bounces ([`super::chart`]).
 
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
@@ -23,6 +24,29 @@ fn when(secs: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
+/// What receivers' reverse-DNS checks would make of an egress IP. Only a PTR that
+/// checks out is green: a missing PTR gets mail refused, and a lookup that failed
+/// proves nothing either way.
+fn rdns(hy: &crate::reputation::Hygiene) -> String {
+    let problems = hy.problems();
+    if let Some(error) = &hy.error {
+        format!(
+            "<div class=\"warn rdns\">rDNS unknown (the lookup failed: {})</div>",
+            esc(error)
+        )
+    } else if !problems.is_empty() {
+        format!(
+            "<div class=\"bad rdns\">rDNS: {}</div>",
+            esc(&problems.join("; "))
+        )
+    } else {
+        format!(
+            "<div class=\"ok rdns\">rDNS {}</div>",
+            esc(&hy.ptr.join(", "))
+        )
+    }
+}
+
 /// `GET /`.
 pub(super) async fn status_page(State(admin): State<Admin>) -> Html<String> {
     let now = admin.clock.now();
@@ -35,7 +59,7 @@ pub(super) async fn status_page(State(admin): State<Admin>) -> Html<String> {
          <title>sidestep on {host}</title><style>\
          body{{font:14px system-ui,sans-serif;margin:1.5em;color:#222}}\
          table{{border-collapse:collapse;margin:.5em 0 1.5em}}td,th{{border:1px solid #ccc;padding:.25em .5em;text-align:left;vertical-align:top}}\
-         .bad{{color:#b00;font-weight:bold}}.ok{{color:#070}}code{{font-size:12px}}</style></head><body>\
+         .bad{{color:#b00;font-weight:bold}}.warn{{color:#a60;font-weight:bold}}.ok{{color:#070}}.note{{color:#555}}code{{font-size:12px}}</style></head><body>\
          <h1>sidestep on {host}</h1><p>{at}</p>",
         host = esc(&admin.hostname),
         at = when(now)
@@ -91,21 +115,7 @@ pub(super) async fn status_page(State(admin): State<Admin>) -> Html<String> {
             }
         }
         if let Some(hy) = report.hygiene.iter().find(|x| x.ip.to_string() == *ip) {
-            let problems = hy.problems();
-            let ptr = if hy.ptr.is_empty() {
-                "no PTR".to_string()
-            } else {
-                hy.ptr.join(", ")
-            };
-            let _ = if problems.is_empty() {
-                write!(listings, "<div class=\"ok rdns\">rDNS {}</div>", esc(&ptr))
-            } else {
-                write!(
-                    listings,
-                    "<div class=\"bad rdns\">rDNS: {}</div>",
-                    esc(&problems.join("; "))
-                )
-            };
+            listings.push_str(&rdns(hy));
         }
         let mut blocks = String::new();
         for b in report.blocks.iter().filter(|b| b.ip.to_string() == *ip) {
@@ -143,6 +153,20 @@ pub(super) async fn status_page(State(admin): State<Admin>) -> Html<String> {
             } else {
                 blocks
             }
+        );
+    }
+    if admin.default_source {
+        // Mail that binds no address leaves from whatever the host's route picks: an
+        // egress too, though no list or rDNS check can follow it.
+        let detected = crate::egress::default_source()
+            .map(|ip| format!(": {ip} now"))
+            .unwrap_or_default();
+        let _ = write!(
+            h,
+            "<tr class=\"default-source\"><td>default source address (the host picks it{detected})</td>\
+             <td><div class=\"note\">not checked against blocklists or reverse DNS: no fixed address \
+             (give <code>[[pools.egress]] ip</code> to have it watched)</div></td><td>—</td></tr>",
+            detected = esc(&detected)
         );
     }
     h.push_str("</table>");
@@ -189,29 +213,19 @@ pub(super) async fn status_page(State(admin): State<Admin>) -> Html<String> {
 
     // The last hour.
     let hour = metrics().last_hour(now);
-    let peak = hour
-        .iter()
-        .map(|(d, r)| (*d).max(*r))
-        .max()
-        .unwrap_or(0)
-        .max(1);
-    let line = |pick: fn(&(u32, u32)) -> u32| {
-        hour.iter()
-            .enumerate()
-            .map(|(i, v)| format!("{},{}", i * 10, 100 - pick(v) * 100 / peak))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let (delivered, refused): (u32, u32) =
-        hour.iter().fold((0, 0), |(a, b), (d, r)| (a + d, b + r));
+    let mut total = crate::metrics::MinuteCounts::default();
+    for m in &hour {
+        total.add(m);
+    }
     let _ = write!(
         h,
-        "<h2>Last hour</h2><p id=\"rates\">{delivered} delivered, {refused} refused</p>\
-         <svg width=\"600\" height=\"110\" viewBox=\"0 -5 600 110\" role=\"img\" aria-label=\"deliveries and refusals per minute\">\
-         <polyline fill=\"none\" stroke=\"#070\" stroke-width=\"2\" points=\"{}\"/>\
-         <polyline fill=\"none\" stroke=\"#b00\" stroke-width=\"2\" points=\"{}\"/></svg>",
-        line(|v| v.0),
-        line(|v| v.1)
+        "<h2>Last hour</h2><p id=\"rates\">recipients: {} delivered, {} deferred, {} bounced \
+         ({} of them refused by a server)</p>{}",
+        total.delivered,
+        total.deferred,
+        total.bounced,
+        total.refused,
+        super::chart::last_hour(&hour)
     );
 
     // Latest refusals.
@@ -229,4 +243,39 @@ pub(super) async fn status_page(State(admin): State<Admin>) -> Html<String> {
     }
     h.push_str("</table></body></html>");
     Html(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hygiene(ptr: &[&str], error: Option<&str>) -> crate::reputation::Hygiene {
+        crate::reputation::Hygiene {
+            ip: "192.0.2.7".parse().unwrap(),
+            helo: "out.example.net".into(),
+            ptr: ptr.iter().map(ToString::to_string).collect(),
+            fcrdns: !ptr.is_empty(),
+            helo_matches: !ptr.is_empty(),
+            generic: None,
+            error: error.map(str::to_string),
+            checked_at: 0,
+        }
+    }
+
+    /// Green only for a PTR that checks out: a missing one is a problem, and a lookup
+    /// that failed is not "no PTR" in green (as it was).
+    #[test]
+    fn only_a_ptr_that_checks_out_is_green() {
+        assert_eq!(
+            rdns(&hygiene(&["out.example.net"], None)),
+            "<div class=\"ok rdns\">rDNS out.example.net</div>"
+        );
+        assert!(
+            rdns(&hygiene(&[], None)).starts_with("<div class=\"bad rdns\">rDNS: no PTR record")
+        );
+        assert_eq!(
+            rdns(&hygiene(&[], Some("timed out"))),
+            "<div class=\"warn rdns\">rDNS unknown (the lookup failed: timed out)</div>"
+        );
+    }
 }

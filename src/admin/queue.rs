@@ -171,7 +171,7 @@ pub(super) async fn summarize(admin: &Admin) -> Result<QueueSummary, StatusCode>
     })
     .await?;
     let (mut s, domains, sites, egresses) = (c.s, c.domains, c.sites, c.egresses);
-    for state in ["active", "deferred", "held"] {
+    for state in super::api::QUEUE_STATES {
         s.by_state.entry(state.into()).or_default();
     }
     let mut by_domain: Vec<DomainCount> = domains
@@ -198,7 +198,18 @@ pub(super) async fn summarize(admin: &Admin) -> Result<QueueSummary, StatusCode>
 pub(super) async fn list(
     State(admin): State<Admin>,
     Query(q): Query<ListQuery>,
-) -> Result<Json<MessageList>, StatusCode> {
+) -> Result<Json<MessageList>, (StatusCode, String)> {
+    if let Some(state) = q.state.as_deref()
+        && !super::api::QUEUE_STATES.contains(&state)
+    {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            format!(
+                "no queue state {state:?}: one of {}\n",
+                super::api::QUEUE_STATES.join(", ")
+            ),
+        ));
+    }
     let now = admin.clock.now();
     let (offset, limit) = (q.offset.unwrap_or(0), q.limit.unwrap_or(100));
     let (total, messages) = scan(
@@ -221,27 +232,46 @@ pub(super) async fn list(
             true
         },
     )
-    .await?;
+    .await
+    .map_err(|code| (code, "cannot read the queue\n".to_string()))?;
     Ok(Json(MessageList { total, messages }))
 }
 
-/// `GET /api/v1/queue/messages/{id}`.
+/// `GET /api/v1/queue/messages/{id}`. A message that is gone: 404, and the text says
+/// what became of it when the spool remembers ([`crate::spool::Departed`]).
 pub(super) async fn show(
     State(admin): State<Admin>,
     Path(id): Path<String>,
-) -> Result<Json<MessageView>, StatusCode> {
+) -> Result<Json<MessageView>, (StatusCode, String)> {
     let now = admin.clock.now();
     let wanted = QueueId::from(id.as_str());
+    let lookup = wanted.clone();
     scan(&admin, None, move |found, routes, m, state| {
-        if m.id != wanted {
+        if m.id != lookup {
             return true;
         }
         *found = Some(view(routes, &m, state, now));
         false
     })
-    .await?
+    .await
+    .map_err(|code| (code, "cannot read the queue\n".to_string()))?
     .map(Json)
-    .ok_or(StatusCode::NOT_FOUND)
+    .ok_or_else(|| (StatusCode::NOT_FOUND, gone(&admin, &wanted)))
+}
+
+/// What became of a message that is not in the queue.
+fn gone(admin: &Admin, id: &QueueId) -> String {
+    match admin.spool.departed(id) {
+        Some(d) => format!(
+            "{id} is not in the queue: {} at {}\n",
+            d.departure,
+            crate::clock::rfc3339(d.at)
+        ),
+        None => format!(
+            "{id} is not in the queue (delivered, bounced or deleted before the relay's last start or among more than the last {} to leave, or never queued; see the log)\n",
+            crate::spool::DEPARTED_MAX
+        ),
+    }
 }
 
 fn view(routes: &Routes, m: &QueuedMessage, state: &str, now: u64) -> MessageView {
@@ -255,7 +285,7 @@ fn view(routes: &Routes, m: &QueuedMessage, state: &str, now: u64) -> MessageVie
         received: when(m.received_at),
         age_s: now.saturating_sub(m.received_at),
         attempts: m.attempts,
-        next_attempt: when(m.next_attempt_ms / 1000),
+        next_attempt: (!m.held).then(|| when(m.next_attempt_ms / 1000)),
         size: m.size,
         client: m.client.clone(),
         recipients: m

@@ -16,7 +16,10 @@ pub fn check_config(path: Option<&Path>) -> ExitCode {
         },
         None => (Config::default(), Vec::new()),
     };
-    errors.extend(config.validate());
+    errors.extend(match path {
+        Some(p) => config.validate_file(p),
+        None => config.validate(),
+    });
     // The key files are read by the module that signs with them.
     if let Err(problems) = crate::signing::Signer::load(&config.dkim) {
         errors.extend(problems.into_iter().map(|p| crate::config::ConfigError {

@@ -416,8 +416,9 @@ pub enum QueueAction {
         /// `smarthost:NAME`).
         #[arg(long)]
         egress: Option<String>,
-        /// Only messages in this state: active (an attempt under way) or deferred.
-        #[arg(long)]
+        /// Only messages in this state: active (an attempt under way), deferred (waiting
+        /// for its next attempt) or held (until `sidestep release`).
+        #[arg(long, value_parser = crate::admin::api::QUEUE_STATES)]
         state: Option<String>,
         /// At most this many.
         #[arg(long, default_value_t = 100)]
@@ -432,11 +433,18 @@ pub enum QueueAction {
 
 /// Loads the configuration (or the defaults) and refuses an invalid one.
 pub(crate) fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<crate::config::Config> {
-    let config = match path {
-        Some(p) => crate::config::Config::load(p)?,
-        None => crate::config::Config::default(),
+    let (config, errors) = match path {
+        Some(p) => {
+            let config = crate::config::Config::load(p)?;
+            let errors = config.validate_file(p);
+            (config, errors)
+        }
+        None => {
+            let config = crate::config::Config::default();
+            let errors = config.validate();
+            (config, errors)
+        }
     };
-    let errors = config.validate();
     if !errors.is_empty() {
         let list: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
         anyhow::bail!("invalid configuration:\n{}", list.join("\n"));

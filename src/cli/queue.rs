@@ -72,7 +72,16 @@ pub async fn queue(
         }
         QueueView::Show { id } => format!("/api/v1/queue/messages/{}", query_value(id)),
     };
-    let body = super::admin_client::get(&config, &path).await?;
+    let body = match view {
+        QueueView::Show { .. } => match super::admin_client::exchange(&config, "GET", &path).await?
+        {
+            (200, body) => body,
+            // Gone: the relay's text says what became of it.
+            (404, body) => anyhow::bail!("{}", String::from_utf8_lossy(&body).trim()),
+            (_, _) => super::admin_client::get(&config, &path).await?,
+        },
+        _ => super::admin_client::get(&config, &path).await?,
+    };
     if json {
         println!("{}", String::from_utf8_lossy(&body).trim_end());
         return Ok(());
@@ -193,7 +202,9 @@ pub async fn command(
         } => "deleted, DSN sent",
         QueueCommand::Delete { .. } => "deleted",
     };
-    println!("{verb}: {}", done.done.len());
+    if !done.done.is_empty() || done.when_attempt_ends.is_empty() {
+        println!("{verb}: {}", done.done.len());
+    }
     for id in &done.done {
         println!("  {id}");
     }
@@ -202,6 +213,9 @@ pub async fn command(
             "left alone (an attempt is under way): {}",
             done.busy.join(" ")
         );
+    }
+    for id in &done.when_attempt_ends {
+        println!("{id}: an attempt is under way; {verb} when it ends (it is not attempted again)");
     }
     Ok(())
 }
@@ -292,7 +306,7 @@ fn render_list(l: &MessageList) -> String {
             m.state,
             humantime::format_duration(std::time::Duration::from_secs(m.age_s)).to_string(),
             m.attempts,
-            m.next_attempt,
+            m.next_attempt.as_deref().unwrap_or("-"),
             m.sender,
             pending.join(", ")
         );
@@ -306,7 +320,13 @@ fn render_message(m: &MessageView) -> String {
     let _ = writeln!(out, "{}  ({}, {} attempt(s))", m.id, m.state, m.attempts);
     let _ = writeln!(out, "  from:     {}", m.sender);
     let _ = writeln!(out, "  received: {} from {}", m.received, m.client);
-    let _ = writeln!(out, "  next:     {}", m.next_attempt);
+    let _ = writeln!(
+        out,
+        "  next:     {}",
+        m.next_attempt
+            .as_deref()
+            .unwrap_or("none: held until `sidestep release`")
+    );
     let _ = writeln!(out, "  size:     {} bytes", m.size);
     for r in &m.recipients {
         let _ = writeln!(

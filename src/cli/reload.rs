@@ -90,7 +90,7 @@ impl Reloader {
             Ok(c) => c,
             Err(e) => return refuse(vec![e.to_string()]),
         };
-        errors.extend(config.validate());
+        errors.extend(config.validate_file(path));
         if !errors.is_empty() {
             return refuse(errors.iter().map(ToString::to_string).collect());
         }

@@ -216,6 +216,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         starttls: config.delivery.starttls,
         one_click_checked: config.compliance.one_click != crate::config::OneClick::Off,
     })
+    .with_default_source(config.uses_default_source())
     .with_reload({
         let reloader = reloader.clone();
         Arc::new(move || reloader.reload())
@@ -294,9 +295,10 @@ async fn start_admin(
         .await
         .with_context(|| format!("admin API: listening on {addr}"))?;
     let bound = listener.local_addr()?;
-    std::fs::write(
-        config.spool.directory.join(ADMIN_ADDR_FILE),
-        format!("{bound}\n"),
+    // 0600 as every file in the spool.
+    crate::spool::replace_durably(
+        &config.spool.directory.join(ADMIN_ADDR_FILE),
+        format!("{bound}\n").as_bytes(),
     )
     .context("writing admin.addr in the spool directory")?;
     tracing::info!(addr = %bound, "admin API listening");

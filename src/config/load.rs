@@ -60,7 +60,7 @@ pub fn parse_collecting(text: &str, path: &Path) -> Result<(Config, Vec<ConfigEr
             first,
             ConfigError {
                 key: format!("{} (line {})", key_at(&lines, first), first + 1),
-                problem: err.message().to_string(),
+                problem: super::words::plain(err.message()),
             },
         ));
         if problems.len() >= MAX_PROBLEMS {
@@ -117,6 +117,83 @@ fn syntax(path: &Path, err: &toml::de::Error, mut problems: Vec<ConfigError>) ->
         path: path.to_path_buf(),
         errors: problems,
     }
+}
+
+/// The line (0-based) that sets `key`, a validation key path such as
+/// `queue.retry_factor`, `pools[1].egress[0].ip` or `dns.nameservers[2]`: the key's own
+/// line, else the closest enclosing key or table that is in the file. `None` when
+/// nothing of it is (a default value).
+pub(super) fn line_of(text: &str, key: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.split('\n').collect();
+    let mut wanted = key.to_string();
+    loop {
+        if let Some(at) = find_line(&lines, &wanted) {
+            return Some(at);
+        }
+        wanted = parent_key(&wanted)?;
+    }
+}
+
+/// `a.b[2]` → `a.b`; `a.b."x.y"` → `a.b`; `a.b` → `a`; `a` → none.
+fn parent_key(key: &str) -> Option<String> {
+    if key.ends_with(']') {
+        return key.rfind('[').map(|i| key[..i].to_string());
+    }
+    if let Some(quoted) = key.strip_suffix('"') {
+        let open = quoted.rfind('"')?;
+        return Some(key[..open].trim_end_matches('.').to_string());
+    }
+    key.rfind('.').map(|i| key[..i].to_string())
+}
+
+/// The line whose table header or key is exactly `wanted`, array tables counted
+/// (`[[pools]]` twice: `pools[0]`, `pools[1]`).
+fn find_line(lines: &[&str], wanted: &str) -> Option<usize> {
+    let mut counts: std::collections::HashMap<String, usize> = Default::default();
+    let mut table = String::new();
+    for (at, line) in lines.iter().enumerate() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('#') || trimmed.is_empty() {
+            continue;
+        }
+        if let Some(name) = table_name(trimmed) {
+            // Each segment that is an array of tables takes its current index.
+            let mut path = String::new();
+            let segments: Vec<&str> = name.split('.').map(str::trim).collect();
+            for (i, seg) in segments.iter().enumerate() {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(seg);
+                let last = i + 1 == segments.len();
+                if last && trimmed.starts_with("[[") {
+                    let n = counts.entry(path.clone()).or_insert(0);
+                    path.push_str(&format!("[{n}]"));
+                    *n += 1;
+                } else if let Some(n) = counts.get(&path) {
+                    path.push_str(&format!("[{}]", n.saturating_sub(1)));
+                }
+            }
+            table = path;
+            if table == wanted {
+                return Some(at);
+            }
+            continue;
+        }
+        let Some((k, _)) = trimmed.split_once('=') else {
+            continue;
+        };
+        let k = k.trim();
+        let full = if table.is_empty() {
+            k.to_string()
+        } else {
+            format!("{table}.{k}")
+        };
+        if full == wanted {
+            return Some(at);
+        }
+    }
+    None
 }
 
 /// `server` for `[server]`, `pools` for `[[pools]]`, `pools.egress` for
@@ -180,6 +257,21 @@ mod tests {
                 p.iter().any(|l| l.starts_with(want) && l.contains(problem)),
                 "{want}: {p:#?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_validation_key_is_found_on_its_line() {
+        let text = "# c\n[queue]\nretry_factor = 0.5\n\n[[pools]]\nname = \"a\"\n[[pools.egress]]\nip = \"127.0.0.2\"\n[[pools]]\nname = \"b\"\n[[pools.egress]]\nip = \"127.0.0.3\"\n[[pools.egress]]\nip = \"127.0.0.4\"\n[dns]\nnameservers = [\"1.1.1.1:0\"]\n";
+        for (key, line) in [
+            ("queue.retry_factor", Some(3)),
+            ("pools[0].name", Some(6)),
+            ("pools[1].egress[1].ip", Some(14)),
+            ("pools[1].egress[1].helo", Some(13)),
+            ("dns.nameservers[0]", Some(16)),
+            ("delivery.pool", None),
+        ] {
+            assert_eq!(line_of(text, key).map(|l| l + 1), line, "{key}");
         }
     }
 

@@ -8,7 +8,9 @@ mod dkim;
 mod duration;
 mod error;
 mod load;
+mod networks;
 mod validate;
+mod words;
 
 pub use dkim::{ComplianceConfig, DkimAlgorithm, DkimConfig, DkimKeyConfig, OneClick, SignPolicy};
 pub use duration::HumanDuration;
@@ -449,6 +451,7 @@ pub struct AdminConfig {
     /// (`Authorization: Bearer ...`). Without it, only `trusted_networks` are served.
     pub token_file: Option<PathBuf>,
     /// Clients that need no token: loopback by default.
+    #[serde(deserialize_with = "networks::deserialize")]
     pub trusted_networks: Vec<IpNet>,
 }
 
@@ -610,6 +613,7 @@ pub struct ServerConfig {
     pub hostname: String,
     /// Client networks allowed to relay. Anyone else is refused at RCPT with `554 5.7.1`:
     /// sidestep has no local domains, so an unlisted client can never send anything.
+    #[serde(deserialize_with = "networks::deserialize")]
     pub relay_networks: Vec<IpNet>,
     /// Sessions beyond this many get `421 4.7.0` and are closed, so a flood of
     /// connections cannot exhaust memory or file descriptors.
@@ -724,9 +728,11 @@ pub struct DeliveryConfig {
     pub tls_ca_file: Option<PathBuf>,
     /// Deliveries in a row to a site where no MX answered at all (connections refused
     /// or timed out, from any egress IP) before the site is marked down: its mail is
-    /// parked, one probe delivery per `site_probe_interval` tests it. 0: never.
+    /// parked, one probe delivery at a time tests it. 0: never.
     pub site_down_after: u32,
-    /// How often a down site is probed.
+    /// The longest wait between two probes of a down site. They go at the pace of the
+    /// `[queue]` retry schedule when that is quicker: parking a site never makes its mail
+    /// wait longer than the retry schedule promises.
     pub site_probe_interval: HumanDuration,
     /// Whether the egress IP (or fallback smarthost) is chosen by the sender's SPF: an IP
     /// outside the MAIL FROM domain's SPF turns a reputation save into a DMARC failure.
@@ -930,6 +936,19 @@ impl Default for SpoolConfig {
     }
 }
 
+impl QueueConfig {
+    /// Delay after the `attempt`-th failed attempt (1-based): `retry_initial` times
+    /// `retry_factor` to the power `attempt - 1`, capped at `retry_max`. Here because
+    /// both the queue (messages) and routing (down sites' probes) keep this pace.
+    pub fn retry_delay(&self, attempt: u32) -> std::time::Duration {
+        let initial = self.retry_initial.get().as_secs_f64();
+        let max = self.retry_max.get().as_secs_f64();
+        let exp = attempt.saturating_sub(1).min(64) as i32;
+        let secs = (initial * self.retry_factor.powi(exp)).min(max);
+        std::time::Duration::from_secs_f64(secs.max(0.0))
+    }
+}
+
 impl Default for QueueConfig {
     fn default() -> Self {
         Self {
@@ -1006,6 +1025,21 @@ impl Config {
         validate::all(self)
     }
 
+    /// [`Config::validate`] for the configuration read from `path`: each problem also
+    /// names the line of its key (or of the closest enclosing one) when it is in the
+    /// file, as schema problems do.
+    pub fn validate_file(&self, path: &Path) -> Vec<ConfigError> {
+        let mut errors = self.validate();
+        if let Ok(text) = std::fs::read_to_string(path) {
+            for e in &mut errors {
+                if let Some(at) = load::line_of(&text, &e.key) {
+                    e.key = format!("{} (line {})", e.key, at + 1);
+                }
+            }
+        }
+        errors
+    }
+
     /// Each egress IP with the HELO name it announces (its own, or the host name): what
     /// the reverse-DNS check compares.
     pub fn egress_helos(&self) -> Vec<(IpAddr, String)> {
@@ -1036,6 +1070,15 @@ impl Config {
         ips.sort();
         ips.dedup();
         ips
+    }
+
+    /// Whether some mail leaves from the host's default source address: an egress
+    /// without `ip`, or no `[[pools]]` at all.
+    pub fn uses_default_source(&self) -> bool {
+        self.effective_pools()
+            .iter()
+            .flat_map(|p| &p.egress)
+            .any(|e| e.ip.is_none())
     }
 
     /// The pools as configured, or the implicit one used when the file defines none: the

@@ -145,7 +145,10 @@ fn parse_errors_name_the_key() {
     let e = Config::parse("[server]\nrelay_networks = [\"10.0.0.0/33\"]\n")
         .unwrap_err()
         .to_string();
-    assert!(e.contains("relay_networks"), "{e}");
+    assert!(
+        e.contains("relay_networks") && e.contains("entry [0] \"10.0.0.0/33\""),
+        "{e}"
+    );
 }
 
 #[test]
@@ -290,4 +293,14 @@ fn dkim_keys_need_a_domain_a_selector_and_no_twin() {
     );
     assert!(Config::parse("[dkim]\nsign = \"everyone\"\n").is_err());
     assert!(Config::parse("[compliance]\none_click = \"maybe\"\n").is_err());
+}
+
+/// The embedded defaults send from the host's default source address; a pool of bound
+/// addresses does not.
+#[test]
+fn the_defaults_use_the_default_source_address() {
+    assert!(Config::default().uses_default_source());
+    let c = Config::parse("[[pools]]\nname = \"default\"\n[[pools.egress]]\nip = \"192.0.2.1\"\n")
+        .unwrap();
+    assert!(!c.uses_default_source());
 }

@@ -21,7 +21,7 @@ use crate::dns::{DnsError, Resolver};
 use crate::egress::{EgressIp, Standing};
 use crate::reputation::Reputation;
 use crate::routing::Pool;
-use crate::routing::{Admission, Shape, Shaper, SiteHealth};
+use crate::routing::{Admission, ProbePace, Shape, Shaper, SiteHealth};
 use crate::site::Site;
 use crate::spool::RemoteReply;
 
@@ -52,7 +52,8 @@ pub struct Outbound {
     /// Which sites are down; kept across reloads ([`Outbound::keep_health`]).
     health: std::sync::Arc<SiteHealth>,
     site_down_after: u32,
-    site_probe_interval: Duration,
+    /// How often a down site is probed (the retry schedule, at most `site_probe_interval`).
+    probe_pace: ProbePace,
     /// `[[shaping]]` and its buckets and slots; kept across reloads that keep the rules.
     shaper: std::sync::Arc<Shaper>,
 }
@@ -120,7 +121,10 @@ impl Outbound {
             health: Default::default(),
             shaper: std::sync::Arc::new(Shaper::new(config.shaping.clone())),
             site_down_after: d.site_down_after,
-            site_probe_interval: d.site_probe_interval.get(),
+            probe_pace: ProbePace {
+                retry: config.queue.clone(),
+                longest: d.site_probe_interval.get(),
+            },
             sessions: SessionCache::new(ReuseLimits {
                 idle: d.reuse_idle.get(),
                 lifetime: d.reuse_lifetime.get(),
@@ -323,7 +327,7 @@ impl Outbound {
                 &error,
                 crate::clock::unix_now_ms(),
                 self.site_down_after,
-                self.site_probe_interval,
+                &self.probe_pace,
             );
         } else if r.replies.iter().any(|x| x.code > 0) {
             r.site_recovered = self.health.answered(&site);

@@ -103,7 +103,7 @@ async fn check(ctx: &QueueContext, probes: &Probes, mailbox: &Mailbox, failing: 
             }
             probes.put(r);
         } else if now >= r.sent_at + deadline {
-            tracing::warn!(ip = %r.ip, seed = %r.seed, token = %r.token, reply = %r.reply, "seed probe accepted but missing after its deadline: silent discard");
+            tracing::warn!(ip = %r.ip, seed = %r.seed, token = %r.token, reply = %r.reply, "probe missing: accepted with 250, not in the seed mailbox by its deadline");
             r.status = ProbeStatus::Missing { checked_at: now };
             if let Some(site) = &site {
                 let evidence = evidence(&r, now, &ctx.config.server.hostname);

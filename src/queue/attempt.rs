@@ -21,7 +21,7 @@ use crate::classify::{Retry, Verdict};
 use crate::envelope::Sender;
 use crate::senders::SenderId;
 use crate::site::Site;
-use crate::spool::{QueueId, QueuedMessage, RecipientStatus, RemoteReply, SpoolError};
+use crate::spool::{Departure, QueueId, QueuedMessage, RecipientStatus, RemoteReply, SpoolError};
 
 /// When the spool itself fails mid-attempt, try the message again after this long
 /// rather than lose track of it.
@@ -395,7 +395,9 @@ async fn record(
 
     let spool = ctx.spool.clone();
     if msg.is_done() {
-        spool.remove(msg).await?;
+        spool
+            .remove(msg, Departure::of(msg), ctx.clock.now())
+            .await?;
         tracing::info!(queue_id = %msg.id, "removed: every recipient is final");
         return Ok(None);
     }

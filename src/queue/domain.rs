@@ -19,6 +19,7 @@ use crate::classify::{Classification, Verdict, worth_second_opinion};
 use crate::clock::unix_now;
 use crate::config::SpfMode;
 use crate::envelope::{Address, BodyFlags, Sender};
+use crate::metrics::AttemptResult;
 use crate::outbound::{AttemptReport, DomainDelivery, Via};
 use crate::reputation::{Evidence, LearnedReply, Reputation, StoreError};
 use crate::site::Site;
@@ -774,9 +775,9 @@ fn log_attempt(
     // What becomes of the recipient: sent, bounced, or tried again (later, or at once
     // from another IP).
     let status = match class.verdict.retry() {
-        _ if class.verdict == Verdict::Delivered => "sent",
-        crate::classify::Retry::No if !second_opinion => "bounced",
-        _ => "deferred",
+        _ if class.verdict == Verdict::Delivered => AttemptResult::Delivered,
+        crate::classify::Retry::No if !second_opinion => AttemptResult::Bounced,
+        _ => AttemptResult::Deferred,
     };
     let line = AttemptLine {
         queue_id: &job.queue_id,
@@ -807,7 +808,7 @@ fn log_attempt(
             site: report.site.as_ref().map(ToString::to_string),
             reply: reply.to_string(),
             verdict: class.verdict,
-            status: status.to_string(),
+            status: status.word().to_string(),
         },
         line: keep.then(|| {
             format!(
@@ -832,8 +833,8 @@ struct AttemptLine<'a> {
     reply: &'a RemoteReply,
     class: &'a Classification,
     site: Option<&'a Site>,
-    /// `sent`, `deferred` or `bounced`.
-    status: &'static str,
+    /// Sent, deferred or bounced.
+    status: AttemptResult,
 }
 
 impl AttemptLine<'_> {
@@ -854,11 +855,7 @@ impl AttemptLine<'_> {
             verdict: self.class.verdict.name().into(),
             reply: self.reply.to_string(),
         });
-        m.remember(
-            unix_now(),
-            self.class.verdict == Verdict::Delivered,
-            refused,
-        );
+        m.remember(unix_now(), self.status, refused);
         tracing::info!(
             queue_id = %self.queue_id,
             rcpt = %self.rcpt,
@@ -869,7 +866,7 @@ impl AttemptLine<'_> {
             delay_s = self.delay_s,
             dsn = %self.reply.enhanced,
             verdict = %self.class.verdict,
-            status = %self.status,
+            status = %self.status.word(),
             rule = self.class.rule.as_str(),
             reply = %self.reply,
             "delivery attempt"
@@ -891,7 +888,7 @@ impl std::fmt::Display for AttemptLine<'_> {
             self.delay_s,
             self.reply.enhanced,
             self.class.verdict,
-            self.status,
+            self.status.word(),
             self.class.rule,
             self.reply
         )

@@ -54,9 +54,10 @@ pub enum QueueEvent {
 pub enum Control {
     /// Attempt these now instead of at their due time.
     Flush(Vec<QueueId>),
-    /// Stop scheduling this message (hold, or before a delete); refused while an attempt
-    /// is under way.
-    Forget(QueueId),
+    /// Stop scheduling this message (hold, or before a delete). While an attempt is under
+    /// way the message is reported busy, and the scheduler carries out the command when
+    /// the attempt ends instead of scheduling it again.
+    Forget(QueueId, super::operator::AfterAttempt),
     /// Schedule this message now (a release).
     Schedule(QueueId),
     /// This site answered another node: its parked mail goes now.

@@ -1,10 +1,14 @@
 //! What an operator does to queued messages (the admin API calls these): hold, release,
 //! delete quietly or with a DSN. The scheduler is told first, so a message is never
-//! changed under an attempt in flight.
+//! changed under an attempt in flight: a hold or delete of a message whose attempt is
+//! under way is marked in the scheduler and carried out when the attempt ends (the
+//! message is not scheduled again), as Postfix's `postsuper -d` deletes active mail.
 
 use crate::clock::Clock;
 use crate::envelope::Sender;
-use crate::spool::{QueueId, QueuedMessage, RecipientStatus, RemoteReply, Spool, SpoolError};
+use crate::spool::{
+    Departure, QueueId, QueuedMessage, RecipientStatus, RemoteReply, Spool, SpoolError,
+};
 
 use super::dsn;
 use super::handle::{Control, QueueHandle};
@@ -15,9 +19,6 @@ pub enum OperatorError {
     /// No such message in the queue.
     #[error("no message {0} in the queue")]
     NotFound(String),
-    /// An attempt is under way: try again in a moment.
-    #[error("an attempt of {0} is under way; try again when it ends")]
-    Busy(String),
     /// The spool failed.
     #[error(transparent)]
     Spool(#[from] SpoolError),
@@ -31,41 +32,72 @@ async fn load(spool: &Spool, id: &QueueId) -> Result<QueuedMessage, OperatorErro
         .ok_or_else(|| OperatorError::NotFound(id.to_string()))
 }
 
-/// Unschedules `id`; refused while an attempt is under way.
-async fn forget(queue: &QueueHandle, id: &QueueId) -> Result<(), OperatorError> {
-    let outcome = queue.control(Control::Forget(id.clone())).await;
+/// When an operator's hold or delete takes effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Acted {
+    /// Done now.
+    Now,
+    /// An attempt is under way: done when it ends (the message is not attempted again).
+    WhenAttemptEnds,
+}
+
+/// What the scheduler does with a message once its attempt under way ends, instead of
+/// scheduling it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AfterAttempt {
+    /// [`hold_for`] with this reason.
+    Hold(Option<String>),
+    /// [`delete`], bouncing with this reason when there is one.
+    Delete(Option<String>),
+}
+
+/// Unschedules `id`. While an attempt is under way, the scheduler keeps `then` and
+/// carries it out when the attempt ends.
+async fn forget(queue: &QueueHandle, id: &QueueId, then: AfterAttempt) -> Acted {
+    let outcome = queue.control(Control::Forget(id.clone(), then)).await;
     if outcome.busy.is_empty() {
-        Ok(())
+        Acted::Now
     } else {
-        Err(OperatorError::Busy(id.to_string()))
+        Acted::WhenAttemptEnds
     }
 }
 
-/// Keeps the message, never attempted, until [`release`].
+/// Keeps the message, never attempted, until [`release`]; with an attempt under way,
+/// from when it ends.
 ///
 /// # Errors
-/// Not in the queue, an attempt under way, or the spool failed.
-pub async fn hold(spool: &Spool, queue: &QueueHandle, id: &QueueId) -> Result<(), OperatorError> {
+/// Not in the queue, or the spool failed.
+pub async fn hold(
+    spool: &Spool,
+    queue: &QueueHandle,
+    id: &QueueId,
+) -> Result<Acted, OperatorError> {
     hold_for(spool, queue, id, None).await
 }
 
 /// [`hold`], with the reason when it is not the operator's hand.
 ///
 /// # Errors
-/// Not in the queue, an attempt under way, or the spool failed.
+/// Not in the queue, or the spool failed.
 pub async fn hold_for(
     spool: &Spool,
     queue: &QueueHandle,
     id: &QueueId,
     reason: Option<String>,
-) -> Result<(), OperatorError> {
+) -> Result<Acted, OperatorError> {
+    load(spool, id).await?;
+    if forget(queue, id, AfterAttempt::Hold(reason.clone())).await == Acted::WhenAttemptEnds {
+        tracing::info!(queue_id = %id, "to be held when its attempt under way ends");
+        return Ok(Acted::WhenAttemptEnds);
+    }
+    // Read after the scheduler let go of it: the record an attempt that just ended wrote.
     let mut msg = load(spool, id).await?;
-    forget(queue, id).await?;
     msg.held = true;
     tracing::info!(queue_id = %id, reason = reason.as_deref().unwrap_or("by the operator"), "held");
     msg.held_reason = reason;
     spool.update(&msg).await?;
-    Ok(())
+    Ok(Acted::Now)
 }
 
 /// Schedules a held (or any) message for an attempt now.
@@ -91,10 +123,11 @@ pub async fn release(
 }
 
 /// Removes the message. With `bounce`, its pending recipients fail first and the sender
-/// gets one DSN quoting the operator's reason (a null sender gets none, as always).
+/// gets one DSN quoting the operator's reason (a null sender gets none, as always). With
+/// an attempt under way, when it ends (what it delivered stays delivered).
 ///
 /// # Errors
-/// Not in the queue, an attempt under way, or the spool failed.
+/// Not in the queue, or the spool failed.
 pub async fn delete(
     spool: &Spool,
     queue: &QueueHandle,
@@ -102,9 +135,14 @@ pub async fn delete(
     bounce: Option<&str>,
     hostname: &str,
     clock: &Clock,
-) -> Result<(), OperatorError> {
+) -> Result<Acted, OperatorError> {
+    load(spool, id).await?;
+    let then = AfterAttempt::Delete(bounce.map(str::to_string));
+    if forget(queue, id, then).await == Acted::WhenAttemptEnds {
+        tracing::info!(queue_id = %id, bounced = bounce.is_some(), "to be deleted when its attempt under way ends");
+        return Ok(Acted::WhenAttemptEnds);
+    }
     let mut msg = load(spool, id).await?;
-    forget(queue, id).await?;
     if let (Some(reason), Sender::Address(to)) = (bounce, &msg.sender) {
         let reply = RemoteReply {
             code: 0,
@@ -144,9 +182,44 @@ pub async fn delete(
             tracing::info!(queue_id = %id, dsn_id = %dsn.message.id, to = %to, "DSN queued for a deleted message");
         }
     }
-    spool.remove(&msg).await?;
+    let departure = Departure::Deleted {
+        bounced: bounce.is_some(),
+    };
+    spool.remove(&msg, departure, clock.now()).await?;
     tracing::warn!(queue_id = %id, bounced = bounce.is_some(), reason = bounce.unwrap_or("-"), "deleted by the operator");
-    Ok(())
+    Ok(Acted::Now)
+}
+
+/// Carries out a hold or delete the operator asked for while `id`'s attempt was under
+/// way (the scheduler calls this when it ends). A message the attempt finished is gone
+/// already: nothing to do.
+pub(super) async fn after_attempt(
+    ctx: &super::context::QueueContext,
+    queue: &QueueHandle,
+    id: &QueueId,
+    then: AfterAttempt,
+) {
+    let done = match &then {
+        AfterAttempt::Hold(reason) => hold_for(&ctx.spool, queue, id, reason.clone()).await,
+        AfterAttempt::Delete(bounce) => {
+            let hostname = &ctx.config.server.hostname;
+            delete(
+                &ctx.spool,
+                queue,
+                id,
+                bounce.as_deref(),
+                hostname,
+                &ctx.clock,
+            )
+            .await
+        }
+    };
+    match done {
+        Ok(_) | Err(OperatorError::NotFound(_)) => {}
+        Err(e) => {
+            tracing::error!(queue_id = %id, error = %e, ?then, "the operator's command failed after the attempt")
+        }
+    }
 }
 
 /// What releasing a suspended sender did with its held mail.
@@ -176,29 +249,37 @@ pub async fn release_sender(
 ) -> Result<SenderRelease, OperatorError> {
     senders.release(id);
     let reason = format!("sender {id} suspended");
-    let records = {
-        let spool = spool.clone();
-        tokio::task::spawn_blocking(move || spool.recover())
-            .await
-            .map_err(SpoolError::ReadTask)??
+    // The held ids only: a deep queue is read one record at a time, never all at once.
+    let held = {
+        let (spool, reason) = (spool.clone(), reason.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut ids = Vec::new();
+            spool
+                .visit(|m| {
+                    if m.held && m.held_reason.as_deref() == Some(reason.as_str()) {
+                        ids.push(m.id);
+                    }
+                    true
+                })
+                .map(|()| ids)
+        })
+        .await
+        .map_err(SpoolError::ReadTask)??
     };
     let mut out = SenderRelease {
         sender: id.to_string(),
         ..SenderRelease::default()
     };
-    for m in records {
-        if !m.held || m.held_reason.as_deref() != Some(reason.as_str()) {
-            continue;
-        }
+    for m_id in held {
         if bounce {
             let why = format!(
                 "held while {id} was suspended for sending what looked like abuse; returned by the postmaster"
             );
-            delete(spool, queue, &m.id, Some(&why), hostname, clock).await?;
-            out.bounced.push(m.id.to_string());
+            let _ = delete(spool, queue, &m_id, Some(&why), hostname, clock).await?;
+            out.bounced.push(m_id.to_string());
         } else {
-            release(spool, queue, &m.id, clock).await?;
-            out.released.push(m.id.to_string());
+            release(spool, queue, &m_id, clock).await?;
+            out.released.push(m_id.to_string());
         }
     }
     tracing::warn!(sender = %id, released = out.released.len(), bounced = out.bounced.len(), "suspended sender released");

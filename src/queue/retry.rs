@@ -8,11 +8,7 @@ use crate::config::QueueConfig;
 /// Delay after the `attempt`-th failed attempt (1-based): `retry_initial` times
 /// `retry_factor` to the power `attempt - 1`, capped at `retry_max`.
 pub fn retry_delay(config: &QueueConfig, attempt: u32) -> Duration {
-    let initial = config.retry_initial.get().as_secs_f64();
-    let max = config.retry_max.get().as_secs_f64();
-    let exp = attempt.saturating_sub(1).min(64) as i32;
-    let secs = (initial * config.retry_factor.powi(exp)).min(max);
-    Duration::from_secs_f64(secs.max(0.0))
+    config.retry_delay(attempt)
 }
 
 /// The delays of the first `n` retries.

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use super::attempt;
 use super::context::QueueContext;
 use super::handle::{Control, ControlOutcome, QueueEvent, QueueHandle};
+use super::operator::AfterAttempt;
 use crate::site::Site;
 use crate::spool::{QueueId, SpoolError};
 
@@ -46,6 +47,7 @@ pub fn start(ctx: Arc<QueueContext>) -> Result<QueueHandle, SpoolError> {
         site_waiters: HashMap::new(),
         domains,
         drained: None,
+        after_attempt: HashMap::new(),
     };
     tokio::spawn(scheduler.run());
     Ok(handle)
@@ -75,6 +77,9 @@ struct Scheduler {
     improved: tokio::sync::watch::Receiver<u64>,
     /// Stopping: no new attempts; these are told when the last one has finished.
     drained: Option<Vec<tokio::sync::oneshot::Sender<()>>>,
+    /// Holds and deletes the operator asked for while the message's attempt was under
+    /// way: carried out when it ends, instead of scheduling the message again.
+    after_attempt: HashMap<QueueId, AfterAttempt>,
 }
 
 /// Per-domain bookkeeping of the scheduler.
@@ -289,8 +294,9 @@ impl Scheduler {
                     .filter(|id| self.in_flight.contains(id))
                     .collect();
             }
-            Control::Forget(id) => {
+            Control::Forget(id, then) => {
                 if self.in_flight.contains(&id) {
+                    self.after_attempt.insert(id.clone(), then);
                     outcome.busy.push(id);
                 } else {
                     if let Some(at) = due_of(&self.due, &id) {
@@ -313,6 +319,10 @@ impl Scheduler {
                     self.due.insert((now, id.clone()));
                     outcome.done.push(id);
                 } else {
+                    // A release undoes a hold still waiting for the attempt to end.
+                    if matches!(self.after_attempt.get(&id), Some(AfterAttempt::Hold(_))) {
+                        self.after_attempt.remove(&id);
+                    }
                     outcome.busy.push(id);
                 }
             }
@@ -440,6 +450,16 @@ impl Scheduler {
                     }
                     for site in &recovered {
                         self.release(site, now);
+                    }
+                    if let Some(then) = self.after_attempt.remove(&id) {
+                        // Held or deleted while its attempt ran: never scheduled again.
+                        if next_ms.is_some() {
+                            let (ctx, handle) = (self.ctx.clone(), self.handle.clone());
+                            tokio::spawn(async move {
+                                super::operator::after_attempt(&ctx, &handle, &id, then).await;
+                            });
+                        }
+                        continue;
                     }
                     match (next_ms, parked) {
                         (Some(at), Some(site)) => {

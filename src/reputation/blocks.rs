@@ -560,11 +560,46 @@ impl Reputation {
             slot.insert(ip, block.clone());
             BlockUpdate { block, renewed }
         };
-        if update.renewed {
-            tracing::warn!(ip = %ip, site = %site, until = update.block.expires_at, "egress IP silently discarded by the site (seed probe accepted, never arrived); kept away from it");
-        }
-        self.save_block(&update)?;
+        self.save_silent(&update)?;
         Ok(update.block)
+    }
+
+    /// Writes a silent-discard block and says what happened: set (logged, alerted) or
+    /// extended by another missing probe (logged). Not [`Reputation::save_block`]: its
+    /// lines speak of refusals, and a silent discard was answered `250`.
+    fn save_silent(&self, update: &BlockUpdate) -> Result<(), StoreError> {
+        let block = &update.block;
+        self.write_block(block.ip, &block.site)?;
+        let until = crate::clock::rfc3339(block.expires_at);
+        if update.renewed {
+            tracing::warn!(
+                ip = %block.ip,
+                site = %block.site,
+                strikes = block.strikes,
+                "egress IP silently discarded by the site (seed probe accepted, never arrived): silent-discard block set until {until}; kept away from it"
+            );
+            self.alert_with_report(
+                "blocked",
+                Some(block.ip),
+                Some(block.site.to_string()),
+                format!(
+                    "{} silently discarded by {} until {until} (repeat {}): a seed probe accepted with 250 never arrived; MX {}",
+                    block.ip,
+                    block.site,
+                    block.strikes,
+                    block.evidence.mx_host.as_deref().unwrap_or("-"),
+                ),
+                Some(block.report("")),
+            );
+        } else {
+            tracing::info!(
+                ip = %block.ip,
+                site = %block.site,
+                strikes = block.strikes,
+                "another seed probe missing: silent-discard block extended until {until}"
+            );
+        }
+        Ok(())
     }
 
     /// A seed probe from `ip` arrived through `site`: a silent-discard block there is

@@ -1,7 +1,9 @@
 //! Destination health: a site whose every MX keeps refusing connections or timing out
 //! (from any egress IP) is marked down. While it is down nothing connects to it except
 //! one probe delivery per probe interval; the queue parks its mail instead of retrying
-//! each message on its own (Postfix's dead-destination logic). The first probe a server
+//! each message on its own (Postfix's dead-destination logic). Probes keep the pace the
+//! retry schedule would have given the mail ([`ProbePace`]): parking a site never makes
+//! its mail wait longer than the operator's retry schedule promises. The first probe a server
 //! answers brings the site back, and the queue releases the site's mail at once.
 //!
 //! Only failures where no server said anything count: a reply of any kind (even 421 or a
@@ -13,7 +15,27 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::QueueConfig;
 use crate::site::Site;
+
+/// How often a down site is probed: its `n`-th probe after it went down waits what the
+/// `n`-th retry of a message would (`[queue]` retry schedule), capped by
+/// `delivery.site_probe_interval`. With the defaults (5 min, doubling; 5 min) that is
+/// every 5 min; with `retry_initial = "1s"`, `retry_max = "2s"` every 1-2 s.
+#[derive(Debug, Clone, Default)]
+pub struct ProbePace {
+    /// The retry schedule the site's mail would have kept.
+    pub retry: QueueConfig,
+    /// `delivery.site_probe_interval`: probes never wait longer than this.
+    pub longest: Duration,
+}
+
+impl ProbePace {
+    /// The wait before the `n`-th probe (1-based) since the site went down.
+    pub fn interval(&self, n: u32) -> Duration {
+        self.retry.retry_delay(n).min(self.longest)
+    }
+}
 
 /// Whether a delivery to a site may connect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +72,8 @@ struct Health {
     failures: u32,
     /// Set while the site is down (Unix ms).
     down_since: Option<u64>,
+    /// Probes that failed since it went down (the pace of the next one).
+    failed_probes: u32,
     next_probe_ms: u64,
     /// A probe delivery is under way.
     probing: bool,
@@ -187,15 +211,15 @@ impl SiteHealth {
 
     /// No server of `site` answered a delivery (connections refused or timed out): one
     /// failure more; `down_after` in a row mark it down until a probe gets an answer,
-    /// probes going every `interval`. A failed probe schedules the next one. Returns the
-    /// next probe time when the site is down now.
+    /// probes going at `pace`. A failed probe schedules the next one. Returns the next
+    /// probe time when the site is down now.
     pub fn unreachable(
         &self,
         site: &Site,
         error: &str,
         now_ms: u64,
         down_after: u32,
-        interval: Duration,
+        pace: &ProbePace,
     ) -> Option<u64> {
         if down_after == 0 {
             return None;
@@ -207,6 +231,10 @@ impl SiteHealth {
         let h = sites.entry(site.clone()).or_default();
         h.failures = h.failures.saturating_add(1);
         h.last_error = error.to_string();
+        if h.down_since.is_some() {
+            h.failed_probes = h.failed_probes.saturating_add(1);
+        }
+        let interval = pace.interval(h.failed_probes + 1);
         h.interval_ms = interval.as_millis() as u64;
         let next = now_ms + h.interval_ms;
         if h.down_since.is_some() {
@@ -266,7 +294,11 @@ mod tests {
     fn down_after_failures_in_a_row_then_one_probe_per_interval() {
         let h = SiteHealth::default();
         let site = Site::from("mx.dead.test");
-        let minute = Duration::from_secs(60);
+        // The default retry schedule (5 min, doubling) is slower: a minute it is.
+        let minute = &ProbePace {
+            retry: QueueConfig::default(),
+            longest: Duration::from_secs(60),
+        };
         h.unreachable(&site, "refused", 1_000, 3, minute);
         h.unreachable(&site, "refused", 1_000, 3, minute);
         assert_eq!(
@@ -309,7 +341,10 @@ mod tests {
     fn an_answer_resets_the_count_and_zero_turns_it_off() {
         let h = SiteHealth::default();
         let site = Site::from("mx.flaky.test");
-        let minute = Duration::from_secs(60);
+        let minute = &ProbePace {
+            retry: QueueConfig::default(),
+            longest: Duration::from_secs(60),
+        };
         h.unreachable(&site, "refused", 0, 2, minute);
         h.answered(&site);
         h.unreachable(&site, "refused", 0, 2, minute);
@@ -318,5 +353,29 @@ mod tests {
             h.unreachable(&site, "refused", 0, 0, minute);
         }
         assert_eq!(h.admit(&site, 0), Admission::Go);
+    }
+
+    #[test]
+    fn a_down_site_is_probed_at_the_retry_schedules_pace_when_that_is_quicker() {
+        let h = SiteHealth::default();
+        let site = Site::from("mx.back-soon.test");
+        let pace = &ProbePace {
+            retry: QueueConfig {
+                retry_initial: crate::config::HumanDuration::from_secs(1),
+                retry_max: crate::config::HumanDuration::from_secs(2),
+                ..QueueConfig::default()
+            },
+            longest: Duration::from_secs(300),
+        };
+        assert_eq!(pace.interval(1), Duration::from_secs(1));
+        assert_eq!(pace.interval(9), Duration::from_secs(2));
+        h.unreachable(&site, "refused", 0, 2, pace);
+        assert_eq!(h.unreachable(&site, "refused", 0, 2, pace), Some(1_000));
+        assert_eq!(h.admit(&site, 1_000), Admission::Probe);
+        // The probe failed: the next one two seconds later (the schedule's second
+        // step), not five minutes.
+        assert_eq!(h.unreachable(&site, "refused", 1_000, 2, pace), Some(3_000));
+        assert_eq!(h.admit(&site, 3_000), Admission::Probe);
+        assert_eq!(h.unreachable(&site, "refused", 3_000, 2, pace), Some(5_000));
     }
 }

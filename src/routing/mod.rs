@@ -6,6 +6,6 @@ pub mod health;
 mod pool;
 pub mod shaping;
 
-pub use health::{Admission, DownSite, HealthChange, SiteHealth};
+pub use health::{Admission, DownSite, HealthChange, ProbePace, SiteHealth};
 pub use pool::Pool;
 pub use shaping::{Pending, Shape, Shaper, SharedSlots};

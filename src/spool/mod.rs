@@ -14,8 +14,11 @@
 //! message.
 
 mod committer;
+mod departed;
 mod index;
 mod message;
+
+pub use departed::{DEPARTED_MAX, Departed, Departure};
 
 pub use message::{
     AttemptRecord, HISTORY_MAX, LastRoute, QueueId, QueuedMessage, RecipientState, RecipientStatus,
@@ -108,6 +111,8 @@ struct Shared {
     index: Arc<index::Index>,
     committer: committer::Handle,
     fresh: Arc<Fresh>,
+    /// The messages that left lately, and how.
+    departed: departed::DepartedLog,
 }
 
 /// Bytes of fresh bodies kept in memory at most.
@@ -246,6 +251,7 @@ impl Spool {
                 index,
                 committer,
                 fresh,
+                departed: Default::default(),
             }),
         })
     }
@@ -285,11 +291,27 @@ impl Spool {
     ///
     /// # Errors
     /// The database write failed.
-    pub async fn remove(&self, msg: &QueuedMessage) -> Result<(), SpoolError> {
+    pub async fn remove(
+        &self,
+        msg: &QueuedMessage,
+        departure: Departure,
+        at: u64,
+    ) -> Result<(), SpoolError> {
         self.shared
             .committer
             .remove(msg.id.clone(), body_file(msg).to_string())
-            .await
+            .await?;
+        self.shared.departed.note(Departed {
+            id: msg.id.clone(),
+            at,
+            departure,
+        });
+        Ok(())
+    }
+
+    /// How `id` left the spool, if it did lately (see [`Departed`]).
+    pub fn departed(&self, id: &QueueId) -> Option<Departed> {
+        self.shared.departed.find(id)
     }
 
     /// Whether the spool takes a write now: a small file written, synced and removed in
@@ -443,14 +465,22 @@ impl Spool {
 
 /// Replaces `path` with `bytes` so that a crash leaves the old file or the new one, never
 /// a torn one: a temporary file beside it, fsynced, renamed over it, the directory
-/// fsynced. For the small state files kept next to the spool (senders, probes).
+/// fsynced. For the small state files kept next to the spool (senders, probes, the admin
+/// address); readable by this user only (0600), as everything in the spool.
 ///
 /// # Errors
 /// Any step of the write failed (the old file is still in place).
 pub fn replace_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.set_permissions(fs::Permissions::from_mode(0o600))?;
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
@@ -515,7 +545,10 @@ mod tests {
         let oldest = spool.oldest_accepted().unwrap().unwrap();
         assert!(now.abs_diff(oldest) <= 2, "{oldest} vs {now}");
         assert_eq!(first.id.accepted_at(), Some(oldest));
-        spool.remove(&first).await.unwrap();
+        spool
+            .remove(&first, Departure::Deleted { bounced: false }, 0)
+            .await
+            .unwrap();
         assert_eq!(spool.oldest_accepted().unwrap(), second.id.accepted_at());
     }
 
@@ -565,6 +598,13 @@ mod tests {
             let p = f.unwrap().path();
             assert_eq!(mode(&p), 0o600, "{}", p.display());
         }
+        // The state files beside it (probes, senders, the admin address) too, also
+        // when an older one was more open.
+        let state = root.join("probes.json");
+        fs::write(&state, b"{}").unwrap();
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o644)).unwrap();
+        replace_durably(&state, b"{}").unwrap();
+        assert_eq!(mode(&state), 0o600);
     }
 
     #[tokio::test]
@@ -586,8 +626,12 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(spool.load(&msg.id).unwrap().unwrap().attempts, 3);
-        spool.remove(&msg).await.unwrap();
+        spool
+            .remove(&msg, Departure::Deleted { bounced: false }, 7)
+            .await
+            .unwrap();
         assert!(spool.load(&msg.id).unwrap().is_none());
+        assert_eq!(spool.departed(&msg.id).map(|d| d.at), Some(7));
         assert_eq!(spool.recover().unwrap().len(), 1);
     }
 
@@ -602,7 +646,11 @@ mod tests {
             .unwrap();
         let big_file = spool.load(&big.id).unwrap().unwrap().body.unwrap().file;
         spool
-            .remove(&spool.load(&big.id).unwrap().unwrap())
+            .remove(
+                &spool.load(&big.id).unwrap().unwrap(),
+                Departure::Deleted { bounced: false },
+                0,
+            )
             .await
             .unwrap();
         // The next batch overwrites the start of that file; its old bytes past the new

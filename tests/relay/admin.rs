@@ -6,6 +6,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 
 use crate::support::client::ready;
+use crate::support::eventually;
+use crate::support::sink::Gate;
 use crate::{World, message};
 
 /// One HTTP/1.1 request from `from`; the status and the body.
@@ -51,6 +53,12 @@ async fn the_queue_is_seen_through_the_api_and_the_cli() {
         .behave(|b| b.data_always = Some("451 4.3.0 try again later".into()));
     let relay = w.setup.start().await;
     let admin = relay.admin.expect("the admin API is on");
+    // Where the CLI finds the API: private, as everything in the spool.
+    let addr_file = w.setup.dir.path().join("spool").join("admin.addr");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&addr_file).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "{}", addr_file.display());
     let mut c = ready(relay.addr).await;
     let reply = c
         .send_mail(
@@ -298,7 +306,17 @@ async fn a_held_message_waits_across_a_restart_until_released() {
     let id = queue_one(&relay, "hold me", 1).await;
     let out = w.setup.cli(&["hold", &id]);
     assert!(out.contains("held: 1"), "{out}");
-    assert_eq!(w.setup.cli_json(&["queue", "show", &id])["state"], "held");
+    let shown = w.setup.cli_json(&["queue", "show", &id]);
+    assert_eq!(shown["state"], "held");
+    // Held: no attempt is due, and neither view pretends one is.
+    assert_eq!(shown["next_attempt"], serde_json::Value::Null, "{shown}");
+    let text = w.setup.cli(&["queue", "show", &id]);
+    assert!(text.contains("next:     none: held until"), "{text}");
+    let listed = w.setup.cli(&["queue", "list", "--state", "held"]);
+    assert!(
+        listed.contains(&id) && listed.contains("1 of 1 shown"),
+        "{listed}"
+    );
     // Flushing skips held mail.
     let flushed = w.setup.cli_json(&["flush"]);
     assert_eq!(flushed["done"], serde_json::json!([]), "{flushed}");
@@ -352,7 +370,21 @@ async fn delete_is_quiet_or_bounces_with_the_operators_reason() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("404"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("404"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidestep"))
+        .args(["queue", "show", &loud, "--config"])
+        .arg(w.setup.dir.path().join("sidestep.toml"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("is not in the queue: deleted by the operator, DSN sent at 20"),
+        "{said}"
+    );
 }
 
 #[tokio::test]
@@ -446,7 +478,7 @@ async fn metrics_count_what_happened() {
         "{text}"
     );
     assert!(
-        text.contains("sidestep_queue_messages{state=\"waiting\"} 0"),
+        text.contains("sidestep_queue_messages{state=\"deferred\"} 0"),
         "{text}"
     );
     assert!(text.contains("sidestep_inbound_sessions"), "{text}");
@@ -514,4 +546,134 @@ async fn blocks_and_listings_come_from_the_running_relay() {
     let blocks = w.setup.cli(&["blocks"]);
     assert!(blocks.contains("suspended by the operator"), "{blocks}");
     drop(relay);
+}
+
+/// `delete` and `hold` of a message whose attempt is under way (its server has not
+/// answered the end of DATA yet): the reply says they take effect when the attempt ends,
+/// and then they do, without another attempt (retries are 200 ms apart here).
+#[tokio::test]
+async fn delete_and_hold_during_an_attempt_act_when_it_ends() {
+    let w = World::new().await;
+    let gate = Gate::new();
+    w.dest.behave(|b| {
+        b.data_always = Some("451 4.3.0 try again later".into());
+        b.data_gate = Some(gate.clone());
+    });
+    let relay = w.setup.start().await;
+    let mut c = ready(relay.addr).await;
+    let reply = c
+        .send_mail(
+            "a@sender.test",
+            &["b@dest.test"],
+            &message("doomed", "x\r\n"),
+        )
+        .await;
+    let doomed = reply.split_whitespace().last().unwrap().to_string();
+    eventually(|| gate.waiting() == 1, || "no attempt reached DATA".into()).await;
+    let out = w
+        .setup
+        .cli(&["delete", &doomed, "--bounce", "spam run (ticket 7)"]);
+    assert!(
+        out.contains(&format!(
+            "{doomed}: an attempt is under way; deleted, DSN sent when it ends (it is not attempted again)"
+        )),
+        "{out}"
+    );
+    gate.let_through(1);
+    let dsns = w.sender.wait_for(1).await;
+    let text = crate::support::dsn_text(&dsns[0]);
+    assert!(text.contains("spam run (ticket 7)"), "{text}");
+    relay.log_with("deleted by the operator").await;
+    // Empty once the DSN's own delivery is recorded too.
+    eventually(
+        || w.setup.cli_json(&["queue"])["messages"] == 0,
+        || format!("{}", w.setup.cli_json(&["queue"])),
+    )
+    .await;
+
+    let reply = c
+        .send_mail("a@sender.test", &["b@dest.test"], &message("kept", "x\r\n"))
+        .await;
+    let kept = reply.split_whitespace().last().unwrap().to_string();
+    eventually(|| gate.waiting() == 1, || "no attempt reached DATA".into()).await;
+    let out = w.setup.cli(&["hold", &kept]);
+    assert!(
+        out.contains(&format!(
+            "{kept}: an attempt is under way; held when it ends"
+        )),
+        "{out}"
+    );
+    gate.let_through(1);
+    eventually(
+        || w.setup.cli_json(&["queue", "show", &kept])["state"] == "held",
+        || relay.log(),
+    )
+    .await;
+    let log = relay.log();
+    for id in [&doomed, &kept] {
+        let attempts = log
+            .lines()
+            .filter(|l| l.contains(id.as_str()) && l.contains("delivery attempt"))
+            .count();
+        assert_eq!(attempts, 1, "{id} was attempted again: {log}");
+    }
+    assert_eq!(gate.waiting(), 0);
+}
+
+/// `sidestep queue show` of a message that left the queue says what became of it.
+#[tokio::test]
+async fn queue_show_of_a_message_that_is_gone_says_what_became_of_it() {
+    let w = World::new().await;
+    w.dest.behave(|b| {
+        b.rcpt.insert(
+            "nobody@dest.test".into(),
+            "550 5.1.1 <nobody@dest.test>: User unknown".into(),
+        );
+    });
+    let relay = w.setup.start().await;
+    let mut c = ready(relay.addr).await;
+    let id_of = |reply: String| reply.split_whitespace().last().unwrap().to_string();
+    let sent = id_of(
+        c.send_mail("a@sender.test", &["b@dest.test"], &message("ok", "x\r\n"))
+            .await,
+    );
+    let refused = id_of(
+        c.send_mail(
+            "a@sender.test",
+            &["nobody@dest.test"],
+            &message("no", "x\r\n"),
+        )
+        .await,
+    );
+    relay
+        // The two, and the bounce's DSN.
+        .log_count("removed: every recipient is final", 3)
+        .await;
+    let gone = |id: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sidestep"))
+            .args(["queue", "show", id, "--config"])
+            .arg(w.setup.dir.path().join("sidestep.toml"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let said = gone(&sent);
+    assert!(
+        said.contains(&format!(
+            "{sent} is not in the queue: delivered (1 recipient(s)) at 20"
+        )),
+        "{said}"
+    );
+    assert!(!said.contains("HTTP 404"), "{said}");
+    let said = gone(&refused);
+    assert!(
+        said.contains("is not in the queue: bounced (1 recipient(s) failed, 0 delivered) at 20"),
+        "{said}"
+    );
+    let said = gone("00000000000000000000");
+    assert!(
+        said.contains("is not in the queue (delivered, bounced or deleted before"),
+        "{said}"
+    );
 }

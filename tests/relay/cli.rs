@@ -160,7 +160,7 @@ fn check_config_reports_every_unknown_key_and_bad_value_at_once() {
     let path = dir.path().join("bad.toml");
     std::fs::write(
         &path,
-        "[server]\nmax_sesions = 3\nmax_recipients = 0\n[bogus]\nx = 1\n[queue]\nretry_factor = 0.1\nretry_initial = \"banana\"\n[delivery]\nport = \"smtp\"\n",
+        "[server]\nmax_sesions = 3\nmax_recipients = 0\n[bogus]\nx = 1\n[queue]\nretry_factor = 0.1\nretry_initial = \"banana\"\n[delivery]\nport = \"smtp\"\npool = \"nowhere\"\nmax_connections = \"many\"\nsite_probe_interval = 300\n[admin]\ntrusted_networks = [\"127.0.0.1/32\", \"10.0.0.0/33\"]\n",
     )
     .unwrap();
     let path = path.to_str().unwrap();
@@ -172,12 +172,18 @@ fn check_config_reports_every_unknown_key_and_bad_value_at_once() {
         assert!(!ok);
         for want in [
             "server.max_sesions (line 2): unknown field `max_sesions`",
+            "did you mean `max_sessions`?",
             "bogus (line 4): unknown field `bogus`",
             "queue.retry_initial (line 8): invalid duration",
             "delivery.port (line 10): invalid type",
-            "server.max_recipients: must be at least 1",
-            "queue.retry_factor: must be",
-            "6 error(s)",
+            // Value checks name the line too, and type errors speak plainly.
+            "server.max_recipients (line 3): must be at least 1",
+            "queue.retry_factor (line 7): must be",
+            "delivery.pool (line 11): no [[pools]] entry is named \"nowhere\"",
+            "delivery.max_connections (line 12): invalid type: string \"many\", expected a whole number",
+            "delivery.site_probe_interval (line 13): 300 is a bare number; expected a duration like \"5m\"",
+            "admin.trusted_networks (line 15): entry [1] \"10.0.0.0/33\": invalid IP address syntax",
+            "10 error(s)",
         ] {
             assert!(err.contains(want), "{want}: {err}");
         }
@@ -189,6 +195,19 @@ fn check_config_reports_every_unknown_key_and_bad_value_at_once() {
         err.contains("max_sesions") && err.contains("banana") && err.contains("port"),
         "{err}"
     );
+}
+
+/// `queue list --state` takes the states the queue has, and `--help` names them all.
+#[test]
+fn queue_list_refuses_a_state_it_does_not_know() {
+    let (ok, _, err) = sidestep(&["queue", "list", "--state", "bogus"]);
+    assert!(!ok);
+    assert!(
+        err.contains("invalid value 'bogus'") && err.contains("active, deferred, held"),
+        "{err}"
+    );
+    let (ok, help, _) = sidestep(&["queue", "list", "--help"]);
+    assert!(ok && help.contains("held"), "{help}");
 }
 
 /// Every flag and argument of every subcommand says what it is for in `--help`.
@@ -221,4 +240,51 @@ fn every_flag_of_every_subcommand_has_help() {
             assert!(described, "`sidestep {c}`: no help for {line:?}");
         }
     }
+}
+
+/// The README's first steps work for someone who has only just cloned: the toolchain
+/// comes before the first command that needs it, no bare `sidestep …` before it is on
+/// the PATH, what the first run prints, where the spool is and how to stop it, and a
+/// first message that stays in the queue.
+#[test]
+fn the_readme_first_steps_come_in_order() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let at = |needle: &str| {
+        readme
+            .find(needle)
+            .unwrap_or_else(|| panic!("README lacks {needle:?}"))
+    };
+    let run = at("\n    cargo run --release -- serve\n");
+    assert!(
+        at("Rust 1.95") < run,
+        "the toolchain comes after the command needing it"
+    );
+    let first_bare = readme
+        .lines()
+        // A command line, not what the first run prints ("sidestep listening on …").
+        .position(|l| l.starts_with("    sidestep ") && !l.contains(" on 127.0.0.1:"))
+        .unwrap();
+    let path_note = readme
+        .lines()
+        .position(|l| l.contains("cargo install --path ."))
+        .unwrap();
+    assert!(
+        path_note < first_bare,
+        "`sidestep …` used before it is on the PATH"
+    );
+    let first_steps = &readme[run..at("## See the queue")];
+    for part in [
+        "sidestep listening on 127.0.0.1:2525",
+        "./sidestep-spool",
+        "Ctrl-C",
+        "--to someone@localhost",
+        "target/release/sidestep queue list",
+    ] {
+        assert!(first_steps.contains(part), "first steps lack {part:?}");
+    }
+    assert!(
+        !first_steps.contains("--to someone@example.net"),
+        "example.net has a null MX: that message bounces at once"
+    );
 }

@@ -428,6 +428,8 @@ async fn a_site_one_node_finds_down_is_down_and_then_up_for_all() {
     let redis = Redis::start().await;
     let mut w = World::new().await;
     w.setup.delivery = "site_down_after = 2\nsite_probe_interval = \"2s\"".into();
+    // Probes every 2 s (the retry schedule is slower), so node 2 keeps away meanwhile.
+    w.setup.queue = crate::NO_RETRY_SOON.into();
     w.setup.extra = with_cluster(&redis, "");
     w.dest.behave(|b| b.dead = true);
     let (n1, others) = three_nodes(&w).await;

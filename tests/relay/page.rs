@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use crate::World;
+use crate::{World, message};
 
 /// A relay whose 127.0.0.3 is listed on `page.test` and whose 127.0.0.2 the destination
 /// refuses, Cloudmark style; returns it once both are known.
@@ -59,6 +59,14 @@ async fn the_page_shows_listings_blocks_queue_and_refusals() {
     );
     assert!(page.contains("<svg"), "{page}");
     assert!(!page.contains("src=\"http"), "no external assets");
+    // Neither IP has a PTR here: that gets mail refused, so it is a problem, not green.
+    let rdns: Vec<&str> = page.split("rdns\">").skip(1).collect();
+    assert_eq!(rdns.len(), 2, "{page}");
+    assert!(!page.contains("class=\"ok rdns\""), "{page}");
+    assert!(
+        page.contains("<div class=\"bad rdns\">rDNS: no PTR record"),
+        "{page}"
+    );
 }
 
 /// Debian's chromium, headless, renders the page; the DOM has the block and the listing.
@@ -95,4 +103,70 @@ async fn a_headless_browser_renders_the_page() {
     assert!(dom.contains("LISTED on page.test"), "{dom}");
     assert!(dom.contains("blocked for mx.dest.test"), "{dom}");
     assert!(dom.contains("sidestep on relay.test"), "{dom}");
+    // The chart says what its lines are and how many they stand for.
+    for part in [
+        "per minute</text>",
+        "delivered (",
+        "deferred (",
+        "bounced (",
+    ] {
+        assert!(dom.contains(part), "{part}: {dom}");
+    }
+}
+
+/// Mail leaving from the host's default source address (an egress without `ip`, as on
+/// the embedded defaults): the egress table shows that address, and the last hour
+/// counts the bounce and the deferral with a chart that has axes, a scale and a legend.
+#[tokio::test]
+async fn the_default_source_address_and_bounces_and_deferrals_are_shown() {
+    let mut w = World::new().await;
+    w.setup.queue = crate::NO_RETRY_SOON.into();
+    w.setup.egress = vec![];
+    w.setup.extra = "[[pools.egress]]\nhelo = \"relay.test\"\n".into();
+    w.setup.dns.add_null_mx("nomail.test").await;
+    w.dest
+        .behave(|b| b.data_always = Some("451 4.3.0 try again later".into()));
+    let relay = w.setup.start().await;
+    let mut c = crate::support::client::ready(relay.addr).await;
+    c.send_mail(
+        "a@sender.test",
+        &["b@dest.test"],
+        &message("later", "x\r\n"),
+    )
+    .await;
+    c.send_mail(
+        "a@sender.test",
+        &["y@nomail.test"],
+        &message("never", "x\r\n"),
+    )
+    .await;
+    // The bounce's DSN is delivered to the sender's server.
+    w.sender.wait_for(1).await;
+    relay.log_with("status=deferred").await;
+    crate::support::eventually(
+        || relay.log().matches("status=sent").count() == 1,
+        || relay.log(),
+    )
+    .await;
+    let page = get_page(relay.admin.unwrap()).await;
+    assert!(
+        page.contains("<tr class=\"default-source\"><td>default source address (the host picks it"),
+        "{page}"
+    );
+    assert!(
+        page.contains(
+            "recipients: 1 delivered, 1 deferred, 1 bounced (1 of them refused by a server)"
+        ),
+        "{page}"
+    );
+    for part in [
+        "class=\"axes\"",
+        "per minute</text>",
+        ">60 min ago<",
+        "delivered (1)",
+        "deferred (1)",
+        "bounced (1)",
+    ] {
+        assert!(page.contains(part), "{part}: {page}");
+    }
 }

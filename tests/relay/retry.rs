@@ -279,3 +279,30 @@ async fn a_dead_site_is_probed_not_hammered_and_released_when_it_answers() {
         serde_json::json!([])
     );
 }
+
+/// The retry schedule is seconds, the probe interval its default five minutes: a site
+/// that refused connections and came back gets its mail at the schedule's pace, not
+/// five minutes later (parking a site must not slow its mail beyond the schedule).
+#[tokio::test]
+async fn a_down_site_is_probed_at_the_retry_schedules_pace() {
+    let mut w = World::new().await;
+    w.setup.queue = "retry_initial = \"1s\"\nretry_max = \"2s\"\nmax_lifetime = \"1h\"".into();
+    w.setup.delivery = "site_down_after = 2".into();
+    w.dest.behave(|b| b.dead = true);
+    let relay = w.setup.start().await;
+    for i in 0..3 {
+        let mut c = ready(relay.addr).await;
+        c.send_mail(
+            "a@sender.test",
+            &["b@dest.test"],
+            &message(&format!("back{i}"), "x\r\n"),
+        )
+        .await;
+    }
+    relay.log_with("site marked down").await;
+    w.dest.behave(|b| b.dead = false);
+    // Within the tests' patience (30 s), far less than the 5 min probe interval.
+    let got = w.dest.wait_for(3).await;
+    assert_eq!(got.len(), 3);
+    relay.log_with("site up again").await;
+}

@@ -52,6 +52,9 @@ pub struct Behaviour {
     pub implicit_tls: Option<TlsAcceptor>,
     /// Wait this long before answering the end of DATA (to make deliveries overlap).
     pub data_delay: Option<Duration>,
+    /// Hold each answer to the end of DATA until the test lets it through (an attempt
+    /// under way for as long as the test needs, without a timer).
+    pub data_gate: Option<Gate>,
     /// Require AUTH PLAIN/LOGIN with this user and password before MAIL.
     pub auth: Option<(String, String)>,
     /// What the sink does with a connection once a message has been answered.
@@ -112,6 +115,40 @@ async fn spf_refusal(
             "550 5.7.26 This mail has been blocked because the sender is unauthenticated. Gmail requires all senders to authenticate with either SPF or DKIM. Authentication results: DKIM = did not pass SPF [{domain}] with ip: [{peer}] = did not pass"
         )
     })
+}
+
+/// Answers to the end of DATA wait here until the test lets them through.
+#[derive(Clone)]
+pub struct Gate {
+    waiting: Arc<AtomicUsize>,
+    open: Arc<tokio::sync::Semaphore>,
+}
+
+impl Gate {
+    pub fn new() -> Self {
+        Self {
+            waiting: Default::default(),
+            open: Arc::new(tokio::sync::Semaphore::new(0)),
+        }
+    }
+
+    /// Messages whose answer waits at the gate now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Lets `n` answers through.
+    pub fn let_through(&self, n: usize) {
+        self.open.add_permits(n);
+    }
+
+    async fn pass(&self) {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        if let Ok(permit) = self.open.acquire().await {
+            permit.forget();
+        }
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// How a connection goes on after a message, to try the client's connection reuse.
@@ -394,6 +431,10 @@ impl Sink {
                         }
                         let content = line.strip_prefix(b".").unwrap_or(&line);
                         data.extend_from_slice(content);
+                    }
+                    let gate = self.behaviour.lock().unwrap().data_gate.clone();
+                    if let Some(gate) = gate {
+                        gate.pass().await;
                     }
                     let (reply, delay) = {
                         let mut b = self.behaviour.lock().unwrap();
