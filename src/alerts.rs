@@ -185,6 +185,21 @@ impl Alerts {
     }
 }
 
+/// The checks of `[alerts]` that need this module (config only reads values): the
+/// webhook URL parses.
+pub fn check_config(config: &AlertsConfig) -> Vec<crate::config::ConfigError> {
+    match config.webhook.as_deref().filter(|u| !u.trim().is_empty()) {
+        Some(url) => match Webhook::parse(url) {
+            Ok(_) => Vec::new(),
+            Err(e) => vec![crate::config::ConfigError {
+                key: "alerts.webhook".into(),
+                problem: format!("{url:?}: {e}"),
+            }],
+        },
+        None => Vec::new(),
+    }
+}
+
 /// Where alerts are POSTed: an `http://` or `https://` URL, taken apart once.
 pub struct Webhook {
     /// `host:port`, to connect to.

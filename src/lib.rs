@@ -18,7 +18,8 @@
 //! - [`egress`]: the local addresses mail leaves from, and their standing.
 //! - [`tls`]: verifying TLS clients for the connections the relay opens itself.
 //! - [`metrics`]: Prometheus counters each stage bumps, served by the admin API.
-//! - [`alerts`]: listings and blocks POSTed to the operator's webhook.
+//! - [`alerts`]: listings, blocks and authentication failures POSTed to the operator's
+//!   webhook, and handed as events to whoever mails them (`serve` queues them).
 //!
 //! The pipeline, each stage using only the ones after it and the vocabulary:
 //!
@@ -40,6 +41,11 @@
 //!   reads for every connection.
 //! - [`senders`]: who hands mail in — per-hour quotas, and the suspension of a sender
 //!   whose mail looks like a hacked account's (fed by verdicts, read by inbound).
+//! - [`probes`]: seed probes from each egress IP to the operator's seed mailboxes; a
+//!   probe accepted and never seen marks a silent discard (fed to reputation).
+//! - [`complaints`]: feedback-loop (ARF) reports read from an IMAP mailbox, counted per
+//!   sender and egress IP (fed to the senders' suspension).
+//! - [`cluster`]: several nodes sharing reputation, suspensions and limits through Redis.
 //! - [`admin`]: the HTTP API the CLI and the operator use on a running relay.
 //! - [`cli`]: the `sidestep` subcommands.
 

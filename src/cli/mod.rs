@@ -436,12 +436,12 @@ pub(crate) fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<crat
     let (config, errors) = match path {
         Some(p) => {
             let config = crate::config::Config::load(p)?;
-            let errors = config.validate_file(p);
+            let errors = check_config::problems(&config, Some(p));
             (config, errors)
         }
         None => {
             let config = crate::config::Config::default();
-            let errors = config.validate();
+            let errors = check_config::problems(&config, None);
             (config, errors)
         }
     };

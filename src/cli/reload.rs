@@ -90,7 +90,7 @@ impl Reloader {
             Ok(c) => c,
             Err(e) => return refuse(vec![e.to_string()]),
         };
-        errors.extend(config.validate_file(path));
+        errors.extend(super::check_config::problems(&config, Some(path)));
         if !errors.is_empty() {
             return refuse(errors.iter().map(ToString::to_string).collect());
         }

@@ -345,6 +345,32 @@ pub fn node_name(config: &ClusterConfig) -> String {
     })
 }
 
+/// The Redis URL and its files make a client (config only checks the scheme).
+pub fn check_config(config: &ClusterConfig) -> Vec<crate::config::ConfigError> {
+    let Some(url) = config
+        .redis
+        .as_deref()
+        .filter(|u| u.starts_with("redis://") || u.starts_with("rediss://"))
+    else {
+        return Vec::new();
+    };
+    match client(config) {
+        Ok(_) => Vec::new(),
+        Err(e) => {
+            let key = match (&config.password_file, &config.ca_file) {
+                _ if e.starts_with(url) => "cluster.redis",
+                (Some(p), _) if e.starts_with(&p.display().to_string()) => "cluster.password_file",
+                (_, Some(p)) if e.starts_with(&p.display().to_string()) => "cluster.ca_file",
+                _ => "cluster.redis",
+            };
+            vec![crate::config::ConfigError {
+                key: key.into(),
+                problem: e,
+            }]
+        }
+    }
+}
+
 /// The Redis client for `[cluster]`, with the password from its file.
 ///
 /// # Errors

@@ -1,5 +1,5 @@
 //! `[dkim]` and `[compliance]`: what sidestep does to and about the content it accepts.
-//! Plain data; the keys themselves are read and checked by [`crate::signing`].
+//! Plain data; the keys themselves are read and checked by the `signing` module.
 
 use std::path::PathBuf;
 

@@ -985,6 +985,18 @@ impl Default for DeliveryConfig {
     }
 }
 
+/// Adds the line of `path` where each error's key is written to the key, as
+/// `key (line N)`: for the checks made outside this module too.
+pub fn locate(path: &Path, errors: &mut [ConfigError]) {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        for e in errors {
+            if let Some(at) = load::line_of(&text, &e.key) {
+                e.key = format!("{} (line {})", e.key, at + 1);
+            }
+        }
+    }
+}
+
 impl Config {
     /// Reads and parses a TOML file. Does not validate: call [`Config::validate`].
     ///
@@ -1023,21 +1035,6 @@ impl Config {
     /// Every problem in the configuration, each with its key path. Empty means valid.
     pub fn validate(&self) -> Vec<ConfigError> {
         validate::all(self)
-    }
-
-    /// [`Config::validate`] for the configuration read from `path`: each problem also
-    /// names the line of its key (or of the closest enclosing one) when it is in the
-    /// file, as schema problems do.
-    pub fn validate_file(&self, path: &Path) -> Vec<ConfigError> {
-        let mut errors = self.validate();
-        if let Ok(text) = std::fs::read_to_string(path) {
-            for e in &mut errors {
-                if let Some(at) = load::line_of(&text, &e.key) {
-                    e.key = format!("{} (line {})", e.key, at + 1);
-                }
-            }
-        }
-        errors
     }
 
     /// Each egress IP with the HELO name it announces (its own, or the host name): what

@@ -41,12 +41,6 @@ pub(super) fn all(c: &Config) -> Vec<ConfigError> {
             "a percentage: 0 to 100".into(),
         );
     }
-    if let Some(url) = &c.alerts.webhook
-        && !url.trim().is_empty()
-        && let Err(e) = crate::alerts::Webhook::parse(url)
-    {
-        err("alerts.webhook".into(), format!("{url:?}: {e}"));
-    }
     if let Some(path) = &c.alerts.ca_file {
         match std::fs::read_to_string(path) {
             Ok(pem) => {
@@ -478,11 +472,8 @@ fn security(c: &Config, err: &mut impl FnMut(String, String)) {
             "server.tls_certificate".into(),
             "tls_key is set: its certificate is needed too".into(),
         ),
-        (Some(_), Some(_)) => {
-            if let Err(e) = crate::inbound::tls::acceptor(s) {
-                err("server.tls_certificate".into(), e);
-            }
-        }
+        // Whether they make an acceptor is for inbound (`inbound::check_config`).
+        (Some(_), Some(_)) => {}
         (None, None) => {
             if s.listen_tls.is_some() {
                 err(
@@ -490,13 +481,6 @@ fn security(c: &Config, err: &mut impl FnMut(String, String)) {
                     "implicit TLS needs tls_certificate and tls_key".into(),
                 );
             }
-        }
-    }
-    if let Some(path) = &c.auth.users_file
-        && let Err(problems) = crate::inbound::users::load(path)
-    {
-        for p in problems {
-            err("auth.users_file".into(), format!("{}: {p}", path.display()));
         }
     }
     if c.auth.max_failures == 0 {
@@ -564,7 +548,7 @@ fn security(c: &Config, err: &mut impl FnMut(String, String)) {
 
 fn probes(c: &Config, err: &mut impl FnMut(String, String)) {
     let p = &c.probes;
-    let Some(imap) = p.imap.as_deref().filter(|s| !s.trim().is_empty()) else {
+    let Some(_) = p.imap.as_deref().filter(|s| !s.trim().is_empty()) else {
         if !p.seeds.is_empty() {
             err(
                 "probes.imap".into(),
@@ -575,7 +559,6 @@ fn probes(c: &Config, err: &mut impl FnMut(String, String)) {
     };
     mailbox(
         "probes",
-        imap,
         p.password_file.as_deref(),
         p.ca_file.as_deref(),
         err,
@@ -619,25 +602,15 @@ fn probes(c: &Config, err: &mut impl FnMut(String, String)) {
     }
 }
 
-/// An IMAP mailbox's settings under `section`: a URL reached safely, a readable password
-/// file, a usable CA file.
+/// An IMAP mailbox's settings under `section`: a readable password file, a usable CA
+/// file. The URL itself is checked by the probes module, which parses it
+/// (`probes::check_config`).
 fn mailbox(
     section: &str,
-    imap: &str,
     password_file: Option<&std::path::Path>,
     ca_file: Option<&std::path::Path>,
     err: &mut impl FnMut(String, String),
 ) {
-    match crate::probes::ImapUrl::parse(imap) {
-        Ok(url) if !url.tls && !url.is_loopback() => err(
-            format!("{section}.imap"),
-            format!(
-                "{imap:?}: plain imap:// only to a loopback server (the password would cross the network in the clear); use imaps://"
-            ),
-        ),
-        Ok(_) => {}
-        Err(e) => err(format!("{section}.imap"), format!("{imap:?}: {e}")),
-    }
     match password_file {
         None => err(
             format!("{section}.password_file"),
@@ -680,8 +653,8 @@ fn complaints(c: &Config, err: &mut impl FnMut(String, String)) {
             "enabled, but no mailbox: set complaints.imap (or probes.imap)".into(),
         ),
         // The probes' mailbox is checked as theirs.
-        Some(imap) if cfg.imap.is_some() => {
-            mailbox("complaints", imap, password_file, ca_file, err);
+        Some(_) if cfg.imap.is_some() => {
+            mailbox("complaints", password_file, ca_file, err);
         }
         Some(_) => {}
     }
@@ -705,21 +678,11 @@ fn cluster(c: &Config, err: &mut impl FnMut(String, String)) {
             "cluster.redis".into(),
             format!("{url:?}: must start with redis:// (or rediss:// for TLS)"),
         );
-        return;
-    }
-    if let Err(e) = crate::cluster::client(&c.cluster) {
-        let key = match (&c.cluster.password_file, &c.cluster.ca_file) {
-            _ if e.starts_with(url) => "cluster.redis",
-            (Some(p), _) if e.starts_with(&p.display().to_string()) => "cluster.password_file",
-            (_, Some(p)) if e.starts_with(&p.display().to_string()) => "cluster.ca_file",
-            _ => "cluster.redis",
-        };
-        err(key.into(), e);
     }
 }
 
 /// `[[dkim.keys]]`: names only. Whether each key file is safe and usable is for
-/// [`crate::signing::Signer::load`], which check-config and serve call.
+/// `signing::Signer::load`, which check-config and serve call.
 fn dkim(c: &Config, err: &mut impl FnMut(String, String)) {
     let mut seen = HashSet::new();
     for (i, k) in c.dkim.keys.iter().enumerate() {

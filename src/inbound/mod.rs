@@ -19,6 +19,31 @@ pub mod tls;
 pub mod users;
 
 pub use limits::Sessions;
+
+/// The checks of the inbound side's settings that build something (config only reads
+/// values): the TLS certificate and key make an acceptor, the users file loads.
+pub fn check_config(config: &crate::config::Config) -> Vec<crate::config::ConfigError> {
+    let mut errors = Vec::new();
+    let s = &config.server;
+    if s.tls_certificate.is_some()
+        && s.tls_key.is_some()
+        && let Err(e) = tls::acceptor(s)
+    {
+        errors.push(crate::config::ConfigError {
+            key: "server.tls_certificate".into(),
+            problem: e,
+        });
+    }
+    if let Some(path) = &config.auth.users_file
+        && let Err(problems) = users::load(path)
+    {
+        errors.extend(problems.into_iter().map(|p| crate::config::ConfigError {
+            key: "auth.users_file".into(),
+            problem: format!("{}: {p}", path.display()),
+        }));
+    }
+    errors
+}
 pub use listener::{Port, serve};
 pub use reply::Reply;
 pub use session::{Ending, Session};

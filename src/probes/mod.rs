@@ -23,6 +23,40 @@ use serde::{Deserialize, Serialize};
 pub use mailbox::{Found, ImapUrl};
 pub use runner::spawn;
 
+/// The IMAP mailboxes of `[probes]` and `[complaints]` parse and are reached safely
+/// (config only reads values; the URL is this module's to parse).
+pub fn check_config(config: &crate::config::Config) -> Vec<crate::config::ConfigError> {
+    let mut errors = Vec::new();
+    let mut check = |section: &str, imap: &str| {
+        let problem = match ImapUrl::parse(imap) {
+            Ok(url) if !url.tls && !url.is_loopback() => format!(
+                "{imap:?}: plain imap:// only to a loopback server (the password would cross the network in the clear); use imaps://"
+            ),
+            Ok(_) => return,
+            Err(e) => format!("{imap:?}: {e}"),
+        };
+        errors.push(crate::config::ConfigError {
+            key: format!("{section}.imap"),
+            problem,
+        });
+    };
+    if let Some(imap) = config
+        .probes
+        .imap
+        .as_deref()
+        .filter(|s| !s.trim().is_empty())
+    {
+        check("probes", imap);
+    }
+    let c = &config.complaints;
+    if c.enabled
+        && let Some(imap) = c.imap.as_deref().filter(|s| !s.trim().is_empty())
+    {
+        check("complaints", imap);
+    }
+    errors
+}
+
 /// What became of one probe.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "status")]
