@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::Admin;
 use crate::authorisation::Authorisation;
-use crate::authorisation::report::{PtrAuth, ReportInputs};
+use crate::authorisation::report::{AuthReport, PtrAuth, ReportInputs};
 use crate::dns::Resolver;
 
 /// What the auth report needs from the running relay's configuration.
@@ -49,6 +49,11 @@ pub(super) async fn report(State(admin): State<Admin>, Query(q): Query<DomainQue
         return axum::Json(desk.authorisation.recent_senders()).into_response();
     };
     let domain = domain.trim().to_ascii_lowercase();
+    axum::Json(build(&admin, &desk, &domain).await).into_response()
+}
+
+/// The report for `domain` from what the running relay knows.
+pub(super) async fn build(admin: &Admin, desk: &AuthDesk, domain: &str) -> AuthReport {
     let report = admin.reputation.report();
     let hygiene = report
         .hygiene
@@ -69,7 +74,7 @@ pub(super) async fn report(State(admin): State<Admin>, Query(q): Query<DomainQue
     let dkim = desk
         .dkim
         .iter()
-        .filter(|(d, _, _)| *d == domain || domain.ends_with(&format!(".{d}")))
+        .filter(|(d, _, _)| d == domain || domain.ends_with(&format!(".{d}")))
         .map(|(_, s, a)| (s.clone(), a.clone()))
         .collect();
     let inputs = ReportInputs {
@@ -81,12 +86,9 @@ pub(super) async fn report(State(admin): State<Admin>, Query(q): Query<DomainQue
         starttls: desk.starttls,
         one_click_checked: desk.one_click_checked,
     };
-    axum::Json(
-        desk.authorisation
-            .report(&desk.resolver, &domain, inputs)
-            .await,
-    )
-    .into_response()
+    desk.authorisation
+        .report(&desk.resolver, domain, inputs)
+        .await
 }
 
 /// `GET /api/v1/senders/complaint-rates`: each sender domain seen in the last day, its

@@ -228,6 +228,37 @@ pub(super) async fn status_page(State(admin): State<Admin>) -> Html<String> {
         super::chart::last_hour(&hour)
     );
 
+    // Sender domains of the last day and what receivers will check of their mail.
+    if let Some(desk) = admin.auth.clone() {
+        let domains = desk.authorisation.recent_senders();
+        if !domains.is_empty() {
+            h.push_str("<h2>Sender domains (last day)</h2><table id=\"senders\"><tr><th>Domain</th><th>Bulk-sender checklist</th></tr>");
+            for domain in domains.iter().take(20) {
+                let report = super::auth::build(&admin, &desk, domain).await;
+                let items: Vec<String> = report
+                    .checklist
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "<span class=\"{}\" title=\"{}\">{} {}</span>",
+                            if c.pass { "ok" } else { "bad" },
+                            esc(&c.reason),
+                            esc(&c.item),
+                            if c.pass { "pass" } else { "FAIL" }
+                        )
+                    })
+                    .collect();
+                let _ = write!(
+                    h,
+                    "<tr><td>{}</td><td>{}</td></tr>",
+                    esc(domain),
+                    items.join(" · ")
+                );
+            }
+            h.push_str("</table>");
+        }
+    }
+
     // Latest refusals.
     h.push_str("<h2>Latest refusals</h2><table id=\"refusals\"><tr><th>When</th><th>Egress</th><th>Site</th><th>Verdict</th><th>Reply</th></tr>");
     for r in metrics().recent_refusals() {
