@@ -247,7 +247,7 @@ impl Authorisation {
 
     /// Forgets every SPF result and record (a reload: the operator may have fixed DNS).
     pub fn forget(&self) {
-        self.shared.spf.forget();
+        self.shared.spf.forget(true);
     }
 
     /// Rechecks the domains seen in the last day now and every `every` (with the
@@ -267,6 +267,7 @@ impl Authorisation {
                     for change in auth.recheck(&domains, &egress).await {
                         changed(change);
                     }
+                    tracing::debug!(domains = domains.len(), "sender domains' SPF rechecked");
                 }
                 tokio::time::sleep(every.max(std::time::Duration::from_secs(1))).await;
             }
@@ -277,7 +278,7 @@ impl Authorisation {
     /// whose result changed since the last recheck: at start, on reload and with each
     /// listings refresh, for the domains seen in the last day.
     pub async fn recheck(&self, domains: &[String], egress: &[(IpAddr, String)]) -> Vec<Change> {
-        self.shared.spf.forget();
+        self.shared.spf.forget(false);
         let mut changes = Vec::new();
         for domain in domains {
             for (ip, helo) in egress {

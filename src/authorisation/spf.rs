@@ -233,13 +233,16 @@ impl SpfChecker {
         outcome
     }
 
-    /// Forgets every result and record, so the next check asks DNS again (a reload, a
-    /// recheck).
-    pub(super) fn forget(&self) {
+    /// Forgets every result and record, so the next check evaluates again (a reload, a
+    /// recheck); with `resolver_too`, the resolver's cached answers as well.
+    pub(super) fn forget(&self, resolver_too: bool) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        // The resolver's own cache too: an operator who fixed a record and reloads
-        // expects it to be read now, not when the old answer's TTL runs out.
-        self.authenticator.resolver().clear_cache();
+        // The resolver's own cache too on a reload: an operator who fixed a record and
+        // reloads expects it to be read now, not when the old answer's TTL runs out.
+        // (Not for the periodic recheck: it would empty the MX answers too.)
+        if resolver_too {
+            self.authenticator.resolver().clear_cache();
+        }
         self.results
             .lock()
             .unwrap_or_else(|e| e.into_inner())

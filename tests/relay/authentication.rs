@@ -210,3 +210,40 @@ async fn spf_require_waits_instead_of_sending_from_an_unauthorised_ip() {
     let got = w.dest.wait_for(1).await;
     assert_eq!(got[0].peer, ip("127.0.0.3"));
 }
+
+#[tokio::test]
+async fn an_spf_edit_that_adds_an_egress_ip_is_announced() {
+    let mut w = spf_world().await;
+    let (url, alerts) = crate::alerts::webhook().await;
+    w.setup.extra = format!(
+        "\n[alerts]\nwebhook = \"{url}\"\nspool_free_below = 0\n[listings]\nrefresh = \"1s\"\njitter = \"0s\"\n"
+    );
+    // A TTL of a second: the edit is seen at the next recheck.
+    let dns = &w.setup.dns;
+    dns.add_txt("edit.test", "v=spf1 ip4:127.0.0.2 -all").await;
+    dns.add_mx("edit.test", 10, "mx.sender.test").await;
+    let relay = w.setup.start().await;
+    send_from(&relay, "a@edit.test", 1, 0).await;
+    // A recheck has seen edit.test as it is (127.0.0.3 not authorised)...
+    relay.log_with("sender domains' SPF rechecked").await;
+    dns.remove("edit.test", hickory_server::proto::rr::RecordType::TXT)
+        .await;
+    dns.add_txt("edit.test", "v=spf1 ip4:127.0.0.2 ip4:127.0.0.3 -all")
+        .await;
+    // ...and the next one finds it authorised.
+    eventually(
+        || {
+            alerts.lock().unwrap().iter().any(|a| {
+                a["event"] == "auth-changed"
+                    && a["subject"] == "edit.test"
+                    && a["ip"] == "127.0.0.3"
+                    && a["text"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("is now authorised")
+            })
+        },
+        || format!("{:?} {}", alerts.lock().unwrap(), relay.log()),
+    )
+    .await;
+}
