@@ -308,16 +308,7 @@ async fn auth_second_opinion(
         }
         return;
     }
-    let accepted_via = match (&report.via, &report.egress) {
-        (Via::Smarthost(name), _) => format!("smarthost:{name}"),
-        (Via::Direct, Some(e)) => e.to_string(),
-        (Via::Direct, None) => "default".into(),
-    };
-    let our_ip = report
-        .egress
-        .as_ref()
-        .and_then(|e| e.ip)
-        .filter(|_| report.via == Via::Direct);
+    let (accepted_via, our_ip) = second_address(&report);
     let mut refusal = None;
     let mut delivered = false;
     let mut denied: Vec<IpAddr> = Vec::new();
@@ -325,18 +316,7 @@ async fn auth_second_opinion(
         let Some(reply) = report.replies.get(k).cloned() else {
             continue;
         };
-        let class = ctx
-            .classifier
-            .classify(reply.code, &reply.enhanced, &reply.text);
-        let Logged { record, line } = log_attempt(
-            job,
-            &d.rcpt,
-            &report,
-            &reply,
-            &class,
-            class.verdict == Verdict::IpReputation,
-            false,
-        );
+        let (class, Logged { record, line }) = second_answer(ctx, job, &d.rcpt, &report, &reply);
         let verdict = class.verdict;
         let mut explanation = None;
         let earlier = match verdict {
@@ -564,16 +544,7 @@ async fn second_opinion(
         );
         return;
     }
-    let accepted_via = match (&report.via, &report.egress) {
-        (Via::Smarthost(name), _) => format!("smarthost:{name}"),
-        (Via::Direct, Some(e)) => e.to_string(),
-        (Via::Direct, None) => "default".into(),
-    };
-    let our_ip = report
-        .egress
-        .as_ref()
-        .and_then(|e| e.ip)
-        .filter(|_| report.via == Via::Direct);
+    let (accepted_via, our_ip) = second_address(&report);
     let mut refusal = None;
     let mut delivered = false;
     let mut confirmed: Vec<(IpAddr, Site)> = Vec::new();
@@ -581,18 +552,7 @@ async fn second_opinion(
         let Some(reply) = report.replies.get(k).cloned() else {
             continue;
         };
-        let class = ctx
-            .classifier
-            .classify(reply.code, &reply.enhanced, &reply.text);
-        let Logged { record, line } = log_attempt(
-            job,
-            &d.rcpt,
-            &report,
-            &reply,
-            &class,
-            class.verdict == Verdict::IpReputation,
-            false,
-        );
+        let (class, Logged { record, line }) = second_answer(ctx, job, &d.rcpt, &report, &reply);
         let verdict = class.verdict;
         let index = d.index;
         let earlier = match verdict {
@@ -640,6 +600,46 @@ async fn second_opinion(
         outcome.history.push(record);
     }
     learn(ctx, our_ip, report.site.as_ref(), refusal, delivered).await;
+}
+
+/// Where a second opinion went (for the log and the evidence) and, on a direct
+/// delivery, which of our IPs it came from.
+fn second_address(report: &AttemptReport) -> (String, Option<IpAddr>) {
+    let via = match (&report.via, &report.egress) {
+        (Via::Smarthost(name), _) => format!("smarthost:{name}"),
+        (Via::Direct, Some(e)) => e.to_string(),
+        (Via::Direct, None) => "default".into(),
+    };
+    let our_ip = report
+        .egress
+        .as_ref()
+        .and_then(|e| e.ip)
+        .filter(|_| report.via == Via::Direct);
+    (via, our_ip)
+}
+
+/// A second opinion's reply for one recipient: classified and logged (the line kept
+/// when it blames the IP, as a block's evidence).
+fn second_answer(
+    ctx: &QueueContext,
+    job: &DomainJob,
+    rcpt: &Address,
+    report: &AttemptReport,
+    reply: &RemoteReply,
+) -> (Classification, Logged) {
+    let class = ctx
+        .classifier
+        .classify(reply.code, &reply.enhanced, &reply.text);
+    let logged = log_attempt(
+        job,
+        rcpt,
+        report,
+        reply,
+        &class,
+        class.verdict == Verdict::IpReputation,
+        false,
+    );
+    (class, logged)
 }
 
 /// A second IP got past a refusal the rules did not blame on the first: block the first
