@@ -189,6 +189,7 @@ async fn attempt(
                 .map(|&i| (i, msg.recipients[i].address.clone()))
                 .collect(),
             domain,
+            clock: ctx.clock.clone(),
         };
         tasks.spawn(async move {
             // The domain's slot first: waiting for a busy (slow) domain must not hold one

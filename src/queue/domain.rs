@@ -16,7 +16,6 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use super::context::QueueContext;
 use crate::classify::{Classification, Verdict, worth_second_opinion};
-use crate::clock::unix_now;
 use crate::config::SpfMode;
 use crate::envelope::{Address, BodyFlags, Sender};
 use crate::metrics::AttemptResult;
@@ -38,6 +37,8 @@ pub(super) struct DomainJob {
     pub domain: String,
     /// Index in the message's recipient list, and the address.
     pub recipients: Vec<(usize, Address)>,
+    /// The queue's clock, for the attempt's log line and records.
+    pub clock: crate::clock::Clock,
 }
 
 /// The final word on one recipient in this attempt.
@@ -211,7 +212,15 @@ pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> Domain
             }
             if class.verdict == Verdict::IpReputation && our_ip.is_some() {
                 if refusal.is_none() {
-                    refusal = Some(evidence(&job, rcpt, &report, &reply, &class, line));
+                    refusal = Some(evidence(
+                        ctx.clock.now(),
+                        &job,
+                        rcpt,
+                        &report,
+                        &reply,
+                        &class,
+                        line,
+                    ));
                 }
                 again.push((*i, rcpt.clone()));
             } else if let Some((ip, helo, site)) = auth_doubt {
@@ -230,7 +239,7 @@ pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> Domain
                 doubts.push(Doubt {
                     index: *i,
                     rcpt: rcpt.clone(),
-                    evidence: evidence(&job, rcpt, &report, &reply, &class, line),
+                    evidence: evidence(ctx.clock.now(), &job, rcpt, &report, &reply, &class, line),
                     reply: reply.clone(),
                     class,
                     ip,
@@ -330,7 +339,15 @@ async fn auth_second_opinion(
             }
             Verdict::IpReputation if our_ip.is_some() => {
                 if refusal.is_none() {
-                    refusal = Some(evidence(job, &d.rcpt, &report, &reply, &class, line));
+                    refusal = Some(evidence(
+                        ctx.clock.now(),
+                        job,
+                        &d.rcpt,
+                        &report,
+                        &reply,
+                        &class,
+                        line,
+                    ));
                 }
                 None
             }
@@ -566,7 +583,15 @@ async fn second_opinion(
             }
             Verdict::IpReputation if our_ip.is_some() => {
                 if refusal.is_none() {
-                    refusal = Some(evidence(job, &d.rcpt, &report, &reply, &class, line));
+                    refusal = Some(evidence(
+                        ctx.clock.now(),
+                        job,
+                        &d.rcpt,
+                        &report,
+                        &reply,
+                        &class,
+                        line,
+                    ));
                 }
                 None
             }
@@ -658,7 +683,7 @@ async fn confirm_block(ctx: &QueueContext, job: &DomainJob, d: Doubt, accepted_v
         "second-opinion: confirmed by {accepted_via} (rules said {} by {})",
         d.class.verdict, d.class.rule
     );
-    let now = unix_now();
+    let now = ctx.clock.now();
     let learned = LearnedReply {
         reply: d.reply.to_string(),
         verdict: d.class.verdict,
@@ -683,6 +708,7 @@ async fn confirm_block(ctx: &QueueContext, job: &DomainJob, d: Doubt, accepted_v
 
 /// The evidence a block keeps of one refusal.
 fn evidence(
+    now: u64,
     job: &DomainJob,
     rcpt: &Address,
     report: &AttemptReport,
@@ -693,7 +719,7 @@ fn evidence(
     Evidence {
         reply: reply.to_string(),
         rule: class.rule.clone(),
-        at: unix_now(),
+        at: now,
         mx_host: report.mx.clone(),
         mx_ip: report.mx_ip,
         queue_id: job.queue_id.to_string(),
@@ -772,6 +798,7 @@ fn log_attempt(
     keep: bool,
     second_opinion: bool,
 ) -> Logged {
+    let now = job.clock.now();
     // What becomes of the recipient: sent, bounced, or tried again (later, or at once
     // from another IP).
     let status = match class.verdict.retry() {
@@ -793,7 +820,8 @@ fn log_attempt(
             .map(|ip| ip.to_string())
             .unwrap_or_else(|| "-".into()),
         reused: report.reused,
-        delay_s: unix_now().saturating_sub(job.received_at),
+        delay_s: now.saturating_sub(job.received_at),
+        at: now,
         reply,
         class,
         site: report.site.as_ref(),
@@ -802,7 +830,7 @@ fn log_attempt(
     line.log();
     Logged {
         record: AttemptRecord {
-            at: unix_now(),
+            at: now,
             rcpt: rcpt.to_string(),
             egress: line.egress.clone(),
             site: report.site.as_ref().map(ToString::to_string),
@@ -813,7 +841,7 @@ fn log_attempt(
         line: keep.then(|| {
             format!(
                 "{} {line}",
-                humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_now()))
+                humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(now))
             )
         }),
     }
@@ -835,6 +863,8 @@ struct AttemptLine<'a> {
     site: Option<&'a Site>,
     /// Sent, deferred or bounced.
     status: AttemptResult,
+    /// When (Unix seconds, from the queue's clock).
+    at: u64,
 }
 
 impl AttemptLine<'_> {
@@ -849,13 +879,13 @@ impl AttemptLine<'_> {
             m.smarthost_deliveries.inc();
         }
         let refused = (self.reply.code >= 400).then(|| crate::metrics::Refusal {
-            at: unix_now(),
+            at: self.at,
             egress: self.egress.clone(),
             site: self.site.map_or_else(|| "-".into(), ToString::to_string),
             verdict: self.class.verdict.name().into(),
             reply: self.reply.to_string(),
         });
-        m.remember(unix_now(), self.status, refused);
+        m.remember(self.at, self.status, refused);
         tracing::info!(
             queue_id = %self.queue_id,
             rcpt = %self.rcpt,
