@@ -27,8 +27,8 @@
 #                       [--scenario simple|realistic|both] [--real-messages 10000]
 #                       [--deep 100000]   (deep-queue messages; 0: skip it)
 #                       [--benchmail PATH]   (default: built from examples/, release)
-#                       [--spf prefer|require|off]   (sidestep's [delivery] spf; the
-#                                      sender's SPF authorises both egress IPs)
+#                       [--spf prefer|require|off]   (sidestep's [delivery] spf, default
+#                                      unset = prefer; the sender's SPF authorises both IPs)
 #                       [--cluster]   (also: sidestep with [cluster] on a local redis-server,
 #                                      in the same rounds; the cost of the shared state)
 #
@@ -51,7 +51,7 @@ SCENARIO=both
 REAL_MESSAGES=10000
 DEEP=100000
 CLUSTER=no
-SPF=prefer
+SPF=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --messages) MESSAGES=$2; shift 2 ;;
@@ -215,7 +215,7 @@ retry_max = "5s"
 port = $SINK_PORT
 max_connections = 100
 max_connections_per_domain = 40
-spf = "$SPF"
+$( [ -n "$SPF" ] && echo "spf = \"$SPF\"" )
 [dns]
 nameservers = ["127.0.0.1:$DNS_PORT"]
 [admin]
