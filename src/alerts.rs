@@ -200,6 +200,26 @@ pub fn check_config(config: &AlertsConfig) -> Vec<crate::config::ConfigError> {
     }
 }
 
+/// A webhook cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertsError {
+    /// The URL is not `http://` or `https://`.
+    #[error("an http:// or https:// URL is needed")]
+    Scheme,
+    /// The port after the host is not a number.
+    #[error("{0:?} is not a port")]
+    Port(String),
+    /// No host between the scheme and the path.
+    #[error("the URL names no host")]
+    NoHost,
+    /// `[alerts] ca_file` cannot be read.
+    #[error("{0}")]
+    CaFile(std::io::Error),
+    /// No verifying TLS client for an https webhook.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
 /// Where alerts are POSTed: an `http://` or `https://` URL, taken apart once.
 pub struct Webhook {
     /// `host:port`, to connect to.
@@ -218,13 +238,13 @@ impl Webhook {
     ///
     /// # Errors
     /// Not an `http://` or `https://` URL with a host.
-    pub fn parse(url: &str) -> Result<Self, String> {
+    pub fn parse(url: &str) -> Result<Self, AlertsError> {
         let (https, rest) = if let Some(rest) = url.strip_prefix("https://") {
             (true, rest)
         } else if let Some(rest) = url.strip_prefix("http://") {
             (false, rest)
         } else {
-            return Err("an http:// or https:// URL is needed".into());
+            return Err(AlertsError::Scheme);
         };
         let (authority, path) = rest
             .split_once('/')
@@ -233,13 +253,13 @@ impl Webhook {
             // An IPv6 literal's brackets hold colons of their own.
             Some((h, port)) if !port.contains(']') => {
                 port.parse::<u16>()
-                    .map_err(|_| format!("{port:?} is not a port"))?;
+                    .map_err(|_| AlertsError::Port(port.to_string()))?;
                 h
             }
             _ => authority,
         };
         if host.is_empty() {
-            return Err("the URL names no host".into());
+            return Err(AlertsError::NoHost);
         }
         let authority = if host == authority {
             format!("{host}:{}", if https { 443 } else { 80 })
@@ -259,14 +279,14 @@ impl Webhook {
     ///
     /// # Errors
     /// A bad URL, an unreadable CA file, no usable roots.
-    pub fn new(url: &str, ca_file: Option<&std::path::Path>) -> Result<Self, String> {
+    pub fn new(url: &str, ca_file: Option<&std::path::Path>) -> Result<Self, AlertsError> {
         let mut hook = Self::parse(url)?;
         if hook.https {
             let pem = ca_file
                 .map(std::fs::read_to_string)
                 .transpose()
-                .map_err(|e| e.to_string())?;
-            hook.tls = Some(crate::tls::client(pem.as_deref()).map_err(|e| e.to_string())?);
+                .map_err(AlertsError::CaFile)?;
+            hook.tls = Some(crate::tls::client(pem.as_deref())?);
         }
         Ok(hook)
     }

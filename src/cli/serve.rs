@@ -37,7 +37,6 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         });
     }
     let senders = crate::senders::Senders::open(&config.spool.directory)
-        .map_err(anyhow::Error::msg)
         .context("loading sender suspensions")?;
     senders.set_alerts(alerts.clone());
     let cluster = crate::cluster::start(&config.cluster, reputation.clone(), senders.clone())

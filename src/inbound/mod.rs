@@ -31,7 +31,7 @@ pub fn check_config(config: &crate::config::Config) -> Vec<crate::config::Config
     {
         errors.push(crate::config::ConfigError {
             key: "server.tls_certificate".into(),
-            problem: e,
+            problem: e.to_string(),
         });
     }
     if let Some(path) = &config.auth.users_file
@@ -123,7 +123,7 @@ impl Security {
     pub fn load(config: &Config) -> Result<Self, Vec<String>> {
         let mut errors = Vec::new();
         let tls = tls::acceptor(&config.server).unwrap_or_else(|e| {
-            errors.push(e);
+            errors.push(e.to_string());
             None
         });
         let users = match &config.auth.users_file {

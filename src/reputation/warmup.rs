@@ -303,13 +303,11 @@ impl Warmup {
                     .collect(),
             }
         };
+        // The spool's one helper for small state files: temp file, fsync, rename,
+        // directory fsync (this one used to skip the last step).
         let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let tmp = path.with_extension("json.tmp");
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec(&stored).map_err(std::io::Error::other)?)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
+            let bytes = serde_json::to_vec(&stored).map_err(std::io::Error::other)?;
+            crate::spool::replace_durably(path, &bytes)
         };
         if let Err(e) = write() {
             self.lock().dirty = true;

@@ -166,19 +166,46 @@ struct Stored {
     suspended: Vec<Suspension>,
 }
 
+/// The senders' saved state cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SendersError {
+    /// `senders.json` cannot be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `senders.json` is not what sidestep writes.
+    #[error("{}: {source}", path.display())]
+    Corrupt {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: serde_json::Error,
+    },
+}
+
 impl Senders {
     /// The senders' state in `dir` (suspensions survive restarts).
     ///
     /// # Errors
     /// `senders.json` exists but cannot be read or parsed.
-    pub fn open(dir: &Path) -> Result<Self, String> {
+    pub fn open(dir: &Path) -> Result<Self, SendersError> {
         let path = dir.join("senders.json");
         let stored: Stored = match std::fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?
-            }
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| SendersError::Corrupt {
+                path: path.clone(),
+                source: e,
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Stored::default(),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Err(e) => {
+                return Err(SendersError::Read {
+                    path: path.clone(),
+                    source: e,
+                });
+            }
         };
         let state = State {
             suspended: stored
