@@ -112,7 +112,13 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         .context("loading the complaint counts")?;
     crate::complaints::spawn(ctx.clone(), complaints.clone());
     if let Some((to, events)) = alerts.mail_events(&config.alerts) {
-        queue::notice::spawn_alert_mail(to, events, spool.clone(), queue.clone());
+        queue::notice::spawn_alert_mail(
+            to,
+            events,
+            spool.clone(),
+            queue.clone(),
+            crate::clock::Clock::system(),
+        );
     }
     watch_spool_space(
         config.spool.directory.clone(),

@@ -489,7 +489,14 @@ async fn bounce(
         }
         Sender::Address(to) => {
             let failed: Vec<_> = unreported.iter().map(|&i| &msg.recipients[i]).collect();
-            let dsn = dsn::build(&ctx.config.server.hostname, msg, to, &failed, body);
+            let dsn = dsn::build(
+                ctx.clock.now_ms(),
+                &ctx.config.server.hostname,
+                msg,
+                to,
+                &failed,
+                body,
+            );
             ctx.spool.store_message(&dsn.message, dsn.body).await?;
             tracing::info!(queue_id = %msg.id, dsn_id = %dsn.message.id, to = %to, "DSN queued");
             queue.enqueued(&dsn.message);

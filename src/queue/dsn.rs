@@ -7,7 +7,6 @@ use std::fmt::Write;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc2822;
 
-use crate::clock::{unix_now, unix_now_ms};
 use crate::envelope::{Address, BodyFlags, Sender};
 use crate::spool::{QueueId, QueuedMessage, RecipientState, RecipientStatus, RemoteReply};
 
@@ -19,8 +18,10 @@ pub struct Dsn {
     pub body: Vec<u8>,
 }
 
-/// Builds the DSN for `failed` recipients of `original`, addressed to `to`.
+/// Builds the DSN for `failed` recipients of `original`, addressed to `to`, dated and
+/// queued at `now_ms` (the queue's clock).
 pub fn build(
+    now_ms: u64,
     hostname: &str,
     original: &QueuedMessage,
     to: &Address,
@@ -29,7 +30,7 @@ pub fn build(
 ) -> Dsn {
     let id = QueueId::generate();
     let boundary = format!("{id}/{hostname}");
-    let now = rfc2822(unix_now());
+    let now = rfc2822(now_ms / 1000);
     let mut b = String::with_capacity(4096);
     let _ = write!(
         b,
@@ -136,9 +137,9 @@ pub fn build(
             eight_bit: !body.is_ascii(),
             smtputf8,
         },
-        received_at: unix_now(),
+        received_at: now_ms / 1000,
         attempts: 0,
-        next_attempt_ms: unix_now_ms(),
+        next_attempt_ms: now_ms,
         size: body.len() as u64,
         client: "local (DSN)".into(),
         body: None,

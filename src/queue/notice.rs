@@ -10,10 +10,11 @@ pub fn spawn_alert_mail(
     mut events: tokio::sync::mpsc::UnboundedReceiver<Alert>,
     spool: crate::spool::Spool,
     queue: super::QueueHandle,
+    clock: crate::clock::Clock,
 ) {
     tokio::spawn(async move {
         while let Some(alert) = events.recv().await {
-            if let Err(e) = queue_alert(&to, &spool, &queue, &alert).await {
+            if let Err(e) = queue_alert(&to, &spool, &queue, &alert, clock.now_ms()).await {
                 tracing::warn!(error = %e, event = alert.event, "alert mail could not be queued");
             }
         }
@@ -27,11 +28,13 @@ async fn queue_alert(
     spool: &crate::spool::Spool,
     queue: &super::QueueHandle,
     alert: &Alert,
+    now: u64,
 ) -> Result<(), crate::spool::SpoolError> {
     use crate::spool::{QueueId, QueuedMessage, RecipientState};
     let id = QueueId::generate();
     let subject: String = format!("[sidestep {}] {}", alert.host, alert.event);
-    let date = time::OffsetDateTime::now_utc()
+    let date = time::OffsetDateTime::from_unix_timestamp((now / 1000) as i64)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
         .format(&time::format_description::well_known::Rfc2822)
         .unwrap_or_default();
     let body = format!(
@@ -48,7 +51,6 @@ async fn queue_alert(
         at = alert.at,
     )
     .into_bytes();
-    let now = crate::clock::unix_now_ms();
     let msg = QueuedMessage {
         id,
         sender: crate::envelope::Sender::Null,

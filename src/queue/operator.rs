@@ -176,7 +176,7 @@ pub async fn delete(
                     .map_err(SpoolError::ReadTask)?
                     .unwrap_or_default()
             };
-            let dsn = dsn::build(hostname, &msg, to, &failed, &body);
+            let dsn = dsn::build(clock.now_ms(), hostname, &msg, to, &failed, &body);
             spool.store_message(&dsn.message, dsn.body).await?;
             queue.enqueued(&dsn.message);
             tracing::info!(queue_id = %id, dsn_id = %dsn.message.id, to = %to, "DSN queued for a deleted message");
