@@ -106,6 +106,82 @@ async fn each_sender_leaves_only_from_ips_its_spf_authorises() {
         4,
         "{metrics}"
     );
+
+    // What an operator asks: the record, each IP's result, DMARC, the checklist.
+    // Through the API and an async child: the test's DNS server runs on this test's
+    // runtime, which a blocking wait for a child process would stall.
+    let report: serde_json::Value =
+        serde_json::from_str(&http_get(relay.admin.unwrap(), "/api/v1/auth?domain=one.test").await)
+            .unwrap();
+    assert_eq!(
+        report["spf_record"], "v=spf1 ip4:127.0.0.2 -all",
+        "{report}"
+    );
+    let results: Vec<(String, String)> = report["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["ip"].as_str().unwrap().into(),
+                a["spf"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        results,
+        [
+            ("127.0.0.2".into(), "pass".into()),
+            ("127.0.0.3".into(), "fail".into())
+        ]
+    );
+    assert_eq!(report["dmarc"]["policy"], "reject", "{report}");
+    let item = |name: &str| {
+        report["checklist"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["item"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(item("spf")["pass"], false, "{report}");
+    assert!(
+        item("spf")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.3")
+    );
+    assert_eq!(item("dmarc")["pass"], true);
+    assert_eq!(item("ptr")["pass"], false, "the test IPs have no PTR");
+    let text = cli_async(&w, &["auth", "both.test"]).await;
+    assert!(
+        text.contains("SPF record: v=spf1 ip4:127.0.0.2 a:out.both.test -all"),
+        "{text}"
+    );
+    assert!(text.contains("[pass] spf"), "{text}");
+    assert!(text.contains("[FAIL] dmarc"), "{text}");
+
+    // Complaint rates against 0.3%, and the status page's sender domains.
+    let senders = w.setup.cli(&["senders"]);
+    assert!(senders.contains("under 0.3%"), "{senders}");
+    assert!(
+        senders
+            .lines()
+            .any(|l| l.contains("one.test") && l.contains("10 messages") && l.contains("0.000%")),
+        "{senders}"
+    );
+    let page = http_get(relay.admin.unwrap(), "/").await;
+    let at = page.find("Sender domains (last day)").expect("the section");
+    let table = &page[at..];
+    assert!(table.contains("one.test"), "{table}");
+    assert!(table.contains("spf FAIL"), "{table}");
+    assert!(table.contains("spf pass"), "both.test passes: {table}");
+    let seen = http_get(relay.admin.unwrap(), "/api/v1/auth").await;
+    assert!(
+        seen.contains("one.test") && seen.contains("both.test"),
+        "{seen}"
+    );
 }
 
 #[tokio::test]
@@ -125,7 +201,8 @@ async fn with_spf_off_an_authentication_refusal_teaches_the_pair_and_blocks_noth
     assert!(log.contains("IP not authorised for one.test"), "{log}");
     let blocks = w.setup.cli_json(&["blocks"]);
     assert_eq!(blocks.as_array().unwrap().len(), 0, "no block: {blocks}");
-    let auth = w.setup.cli_json(&["auth", "one.test"]);
+    let auth: serde_json::Value =
+        serde_json::from_str(&cli_async(&w, &["auth", "one.test", "--json"]).await).unwrap();
     let denials = auth["denials"].as_array().unwrap();
     assert_eq!(denials.len(), 1, "{auth}");
     assert_eq!(denials[0]["ip"], "127.0.0.3");
@@ -246,4 +323,22 @@ async fn an_spf_edit_that_adds_an_egress_ip_is_announced() {
         || format!("{:?} {}", alerts.lock().unwrap(), relay.log()),
     )
     .await;
+}
+
+/// `sidestep ARGS --config …` run without blocking the test's runtime (its DNS server
+/// answers the relay meanwhile); stdout.
+async fn cli_async(w: &World, args: &[&str]) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sidestep"))
+        .args(args)
+        .arg("--config")
+        .arg(w.setup.dir.path().join("sidestep.toml"))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
