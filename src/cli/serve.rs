@@ -39,9 +39,14 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     let senders = crate::senders::Senders::open(&config.spool.directory)
         .context("loading sender suspensions")?;
     senders.set_alerts(alerts.clone());
-    let cluster = crate::cluster::start(&config.cluster, reputation.clone(), senders.clone())
-        .map_err(anyhow::Error::msg)
-        .context("[cluster]")?;
+    let cluster = crate::cluster::start(
+        &config.cluster,
+        crate::clock::Clock::system(),
+        reputation.clone(),
+        senders.clone(),
+    )
+    .map_err(anyhow::Error::msg)
+    .context("[cluster]")?;
     let monitor = reputation::spawn_monitor(
         reputation.clone(),
         resolver.clone(),
