@@ -8,9 +8,10 @@ use serde::Deserialize;
 /// `[dkim]`: signing accepted mail with the From: domain's keys.
 ///
 /// TOML cannot have both a `[dkim]` table and a `[[dkim]]` array, so the keys are the
-/// table's array: `[dkim] sign = "all"` and `[[dkim.keys]]` entries.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// table's array: `[dkim] sign = "all"` and `[[dkim.keys]]` entries. A file that lists
+/// its keys as `[[dkim]]` entries alone (no `sign` setting) is read too, with the
+/// default `sign = "authenticated"`.
+#[derive(Debug, Clone, Default)]
 pub struct DkimConfig {
     /// Whose mail is signed: `"authenticated"` (mail from users logged in with AUTH) or
     /// `"all"` (also clients in `server.relay_networks`).
@@ -18,6 +19,51 @@ pub struct DkimConfig {
     /// The keys; several for one domain give several signatures (RSA and Ed25519 side
     /// by side).
     pub keys: Vec<DkimKeyConfig>,
+}
+
+/// `[dkim]` as a table (`sign`, `[[dkim.keys]]`), or `[[dkim]]` as the keys alone:
+/// each spelling read with its own schema, so a wrong key still gets the schema's
+/// message ("unknown field `sing`, expected `sign` or `keys`").
+impl<'de> Deserialize<'de> for DkimConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Section;
+        impl<'de> serde::de::Visitor<'de> for Section {
+            type Value = DkimConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a [dkim] table or [[dkim]] key entries")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<DkimConfig, A::Error> {
+                let t = DkimTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(DkimConfig {
+                    sign: t.sign,
+                    keys: t.keys,
+                })
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<DkimConfig, A::Error> {
+                let keys = Vec::<DkimKeyConfig>::deserialize(
+                    serde::de::value::SeqAccessDeserializer::new(seq),
+                )?;
+                Ok(DkimConfig {
+                    sign: SignPolicy::default(),
+                    keys,
+                })
+            }
+        }
+        d.deserialize_any(Section)
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct DkimTable {
+    sign: SignPolicy,
+    keys: Vec<DkimKeyConfig>,
 }
 
 /// Whose mail is signed.

@@ -215,3 +215,21 @@ fn the_defaults_use_the_default_source_address() {
         .unwrap();
     assert!(!c.uses_default_source());
 }
+
+/// The issue's spelling, `[[dkim]]` entries without a `[dkim]` table, reads as the keys.
+#[test]
+fn dkim_keys_may_be_listed_as_dkim_entries() {
+    let c = Config::parse(
+        "[[dkim]]\ndomain = \"example.net\"\nselector = \"s1\"\nprivate_key = \"/k1\"\n\
+         [[dkim]]\ndomain = \"example.net\"\nselector = \"s2\"\nprivate_key = \"/k2\"\nalgorithm = \"ed25519-sha256\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.dkim.keys.len(), 2);
+    assert_eq!(c.dkim.sign, crate::config::SignPolicy::Authenticated);
+    let c = Config::parse("[dkim]\nsign = \"all\"\n[[dkim.keys]]\ndomain = \"example.net\"\nselector = \"s1\"\nprivate_key = \"/k1\"\n").unwrap();
+    assert_eq!(
+        (c.dkim.keys.len(), c.dkim.sign),
+        (1, crate::config::SignPolicy::All)
+    );
+    assert!(Config::parse("[dkim]\nsign = \"all\"\nkeyz = []\n").is_err());
+}
