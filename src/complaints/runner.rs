@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{Complaint, Complaints, arf};
 use crate::probes::ImapUrl;
-use crate::probes::mailbox::Mailbox;
+use crate::probes::mailbox::{Mailbox, MailboxError};
 use crate::queue::QueueContext;
 use crate::senders::SenderId;
 
@@ -40,7 +40,7 @@ pub fn spawn(
     }))
 }
 
-fn mailbox(ctx: &QueueContext, url: ImapUrl) -> Result<Mailbox, String> {
+fn mailbox(ctx: &QueueContext, url: ImapUrl) -> Result<Mailbox, MailboxError> {
     let cfg = &ctx.config.complaints;
     let (_, password_file, ca_file) = cfg.mailbox(&ctx.config.probes);
     Mailbox::open(

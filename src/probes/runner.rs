@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use super::mailbox::Mailbox;
+use super::mailbox::{Mailbox, MailboxError};
 use super::{ImapUrl, ProbeRecord, ProbeStatus, Probes};
 use crate::config::Config;
 use crate::egress::{EgressIp, Standing};
@@ -46,7 +46,7 @@ pub fn spawn(ctx: Arc<QueueContext>, probes: Probes) -> Option<tokio::task::Join
     }))
 }
 
-fn mailbox(config: &Config, url: ImapUrl) -> Result<Mailbox, String> {
+fn mailbox(config: &Config, url: ImapUrl) -> Result<Mailbox, MailboxError> {
     let cfg = &config.probes;
     Mailbox::open(
         url,
