@@ -8,12 +8,15 @@
 //! - [`mailbox`]: the IMAP side (async-imap), finding tokens in the folders.
 //! - [`json_file`]: loading and durably saving the JSON state files (here and in
 //!   complaints).
+//! - [`poll`]: the IMAP polling loop (here and in complaints): open, read, track
+//!   failures, sleep.
 //! - `runner`: the task that sends the probes and checks them.
 //! - this file: the probes' records, persisted in `probes.json` in the spool directory
 //!   (a restart neither forgets a probe in flight nor sends one early).
 
 pub mod json_file;
 pub mod mailbox;
+pub mod poll;
 mod runner;
 
 use std::collections::BTreeMap;
