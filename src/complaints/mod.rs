@@ -160,7 +160,12 @@ impl Complaints {
         let Some(path) = &self.path else {
             return;
         };
-        json_file::save(path, &*self.lock(), json_file::Layout::Compact, "complaints");
+        json_file::save(
+            path,
+            &*self.lock(),
+            json_file::Layout::Compact,
+            "complaints",
+        );
     }
 }
 

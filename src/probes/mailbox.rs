@@ -137,9 +137,7 @@ impl ImapUrl {
             return Err(ImapUrlError::Scheme);
         };
         let rest = rest.trim_end_matches('/');
-        let (user, hostport) = rest
-            .rsplit_once('@')
-            .ok_or(ImapUrlError::NoUser)?;
+        let (user, hostport) = rest.rsplit_once('@').ok_or(ImapUrlError::NoUser)?;
         if user.is_empty() {
             return Err(ImapUrlError::EmptyUser);
         }
@@ -307,7 +305,11 @@ impl Mailbox {
     ///
     /// # Errors
     /// The server could not be reached, refused the login, or broke off.
-    pub async fn fetch_since(&self, since: u64, limit: usize) -> Result<Vec<Vec<u8>>, MailboxError> {
+    pub async fn fetch_since(
+        &self,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, MailboxError> {
         tokio::time::timeout(self.timeout, self.fetch_now(since, limit))
             .await
             .map_err(|_| MailboxError::Timeout(self.timeout))?

@@ -62,7 +62,11 @@ impl Failures {
         match result {
             Ok(v) => {
                 if self.count > 0 {
-                    tracing::info!(failures = self.count, "{}: the mailbox answers again", labels.name);
+                    tracing::info!(
+                        failures = self.count,
+                        "{}: the mailbox answers again",
+                        labels.name
+                    );
                 }
                 self.count = 0;
                 Some(v)

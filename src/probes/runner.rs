@@ -34,7 +34,12 @@ pub fn spawn(ctx: Arc<QueueContext>, probes: Probes) -> Option<tokio::task::Join
         mailbox = %format!("{}@{}:{}", url.user, url.host, url.port),
         "seed probes on"
     );
-    let reader = ProbeReader { ctx, probes, url, tick };
+    let reader = ProbeReader {
+        ctx,
+        probes,
+        url,
+        tick,
+    };
     Some(tokio::spawn(poll::run(reader, LABELS)))
 }
 
@@ -220,7 +225,10 @@ async fn send_one(
     let host = &ctx.config.server.hostname;
     let date = time::OffsetDateTime::from_unix_timestamp(ctx.clock.now() as i64)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc2822).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc2822)
+                .ok()
+        })
         .unwrap_or_default();
     let body = format!(
         "From: sidestep probe <{from}>\r\nTo: <{seed}>\r\nSubject: sidestep probe {token}\r\nDate: {date}\r\nMessage-ID: <probe-{token}@{host}>\r\nX-Sidestep-Probe: {token}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nA delivery probe from {host}, sent from {ip} to see whether mail from it\r\nreaches this mailbox. It can be deleted.\r\n"
