@@ -108,12 +108,10 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     if let Some(c) = &cluster {
         c.set_queue(queue.clone());
     }
-    let probes = crate::probes::Probes::open(&config.spool.directory)
-        .map_err(anyhow::Error::msg)
-        .context("loading the seed probes")?;
+    let probes =
+        crate::probes::Probes::open(&config.spool.directory).context("loading the seed probes")?;
     crate::probes::spawn(ctx.clone(), probes.clone());
     let complaints = crate::complaints::Complaints::open(&config.spool.directory)
-        .map_err(anyhow::Error::msg)
         .context("loading the complaint counts")?;
     crate::complaints::spawn(ctx.clone(), complaints.clone());
     if let Some((to, events)) = alerts.mail_events(&config.alerts) {

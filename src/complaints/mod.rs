@@ -22,6 +22,16 @@ use serde::{Deserialize, Serialize};
 
 pub use runner::spawn;
 
+use crate::probes::json_file;
+
+/// The complaint counts could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ComplaintsError {
+    /// `complaints.json` exists and cannot be used.
+    #[error(transparent)]
+    State(#[from] json_file::StateFileError),
+}
+
 /// One complaint, as `sidestep complaints` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Complaint {
@@ -89,15 +99,9 @@ impl Complaints {
     ///
     /// # Errors
     /// `complaints.json` exists but cannot be read or parsed.
-    pub fn open(dir: &Path) -> Result<Self, String> {
+    pub fn open(dir: &Path) -> Result<Self, ComplaintsError> {
         let path = dir.join("complaints.json");
-        let stored = match std::fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Stored::default(),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
-        };
+        let stored: Stored = json_file::load(&path)?;
         Ok(Self {
             inner: Arc::new(Mutex::new(stored)),
             path: Some(path),
@@ -156,16 +160,12 @@ impl Complaints {
         let Some(path) = &self.path else {
             return;
         };
-        let bytes = match serde_json::to_vec(&*self.lock()) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode the complaints");
-                return;
-            }
-        };
-        if let Err(e) = crate::spool::replace_durably(path, &bytes) {
-            tracing::error!(path = %path.display(), error = %e, "cannot save the complaints (they hold in memory)");
-        }
+        json_file::save(
+            path,
+            &*self.lock(),
+            json_file::Layout::Compact,
+            "complaints",
+        );
     }
 }
 

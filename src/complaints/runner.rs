@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use super::{Complaint, Complaints, arf};
 use crate::probes::ImapUrl;
-use crate::probes::mailbox::Mailbox;
+use crate::probes::mailbox::{Mailbox, MailboxError};
+use crate::probes::poll::{self, Labels, Reader};
 use crate::queue::QueueContext;
 use crate::senders::SenderId;
 
@@ -26,53 +27,64 @@ pub fn spawn(
     let (imap, _, _) = cfg.mailbox(&ctx.config.probes);
     let url = ImapUrl::parse(imap?).ok()?;
     tracing::info!(mailbox = %format!("{}@{}:{}", url.user, url.host, url.port), interval = %cfg.interval, "complaint reports: reading");
-    Some(tokio::spawn(async move {
-        let mut failing = false;
-        loop {
-            match mailbox(&ctx, url.clone()) {
-                Ok(m) => read(&ctx, &complaints, &m, &mut failing).await,
-                Err(e) => {
-                    tracing::error!(error = %e, "complaint reports: cannot read the password")
-                }
-            }
-            tokio::time::sleep(ctx.config.complaints.interval.get()).await;
-        }
-    }))
-}
-
-fn mailbox(ctx: &QueueContext, url: ImapUrl) -> Result<Mailbox, String> {
-    let cfg = &ctx.config.complaints;
-    let (_, password_file, ca_file) = cfg.mailbox(&ctx.config.probes);
-    Mailbox::open(
+    let reader = ComplaintReader {
+        ctx,
+        complaints,
         url,
-        password_file,
-        ca_file,
-        cfg.folders.clone(),
-        Duration::from_secs(60),
-    )
+    };
+    Some(tokio::spawn(poll::run(reader, LABELS)))
 }
 
-async fn read(ctx: &QueueContext, complaints: &Complaints, mailbox: &Mailbox, failing: &mut bool) {
-    let since = ctx
-        .clock
-        .now()
-        .saturating_sub(ctx.config.complaints.since.get().as_secs());
-    let messages = match mailbox.fetch_since(since, PER_PASS).await {
-        Ok(m) => {
-            if *failing {
-                tracing::info!("complaint reports: the mailbox answers again");
-            }
-            *failing = false;
-            m
-        }
-        Err(e) => {
-            if !*failing {
-                tracing::warn!(error = %e, "complaint reports: cannot read the mailbox");
-            }
-            *failing = true;
-            return;
-        }
-    };
+const LABELS: Labels = Labels {
+    name: "complaint reports",
+    cannot_open: "cannot read the password",
+    while_failing: "",
+};
+
+/// The complaints' side of the polling loop: the recent messages, counted.
+struct ComplaintReader {
+    ctx: Arc<QueueContext>,
+    complaints: Complaints,
+    url: ImapUrl,
+}
+
+impl Reader for ComplaintReader {
+    type Read = Vec<Vec<u8>>;
+
+    fn open(&self) -> Result<Mailbox, MailboxError> {
+        let ctx = &self.ctx;
+        let cfg = &ctx.config.complaints;
+        let (_, password_file, ca_file) = cfg.mailbox(&ctx.config.probes);
+        Mailbox::open(
+            self.url.clone(),
+            password_file,
+            ca_file,
+            cfg.folders.clone(),
+            Duration::from_secs(60),
+        )
+    }
+
+    /// The messages since `[complaints] since` ago.
+    async fn read(&self, mailbox: &Mailbox) -> Option<Result<Self::Read, MailboxError>> {
+        let since = self
+            .ctx
+            .clock
+            .now()
+            .saturating_sub(self.ctx.config.complaints.since.get().as_secs());
+        Some(mailbox.fetch_since(since, PER_PASS).await)
+    }
+
+    async fn handle(&self, messages: Self::Read) {
+        count(&self.ctx, &self.complaints, messages);
+    }
+
+    fn interval(&self) -> Duration {
+        self.ctx.config.complaints.interval.get()
+    }
+}
+
+/// Counts each new ARF report among `messages` and feeds it to the sender suspension.
+fn count(ctx: &QueueContext, complaints: &Complaints, messages: Vec<Vec<u8>>) {
     let ours = ctx.config.egress_ips();
     for raw in messages {
         let Some(report) = arf::parse(&raw) else {

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -21,31 +22,130 @@ pub struct ImapUrl {
     pub port: u16,
 }
 
+/// Why a `[probes] imap` (or `[complaints] imap`) value is not an IMAP URL.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImapUrlError {
+    /// Neither `imaps://` nor `imap://`.
+    #[error("must start with imaps:// (or imap:// for a loopback server)")]
+    Scheme,
+    /// No `user@`.
+    #[error("needs the user: imaps://user@host")]
+    NoUser,
+    /// `@` with nothing before it.
+    #[error("the user is empty")]
+    EmptyUser,
+    /// `[::1` without its `]`.
+    #[error("unclosed [ in the host")]
+    UnclosedBracket,
+    /// The port is not a number from 0 to 65535.
+    #[error("bad port {0:?}")]
+    BadPort(String),
+    /// Nothing between `@` and the port.
+    #[error("the host is empty")]
+    EmptyHost,
+}
+
+/// What went wrong reading a mailbox.
+#[derive(Debug, thiserror::Error)]
+pub enum MailboxError {
+    /// The password or CA file could not be read.
+    #[error("{}: {source}", path.display())]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The whole conversation took longer than the mailbox's timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The `since` time is not a date IMAP can be asked about.
+    #[error("{0}")]
+    Date(String),
+    /// The TCP connection failed.
+    #[error("connecting to {host}:{port}: {source}")]
+    Connect {
+        /// The server's name or address.
+        host: String,
+        /// Its port.
+        port: u16,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No TLS client could be set up (the CA file does not hold roots).
+    #[error(transparent)]
+    TlsSetup(#[from] crate::tls::TlsError),
+    /// The host is not a name TLS can check.
+    #[error("{host}: {source}")]
+    ServerName {
+        /// The server's name.
+        host: String,
+        /// Why.
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    /// The TLS handshake failed.
+    #[error("TLS with {host}: {source}")]
+    Handshake {
+        /// The server's name.
+        host: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The greeting could not be read.
+    #[error("greeting: {0}")]
+    Greeting(std::io::Error),
+    /// The server hung up before greeting.
+    #[error("the server closed the connection before its greeting")]
+    ClosedBeforeGreeting,
+    /// The server refused the login.
+    #[error("login as {user}: {source}")]
+    Login {
+        /// The login name.
+        user: String,
+        /// The server's answer.
+        source: async_imap::error::Error,
+    },
+    /// A SEARCH failed.
+    #[error("search in {folder}: {source}")]
+    Search {
+        /// The folder searched.
+        folder: String,
+        /// Why.
+        source: async_imap::error::Error,
+    },
+    /// A FETCH failed.
+    #[error("fetch in {folder}: {source}")]
+    Fetch {
+        /// The folder read.
+        folder: String,
+        /// Why.
+        source: async_imap::error::Error,
+    },
+}
+
 impl ImapUrl {
     /// Parses the `[probes] imap` setting.
     ///
     /// # Errors
     /// Not an `imap://` or `imaps://` URL with a user and a host.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, ImapUrlError> {
         let (tls, rest) = if let Some(r) = s.strip_prefix("imaps://") {
             (true, r)
         } else if let Some(r) = s.strip_prefix("imap://") {
             (false, r)
         } else {
-            return Err("must start with imaps:// (or imap:// for a loopback server)".into());
+            return Err(ImapUrlError::Scheme);
         };
         let rest = rest.trim_end_matches('/');
-        let (user, hostport) = rest
-            .rsplit_once('@')
-            .ok_or("needs the user: imaps://user@host")?;
+        let (user, hostport) = rest.rsplit_once('@').ok_or(ImapUrlError::NoUser)?;
         if user.is_empty() {
-            return Err("the user is empty".into());
+            return Err(ImapUrlError::EmptyUser);
         }
         let default_port = if tls { 993 } else { 143 };
         let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-            let (h, after) = v6.split_once(']').ok_or("unclosed [ in the host")?;
+            let (h, after) = v6.split_once(']').ok_or(ImapUrlError::UnclosedBracket)?;
             let port = match after.strip_prefix(':') {
-                Some(p) => p.parse().map_err(|_| format!("bad port {p:?}"))?,
+                Some(p) => p.parse().map_err(|_| ImapUrlError::BadPort(p.into()))?,
                 None => default_port,
             };
             (h.to_string(), port)
@@ -53,13 +153,13 @@ impl ImapUrl {
             match hostport.rsplit_once(':') {
                 Some((h, p)) => (
                     h.to_string(),
-                    p.parse().map_err(|_| format!("bad port {p:?}"))?,
+                    p.parse().map_err(|_| ImapUrlError::BadPort(p.into()))?,
                 ),
                 None => (hostport.to_string(), default_port),
             }
         };
         if host.is_empty() {
-            return Err("the host is empty".into());
+            return Err(ImapUrlError::EmptyHost);
         }
         Ok(Self {
             tls,
@@ -128,13 +228,16 @@ impl Mailbox {
     /// A file cannot be read.
     pub fn open(
         url: ImapUrl,
-        password_file: Option<&std::path::Path>,
-        ca_file: Option<&std::path::Path>,
+        password_file: Option<&Path>,
+        ca_file: Option<&Path>,
         folders: Vec<String>,
         timeout: Duration,
-    ) -> Result<Self, String> {
-        let read = |p: &std::path::Path| {
-            std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+    ) -> Result<Self, MailboxError> {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).map_err(|source| MailboxError::ReadFile {
+                path: p.to_path_buf(),
+                source,
+            })
         };
         Ok(Mailbox {
             url,
@@ -153,16 +256,16 @@ impl Mailbox {
     ///
     /// # Errors
     /// The server could not be reached, refused the login, or broke off.
-    pub async fn find(&self, tokens: &[String]) -> Result<HashMap<String, Found>, String> {
+    pub async fn find(&self, tokens: &[String]) -> Result<HashMap<String, Found>, MailboxError> {
         if tokens.is_empty() {
             return Ok(HashMap::new());
         }
         tokio::time::timeout(self.timeout, self.find_now(tokens))
             .await
-            .map_err(|_| format!("no answer within {:?}", self.timeout))?
+            .map_err(|_| MailboxError::Timeout(self.timeout))?
     }
 
-    async fn find_now(&self, tokens: &[String]) -> Result<HashMap<String, Found>, String> {
+    async fn find_now(&self, tokens: &[String]) -> Result<HashMap<String, Found>, MailboxError> {
         let mut session = self.login().await?;
         let mut found = HashMap::new();
         for (i, folder) in self.folders.iter().enumerate() {
@@ -177,7 +280,10 @@ impl Mailbox {
                 let hits = session
                     .search(format!("HEADER X-Sidestep-Probe {token}"))
                     .await
-                    .map_err(|e| format!("search in {folder}: {e}"))?;
+                    .map_err(|source| MailboxError::Search {
+                        folder: folder.clone(),
+                        source,
+                    })?;
                 if !hits.is_empty() {
                     found.insert(
                         token.clone(),
@@ -199,20 +305,24 @@ impl Mailbox {
     ///
     /// # Errors
     /// The server could not be reached, refused the login, or broke off.
-    pub async fn fetch_since(&self, since: u64, limit: usize) -> Result<Vec<Vec<u8>>, String> {
+    pub async fn fetch_since(
+        &self,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, MailboxError> {
         tokio::time::timeout(self.timeout, self.fetch_now(since, limit))
             .await
-            .map_err(|_| format!("no answer within {:?}", self.timeout))?
+            .map_err(|_| MailboxError::Timeout(self.timeout))?
     }
 
-    async fn fetch_now(&self, since: u64, limit: usize) -> Result<Vec<Vec<u8>>, String> {
+    async fn fetch_now(&self, since: u64, limit: usize) -> Result<Vec<Vec<u8>>, MailboxError> {
         use futures_util::TryStreamExt;
         let day = time::OffsetDateTime::from_unix_timestamp(since as i64)
-            .map_err(|e| e.to_string())?
+            .map_err(|e| MailboxError::Date(e.to_string()))?
             .format(time::macros::format_description!(
                 "[day]-[month repr:short]-[year]"
             ))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| MailboxError::Date(e.to_string()))?;
         let mut session = self.login().await?;
         let mut out = Vec::new();
         for folder in &self.folders {
@@ -223,7 +333,10 @@ impl Mailbox {
             let mut uids: Vec<u32> = session
                 .uid_search(format!("SINCE {day}"))
                 .await
-                .map_err(|e| format!("search in {folder}: {e}"))?
+                .map_err(|source| MailboxError::Search {
+                    folder: folder.clone(),
+                    source,
+                })?
                 .into_iter()
                 .collect();
             uids.sort_unstable();
@@ -239,10 +352,16 @@ impl Mailbox {
             let fetched: Vec<_> = session
                 .uid_fetch(set, "BODY.PEEK[]")
                 .await
-                .map_err(|e| format!("fetch in {folder}: {e}"))?
+                .map_err(|source| MailboxError::Fetch {
+                    folder: folder.clone(),
+                    source,
+                })?
                 .try_collect()
                 .await
-                .map_err(|e| format!("fetch in {folder}: {e}"))?;
+                .map_err(|source| MailboxError::Fetch {
+                    folder: folder.clone(),
+                    source,
+                })?;
             out.extend(fetched.iter().filter_map(|f| f.body().map(<[u8]>::to_vec)));
         }
         let _ = session.logout().await;
@@ -250,21 +369,29 @@ impl Mailbox {
     }
 
     /// A logged-in session, over TLS for `imaps`.
-    async fn login(&self) -> Result<async_imap::Session<Box<dyn Io>>, String> {
-        let tcp = tokio::net::TcpStream::connect((self.url.host.as_str(), self.url.port))
+    async fn login(&self) -> Result<async_imap::Session<Box<dyn Io>>, MailboxError> {
+        let host = &self.url.host;
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), self.url.port))
             .await
-            .map_err(|e| format!("connecting to {}:{}: {e}", self.url.host, self.url.port))?;
+            .map_err(|source| MailboxError::Connect {
+                host: host.clone(),
+                port: self.url.port,
+                source,
+            })?;
         let stream: Box<dyn Io> = if self.url.tls {
-            let connector =
-                crate::tls::client(self.ca_pem.as_deref()).map_err(|e| e.to_string())?;
-            let name = rustls::pki_types::ServerName::try_from(self.url.host.clone())
-                .map_err(|e| format!("{}: {e}", self.url.host))?;
-            Box::new(
-                connector
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| format!("TLS with {}: {e}", self.url.host))?,
-            )
+            let connector = crate::tls::client(self.ca_pem.as_deref())?;
+            let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|source| {
+                MailboxError::ServerName {
+                    host: host.clone(),
+                    source,
+                }
+            })?;
+            Box::new(connector.connect(name, tcp).await.map_err(|source| {
+                MailboxError::Handshake {
+                    host: host.clone(),
+                    source,
+                }
+            })?)
         } else {
             Box::new(tcp)
         };
@@ -272,12 +399,15 @@ impl Mailbox {
         client
             .read_response()
             .await
-            .map_err(|e| format!("greeting: {e}"))?
-            .ok_or("the server closed the connection before its greeting")?;
+            .map_err(MailboxError::Greeting)?
+            .ok_or(MailboxError::ClosedBeforeGreeting)?;
         client
             .login(&self.url.user, &self.password)
             .await
-            .map_err(|(e, _)| format!("login as {}: {e}", self.url.user))
+            .map_err(|(source, _)| MailboxError::Login {
+                user: self.url.user.clone(),
+                source,
+            })
     }
 }
 

@@ -6,11 +6,17 @@
 //! arrives lifts it.
 //!
 //! - [`mailbox`]: the IMAP side (async-imap), finding tokens in the folders.
+//! - [`json_file`]: loading and durably saving the JSON state files (here and in
+//!   complaints).
+//! - [`poll`]: the IMAP polling loop (here and in complaints): open, read, track
+//!   failures, sleep.
 //! - `runner`: the task that sends the probes and checks them.
 //! - this file: the probes' records, persisted in `probes.json` in the spool directory
 //!   (a restart neither forgets a probe in flight nor sends one early).
 
+pub mod json_file;
 pub mod mailbox;
+pub mod poll;
 mod runner;
 
 use std::collections::BTreeMap;
@@ -20,7 +26,15 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-pub use mailbox::{Found, ImapUrl};
+pub use mailbox::{Found, ImapUrl, ImapUrlError, MailboxError};
+
+/// The probes could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbesError {
+    /// `probes.json` exists and cannot be used.
+    #[error(transparent)]
+    State(#[from] json_file::StateFileError),
+}
 pub use runner::spawn;
 
 /// The IMAP mailboxes of `[probes]` and `[complaints]` parse and are reached safely
@@ -126,15 +140,9 @@ impl Probes {
     ///
     /// # Errors
     /// `probes.json` exists but cannot be read or parsed.
-    pub fn open(dir: &Path) -> Result<Self, String> {
+    pub fn open(dir: &Path) -> Result<Self, ProbesError> {
         let path = dir.join("probes.json");
-        let stored: Stored = match std::fs::read(&path) {
-            Ok(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Stored::default(),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
-        };
+        let stored: Stored = json_file::load(&path)?;
         let map = stored
             .probes
             .into_iter()
@@ -183,16 +191,7 @@ impl Probes {
         let stored = Stored {
             probes: self.list(),
         };
-        let bytes = match serde_json::to_vec_pretty(&stored) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode the probes");
-                return;
-            }
-        };
-        if let Err(e) = crate::spool::replace_durably(path, &bytes) {
-            tracing::error!(path = %path.display(), error = %e, "cannot save the probes (they hold in memory)");
-        }
+        json_file::save(path, &stored, json_file::Layout::Pretty, "probes");
     }
 }
 

@@ -2,14 +2,15 @@
 //! flight, and turns a missing probe into a silent-discard block (an arrived one lifts
 //! it). One pass every few seconds; the interval and deadline are the operator's.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
 
-use super::mailbox::Mailbox;
+use super::mailbox::{Found, Mailbox, MailboxError};
+use super::poll::{self, Labels, Reader};
 use super::{ImapUrl, ProbeRecord, ProbeStatus, Probes};
-use crate::config::Config;
 use crate::egress::{EgressIp, Standing};
 use crate::envelope::{Address, BodyFlags, Sender};
 use crate::outbound::DomainDelivery;
@@ -33,58 +34,80 @@ pub fn spawn(ctx: Arc<QueueContext>, probes: Probes) -> Option<tokio::task::Join
         mailbox = %format!("{}@{}:{}", url.user, url.host, url.port),
         "seed probes on"
     );
-    Some(tokio::spawn(async move {
-        let mut mailbox_failing = false;
-        loop {
-            match mailbox(&ctx.config, url.clone()) {
-                Ok(m) => check(&ctx, &probes, &m, &mut mailbox_failing).await,
-                Err(e) => tracing::error!(error = %e, "seed probes: cannot read the IMAP password"),
-            }
-            send_due(&ctx, &probes).await;
-            tokio::time::sleep(tick).await;
-        }
-    }))
-}
-
-fn mailbox(config: &Config, url: ImapUrl) -> Result<Mailbox, String> {
-    let cfg = &config.probes;
-    Mailbox::open(
+    let reader = ProbeReader {
+        ctx,
+        probes,
         url,
-        cfg.password_file.as_deref(),
-        cfg.ca_file.as_deref(),
-        cfg.folders.clone(),
-        Duration::from_secs(30),
-    )
+        tick,
+    };
+    Some(tokio::spawn(poll::run(reader, LABELS)))
 }
 
-/// Reads the mailbox for every probe in flight: arrived ones lift a silent discard,
-/// ones past their deadline start one. A mailbox that cannot be read decides nothing.
-async fn check(ctx: &QueueContext, probes: &Probes, mailbox: &Mailbox, failing: &mut bool) {
-    let pending: Vec<ProbeRecord> = probes
-        .list()
-        .into_iter()
-        .filter(|r| r.status == ProbeStatus::Sent)
-        .collect();
-    if pending.is_empty() {
-        return;
+const LABELS: Labels = Labels {
+    name: "seed probes",
+    cannot_open: "cannot read the IMAP password",
+    while_failing: "; probes in flight wait",
+};
+
+/// The probes' side of the polling loop: read the probes in flight, then send the due ones.
+struct ProbeReader {
+    ctx: Arc<QueueContext>,
+    probes: Probes,
+    url: ImapUrl,
+    tick: Duration,
+}
+
+impl Reader for ProbeReader {
+    type Read = (Vec<ProbeRecord>, HashMap<String, Found>);
+
+    fn open(&self) -> Result<Mailbox, MailboxError> {
+        let cfg = &self.ctx.config.probes;
+        Mailbox::open(
+            self.url.clone(),
+            cfg.password_file.as_deref(),
+            cfg.ca_file.as_deref(),
+            cfg.folders.clone(),
+            Duration::from_secs(30),
+        )
     }
-    let tokens: Vec<String> = pending.iter().map(|r| r.token.clone()).collect();
-    let found = match mailbox.find(&tokens).await {
-        Ok(f) => {
-            if *failing {
-                tracing::info!("seed probes: the mailbox answers again");
-            }
-            *failing = false;
-            f
+
+    /// Looks for every probe in flight (none: nothing to ask).
+    async fn read(&self, mailbox: &Mailbox) -> Option<Result<Self::Read, MailboxError>> {
+        let pending: Vec<ProbeRecord> = self
+            .probes
+            .list()
+            .into_iter()
+            .filter(|r| r.status == ProbeStatus::Sent)
+            .collect();
+        if pending.is_empty() {
+            return None;
         }
-        Err(e) => {
-            if !*failing {
-                tracing::warn!(error = %e, "seed probes: cannot read the mailbox; probes in flight wait");
-            }
-            *failing = true;
-            return;
-        }
-    };
+        let tokens: Vec<String> = pending.iter().map(|r| r.token.clone()).collect();
+        Some(mailbox.find(&tokens).await.map(|found| (pending, found)))
+    }
+
+    async fn handle(&self, (pending, found): Self::Read) {
+        check(&self.ctx, &self.probes, pending, &found);
+    }
+
+    async fn after_pass(&self) {
+        send_due(&self.ctx, &self.probes).await;
+    }
+
+    fn interval(&self) -> Duration {
+        self.tick
+    }
+}
+
+/// Settles the probes in flight by what the mailbox showed: arrived ones lift a silent
+/// discard, ones past their deadline start one. (A mailbox that cannot be read decides
+/// nothing: this is not called.)
+fn check(
+    ctx: &QueueContext,
+    probes: &Probes,
+    pending: Vec<ProbeRecord>,
+    found: &HashMap<String, Found>,
+) {
     let now = ctx.clock.now();
     let deadline = ctx.config.probes.deadline.get().as_secs();
     for mut r in pending {
@@ -200,8 +223,12 @@ async fn send_one(
     };
     let token = format!("{:016x}", rand::rng().random::<u64>());
     let host = &ctx.config.server.hostname;
-    let date = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc2822)
+    let date = time::OffsetDateTime::from_unix_timestamp(ctx.clock.now() as i64)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc2822)
+                .ok()
+        })
         .unwrap_or_default();
     let body = format!(
         "From: sidestep probe <{from}>\r\nTo: <{seed}>\r\nSubject: sidestep probe {token}\r\nDate: {date}\r\nMessage-ID: <probe-{token}@{host}>\r\nX-Sidestep-Probe: {token}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nA delivery probe from {host}, sent from {ip} to see whether mail from it\r\nreaches this mailbox. It can be deleted.\r\n"
