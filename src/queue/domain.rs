@@ -724,7 +724,7 @@ fn evidence(
         mx_ip: report.mx_ip,
         queue_id: job.queue_id.to_string(),
         recipient: rcpt.to_string(),
-        removal_url: crate::reputation::blocks::find_removal_url(&reply.text),
+        removal_url: crate::reputation::find_removal_url(&reply.text),
         log_line: line.unwrap_or_default(),
     }
 }

@@ -4,11 +4,11 @@
 //! a delisting form asks for.
 
 use std::net::IpAddr;
-use std::sync::LazyLock;
 use std::time::Duration;
 
-use regex::Regex;
 use serde::{Deserialize, Serialize};
+
+pub use super::removal::find_removal_url;
 
 use super::state::Reputation;
 use super::store::{self, StoreError};
@@ -72,83 +72,6 @@ pub struct Block {
     pub silent: bool,
 }
 
-impl Block {
-    /// The block as a delisting form wants it (since when, the exact reply, the MX, the
-    /// log line, where to ask for removal), every line prefixed with `indent`: what
-    /// `sidestep blocks` and `delist-report` print and what a block alert carries.
-    pub fn report(&self, indent: &str) -> String {
-        use std::fmt::Write;
-        let b = self;
-        let mut s = String::new();
-        let now = crate::clock::unix_now();
-        let state = if b.expires_at > now {
-            format!("blocked until {}", crate::clock::rfc3339(b.expires_at))
-        } else if b.canary_in_flight {
-            "expired, canary delivery under way".to_string()
-        } else {
-            "expired, the next delivery is a canary".to_string()
-        };
-        let e = &b.evidence;
-        if b.manual {
-            let _ = writeln!(
-                s,
-                "{indent}{} suspended by the operator for site {}",
-                b.ip, b.site
-            );
-        } else if b.silent {
-            let _ = writeln!(
-                s,
-                "{indent}{} silently discarded by site {} (accepted with 250, never delivered: seed probe)",
-                b.ip, b.site
-            );
-        } else {
-            let _ = writeln!(s, "{indent}{} refused by site {}", b.ip, b.site);
-        }
-        let _ = writeln!(
-            s,
-            "{indent}  since:   {} ({state}; repeats: {})",
-            crate::clock::rfc3339(b.first_seen),
-            b.strikes
-        );
-        let _ = writeln!(s, "{indent}  reply:   {}", e.reply);
-        let mx = match (&e.mx_host, e.mx_ip) {
-            (Some(h), Some(ip)) => format!("{h} [{ip}]"),
-            (Some(h), None) => h.clone(),
-            (None, _) => "-".into(),
-        };
-        let _ = writeln!(
-            s,
-            "{indent}  mx:      {mx}, at {}, message {} to {}",
-            crate::clock::rfc3339(e.at),
-            e.queue_id,
-            e.recipient
-        );
-        let _ = writeln!(s, "{indent}  rule:    {}", e.rule);
-        let _ = writeln!(
-            s,
-            "{indent}  removal: {}",
-            e.removal_url.as_deref().unwrap_or("(the reply names none)")
-        );
-        let _ = writeln!(s, "{indent}  log:     {}", e.log_line);
-        if !b.later.is_empty() {
-            let _ = writeln!(
-                s,
-                "{indent}  also:    {} more refusal(s) from attempts already in flight (not counted as repeats):",
-                b.later.len()
-            );
-            for l in &b.later {
-                let _ = writeln!(
-                    s,
-                    "{indent}           {} {}",
-                    crate::clock::rfc3339(l.at),
-                    l.reply
-                );
-            }
-        }
-        s
-    }
-}
-
 /// The site of a suspension that holds for every destination.
 pub const ALL_SITES: &str = "*";
 
@@ -187,47 +110,6 @@ pub fn block_duration(config: &BlocksConfig, strikes: u32) -> Duration {
     let base = config.duration.get();
     let factor = 2u32.saturating_pow(strikes.min(30));
     base.saturating_mul(factor).min(config.max_duration.get())
-}
-
-static URL: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r#"(?i)\bhttps?://[^\s<>"'\])]+"#).expect("valid pattern"));
-static BARE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"(?i)\b(csi\.cloudmark\.com/\S*|sender\.office\.com/?\S*|delist@microsoft\.com)")
-        .expect("valid pattern")
-});
-
-/// The removal link in a reply, if it has one: a link that looks like a removal or
-/// lookup page first, then any link, then the known bare forms.
-pub fn find_removal_url(text: &str) -> Option<String> {
-    let urls: Vec<&str> = URL
-        .find_iter(text)
-        .map(|m| m.as_str().trim_end_matches(['.', ',', ';']))
-        .collect();
-    const HINTS: [&str; 8] = [
-        "reset",
-        "delist",
-        "remov",
-        "sender.office.com",
-        "ipcheck",
-        "senderguidelines",
-        "lookup",
-        "query",
-    ];
-    let hinted = urls.iter().find(|u| {
-        let l = u.to_ascii_lowercase();
-        HINTS.iter().any(|h| l.contains(h))
-    });
-    if let Some(u) = hinted.or(urls.first()) {
-        return Some(u.to_string());
-    }
-    BARE.find(text).map(|m| {
-        let s = m.as_str().trim_end_matches(['.', ',', ';']);
-        if s.contains('@') {
-            format!("mailto:{s}")
-        } else {
-            format!("https://{s}")
-        }
-    })
 }
 
 impl Reputation {
@@ -883,35 +765,5 @@ mod tests {
             .collect();
         assert_eq!(hours, vec![4, 8, 16, 32, 48, 48]);
         assert_eq!(block_duration(&c, u32::MAX).as_secs(), 48 * 3600);
-    }
-
-    #[test]
-    fn removal_urls_are_found() {
-        let cases = [
-            (
-                "550 5.7.1 blocked using CSI; https://csi.cloudmark.com/reset-request/?ip=192.0.2.1",
-                Some("https://csi.cloudmark.com/reset-request/?ip=192.0.2.1"),
-            ),
-            (
-                "550 5.7.606 Access denied, banned sending IP [192.0.2.1]. To request removal from this list please visit https://sender.office.com/ and follow the directions. For more information please go to http://go.microsoft.com/fwlink/?LinkID=526655",
-                Some("https://sender.office.com/"),
-            ),
-            (
-                "550 5.7.511 Access denied, banned sender[192.0.2.1]. To request removal from this list, forward this message to delist@microsoft.com.",
-                Some("mailto:delist@microsoft.com"),
-            ),
-            (
-                "554 blocked, see csi.cloudmark.com/reset-request/?ip=192.0.2.1.",
-                Some("https://csi.cloudmark.com/reset-request/?ip=192.0.2.1"),
-            ),
-            (
-                "421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred; see https://postmaster.yahooinc.com/error-codes",
-                Some("https://postmaster.yahooinc.com/error-codes"),
-            ),
-            ("550 5.7.1 go away", None),
-        ];
-        for (text, want) in cases {
-            assert_eq!(find_removal_url(text).as_deref(), want, "{text}");
-        }
     }
 }

@@ -11,11 +11,13 @@
 //! - [`warmup`]: daily caps per site for new IPs, growing day by day.
 
 pub mod blocks;
+mod delisting;
 pub mod dnsbl;
 pub mod hygiene;
 pub mod learned;
 mod listings;
 mod monitor;
+mod removal;
 mod state;
 mod store;
 pub mod warmup;
@@ -26,6 +28,7 @@ pub use learned::LearnedReply;
 pub use listings::CheckOutcome;
 pub use listings::{CheckError, ListHealth, ListingRecord, ListingState};
 pub use monitor::{check_all, spawn_monitor};
+pub use removal::find_removal_url;
 pub use state::{BlockChange, Reputation, SharedListings};
 pub use store::{ReputationReport, StoreError, read_report};
 pub use warmup::{Schedule, WarmupStatus, schedules as warmup_schedules};
