@@ -212,15 +212,7 @@ pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> Domain
             }
             if class.verdict == Verdict::IpReputation && our_ip.is_some() {
                 if refusal.is_none() {
-                    refusal = Some(evidence(
-                        ctx.clock.now(),
-                        &job,
-                        rcpt,
-                        &report,
-                        &reply,
-                        &class,
-                        line,
-                    ));
+                    refusal = Some(evidence(&job, rcpt, &report, &reply, &class, line));
                 }
                 again.push((*i, rcpt.clone()));
             } else if let Some((ip, helo, site)) = auth_doubt {
@@ -239,7 +231,7 @@ pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> Domain
                 doubts.push(Doubt {
                     index: *i,
                     rcpt: rcpt.clone(),
-                    evidence: evidence(ctx.clock.now(), &job, rcpt, &report, &reply, &class, line),
+                    evidence: evidence(&job, rcpt, &report, &reply, &class, line),
                     reply: reply.clone(),
                     class,
                     ip,
@@ -339,15 +331,7 @@ async fn auth_second_opinion(
             }
             Verdict::IpReputation if our_ip.is_some() => {
                 if refusal.is_none() {
-                    refusal = Some(evidence(
-                        ctx.clock.now(),
-                        job,
-                        &d.rcpt,
-                        &report,
-                        &reply,
-                        &class,
-                        line,
-                    ));
+                    refusal = Some(evidence(job, &d.rcpt, &report, &reply, &class, line));
                 }
                 None
             }
@@ -583,15 +567,7 @@ async fn second_opinion(
             }
             Verdict::IpReputation if our_ip.is_some() => {
                 if refusal.is_none() {
-                    refusal = Some(evidence(
-                        ctx.clock.now(),
-                        job,
-                        &d.rcpt,
-                        &report,
-                        &reply,
-                        &class,
-                        line,
-                    ));
+                    refusal = Some(evidence(job, &d.rcpt, &report, &reply, &class, line));
                 }
                 None
             }
@@ -708,7 +684,6 @@ async fn confirm_block(ctx: &QueueContext, job: &DomainJob, d: Doubt, accepted_v
 
 /// The evidence a block keeps of one refusal.
 fn evidence(
-    now: u64,
     job: &DomainJob,
     rcpt: &Address,
     report: &AttemptReport,
@@ -719,7 +694,7 @@ fn evidence(
     Evidence {
         reply: reply.to_string(),
         rule: class.rule.clone(),
-        at: now,
+        at: job.clock.now(),
         mx_host: report.mx.clone(),
         mx_ip: report.mx_ip,
         queue_id: job.queue_id.to_string(),
