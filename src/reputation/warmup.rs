@@ -248,7 +248,14 @@ impl Warmup {
                     .saturating_sub(s.unsynced.get(&(ip, site.clone())).copied().unwrap_or(0));
                 ((ip, site), total.saturating_sub(mine))
             })
-            .collect();
+            .collect::<HashMap<_, _>>();
+        if others != s.others {
+            let total: u32 = others.values().sum();
+            tracing::debug!(
+                day,
+                "warmup: the other nodes sent {total} warming messages today"
+            );
+        }
         s.others = others;
     }
 
