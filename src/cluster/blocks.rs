@@ -170,4 +170,103 @@ mod tests {
         clock.advance(Duration::from_secs(7200));
         assert_eq!(key_ttl(expires_at, clock.now()), KEEP_AFTER_EXPIRY);
     }
+
+    /// A private redis-server on a free loopback port, stopped when dropped.
+    struct RedisServer(std::process::Child, u16);
+
+    impl RedisServer {
+        async fn start() -> Self {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server (Debian package redis-server) must be installed");
+            let server = Self(child, port);
+            for _ in 0..200 {
+                if connect(&server.client()).await.is_ok() {
+                    return server;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            panic!("redis-server did not start on port {port}");
+        }
+
+        fn client(&self) -> redis::Client {
+            redis::Client::open(format!("redis://127.0.0.1:{}/0", self.1)).unwrap()
+        }
+    }
+
+    impl Drop for RedisServer {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// Two nodes on one simulated clock, each learning while the other cannot hear it
+    /// (Redis away, or not yet connected): each (re)connection merges both ways, and the
+    /// block that ends later wins.
+    #[tokio::test]
+    async fn a_reconnect_merges_both_ways_and_the_later_expiry_wins() {
+        let redis = RedisServer::start().await;
+        let client = redis.client();
+        let clock = Clock::manual(1_800_000_000_000);
+        let (a, b) = (
+            Reputation::in_memory_with_clock(vec![], clock.clone()),
+            Reputation::in_memory_with_clock(vec![], clock.clone()),
+        );
+        let (one, two): (IpAddr, IpAddr) =
+            ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let site = Site::from("mx.dest.test");
+        let hour = Duration::from_secs(3600);
+        a.suspend(one, Some(&site), hour, "node a's").unwrap();
+        clock.advance(Duration::from_secs(60));
+        b.suspend(two, Some(&site), 2 * hour, "node b's, learned offline")
+            .unwrap();
+
+        assert_eq!(merge(&client, "a", &clock, &a).await.unwrap(), (0, 1));
+        assert_eq!(
+            merge(&client, "b", &clock, &b).await.unwrap(),
+            (1, 1),
+            "took a's, gave its own"
+        );
+        assert_eq!(
+            merge(&client, "a", &clock, &a).await.unwrap(),
+            (1, 0),
+            "took b's"
+        );
+        for node in [&a, &b] {
+            assert!(node.has_block(one, &site) && node.has_block(two, &site));
+        }
+
+        // Half an hour on, node b blocks `one` for longer, while node a is away: at a's
+        // reconnect the longer block replaces its own, and nothing goes back.
+        clock.advance(hour / 2);
+        b.suspend(one, Some(&site), 3 * hour, "longer").unwrap();
+        assert_eq!(merge(&client, "b", &clock, &b).await.unwrap(), (0, 1));
+        assert_eq!(merge(&client, "a", &clock, &a).await.unwrap(), (1, 0));
+        let until = |r: &Reputation| {
+            r.all_blocks()
+                .into_iter()
+                .find(|x| x.ip == one)
+                .map(|x| x.expires_at)
+        };
+        assert_eq!(until(&a), Some(clock.now() + 3 * 3600));
+        assert_eq!(until(&a), until(&b));
+
+        // Four hours on every block has expired; a merge changes nothing either way.
+        clock.advance(4 * hour);
+        assert_eq!(merge(&client, "a", &clock, &a).await.unwrap().0, 0);
+        assert_eq!(
+            a.standing_for(two, &site),
+            crate::egress::Standing::Clean,
+            "an expired block lets the IP be tried"
+        );
+    }
 }
