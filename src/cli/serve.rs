@@ -123,6 +123,27 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
             crate::clock::Clock::system(),
         );
     }
+    {
+        // TLS reports through the queue; the day's session counts reach the disk every
+        // few seconds; each finished day's reports go out after midnight UTC.
+        let policies = ctx.outbound.tls_policies().clone();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        policies.set_mailer(tx);
+        queue::notice::spawn_tls_reports(
+            rx,
+            spool.clone(),
+            queue.clone(),
+            crate::clock::Clock::system(),
+        );
+        policies.spawn_daily();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                let p = policies.clone();
+                let _ = tokio::task::spawn_blocking(move || p.flush()).await;
+            }
+        });
+    }
     watch_spool_space(
         config.spool.directory.clone(),
         config.alerts.spool_free_below,
@@ -144,6 +165,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         senders: senders.clone(),
     });
     let site_health = ctx.outbound.health();
+    let tls_policies = ctx.outbound.tls_policies().clone();
     let reloader = Arc::new(super::Reloader::new(
         config_path,
         super::Running {
@@ -193,6 +215,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     .with_complaints(complaints)
     .with_cluster(cluster.map(|c| c.status))
     .with_site_health(site_health)
+    .with_tls_policies(tls_policies)
     .with_egress(config.egress_ips())
     .with_auth(crate::admin::auth::AuthDesk {
         authorisation: authorisation.clone(),
