@@ -134,3 +134,93 @@ impl ServerCertVerifier for DaneVerifier {
         self.algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verify(records: Vec<TLSA>, chain: &[CertificateDer<'static>]) -> bool {
+        let v = DaneVerifier {
+            records: Arc::new(records),
+            mx: "mx.dest.test".into(),
+            algorithms: rustls::crypto::ring::default_provider().signature_verification_algorithms,
+        };
+        v.verify_server_cert(
+            &chain[0],
+            &chain[1..],
+            &ServerName::try_from("whatever.test").unwrap(),
+            &[],
+            UnixTime::now(),
+        )
+        .is_ok()
+    }
+
+    fn sha256(b: &[u8]) -> Vec<u8> {
+        ring::digest::digest(&ring::digest::SHA256, b)
+            .as_ref()
+            .to_vec()
+    }
+
+    #[test]
+    fn dane_ee_matches_the_leaf_key_or_certificate_whatever_its_name() {
+        let key = rcgen::generate_simple_self_signed(vec!["other-name.test".into()]).unwrap();
+        let cert = key.cert.der().clone();
+        let spki = key.signing_key.public_key_der();
+        let ee = |s, m, data| TLSA::new(CertUsage::DaneEe, s, m, data);
+        assert!(verify(
+            vec![ee(Selector::Spki, Matching::Sha256, sha256(&spki))],
+            &[cert.clone()]
+        ));
+        assert!(verify(
+            vec![ee(Selector::Full, Matching::Sha256, sha256(&cert))],
+            &[cert.clone()]
+        ));
+        assert!(verify(
+            vec![ee(Selector::Full, Matching::Raw, cert.to_vec())],
+            &[cert.clone()]
+        ));
+        assert!(!verify(
+            vec![ee(Selector::Spki, Matching::Sha256, vec![0; 32])],
+            &[cert.clone()]
+        ));
+        // Only PKIX usages: unusable for SMTP, TLS without authentication.
+        let pkix = TLSA::new(
+            CertUsage::PkixEe,
+            Selector::Spki,
+            Matching::Sha256,
+            vec![0; 32],
+        );
+        assert!(verify(vec![pkix], &[cert]));
+    }
+
+    #[test]
+    fn dane_ta_anchors_the_chain_and_checks_the_mx_name() {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
+        let leaf_for = |name: &str| {
+            let k = KeyPair::generate().unwrap();
+            CertificateParams::new(vec![name.to_string()])
+                .unwrap()
+                .signed_by(&k, &ca)
+                .unwrap()
+                .der()
+                .clone()
+        };
+        let ta = TLSA::new(
+            CertUsage::DaneTa,
+            Selector::Full,
+            Matching::Sha256,
+            sha256(ca.der()),
+        );
+        assert!(verify(
+            vec![ta.clone()],
+            &[leaf_for("mx.dest.test"), ca.der().clone()]
+        ));
+        assert!(!verify(
+            vec![ta],
+            &[leaf_for("wrong.test"), ca.der().clone()]
+        ));
+    }
+}

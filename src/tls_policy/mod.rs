@@ -190,6 +190,9 @@ struct Shared {
     mailer: Mutex<Option<tokio::sync::mpsc::UnboundedSender<report::ReportMail>>>,
 }
 
+/// Domains whose MTA-STS state is kept in memory at most (see `sts_policy`).
+const MAX_DOMAINS: usize = 50_000;
+
 /// Negative and DNSSEC answers are kept at least this long, at most [`MAX_TTL`].
 const MIN_TTL: Duration = Duration::from_secs(5);
 const MAX_TTL: Duration = Duration::from_secs(3600);
@@ -455,9 +458,18 @@ impl TlsPolicies {
         let policy = usable(&entry);
         let changed = {
             let mut map = s.lock_sts();
+            // Bounded: past the limit, domains without a policy are forgotten (looked up
+            // again when next mailed); policies are kept until they expire.
+            if map.len() >= MAX_DOMAINS {
+                map.retain(|_, e| e.policy.is_some() && now < e.expires_at);
+            }
             let before = map.insert(domain.to_string(), entry.clone());
             before.is_none_or(|b| b.id != entry.id || b.fetched_at != entry.fetched_at)
         };
+        s.fetching
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(domain);
         if changed {
             self.save_sts();
         }
@@ -580,13 +592,16 @@ impl TlsPolicies {
             // decides whether the mail waits.
             Err(_) => (Validated::Insecure, 0),
         };
-        s.mx_dnssec
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(
+        {
+            let mut map = s.mx_dnssec.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() >= MAX_DOMAINS {
+                map.clear();
+            }
+            map.insert(
                 domain.to_string(),
                 (v.clone(), Instant::now() + ttl_of(ttl)),
             );
+        }
         v
     }
 
@@ -618,10 +633,13 @@ impl TlsPolicies {
             // (RFC 7672 §2.2: a failed TLSA lookup is not "no TLSA").
             Err(e) => (Tlsa::Bogus(e.to_string()), 0),
         };
-        s.tlsa
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(mx.to_string(), (t.clone(), Instant::now() + ttl_of(ttl)));
+        {
+            let mut map = s.tlsa.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() >= MAX_DOMAINS {
+                map.clear();
+            }
+            map.insert(mx.to_string(), (t.clone(), Instant::now() + ttl_of(ttl)));
+        }
         t
     }
 
