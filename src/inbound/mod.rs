@@ -98,6 +98,7 @@ impl Inbound {
             security: Default::default(),
             guard: Default::default(),
             senders: Default::default(),
+            clock: crate::clock::Clock::system(),
         }
     }
 }
@@ -174,4 +175,6 @@ pub struct Inbound {
     pub guard: Arc<users::AuthGuard>,
     /// Quotas and suspensions of senders.
     pub senders: crate::senders::Senders,
+    /// Stamps accepted mail (queue id, `Received:` date, acceptance time).
+    pub clock: crate::clock::Clock,
 }

@@ -306,7 +306,7 @@ impl Outbound {
             r.site = Some(site);
             return r;
         }
-        let now_ms = crate::clock::unix_now_ms();
+        let now_ms = self.reputation.clock().now_ms();
         let probe = match self.health.admit(&site, now_ms) {
             Admission::Go => false,
             Admission::Probe => true,
@@ -355,7 +355,7 @@ impl Outbound {
                 self.health.release_probe(&site);
             }
             r.site = Some(site);
-            r.retry_at = Some(crate::clock::unix_now() + wait.as_secs() + 1);
+            r.retry_at = Some(self.reputation.clock().now() + wait.as_secs() + 1);
             return r;
         }
         let mut r = self
@@ -377,12 +377,14 @@ impl Outbound {
             r.site_down = self.health.unreachable(
                 &site,
                 &error,
-                crate::clock::unix_now_ms(),
+                self.reputation.clock().now_ms(),
                 self.site_down_after,
                 &self.probe_pace,
             );
         } else if r.replies.iter().any(|x| x.code > 0) {
-            r.site_recovered = self.health.answered(&site);
+            r.site_recovered = self
+                .health
+                .answered(&site, self.reputation.clock().now_ms());
         } else if probe {
             self.health.release_probe(&site);
         }

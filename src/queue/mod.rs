@@ -5,6 +5,7 @@ mod attempt;
 mod context;
 mod domain;
 pub mod dsn;
+mod error;
 mod handle;
 pub mod notice;
 pub mod operator;
@@ -15,5 +16,6 @@ mod tests;
 mod throttle;
 
 pub use context::QueueContext;
+pub use error::QueueError;
 pub use handle::{Control, ControlOutcome, QueueEvent, QueueHandle};
 pub use scheduler::start;

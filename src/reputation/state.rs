@@ -33,7 +33,7 @@ pub(super) struct Shared {
     /// Stamps listings and blocks and decides when a block has expired.
     pub(super) clock: Clock,
     /// Where listings and blocks are announced, once set.
-    pub(super) alerts: std::sync::OnceLock<crate::alerts::Alerts>,
+    pub(super) alerts: Option<crate::alerts::Alerts>,
     /// Wakes the listing monitor for a refresh now.
     pub(super) refresh: tokio::sync::Notify,
     /// Bumped whenever an IP may have become usable (a delisting, a list found broken).
@@ -105,15 +105,21 @@ impl State {
 }
 
 impl Reputation {
-    /// Loads the persisted state from its file in `spool_dir`, and keeps it there.
+    /// Loads the persisted state from its file in `spool_dir`, and keeps it there;
+    /// listing and block changes are announced through `alerts`.
     ///
     /// # Errors
     /// The file cannot be opened or read.
-    pub fn open(lists: Vec<BlocklistConfig>, spool_dir: &Path) -> Result<Self, StoreError> {
+    pub fn open(
+        lists: Vec<BlocklistConfig>,
+        spool_dir: &Path,
+        alerts: Option<crate::alerts::Alerts>,
+    ) -> Result<Self, StoreError> {
         let db = Arc::new(store::open(spool_dir)?);
         let report = store::load(db.as_ref())?;
-        let reputation = Self::from_report(lists, report, Some(db), Clock::system());
-        reputation.shared.warmup.load(spool_dir.join("warmup.json"));
+        let warmup = super::warmup::Warmup::open(spool_dir.join("warmup.json"));
+        let reputation =
+            Self::from_report(lists, report, Some(db), Clock::system(), alerts, warmup);
         Ok(reputation)
     }
 
@@ -125,7 +131,14 @@ impl Reputation {
     /// State in memory, timed by `clock`: block expiry and canaries in tests move with a
     /// manual clock instead of sleeping.
     pub fn in_memory_with_clock(lists: Vec<BlocklistConfig>, clock: Clock) -> Self {
-        Self::from_report(lists, ReputationReport::default(), None, clock)
+        Self::from_report(
+            lists,
+            ReputationReport::default(),
+            None,
+            clock,
+            None,
+            Default::default(),
+        )
     }
 
     fn from_report(
@@ -133,6 +146,8 @@ impl Reputation {
         report: ReputationReport,
         db: Option<Arc<redb::Database>>,
         clock: Clock,
+        alerts: Option<crate::alerts::Alerts>,
+        warmup: super::warmup::Warmup,
     ) -> Self {
         let mut state = State::default();
         for r in report.records {
@@ -160,13 +175,19 @@ impl Reputation {
                 persist: Mutex::new(()),
                 improved: tokio::sync::watch::Sender::new(0),
                 clock,
-                alerts: std::sync::OnceLock::new(),
+                alerts,
                 refresh: tokio::sync::Notify::new(),
-                warmup: Default::default(),
+                warmup,
                 cluster: std::sync::OnceLock::new(),
                 shared_listings: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// The clock this state keeps time by (the delivery side reads it too, so a test's
+    /// simulated time moves blocks, site health and shaping together).
+    pub fn clock(&self) -> &Clock {
+        &self.shared.clock
     }
 
     /// Puts the egress IPs' warmup schedules in force (at start and on reload).
@@ -215,11 +236,6 @@ impl Reputation {
         self.shared.refresh.notified().await;
     }
 
-    /// Announces listing and block changes through `alerts` from now on.
-    pub fn set_alerts(&self, alerts: crate::alerts::Alerts) {
-        let _ = self.shared.alerts.set(alerts);
-    }
-
     /// Sends an alert, if alerts are set.
     pub fn alert(
         &self,
@@ -240,7 +256,7 @@ impl Reputation {
         text: String,
         report: Option<String>,
     ) {
-        if let Some(a) = self.shared.alerts.get() {
+        if let Some(a) = &self.shared.alerts {
             a.send_with_report(event, ip.map(|i| i.to_string()), subject, text, report);
         }
     }

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -87,7 +87,8 @@ struct State {
 #[derive(Debug, Default)]
 pub struct Warmup {
     state: Mutex<State>,
-    path: OnceLock<PathBuf>,
+    /// `warmup.json` in the spool; `None` in memory only.
+    path: Option<PathBuf>,
     /// Some IP has a schedule: without one, routing pays no lock for warmup.
     active: std::sync::atomic::AtomicBool,
 }
@@ -124,12 +125,13 @@ impl Warmup {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Keeps the counts in `path` from now on, starting from what it holds.
-    pub(super) fn load(&self, path: PathBuf) {
+    /// Counts kept in `path`, starting from what it holds.
+    pub(super) fn open(path: PathBuf) -> Self {
+        let warmup = Self::default();
         if let Ok(bytes) = std::fs::read(&path) {
             match serde_json::from_slice::<Stored>(&bytes) {
                 Ok(stored) => {
-                    let mut s = self.lock();
+                    let mut s = warmup.lock();
                     s.started = stored.started;
                     s.day = stored.day;
                     s.counts = stored
@@ -143,7 +145,10 @@ impl Warmup {
                 }
             }
         }
-        let _ = self.path.set(path);
+        Self {
+            path: Some(path),
+            ..warmup
+        }
     }
 
     /// Puts the configured schedules in force.
@@ -284,7 +289,7 @@ impl Warmup {
 
     /// Writes the counts if they changed (a temporary file, fsynced, renamed).
     pub(super) fn flush(&self) {
-        let Some(path) = self.path.get() else {
+        let Some(path) = &self.path else {
             return;
         };
         let stored = {
