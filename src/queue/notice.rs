@@ -110,7 +110,7 @@ async fn queue_report(
     }
     let body = report.body;
     let msg = QueuedMessage {
-        id: QueueId::generate(),
+        id: QueueId::generate(now * 1000),
         sender: crate::envelope::Sender::Null,
         recipients,
         flags: crate::envelope::BodyFlags {

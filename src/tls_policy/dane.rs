@@ -165,23 +165,23 @@ mod tests {
     fn dane_ee_matches_the_leaf_key_or_certificate_whatever_its_name() {
         let key = rcgen::generate_simple_self_signed(vec!["other-name.test".into()]).unwrap();
         let cert = key.cert.der().clone();
-        let spki = key.signing_key.public_key_der();
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&key.signing_key);
         let ee = |s, m, data| TLSA::new(CertUsage::DaneEe, s, m, data);
         assert!(verify(
             vec![ee(Selector::Spki, Matching::Sha256, sha256(&spki))],
-            &[cert.clone()]
+            std::slice::from_ref(&cert)
         ));
         assert!(verify(
             vec![ee(Selector::Full, Matching::Sha256, sha256(&cert))],
-            &[cert.clone()]
+            std::slice::from_ref(&cert)
         ));
         assert!(verify(
             vec![ee(Selector::Full, Matching::Raw, cert.to_vec())],
-            &[cert.clone()]
+            std::slice::from_ref(&cert)
         ));
         assert!(!verify(
             vec![ee(Selector::Spki, Matching::Sha256, vec![0; 32])],
-            &[cert.clone()]
+            std::slice::from_ref(&cert)
         ));
         // Only PKIX usages: unusable for SMTP, TLS without authentication.
         let pkix = TLSA::new(
