@@ -518,7 +518,7 @@ impl Outbound {
                 TlsPolicy::Verify => HostTls {
                     required: true,
                     connector: Some(self.verify_tls.clone()),
-                    why: "the route (tls = \"verify\")".into(),
+                    why: "the route".into(),
                     key: Some("verify".into()),
                     ..HostTls::opportunistic()
                 },
@@ -872,7 +872,7 @@ impl Outbound {
                                 code: 0,
                                 enhanced: "4.7.5".into(),
                                 text: format!(
-                                    "TLS with {mx}[{addr}] failed and {} requires a verified session{}: {e}; the mail waits",
+                                    "TLS with {mx}[{addr}] failed and {} requires a verified certificate{}: {e}; the mail waits",
                                     h.why,
                                     h.problem().map_or(String::new(), |p| format!(
                                         " ({})",

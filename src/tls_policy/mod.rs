@@ -345,7 +345,7 @@ impl TlsPolicies {
             connector: Some(TlsConnector::from(Arc::new(verify::client_config(
                 verifier,
             )))),
-            why: format!("the DANE TLSA records of _25._tcp.{mx}"),
+            why: format!("DANE (the TLSA records of _25._tcp.{mx})"),
             policy: PolicyType::Tlsa,
             seen,
             key: Some(format!("dane:{mx}")),
