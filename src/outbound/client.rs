@@ -117,6 +117,7 @@ impl Outbound {
             .iter()
             .map(|s| Ok((s.name.clone(), Smarthost::new(s, &config.server.hostname)?)))
             .collect::<Result<_, super::OutboundError>>()?;
+        let clock = reputation.clock().clone();
         Ok(Self {
             resolver,
             pools,
@@ -134,7 +135,7 @@ impl Outbound {
             verify_tls,
             tls_policies,
             health: Default::default(),
-            shaper: std::sync::Arc::new(Shaper::new(config.shaping.clone())),
+            shaper: std::sync::Arc::new(Shaper::new(config.shaping.clone(), clock)),
             site_down_after: d.site_down_after,
             probe_pace: ProbePace {
                 retry: config.queue.clone(),

@@ -115,12 +115,30 @@ impl Reputation {
         spool_dir: &Path,
         alerts: Option<crate::alerts::Alerts>,
     ) -> Result<Self, StoreError> {
+        Self::open_with_clock(lists, spool_dir, alerts, Clock::system())
+    }
+
+    /// [`Reputation::open`] timed by `clock` (tests: days pass in an instant).
+    ///
+    /// # Errors
+    /// The file cannot be opened or read.
+    pub fn open_with_clock(
+        lists: Vec<BlocklistConfig>,
+        spool_dir: &Path,
+        alerts: Option<crate::alerts::Alerts>,
+        clock: Clock,
+    ) -> Result<Self, StoreError> {
         let db = Arc::new(store::open(spool_dir)?);
         let report = store::load(db.as_ref())?;
         let warmup = super::warmup::Warmup::open(spool_dir.join("warmup.json"));
-        let reputation =
-            Self::from_report(lists, report, Some(db), Clock::system(), alerts, warmup);
-        Ok(reputation)
+        Ok(Self::from_report(
+            lists,
+            report,
+            Some(db),
+            clock,
+            alerts,
+            warmup,
+        ))
     }
 
     /// State kept in memory only (for one-off checks).

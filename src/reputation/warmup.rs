@@ -359,4 +359,62 @@ mod tests {
         assert!(w.allows(other, &a, day0), "no schedule, no cap");
         assert_eq!(Warmup::next_day(day0 + 5), day0 + DAY);
     }
+
+    /// Simulated days through the whole reputation: today's count survives a restart,
+    /// the next day starts at midnight UTC with its bigger cap, and then the IP is warm.
+    #[test]
+    fn a_warming_ip_rolls_over_at_midnight_and_keeps_today_across_a_restart() {
+        use crate::clock::Clock;
+        use crate::egress::Standing;
+        let dir = tempfile::tempdir().unwrap();
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let site = Site::from("mx.a.test");
+        let day0 = 20_000 * DAY;
+        let clock = Clock::manual((day0 + 23 * 3600) * 1000);
+        let schedules = || {
+            HashMap::from([(
+                ip,
+                Schedule {
+                    caps: vec![2, 4],
+                    start_day: None,
+                },
+            )])
+        };
+        let open = || {
+            let r =
+                super::super::Reputation::open_with_clock(vec![], dir.path(), None, clock.clone())
+                    .unwrap();
+            r.set_warmup(schedules());
+            r
+        };
+        let rep = open();
+        assert_eq!(rep.claim(ip, &site), Standing::Clean);
+        assert_eq!(rep.claim(ip, &site), Standing::Clean);
+        assert_eq!(rep.claim(ip, &site), Standing::Hard, "day 1's cap is 2");
+        rep.flush_warmup();
+        drop(rep);
+        let rep = open();
+        assert_eq!(
+            rep.claim(ip, &site),
+            Standing::Hard,
+            "a restart does not reset today"
+        );
+        clock.advance(std::time::Duration::from_secs(3599));
+        assert_eq!(
+            rep.claim(ip, &site),
+            Standing::Hard,
+            "23:59:59 is still today"
+        );
+        clock.advance(std::time::Duration::from_secs(1));
+        for n in 0..4 {
+            assert_eq!(rep.claim(ip, &site), Standing::Clean, "day 2, message {n}");
+        }
+        assert_eq!(rep.claim(ip, &site), Standing::Hard, "day 2's cap is 4");
+        clock.advance(std::time::Duration::from_secs(DAY));
+        assert!(
+            (0..50).all(|_| rep.claim(ip, &site) == Standing::Clean),
+            "warm on day 3"
+        );
+        assert_eq!(rep.warmup_status()[0].cap, None);
+    }
 }
