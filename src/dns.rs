@@ -67,6 +67,22 @@ pub struct Resolver {
     servers: Arc<[SocketAddr]>,
     /// How long one name server may take to answer.
     timeout: std::time::Duration,
+    /// The same servers with DNSSEC validation (`[dns] dnssec`), for DANE's MX and TLSA
+    /// lookups only: a resolver that strips DNSSEC records must not make every other
+    /// lookup fail.
+    validating: Option<TokioResolver>,
+}
+
+/// A DNSSEC-validated answer (RFC 4035 §4.3), as DANE needs to tell them apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Validated<T> {
+    /// Records whose signatures chain to the trust anchor.
+    Secure(T),
+    /// No such records, or an answer from an unsigned zone: nothing to go by.
+    Insecure,
+    /// Signatures that should be there and do not verify: an attack or a broken zone.
+    /// Never treated as "no records".
+    Bogus(String),
 }
 
 /// Positive answers for delivery, each until its DNS TTL runs out. hickory caches too,
@@ -117,30 +133,19 @@ impl Resolver {
     /// # Errors
     /// The system configuration cannot be read.
     pub fn new(config: &DnsConfig) -> Result<Self, DnsError> {
-        let mut builder = if config.nameservers.is_empty() {
-            TokioResolver::builder_tokio().map_err(|e| DnsError::Setup(e.to_string()))?
+        let inner = Self::build(config, None)?;
+        let validating = if config.dnssec {
+            let anchors = match &config.trust_anchor {
+                Some(path) => hickory_resolver::proto::dnssec::TrustAnchors::from_file(path)
+                    .map_err(|e| {
+                        DnsError::Setup(format!("dns.trust_anchor {}: {e}", path.display()))
+                    })?,
+                None => Default::default(),
+            };
+            Some(Self::build(config, Some(Arc::new(anchors)))?)
         } else {
-            let servers = config
-                .nameservers
-                .iter()
-                .map(|addr| {
-                    let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
-                    for conn in &mut ns.connections {
-                        conn.port = addr.port();
-                    }
-                    ns
-                })
-                .collect();
-            hickory_resolver::Resolver::builder_with_config(
-                ResolverConfig::from_name_servers(servers),
-                TokioRuntimeProvider::default(),
-            )
+            None
         };
-        builder.options_mut().timeout = config.timeout.get();
-        builder.options_mut().attempts = 2;
-        let inner = builder
-            .build()
-            .map_err(|e| DnsError::Setup(e.to_string()))?;
         let servers: Vec<SocketAddr> = if config.nameservers.is_empty() {
             hickory_resolver::system_conf::read_system_conf()
                 .map(|(c, _)| {
@@ -162,7 +167,39 @@ impl Resolver {
             addresses: Arc::new(Answers::new()),
             servers: servers.into(),
             timeout: config.timeout.get(),
+            validating,
         })
+    }
+
+    fn build(
+        config: &DnsConfig,
+        anchors: Option<Arc<hickory_resolver::proto::dnssec::TrustAnchors>>,
+    ) -> Result<TokioResolver, DnsError> {
+        let mut builder = if config.nameservers.is_empty() {
+            TokioResolver::builder_tokio().map_err(|e| DnsError::Setup(e.to_string()))?
+        } else {
+            let servers = config
+                .nameservers
+                .iter()
+                .map(|addr| {
+                    let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
+                    for conn in &mut ns.connections {
+                        conn.port = addr.port();
+                    }
+                    ns
+                })
+                .collect();
+            hickory_resolver::Resolver::builder_with_config(
+                ResolverConfig::from_name_servers(servers),
+                TokioRuntimeProvider::default(),
+            )
+        };
+        builder.options_mut().timeout = config.timeout.get();
+        builder.options_mut().attempts = 2;
+        if let Some(anchors) = anchors {
+            builder = builder.with_trust_anchor(anchors);
+        }
+        builder.build().map_err(|e| DnsError::Setup(e.to_string()))
     }
 
     /// The same name servers for `mail-auth`'s SPF and DMARC lookups (its own caches
@@ -387,5 +424,74 @@ fn temporary(name: &str, e: &NetError) -> DnsError {
     DnsError::Temporary {
         name: name.into(),
         message: e.to_string(),
+    }
+}
+
+impl Resolver {
+    /// Whether DNSSEC validation is configured (`[dns] dnssec`).
+    pub fn validates(&self) -> bool {
+        self.validating.is_some()
+    }
+
+    /// `rtype` records at `name`, validated under DNSSEC, with their smallest TTL.
+    /// `Insecure` when validation is off.
+    ///
+    /// # Errors
+    /// No answer (timeout, SERVFAIL): try again later.
+    pub async fn lookup_validated(
+        &self,
+        name: &str,
+        rtype: hickory_resolver::proto::rr::RecordType,
+    ) -> Result<(Validated<Vec<RData>>, u32), DnsError> {
+        use hickory_resolver::net::DnsError as Dns;
+        use hickory_resolver::proto::dnssec::Proof;
+        let Some(validating) = &self.validating else {
+            return Ok((Validated::Insecure, 300));
+        };
+        let fqdn = format!("{}.", name.trim_end_matches('.'));
+        match validating.lookup(fqdn.as_str(), rtype).await {
+            Ok(l) => {
+                let records: Vec<_> = l
+                    .answers()
+                    .iter()
+                    .filter(|r| r.record_type() == rtype)
+                    .collect();
+                let ttl = records.iter().map(|r| r.ttl).min().unwrap_or(300);
+                if records.is_empty() {
+                    return Ok((Validated::Insecure, ttl));
+                }
+                if let Some(bad) = records.iter().find(|r| r.proof == Proof::Bogus) {
+                    return Ok((
+                        Validated::Bogus(format!("{rtype} of {name}: {} signature", bad.proof)),
+                        ttl,
+                    ));
+                }
+                let secure = records.iter().all(|r| r.proof == Proof::Secure);
+                let data = records.iter().map(|r| r.data.clone()).collect();
+                Ok((
+                    if secure {
+                        Validated::Secure(data)
+                    } else {
+                        Validated::Insecure
+                    },
+                    ttl,
+                ))
+            }
+            Err(NetError::Dns(Dns::Nsec { proof, .. }))
+                if proof.is_secure() || proof.is_insecure() =>
+            {
+                Ok((Validated::Insecure, 60))
+            }
+            Err(NetError::Dns(Dns::Nsec { proof, .. })) => Ok((
+                Validated::Bogus(format!("{rtype} of {name}: denial of existence is {proof}")),
+                60,
+            )),
+            Err(NetError::Dns(Dns::DnssecBogus)) => Ok((
+                Validated::Bogus(format!("{rtype} of {name}: DNSSEC validation failed")),
+                60,
+            )),
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok((Validated::Insecure, 60)),
+            Err(e) => Err(temporary(name, &e)),
+        }
     }
 }

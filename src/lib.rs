@@ -32,6 +32,9 @@
 //! - [`authorisation`]: which egress IPs (and smarthosts) SPF authorises for a sender
 //!   domain, and what receivers' authentication refusals taught; read by routing
 //!   before it picks an IP, taught by the queue.
+//! - [`tls_policy`]: what each destination requires of the outbound hop's TLS
+//!   (MTA-STS, DANE under DNSSEC), cached in the spool, and the sessions counted for
+//!   the daily TLS reports (TLS-RPT); read by outbound for every session.
 //! - [`outbound`]: the SMTP client, one transaction per (message, domain), from an egress
 //!   IP or through a fallback smarthost.
 //! - [`classify`]: reply → verdict, the one place deciding what a result means (rules
@@ -76,3 +79,4 @@ pub mod signing;
 pub mod site;
 pub mod spool;
 pub mod tls;
+pub mod tls_policy;

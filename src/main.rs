@@ -163,6 +163,17 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .map(|cli::SendersAction::Release { name, bounce }| (name.as_str(), *bounce));
             done(run_to_end(cli::senders(config.as_deref(), release, json)))
         }
+        Command::Tls {
+            domain,
+            report,
+            config,
+            json,
+        } => done(run_to_end(cli::tls(
+            config.as_deref(),
+            domain.as_deref(),
+            report.as_deref(),
+            json,
+        ))),
         Command::Warmup { config, json } => done(run_to_end(cli::warmup(config.as_deref(), json))),
         Command::Probes { config, json } => done(run_to_end(cli::probes(config.as_deref(), json))),
         Command::Complaints { config, json } => {

@@ -72,6 +72,15 @@ pub struct ListingLabels {
     pub list: String,
 }
 
+/// One outbound TLS session's policy and result.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsSessionLabels {
+    /// `sts`, `tlsa` or `none` (TLS-RPT's policy types).
+    pub policy: String,
+    /// `success` or the TLS-RPT failure type (`certificate-host-mismatch`, …).
+    pub result: String,
+}
+
 /// Every metric sidestep exports.
 pub struct Metrics {
     registry: Registry,
@@ -119,6 +128,8 @@ pub struct Metrics {
     pub senders_suspended: Gauge,
     /// Bulk mail accepted without one-click unsubscribe, by sender.
     pub bulk_without_one_click: Family<SenderLabels, Counter>,
+    /// Outbound sessions by TLS policy and result.
+    pub tls_sessions: Family<TlsSessionLabels, Counter>,
     /// DKIM signatures made at acceptance.
     pub dkim_signatures: Counter,
     /// Messages refused with 451 because signing failed.
@@ -220,6 +231,7 @@ impl Metrics {
             quota_refusals: Counter::default(),
             senders_suspended: Gauge::default(),
             bulk_without_one_click: Family::default(),
+            tls_sessions: Family::default(),
             dkim_signatures: Counter::default(),
             dkim_failures: Counter::default(),
             sites: Mutex::new(HashSet::new()),
@@ -334,6 +346,11 @@ impl Metrics {
             m.bulk_without_one_click.clone(),
         );
         registry.register(
+            "tls_sessions",
+            "Outbound sessions by TLS policy (sts, tlsa, none) and result (success or the TLS-RPT failure type)",
+            m.tls_sessions.clone(),
+        );
+        registry.register(
             "dkim_signatures",
             "DKIM signatures made at acceptance",
             m.dkim_signatures.clone(),
@@ -351,6 +368,17 @@ impl Metrics {
         let sender = bounded(&self.senders, sender, MAX_SENDERS);
         self.bulk_without_one_click
             .get_or_create(&SenderLabels { sender })
+            .inc();
+    }
+
+    /// Counts an outbound session under a TLS policy (`result` is `success` or a
+    /// TLS-RPT failure type: both small fixed sets).
+    pub fn tls_session(&self, policy: &str, result: &str) {
+        self.tls_sessions
+            .get_or_create(&TlsSessionLabels {
+                policy: policy.to_string(),
+                result: result.to_string(),
+            })
             .inc();
     }
 

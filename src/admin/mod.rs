@@ -31,6 +31,7 @@ mod health;
 mod metrics;
 mod page;
 mod queue;
+mod tls;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -117,6 +118,8 @@ pub struct Admin {
     site_health: Arc<crate::routing::SiteHealth>,
     /// What `/api/v1/auth` reports from.
     auth: Option<Arc<auth::AuthDesk>>,
+    /// Destinations' TLS policies and session counts (`/api/v1/tls`).
+    tls: Option<crate::tls_policy::TlsPolicies>,
     failures: Arc<Mutex<HashMap<IpAddr, (Instant, u32)>>>,
 }
 
@@ -141,6 +144,7 @@ impl Admin {
             cluster: None,
             site_health: Arc::default(),
             auth: None,
+            tls: None,
             reload: None,
             egress: Arc::from(Vec::new()),
             default_source: false,
@@ -152,6 +156,12 @@ impl Admin {
             trusted: trusted.into(),
             failures: Arc::new(Mutex::new(HashMap::new())),
         }
+    }
+
+    /// Serves `/api/v1/tls` from these policies.
+    pub fn with_tls_policies(mut self, tls: crate::tls_policy::TlsPolicies) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// Lists these egress IPs on the status page (even those no list or site mentions).
@@ -262,6 +272,8 @@ pub fn router(admin: Admin) -> Router {
             get(auth::complaint_rates),
         )
         .route("/api/v1/warmup", get(warmup))
+        .route("/api/v1/tls", get(tls::describe))
+        .route("/api/v1/tls/report", post(tls::report))
         .route("/api/v1/probes", get(probes))
         .route("/api/v1/complaints", get(complaints))
         .route("/api/v1/senders", get(control::senders))

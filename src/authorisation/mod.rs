@@ -334,6 +334,7 @@ mod tests {
         let resolver = Resolver::new(&crate::config::DnsConfig {
             nameservers: vec!["127.0.0.1:9".parse().unwrap()],
             timeout: crate::config::HumanDuration::from_secs(1),
+            ..Default::default()
         })
         .unwrap();
         Authorisation::new(&resolver, "relay.test", Some(dir), clock.clone())

@@ -17,6 +17,7 @@ mod queue;
 mod reload;
 mod senders;
 mod serve;
+mod tls;
 mod warmup;
 
 use std::path::PathBuf;
@@ -41,6 +42,7 @@ pub use queue::{
 pub use reload::{Reloader, Running, reload};
 pub use senders::senders;
 pub use serve::serve;
+pub use tls::tls;
 pub use warmup::warmup;
 
 /// Outbound SMTP relay that keeps mail flowing when an egress IP is blocklisted.
@@ -261,6 +263,22 @@ pub enum Command {
         /// What to do; the list without one.
         #[command(subcommand)]
         action: Option<SendersAction>,
+    },
+    /// A destination's TLS policy (through the running relay's admin API): MTA-STS mode
+    /// and MX patterns, DANE TLSA records and DNSSEC, the TLS-RPT address, and the last
+    /// session per MX host; `--report today|yesterday` sends that day's TLS reports now.
+    Tls {
+        /// The recipient domain.
+        domain: Option<String>,
+        /// Send the TLS reports of `today` (so far) or `yesterday` now.
+        #[arg(long)]
+        report: Option<String>,
+        /// Configuration file (TOML): where the admin API listens.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Machine-readable output (the API's JSON).
+        #[arg(long)]
+        json: bool,
     },
     /// Warming egress IPs (through the running relay's admin API): the day of each
     /// one's schedule, today's cap per site and what was sent.

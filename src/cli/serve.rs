@@ -263,12 +263,30 @@ fn start_delivery(
             Clock::system(),
         );
     }
+    spawn_tls_reports(&ctx, &state.spool, &queue);
     Ok(Delivery {
         ctx,
         queue,
         probes,
         complaints,
     })
+}
+
+/// TLS reports (RFC 8460) through the queue; the day's session counts reach the disk
+/// every few seconds; each finished day's reports go out after midnight UTC.
+fn spawn_tls_reports(ctx: &QueueContext, spool: &crate::spool::Spool, queue: &queue::QueueHandle) {
+    let policies = ctx.outbound.tls_policies().clone();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    policies.set_mailer(tx);
+    queue::notice::spawn_tls_reports(rx, spool.clone(), queue.clone(), Clock::system());
+    policies.spawn_daily();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            let p = policies.clone();
+            let _ = tokio::task::spawn_blocking(move || p.flush()).await;
+        }
+    });
 }
 
 /// The client listeners: plain (STARTTLS) and, with `listen_tls`, implicit TLS.
@@ -345,6 +363,7 @@ fn admin_desk(
     .with_complaints(delivery.complaints.clone())
     .with_cluster(state.cluster.as_ref().map(|c| c.status.clone()))
     .with_site_health(site_health)
+    .with_tls_policies(delivery.ctx.outbound.tls_policies().clone())
     .with_egress(config.egress_ips())
     .with_auth(desk)
     .with_default_source(config.uses_default_source())

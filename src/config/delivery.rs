@@ -55,6 +55,12 @@ pub struct SmarthostConfig {
     #[serde(default)]
     /// How the session is encrypted: `starttls` or `implicit`.
     pub tls: SmarthostTls,
+    /// Whether this smarthost enforces the destinations' MTA-STS and DANE policies on
+    /// its own hop. Mail whose destination requires verified TLS (MTA-STS `enforce`, a
+    /// DANE TLSA record) is handed only to a smarthost that says so; otherwise it
+    /// waits for a clean egress IP.
+    #[serde(default)]
+    pub enforces_tls_policy: bool,
     /// AUTH user; with `password` or `password_file`.
     pub username: Option<String>,
     /// The password, inline (prefer `password_file`).
@@ -193,7 +199,8 @@ pub struct DeliveryConfig {
     /// such IPs outright. Checked at start, on reload and with each listings refresh.
     pub require_fcrdns: bool,
     /// PEM certificates that routes with `tls = "verify"` trust instead of the system's
-    /// roots (a private CA).
+    /// roots (a private CA); MTA-STS policy fetches and MX sessions under an MTA-STS
+    /// policy trust them besides the system's roots.
     pub tls_ca_file: Option<PathBuf>,
     /// Deliveries in a row to a site where no MX answered at all (connections refused
     /// or timed out, from any egress IP) before the site is marked down: its mail is
@@ -231,6 +238,12 @@ pub struct DnsConfig {
     pub nameservers: Vec<SocketAddr>,
     /// How long to wait for one answer before trying again (twice) or giving up.
     pub timeout: HumanDuration,
+    /// Validate DNSSEC for DANE's MX and TLSA lookups (the resolver must pass DNSSEC
+    /// records through; if its root keys do not validate, DANE is off and says so).
+    pub dnssec: bool,
+    /// DNSKEY records (zone-file syntax) trusted as DNSSEC anchors instead of the root
+    /// KSKs built in (a private or test root).
+    pub trust_anchor: Option<PathBuf>,
 }
 
 impl Default for DnsConfig {
@@ -238,6 +251,8 @@ impl Default for DnsConfig {
         Self {
             nameservers: Vec::new(),
             timeout: HumanDuration::from_secs(5),
+            dnssec: true,
+            trust_anchor: None,
         }
     }
 }

@@ -13,6 +13,7 @@ mod networks;
 mod reputation;
 mod senders;
 mod server;
+mod tls_policy;
 mod validate;
 mod watch;
 mod words;
@@ -24,6 +25,7 @@ pub use error::{ConfigError, LoadError};
 pub use reputation::*;
 pub use senders::*;
 pub use server::*;
+pub use tls_policy::{TlsPolicyConfig, TlsRptConfig};
 pub use watch::*;
 
 use std::net::IpAddr;
@@ -85,6 +87,10 @@ pub struct Config {
     pub dkim: DkimConfig,
     /// Bulk-sender rules checked at the end of DATA (one-click unsubscribe).
     pub compliance: ComplianceConfig,
+    /// Destinations' published TLS requirements (MTA-STS, DANE).
+    pub tls_policy: TlsPolicyConfig,
+    /// Daily TLS reports (TLS-RPT) to the destinations that ask for them.
+    pub tlsrpt: TlsRptConfig,
 }
 
 /// Adds the line of `path` where each error's key is written to the key, as

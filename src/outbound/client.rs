@@ -24,6 +24,7 @@ use crate::routing::Pool;
 use crate::routing::{Admission, ProbePace, Shape, Shaper, SiteHealth};
 use crate::site::Site;
 use crate::spool::RemoteReply;
+use crate::tls_policy::{DomainPolicy, HostTls, Outcome, SessionPeer, TlsPolicies};
 
 /// The outbound side: resolver, egress pools, smarthosts, routes and the timeouts from
 /// `[delivery]`.
@@ -56,6 +57,9 @@ pub struct Outbound {
     probe_pace: ProbePace,
     /// `[[shaping]]` and its buckets and slots; kept across reloads that keep the rules.
     shaper: std::sync::Arc<Shaper>,
+    /// Destinations' MTA-STS and DANE policies and the sessions counted for TLS-RPT;
+    /// kept across reloads.
+    tls_policies: TlsPolicies,
 }
 
 impl Outbound {
@@ -98,6 +102,16 @@ impl Outbound {
                 )
             })
             .collect();
+        let tls_policies = TlsPolicies::new(
+            config,
+            resolver.clone(),
+            Some(config.spool.directory.clone()),
+            crate::clock::Clock::system(),
+        )
+        .map_err(|e| super::OutboundError::Tls {
+            name: "tls_policy".into(),
+            message: e.to_string(),
+        })?;
         let smarthosts = config
             .smarthosts
             .iter()
@@ -119,6 +133,7 @@ impl Outbound {
             command_timeout: d.command_timeout.get(),
             tls,
             verify_tls,
+            tls_policies,
             health: Default::default(),
             shaper: std::sync::Arc::new(Shaper::new(config.shaping.clone(), clock)),
             site_down_after: d.site_down_after,
@@ -139,6 +154,7 @@ impl Outbound {
     /// place in the cluster's connection count.
     pub fn keep_health(mut self, old: &Outbound) -> Self {
         self.health = old.health.clone();
+        self.tls_policies = old.tls_policies.clone();
         if old.shaper.rules() == self.shaper.rules() {
             // Same rules: the hour's counts and the slots in use carry on.
             self.shaper = old.shaper.clone();
@@ -156,6 +172,11 @@ impl Outbound {
     /// `site` asked us to slow down: its shaping is tightened for `period`.
     pub fn tighten(&self, site: &Site, period: Duration) {
         self.shaper.tighten(site, period);
+    }
+
+    /// Destinations' TLS policies and the sessions counted under them.
+    pub fn tls_policies(&self) -> &TlsPolicies {
+        &self.tls_policies
     }
 
     /// What the senders' SPF authorises, and what receivers taught about it.
@@ -205,6 +226,7 @@ impl Outbound {
             Err(e) => return report(vec![dns_reply(&e); d.recipients.len()]),
         };
         let site = Site::from_mx(&hosts, &self.site_rollup);
+        let tls_policy = self.tls_policies.domain(d.domain).await;
         self.authorisation.note_sender(d.sender);
         // The sender's SPF narrows the pool (and may allow the smarthost only).
         let mut avoid = d.avoid.to_vec();
@@ -238,6 +260,34 @@ impl Outbound {
             .iter()
             .any(|e| !avoided(e) && self.standing(e, &site) != Standing::Hard);
         if !usable {
+            if let Some(smarthost) = fallback
+                && !smarthost.enforces_tls_policy()
+                && self
+                    .tls_policies
+                    .requires_verified_tls(
+                        &tls_policy,
+                        &hosts.iter().map(|h| h.name.clone()).collect::<Vec<_>>(),
+                    )
+                    .await
+            {
+                let mut r = report(vec![
+                    RemoteReply {
+                        code: 0,
+                        enhanced: "4.7.5".into(),
+                        text: format!(
+                            "{} requires verified TLS (MTA-STS enforce or DANE) and smarthost {} does not enforce destination policies (enforces_tls_policy = false); the mail waits for a usable egress IP",
+                            d.domain,
+                            smarthost.name()
+                        ),
+                        mx: None,
+                    };
+                    d.recipients.len()
+                ]);
+                let ips: Vec<IpAddr> = pool.egress().iter().filter_map(|e| e.ip).collect();
+                r.retry_at = self.reputation.next_expiry(&site, &ips);
+                r.site = Some(site);
+                return r;
+            }
             if let Some(smarthost) = fallback {
                 let mut r = smarthost
                     .deliver(
@@ -309,7 +359,9 @@ impl Outbound {
             r.retry_at = Some(self.reputation.clock().now() + wait.as_secs() + 1);
             return r;
         }
-        let mut r = self.deliver_direct(d, pool, policy, &hosts, &site).await;
+        let mut r = self
+            .deliver_direct(d, pool, policy, &tls_policy, &hosts, &site)
+            .await;
         // Only a delivery where no server said anything (refused, timed out, dropped)
         // counts against the site; a TLS failure or any reply proves it is there.
         let unanswered = !r.replies.is_empty()
@@ -347,6 +399,7 @@ impl Outbound {
         d: &DomainDelivery<'_>,
         pool: &Pool,
         policy: TlsPolicy,
+        tls_policy: &DomainPolicy,
         hosts: &[crate::dns::MxHost],
         site: &Site,
     ) -> AttemptReport {
@@ -363,6 +416,13 @@ impl Outbound {
         let mut last_ip = None;
         let mut no_egress = false;
         for host in hosts {
+            let host_tls = match self.host_tls(tls_policy, &host.name, policy).await {
+                Ok(h) => h,
+                Err(refused) => {
+                    last = refused;
+                    continue;
+                }
+            };
             let addrs = match self.resolver.lookup_addresses(&host.name).await {
                 Ok(a) => a,
                 Err(e) => {
@@ -402,7 +462,14 @@ impl Outbound {
                     shapes,
                 };
                 let result = self
-                    .try_host_or_clear(&egress, addr, &host.name, d, policy, &shaped)
+                    .try_host_or_clear(
+                        &egress,
+                        addr,
+                        &host.name,
+                        d,
+                        (tls_policy, &host_tls),
+                        &shaped,
+                    )
                     .await;
                 match result {
                     Ok((replies, reused)) => {
@@ -437,20 +504,92 @@ impl Outbound {
         }
     }
 
+    /// How a session with `mx` uses TLS: the destination's policy (DANE, MTA-STS), else
+    /// the route's; or the deferral reply when the policy rules the host out.
+    async fn host_tls(
+        &self,
+        tls_policy: &DomainPolicy,
+        mx: &str,
+        route: TlsPolicy,
+    ) -> Result<HostTls, RemoteReply> {
+        match self.tls_policies.host(tls_policy, mx).await {
+            Ok(Some(h)) => Ok(h),
+            Ok(None) => Ok(match route {
+                TlsPolicy::Opportunistic => HostTls::opportunistic(),
+                TlsPolicy::Verify => HostTls {
+                    required: true,
+                    connector: Some(self.verify_tls.clone()),
+                    why: "the route".into(),
+                    key: Some("verify".into()),
+                    ..HostTls::opportunistic()
+                },
+            }),
+            Err(refused) => {
+                tracing::warn!(domain = tls_policy.domain, mx, reason = %refused.why, "TLS policy: MX host not used");
+                self.tls_policies.record(
+                    tls_policy,
+                    Outcome {
+                        policy: refused.policy,
+                        result: Some(refused.result),
+                        peer: SessionPeer {
+                            egress: None,
+                            mx: mx.to_string(),
+                            ip: None,
+                        },
+                        detail: Some(refused.why.clone()),
+                    },
+                );
+                Err(RemoteReply {
+                    code: 0,
+                    enhanced: "4.7.5".into(),
+                    text: refused.why,
+                    mx: Some(mx.to_string()),
+                })
+            }
+        }
+    }
+
     /// [`Outbound::try_host`]; when opportunistic TLS failed, again in plain text. A
-    /// verified route never falls back to the clear.
+    /// verified route or a destination's policy never falls back to the clear. The
+    /// session is counted under the destination's policy (TLS-RPT, metrics).
     async fn try_host_or_clear(
         &self,
         egress: &EgressIp,
         addr: IpAddr,
         mx: &str,
         d: &DomainDelivery<'_>,
-        policy: TlsPolicy,
+        (tls_policy, tls): (&DomainPolicy, &HostTls),
         shaped: &Shaped<'_>,
     ) -> Result<(Vec<RemoteReply>, bool), HostFailure> {
-        let result = self.try_host(egress, addr, mx, d, policy, shaped).await;
-        match (&result, policy) {
-            (Err(HostFailure { tls: true, .. }), TlsPolicy::Opportunistic) => {
+        *tls.seen.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let result = self
+            .try_host(egress, addr, mx, d, TlsUse::Policy(tls), shaped)
+            .await;
+        let counted = match &result {
+            Ok((_, false)) => Some(tls.problem()),
+            Err(f) if f.tls => Some(Some(
+                tls.problem()
+                    .unwrap_or(mail_auth::report::tlsrpt::ResultType::ValidationFailure),
+            )),
+            _ => None,
+        };
+        if let Some(problem) = counted {
+            self.tls_policies.record(
+                tls_policy,
+                Outcome {
+                    policy: tls.policy,
+                    result: problem,
+                    peer: SessionPeer {
+                        egress: egress.ip,
+                        mx: mx.to_string(),
+                        ip: Some(addr),
+                    },
+                    detail: result.as_ref().err().map(|f| f.reply.text.clone()),
+                },
+            );
+        }
+        match &result {
+            Err(HostFailure { tls: true, .. }) if !tls.required => {
                 self.try_host(egress, addr, mx, d, TlsUse::Never, shaped)
                     .await
             }
@@ -469,6 +608,7 @@ impl Outbound {
         };
         let site = Site::from_mx(&hosts, &self.site_rollup);
         let (_, _, policy) = self.route_for(d.domain);
+        let tls_policy = self.tls_policies.domain(d.domain).await;
         let shaped = Shaped {
             site: &site,
             shapes: Default::default(),
@@ -481,6 +621,13 @@ impl Outbound {
         };
         let mut last_ip = None;
         for host in &hosts {
+            let host_tls = match self.host_tls(&tls_policy, &host.name, policy).await {
+                Ok(h) => h,
+                Err(refused) => {
+                    last = refused;
+                    continue;
+                }
+            };
             let addrs = match self.resolver.lookup_addresses(&host.name).await {
                 Ok(a) => a,
                 Err(e) => {
@@ -491,7 +638,14 @@ impl Outbound {
             for addr in addrs.into_iter().filter(|a| egress.can_reach(*a)) {
                 last_ip = Some(addr);
                 match self
-                    .try_host_or_clear(egress, addr, &host.name, d, policy, &shaped)
+                    .try_host_or_clear(
+                        egress,
+                        addr,
+                        &host.name,
+                        d,
+                        (&tls_policy, &host_tls),
+                        &shaped,
+                    )
                     .await
                 {
                     Ok((replies, reused)) => {
@@ -561,10 +715,9 @@ impl Outbound {
         addr: IpAddr,
         mx: &str,
         d: &DomainDelivery<'_>,
-        tls: impl Into<TlsUse>,
+        tls: TlsUse<'_>,
         shaped: &Shaped<'_>,
     ) -> Result<(Vec<RemoteReply>, bool), HostFailure> {
-        let tls = tls.into();
         let dest = SocketAddr::new(addr, self.port);
         // A connection limit shared by a cluster counts deliveries under way, so a
         // session is not kept idle for such a site: every open connection holds a lease.
@@ -572,8 +725,11 @@ impl Outbound {
             shaped.shapes.0.max_connections.is_none() || self.shaper.shared_slots().is_none();
         let _busy = self.sessions.busy(dest);
         while let Some(mut session) = self.sessions.take(egress.ip, dest) {
-            if tls == TlsUse::Verified && !session.verified {
-                // Not good enough for this route: left for others, a verified one opened.
+            if let TlsUse::Policy(h) = tls
+                && h.required
+                && session.tls_key != h.key
+            {
+                // Not opened under this policy: left for others, a new one opened.
                 self.sessions.put(egress.ip, dest, session);
                 break;
             }
@@ -656,7 +812,7 @@ impl Outbound {
         egress: &EgressIp,
         dest: SocketAddr,
         mx: &str,
-        tls: TlsUse,
+        tls: TlsUse<'_>,
     ) -> Result<Session, HostFailure> {
         let addr = dest.ip();
         let fail = |code: u16, enhanced: &str, text: String| HostFailure {
@@ -683,18 +839,28 @@ impl Outbound {
         let caps = hello(&mut client, &egress.helo, mx).await?.capabilities;
         let offered = caps & EXT_START_TLS != 0;
         let connector = match tls {
-            TlsUse::Verified if !offered => {
-                return Err(fail(
-                    0,
-                    "4.7.5",
-                    format!(
-                        "{mx}[{addr}] does not offer STARTTLS, which the route requires (tls = \"verify\"); the mail waits"
-                    ),
-                ));
+            TlsUse::Policy(h) if !offered => {
+                h.seen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get_or_insert(mail_auth::report::tlsrpt::ResultType::StartTlsNotSupported);
+                if h.required {
+                    return Err(HostFailure {
+                        tls: true,
+                        ..fail(
+                            0,
+                            "4.7.5",
+                            format!(
+                                "{mx}[{addr}] does not offer STARTTLS, which {} requires; the mail waits",
+                                h.why
+                            ),
+                        )
+                    });
+                }
+                None
             }
-            TlsUse::Verified => Some(&self.verify_tls),
-            TlsUse::IfOffered if offered => self.tls.as_ref(),
-            TlsUse::IfOffered | TlsUse::Never => None,
+            TlsUse::Policy(h) => h.connector.as_ref().or(self.tls.as_ref()),
+            TlsUse::Never => None,
         };
         match connector {
             Some(connector) => {
@@ -703,10 +869,17 @@ impl Outbound {
                     .await
                     .map_err(|e| HostFailure {
                         reply: match tls {
-                            TlsUse::Verified => RemoteReply {
+                            TlsUse::Policy(h) if h.required => RemoteReply {
                                 code: 0,
                                 enhanced: "4.7.5".into(),
-                                text: format!("TLS with {mx}[{addr}] failed and the route requires a verified certificate (tls = \"verify\"): {e}"),
+                                text: format!(
+                                    "TLS with {mx}[{addr}] failed and {} requires a verified certificate{}: {e}; the mail waits",
+                                    h.why,
+                                    h.problem().map_or(String::new(), |p| format!(
+                                        " ({})",
+                                        crate::tls_policy::outcomes::result_name(&Some(p))
+                                    ))
+                                ),
                                 mx: Some(mx.to_string()),
                             },
                             _ => error_reply(e, mx),
@@ -715,7 +888,9 @@ impl Outbound {
                     })?;
                 let caps = hello(&mut client, &egress.helo, mx).await?.capabilities;
                 let mut session = Session::new(boxed(client), caps);
-                session.verified = tls == TlsUse::Verified;
+                if let TlsUse::Policy(h) = tls {
+                    session.tls_key = h.key.clone();
+                }
                 Ok(session)
             }
             None => Ok(Session::new(boxed(client), caps)),
@@ -749,23 +924,13 @@ struct Shaped<'a> {
 }
 
 /// How one connection uses TLS.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TlsUse {
-    /// STARTTLS when offered, certificate unchecked.
-    IfOffered,
-    /// STARTTLS required, certificate verified for the MX name.
-    Verified,
+#[derive(Clone, Copy)]
+enum TlsUse<'a> {
+    /// As the destination's policy or the route says: STARTTLS when offered with the
+    /// unchecked client, or required with the policy's own.
+    Policy(&'a HostTls),
     /// Plain text (opportunistic TLS just failed with this host).
     Never,
-}
-
-impl From<TlsPolicy> for TlsUse {
-    fn from(p: TlsPolicy) -> Self {
-        match p {
-            TlsPolicy::Opportunistic => Self::IfOffered,
-            TlsPolicy::Verify => Self::Verified,
-        }
-    }
 }
 
 fn dns_reply(e: &DnsError) -> RemoteReply {

@@ -31,9 +31,9 @@ pub(super) struct Session {
     pub(super) client: Client,
     /// The extensions the server announced (after STARTTLS, if used).
     pub(super) caps: u32,
-    /// Under TLS with a certificate verified for the MX name: only such a session may
-    /// carry mail of a `tls = "verify"` route.
-    pub(super) verified: bool,
+    /// The TLS requirement it was opened under (`verify`, `sts:MX`, `dane:MX`): mail
+    /// under a requirement only reuses a session opened under the same one.
+    pub(super) tls_key: Option<String>,
     /// The site's `messages_per_connection`, when shaping sets one.
     pub(super) max_messages: Option<u32>,
     opened: Instant,
@@ -46,7 +46,7 @@ impl Session {
         Self {
             client,
             caps,
-            verified: false,
+            tls_key: None,
             max_messages: None,
             opened: Instant::now(),
             messages: 0,

@@ -26,6 +26,8 @@ pub struct Smarthost {
     credentials: Option<Credentials<String>>,
     tls: TlsConnector,
     helo: String,
+    /// The operator vouches that it enforces destinations' MTA-STS and DANE itself.
+    enforces_tls_policy: bool,
 }
 
 impl Smarthost {
@@ -65,12 +67,19 @@ impl Smarthost {
             credentials,
             tls,
             helo: helo.to_string(),
+            enforces_tls_policy: config.enforces_tls_policy,
         })
     }
 
     /// Its name in `[[smarthosts]]`.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Whether mail whose destination requires verified TLS may be handed to it
+    /// (`enforces_tls_policy`): its own hop is always verified TLS.
+    pub fn enforces_tls_policy(&self) -> bool {
+        self.enforces_tls_policy
     }
 
     /// The host connected to.

@@ -74,3 +74,61 @@ async fn queue_alert(
     queue.enqueued(&msg);
     Ok(())
 }
+
+/// Queues every TLS report `events` brings (RFC 8460 §3: from a null envelope sender,
+/// like a DSN, so a report never bounces), for as long as reports come.
+pub fn spawn_tls_reports(
+    mut events: tokio::sync::mpsc::UnboundedReceiver<crate::tls_policy::report::ReportMail>,
+    spool: crate::spool::Spool,
+    queue: super::QueueHandle,
+    clock: crate::clock::Clock,
+) {
+    tokio::spawn(async move {
+        while let Some(report) = events.recv().await {
+            if let Err(e) = queue_report(&spool, &queue, report, clock.now_ms()).await {
+                tracing::warn!(error = %e, "TLS report mail could not be queued");
+            }
+        }
+    });
+}
+
+async fn queue_report(
+    spool: &crate::spool::Spool,
+    queue: &super::QueueHandle,
+    report: crate::tls_policy::report::ReportMail,
+    now: u64,
+) -> Result<(), crate::spool::SpoolError> {
+    use crate::spool::{QueueId, QueuedMessage, RecipientState};
+    let recipients = report
+        .to
+        .iter()
+        .filter_map(|t| crate::envelope::Address::parse(t, false).ok())
+        .map(RecipientState::pending)
+        .collect::<Vec<_>>();
+    if recipients.is_empty() {
+        return Ok(());
+    }
+    let body = report.body;
+    let msg = QueuedMessage {
+        id: QueueId::generate(now * 1000),
+        sender: crate::envelope::Sender::Null,
+        recipients,
+        flags: crate::envelope::BodyFlags {
+            eight_bit: !body.is_ascii(),
+            smtputf8: false,
+        },
+        received_at: now / 1000,
+        attempts: 0,
+        next_attempt_ms: now,
+        size: body.len() as u64,
+        client: "local (TLS report)".into(),
+        body: None,
+        held: false,
+        held_reason: None,
+        history: Vec::new(),
+        user: None,
+    };
+    spool.store_message(&msg, body).await?;
+    queue.enqueued(&msg);
+    Ok(())
+}

@@ -325,20 +325,7 @@ async fn an_spf_edit_that_adds_an_egress_ip_is_announced() {
     .await;
 }
 
-/// `sidestep ARGS --config …` run without blocking the test's runtime (its DNS server
-/// answers the relay meanwhile); stdout.
+/// See [`crate::support::relay::Setup::cli_async`].
 async fn cli_async(w: &World, args: &[&str]) -> String {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sidestep"))
-        .args(args)
-        .arg("--config")
-        .arg(w.setup.dir.path().join("sidestep.toml"))
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    w.setup.cli_async(args).await
 }

@@ -29,6 +29,7 @@ mod senders;
 mod shaping;
 mod stop;
 mod submission;
+mod tls_policy;
 mod warmup;
 
 use support::relay::Setup;

@@ -142,6 +142,24 @@ name = "default"
         text
     }
 
+    /// `sidestep ARGS --config …` run without blocking the test's runtime (its DNS
+    /// server answers the relay meanwhile); stdout. Fails the test if the command fails.
+    pub async fn cli_async(&self, args: &[&str]) -> String {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sidestep"))
+            .args(args)
+            .arg("--config")
+            .arg(self.dir.path().join("sidestep.toml"))
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// [`Setup::cli`] with `--json`, parsed.
     pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
         let mut args = args.to_vec();

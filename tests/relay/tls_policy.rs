@@ -1,0 +1,355 @@
+//! Destinations' TLS policies over real sockets: an MTA-STS policy served over HTTPS by
+//! the test (certificate from a test CA the relay trusts through `[delivery]
+//! tls_ca_file`), SMTP sinks with certificates from the same CA, and the TLS report
+//! mailed to the domain's `rua` and read back.
+
+use std::io::Read;
+
+use mail_parser::MimeHeaders;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::TlsAcceptor;
+
+use crate::support::client::ready;
+use crate::{World, message};
+
+/// A CA for the test: certificates it signs are trusted by the relay.
+struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        Self {
+            issuer: rcgen::CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap(),
+        }
+    }
+
+    /// A server config with a certificate for `name`.
+    fn server(&self, name: &str) -> rustls::ServerConfig {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        let private = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone(), self.issuer.der().clone()], private)
+        .unwrap()
+    }
+
+    fn acceptor(&self, name: &str) -> TlsAcceptor {
+        TlsAcceptor::from(Arc::new(self.server(name)))
+    }
+}
+
+/// An HTTPS server for `mta-sts.dest.test` answering every request with the policy.
+async fn policy_server(ca: &TestCa, policy: Arc<Mutex<String>>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind((crate::support::fresh_loopback(), 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = ca.acceptor("mta-sts.dest.test");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let policy = policy.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let request = String::from_utf8_lossy(&got);
+                let body = policy.lock().unwrap().clone();
+                let answer = if request.starts_with("GET /.well-known/mta-sts.txt ") {
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_string()
+                };
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+fn policy(mode: &str, mx: &[&str]) -> String {
+    let mut p = format!("version: STSv1\r\nmode: {mode}\r\n");
+    for m in mx {
+        p.push_str(&format!("mx: {m}\r\n"));
+    }
+    p + "max_age: 86400\r\n"
+}
+
+/// The usual world, dest.test publishing an MTA-STS policy (`mode`, `mx`) and a TLS-RPT
+/// address at sender.test; the relay trusts the test CA.
+async fn sts_world(mode: &str, mx: &[&str]) -> (World, TestCa) {
+    let mut w = World::new().await;
+    let ca = TestCa::new();
+    let served = Arc::new(Mutex::new(policy(mode, mx)));
+    let https = policy_server(&ca, served).await;
+    w.setup.dns.add_a("mta-sts.dest.test", https.ip()).await;
+    w.setup
+        .dns
+        .add_txt("_mta-sts.dest.test", "v=STSv1; id=20261201T000000;")
+        .await;
+    w.setup
+        .dns
+        .add_txt(
+            "_smtp._tls.dest.test",
+            "v=TLSRPTv1; rua=mailto:tlsrpt@sender.test",
+        )
+        .await;
+    let ca_file = w.setup.dir.path().join("test-ca.pem");
+    std::fs::write(&ca_file, ca.issuer.pem()).unwrap();
+    w.setup.queue = crate::NO_RETRY_SOON.into();
+    // One message per session: each one is a session of its own in the report.
+    w.setup.delivery = format!(
+        "tls_ca_file = \"{}\"\nreuse_messages = 1",
+        ca_file.display()
+    );
+    w.setup.extra = format!(
+        "\n[tls_policy]\nhttps_port = {}\n\n[tlsrpt]\nfrom = \"tlsrpt@relay.test\"\norganization = \"Sidestep Test\"\n",
+        https.port()
+    );
+    (w, ca)
+}
+
+async fn send(relay: &crate::support::relay::Relay, subject: &str) {
+    let mut c = ready(relay.addr).await;
+    c.send_mail(
+        "a@sender.test",
+        &["b@dest.test"],
+        &message(subject, "x\r\n"),
+    )
+    .await;
+}
+
+async fn cli_async(w: &World, args: &[&str]) -> String {
+    w.setup.cli_async(args).await
+}
+
+#[tokio::test]
+async fn an_enforced_policy_keeps_mail_from_an_mx_it_does_not_list() {
+    let (w, ca) = sts_world("enforce", &["*.elsewhere.test"]).await;
+    w.dest.behave(|b| b.tls = Some(ca.acceptor("mx.dest.test")));
+    let relay = w.setup.start().await;
+    send(&relay, "unlisted").await;
+    relay
+        .log_with("mx.dest.test is not an MX host the policy of dest.test allows")
+        .await;
+    relay.log_with("deferred: next attempt at").await;
+    assert!(
+        w.dest.connections.lock().unwrap().is_empty(),
+        "nothing connected to the sink"
+    );
+    let listed: serde_json::Value = serde_json::from_str(
+        &cli_async(&w, &["queue", "list", "--domain", "dest.test", "--json"]).await,
+    )
+    .unwrap();
+    let id = listed["messages"][0]["id"].as_str().unwrap().to_string();
+    let shown = cli_async(&w, &["queue", "show", &id]).await;
+    assert!(
+        shown.contains("is not an MX host the policy of dest.test allows"),
+        "the reason is in queue show: {shown}"
+    );
+    let tls: serde_json::Value =
+        serde_json::from_str(&cli_async(&w, &["tls", "dest.test", "--json"]).await).unwrap();
+    let sts = &tls["mta_sts"]["policy"];
+    assert_eq!(sts["mode"], "enforce", "{tls}");
+    assert_eq!(sts["mx"][0], "*.elsewhere.test", "{tls}");
+    assert_eq!(tls["mx"][0]["allowed_by_sts"], false, "{tls}");
+    assert_eq!(tls["tlsrpt_rua"][0], "mailto:tlsrpt@sender.test", "{tls}");
+}
+
+#[tokio::test]
+async fn an_enforced_policy_defers_on_a_certificate_for_another_name() {
+    let (w, ca) = sts_world("enforce", &["mx.dest.test"]).await;
+    w.dest.behave(|b| b.tls = Some(ca.acceptor("wrong.test")));
+    let relay = w.setup.start().await;
+    send(&relay, "wrong name").await;
+    relay.log_with("certificate-host-mismatch").await;
+    relay.log_with("deferred: next attempt at").await;
+    assert!(w.dest.messages().is_empty(), "nothing went in the clear");
+}
+
+#[tokio::test]
+async fn an_enforced_policy_defers_when_starttls_is_stripped() {
+    let (w, _ca) = sts_world("enforce", &["mx.dest.test"]).await;
+    let relay = w.setup.start().await;
+    send(&relay, "stripped").await;
+    relay
+        .log_with(
+            "does not offer STARTTLS, which the MTA-STS policy of dest.test (enforce) requires",
+        )
+        .await;
+    relay.log_with("deferred: next attempt at").await;
+    assert!(w.dest.messages().is_empty(), "nothing went in the clear");
+}
+
+#[tokio::test]
+async fn an_enforced_policy_delivers_over_verified_tls() {
+    let (w, ca) = sts_world("enforce", &["mx.dest.test"]).await;
+    w.dest.behave(|b| b.tls = Some(ca.acceptor("mx.dest.test")));
+    let relay = w.setup.start().await;
+    send(&relay, "good").await;
+    let got = w.dest.wait_for(1).await;
+    assert!(got[0].tls);
+    // A restart keeps the policy (from the spool) rather than forgetting it.
+    drop(relay);
+    let policies = std::fs::read_to_string(w.setup.dir.path().join("spool/mta-sts.json")).unwrap();
+    assert!(policies.contains("\"enforce\""), "{policies}");
+}
+
+/// Testing mode: a certificate for the wrong name does not stop the mail, and the TLS
+/// report for the day counts it as a failure beside a success.
+#[tokio::test]
+async fn testing_mode_delivers_and_the_day_is_reported_to_the_rua() {
+    let (w, ca) = sts_world("testing", &["mx.dest.test"]).await;
+    w.dest.behave(|b| b.tls = Some(ca.acceptor("wrong.test")));
+    let relay = w.setup.start().await;
+    send(&relay, "first").await;
+    w.dest.wait_for(1).await;
+    w.dest.behave(|b| b.tls = Some(ca.acceptor("mx.dest.test")));
+    send(&relay, "second").await;
+    w.dest.wait_for(2).await;
+    relay
+        .log_count("removed: every recipient is final", 2)
+        .await;
+    let sent = cli_async(&w, &["tls", "--report", "today", "--json"]).await;
+    assert!(sent.contains("mailto:tlsrpt@sender.test"), "{sent}");
+    let got = w.sender.wait_for(1).await;
+    let report = report_json(&got[0].data);
+    assert_eq!(report["organization-name"], "Sidestep Test", "{report}");
+    assert!(
+        report["date-range"]["start-datetime"].is_string(),
+        "{report}"
+    );
+    assert!(report["report-id"].is_string(), "{report}");
+    let p = &report["policies"][0];
+    assert_eq!(p["policy"]["policy-type"], "sts", "{report}");
+    assert_eq!(p["policy"]["policy-domain"], "dest.test", "{report}");
+    assert_eq!(p["policy"]["mx-host"][0], "mx.dest.test", "{report}");
+    assert!(
+        p["policy"]["policy-string"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l == "mode: testing"),
+        "{report}"
+    );
+    assert_eq!(
+        p["summary"]["total-successful-session-count"], 1,
+        "{report}"
+    );
+    assert_eq!(p["summary"]["total-failure-session-count"], 1, "{report}");
+    let f = &p["failure-details"][0];
+    assert_eq!(f["result-type"], "certificate-host-mismatch", "{report}");
+    assert_eq!(f["receiving-mx-hostname"], "mx.dest.test", "{report}");
+    assert_eq!(f["receiving-ip"], w.dest.addr.ip().to_string(), "{report}");
+    assert_eq!(f["failed-session-count"], 1, "{report}");
+    let metrics = crate::support::http_get(relay.admin.unwrap(), "/metrics").await;
+    assert!(
+        metrics.contains("tls_sessions_total{policy=\"sts\",result=\"success\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// The gzipped JSON of a TLS report mail (RFC 8460 §5.3).
+fn report_json(mail: &[u8]) -> serde_json::Value {
+    let parsed = mail_parser::MessageParser::default().parse(mail).unwrap();
+    let part = parsed
+        .attachments()
+        .find(|a| {
+            a.content_type()
+                .is_some_and(|c| c.subtype() == Some("tlsrpt+gzip"))
+        })
+        .expect("an application/tlsrpt+gzip part");
+    let mut json = String::new();
+    flate2::read::GzDecoder::new(part.contents())
+        .read_to_string(&mut json)
+        .unwrap();
+    serde_json::from_str(&json).unwrap()
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// A refusal no rule blames on the IP asks for a second opinion: with one egress IP that
+/// would be the fallback smarthost, which does not enforce destination policies, so
+/// the mail waits instead; nothing reaches the smarthost.
+#[tokio::test]
+async fn neither_the_second_opinion_nor_the_fallback_smarthost_steps_around_the_policy() {
+    let (mut w, ca) = sts_world("enforce", &["mx.dest.test"]).await;
+    w.setup.egress = vec![2];
+    w.dest.behave(|b| {
+        b.tls = Some(ca.acceptor("mx.dest.test"));
+        b.data_from.insert(
+            ip("127.0.0.2"),
+            "550 5.7.1 Message refused (policy 17)".into(),
+        );
+    });
+    let (smarthost, smarthost_ca) =
+        crate::blocks::smarthost(&w, "smarthost.test", false, "pw").await;
+    w.setup.delivery += "\nfallback = \"clean\"";
+    w.setup.extra += &format!(
+        "\n[[smarthosts]]\nname = \"clean\"\nhost = \"smarthost.test\"\nport = {}\ntls = \"starttls\"\nusername = \"relay-user\"\npassword = \"pw\"\nca_file = \"{}\"\n",
+        smarthost.addr.port(),
+        smarthost_ca.display()
+    );
+    let relay = w.setup.start().await;
+    send(&relay, "policy").await;
+    relay
+        .log_with("smarthost clean does not enforce destination policies")
+        .await;
+    assert!(smarthost.messages().is_empty(), "the smarthost got nothing");
+    assert!(w.dest.messages().is_empty());
+}
+
+/// A block reroutes to the other egress IP, over a session the policy verified.
+#[tokio::test]
+async fn a_reroute_after_a_block_obeys_the_policy() {
+    let (w, ca) = sts_world("enforce", &["mx.dest.test"]).await;
+    let refusal = "550 5.7.1 Service unavailable; Client host [127.0.0.2] blocked using CSI";
+    w.dest.behave(|b| {
+        b.tls = Some(ca.acceptor("mx.dest.test"));
+        b.refuse_from.insert(ip("127.0.0.2"), refusal.into());
+    });
+    let relay = w.setup.start().await;
+    for i in 0..2 {
+        send(&relay, &format!("m{i}")).await;
+        w.dest.wait_for(i + 1).await;
+    }
+    let got = w.dest.messages();
+    assert!(
+        got.iter().all(|m| m.tls && m.peer == ip("127.0.0.3")),
+        "{got:?}"
+    );
+}
