@@ -126,6 +126,48 @@ impl<T: Clone> Answers<T> {
     }
 }
 
+/// The DNSSEC trust anchors: the root KSKs built in, or the DNSKEY records of `[dns]
+/// trust_anchor`, which replace them.
+///
+/// The file must hold a key for the root zone `.` (a private root, or a test's own
+/// signed root): hickory would also take keys for other zones as islands of trust, but
+/// then nothing outside them could be proven insecure (every other answer would read as
+/// bogus), and DANE is gated on the root's keys validating. A file that holds no root
+/// key is a configuration error rather than DANE silently off.
+///
+/// # Errors
+/// The file cannot be read or parsed, or has no DNSKEY for `.`.
+fn trust_anchors(
+    config: &DnsConfig,
+) -> Result<hickory_resolver::proto::dnssec::TrustAnchors, String> {
+    let Some(path) = &config.trust_anchor else {
+        return Ok(Default::default());
+    };
+    let anchors = hickory_resolver::proto::dnssec::TrustAnchors::from_file(path)
+        .map_err(|e| format!("dns.trust_anchor {}: {e}", path.display()))?;
+    if anchors.is_empty() {
+        return Err(format!(
+            "dns.trust_anchor {}: no DNSKEY record for the root zone \".\" (the file replaces the built-in root keys; keys for other zones alone are not supported)",
+            path.display()
+        ));
+    }
+    Ok(anchors)
+}
+
+/// `[dns]` problems found by building what it describes (`sidestep check-config`).
+pub fn check_config(config: &DnsConfig) -> Vec<crate::config::ConfigError> {
+    if !config.dnssec {
+        return Vec::new();
+    }
+    match trust_anchors(config) {
+        Ok(_) => Vec::new(),
+        Err(problem) => vec![crate::config::ConfigError {
+            key: "dns.trust_anchor".into(),
+            problem,
+        }],
+    }
+}
+
 impl Resolver {
     /// Builds the resolver: configured name servers (UDP and TCP on the given port), or
     /// the system configuration when none are set.
@@ -135,13 +177,7 @@ impl Resolver {
     pub fn new(config: &DnsConfig) -> Result<Self, DnsError> {
         let inner = Self::build(config, None)?;
         let validating = if config.dnssec {
-            let anchors = match &config.trust_anchor {
-                Some(path) => hickory_resolver::proto::dnssec::TrustAnchors::from_file(path)
-                    .map_err(|e| {
-                        DnsError::Setup(format!("dns.trust_anchor {}: {e}", path.display()))
-                    })?,
-                None => Default::default(),
-            };
+            let anchors = trust_anchors(config).map_err(DnsError::Setup)?;
             Some(Self::build(config, Some(Arc::new(anchors)))?)
         } else {
             None

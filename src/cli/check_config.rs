@@ -57,6 +57,7 @@ pub(crate) fn problems(config: &Config, path: Option<&Path>) -> Vec<crate::confi
     errors.extend(crate::inbound::check_config(config));
     errors.extend(crate::probes::check_config(config));
     errors.extend(crate::cluster::check_config(&config.cluster));
+    errors.extend(crate::dns::check_config(&config.dns));
     if let Some(path) = path {
         crate::config::locate(path, &mut errors);
     }
@@ -157,5 +158,26 @@ mod tests {
             vec!["cluster.password_file"]
         );
         assert!(keys("[cluster]\nredis = \"redis://127.0.0.1:6379/0\"\nnode = \"a\"\n").is_empty());
+    }
+
+    #[test]
+    fn a_trust_anchor_must_hold_a_root_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
+        };
+        let key = "257 3 13 RZANH7drKDY+dm/1QtUPSAXbCssfwpjq1LUl2KbvxPPGwVyLGW79kdFmw48SKQLv/RyHlnKv2EqfXgIhUJAr6Q==";
+        let root = file("root.key", &format!(". IN DNSKEY {key}\n"));
+        let island = file("island.key", &format!("example.com. IN DNSKEY {key}\n"));
+        let with = |path: &str| keys(&format!("[dns]\ntrust_anchor = \"{path}\"\n"));
+        assert!(with(&root).is_empty(), "a private root");
+        assert_eq!(with(&island), vec!["dns.trust_anchor"], "no root key");
+        assert_eq!(with("/nonexistent"), vec!["dns.trust_anchor"]);
+        assert!(
+            keys("[dns]\ndnssec = false\ntrust_anchor = \"/nonexistent\"\n").is_empty(),
+            "no DNSSEC: not read"
+        );
     }
 }

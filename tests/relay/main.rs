@@ -13,6 +13,7 @@ mod cli;
 mod cluster;
 mod complaints;
 mod crash;
+mod dane;
 mod delivery;
 mod disk;
 mod dkim;

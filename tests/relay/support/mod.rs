@@ -6,6 +6,7 @@ pub mod client;
 pub mod dkim;
 pub mod dns;
 pub mod imap;
+pub mod nsd;
 pub mod redis;
 pub mod relay;
 pub mod sink;
@@ -69,6 +70,7 @@ pub fn require(tool: &str) {
         "postfix" | "postconf" | "smtp-sink" | "smtp-source" => "postfix",
         "dnsmasq" => "dnsmasq-base",
         "dovecot" => "dovecot-imapd",
+        "ldns-keygen" | "ldns-signzone" => "ldnsutils",
         other => other,
     };
     let found = std::process::Command::new("sh")

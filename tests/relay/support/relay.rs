@@ -29,6 +29,9 @@ pub struct Setup {
     pub egress: Vec<u8>,
     /// The `[admin]` section's lines (a port of its own per relay).
     pub admin: String,
+    /// Replaces the `[dns]` section's lines (a signed zone served by nsd, see
+    /// `support::nsd`); none: the in-process [`TestDns`].
+    pub resolver: Option<String>,
 }
 
 impl Setup {
@@ -43,6 +46,7 @@ impl Setup {
             delivery: String::new(),
             egress: vec![2, 3],
             admin: "listen = \"127.0.0.1:0\"".into(),
+            resolver: None,
             queue: r#"retry_initial = "200ms"
 retry_max = "1s"
 max_lifetime = "1h""#
@@ -72,8 +76,7 @@ command_timeout = "10s"
 {delivery}
 
 [dns]
-nameservers = ["{dns}"]
-timeout = "1s"
+{dns}
 
 [admin]
 {admin}
@@ -90,7 +93,10 @@ name = "default"
             queue = self.queue,
             delivery = self.delivery,
             port = self.smtp_port,
-            dns = self.dns.addr,
+            dns = self.resolver.clone().unwrap_or_else(|| format!(
+                "nameservers = [\"{}\"]\ntimeout = \"1s\"",
+                self.dns.addr
+            )),
             extra = self.extra,
             egress = self
                 .egress

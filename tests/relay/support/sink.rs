@@ -556,7 +556,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// A TLS acceptor with a fresh self-signed certificate for `name`.
 pub fn tls_acceptor(name: &str) -> TlsAcceptor {
+    self_signed(name).0
+}
+
+/// A TLS acceptor with a fresh self-signed certificate for `name`, and the certificate's
+/// SubjectPublicKeyInfo (what a DANE `3 1 x` record matches).
+pub fn self_signed(name: &str) -> (TlsAcceptor, Vec<u8>) {
     let key = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+    let spki = rcgen::PublicKeyData::subject_public_key_info(&key.signing_key);
     let cert = key.cert.der().clone();
     let private = rustls::pki_types::PrivateKeyDer::Pkcs8(key.signing_key.serialize_der().into());
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -567,5 +574,5 @@ pub fn tls_acceptor(name: &str) -> TlsAcceptor {
     .with_no_client_auth()
     .with_single_cert(vec![cert], private)
     .unwrap();
-    TlsAcceptor::from(Arc::new(config))
+    (TlsAcceptor::from(Arc::new(config)), spki)
 }
