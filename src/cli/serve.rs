@@ -95,6 +95,10 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     let _ = stop.send(true);
     drain(&sessions, &delivery.queue, drain_timeout, &mut signals).await;
     state.reputation.flush_warmup();
+    // The TLS session counts of the last seconds (written every 5 s while running).
+    if let Err(e) = delivery.ctx.outbound.tls_policies().flush() {
+        tracing::error!(error = %e, "TLS session counts could not be saved");
+    }
     Ok(())
 }
 

@@ -648,8 +648,8 @@ impl TlsPolicies {
         &self.shared.outcomes
     }
 
-    /// Writes the session counts to the spool (called every few seconds and at report
-    /// time).
+    /// Writes the session counts to the spool (called every few seconds, at report time
+    /// and at a clean stop).
     ///
     /// # Errors
     /// The file could not be written.

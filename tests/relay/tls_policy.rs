@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsAcceptor;
 
 use crate::support::client::ready;
+use crate::support::relay::Relay;
 use crate::{World, message};
 
 /// A CA for the test: certificates it signs are trusted by the relay.
@@ -58,7 +59,8 @@ impl TestCa {
     }
 }
 
-/// An HTTPS server for `mta-sts.dest.test` answering every request with the policy.
+/// An HTTPS server for `mta-sts.dest.test` answering every request with the policy
+/// (a `500` while it is empty).
 async fn policy_server(ca: &TestCa, policy: Arc<Mutex<String>>) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind((crate::support::fresh_loopback(), 0))
         .await
@@ -83,7 +85,10 @@ async fn policy_server(ca: &TestCa, policy: Arc<Mutex<String>>) -> std::net::Soc
                 }
                 let request = String::from_utf8_lossy(&got);
                 let body = policy.lock().unwrap().clone();
-                let answer = if request.starts_with("GET /.well-known/mta-sts.txt ") {
+                let answer = if body.is_empty() {
+                    // Broken: what a failing web server answers.
+                    "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n".to_string()
+                } else if request.starts_with("GET /.well-known/mta-sts.txt ") {
                     format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
                         body.len()
@@ -110,15 +115,19 @@ fn policy(mode: &str, mx: &[&str]) -> String {
 /// The usual world, dest.test publishing an MTA-STS policy (`mode`, `mx`) and a TLS-RPT
 /// address at sender.test; the relay trusts the test CA.
 async fn sts_world(mode: &str, mx: &[&str]) -> (World, TestCa) {
+    let (w, ca, _) = sts_world_served(mode, mx).await;
+    (w, ca)
+}
+
+/// [`sts_world`], and the policy text the HTTPS server serves (empty: it fails), to
+/// change while the relay runs.
+async fn sts_world_served(mode: &str, mx: &[&str]) -> (World, TestCa, Arc<Mutex<String>>) {
     let mut w = World::new().await;
     let ca = TestCa::new();
     let served = Arc::new(Mutex::new(policy(mode, mx)));
-    let https = policy_server(&ca, served).await;
+    let https = policy_server(&ca, served.clone()).await;
     w.setup.dns.add_a("mta-sts.dest.test", https.ip()).await;
-    w.setup
-        .dns
-        .add_txt("_mta-sts.dest.test", "v=STSv1; id=20261201T000000;")
-        .await;
+    announce(&w, "20261201T000000").await;
     w.setup
         .dns
         .add_txt(
@@ -138,10 +147,10 @@ async fn sts_world(mode: &str, mx: &[&str]) -> (World, TestCa) {
         "\n[tls_policy]\nhttps_port = {}\n\n[tlsrpt]\nfrom = \"tlsrpt@relay.test\"\norganization = \"Sidestep Test\"\n",
         https.port()
     );
-    (w, ca)
+    (w, ca, served)
 }
 
-async fn send(relay: &crate::support::relay::Relay, subject: &str) {
+async fn send(relay: &Relay, subject: &str) {
     let mut c = ready(relay.addr).await;
     c.send_mail(
         "a@sender.test",
@@ -352,4 +361,106 @@ async fn a_reroute_after_a_block_obeys_the_policy() {
         got.iter().all(|m| m.tls && m.peer == ip("127.0.0.3")),
         "{got:?}"
     );
+}
+
+/// Looks at the `_mta-sts` TXT record before every delivery: its id decides whether the
+/// policy is fetched again.
+fn recheck_always(w: &mut World) {
+    w.setup.extra = w
+        .setup
+        .extra
+        .replace("[tls_policy]\n", "[tls_policy]\nrecheck = \"0s\"\n");
+}
+
+/// dest.test announces its policy id (a new one: the policy changed).
+async fn announce(w: &World, id: &str) {
+    let name = "_mta-sts.dest.test";
+    w.setup
+        .dns
+        .remove(name, hickory_server::proto::rr::RecordType::TXT)
+        .await;
+    // TTL 0: no cache keeps the old id past the change.
+    w.setup
+        .dns
+        .add_txt_ttl(name, &format!("v=STSv1; id={id};"), 0)
+        .await;
+}
+
+/// An enforce policy for mx.dest.test, the TXT id looked at before every delivery, a
+/// first message delivered under it (the policy fetched and cached).
+async fn delivered_under_enforce() -> (World, TestCa, Arc<Mutex<String>>, Relay) {
+    let (mut w, ca, served) = sts_world_served("enforce", &["mx.dest.test"]).await;
+    recheck_always(&mut w);
+    w.dest.behave(|b| b.tls = Some(ca.acceptor("mx.dest.test")));
+    let relay = w.setup.start().await;
+    send(&relay, "first").await;
+    w.dest.wait_for(1).await;
+    relay.log_with("every recipient is final").await;
+    (w, ca, served, relay)
+}
+
+/// The policy server fails, a new id makes the relay fetch, the sink shows a
+/// certificate for another name: the cached enforce policy still applies, the mail
+/// waits.
+async fn kept_although_the_fetch_fails(
+    w: &World,
+    ca: &TestCa,
+    served: &Mutex<String>,
+    relay: &Relay,
+) {
+    served.lock().unwrap().clear();
+    announce(w, "20261202T000000").await;
+    w.dest.behave(|b| b.tls = Some(ca.acceptor("wrong.test")));
+    send(relay, "fetch fails").await;
+    relay
+        .log_with("MTA-STS policy fetch failed; the cached policy applies until it expires")
+        .await;
+    relay.log_with("certificate-host-mismatch").await;
+    relay.log_with("deferred: next attempt at").await;
+    assert_eq!(w.dest.messages().len(), 1, "nothing went unverified");
+}
+
+/// A policy changed under the same id is not fetched again; a new id fetches it (RFC
+/// 8461 §3.3, §5.1).
+#[tokio::test]
+async fn a_new_policy_id_fetches_the_policy_again() {
+    let (w, _ca, served, relay) = delivered_under_enforce().await;
+    *served.lock().unwrap() = policy("enforce", &["*.elsewhere.test"]);
+    send(&relay, "same id").await;
+    w.dest.wait_for(2).await;
+    announce(&w, "20261202T000000").await;
+    send(&relay, "new id").await;
+    relay
+        .log_with("mx.dest.test is not an MX host the policy of dest.test allows")
+        .await;
+    relay.log_with("deferred: next attempt at").await;
+    assert_eq!(
+        relay.log().matches("MTA-STS policy fetched").count(),
+        2,
+        "fetched at first and for the new id only"
+    );
+    assert_eq!(w.dest.messages().len(), 2);
+}
+
+/// A fetch that fails while the cached enforce policy is valid keeps it (RFC 8461
+/// §5.1): no fallback to opportunistic TLS.
+#[tokio::test]
+async fn a_failed_fetch_keeps_the_cached_enforce_policy() {
+    let (w, ca, served, relay) = delivered_under_enforce().await;
+    kept_although_the_fetch_fails(&w, &ca, &served, &relay).await;
+}
+
+/// Start, deliver, stop; the policy server breaks; after the restart the policy from
+/// the spool is still enforced. The session counts of the first run reached the disk
+/// at the clean stop (they are otherwise written every 5 s).
+#[tokio::test]
+async fn an_enforced_policy_survives_a_restart_while_its_server_is_down() {
+    let (w, ca, served, relay) = delivered_under_enforce().await;
+    let (status, _) = relay.terminate().await;
+    assert!(status.success());
+    let counts = std::fs::read_to_string(w.setup.dir.path().join("spool/tlsrpt.json"))
+        .expect("the session counts were written at the stop");
+    assert!(counts.contains("mx.dest.test"), "{counts}");
+    let relay = w.setup.start().await;
+    kept_although_the_fetch_fails(&w, &ca, &served, &relay).await;
 }
