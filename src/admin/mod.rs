@@ -36,7 +36,7 @@ mod tls;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
@@ -120,7 +120,8 @@ pub struct Admin {
     auth: Option<Arc<auth::AuthDesk>>,
     /// Destinations' TLS policies and session counts (`/api/v1/tls`).
     tls: Option<crate::tls_policy::TlsPolicies>,
-    failures: Arc<Mutex<HashMap<IpAddr, (Instant, u32)>>>,
+    /// Per address: the start of its window (Unix ms, system clock) and its wrong tokens.
+    failures: Arc<Mutex<HashMap<IpAddr, (u64, u32)>>>,
 }
 
 impl Admin {
@@ -233,13 +234,14 @@ impl Admin {
 
     /// Whether `ip` sent too many wrong tokens lately; counts this one when `failed`.
     fn over_failures(&self, ip: IpAddr, failed: bool) -> bool {
-        let now = Instant::now();
+        let now = crate::clock::Clock::system().now_ms();
+        let window = FAILURE_WINDOW.as_millis() as u64;
         let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         if f.len() > 10_000 {
-            f.retain(|_, (start, _)| now.duration_since(*start) < FAILURE_WINDOW);
+            f.retain(|_, (start, _)| now.saturating_sub(*start) < window);
         }
         let (start, count) = f.entry(ip).or_insert((now, 0));
-        if now.duration_since(*start) >= FAILURE_WINDOW {
+        if now.saturating_sub(*start) >= window {
             *start = now;
             *count = 0;
         }
