@@ -7,6 +7,7 @@ mod domain;
 pub mod dsn;
 mod error;
 mod handle;
+pub mod local;
 pub mod notice;
 pub mod operator;
 pub mod retry;
