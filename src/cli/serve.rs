@@ -92,6 +92,9 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         outbound.share_slots(c.slots.clone());
         c.share_health(outbound.health());
     }
+    let complaints = crate::complaints::Complaints::open(&config.spool.directory)
+        .context("loading the complaint counts")?;
+    let bounces = super::bounces::wire(&config, &spool, complaints.clone())?;
     let ctx = Arc::new(
         QueueContext::new(
             config.clone(),
@@ -102,17 +105,21 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
                 Classifier::new(&config.classify.rules).context("loading classification rules")?,
             ),
         )
-        .with_senders(senders.clone()),
+        .with_senders(senders.clone())
+        .with_bounces(
+            bounces.return_path.clone(),
+            bounces.local(),
+            bounces.suppressions.clone(),
+        ),
     );
     let queue = queue::start(ctx.clone()).context("recovering the queue")?;
+    bounces.started(ctx.clone(), queue.clone());
     if let Some(c) = &cluster {
         c.set_queue(queue.clone());
     }
     let probes =
         crate::probes::Probes::open(&config.spool.directory).context("loading the seed probes")?;
     crate::probes::spawn(ctx.clone(), probes.clone());
-    let complaints = crate::complaints::Complaints::open(&config.spool.directory)
-        .context("loading the complaint counts")?;
     crate::complaints::spawn(ctx.clone(), complaints.clone());
     if let Some((to, events)) = alerts.mail_events(&config.alerts) {
         queue::notice::spawn_alert_mail(
@@ -142,6 +149,8 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         )),
         guard: Default::default(),
         senders: senders.clone(),
+        suppressions: bounces.suppressions.clone(),
+        bounce_gate: Default::default(),
     });
     let site_health = ctx.outbound.health();
     let reloader = Arc::new(super::Reloader::new(
@@ -191,6 +200,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     .with_senders(senders.clone())
     .with_probes(probes)
     .with_complaints(complaints)
+    .with_suppressions(bounces.suppressions.clone(), config.suppression.clone())
     .with_cluster(cluster.map(|c| c.status))
     .with_site_health(site_health)
     .with_egress(config.egress_ips())
@@ -243,6 +253,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
             inbound::Port::Tls,
         ));
     }
+    bounces.listen(&config, &inbound).await?;
     let accept = tokio::spawn(inbound::serve(listener, inbound, inbound::Port::Plain));
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {

@@ -4,6 +4,7 @@
 //! `Config::load` parses; `Config::validate` collects *every* problem with its key path so
 //! `sidestep check-config` can list them all at once.
 
+mod bounces;
 mod dkim;
 mod duration;
 mod error;
@@ -12,6 +13,7 @@ mod networks;
 mod validate;
 mod words;
 
+pub use bounces::{BouncesConfig, ReturnDomainConfig, SuppressionConfig, SuppressionScope};
 pub use dkim::{ComplianceConfig, DkimAlgorithm, DkimConfig, DkimKeyConfig, OneClick, SignPolicy};
 pub use duration::HumanDuration;
 pub use error::{ConfigError, LoadError};
@@ -77,6 +79,10 @@ pub struct Config {
     pub dkim: DkimConfig,
     /// Bulk-sender rules checked at the end of DATA (one-click unsubscribe).
     pub compliance: ComplianceConfig,
+    /// The return path sidestep owns: VERP addresses whose late bounces it reads.
+    pub bounces: BouncesConfig,
+    /// Addresses that hard-bounced, refused at RCPT.
+    pub suppression: SuppressionConfig,
 }
 
 /// `[cluster]`: relays that send from the same egress pools share their blocks through
@@ -319,6 +325,10 @@ pub struct SuspensionConfig {
     pub complaint_ratio: f64,
     /// `temporary` (`451 4.7.1`: the client keeps the mail) or `permanent` (`550 5.7.1`).
     pub reply: SuspendedReply,
+    /// Bounces (in the session and late, hard and soft) at least this share of the
+    /// sender's delivery attempts, with `unknown_recipients` of them at least; none: not
+    /// used.
+    pub bounce_ratio: Option<f64>,
 }
 
 /// How mail from a suspended sender is refused.
@@ -346,6 +356,7 @@ impl Default for SuspensionConfig {
             complaints: 5,
             complaint_ratio: 0.003,
             reply: SuspendedReply::Temporary,
+            bounce_ratio: None,
         }
     }
 }

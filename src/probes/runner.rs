@@ -167,6 +167,7 @@ fn evidence(r: &ProbeRecord, checked: u64, hostname: &str) -> Evidence {
             r.receiver_id.as_deref().unwrap_or("-"),
             rfc(checked)
         ),
+        late: false,
     }
 }
 
@@ -245,6 +246,7 @@ async fn send_one(
         avoid: &[],
         // A probe leaves from the IP under test, whatever SPF says of it.
         spf: crate::config::SpfMode::Off,
+        return_path: None,
     };
     let report = ctx.outbound.probe(egress, &d).await;
     let reply = report.replies.first()?;

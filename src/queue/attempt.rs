@@ -190,6 +190,7 @@ async fn attempt(
                 .collect(),
             domain,
             clock: ctx.clock.clone(),
+            attempt: msg.attempts,
         };
         tasks.spawn(async move {
             // The domain's slot first: waiting for a busy (slow) domain must not hold one

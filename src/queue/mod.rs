@@ -6,14 +6,18 @@ mod context;
 mod domain;
 pub mod dsn;
 mod handle;
+mod local;
 pub mod notice;
 pub mod operator;
 pub mod retry;
 mod scheduler;
+mod suppress;
 #[cfg(test)]
 mod tests;
 mod throttle;
+mod verp;
 
 pub use context::QueueContext;
 pub use handle::{Control, ControlOutcome, QueueEvent, QueueHandle};
+pub use local::{LocalDelivery, LocalFuture, LocalMail};
 pub use scheduler::start;
