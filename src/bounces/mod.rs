@@ -21,6 +21,8 @@
 //!
 //! - [`parse`]: DSNs and the other shapes, read with mail-parser.
 
+#[cfg(test)]
+mod corpus_tests;
 pub mod parse;
 
 use std::net::IpAddr;
@@ -169,7 +171,7 @@ impl BounceReader {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        let resolved = match resolve(&self.rp, &token, record.as_ref(), &bounce.addresses) {
+        let resolved = match resolve(&self.rp, &token, record.as_ref(), &bounce.named()) {
             Resolution::Resolved(r) => r,
             Resolution::Forged => {
                 m.bounce_mail("forged");
@@ -208,10 +210,10 @@ impl BounceReader {
             bounce_id = %bounce_id,
             queue_id = %resolved.queue_id,
             rcpt = %resolved.recipient,
-            egress = resolved.egress.map_or_else(|| "-".into(), |ip| ip.to_string()),
-            site = resolved.site.as_deref().unwrap_or("-"),
-            sent_at = resolved.sent_at.map_or_else(|| "-".into(), crate::clock::rfc3339),
-            reporter = bounce.reporter.as_deref().unwrap_or("-"),
+            egress = %resolved.egress.map_or_else(|| "-".into(), |ip| ip.to_string()),
+            site = %resolved.site.as_deref().unwrap_or("-"),
+            sent_at = %resolved.sent_at.map_or_else(|| "-".into(), crate::clock::rfc3339),
+            reporter = %bounce.reporter.as_deref().unwrap_or("-"),
             verdict = %class.verdict,
             rule = class.rule.as_str(),
             diagnostic = %failure.diagnostic,

@@ -66,6 +66,26 @@ pub struct Bounce {
     pub original_headers: Option<Vec<u8>>,
 }
 
+impl Bounce {
+    /// Every address the bounce names as failed or mentions, failures first: what a
+    /// token's tag is checked against when the message's record is gone.
+    pub fn named(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .failures
+            .iter()
+            .flat_map(|f| [&f.recipient, &f.original])
+            .flatten()
+            .cloned()
+            .collect();
+        for a in &self.addresses {
+            if !all.iter().any(|x| x.eq_ignore_ascii_case(a)) {
+                all.push(a.clone());
+            }
+        }
+        all
+    }
+}
+
 /// Reads `raw` as a bounce.
 pub fn parse(raw: &[u8]) -> Bounce {
     let mut b = Bounce {

@@ -8,6 +8,7 @@ mod alerts;
 mod authentication;
 mod bench;
 mod blocks;
+mod bounces;
 mod bulk;
 mod cli;
 mod cluster;
