@@ -30,6 +30,7 @@ mod senders;
 mod shaping;
 mod stop;
 mod submission;
+mod suppression;
 mod warmup;
 
 use support::relay::Setup;
