@@ -5,7 +5,9 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Clock;
 
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,6 +37,10 @@ pub struct Alert {
     pub at: String,
 }
 
+/// The alerts to mail to `[alerts] mail` and the address: `serve` queues each as a
+/// message.
+pub type MailEvents = (crate::envelope::Address, mpsc::UnboundedReceiver<Alert>);
+
 /// Cheap handle: stages call [`Alerts::send`]; nothing happens without a webhook.
 #[derive(Clone, Default)]
 pub struct Alerts {
@@ -43,9 +49,10 @@ pub struct Alerts {
 
 struct Inner {
     tx: mpsc::UnboundedSender<Alert>,
-    /// Where alerts to be mailed go, once the queue runs (`serve` turns them into mail
-    /// and queues it: alerts know nothing of the queue).
-    mail: std::sync::OnceLock<mpsc::UnboundedSender<Alert>>,
+    /// Where alerts to be mailed go (`serve` turns them into mail and queues it: alerts
+    /// know nothing of the queue).
+    mail: Option<mpsc::UnboundedSender<Alert>>,
+    clock: Clock,
     host: String,
     repeat_after: Duration,
     max_per_hour: u32,
@@ -54,15 +61,18 @@ struct Inner {
 
 /// What went out lately: per (event, ip, subject) when, and the hour's count.
 struct Sent {
-    last: HashMap<(String, String, String), Instant>,
-    hour_start: Instant,
+    /// Unix ms of each key's last alert.
+    last: HashMap<(String, String, String), u64>,
+    /// Unix ms.
+    hour_start: u64,
     count: u32,
 }
 
 impl Alerts {
     /// Starts the sender task when a webhook or a mail address is configured; a no-op
-    /// handle otherwise.
-    pub fn start(config: &AlertsConfig, host: &str) -> Self {
+    /// handle otherwise. With `[alerts] mail`, also the alerts to mail, as events:
+    /// `serve` queues each as a message once the queue runs.
+    pub fn start(config: &AlertsConfig, host: &str, clock: Clock) -> (Self, Option<MailEvents>) {
         let url = config
             .webhook
             .as_deref()
@@ -74,22 +84,34 @@ impl Alerts {
                     None
                 }
             });
-        let mails = config.mail.as_deref().is_some_and(|m| !m.trim().is_empty());
-        if url.is_none() && !mails {
-            return Self::default();
+        let mail_to = config
+            .mail
+            .as_deref()
+            .filter(|m| !m.trim().is_empty())
+            .and_then(|m| crate::envelope::Address::parse(m, false).ok());
+        if url.is_none() && mail_to.is_none() {
+            return (Self::default(), None);
         }
+        let (mail, events) = match mail_to {
+            Some(to) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                (Some(tx), Some((to, rx)))
+            }
+            None => (None, None),
+        };
         let (tx, mut rx) = mpsc::unbounded_channel::<Alert>();
         let inner = Arc::new(Inner {
             tx,
-            mail: std::sync::OnceLock::new(),
+            mail,
             host: host.to_string(),
             repeat_after: config.repeat_after.get(),
             max_per_hour: config.max_per_hour,
             sent: Mutex::new(Sent {
                 last: HashMap::new(),
-                hour_start: Instant::now(),
+                hour_start: clock.now_ms(),
                 count: 0,
             }),
+            clock,
         });
         let sender = inner.clone();
         tokio::spawn(async move {
@@ -99,27 +121,12 @@ impl Alerts {
                 {
                     tracing::warn!(error = %e, event = alert.event, "alert webhook failed");
                 }
-                if let Some(mail) = sender.mail.get() {
+                if let Some(mail) = &sender.mail {
                     let _ = mail.send(alert);
                 }
             }
         });
-        Self { inner: Some(inner) }
-    }
-
-    /// The alerts to mail to `[alerts] mail`, as events: `serve` queues each as a
-    /// message. `None` without a mail address (or when already taken).
-    pub fn mail_events(
-        &self,
-        config: &AlertsConfig,
-    ) -> Option<(crate::envelope::Address, mpsc::UnboundedReceiver<Alert>)> {
-        let (Some(inner), Some(to)) = (&self.inner, &config.mail) else {
-            return None;
-        };
-        let to = crate::envelope::Address::parse(to, false).ok()?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        inner.mail.set(tx).ok()?;
-        Some((to, rx))
+        (Self { inner: Some(inner) }, events)
     }
 
     /// Queues an alert, unless the same one went out lately or the hour's budget is spent.
@@ -145,7 +152,7 @@ impl Alerts {
         let Some(inner) = &self.inner else {
             return;
         };
-        let now = Instant::now();
+        let now = inner.clock.now_ms();
         {
             let mut sent = inner.sent.lock().unwrap_or_else(|e| e.into_inner());
             let Sent {
@@ -153,7 +160,7 @@ impl Alerts {
                 hour_start,
                 count,
             } = &mut *sent;
-            if now.duration_since(*hour_start) >= Duration::from_secs(3600) {
+            if now.saturating_sub(*hour_start) >= 3_600_000 {
                 *hour_start = now;
                 *count = 0;
             }
@@ -164,7 +171,7 @@ impl Alerts {
             );
             if last
                 .get(&key)
-                .is_some_and(|t| now.duration_since(*t) < inner.repeat_after)
+                .is_some_and(|t| now.saturating_sub(*t) < inner.repeat_after.as_millis() as u64)
                 || *count >= inner.max_per_hour
             {
                 return;
@@ -172,7 +179,7 @@ impl Alerts {
             last.insert(key, now);
             *count += 1;
         }
-        let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let at = crate::clock::rfc3339(now / 1000);
         let _ = inner.tx.send(Alert {
             event,
             ip,

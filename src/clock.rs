@@ -2,20 +2,17 @@
 //! listings, queue records, DSN dates) and Unix milliseconds for due times.
 //!
 //! A [`Clock`] is handed to the stages that keep timestamps (reputation's blocks and
-//! canaries), so their tests move time by hand instead of sleeping; the functions below
-//! read the system clock for the places that only stamp what happened.
+//! canaries, site health, quotas, alerts' pacing, acceptance stamps), so their tests
+//! move time by hand instead of sleeping. Nothing outside this file reads the system's
+//! wall clock; `Instant` measures latency for logs and metrics only.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Seconds since the Unix epoch, from the system clock.
-pub fn unix_now() -> u64 {
-    unix_now_ms() / 1000
-}
-
-/// Milliseconds since the Unix epoch, from the system clock.
-pub fn unix_now_ms() -> u64 {
+/// Milliseconds since the Unix epoch, from the system clock: the one place the relay
+/// reads it (everything else asks a [`Clock`]).
+fn unix_now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -82,6 +79,18 @@ impl Clock {
             Source::System => unix_now_ms(),
             Source::Manual(t) => t.load(Ordering::Relaxed),
             Source::Tokio { base_ms, start } => base_ms + start.elapsed().as_millis() as u64,
+        }
+    }
+
+    /// Unix microseconds now: queue ids sort by acceptance within a millisecond.
+    pub fn now_us(&self) -> u64 {
+        match &self.source {
+            Source::System => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_micros() as u64,
+            Source::Manual(t) => t.load(Ordering::Relaxed) * 1000,
+            Source::Tokio { base_ms, start } => base_ms * 1000 + start.elapsed().as_micros() as u64,
         }
     }
 

@@ -6,21 +6,39 @@ use tracing_subscriber::fmt::MakeWriter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The relay logs lines per message: batched. The one-shot commands write theirs at
-    // once, between their own output.
-    let logs = match &cli.command {
+    let logs = match start_logs(&cli.command) {
+        Ok(logs) => logs,
+        Err(code) => return code,
+    };
+    let result = run(cli.command);
+    // Everything logged is out before the error, if any, is printed.
+    drop(logs);
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sidestep: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Starts logging. The relay logs lines per message: batched (the writer is returned and
+/// flushed when dropped). The one-shot commands write theirs at once, between their own
+/// output.
+fn start_logs(command: &Command) -> Result<Option<cli::BatchedStderr>, ExitCode> {
+    let logs = match command {
         Command::Serve { .. } => match cli::BatchedStderr::start() {
             Ok(logs) => Some(logs),
             Err(e) => {
                 eprintln!("sidestep: cannot start the log writer: {e}");
-                return ExitCode::FAILURE;
+                return Err(ExitCode::FAILURE);
             }
         },
         _ => None,
     };
     // The relay's log format comes from its config; a config that does not load is
     // reported by `serve` itself, in the default format.
-    let json = match &cli.command {
+    let json = match command {
         Command::Serve { config: Some(path) } => sidestep::config::Config::load(path)
             .is_ok_and(|c| c.log.format == sidestep::config::LogFormat::Json),
         _ => false,
@@ -29,8 +47,13 @@ fn main() -> ExitCode {
         Some(logs) => init_logs(logs.make_writer(), json),
         None => init_logs(std::io::stderr, json),
     }
+    Ok(logs)
+}
+
+/// Runs one command.
+fn run(command: Command) -> anyhow::Result<ExitCode> {
     let done = |r: anyhow::Result<()>| r.map(|()| ExitCode::SUCCESS);
-    let result = match cli.command {
+    match command {
         Command::CheckConfig { config, path } => Ok(cli::check_config(config.or(path).as_deref())),
         Command::Serve { config } => done(run_to_end(cli::serve(config.as_deref()))),
         Command::Listings { config, json } => done(cli::listings(config.as_deref(), json)),
@@ -57,28 +80,11 @@ fn main() -> ExitCode {
             config,
             json,
             action,
-        } => {
-            let view = match &action {
-                None => cli::QueueView::Summary,
-                Some(cli::QueueAction::List {
-                    domain,
-                    site,
-                    egress,
-                    state,
-                    limit,
-                }) => cli::QueueView::List {
-                    filter: cli::QueueFilter {
-                        domain: domain.as_deref(),
-                        site: site.as_deref(),
-                        egress: egress.as_deref(),
-                    },
-                    state: state.as_deref(),
-                    limit: *limit,
-                },
-                Some(cli::QueueAction::Show { id }) => cli::QueueView::Show { id },
-            };
-            done(run_to_end(cli::queue(config.as_deref(), view, json)))
-        }
+        } => done(run_to_end(cli::queue(
+            config.as_deref(),
+            queue_view(action.as_ref()),
+            json,
+        ))),
         Command::Flush {
             config,
             json,
@@ -177,35 +183,48 @@ fn main() -> ExitCode {
             json,
         } => done(run_to_end(cli::auth(config.as_deref(), &domain, json))),
         Command::Passwd { name, domains } => done(cli::passwd(&name, &domains)),
-        Command::Dkim { action } => match action {
-            cli::DkimAction::Keygen {
-                domain,
-                selector,
-                algorithm,
-                bits,
-                out,
-            } => done(cli::dkim_keygen(
-                &domain,
-                &selector,
-                algorithm.into(),
-                bits,
-                &out,
-            )),
-            cli::DkimAction::Check { config, json } => {
-                done(run_to_end(cli::dkim_check(config.as_deref(), json)))
-            }
-        },
+        Command::Dkim { action } => done(dkim(action)),
         Command::DnsblCheck { config, json, ips } => {
             done(run_to_end(cli::dnsbl_check(config.as_deref(), &ips, json)))
         }
-    };
-    // Everything logged is out before the error, if any, is printed.
-    drop(logs);
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("sidestep: {e:#}");
-            ExitCode::FAILURE
+    }
+}
+
+/// What `sidestep queue [list|show]` shows.
+fn queue_view(action: Option<&cli::QueueAction>) -> cli::QueueView<'_> {
+    match action {
+        None => cli::QueueView::Summary,
+        Some(cli::QueueAction::List {
+            domain,
+            site,
+            egress,
+            state,
+            limit,
+        }) => cli::QueueView::List {
+            filter: cli::QueueFilter {
+                domain: domain.as_deref(),
+                site: site.as_deref(),
+                egress: egress.as_deref(),
+            },
+            state: state.as_deref(),
+            limit: *limit,
+        },
+        Some(cli::QueueAction::Show { id }) => cli::QueueView::Show { id },
+    }
+}
+
+/// `sidestep dkim keygen|check`.
+fn dkim(action: cli::DkimAction) -> anyhow::Result<()> {
+    match action {
+        cli::DkimAction::Keygen {
+            domain,
+            selector,
+            algorithm,
+            bits,
+            out,
+        } => cli::dkim_keygen(&domain, &selector, algorithm.into(), bits, &out),
+        cli::DkimAction::Check { config, json } => {
+            run_to_end(cli::dkim_check(config.as_deref(), json))
         }
     }
 }

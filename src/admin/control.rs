@@ -62,7 +62,7 @@ pub struct DeleteQuery {
 fn status(e: &OperatorError) -> (StatusCode, String) {
     let code = match e {
         OperatorError::NotFound(_) => StatusCode::NOT_FOUND,
-        OperatorError::Spool(_) => StatusCode::SERVICE_UNAVAILABLE,
+        OperatorError::Spool(_) | OperatorError::Queue(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     (code, format!("{e}\n"))
 }

@@ -12,7 +12,7 @@ pub fn blocks(config_path: Option<&Path>, json: bool) -> anyhow::Result<()> {
         println!("no blocks: no destination has refused an egress IP");
     }
     for b in &report.blocks {
-        print!("{}", b.report(""));
+        print!("{}", b.report("", crate::clock::Clock::system().now()));
     }
     Ok(())
 }

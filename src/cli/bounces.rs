@@ -94,6 +94,7 @@ impl Wired {
             senders: main.senders.clone(),
             suppressions: main.suppressions.clone(),
             bounce_gate: Default::default(),
+            clock: main.clock.clone(),
         });
         tracing::info!(addr = %bound, "listening for bounces");
         println!("sidestep listening for bounces on {bound}");

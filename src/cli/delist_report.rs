@@ -58,7 +58,7 @@ pub fn delist_report(config_path: Option<&Path>, ip: IpAddr, json: bool) -> anyh
     let _ = writeln!(
         s,
         "Delisting report for {ip} ({})",
-        when(crate::clock::unix_now())
+        when(crate::clock::Clock::system().now())
     );
     let _ = writeln!(
         s,
@@ -108,7 +108,7 @@ pub fn delist_report(config_path: Option<&Path>, ip: IpAddr, json: bool) -> anyh
         let _ = writeln!(s, "  none");
     }
     for b in &blocks {
-        s.push_str(&b.report("  "));
+        s.push_str(&b.report("  ", crate::clock::Clock::system().now()));
     }
     print!("{s}");
     Ok(())

@@ -35,7 +35,12 @@ pub async fn dnsbl_check(
         })
         .collect();
     reputation.set_hygiene(
-        crate::reputation::hygiene::check_all(&resolver, &egress).await,
+        crate::reputation::hygiene::check_all(
+            &resolver,
+            &egress,
+            crate::clock::Clock::system().now(),
+        )
+        .await,
         false,
     );
     print!(

@@ -23,7 +23,7 @@ pub fn passwd(name: &str, domains: &[String]) -> anyhow::Result<()> {
     if password.is_empty() {
         anyhow::bail!("an empty password is not accepted");
     }
-    let mut line = crate::inbound::users::hash_line(name, &password).map_err(anyhow::Error::msg)?;
+    let mut line = crate::inbound::users::hash_line(name, &password)?;
     if !domains.is_empty() {
         line.push(':');
         line.push_str(&domains.join(","));

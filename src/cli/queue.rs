@@ -148,7 +148,7 @@ pub async fn suspension(
         println!("{}", String::from_utf8_lossy(&body).trim_end());
     } else if suspend.is_some() {
         let b: crate::reputation::Block = serde_json::from_slice(&body)?;
-        print!("{}", b.report(""));
+        print!("{}", b.report("", crate::clock::Clock::system().now()));
     } else {
         println!("lifted: {ip} for {}", site.unwrap_or("every site"));
     }

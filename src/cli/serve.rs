@@ -4,6 +4,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::classify::Classifier;
+use crate::clock::Clock;
 use crate::dns::Resolver;
 use crate::inbound::{self, Inbound, Security};
 use crate::outbound::Outbound;
@@ -11,23 +12,162 @@ use crate::queue::{self, QueueContext};
 use crate::reputation::{self, Reputation};
 use crate::spool::Spool;
 
-/// `sidestep serve`: wires the pipeline together and runs until killed.
+/// `sidestep serve`: wires the pipeline together and runs until killed, in the order the
+/// pieces need each other: the state that outlives a process (spool, reputation,
+/// senders), the cluster that shares it, the monitors that keep it fresh, the delivery
+/// side, the listeners; then it waits for a stop and drains.
 ///
 /// Prints `sidestep listening on ADDR` on stdout once the port is open, so scripts and
 /// tests that asked for port 0 learn the port.
 pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     let config = Arc::new(super::load_config(config_path)?);
-    let spool = Spool::open(&config.spool.directory)
-        .with_context(|| format!("opening spool {}", config.spool.directory.display()))?;
-    let resolver = Resolver::new(&config.dns).context("setting up DNS")?;
-    let reputation = Reputation::open(config.blocklists.clone(), &config.spool.directory)
+    let (state, alert_mail) = State::open(&config)?;
+    let monitor = start_monitors(&config, &state);
+    let delivery = start_delivery(&config, &state, alert_mail)?;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let sessions = inbound::Sessions::new(&config.server);
+    let inbound = Arc::new(Inbound {
+        config: std::sync::RwLock::new(config.clone()),
+        spool: state.spool.clone(),
+        queue: delivery.queue.clone(),
+        stopping: stopping.clone(),
+        sessions: sessions.clone(),
+        alerts: state.alerts.clone(),
+        security: std::sync::RwLock::new(Arc::new(
+            Security::load(&config).map_err(|e| anyhow::anyhow!(e.join("; ")))?,
+        )),
+        guard: Default::default(),
+        senders: state.senders.clone(),
+        clock: Clock::system(),
+        suppressions: delivery.bounces.suppressions.clone(),
+        bounce_gate: Default::default(),
+    });
+    let site_health = delivery.ctx.outbound.health();
+    let reloader = Arc::new(super::Reloader::new(
+        config_path,
+        super::Running {
+            config: config.clone(),
+            ctx: delivery.ctx.clone(),
+            inbound: inbound.clone(),
+            queue: delivery.queue.clone(),
+            resolver: state.resolver.clone(),
+            reputation: state.reputation.clone(),
+            monitor,
+        },
+    ));
+
+    // Signal handlers first: a SIGTERM or SIGHUP that arrives once the port is announced
+    // must find them (their default action would end the process on the spot).
+    let mut signals = StopSignals::new().context("waiting for signals")?;
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("waiting for SIGHUP")?;
+    let (listener, tls_listener) = bind(&config).await?;
+    let admin = admin_desk(&config, &state, &delivery, site_health, &inbound, &reloader)?;
+    start_admin(&config, admin, stopping.clone()).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "listening");
+    println!("sidestep listening on {addr}");
+    // On a worker, not in `block_on`: the main thread would otherwise be woken for every
+    // connection only to hand the session over to a worker.
+    if let Some(tls_listener) = tls_listener {
+        tokio::spawn(inbound::serve(
+            tls_listener,
+            inbound.clone(),
+            inbound::Port::Tls,
+        ));
+    }
+    delivery.bounces.listen(&config, &inbound).await?;
+    let accept = tokio::spawn(inbound::serve(listener, inbound, inbound::Port::Plain));
+    reload_on_hangup(hangup, reloader);
+
+    let drain_timeout = config.server.drain_timeout.get();
+    tokio::select! {
+        stopped = accept => {
+            stopped.context("the accept loop stopped")?;
+            return Ok(());
+        }
+        signal = signals.next() => {
+            tracing::info!(
+                signal,
+                sessions = sessions.running(),
+                drain_timeout = %humantime::format_duration(drain_timeout),
+                "stopping: no new connections; sessions finish their transaction, deliveries in flight finish"
+            );
+        }
+    }
+    let _ = stop.send(true);
+    drain(&sessions, &delivery.queue, drain_timeout, &mut signals).await;
+    state.reputation.flush_warmup();
+    Ok(())
+}
+
+/// The state that outlives a process, and the cluster that shares it between nodes.
+struct State {
+    spool: Spool,
+    resolver: Resolver,
+    alerts: crate::alerts::Alerts,
+    reputation: Reputation,
+    senders: crate::senders::Senders,
+    cluster: Option<crate::cluster::Started>,
+    authorisation: crate::authorisation::Authorisation,
+}
+
+impl State {
+    /// The state, and the alerts to mail (the queue takes them once it runs).
+    fn open(
+        config: &Arc<crate::config::Config>,
+    ) -> anyhow::Result<(Self, Option<crate::alerts::MailEvents>)> {
+        let clock = Clock::system();
+        let spool = Spool::open(&config.spool.directory)
+            .with_context(|| format!("opening spool {}", config.spool.directory.display()))?;
+        let resolver = Resolver::new(&config.dns).context("setting up DNS")?;
+        let (alerts, alert_mail) =
+            crate::alerts::Alerts::start(&config.alerts, &config.server.hostname, clock.clone());
+        let reputation = Reputation::open(
+            config.blocklists.clone(),
+            &config.spool.directory,
+            Some(alerts.clone()),
+        )
         .context("loading listing state")?;
-    let alerts = crate::alerts::Alerts::start(&config.alerts, &config.server.hostname);
-    reputation.set_alerts(alerts.clone());
-    reputation.set_warmup(crate::reputation::warmup_schedules(&config));
+        reputation.set_warmup(crate::reputation::warmup_schedules(config));
+        let senders = crate::senders::Senders::open(
+            &config.spool.directory,
+            Some(alerts.clone()),
+            clock.clone(),
+        )
+        .context("loading sender suspensions")?;
+        let cluster = crate::cluster::start(
+            &config.cluster,
+            clock.clone(),
+            reputation.clone(),
+            senders.clone(),
+        )
+        .context("[cluster]")?;
+        let authorisation = crate::authorisation::Authorisation::new(
+            &resolver,
+            &config.server.hostname,
+            Some(&config.spool.directory),
+            clock,
+        );
+        let state = Self {
+            spool,
+            resolver,
+            alerts,
+            reputation,
+            senders,
+            cluster,
+            authorisation,
+        };
+        Ok((state, alert_mail))
+    }
+}
+
+/// The tasks that keep the state fresh: the listing monitor (returned: a reload
+/// replaces it), SPF rechecks, the warmup counts' flush and the spool's free space.
+fn start_monitors(config: &crate::config::Config, state: &State) -> tokio::task::JoinHandle<()> {
     {
         // Today's warmup counts reach the disk every few seconds (and at the stop).
-        let reputation = reputation.clone();
+        let reputation = state.reputation.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(std::time::Duration::from_secs(2)).await;
@@ -36,76 +176,81 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
             }
         });
     }
-    let senders = crate::senders::Senders::open(&config.spool.directory)
-        .context("loading sender suspensions")?;
-    senders.set_alerts(alerts.clone());
-    let cluster = crate::cluster::start(
-        &config.cluster,
-        crate::clock::Clock::system(),
-        reputation.clone(),
-        senders.clone(),
-    )
-    .map_err(anyhow::Error::msg)
-    .context("[cluster]")?;
     let monitor = reputation::spawn_monitor(
-        reputation.clone(),
-        resolver.clone(),
+        state.reputation.clone(),
+        state.resolver.clone(),
         config.egress_helos(),
         config.listings.clone(),
         config.delivery.require_fcrdns,
     );
-    let authorisation = crate::authorisation::Authorisation::new(
-        &resolver,
-        &config.server.hostname,
-        Some(&config.spool.directory),
-        crate::clock::Clock::system(),
+    let reputation = state.reputation.clone();
+    state.authorisation.spawn_rechecks(
+        config.egress_helos(),
+        config.listings.refresh.get(),
+        move |c| {
+            let verb = if c.now == crate::authorisation::SpfOutcome::Pass {
+                "is now authorised"
+            } else {
+                "is no longer authorised"
+            };
+            tracing::warn!(sender_domain = %c.domain, ip = %c.ip, was = %c.was, now = %c.now, "egress IP {verb} by the SPF of {}", c.domain);
+            reputation.alert(
+                "auth-changed",
+                Some(c.ip),
+                Some(c.domain.clone()),
+                format!("{} {verb} by the SPF of {} (spf was {}, now {})", c.ip, c.domain, c.was, c.now),
+            );
+        },
     );
-    {
-        let reputation = reputation.clone();
-        authorisation.spawn_rechecks(
-            config.egress_helos(),
-            config.listings.refresh.get(),
-            move |c| {
-                let verb = if c.now == crate::authorisation::SpfOutcome::Pass {
-                    "is now authorised"
-                } else {
-                    "is no longer authorised"
-                };
-                tracing::warn!(sender_domain = %c.domain, ip = %c.ip, was = %c.was, now = %c.now, "egress IP {verb} by the SPF of {}", c.domain);
-                reputation.alert(
-                    "auth-changed",
-                    Some(c.ip),
-                    Some(c.domain.clone()),
-                    format!("{} {verb} by the SPF of {} (spf was {}, now {})", c.ip, c.domain, c.was, c.now),
-                );
-            },
-        );
-    }
+    watch_spool_space(
+        config.spool.directory.clone(),
+        config.alerts.spool_free_below,
+        state.alerts.clone(),
+    );
+    monitor
+}
+
+/// The delivery side: the outbound half, the queue over the spool, and what feeds the
+/// queue besides clients (seed probes, complaint reports, alert mail).
+struct Delivery {
+    ctx: Arc<QueueContext>,
+    queue: queue::QueueHandle,
+    probes: crate::probes::Probes,
+    complaints: crate::complaints::Complaints,
+    /// Return paths, the bounce reader and the suppression list.
+    bounces: super::bounces::Wired,
+}
+
+fn start_delivery(
+    config: &Arc<crate::config::Config>,
+    state: &State,
+    alert_mail: Option<crate::alerts::MailEvents>,
+) -> anyhow::Result<Delivery> {
     let outbound = Outbound::new(
-        &config,
-        resolver.clone(),
-        reputation.clone(),
-        authorisation.clone(),
+        config,
+        state.resolver.clone(),
+        state.reputation.clone(),
+        state.authorisation.clone(),
     )
     .context("setting up delivery")?;
-    if let Some(c) = &cluster {
+    if let Some(c) = &state.cluster {
         outbound.share_slots(c.slots.clone());
         c.share_health(outbound.health());
     }
+    let classifier =
+        Classifier::new(&config.classify.rules).context("loading classification rules")?;
     let complaints = crate::complaints::Complaints::open(&config.spool.directory)
         .context("loading the complaint counts")?;
-    let bounces = super::bounces::wire(&config, &spool, complaints.clone())?;
+    let bounces = super::bounces::wire(config, &state.spool, complaints.clone())?;
     let ctx = Arc::new(
         QueueContext::new(
             config.clone(),
-            spool.clone(),
+            state.spool.clone(),
             outbound,
-            reputation.clone(),
-            Arc::new(
-                Classifier::new(&config.classify.rules).context("loading classification rules")?,
-            ),
+            state.reputation.clone(),
+            Arc::new(classifier),
         )
-        .with_senders(senders.clone())
+        .with_senders(state.senders.clone())
         .with_bounces(
             bounces.return_path.clone(),
             bounces.local(),
@@ -114,99 +259,62 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     );
     let queue = queue::start(ctx.clone()).context("recovering the queue")?;
     bounces.started(ctx.clone(), queue.clone());
-    if let Some(c) = &cluster {
+    if let Some(c) = &state.cluster {
         c.set_queue(queue.clone());
     }
     let probes =
         crate::probes::Probes::open(&config.spool.directory).context("loading the seed probes")?;
     crate::probes::spawn(ctx.clone(), probes.clone());
     crate::complaints::spawn(ctx.clone(), complaints.clone());
-    if let Some((to, events)) = alerts.mail_events(&config.alerts) {
+    if let Some((to, events)) = alert_mail {
         queue::notice::spawn_alert_mail(
             to,
             events,
-            spool.clone(),
+            state.spool.clone(),
             queue.clone(),
-            crate::clock::Clock::system(),
+            Clock::system(),
         );
     }
-    watch_spool_space(
-        config.spool.directory.clone(),
-        config.alerts.spool_free_below,
-        alerts.clone(),
-    );
-    let (stop, stopping) = tokio::sync::watch::channel(false);
-    let sessions = inbound::Sessions::new(&config.server);
-    let inbound = Arc::new(Inbound {
-        config: std::sync::RwLock::new(config.clone()),
-        spool: spool.clone(),
-        queue: queue.clone(),
-        stopping: stopping.clone(),
-        sessions: sessions.clone(),
-        alerts,
-        security: std::sync::RwLock::new(Arc::new(
-            Security::load(&config).map_err(|e| anyhow::anyhow!(e.join("; ")))?,
-        )),
-        guard: Default::default(),
-        senders: senders.clone(),
-        suppressions: bounces.suppressions.clone(),
-        bounce_gate: Default::default(),
-    });
-    let site_health = ctx.outbound.health();
-    let reloader = Arc::new(super::Reloader::new(
-        config_path,
-        super::Running {
-            config: config.clone(),
-            ctx,
-            inbound: inbound.clone(),
-            queue: queue.clone(),
-            resolver: resolver.clone(),
-            reputation: reputation.clone(),
-            monitor,
-        },
-    ));
+    Ok(Delivery {
+        ctx,
+        queue,
+        probes,
+        complaints,
+        bounces,
+    })
+}
 
-    // Signal handlers first: a SIGTERM or SIGHUP that arrives once the port is announced
-    // must find them (their default action would end the process on the spot).
-    let mut signals = StopSignals::new().context("waiting for signals")?;
-    // SIGHUP reloads the configuration.
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("waiting for SIGHUP")?;
+/// The client listeners: plain (STARTTLS) and, with `listen_tls`, implicit TLS.
+async fn bind(
+    config: &crate::config::Config,
+) -> anyhow::Result<(tokio::net::TcpListener, Option<tokio::net::TcpListener>)> {
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("listening on {}", config.server.listen))?;
-    let tls_listener = match config.server.listen_tls {
-        Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listening on {addr} (listen_tls)"))?;
-            let bound = l.local_addr()?;
-            tracing::info!(addr = %bound, "listening (implicit TLS)");
-            println!("sidestep listening for TLS on {bound}");
-            Some(l)
-        }
-        None => None,
+    let Some(addr) = config.server.listen_tls else {
+        return Ok((listener, None));
     };
-    let admin = crate::admin::Admin::new(
-        spool.clone(),
-        queue.clone(),
-        read_token(&config)?,
-        config.admin.trusted_networks.clone(),
-        &config.server.hostname,
-        reputation.clone(),
-    )
-    .with_sessions(sessions.clone())
-    .with_guard(inbound.guard.clone())
-    .with_senders(senders.clone())
-    .with_probes(probes)
-    .with_complaints(complaints)
-    .with_suppressions(bounces.suppressions.clone(), config.suppression.clone())
-    .with_cluster(cluster.map(|c| c.status))
-    .with_site_health(site_health)
-    .with_egress(config.egress_ips())
-    .with_auth(crate::admin::auth::AuthDesk {
-        authorisation: authorisation.clone(),
-        resolver: resolver.clone(),
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr} (listen_tls)"))?;
+    let bound = l.local_addr()?;
+    tracing::info!(addr = %bound, "listening (implicit TLS)");
+    println!("sidestep listening for TLS on {bound}");
+    Ok((listener, Some(l)))
+}
+
+/// Everything the admin API shows and acts on.
+fn admin_desk(
+    config: &crate::config::Config,
+    state: &State,
+    delivery: &Delivery,
+    site_health: Arc<crate::routing::SiteHealth>,
+    inbound: &Inbound,
+    reloader: &Arc<super::Reloader>,
+) -> anyhow::Result<crate::admin::Admin> {
+    let desk = crate::admin::auth::AuthDesk {
+        authorisation: state.authorisation.clone(),
+        resolver: state.resolver.clone(),
         egress: config.egress_helos(),
         smarthosts: config
             .smarthosts
@@ -233,28 +341,35 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
             .collect(),
         starttls: config.delivery.starttls,
         one_click_checked: config.compliance.one_click != crate::config::OneClick::Off,
-    })
+    };
+    let reloader = reloader.clone();
+    Ok(crate::admin::Admin::new(
+        state.spool.clone(),
+        delivery.queue.clone(),
+        read_token(config)?,
+        config.admin.trusted_networks.clone(),
+        &config.server.hostname,
+        state.reputation.clone(),
+    )
+    .with_sessions(inbound.sessions.clone())
+    .with_guard(inbound.guard.clone())
+    .with_senders(state.senders.clone())
+    .with_probes(delivery.probes.clone())
+    .with_complaints(delivery.complaints.clone())
+    .with_suppressions(
+        delivery.bounces.suppressions.clone(),
+        config.suppression.clone(),
+    )
+    .with_cluster(state.cluster.as_ref().map(|c| c.status.clone()))
+    .with_site_health(site_health)
+    .with_egress(config.egress_ips())
+    .with_auth(desk)
     .with_default_source(config.uses_default_source())
-    .with_reload({
-        let reloader = reloader.clone();
-        Arc::new(move || reloader.reload())
-    });
-    start_admin(&config, admin, stopping.clone()).await?;
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "listening");
-    println!("sidestep listening on {addr}");
-    let drain_timeout = config.server.drain_timeout.get();
-    // On a worker, not in `block_on`: the main thread would otherwise be woken for every
-    // connection only to hand the session over to a worker.
-    if let Some(tls_listener) = tls_listener {
-        tokio::spawn(inbound::serve(
-            tls_listener,
-            inbound.clone(),
-            inbound::Port::Tls,
-        ));
-    }
-    bounces.listen(&config, &inbound).await?;
-    let accept = tokio::spawn(inbound::serve(listener, inbound, inbound::Port::Plain));
+    .with_reload(Arc::new(move || reloader.reload())))
+}
+
+/// SIGHUP reloads the configuration.
+fn reload_on_hangup(mut hangup: tokio::signal::unix::Signal, reloader: Arc<super::Reloader>) {
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading the configuration");
@@ -262,23 +377,17 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
             let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
         }
     });
-    tokio::select! {
-        stopped = accept => {
-            stopped.context("the accept loop stopped")?;
-            return Ok(());
-        }
-        signal = signals.next() => {
-            tracing::info!(
-                signal,
-                sessions = sessions.running(),
-                drain_timeout = %humantime::format_duration(drain_timeout),
-                "stopping: no new connections; sessions finish their transaction, deliveries in flight finish"
-            );
-        }
-    }
-    let _ = stop.send(true);
-    // Sessions end (each after its transaction), and deliveries in flight report back;
-    // then nothing is left that a restart would repeat.
+}
+
+/// Sessions end (each after its transaction), and deliveries in flight report back;
+/// then nothing is left that a restart would repeat. A second signal or the drain
+/// timeout cuts it short: what was cut is spooled and goes out after the restart.
+async fn drain(
+    sessions: &inbound::Sessions,
+    queue: &queue::QueueHandle,
+    drain_timeout: std::time::Duration,
+    signals: &mut StopSignals,
+) {
     let drained = async {
         tokio::join!(sessions.ended(), queue.drain());
     };
@@ -290,8 +399,6 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         ),
         signal = signals.next() => tracing::warn!(signal, "stopped at once by a second signal"),
     }
-    reputation.flush_warmup();
-    Ok(())
 }
 
 /// The admin API, when `[admin] listen` is set. Its address is also written to

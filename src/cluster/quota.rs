@@ -41,5 +41,8 @@ pub(super) fn apply(senders: &Senders, node: &str, text: &str) {
         && a.node != node
     {
         senders.apply_takes(&a.takes);
+        if !a.takes.is_empty() {
+            tracing::debug!(node = %a.node, takes = a.takes.len(), "quota taken by another node: applied");
+        }
     }
 }

@@ -1,4 +1,5 @@
 use super::*;
+use bytesize::ByteSize;
 
 #[test]
 fn embedded_defaults_are_valid() {

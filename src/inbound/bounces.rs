@@ -77,7 +77,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if !self.is_outsider() || !txn.recipients.is_empty() {
             return None;
         }
-        let minute = crate::clock::unix_now() / 60;
+        let minute = self.inbound.clock.now() / 60;
         if self.inbound.bounce_gate.admit(
             self.peer.ip(),
             minute,

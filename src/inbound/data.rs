@@ -8,7 +8,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::session::{State, Transaction};
 use super::{Reply, Session, policy};
-use crate::clock::{unix_now, unix_now_ms};
 use crate::envelope::Sender;
 use crate::senders::SenderId;
 use crate::spool::{QueueId, QueuedMessage, RecipientState};
@@ -179,8 +178,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(s) => s,
             Err(refusal) => return refusal,
         };
-        let id = QueueId::generate();
-        let body = self.with_received_header(&id, &txn, &signatures);
+        let now_us = self.inbound.clock.now_us();
+        let id = QueueId::generate(now_us);
+        let body = self.with_received_header(&id, &txn, &signatures, now_us / 1_000_000);
         let msg = QueuedMessage {
             id: id.clone(),
             sender: txn.sender,
@@ -190,9 +190,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 .map(RecipientState::pending)
                 .collect(),
             flags: txn.flags,
-            received_at: unix_now(),
+            received_at: now_us / 1_000_000,
             attempts: 0,
-            next_attempt_ms: unix_now_ms(),
+            next_attempt_ms: now_us / 1000,
             size: body.len() as u64,
             client: self.peer.ip().to_string(),
             body: None,
@@ -256,6 +256,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         id: &QueueId,
         txn: &Transaction,
         signatures: &[String],
+        now: u64,
     ) -> Vec<u8> {
         let helo = self.helo.as_deref().unwrap_or("unknown");
         let hostname = &self.config.server.hostname;
@@ -270,7 +271,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             if self.tls.is_some() { "S" } else { "" },
             if self.user.is_some() { "A" } else { "" },
         );
-        let date = OffsetDateTime::now_utc()
+        let date = OffsetDateTime::from_unix_timestamp(now as i64)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
             .format(&Rfc2822)
             .unwrap_or_default();
         let helo: String = helo.chars().filter(|c| !c.is_control()).collect();

@@ -102,6 +102,7 @@ impl Inbound {
             senders: Default::default(),
             suppressions: Default::default(),
             bounce_gate: Default::default(),
+            clock: crate::clock::Clock::system(),
         }
     }
 }
@@ -182,4 +183,6 @@ pub struct Inbound {
     pub suppressions: crate::suppression::Suppressions,
     /// Outsiders' bounce transactions per minute.
     pub bounce_gate: bounces::BounceGate,
+    /// Stamps accepted mail (queue id, `Received:` date, acceptance time).
+    pub clock: crate::clock::Clock,
 }

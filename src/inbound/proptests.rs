@@ -86,9 +86,11 @@ fn run(chunks: Vec<Vec<u8>>) -> Run {
 }
 
 /// Every reply line: three digits, then a space or a dash, printable ASCII, CRLF.
-fn well_formed(replies: &str) -> Result<(), String> {
+fn well_formed(replies: &str) -> Result<(), TestCaseError> {
     if !replies.is_empty() && !replies.ends_with("\r\n") {
-        return Err(format!("unterminated reply: {replies:?}"));
+        return Err(TestCaseError::fail(format!(
+            "unterminated reply: {replies:?}"
+        )));
     }
     for line in replies.split_terminator("\r\n") {
         let b = line.as_bytes();
@@ -98,7 +100,9 @@ fn well_formed(replies: &str) -> Result<(), String> {
             && (b'2'..=b'5').contains(&b[0])
             && b.iter().all(|c| (0x20..0x7f).contains(c));
         if !ok {
-            return Err(format!("malformed reply line {line:?}"));
+            return Err(TestCaseError::fail(format!(
+                "malformed reply line {line:?}"
+            )));
         }
     }
     Ok(())
@@ -141,9 +145,7 @@ proptest! {
     fn any_input_gets_well_formed_replies_and_an_end(chunks in proptest::collection::vec(noise(), 0..40)) {
         let r = run(chunks);
         prop_assert!(r.clean_end, "the session panicked");
-        if let Err(e) = well_formed(&r.replies) {
-            return Err(TestCaseError::fail(e));
-        }
+        well_formed(&r.replies)?;
         prop_assert!(r.replies.starts_with("220 "), "{}", r.replies);
     }
 
@@ -161,9 +163,7 @@ proptest! {
         chunks.push(input[at..].to_vec());
         let r = run(chunks);
         prop_assert!(r.clean_end);
-        if let Err(e) = well_formed(&r.replies) {
-            return Err(TestCaseError::fail(e));
-        }
+        well_formed(&r.replies)?;
         prop_assert_eq!(r.replies.matches("250 2.0.0 Ok: queued as").count(), 1, "{}", r.replies);
         prop_assert!(r.replies.ends_with("221 2.0.0 Bye\r\n"), "{}", r.replies);
         let stored = r.spool.recover().unwrap();

@@ -100,12 +100,18 @@ pub fn load(path: &Path) -> Result<HashMap<String, User>, Vec<String>> {
     parse(&text)
 }
 
+/// The password could not be hashed (argon2 refused its input).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot hash the password: {0}")]
+pub struct HashError(String);
+
 /// The argon2id line for `name` with `password`: `name:$argon2id$…`.
-pub fn hash_line(name: &str, password: &str) -> Result<String, String> {
-    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(|e| e.to_string())?;
+pub fn hash_line(name: &str, password: &str) -> Result<String, HashError> {
+    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
+        .map_err(|e| HashError(e.to_string()))?;
     let hash = Argon2::default()
         .hash_password(password.as_bytes(), &salt)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| HashError(e.to_string()))?;
     Ok(format!("{name}:{hash}"))
 }
 

@@ -103,6 +103,7 @@ impl Outbound {
             .iter()
             .map(|s| Ok((s.name.clone(), Smarthost::new(s, &config.server.hostname)?)))
             .collect::<Result<_, super::OutboundError>>()?;
+        let clock = reputation.clock().clone();
         Ok(Self {
             resolver,
             pools,
@@ -119,7 +120,7 @@ impl Outbound {
             tls,
             verify_tls,
             health: Default::default(),
-            shaper: std::sync::Arc::new(Shaper::new(config.shaping.clone())),
+            shaper: std::sync::Arc::new(Shaper::new(config.shaping.clone(), clock)),
             site_down_after: d.site_down_after,
             probe_pace: ProbePace {
                 retry: config.queue.clone(),
@@ -256,7 +257,7 @@ impl Outbound {
             r.site = Some(site);
             return r;
         }
-        let now_ms = crate::clock::unix_now_ms();
+        let now_ms = self.reputation.clock().now_ms();
         let probe = match self.health.admit(&site, now_ms) {
             Admission::Go => false,
             Admission::Probe => true,
@@ -305,7 +306,7 @@ impl Outbound {
                 self.health.release_probe(&site);
             }
             r.site = Some(site);
-            r.retry_at = Some(crate::clock::unix_now() + wait.as_secs() + 1);
+            r.retry_at = Some(self.reputation.clock().now() + wait.as_secs() + 1);
             return r;
         }
         let mut r = self.deliver_direct(d, pool, policy, &hosts, &site).await;
@@ -325,12 +326,14 @@ impl Outbound {
             r.site_down = self.health.unreachable(
                 &site,
                 &error,
-                crate::clock::unix_now_ms(),
+                self.reputation.clock().now_ms(),
                 self.site_down_after,
                 &self.probe_pace,
             );
         } else if r.replies.iter().any(|x| x.code > 0) {
-            r.site_recovered = self.health.answered(&site);
+            r.site_recovered = self
+                .health
+                .answered(&site, self.reputation.clock().now_ms());
         } else if probe {
             self.health.release_probe(&site);
         }

@@ -109,6 +109,7 @@ async fn pass<R: Reader>(reader: &R, labels: &Labels, failures: &mut Failures) {
         Err(e) => tracing::error!(error = %e, "{}: {}", labels.name, labels.cannot_open),
     }
     reader.after_pass().await;
+    tracing::debug!("{}: pass done", labels.name);
 }
 
 #[cfg(test)]

@@ -270,3 +270,99 @@ async fn send_one(
         status,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::Classifier;
+    use crate::clock::Clock;
+    use crate::config::{Config, HumanDuration};
+    use crate::dns::Resolver;
+    use crate::outbound::Outbound;
+    use crate::reputation::Reputation;
+    use std::net::IpAddr;
+
+    fn context(clock: &Clock) -> QueueContext {
+        let mut config = Config::default();
+        config.probes.deadline = HumanDuration::from_secs(15 * 60);
+        config.probes.hold = HumanDuration::from_secs(3600);
+        // Nothing here resolves a name: loopback, never a public resolver.
+        config.dns.nameservers = vec!["127.0.0.1:9".parse().unwrap()];
+        let config = Arc::new(config);
+        let reputation = Reputation::in_memory_with_clock(vec![], clock.clone());
+        let resolver = Resolver::new(&config.dns).unwrap();
+        let authorisation =
+            crate::authorisation::Authorisation::new(&resolver, "relay.test", None, clock.clone());
+        let outbound = Outbound::new(&config, resolver, reputation.clone(), authorisation).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let spool = crate::spool::Spool::open(dir.path()).unwrap();
+        QueueContext::new(
+            config,
+            spool,
+            outbound,
+            reputation,
+            Arc::new(Classifier::builtin().unwrap()),
+        )
+        .with_clock(clock.clone())
+    }
+
+    fn sent(ip: IpAddr, token: &str, at: u64) -> ProbeRecord {
+        ProbeRecord {
+            token: token.into(),
+            ip,
+            seed: "seed@mail.test".into(),
+            site: Some("mx.mail.test".into()),
+            sent_at: at,
+            reply: "250 2.0.0 Ok: queued as ABC".into(),
+            receiver_id: Some("ABC".into()),
+            mx: Some("mx.mail.test".into()),
+            mx_ip: None,
+            status: ProbeStatus::Sent,
+        }
+    }
+
+    /// Simulated minutes: a probe is missing only once its deadline has passed, then
+    /// its (IP, site) is held as silently discarding; one that arrives lifts the hold.
+    #[tokio::test]
+    async fn a_probe_is_missing_at_its_deadline_not_before_and_an_arrival_lifts_it() {
+        let clock = Clock::manual(1_800_000_000_000);
+        let ctx = context(&clock);
+        let probes = Probes::default();
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let site = Site::from("mx.mail.test");
+        let t0 = clock.now();
+        probes.put(sent(ip, "tok1", t0));
+
+        clock.advance(Duration::from_secs(15 * 60 - 1));
+        check(&ctx, &probes, probes.list(), &HashMap::new());
+        assert_eq!(probes.list()[0].status, ProbeStatus::Sent, "a second early");
+        assert_eq!(ctx.reputation.standing_for(ip, &site), Standing::Clean);
+
+        clock.advance(Duration::from_secs(1));
+        check(&ctx, &probes, probes.list(), &HashMap::new());
+        assert_eq!(
+            probes.list()[0].status,
+            ProbeStatus::Missing {
+                checked_at: t0 + 15 * 60
+            }
+        );
+        assert_eq!(ctx.reputation.standing_for(ip, &site), Standing::Hard);
+
+        // The next probe arrives (in the junk folder): the silent discard is lifted.
+        clock.advance(Duration::from_secs(600));
+        probes.put(sent(ip, "tok2", clock.now()));
+        let found = HashMap::from([(
+            "tok2".to_string(),
+            Found {
+                folder: "Junk".into(),
+                junk: true,
+            },
+        )]);
+        check(&ctx, &probes, probes.list(), &found);
+        assert!(matches!(
+            probes.list()[0].status,
+            ProbeStatus::Arrived { junk: true, .. }
+        ));
+        assert_eq!(ctx.reputation.standing_for(ip, &site), Standing::Clean);
+    }
+}

@@ -14,7 +14,8 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 
 use super::context::QueueContext;
-use super::domain::{DomainJob, deliver_domain};
+use super::domain::{DomainJob, DomainOutcome, deliver_domain};
+use super::error::QueueError;
 use super::handle::QueueHandle;
 use super::{dsn, retry};
 use crate::classify::{Retry, Verdict};
@@ -71,110 +72,202 @@ pub(super) async fn run(ctx: Arc<QueueContext>, queue: &QueueHandle, id: QueueId
     }
 }
 
+/// One attempt, in the order it happens: load the message (or find it parked with a
+/// down site), hold it if its sender is suspended, deliver each domain's recipients in
+/// parallel, read what the sites did, apply each recipient's verdict, then bounce,
+/// remove or reschedule.
 async fn attempt(
     ctx: &Arc<QueueContext>,
     queue: &QueueHandle,
     id: &QueueId,
-) -> Result<Outcome, SpoolError> {
+) -> Result<Outcome, QueueError> {
     let unrecorded = ctx.take_unrecorded(id);
     let from_memory = unrecorded.is_some();
-    let loaded = match (unrecorded, ctx.spool.take_fresh(id)) {
+    let (mut msg, body) = match load(ctx, id, unrecorded).await? {
+        Loaded::Gone => return Ok(Outcome::at(None)),
+        Loaded::Parked(site, next) => {
+            return Ok(Outcome {
+                parked: Some(site),
+                ..Outcome::at(Some(next))
+            });
+        }
+        Loaded::Message(msg, body) => (*msg, body),
+    };
+    let sender = SenderId::of(msg.user.as_deref(), &msg.sender);
+    if hold_if_suspended(ctx, &mut msg, sender.as_ref()).await? {
+        return Ok(Outcome::at(None));
+    }
+    let body = readable(&mut msg, body);
+    let outcomes = match &body {
+        Some(body) => deliver_all(ctx, &msg, body).await,
+        None => Vec::new(),
+    };
+    let sites = Sites::of(&outcomes);
+    if !sites.tried
+        && !from_memory
+        && let Some((site, next)) = sites.parked()
+    {
+        // Every domain's site is down and nothing was sent: nothing changed worth a
+        // disk write; the message waits for the site's probe.
+        return Ok(Outcome {
+            parked: Some(site),
+            recovered: sites.recovered,
+            ..Outcome::at(Some(next))
+        });
+    }
+    let applied = apply(ctx, queue, &mut msg, sender.as_ref(), outcomes);
+    msg.attempts += 1;
+    expire(
+        &mut msg,
+        ctx.config.queue.max_lifetime.get(),
+        ctx.clock.now(),
+    );
+    // Come back for the first down site's probe at the latest.
+    let retry_at = match sites.first_probe_ms() {
+        Some(next) => Some(applied.retry_at.map_or(next / 1000, |r| r.min(next / 1000))),
+        None => applied.retry_at,
+    };
+    let body = body.unwrap_or_else(|| Arc::from(Vec::new()));
+    match record(ctx, queue, &mut msg, &body, applied.throttled, retry_at).await {
+        Ok(next_ms) => Ok(Outcome {
+            next_ms,
+            waiting_for_egress: applied.waiting_for_egress && next_ms.is_some(),
+            parked: sites.parked().filter(|_| next_ms.is_some()).map(|(s, _)| s),
+            waits_for: sites.waits_for().filter(|_| next_ms.is_some()),
+            recovered: sites.recovered,
+        }),
+        Err(e) => Ok(Outcome {
+            recovered: sites.recovered,
+            ..Outcome::at(Some(keep_unrecorded(ctx, msg, &e)))
+        }),
+    }
+}
+
+/// What [`load`] found.
+enum Loaded {
+    /// The message left the spool (delivered, deleted) since it was scheduled.
+    Gone,
+    /// Every pending recipient is at one site that is down: parked with it until its
+    /// next probe (Unix ms), without reading the body.
+    Parked(Site, u64),
+    /// The message and its body (or why the body cannot be read).
+    Message(Box<QueuedMessage>, Result<Arc<[u8]>, SpoolError>),
+}
+
+/// The message as the last attempt left it: from memory if its record could not be
+/// written, from the spool's just-received cache, or from disk.
+async fn load(
+    ctx: &Arc<QueueContext>,
+    id: &QueueId,
+    unrecorded: Option<QueuedMessage>,
+) -> Result<Loaded, QueueError> {
+    match (unrecorded, ctx.spool.take_fresh(id)) {
         // Nothing left to send: the body is not needed.
-        (Some(msg), _) if msg.is_done() => Some((msg, Ok(Arc::from(Vec::new())))),
+        (Some(msg), _) if msg.is_done() => {
+            Ok(Loaded::Message(Box::new(msg), Ok(Arc::from(Vec::new()))))
+        }
         (Some(msg), _) => {
             let spool = ctx.spool.clone();
-            tokio::task::spawn_blocking(move || {
+            let loaded = tokio::task::spawn_blocking(move || {
                 let body = spool.load_body(&msg).map(Arc::<[u8]>::from);
-                Some((msg, body))
+                Loaded::Message(Box::new(msg), body)
             })
-            .await
-            .map_err(SpoolError::ReadTask)?
+            .await?;
+            Ok(loaded)
         }
-        (None, Some((msg, body))) => Some((msg, Ok(body))),
+        (None, Some((msg, body))) => Ok(Loaded::Message(Box::new(msg), Ok(body))),
         (None, None) => {
             let spool = ctx.spool.clone();
             let load_id = id.clone();
             let health = ctx.outbound.health();
             let now = ctx.clock.now_ms();
-            let parked = tokio::task::spawn_blocking(move || -> Result<_, SpoolError> {
+            let loaded = tokio::task::spawn_blocking(move || -> Result<_, SpoolError> {
                 let Some(msg) = spool.load(&load_id)? else {
-                    return Ok(Err(None));
+                    return Ok(Loaded::Gone);
                 };
-                // Every pending recipient at one site that is down (and this is not its
-                // probe): parked without reading the body.
-                let sites: Vec<Option<&str>> = msg
-                    .pending()
-                    .map(|r| r.route.as_ref().and_then(|l| l.site.as_deref()))
-                    .collect();
-                if let Some(Some(site)) = sites.first().copied()
-                    && sites.iter().all(|s| *s == Some(site))
+                if let Some(site) = one_site(&msg)
                     && !msg.held
-                    && let Some(next) = health.down_until(&Site::from(site), now)
+                    && let Some(next) = health.down_until(&site, now)
                 {
-                    return Ok(Ok((Site::from(site), next)));
+                    return Ok(Loaded::Parked(site, next));
                 }
-                drop(sites);
                 let body = spool.load_body(&msg).map(Arc::<[u8]>::from);
-                Ok(Err(Some((msg, body))))
+                Ok(Loaded::Message(Box::new(msg), body))
             })
-            .await
-            .map_err(SpoolError::ReadTask)??;
-            match parked {
-                Ok((site, next)) => {
-                    return Ok(Outcome {
-                        parked: Some(site),
-                        ..Outcome::at(Some(next))
-                    });
-                }
-                Err(loaded) => loaded,
-            }
+            .await??;
+            Ok(loaded)
         }
-    };
-    let Some((mut msg, body)) = loaded else {
-        return Ok(Outcome::at(None));
-    };
-    let sender = SenderId::of(msg.user.as_deref(), &msg.sender);
-    if let Some(id) = &sender
-        && !msg.is_done()
-        && ctx.senders.suspended(id).is_some()
-    {
-        // Not delivered, not lost: kept until the operator releases the sender.
-        msg.held = true;
-        msg.held_reason = Some(format!("sender {id} suspended"));
-        ctx.spool.update(&msg).await?;
-        tracing::warn!(queue_id = %msg.id, sender = %id, "held: its sender is suspended");
-        return Ok(Outcome::at(None));
     }
-    // A body that cannot be read (a damaged disk, a file deleted by hand) must not keep
-    // the message in the queue for ever: nothing is sent, the recipients wait with this
-    // as their last error, and the message expires into a DSN like any other.
-    let deliverable = body.is_ok();
-    let body: Arc<[u8]> = body.unwrap_or_else(|e| {
-        tracing::error!(queue_id = %msg.id, error = %e, "cannot read the message body");
-        let reply = RemoteReply {
-            code: 0,
-            enhanced: "4.3.0".into(),
-            text: format!("the spooled message body cannot be read: {e}"),
-            mx: None,
-        };
-        for r in &mut msg.recipients {
-            if let RecipientStatus::Pending { last } = &mut r.status {
-                *last = Some(reply.clone());
-            }
-        }
-        Arc::from(Vec::new())
-    });
+}
 
+/// The one site every pending recipient was last routed to, if there is one.
+fn one_site(msg: &QueuedMessage) -> Option<Site> {
+    let mut sites = msg
+        .pending()
+        .map(|r| r.route.as_ref().and_then(|l| l.site.as_deref()));
+    let first = sites.next()??;
+    sites.all(|s| s == Some(first)).then(|| Site::from(first))
+}
+
+/// Holds the message if its sender is suspended: not delivered, not lost, kept until
+/// the operator releases the sender. Returns whether it was held.
+async fn hold_if_suspended(
+    ctx: &Arc<QueueContext>,
+    msg: &mut QueuedMessage,
+    sender: Option<&SenderId>,
+) -> Result<bool, QueueError> {
+    let Some(id) = sender else {
+        return Ok(false);
+    };
+    if msg.is_done() || ctx.senders.suspended(id).is_none() {
+        return Ok(false);
+    }
+    msg.held = true;
+    msg.held_reason = Some(format!("sender {id} suspended"));
+    ctx.spool.update(msg).await?;
+    tracing::warn!(queue_id = %msg.id, sender = %id, "held: its sender is suspended");
+    Ok(true)
+}
+
+/// The body, or `None` when it cannot be read (a damaged disk, a file deleted by hand).
+/// Such a message must not stay in the queue for ever: nothing is sent, its recipients
+/// wait with this as their last error, and it expires into a DSN like any other.
+fn readable(msg: &mut QueuedMessage, body: Result<Arc<[u8]>, SpoolError>) -> Option<Arc<[u8]>> {
+    let e = match body {
+        Ok(body) => return Some(body),
+        Err(e) => e,
+    };
+    tracing::error!(queue_id = %msg.id, error = %e, "cannot read the message body");
+    let reply = RemoteReply {
+        code: 0,
+        enhanced: "4.3.0".into(),
+        text: format!("the spooled message body cannot be read: {e}"),
+        mx: None,
+    };
+    for r in &mut msg.recipients {
+        if let RecipientStatus::Pending { last } = &mut r.status {
+            *last = Some(reply.clone());
+        }
+    }
+    None
+}
+
+/// Delivers every pending recipient, one job per domain, in parallel within the
+/// per-domain and global connection limits.
+async fn deliver_all(
+    ctx: &Arc<QueueContext>,
+    msg: &QueuedMessage,
+    body: &Arc<[u8]>,
+) -> Vec<DomainOutcome> {
     let mut by_domain: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, r) in msg.recipients.iter().enumerate() {
-        if deliverable && !r.status.is_final() {
+        if !r.status.is_final() {
             by_domain
                 .entry(r.address.domain().to_string())
                 .or_default()
                 .push(i);
         }
     }
-
     let mut tasks = JoinSet::new();
     for (domain, idxs) in by_domain {
         let ctx = ctx.clone();
@@ -200,57 +293,113 @@ async fn attempt(
             deliver_domain(&ctx, job).await
         });
     }
-    let mut waiting_for_egress = false;
-    let mut retry_at: Option<u64> = None;
-    let mut throttled = false;
-    let mut recovered = Vec::new();
-    // Sites down with their next probe, and whether every domain was one of them.
-    let mut down: Vec<(Site, u64)> = Vec::new();
-    let mut all_down = true;
-    let mut unreachable: Vec<Site> = Vec::new();
-    let mut all_unreachable = true;
-    let mut tried = false;
-    let now = ctx.clock.now();
     let mut outcomes = Vec::new();
     while let Some(joined) = tasks.join_next().await {
-        let Ok(outcome) = joined else {
-            continue;
+        match joined {
+            Ok(outcome) => outcomes.push(outcome),
+            // Its recipients stay pending with their last error and are tried again.
+            Err(e) => {
+                tracing::error!(queue_id = %msg.id, error = %e, "a domain's delivery task failed")
+            }
+        }
+    }
+    outcomes
+}
+
+/// What the sites did in this attempt, across its domains.
+struct Sites {
+    /// Sites that were down, with their next probe (Unix ms).
+    down: Vec<(Site, u64)>,
+    /// Whether every domain's site was down.
+    all_down: bool,
+    /// Sites that reached no server (not down yet).
+    unreachable: Vec<Site>,
+    /// Whether no domain reached a server.
+    all_unreachable: bool,
+    /// Sites that were down and answered: their parked mail may go.
+    recovered: Vec<Site>,
+    /// Whether anything was tried at all.
+    tried: bool,
+}
+
+impl Sites {
+    fn of(outcomes: &[DomainOutcome]) -> Self {
+        let mut sites = Sites {
+            down: Vec::new(),
+            all_down: true,
+            unreachable: Vec::new(),
+            all_unreachable: true,
+            recovered: Vec::new(),
+            tried: false,
         };
-        recovered.extend(outcome.site_recovered.clone());
-        match &outcome.site_down {
-            Some(d) => down.push(d.clone()),
-            None => all_down = false,
+        for outcome in outcomes {
+            sites
+                .recovered
+                .extend(outcome.site_recovered.iter().cloned());
+            match &outcome.site_down {
+                Some(d) => sites.down.push(d.clone()),
+                None => sites.all_down = false,
+            }
+            match &outcome.unreachable {
+                Some(site) => sites.unreachable.push(site.clone()),
+                None => sites.all_unreachable = false,
+            }
+            sites.tried |= !outcome.history.is_empty();
         }
-        match &outcome.unreachable {
-            Some(site) => unreachable.push(site.clone()),
-            None => all_unreachable = false,
-        }
-        tried |= !outcome.history.is_empty();
-        outcomes.push(outcome);
+        sites
     }
-    // Every domain's site is down (one site: parked with it): nothing was sent, nothing
-    // changed worth a disk write; the message waits for the site's probe.
-    // The one site this message waits for, if it is down: parked with it.
-    let parked = match down.as_slice() {
-        [(site, next)] if all_down => Some((site.clone(), *next)),
-        _ => None,
+
+    /// The one site this message waits for, if it is down: parked with it.
+    fn parked(&self) -> Option<(Site, u64)> {
+        match self.down.as_slice() {
+            [(site, next)] if self.all_down => Some((site.clone(), *next)),
+            _ => None,
+        }
+    }
+
+    /// The message's one site reached no server: it goes when the site comes back.
+    fn waits_for(&self) -> Option<Site> {
+        match self.unreachable.as_slice() {
+            [site] if self.all_unreachable => Some(site.clone()),
+            _ => None,
+        }
+    }
+
+    /// The first down site's next probe (Unix ms).
+    fn first_probe_ms(&self) -> Option<u64> {
+        self.down.iter().map(|(_, n)| *n).min()
+    }
+}
+
+/// What applying the domains' outcomes decided about the message's next attempt.
+struct Applied {
+    /// Some domain could not be tried because every egress IP is listed.
+    waiting_for_egress: bool,
+    /// The earliest time (Unix s) a block or limit that held mail back ends.
+    retry_at: Option<u64>,
+    /// A destination asked us to slow down.
+    throttled: bool,
+}
+
+/// Applies each domain's outcome: throttles, the sender's abuse guard, the attempt
+/// history, and each recipient's new status from its verdict.
+fn apply(
+    ctx: &Arc<QueueContext>,
+    queue: &QueueHandle,
+    msg: &mut QueuedMessage,
+    sender: Option<&SenderId>,
+    outcomes: Vec<DomainOutcome>,
+) -> Applied {
+    let mut applied = Applied {
+        waiting_for_egress: false,
+        retry_at: None,
+        throttled: false,
     };
-    if !tried
-        && !from_memory
-        && let Some((site, next)) = &parked
-    {
-        return Ok(Outcome {
-            next_ms: Some(*next),
-            waiting_for_egress: false,
-            parked: Some(site.clone()),
-            recovered,
-            waits_for: None,
-        });
-    }
+    let now = ctx.clock.now();
     for outcome in outcomes {
-        waiting_for_egress |= outcome.no_egress;
+        applied.waiting_for_egress |= outcome.no_egress;
         if outcome.throttled {
-            throttled = true;
+            applied.throttled = true;
             let period = retry::retry_delay(&ctx.config.queue, msg.attempts + 1) * 2;
             ctx.throttle(&outcome.domain, period);
             if let Some(site) = &outcome.throttled_site {
@@ -258,9 +407,9 @@ async fn attempt(
             }
         }
         if let Some(at) = outcome.retry_at {
-            retry_at = Some(retry_at.map_or(at, |r: u64| r.min(at)));
+            applied.retry_at = Some(applied.retry_at.map_or(at, |r: u64| r.min(at)));
         }
-        if let Some(id) = &sender {
+        if let Some(id) = sender {
             let verdicts: Vec<_> = outcome
                 .history
                 .iter()
@@ -301,47 +450,26 @@ async fn attempt(
             };
         }
     }
-    msg.attempts += 1;
-    expire(
-        &mut msg,
-        ctx.config.queue.max_lifetime.get(),
-        ctx.clock.now(),
+    applied
+}
+
+/// The outcome could not be recorded (a full disk): kept in memory and recorded when
+/// the spool takes writes again. Returns when to try.
+fn keep_unrecorded(ctx: &Arc<QueueContext>, msg: QueuedMessage, e: &QueueError) -> u64 {
+    let soon = ctx.clock.now_ms() + RECORD_RETRY.as_millis() as u64;
+    let next = if msg.is_done() {
+        soon
+    } else {
+        msg.next_attempt_ms.max(soon)
+    };
+    tracing::error!(
+        queue_id = %msg.id,
+        error = %e,
+        done = msg.is_done(),
+        "cannot record the attempt's outcome; kept in memory, recorded when the spool takes writes again"
     );
-    if let Some(next) = down.iter().map(|(_, n)| *n).min() {
-        // Come back for the first down site's probe at the latest.
-        retry_at = Some(retry_at.map_or(next / 1000, |r| r.min(next / 1000)));
-    }
-    match record(ctx, queue, &mut msg, &body, throttled, retry_at).await {
-        Ok(next_ms) => Ok(Outcome {
-            next_ms,
-            waiting_for_egress: waiting_for_egress && next_ms.is_some(),
-            parked: parked.filter(|_| next_ms.is_some()).map(|(site, _)| site),
-            recovered,
-            waits_for: match unreachable.as_slice() {
-                [site] if all_unreachable && next_ms.is_some() => Some(site.clone()),
-                _ => None,
-            },
-        }),
-        Err(e) => {
-            let next = if msg.is_done() {
-                ctx.clock.now_ms() + RECORD_RETRY.as_millis() as u64
-            } else {
-                msg.next_attempt_ms
-                    .max(ctx.clock.now_ms() + RECORD_RETRY.as_millis() as u64)
-            };
-            tracing::error!(
-                queue_id = %msg.id,
-                error = %e,
-                done = msg.is_done(),
-                "cannot record the attempt's outcome; kept in memory, recorded when the spool takes writes again"
-            );
-            ctx.keep_unrecorded(msg);
-            Ok(Outcome {
-                recovered,
-                ..Outcome::at(Some(next))
-            })
-        }
-    }
+    ctx.keep_unrecorded(msg);
+    next
 }
 
 /// Holds every queued message of a newly suspended sender at once (each would be held
@@ -392,7 +520,7 @@ async fn record(
     body: &[u8],
     throttled: bool,
     retry_at: Option<u64>,
-) -> Result<Option<u64>, SpoolError> {
+) -> Result<Option<u64>, QueueError> {
     bounce(ctx, queue, msg, body).await?;
 
     let spool = ctx.spool.clone();
@@ -473,7 +601,7 @@ async fn bounce(
     queue: &QueueHandle,
     msg: &mut QueuedMessage,
     body: &[u8],
-) -> Result<(), SpoolError> {
+) -> Result<(), QueueError> {
     let unreported: Vec<usize> = msg
         .recipients
         .iter()

@@ -28,7 +28,7 @@ pub fn build(
     failed: &[&RecipientState],
     original_body: &[u8],
 ) -> Dsn {
-    let id = QueueId::generate();
+    let id = QueueId::generate(now_ms * 1000);
     let boundary = format!("{id}/{hostname}");
     let now = rfc2822(now_ms / 1000);
     let mut b = String::with_capacity(4096);

@@ -5,6 +5,7 @@ mod attempt;
 mod context;
 mod domain;
 pub mod dsn;
+mod error;
 mod handle;
 mod local;
 pub mod notice;
@@ -18,6 +19,7 @@ mod throttle;
 mod verp;
 
 pub use context::QueueContext;
+pub use error::QueueError;
 pub use handle::{Control, ControlOutcome, QueueEvent, QueueHandle};
 pub use local::{LocalDelivery, LocalFuture, LocalMail};
 pub use scheduler::start;

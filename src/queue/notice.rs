@@ -31,7 +31,7 @@ async fn queue_alert(
     now: u64,
 ) -> Result<(), crate::spool::SpoolError> {
     use crate::spool::{QueueId, QueuedMessage, RecipientState};
-    let id = QueueId::generate();
+    let id = QueueId::generate(now * 1000);
     let subject: String = format!("[sidestep {}] {}", alert.host, alert.event);
     let date = time::OffsetDateTime::from_unix_timestamp((now / 1000) as i64)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)

@@ -22,13 +22,21 @@ pub enum OperatorError {
     /// The spool failed.
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    /// A blocking spool task did not finish.
+    #[error(transparent)]
+    Queue(#[from] super::QueueError),
+}
+
+impl From<tokio::task::JoinError> for OperatorError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        Self::Queue(e.into())
+    }
 }
 
 async fn load(spool: &Spool, id: &QueueId) -> Result<QueuedMessage, OperatorError> {
     let (spool, lookup) = (spool.clone(), id.clone());
     tokio::task::spawn_blocking(move || spool.load(&lookup))
-        .await
-        .map_err(SpoolError::ReadTask)??
+        .await??
         .ok_or_else(|| OperatorError::NotFound(id.to_string()))
 }
 
@@ -172,8 +180,7 @@ pub async fn delete(
             let body = {
                 let (spool, m) = (spool.clone(), msg.clone());
                 tokio::task::spawn_blocking(move || spool.load_body(&m))
-                    .await
-                    .map_err(SpoolError::ReadTask)?
+                    .await?
                     .unwrap_or_default()
             };
             let dsn = dsn::build(clock.now_ms(), hostname, &msg, to, &failed, &body);
@@ -263,8 +270,7 @@ pub async fn release_sender(
                 })
                 .map(|()| ids)
         })
-        .await
-        .map_err(SpoolError::ReadTask)??
+        .await??
     };
     let mut out = SenderRelease {
         sender: id.to_string(),

@@ -473,6 +473,7 @@ impl Scheduler {
                                 p.probe_at = at;
                             }
                             p.ids.insert(id.clone());
+                            tracing::debug!(queue_id = %id, site = %site, "parked with its down site until its probe");
                             self.parked_site.insert(id, site);
                         }
                         (Some(at), None) => {

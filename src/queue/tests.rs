@@ -80,7 +80,7 @@ async fn a_deferred_message_is_retried_on_the_backoff_schedule() {
     )
     .with_clock(clock.clone());
     let msg = QueuedMessage {
-        id: QueueId::generate(),
+        id: QueueId::generate(crate::clock::Clock::system().now_us()),
         sender: Sender::Null,
         recipients: vec![RecipientState::pending(
             Address::parse("b@dest.test", false).unwrap(),

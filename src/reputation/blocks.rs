@@ -337,7 +337,7 @@ impl Reputation {
                     block.evidence.mx_host.as_deref().unwrap_or("-"),
                     block.evidence.removal_url.as_deref().unwrap_or("-"),
                 ),
-                Some(block.report("")),
+                Some(block.report("", self.shared.clock.now())),
             );
             tracing::warn!(
                 ip = %block.ip,
@@ -476,7 +476,7 @@ impl Reputation {
                     block.strikes,
                     block.evidence.mx_host.as_deref().unwrap_or("-"),
                 ),
-                Some(block.report("")),
+                Some(block.report("", self.shared.clock.now())),
             );
         } else {
             tracing::info!(

@@ -8,11 +8,10 @@ impl Block {
     /// The block as a delisting form wants it (since when, the exact reply, the MX, the
     /// log line, where to ask for removal), every line prefixed with `indent`: what
     /// `sidestep blocks` and `delist-report` print and what a block alert carries.
-    pub fn report(&self, indent: &str) -> String {
+    pub fn report(&self, indent: &str, now: u64) -> String {
         use std::fmt::Write;
         let b = self;
         let mut s = String::new();
-        let now = crate::clock::unix_now();
         let state = if b.expires_at > now {
             format!("blocked until {}", crate::clock::rfc3339(b.expires_at))
         } else if b.canary_in_flight {

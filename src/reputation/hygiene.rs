@@ -127,8 +127,8 @@ pub fn looks_generic(name: &str, ip: IpAddr) -> Option<String> {
         .map(|w| format!("`{w}` in the host name"))
 }
 
-/// Checks `ip`, which announces `helo`.
-pub async fn check(resolver: &Resolver, ip: IpAddr, helo: &str) -> Hygiene {
+/// Checks `ip`, which announces `helo`, at `now` (Unix s).
+pub async fn check(resolver: &Resolver, ip: IpAddr, helo: &str, now: u64) -> Hygiene {
     let mut h = Hygiene {
         ip,
         helo: helo.to_string(),
@@ -137,7 +137,7 @@ pub async fn check(resolver: &Resolver, ip: IpAddr, helo: &str) -> Hygiene {
         helo_matches: false,
         generic: None,
         error: None,
-        checked_at: crate::clock::unix_now(),
+        checked_at: now,
     };
     match resolver.lookup_ptr(ip).await {
         Ok(names) => h.ptr = names,
@@ -230,11 +230,11 @@ impl super::Reputation {
 }
 
 /// Checks every egress IP (with the HELO it announces), in parallel.
-pub async fn check_all(resolver: &Resolver, egress: &[(IpAddr, String)]) -> Vec<Hygiene> {
+pub async fn check_all(resolver: &Resolver, egress: &[(IpAddr, String)], now: u64) -> Vec<Hygiene> {
     let mut tasks = tokio::task::JoinSet::new();
     for (ip, helo) in egress.iter().cloned() {
         let resolver = resolver.clone();
-        tasks.spawn(async move { check(&resolver, ip, &helo).await });
+        tasks.spawn(async move { check(&resolver, ip, &helo, now).await });
     }
     let mut out = Vec::new();
     while let Some(done) = tasks.join_next().await {

@@ -130,7 +130,8 @@ pub fn spawn_monitor(
         loop {
             // Reverse DNS first: a missing PTR takes an IP out (with require_fcrdns)
             // before the lists are asked.
-            let hygiene = super::hygiene::check_all(&resolver, &egress).await;
+            let hygiene =
+                super::hygiene::check_all(&resolver, &egress, reputation.clock().now()).await;
             reputation.set_hygiene(hygiene, require_fcrdns);
             let lists = reputation.lists();
             // In a cluster one node asks the lists per refresh (the operator's request

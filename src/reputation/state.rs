@@ -33,7 +33,7 @@ pub(super) struct Shared {
     /// Stamps listings and blocks and decides when a block has expired.
     pub(super) clock: Clock,
     /// Where listings and blocks are announced, once set.
-    pub(super) alerts: std::sync::OnceLock<crate::alerts::Alerts>,
+    pub(super) alerts: Option<crate::alerts::Alerts>,
     /// Wakes the listing monitor for a refresh now.
     pub(super) refresh: tokio::sync::Notify,
     /// Bumped whenever an IP may have become usable (a delisting, a list found broken).
@@ -105,16 +105,40 @@ impl State {
 }
 
 impl Reputation {
-    /// Loads the persisted state from its file in `spool_dir`, and keeps it there.
+    /// Loads the persisted state from its file in `spool_dir`, and keeps it there;
+    /// listing and block changes are announced through `alerts`.
     ///
     /// # Errors
     /// The file cannot be opened or read.
-    pub fn open(lists: Vec<BlocklistConfig>, spool_dir: &Path) -> Result<Self, StoreError> {
+    pub fn open(
+        lists: Vec<BlocklistConfig>,
+        spool_dir: &Path,
+        alerts: Option<crate::alerts::Alerts>,
+    ) -> Result<Self, StoreError> {
+        Self::open_with_clock(lists, spool_dir, alerts, Clock::system())
+    }
+
+    /// [`Reputation::open`] timed by `clock` (tests: days pass in an instant).
+    ///
+    /// # Errors
+    /// The file cannot be opened or read.
+    pub fn open_with_clock(
+        lists: Vec<BlocklistConfig>,
+        spool_dir: &Path,
+        alerts: Option<crate::alerts::Alerts>,
+        clock: Clock,
+    ) -> Result<Self, StoreError> {
         let db = Arc::new(store::open(spool_dir)?);
         let report = store::load(db.as_ref())?;
-        let reputation = Self::from_report(lists, report, Some(db), Clock::system());
-        reputation.shared.warmup.load(spool_dir.join("warmup.json"));
-        Ok(reputation)
+        let warmup = super::warmup::Warmup::open(spool_dir.join("warmup.json"));
+        Ok(Self::from_report(
+            lists,
+            report,
+            Some(db),
+            clock,
+            alerts,
+            warmup,
+        ))
     }
 
     /// State kept in memory only (for one-off checks).
@@ -125,7 +149,14 @@ impl Reputation {
     /// State in memory, timed by `clock`: block expiry and canaries in tests move with a
     /// manual clock instead of sleeping.
     pub fn in_memory_with_clock(lists: Vec<BlocklistConfig>, clock: Clock) -> Self {
-        Self::from_report(lists, ReputationReport::default(), None, clock)
+        Self::from_report(
+            lists,
+            ReputationReport::default(),
+            None,
+            clock,
+            None,
+            Default::default(),
+        )
     }
 
     fn from_report(
@@ -133,6 +164,8 @@ impl Reputation {
         report: ReputationReport,
         db: Option<Arc<redb::Database>>,
         clock: Clock,
+        alerts: Option<crate::alerts::Alerts>,
+        warmup: super::warmup::Warmup,
     ) -> Self {
         let mut state = State::default();
         for r in report.records {
@@ -160,13 +193,19 @@ impl Reputation {
                 persist: Mutex::new(()),
                 improved: tokio::sync::watch::Sender::new(0),
                 clock,
-                alerts: std::sync::OnceLock::new(),
+                alerts,
                 refresh: tokio::sync::Notify::new(),
-                warmup: Default::default(),
+                warmup,
                 cluster: std::sync::OnceLock::new(),
                 shared_listings: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// The clock this state keeps time by (the delivery side reads it too, so a test's
+    /// simulated time moves blocks, site health and shaping together).
+    pub fn clock(&self) -> &Clock {
+        &self.shared.clock
     }
 
     /// Puts the egress IPs' warmup schedules in force (at start and on reload).
@@ -215,11 +254,6 @@ impl Reputation {
         self.shared.refresh.notified().await;
     }
 
-    /// Announces listing and block changes through `alerts` from now on.
-    pub fn set_alerts(&self, alerts: crate::alerts::Alerts) {
-        let _ = self.shared.alerts.set(alerts);
-    }
-
     /// Sends an alert, if alerts are set.
     pub fn alert(
         &self,
@@ -240,7 +274,7 @@ impl Reputation {
         text: String,
         report: Option<String>,
     ) {
-        if let Some(a) = self.shared.alerts.get() {
+        if let Some(a) = &self.shared.alerts {
             a.send_with_report(event, ip.map(|i| i.to_string()), subject, text, report);
         }
     }

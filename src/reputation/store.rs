@@ -240,7 +240,7 @@ mod block_tests {
     #[test]
     fn recorded_blocks_are_readable() {
         let dir = tempfile::tempdir().unwrap();
-        let rep = Reputation::open(vec![], dir.path()).unwrap();
+        let rep = Reputation::open(vec![], dir.path(), None).unwrap();
         let evidence = Evidence {
             reply: "550 x".into(),
             rule: "r".into(),

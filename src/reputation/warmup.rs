@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -87,7 +87,8 @@ struct State {
 #[derive(Debug, Default)]
 pub struct Warmup {
     state: Mutex<State>,
-    path: OnceLock<PathBuf>,
+    /// `warmup.json` in the spool; `None` in memory only.
+    path: Option<PathBuf>,
     /// Some IP has a schedule: without one, routing pays no lock for warmup.
     active: std::sync::atomic::AtomicBool,
 }
@@ -124,12 +125,13 @@ impl Warmup {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Keeps the counts in `path` from now on, starting from what it holds.
-    pub(super) fn load(&self, path: PathBuf) {
+    /// Counts kept in `path`, starting from what it holds.
+    pub(super) fn open(path: PathBuf) -> Self {
+        let warmup = Self::default();
         if let Ok(bytes) = std::fs::read(&path) {
             match serde_json::from_slice::<Stored>(&bytes) {
                 Ok(stored) => {
-                    let mut s = self.lock();
+                    let mut s = warmup.lock();
                     s.started = stored.started;
                     s.day = stored.day;
                     s.counts = stored
@@ -143,7 +145,10 @@ impl Warmup {
                 }
             }
         }
-        let _ = self.path.set(path);
+        Self {
+            path: Some(path),
+            ..warmup
+        }
     }
 
     /// Puts the configured schedules in force.
@@ -243,7 +248,14 @@ impl Warmup {
                     .saturating_sub(s.unsynced.get(&(ip, site.clone())).copied().unwrap_or(0));
                 ((ip, site), total.saturating_sub(mine))
             })
-            .collect();
+            .collect::<HashMap<_, _>>();
+        if others != s.others {
+            let total: u32 = others.values().sum();
+            tracing::debug!(
+                day,
+                "warmup: the other nodes sent {total} warming messages today"
+            );
+        }
         s.others = others;
     }
 
@@ -284,7 +296,7 @@ impl Warmup {
 
     /// Writes the counts if they changed (a temporary file, fsynced, renamed).
     pub(super) fn flush(&self) {
-        let Some(path) = self.path.get() else {
+        let Some(path) = &self.path else {
             return;
         };
         let stored = {
@@ -353,5 +365,63 @@ mod tests {
         let other: IpAddr = "192.0.2.10".parse().unwrap();
         assert!(w.allows(other, &a, day0), "no schedule, no cap");
         assert_eq!(Warmup::next_day(day0 + 5), day0 + DAY);
+    }
+
+    /// Simulated days through the whole reputation: today's count survives a restart,
+    /// the next day starts at midnight UTC with its bigger cap, and then the IP is warm.
+    #[test]
+    fn a_warming_ip_rolls_over_at_midnight_and_keeps_today_across_a_restart() {
+        use crate::clock::Clock;
+        use crate::egress::Standing;
+        let dir = tempfile::tempdir().unwrap();
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let site = Site::from("mx.a.test");
+        let day0 = 20_000 * DAY;
+        let clock = Clock::manual((day0 + 23 * 3600) * 1000);
+        let schedules = || {
+            HashMap::from([(
+                ip,
+                Schedule {
+                    caps: vec![2, 4],
+                    start_day: None,
+                },
+            )])
+        };
+        let open = || {
+            let r =
+                super::super::Reputation::open_with_clock(vec![], dir.path(), None, clock.clone())
+                    .unwrap();
+            r.set_warmup(schedules());
+            r
+        };
+        let rep = open();
+        assert_eq!(rep.claim(ip, &site), Standing::Clean);
+        assert_eq!(rep.claim(ip, &site), Standing::Clean);
+        assert_eq!(rep.claim(ip, &site), Standing::Hard, "day 1's cap is 2");
+        rep.flush_warmup();
+        drop(rep);
+        let rep = open();
+        assert_eq!(
+            rep.claim(ip, &site),
+            Standing::Hard,
+            "a restart does not reset today"
+        );
+        clock.advance(std::time::Duration::from_secs(3599));
+        assert_eq!(
+            rep.claim(ip, &site),
+            Standing::Hard,
+            "23:59:59 is still today"
+        );
+        clock.advance(std::time::Duration::from_secs(1));
+        for n in 0..4 {
+            assert_eq!(rep.claim(ip, &site), Standing::Clean, "day 2, message {n}");
+        }
+        assert_eq!(rep.claim(ip, &site), Standing::Hard, "day 2's cap is 4");
+        clock.advance(std::time::Duration::from_secs(DAY));
+        assert!(
+            (0..50).all(|_| rep.claim(ip, &site) == Standing::Clean),
+            "warm on day 3"
+        );
+        assert_eq!(rep.warmup_status()[0].cap, None);
     }
 }

@@ -148,7 +148,7 @@ impl SiteHealth {
 
     /// A server of `site` answered: it is up. Returns true when it was down (its
     /// parked mail may go now).
-    pub fn answered(&self, site: &Site) -> bool {
+    pub fn answered(&self, site: &Site, now_ms: u64) -> bool {
         let mut sites = self.lock();
         let Some(h) = sites.remove(site) else {
             return false;
@@ -156,7 +156,7 @@ impl SiteHealth {
         if let Some(since) = h.down_since {
             tracing::warn!(
                 site = %site,
-                down_for_s = crate::clock::unix_now_ms().saturating_sub(since) / 1000,
+                down_for_s = now_ms.saturating_sub(since) / 1000,
                 "site up again: a server answered the probe; its queued mail goes now"
             );
             drop(sites);
@@ -331,10 +331,10 @@ mod tests {
             }
         );
         assert_eq!(h.admit(&site, 122_000), Admission::Probe);
-        assert!(h.answered(&site), "it was down");
+        assert!(h.answered(&site, 122_000), "it was down");
         assert_eq!(h.admit(&site, 122_001), Admission::Go);
         assert!(h.down().is_empty());
-        assert!(!h.answered(&site), "an up site stays up quietly");
+        assert!(!h.answered(&site, 122_002), "an up site stays up quietly");
     }
 
     #[test]
@@ -346,7 +346,7 @@ mod tests {
             longest: Duration::from_secs(60),
         };
         h.unreachable(&site, "refused", 0, 2, minute);
-        h.answered(&site);
+        h.answered(&site, 0);
         h.unreachable(&site, "refused", 0, 2, minute);
         assert_eq!(h.admit(&site, 0), Admission::Go);
         for _ in 0..10 {

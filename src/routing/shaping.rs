@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Clock;
 
 use tokio::sync::Semaphore;
 
@@ -65,13 +67,15 @@ pub fn covers(rule: &ShapingConfig, domain: &str, site: &Site) -> bool {
 #[derive(Default)]
 pub struct Shaper {
     rules: Vec<ShapingConfig>,
-    /// Tokens and when they were counted, per `kind|site|ip` key.
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    /// Tokens and when they were counted (Unix ms), per `kind|site|ip` key.
+    buckets: Mutex<HashMap<String, (f64, u64)>>,
     /// Connection slots per site (and per IP × site) with a `max_connections`.
     slots: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Sites that said "too fast", until when: their shape is tightened whatever the
-    /// rule (one connection, half the rates), for every domain they serve.
-    tightened: Mutex<HashMap<Site, Instant>>,
+    /// rule (one connection, half the rates), for every domain they serve (Unix ms).
+    tightened: Mutex<HashMap<Site, u64>>,
+    /// Rates and tightened periods run on this clock (the reputation's).
+    clock: Clock,
     /// The cluster's count of connections, when several nodes share the limits.
     shared: std::sync::OnceLock<Arc<dyn SharedSlots>>,
 }
@@ -138,10 +142,11 @@ async fn lease(shared: &Arc<dyn SharedSlots>, key: String, limit: usize) -> Opti
 }
 
 impl Shaper {
-    /// A shaper for these rules.
-    pub fn new(rules: Vec<ShapingConfig>) -> Self {
+    /// A shaper for these rules, timed by `clock`.
+    pub fn new(rules: Vec<ShapingConfig>, clock: Clock) -> Self {
         Self {
             rules,
+            clock,
             ..Self::default()
         }
     }
@@ -183,9 +188,9 @@ impl Shaper {
     /// time to it and half its configured rates, whichever domain the mail is for. A
     /// repeat extends the period.
     pub fn tighten(&self, site: &Site, period: Duration) {
-        let until = Instant::now() + period.max(Duration::from_secs(1));
+        let now = self.clock.now_ms();
+        let until = now + period.max(Duration::from_secs(1)).as_millis() as u64;
         let mut tightened = self.tightened.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
         tightened.retain(|_, t| *t > now);
         let fresh = tightened.insert(site.clone(), until).is_none();
         if fresh {
@@ -203,7 +208,9 @@ impl Shaper {
         if tightened.is_empty() {
             return false;
         }
-        tightened.get(site).is_some_and(|t| *t > Instant::now())
+        tightened
+            .get(site)
+            .is_some_and(|t| *t > self.clock.now_ms())
     }
 
     /// Takes one token from the bucket `key` holding `n` per `period`; when empty,
@@ -212,15 +219,16 @@ impl Shaper {
         if n == 0 {
             return Ok(());
         }
-        let now = Instant::now();
+        let now = self.clock.now_ms();
         let cap = f64::from(n);
         let rate = cap / period.as_secs_f64();
+        let period_ms = period.as_millis() as u64;
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         if buckets.len() > 100_000 {
-            buckets.retain(|_, (_, at)| now.duration_since(*at) < period);
+            buckets.retain(|_, (_, at)| now.saturating_sub(*at) < period_ms);
         }
         let (tokens, at) = buckets.entry(key.to_string()).or_insert((cap, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(cap);
+        *tokens = (*tokens + now.saturating_sub(*at) as f64 / 1000.0 * rate).min(cap);
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
@@ -395,7 +403,11 @@ mod tests {
     #[test]
     fn hourly_tokens_and_the_ip_rule_apply_together() {
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let s = Shaper::new(vec![rule(&["*"], None), rule(&["*"], Some("192.0.2.1"))]);
+        let clock = Clock::manual(1_800_000_000_000);
+        let s = Shaper::new(
+            vec![rule(&["*"], None), rule(&["*"], Some("192.0.2.1"))],
+            clock.clone(),
+        );
         let site = Site::from("mx.a.test");
         let shapes = s.shape("a.test", &site, Some(ip));
         assert_eq!(shapes.0.messages_per_hour, Some(3));
@@ -408,6 +420,23 @@ mod tests {
             wait > Duration::from_secs(1000) && wait <= Duration::from_secs(1200),
             "{wait:?}"
         );
+        // Simulated time: a token is earned back every 20 minutes, not sooner.
+        clock.advance(wait - Duration::from_secs(1));
+        assert!(s.message(&site, Some(ip), shapes).is_err(), "not yet");
+        clock.advance(Duration::from_secs(1));
+        assert!(s.message(&site, Some(ip), shapes).is_ok(), "earned back");
+        assert!(s.message(&site, Some(ip), shapes).is_err(), "one, not two");
+        clock.advance(Duration::from_secs(3600));
+        for _ in 0..3 {
+            assert!(
+                s.message(&site, Some(ip), shapes).is_ok(),
+                "a quiet hour refills it"
+            );
+        }
+        assert!(
+            s.message(&site, Some(ip), shapes).is_err(),
+            "to its cap only"
+        );
         // Another site has its own budget.
         let other = Site::from("mx.b.test");
         assert!(
@@ -418,15 +447,19 @@ mod tests {
 
     #[test]
     fn a_throttled_site_is_tightened_for_every_domain_for_its_period() {
-        let s = Shaper::new(vec![ShapingConfig {
-            max_connections: Some(10),
-            connections_per_minute: Some(30),
-            ..rule(&["*.bell.ca"], None)
-        }]);
+        let clock = Clock::manual(1_800_000_000_000);
+        let s = Shaper::new(
+            vec![ShapingConfig {
+                max_connections: Some(10),
+                connections_per_minute: Some(30),
+                ..rule(&["*.bell.ca"], None)
+            }],
+            clock.clone(),
+        );
         let bell = Site::from("mx1.bell.ca,mx2.bell.ca");
         let before = s.shape("bell.net", &bell, None).0;
         assert_eq!(before.max_connections, Some(10));
-        s.tighten(&bell, Duration::from_millis(1));
+        s.tighten(&bell, Duration::from_millis(1)); // at least a second
         for domain in ["bell.net", "sympatico.ca"] {
             let (tight, _) = s.shape(domain, &bell, None);
             assert_eq!(tight.max_connections, Some(1), "{domain}");
@@ -435,7 +468,9 @@ mod tests {
         }
         let other = Site::from("mx.other.test");
         assert_eq!(s.shape("other.test", &other, None).0, Shape::default());
-        std::thread::sleep(Duration::from_millis(1100));
+        clock.advance(Duration::from_millis(999));
+        assert_eq!(s.shape("bell.net", &bell, None).0.max_connections, Some(1));
+        clock.advance(Duration::from_millis(2));
         assert_eq!(
             s.shape("bell.net", &bell, None).0,
             before,

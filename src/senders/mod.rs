@@ -17,7 +17,6 @@ use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -121,7 +120,8 @@ struct Shared {
     path: Option<PathBuf>,
     /// Serialises writes of the file, so the last write holds the latest state.
     persist: Mutex<()>,
-    alerts: OnceLock<crate::alerts::Alerts>,
+    alerts: Option<crate::alerts::Alerts>,
+    clock: crate::clock::Clock,
     /// Where local suspensions and releases go to be shared with the other nodes.
     cluster: OnceLock<tokio::sync::mpsc::UnboundedSender<SenderChange>>,
     /// Quota takes are collected for the other nodes of a cluster.
@@ -188,11 +188,16 @@ pub enum SendersError {
 }
 
 impl Senders {
-    /// The senders' state in `dir` (suspensions survive restarts).
+    /// The senders' state in `dir` (suspensions survive restarts); suspensions are
+    /// announced through `alerts`, windows and quotas timed by `clock`.
     ///
     /// # Errors
     /// `senders.json` exists but cannot be read or parsed.
-    pub fn open(dir: &Path) -> Result<Self, SendersError> {
+    pub fn open(
+        dir: &Path,
+        alerts: Option<crate::alerts::Alerts>,
+        clock: crate::clock::Clock,
+    ) -> Result<Self, SendersError> {
         let path = dir.join("senders.json");
         let stored: Stored = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| SendersError::Corrupt {
@@ -219,14 +224,11 @@ impl Senders {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
                 path: Some(path),
+                alerts,
+                clock,
                 ..Shared::default()
             }),
         })
-    }
-
-    /// Alerts go out through these from now on.
-    pub fn set_alerts(&self, alerts: crate::alerts::Alerts) {
-        let _ = self.shared.alerts.set(alerts);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -274,7 +276,7 @@ impl Senders {
             // No limit applies (the common case of the MTA in front): no lock taken.
             return Ok(());
         }
-        let now = Instant::now();
+        let now = self.shared.clock.now_ms();
         let state = self.lock();
         for (key, what, limit) in keys {
             if message && !state.messages.allows(&key, limit.messages_per_hour, 1, now) {
@@ -306,7 +308,7 @@ impl Senders {
         suspension: &SuspensionConfig,
         recipients: u32,
     ) {
-        let now = Instant::now();
+        let now = self.shared.clock.now_ms();
         let tripped = {
             let mut state = self.lock();
             let share = self
@@ -327,9 +329,9 @@ impl Senders {
                 }
             }
             sender.and_then(|id| {
-                prune(&mut state.recent, suspension);
+                prune(&mut state.recent, suspension, self.shared.clock.now());
                 let recent = state.recent.entry(id.clone()).or_default();
-                recent.roll(crate::clock::unix_now(), suspension.window.get().as_secs());
+                recent.roll(self.shared.clock.now(), suspension.window.get().as_secs());
                 recent.messages += 1;
                 recent.verdict(suspension).map(|why| (id.clone(), why))
             })
@@ -378,9 +380,9 @@ impl Senders {
             if state.suspended.contains_key(id) {
                 return None;
             }
-            prune(&mut state.recent, config);
+            prune(&mut state.recent, config, self.shared.clock.now());
             let recent = state.recent.entry(id.clone()).or_default();
-            recent.roll(crate::clock::unix_now(), config.window.get().as_secs());
+            recent.roll(self.shared.clock.now(), config.window.get().as_secs());
             add(recent);
             recent.verdict(config)?
         };
@@ -410,7 +412,7 @@ impl Senders {
             }
             let s = Suspension {
                 sender: id.clone(),
-                since: crate::clock::unix_now(),
+                since: self.shared.clock.now(),
                 reason,
                 recent: state.recent.get(id).cloned().unwrap_or_default(),
             };
@@ -423,7 +425,7 @@ impl Senders {
             evidence = %suspension.recent.samples.join(" | "),
             "sender suspended: its new mail is refused and its queued mail held until the operator releases it"
         );
-        if let Some(a) = self.shared.alerts.get() {
+        if let Some(a) = &self.shared.alerts {
             a.send(
                 "sender-suspended",
                 None,
@@ -469,7 +471,7 @@ impl Senders {
 
     /// Quota another node took: taken here too.
     pub fn apply_takes(&self, takes: &[QuotaTake]) {
-        let now = Instant::now();
+        let now = self.shared.clock.now_ms();
         let mut state = self.lock();
         for t in takes {
             state.messages.take(&t.key, t.limit.0, t.taken.0, now);
@@ -545,11 +547,11 @@ const MAX_TRACKED: usize = 50_000;
 
 /// Forgets senders quiet for two windows once the table is full (their usual volume
 /// goes with them: a sender back after that long starts afresh).
-fn prune(recent: &mut HashMap<SenderId, Recent>, config: &SuspensionConfig) {
+fn prune(recent: &mut HashMap<SenderId, Recent>, config: &SuspensionConfig, now: u64) {
     if recent.len() < MAX_TRACKED {
         return;
     }
-    let horizon = crate::clock::unix_now().saturating_sub(2 * config.window.get().as_secs());
+    let horizon = now.saturating_sub(2 * config.window.get().as_secs());
     recent.retain(|_, r| r.since >= horizon);
     if recent.len() >= MAX_TRACKED {
         recent.clear();
@@ -602,4 +604,49 @@ fn keys(who: &Submitter<'_>, q: &QuotasConfig) -> Vec<(String, String, Quota)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use std::time::Duration;
+
+    fn guard() -> SuspensionConfig {
+        SuspensionConfig {
+            window: crate::config::HumanDuration::from_secs(3600),
+            reputation_refusals: 3,
+            reputation_ratio: 0.5,
+            ..SuspensionConfig::default()
+        }
+    }
+
+    fn refused(n: usize) -> Vec<(Verdict, String)> {
+        vec![(Verdict::IpReputation, "550 5.7.1 listed".to_string()); n]
+    }
+
+    /// The abuse guard counts within its window only: refusals an hour apart do not add
+    /// up, refusals within one do, and the suspension is stamped with the clock's time.
+    #[test]
+    fn suspension_counts_within_its_window_on_a_simulated_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Clock::manual(1_800_000_000_000);
+        let senders = Senders::open(dir.path(), None, clock.clone()).unwrap();
+        let id = SenderId::Domain("news.example".into());
+        let config = guard();
+        assert!(senders.observe(&id, &refused(2), &config).is_none());
+        clock.advance(Duration::from_secs(3601));
+        assert!(
+            senders.observe(&id, &refused(2), &config).is_none(),
+            "last window's refusals were forgotten"
+        );
+        clock.advance(Duration::from_secs(1800));
+        let s = senders
+            .observe(&id, &refused(1), &config)
+            .expect("three refusals in one window suspend");
+        assert_eq!(s.since, 1_800_000_000 + 3601 + 1800);
+        assert!(senders.suspended(&id).is_some());
+        let reopened = Senders::open(dir.path(), None, clock).unwrap();
+        assert!(reopened.suspended(&id).is_some(), "kept across a restart");
+    }
 }

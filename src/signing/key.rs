@@ -40,8 +40,25 @@ pub enum KeyError {
         /// The configured algorithm.
         algorithm: DkimAlgorithm,
         /// What the parser said.
-        reason: String,
+        reason: KeyParseError,
     },
+}
+
+/// What is wrong with the text of a key.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyParseError {
+    /// No PEM private key block at all.
+    #[error("no PEM private key ({0})")]
+    NoPem(String),
+    /// An RSA key ring cannot use.
+    #[error("{0} (RSA keys must be 2048 bits or more)")]
+    Rsa(String),
+    /// An Ed25519 key ring cannot use.
+    #[error("{0}")]
+    Ed25519(String),
+    /// An Ed25519 key in another container than PKCS#8.
+    #[error("an Ed25519 key must be PKCS#8 (BEGIN PRIVATE KEY)")]
+    Ed25519NotPkcs8,
 }
 
 /// Reads the key at `path` for `algorithm`.
@@ -76,22 +93,20 @@ pub fn load(path: &Path, algorithm: DkimAlgorithm) -> Result<DkimKey, KeyError> 
 ///
 /// # Errors
 /// What is wrong with it, in words.
-pub fn parse(pem: &[u8], algorithm: DkimAlgorithm) -> Result<DkimKey, String> {
+pub fn parse(pem: &[u8], algorithm: DkimAlgorithm) -> Result<DkimKey, KeyParseError> {
     let der =
-        PrivateKeyDer::from_pem_slice(pem).map_err(|e| format!("no PEM private key ({e})"))?;
+        PrivateKeyDer::from_pem_slice(pem).map_err(|e| KeyParseError::NoPem(e.to_string()))?;
     match (algorithm, der) {
         (DkimAlgorithm::RsaSha256, der) => RsaKey::<Sha256>::from_key_der(der)
             .map(DkimKey::Rsa)
             // ring signs with RSA keys of 2048 to 8192 bits only.
-            .map_err(|e| format!("{e} (RSA keys must be 2048 bits or more)")),
+            .map_err(|e| KeyParseError::Rsa(e.to_string())),
         // OpenSSL writes PKCS#8 v1 (without the public key): "maybe unchecked" takes it.
         (DkimAlgorithm::Ed25519Sha256, PrivateKeyDer::Pkcs8(der)) => {
             Ed25519Key::from_pkcs8_maybe_unchecked_der(der.secret_pkcs8_der())
                 .map(DkimKey::Ed25519)
-                .map_err(|e| e.to_string())
+                .map_err(|e| KeyParseError::Ed25519(e.to_string()))
         }
-        (DkimAlgorithm::Ed25519Sha256, _) => {
-            Err("an Ed25519 key must be PKCS#8 (BEGIN PRIVATE KEY)".into())
-        }
+        (DkimAlgorithm::Ed25519Sha256, _) => Err(KeyParseError::Ed25519NotPkcs8),
     }
 }

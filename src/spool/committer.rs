@@ -257,7 +257,7 @@ impl Janitor {
 fn make_spares(msg_dir: &Path) -> std::io::Result<Vec<(String, File)>> {
     let mut made = Vec::with_capacity(SPARES);
     for _ in 0..SPARES {
-        let name = QueueId::generate().to_string();
+        let name = QueueId::generate(crate::clock::Clock::system().now_us()).to_string();
         let file = File::options()
             .write(true)
             .create_new(true)

@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -30,14 +29,11 @@ enum Repr {
 const INLINE: usize = 23;
 
 impl QueueId {
-    /// A fresh id: microseconds since the epoch, a per-process counter and a random part
-    /// (so two processes sharing a spool by mistake still do not collide).
-    pub fn generate() -> Self {
+    /// A fresh id: `micros` (the time of acceptance, Unix µs, from the caller's
+    /// `Clock`), a per-process counter and a random part (so two processes sharing a
+    /// spool by mistake still do not collide).
+    pub fn generate(micros: u64) -> Self {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let micros = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_micros() as u64;
         let n = COUNTER.fetch_add(1, Ordering::Relaxed) & 0xfff;
         let r: u16 = rand::random::<u16>() & 0xfff;
         Self::from(format!("{micros:014X}{n:03X}{r:03X}").as_str())
@@ -112,7 +108,7 @@ mod queue_id_tests {
 
     #[test]
     fn ids_are_their_text_whatever_their_length() {
-        let id = QueueId::generate();
+        let id = QueueId::generate(crate::clock::Clock::system().now_us());
         assert_eq!(id.as_str().len(), 20);
         assert_eq!(QueueId::from(id.as_str()), id);
         let json = serde_json::to_string(&id).unwrap();

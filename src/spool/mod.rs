@@ -72,9 +72,6 @@ pub enum SpoolError {
     /// The batch commit this change was part of failed.
     #[error("spool commit failed: {0}")]
     Commit(#[source] Arc<SpoolError>),
-    /// A blocking read of the spool did not finish (its thread panicked).
-    #[error("reading the spool failed: {0}")]
-    ReadTask(#[source] tokio::task::JoinError),
 }
 
 impl SpoolError {
@@ -396,7 +393,10 @@ impl Spool {
     pub fn check_writable(&self) -> Result<(), SpoolError> {
         use std::io::Write;
         let dir = self.shared.msg_dir.with_file_name("tmp");
-        let path = dir.join(format!("ready-{}", QueueId::generate()));
+        let path = dir.join(format!(
+            "ready-{}",
+            QueueId::generate(crate::clock::Clock::system().now_us())
+        ));
         let write = || -> std::io::Result<()> {
             let mut f = fs::File::create(&path)?;
             f.write_all(b"ready")?;
@@ -579,7 +579,7 @@ mod tests {
 
     fn message() -> QueuedMessage {
         QueuedMessage {
-            id: QueueId::generate(),
+            id: QueueId::generate(crate::clock::Clock::system().now_us()),
             sender: Sender::Null,
             recipients: vec![RecipientState::pending(
                 Address::parse("a@b.test", false).unwrap(),
@@ -615,7 +615,7 @@ mod tests {
             .store_message(&second, b"y\r\n".to_vec())
             .await
             .unwrap();
-        let now = crate::clock::unix_now();
+        let now = crate::clock::Clock::system().now();
         let oldest = spool.oldest_accepted().unwrap().unwrap();
         assert!(now.abs_diff(oldest) <= 2, "{oldest} vs {now}");
         assert_eq!(first.id.accepted_at(), Some(oldest));
