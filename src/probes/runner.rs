@@ -167,6 +167,7 @@ fn evidence(r: &ProbeRecord, checked: u64, hostname: &str) -> Evidence {
             r.receiver_id.as_deref().unwrap_or("-"),
             rfc(checked)
         ),
+        late: false,
     }
 }
 
@@ -224,7 +225,7 @@ async fn send_one(
     let token = format!("{:016x}", rand::rng().random::<u64>());
     let host = &ctx.config.server.hostname;
     // No Auto-Submitted: to the receiver a probe must be ordinary mail.
-    let headers = crate::queue::local::Letter {
+    let headers = crate::queue::letter::Letter {
         from: &format!("sidestep probe <{from}>"),
         to: &format!("<{seed}>"),
         subject: &format!("sidestep probe {token}"),
@@ -249,6 +250,7 @@ async fn send_one(
         avoid: &[],
         // A probe leaves from the IP under test, whatever SPF says of it.
         spf: crate::config::SpfMode::Off,
+        return_path: None,
     };
     let report = ctx.outbound.probe(egress, &d).await;
     let reply = report.replies.first()?;

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use super::local::{Letter, record};
+use super::letter::{Letter, record};
 use crate::envelope::{Address, Sender};
 use crate::spool::{QueueId, QueuedMessage, RecipientState, RecipientStatus, RemoteReply};
 
@@ -219,7 +219,7 @@ fn headers_of(body: &[u8]) -> &[u8] {
 }
 
 fn rfc2822(unix: u64) -> String {
-    super::local::date(unix)
+    super::letter::date(unix)
 }
 
 #[cfg(test)]

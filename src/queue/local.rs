@@ -1,138 +1,96 @@
-//! Mail sidestep writes itself: DSNs, alert mail, TLS reports, seed probes. One place
-//! for the header block every such message carries (dated by the caller's clock, with
-//! a Message-ID on the relay's host name and `Auto-Submitted` so that no one answers it
-//! automatically) and for its queue record, so the four cannot drift apart.
+//! Mail the relay keeps for itself: messages to a bounce domain are handed to the
+//! bounce reader (`[bounces]`) instead of an MX. They were spooled like any mail before
+//! their `250`, and leave the spool only once the reader has made their effects durable
+//! (a block, a suppression, a forwarded DSN): a crash in between reads them again.
 
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc2822;
+use std::future::Future;
+use std::pin::Pin;
 
-use crate::envelope::{BodyFlags, Sender};
-use crate::spool::{QueueId, QueuedMessage, RecipientState, Spool, SpoolError};
+use super::context::QueueContext;
+use super::domain::{DomainJob, DomainOutcome, RecipientResult};
+use crate::classify::Verdict;
+use crate::envelope::{Address, Sender};
+use crate::spool::{LastRoute, QueueId, RemoteReply};
 
-/// The headers of a message sidestep writes.
-pub struct Letter<'a> {
-    /// The `From:` value, display name and address (`sidestep <postmaster@host>`).
-    pub from: &'a str,
-    /// The `To:` value.
-    pub to: &'a str,
-    /// The `Subject:` value.
-    pub subject: &'a str,
-    /// The `Message-ID:` without its angle brackets.
-    pub message_id: &'a str,
-    /// `auto-generated` (a notice) or `auto-replied` (a DSN); `None` for a probe, which
-    /// must look like ordinary mail to the receiver.
-    pub auto_submitted: Option<&'a str>,
-    /// Further headers, in order (`X-Sidestep-Probe`, …).
-    pub extra: &'a [(&'a str, &'a str)],
-    /// The `Content-Type:` value (may fold onto further lines).
-    pub content_type: &'a str,
+/// One message for local recipients.
+pub struct LocalMail<'a> {
+    /// Its queue id.
+    pub queue_id: &'a QueueId,
+    /// Its envelope sender.
+    pub sender: &'a Sender,
+    /// Its recipients at the local domain.
+    pub recipients: Vec<Address>,
+    /// The message.
+    pub body: &'a [u8],
 }
 
-impl Letter<'_> {
-    /// The header block dated `now` (Unix seconds), ending with the empty line.
-    pub fn headers(&self, now: u64) -> String {
-        let mut h = format!(
-            "From: {}\r\nTo: {}\r\nSubject: {}\r\nDate: {}\r\nMessage-ID: <{}>\r\n",
-            self.from,
-            self.to,
-            self.subject,
-            date(now),
-            self.message_id
-        );
-        if let Some(auto) = self.auto_submitted {
-            h.push_str(&format!("Auto-Submitted: {auto}\r\n"));
+/// A boxed future, as a trait object's method returns it.
+pub type LocalFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// Who takes mail for local domains (the bounce reader); wired by `serve`, so the queue
+/// needs nothing of the modules above it.
+pub trait LocalDelivery: Send + Sync {
+    /// Whether mail to `domain` is for this reader.
+    fn is_local(&self, domain: &str) -> bool;
+    /// Reads one message; `Err` (why) leaves it queued for the next attempt.
+    fn deliver<'a>(&'a self, ctx: &'a QueueContext, mail: LocalMail<'a>) -> LocalFuture<'a>;
+}
+
+/// Hands the job to the local reader; every recipient gets its result.
+pub(super) async fn deliver(
+    ctx: &QueueContext,
+    local: &dyn LocalDelivery,
+    job: DomainJob,
+) -> DomainOutcome {
+    let result = local
+        .deliver(
+            ctx,
+            LocalMail {
+                queue_id: &job.queue_id,
+                sender: &job.sender,
+                recipients: job.recipients.iter().map(|(_, a)| a.clone()).collect(),
+                body: &job.body,
+            },
+        )
+        .await;
+    let (reply, verdict) = match result {
+        Ok(()) => (
+            RemoteReply {
+                code: 250,
+                enhanced: "2.0.0".into(),
+                text: "read by the bounce reader".into(),
+                mx: None,
+            },
+            Verdict::Delivered,
+        ),
+        Err(why) => {
+            tracing::warn!(queue_id = %job.queue_id, error = %why, "bounce not read yet; kept for the next attempt");
+            (
+                RemoteReply {
+                    code: 0,
+                    enhanced: "4.3.0".into(),
+                    text: why,
+                    mx: None,
+                },
+                Verdict::Transient,
+            )
         }
-        for (name, value) in self.extra {
-            h.push_str(&format!("{name}: {value}\r\n"));
-        }
-        h.push_str(&format!(
-            "MIME-Version: 1.0\r\nContent-Type: {}\r\n\r\n",
-            self.content_type
-        ));
-        h
-    }
-}
-
-/// RFC 5322 date of Unix seconds `unix`.
-pub fn date(unix: u64) -> String {
-    OffsetDateTime::from_unix_timestamp(unix as i64)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-        .format(&Rfc2822)
-        .unwrap_or_default()
-}
-
-/// The queue record of a message sidestep wrote, due at once. A null `sender` for
-/// every notice: like a DSN, it never bounces (RFC 5321 §4.5.5).
-pub fn record(
-    id: QueueId,
-    sender: Sender,
-    recipients: Vec<RecipientState>,
-    body: &[u8],
-    now_ms: u64,
-    client: &str,
-) -> QueuedMessage {
-    let smtputf8 = recipients.iter().any(|r| !r.address.to_string().is_ascii());
-    QueuedMessage {
-        id,
-        sender,
-        recipients,
-        flags: BodyFlags {
-            eight_bit: !body.is_ascii(),
-            smtputf8,
-        },
-        received_at: now_ms / 1000,
-        attempts: 0,
-        next_attempt_ms: now_ms,
-        size: body.len() as u64,
-        client: client.into(),
-        body: None,
-        held: false,
-        held_reason: None,
-        history: Vec::new(),
-        user: None,
-    }
-}
-
-/// Spools `msg` durably, then tells the scheduler.
-///
-/// # Errors
-/// The spool could not take it.
-pub async fn enqueue(
-    spool: &Spool,
-    queue: &super::QueueHandle,
-    msg: &QueuedMessage,
-    body: Vec<u8>,
-) -> Result<(), SpoolError> {
-    spool.store_message(msg, body).await?;
-    queue.enqueued(msg);
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_header_block_has_every_header_once_and_ends_with_an_empty_line() {
-        let h = Letter {
-            from: "sidestep <postmaster@relay.test>",
-            to: "<ops@example.test>",
-            subject: "[sidestep relay.test] ip-listed",
-            message_id: "X1@relay.test",
-            auto_submitted: Some("auto-generated"),
-            extra: &[("X-Extra", "1")],
-            content_type: "text/plain; charset=utf-8",
-        }
-        .headers(1_800_000_000);
-        assert!(
-            h.starts_with("From: sidestep <postmaster@relay.test>\r\nTo: <ops@example.test>\r\n")
+    };
+    let mut outcome = DomainOutcome::empty(job.domain.clone());
+    for (i, _) in &job.recipients {
+        outcome.results.insert(
+            *i,
+            RecipientResult {
+                reply: reply.clone(),
+                verdict,
+                earlier: None,
+                explanation: None,
+                route: LastRoute {
+                    site: None,
+                    egress: "local".into(),
+                },
+            },
         );
-        assert!(
-            h.contains("\r\nDate: Fri, 15 Jan 2027 08:00:00 +0000\r\n"),
-            "{h}"
-        );
-        assert!(h.contains("\r\nMessage-ID: <X1@relay.test>\r\nAuto-Submitted: auto-generated\r\nX-Extra: 1\r\nMIME-Version: 1.0\r\n"));
-        assert!(h.ends_with("Content-Type: text/plain; charset=utf-8\r\n\r\n"));
-        assert_eq!(h.matches("\r\n\r\n").count(), 1);
     }
+    outcome
 }

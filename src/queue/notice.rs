@@ -2,7 +2,7 @@
 //! them as events, and each becomes a message in the relay's own queue, from
 //! `postmaster@<host>` with a null envelope sender (like a DSN, it never bounces).
 
-use super::local::{Letter, enqueue, record};
+use super::letter::{Letter, enqueue, record};
 use crate::alerts::Alert;
 
 /// Queues every alert `events` brings as a mail to `to`, for as long as alerts come.

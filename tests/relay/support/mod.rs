@@ -6,6 +6,7 @@ pub mod client;
 pub mod dkim;
 pub mod dns;
 pub mod imap;
+pub mod postfix;
 pub mod redis;
 pub mod relay;
 pub mod sink;
