@@ -1,7 +1,7 @@
 //! Micro-benchmarks of the per-message hot paths (criterion): the routing decision, reply
 //! classification, SMTP command parsing, DATA ingestion, at the end of DATA the header
-//! block's parse and DKIM signing, and per delivery the TLS policy lookup (MTA-STS and
-//! DANE state from the caches). `cargo bench --bench micro`.
+//! block's parse and DKIM signing, per delivery the TLS policy lookup (MTA-STS and
+//! DANE state from the caches), and the VERP token. `cargo bench --bench micro`.
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
@@ -73,6 +73,7 @@ fn routing_world() -> (Pool, Reputation, Vec<Site>) {
                     recipient: "a@b.test".into(),
                     removal_url: None,
                     log_line: String::new(),
+                    late: false,
                 };
                 reputation
                     .record_block(egress_ip(i), site, evidence, &config)
@@ -326,12 +327,42 @@ fn tls_policy_lookup(c: &mut Criterion) {
     group.finish();
 }
 
+/// The VERP return path's cost per recipient: the token made at each attempt, and
+/// read and verified when a bounce comes back.
+fn verp_token(c: &mut Criterion) {
+    use sidestep::returnpath::{ReturnPath, Token};
+    let rp = ReturnPath::new(
+        b"a secret of 32 bytes, for bench",
+        "bounces.example.net",
+        Vec::new(),
+    );
+    let token = Token {
+        queue_id: "0006400A1B2C3D001ABC".into(),
+        recipient: 0,
+        attempt: 0,
+        egress: Some(egress_ip(1)),
+    };
+    let rcpt = "subscriber.name@example.com";
+    c.bench_function("verp/make return path", |b| {
+        b.iter(|| rp.address(black_box(&token), rcpt, "bounces.example.net"))
+    });
+    let address = rp.address(&token, rcpt, "bounces.example.net").unwrap();
+    let local = address.split('@').next().unwrap().to_string();
+    c.bench_function("verp/read and verify token", |b| {
+        b.iter(|| {
+            let t = ReturnPath::read(black_box(&local)).unwrap();
+            rp.verify(&t, rcpt)
+        })
+    });
+}
+
 criterion_group!(
     benches,
     routing,
     classification,
     command_parsing,
     dkim_signing,
-    tls_policy_lookup
+    tls_policy_lookup,
+    verp_token
 );
 criterion_main!(benches);

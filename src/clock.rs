@@ -4,7 +4,11 @@
 //! A [`Clock`] is handed to the stages that keep timestamps (reputation's blocks and
 //! canaries, site health, quotas, alerts' pacing, acceptance stamps), so their tests
 //! move time by hand instead of sleeping. Nothing outside this file reads the system's
-//! wall clock; `Instant` measures latency for logs and metrics only.
+//! wall clock. `Instant` (monotonic) stays where a step of the wall clock must not
+//! count: latency in logs and metrics, deadlines of I/O in progress (the committer's
+//! linger, session timeouts on tokio's clock, Redis retry), connection-reuse idle
+//! limits, and the expiry of DNS answers by their TTL (resolver, SPF, TLS policy
+//! caches): an NTP step must neither expire nor extend a cached answer.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -18,6 +18,9 @@
 //! - [`egress`]: the local addresses mail leaves from, and their standing.
 //! - [`tls`]: verifying TLS clients for the connections the relay opens itself.
 //! - [`metrics`]: Prometheus counters each stage bumps, served by the admin API.
+//! - [`returnpath`]: the VERP envelope sender of each attempt, whose HMAC token ties a
+//!   late bounce to the message, recipient, egress IP and attempt.
+//! - [`suppression`]: addresses that hard-bounced, refused at RCPT until they expire.
 //! - [`alerts`]: listings, blocks and authentication failures POSTed to the operator's
 //!   webhook, and handed as events to whoever mails them (`serve` queues them).
 //!
@@ -48,6 +51,9 @@
 //!   probe accepted and never seen marks a silent discard (fed to reputation).
 //! - [`complaints`]: feedback-loop (ARF) reports read from an IMAP mailbox, counted per
 //!   sender and egress IP (fed to the senders' suspension).
+//! - [`bounces`]: mail to the bounce domains — DSNs, non-standard bounces and ARF
+//!   reports — read, tied to what drew them by the return-path token, and fed to
+//!   reputation (late blocks), the suppression list and the complaint counts.
 //! - [`cluster`]: several nodes sharing reputation, suspensions and limits through Redis.
 //! - [`admin`]: the HTTP API the CLI and the operator use on a running relay.
 //! - [`cli`]: the `sidestep` subcommands.
@@ -57,6 +63,7 @@
 pub mod admin;
 pub mod alerts;
 pub mod authorisation;
+pub mod bounces;
 pub mod classify;
 pub mod cli;
 pub mod clock;
@@ -73,10 +80,12 @@ pub mod outbound;
 pub mod probes;
 pub mod queue;
 pub mod reputation;
+pub mod returnpath;
 pub mod routing;
 pub mod senders;
 pub mod signing;
 pub mod site;
 pub mod spool;
+pub mod suppression;
 pub mod tls;
 pub mod tls_policy;

@@ -179,6 +179,15 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Complaints { config, json } => {
             done(run_to_end(cli::complaints(config.as_deref(), json)))
         }
+        Command::Suppressions {
+            config,
+            json,
+            action,
+        } => done(run_to_end(cli::suppressions(
+            config.as_deref(),
+            action,
+            json,
+        ))),
         Command::Auth {
             domain,
             config,

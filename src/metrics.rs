@@ -56,6 +56,24 @@ pub struct SenderLabels {
 /// Senders with a label of their own; beyond them, `other`.
 pub const MAX_SENDERS: usize = 100;
 
+/// A bounce's labels: where it came from and when it was known.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BounceLabels {
+    /// The sender (`domain:NAME`, `user:NAME`) or the site, bounded.
+    pub who: String,
+    /// `session` (refused in the SMTP session) or `late` (a bounce by mail).
+    pub when: String,
+    /// `hard`, `soft` or `block`.
+    pub kind: String,
+}
+
+/// What became of one mail to a bounce domain.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `resolved`, `forged`, `no-token`, `unreadable`, `complaint`.
+    pub result: String,
+}
+
 /// One egress IP.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EgressLabels {
@@ -134,6 +152,14 @@ pub struct Metrics {
     pub dkim_signatures: Counter,
     /// Messages refused with 451 because signing failed.
     pub dkim_failures: Counter,
+    /// Bounces per sender, in the session and late.
+    pub bounces_by_sender: Family<BounceLabels, Counter>,
+    /// Bounces per site, in the session and late.
+    pub bounces_by_site: Family<BounceLabels, Counter>,
+    /// Mail to the bounce domains, by what became of it (a forged token is `forged`).
+    pub bounce_mail: Family<ResultLabels, Counter>,
+    /// Addresses put on the suppression list, by reason and when it was known.
+    pub suppressions: Family<BounceLabels, Counter>,
     sites: Mutex<HashSet<String>>,
     senders: Mutex<HashSet<String>>,
     /// The latest refusals, newest last, for the status page.
@@ -234,6 +260,10 @@ impl Metrics {
             tls_sessions: Family::default(),
             dkim_signatures: Counter::default(),
             dkim_failures: Counter::default(),
+            bounces_by_sender: Family::default(),
+            bounces_by_site: Family::default(),
+            bounce_mail: Family::default(),
+            suppressions: Family::default(),
             sites: Mutex::new(HashSet::new()),
             senders: Mutex::new(HashSet::new()),
             recent: Mutex::new(std::collections::VecDeque::with_capacity(RECENT_REFUSALS)),
@@ -360,7 +390,67 @@ impl Metrics {
             "Messages refused with 451 because DKIM signing failed",
             m.dkim_failures.clone(),
         );
+        registry.register(
+            "bounces_by_sender",
+            "Recipient bounces (hard, soft) and IP blocks their mail drew, per sender, in the session or late",
+            m.bounces_by_sender.clone(),
+        );
+        registry.register(
+            "bounces_by_site",
+            "Recipient bounces (hard, soft) and IP blocks, per site, in the session or late",
+            m.bounces_by_site.clone(),
+        );
+        registry.register(
+            "bounce_mail",
+            "Mail to the bounce domains, by result (resolved, forged, no-token, unreadable, complaint)",
+            m.bounce_mail.clone(),
+        );
+        registry.register(
+            "suppressions_added",
+            "Addresses put on the suppression list",
+            m.suppressions.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Counts a bounce of `kind` (`hard`, `soft`, `block`) drawn by `sender` at `site`.
+    pub fn bounce(&self, sender: Option<&str>, site: Option<&str>, late: bool, kind: &str) {
+        let when = if late { "late" } else { "session" }.to_string();
+        let sender = bounded(&self.senders, sender.unwrap_or("-"), MAX_SENDERS);
+        self.bounces_by_sender
+            .get_or_create(&BounceLabels {
+                who: sender,
+                when: when.clone(),
+                kind: kind.to_string(),
+            })
+            .inc();
+        self.bounces_by_site
+            .get_or_create(&BounceLabels {
+                who: self.site_label(site.unwrap_or("-")),
+                when,
+                kind: kind.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts an address suppressed for `reason`.
+    pub fn suppressed(&self, reason: &str, late: bool) {
+        self.suppressions
+            .get_or_create(&BounceLabels {
+                who: "-".into(),
+                when: if late { "late" } else { "session" }.into(),
+                kind: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one mail to a bounce domain by what became of it.
+    pub fn bounce_mail(&self, result: &str) {
+        self.bounce_mail
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
     }
 
     /// Counts bulk mail from `sender` that lacks one-click unsubscribe.

@@ -21,6 +21,8 @@
 //!   in the last day).
 //! - `GET /api/v1/warmup`, `GET /api/v1/probes`, `GET /api/v1/complaints`,
 //!   `GET /api/v1/auth/lockouts`.
+//! - `suppressions`: `GET /api/v1/suppressions`, `POST` and `DELETE
+//!   /api/v1/suppressions?address=&scope=`.
 
 pub mod api;
 pub mod auth;
@@ -31,12 +33,13 @@ mod health;
 mod metrics;
 mod page;
 mod queue;
+mod suppressions;
 mod tls;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, Request, State};
@@ -120,7 +123,13 @@ pub struct Admin {
     auth: Option<Arc<auth::AuthDesk>>,
     /// Destinations' TLS policies and session counts (`/api/v1/tls`).
     tls: Option<crate::tls_policy::TlsPolicies>,
-    failures: Arc<Mutex<HashMap<IpAddr, (Instant, u32)>>>,
+    /// Per address: the start of its window (Unix ms, system clock) and its wrong tokens.
+    failures: Arc<Mutex<HashMap<IpAddr, (u64, u32)>>>,
+    /// The suppression list and its settings (`/api/v1/suppressions`).
+    suppressions: (
+        crate::suppression::Suppressions,
+        crate::config::SuppressionConfig,
+    ),
 }
 
 impl Admin {
@@ -155,12 +164,23 @@ impl Admin {
             token: token.map(Arc::from),
             trusted: trusted.into(),
             failures: Arc::new(Mutex::new(HashMap::new())),
+            suppressions: Default::default(),
         }
     }
 
     /// Serves `/api/v1/tls` from these policies.
     pub fn with_tls_policies(mut self, tls: crate::tls_policy::TlsPolicies) -> Self {
         self.tls = Some(tls);
+        self
+    }
+
+    /// Serves `/api/v1/suppressions` from this list (entries added last `config.ttl`).
+    pub fn with_suppressions(
+        mut self,
+        list: crate::suppression::Suppressions,
+        config: crate::config::SuppressionConfig,
+    ) -> Self {
+        self.suppressions = (list, config);
         self
     }
 
@@ -233,13 +253,14 @@ impl Admin {
 
     /// Whether `ip` sent too many wrong tokens lately; counts this one when `failed`.
     fn over_failures(&self, ip: IpAddr, failed: bool) -> bool {
-        let now = Instant::now();
+        let now = crate::clock::Clock::system().now_ms();
+        let window = FAILURE_WINDOW.as_millis() as u64;
         let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         if f.len() > 10_000 {
-            f.retain(|_, (start, _)| now.duration_since(*start) < FAILURE_WINDOW);
+            f.retain(|_, (start, _)| now.saturating_sub(*start) < window);
         }
         let (start, count) = f.entry(ip).or_insert((now, 0));
-        if now.duration_since(*start) >= FAILURE_WINDOW {
+        if now.saturating_sub(*start) >= window {
             *start = now;
             *count = 0;
         }
@@ -276,6 +297,12 @@ pub fn router(admin: Admin) -> Router {
         .route("/api/v1/tls/report", post(tls::report))
         .route("/api/v1/probes", get(probes))
         .route("/api/v1/complaints", get(complaints))
+        .route(
+            "/api/v1/suppressions",
+            get(suppressions::list)
+                .post(suppressions::add)
+                .delete(suppressions::remove),
+        )
         .route("/api/v1/senders", get(control::senders))
         .route("/api/v1/senders/release", post(control::release_sender))
         .route("/api/v1/listings/refresh", post(blocks::refresh))

@@ -3,6 +3,7 @@
 mod admin_client;
 mod auth;
 mod blocks;
+mod bounces;
 mod check_config;
 mod classify;
 mod complaints;
@@ -17,6 +18,7 @@ mod queue;
 mod reload;
 mod senders;
 mod serve;
+mod suppressions;
 mod tls;
 mod warmup;
 
@@ -42,6 +44,7 @@ pub use queue::{
 pub use reload::{Reloader, Running, reload};
 pub use senders::senders;
 pub use serve::serve;
+pub use suppressions::{SuppressionsAction, suppressions};
 pub use tls::tls;
 pub use warmup::warmup;
 
@@ -309,6 +312,19 @@ pub enum Command {
         /// Machine-readable output (the API's JSON).
         #[arg(long)]
         json: bool,
+    },
+    /// The suppression list (through the running relay's admin API): addresses that
+    /// hard-bounced, refused at RCPT; list, add, remove, CSV import and export.
+    Suppressions {
+        /// Configuration file (TOML): where the admin API listens.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Machine-readable output (the API's JSON).
+        #[arg(long)]
+        json: bool,
+        /// What to do; the list without one.
+        #[command(subcommand)]
+        action: Option<SuppressionsAction>,
     },
     /// What receivers check about a sender domain's mail from this relay: SPF for each
     /// egress IP and smarthost, IPs receivers refused for authentication, DKIM keys,

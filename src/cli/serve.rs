@@ -39,6 +39,8 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
         guard: Default::default(),
         senders: state.senders.clone(),
         clock: Clock::system(),
+        suppressions: delivery.bounces.suppressions.clone(),
+        bounce_gate: Default::default(),
     });
     let site_health = delivery.ctx.outbound.health();
     let reloader = Arc::new(super::Reloader::new(
@@ -74,6 +76,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
             inbound::Port::Tls,
         ));
     }
+    delivery.bounces.listen(&config, &inbound).await?;
     let accept = tokio::spawn(inbound::serve(listener, inbound, inbound::Port::Plain));
     reload_on_hangup(hangup, reloader);
 
@@ -218,6 +221,8 @@ struct Delivery {
     queue: queue::QueueHandle,
     probes: crate::probes::Probes,
     complaints: crate::complaints::Complaints,
+    /// Return paths, the bounce reader and the suppression list.
+    bounces: super::bounces::Wired,
 }
 
 fn start_delivery(
@@ -238,6 +243,9 @@ fn start_delivery(
     }
     let classifier =
         Classifier::new(&config.classify.rules).context("loading classification rules")?;
+    let complaints = crate::complaints::Complaints::open(&config.spool.directory)
+        .context("loading the complaint counts")?;
+    let bounces = super::bounces::wire(config, &state.spool, complaints.clone())?;
     let ctx = Arc::new(
         QueueContext::new(
             config.clone(),
@@ -246,17 +254,21 @@ fn start_delivery(
             state.reputation.clone(),
             Arc::new(classifier),
         )
-        .with_senders(state.senders.clone()),
+        .with_senders(state.senders.clone())
+        .with_bounces(
+            bounces.return_path.clone(),
+            bounces.local(),
+            bounces.suppressions.clone(),
+        ),
     );
     let queue = queue::start(ctx.clone()).context("recovering the queue")?;
+    bounces.started(ctx.clone(), queue.clone());
     if let Some(c) = &state.cluster {
         c.set_queue(queue.clone());
     }
     let probes =
         crate::probes::Probes::open(&config.spool.directory).context("loading the seed probes")?;
     crate::probes::spawn(ctx.clone(), probes.clone());
-    let complaints = crate::complaints::Complaints::open(&config.spool.directory)
-        .context("loading the complaint counts")?;
     crate::complaints::spawn(ctx.clone(), complaints.clone());
     if let Some((to, events)) = alert_mail {
         queue::notice::spawn_alert_mail(
@@ -273,6 +285,7 @@ fn start_delivery(
         queue,
         probes,
         complaints,
+        bounces,
     })
 }
 
@@ -365,6 +378,10 @@ fn admin_desk(
     .with_senders(state.senders.clone())
     .with_probes(delivery.probes.clone())
     .with_complaints(delivery.complaints.clone())
+    .with_suppressions(
+        delivery.bounces.suppressions.clone(),
+        config.suppression.clone(),
+    )
     .with_cluster(state.cluster.as_ref().map(|c| c.status.clone()))
     .with_site_health(site_health)
     .with_tls_policies(delivery.ctx.outbound.tls_policies().clone())

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-pub use runner::spawn;
+pub use runner::{count_reports, spawn};
 
 use crate::probes::json_file;
 

@@ -75,7 +75,7 @@ impl Reader for ComplaintReader {
     }
 
     async fn handle(&self, messages: Self::Read) {
-        count(&self.ctx, &self.complaints, messages);
+        count_reports(&self.ctx, &self.complaints, messages);
     }
 
     fn interval(&self) -> Duration {
@@ -83,8 +83,9 @@ impl Reader for ComplaintReader {
     }
 }
 
-/// Counts each new ARF report among `messages` and feeds it to the sender suspension.
-fn count(ctx: &QueueContext, complaints: &Complaints, messages: Vec<Vec<u8>>) {
+/// Counts each new ARF report among `messages` and feeds it to the sender suspension
+/// (the IMAP reader's reports, and those sent to a bounce domain).
+pub fn count_reports(ctx: &QueueContext, complaints: &Complaints, messages: Vec<Vec<u8>>) {
     let ours = ctx.config.egress_ips();
     for raw in messages {
         let Some(report) = arf::parse(&raw) else {

@@ -4,6 +4,7 @@
 //! `Config::load` parses; `Config::validate` collects *every* problem with its key path so
 //! `sidestep check-config` can list them all at once.
 
+mod bounces;
 mod delivery;
 mod dkim;
 mod duration;
@@ -18,6 +19,7 @@ mod validate;
 mod watch;
 mod words;
 
+pub use bounces::{BouncesConfig, ReturnDomainConfig, SuppressionConfig, SuppressionScope};
 pub use delivery::*;
 pub use dkim::{ComplianceConfig, DkimAlgorithm, DkimConfig, DkimKeyConfig, OneClick, SignPolicy};
 pub use duration::HumanDuration;
@@ -91,6 +93,10 @@ pub struct Config {
     pub tls_policy: TlsPolicyConfig,
     /// Daily TLS reports (TLS-RPT) to the destinations that ask for them.
     pub tlsrpt: TlsRptConfig,
+    /// The return path sidestep owns: VERP addresses whose late bounces it reads.
+    pub bounces: BouncesConfig,
+    /// Addresses that hard-bounced, refused at RCPT.
+    pub suppression: SuppressionConfig,
 }
 
 /// Adds the line of `path` where each error's key is written to the key, as

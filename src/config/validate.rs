@@ -54,6 +54,7 @@ pub(super) fn all(c: &Config) -> Vec<ConfigError> {
             ),
         }
     }
+    errors.extend(super::bounces::problems(c));
     errors
 }
 

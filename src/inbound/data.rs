@@ -52,7 +52,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Feeds input from `pos` to the content receiver. Returns the bytes used and the
     /// reply, if the content (or chunk) ended.
     pub(super) async fn ingest_content(&mut self, pos: usize) -> (usize, Option<Reply>) {
-        let max = self.config.server.max_message_size.as_u64() as usize;
+        let max = self.max_size();
         let input = &self.input[pos..];
         match &mut self.state {
             State::Data(rx) => {

@@ -155,12 +155,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         {
             return reply;
         }
-        let server = &self.config.server;
-        let Some(txn) = self.txn.as_mut() else {
+        let Some(txn) = self.txn.as_ref() else {
             return Reply::new(503, "5.5.1", "Need MAIL command first");
         };
+        // Mail for a bounce domain is local: taken from anyone, within the gate's rate.
+        let bounce = self.to_bounce_domain(&to.address);
+        if bounce && let Some(reply) = self.bounce_admitted(txn) {
+            return reply;
+        }
+        let server = &self.config.server;
         // Permission before syntax: a client that may not relay learns nothing else.
-        if self.user.is_none() && !policy::may_relay(self.peer.ip(), &server.relay_networks) {
+        if !bounce
+            && self.user.is_none()
+            && !policy::may_relay(self.peer.ip(), &server.relay_networks)
+        {
             tracing::warn!(client = %self.peer.ip(), rcpt = %to.address, "relay denied");
             return Reply::new(
                 554,
@@ -174,6 +182,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 return Reply::new(553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
             }
             Err(e) => return Reply::new(501, "5.1.3", format!("Bad recipient address: {e}")),
+        };
+        if !bounce && let Some(reply) = self.suppressed(&txn.sender, &address) {
+            return reply;
+        }
+        let server = &self.config.server;
+        let Some(txn) = self.txn.as_mut() else {
+            return Reply::new(503, "5.5.1", "Need MAIL command first");
         };
         if txn.recipients.len() >= server.max_recipients {
             // RFC 5321 §4.5.3.1.10: the client sends the rest in another transaction. A

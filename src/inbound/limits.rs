@@ -10,7 +10,9 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Clock;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -57,7 +59,9 @@ struct Shared {
     per_ip_max: usize,
     rate_max: u32,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
-    rates: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    /// Per address: the start of its minute (Unix ms) and its connections in it.
+    rates: Mutex<HashMap<IpAddr, (u64, u32)>>,
+    clock: Clock,
 }
 
 /// A session's slot; dropping it frees the slot and the address's count.
@@ -95,6 +99,7 @@ impl Sessions {
                 rate_max: config.max_connection_rate_per_ip,
                 per_ip: Mutex::new(HashMap::new()),
                 rates: Mutex::new(HashMap::new()),
+                clock: Clock::system(),
             }),
         }
     }
@@ -144,13 +149,14 @@ impl Sessions {
 
     /// Counts a connection from `ip` in its minute; false when over the rate.
     fn within_rate(&self, ip: IpAddr) -> bool {
-        let now = Instant::now();
+        let now = self.shared.clock.now_ms();
+        let window = RATE_WINDOW.as_millis() as u64;
         let mut rates = self.shared.rates.lock().unwrap_or_else(|e| e.into_inner());
         if rates.len() > 10_000 {
-            rates.retain(|_, (start, _)| now.duration_since(*start) < RATE_WINDOW);
+            rates.retain(|_, (start, _)| now.saturating_sub(*start) < window);
         }
         let (start, count) = rates.entry(ip).or_insert((now, 0));
-        if now.duration_since(*start) >= RATE_WINDOW {
+        if now.saturating_sub(*start) >= window {
             *start = now;
             *count = 0;
         }

@@ -2,6 +2,7 @@
 //! runs the state machine, one file per command group, `policy` decides relay permission.
 
 mod auth;
+mod bounces;
 mod content;
 mod data;
 mod ehlo;
@@ -18,6 +19,7 @@ mod tests;
 pub mod tls;
 pub mod users;
 
+pub use bounces::BounceGate;
 pub use limits::Sessions;
 
 /// The checks of the inbound side's settings that build something (config only reads
@@ -98,6 +100,8 @@ impl Inbound {
             security: Default::default(),
             guard: Default::default(),
             senders: Default::default(),
+            suppressions: Default::default(),
+            bounce_gate: Default::default(),
             clock: crate::clock::Clock::system(),
         }
     }
@@ -175,6 +179,10 @@ pub struct Inbound {
     pub guard: Arc<users::AuthGuard>,
     /// Quotas and suspensions of senders.
     pub senders: crate::senders::Senders,
+    /// Addresses refused at RCPT (`[suppression]`).
+    pub suppressions: crate::suppression::Suppressions,
+    /// Outsiders' bounce transactions per minute.
+    pub bounce_gate: bounces::BounceGate,
     /// Stamps accepted mail (queue id, `Received:` date, acceptance time).
     pub clock: crate::clock::Clock,
 }

@@ -12,7 +12,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use crate::clock::Clock;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -197,13 +199,17 @@ impl Users {
 #[derive(Default)]
 pub struct AuthGuard {
     clients: Mutex<HashMap<IpAddr, Failures>>,
+    /// Windows and lockouts run on this clock.
+    clock: Clock,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Failures {
     count: u32,
-    since: Instant,
-    locked_until: Option<Instant>,
+    /// Unix ms.
+    since: u64,
+    /// Unix ms.
+    locked_until: Option<u64>,
 }
 
 /// A client address locked out of AUTH, for the operator.
@@ -222,26 +228,34 @@ pub struct Lockout {
 const MAX_TRACKED: usize = 50_000;
 
 impl AuthGuard {
+    /// A guard timed by `clock` (tests: a lockout passes in an instant).
+    pub fn with_clock(clock: Clock) -> Self {
+        Self {
+            clients: Mutex::default(),
+            clock,
+        }
+    }
+
     /// How long `client` is still locked out, if it is.
     pub fn locked(&self, client: IpAddr) -> Option<Duration> {
-        let now = Instant::now();
+        let now = self.clock.now_ms();
         let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         clients
             .get(&client)
             .and_then(|f| f.locked_until)
             .filter(|until| *until > now)
-            .map(|until| until - now)
+            .map(|until| Duration::from_millis(until - now))
     }
 
     /// Counts a failure; returns how long to wait before answering it and whether the
     /// client is now locked out.
     pub fn failed(&self, client: IpAddr, config: &AuthConfig) -> (Duration, bool) {
-        let now = Instant::now();
+        let now = self.clock.now_ms();
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if clients.len() >= MAX_TRACKED && !clients.contains_key(&client) {
-            let window = config.failure_window.get();
+            let window = config.failure_window.get().as_millis() as u64;
             clients.retain(|_, f| {
-                now.duration_since(f.since) < window || f.locked_until.is_some_and(|u| u > now)
+                now.saturating_sub(f.since) < window || f.locked_until.is_some_and(|u| u > now)
             });
             if clients.len() >= MAX_TRACKED
                 && let Some(oldest) = clients
@@ -257,7 +271,7 @@ impl AuthGuard {
             since: now,
             locked_until: None,
         });
-        if now.duration_since(f.since) >= config.failure_window.get() {
+        if now.saturating_sub(f.since) >= config.failure_window.get().as_millis() as u64 {
             *f = Failures {
                 count: 0,
                 since: now,
@@ -268,7 +282,7 @@ impl AuthGuard {
         let delay = config.failure_delay.get() * (1u32 << (f.count - 1).min(4));
         let lock = f.count >= config.max_failures.max(1) && f.locked_until.is_none();
         if lock {
-            f.locked_until = Some(now + config.lockout.get());
+            f.locked_until = Some(now + config.lockout.get().as_millis() as u64);
         }
         (delay, lock)
     }
@@ -283,7 +297,7 @@ impl AuthGuard {
 
     /// Every client locked out now.
     pub fn lockouts(&self) -> Vec<Lockout> {
-        let now = Instant::now();
+        let now = self.clock.now_ms();
         let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         let mut out: Vec<Lockout> = clients
             .iter()
@@ -292,7 +306,7 @@ impl AuthGuard {
                 Some(Lockout {
                     client: *ip,
                     failures: f.count,
-                    remaining_s: (until - now).as_secs(),
+                    remaining_s: (until - now) / 1000,
                 })
             })
             .collect();
@@ -341,5 +355,40 @@ mod tests {
         assert!(guard.locked("192.0.2.2".parse().unwrap()).is_none());
         guard.succeeded(ip);
         assert!(guard.locked(ip).is_none());
+    }
+
+    /// Simulated time: failures spread wider than the window never lock; a lockout
+    /// lasts its period to the millisecond, then the client may try again.
+    #[test]
+    fn the_failure_window_and_the_lockout_run_on_the_clock() {
+        let clock = Clock::manual(1_800_000_000_000);
+        let guard = AuthGuard::with_clock(clock.clone());
+        let config = AuthConfig {
+            max_failures: 3,
+            failure_window: crate::config::HumanDuration::from_secs(600),
+            lockout: crate::config::HumanDuration::from_secs(900),
+            ..AuthConfig::default()
+        };
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        for _ in 0..2 {
+            assert!(!guard.failed(ip, &config).1);
+        }
+        clock.advance(Duration::from_secs(600));
+        assert!(
+            !guard.failed(ip, &config).1,
+            "a new window starts the count again"
+        );
+        assert!(!guard.failed(ip, &config).1);
+        assert!(
+            guard.failed(ip, &config).1,
+            "the third within the window locks"
+        );
+        assert_eq!(guard.locked(ip), Some(Duration::from_secs(900)));
+        assert_eq!(guard.lockouts()[0].remaining_s, 900);
+        clock.advance(Duration::from_secs(899));
+        assert_eq!(guard.locked(ip), Some(Duration::from_secs(1)));
+        clock.advance(Duration::from_secs(1));
+        assert!(guard.locked(ip).is_none(), "the lockout is over");
+        assert!(guard.lockouts().is_empty());
     }
 }

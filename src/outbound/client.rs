@@ -733,7 +733,7 @@ impl Outbound {
                 self.sessions.put(egress.ip, dest, session);
                 break;
             }
-            let t = transaction(&mut session.client, session.caps, d, mx, true).await;
+            let t = transaction(&mut session.client, session.caps, d, mx, true, egress.ip).await;
             match t.after {
                 // The server closed the idle session meanwhile: nothing of this message
                 // was taken; another idle session or a new connection will do.
@@ -762,7 +762,7 @@ impl Outbound {
         .into_iter()
         .flatten()
         .min();
-        let t = transaction(&mut session.client, session.caps, d, mx, false).await;
+        let t = transaction(&mut session.client, session.caps, d, mx, false, egress.ip).await;
         match t.after {
             After::Ready if keep => self.sessions.put(egress.ip, dest, session),
             After::Ready | After::Done | After::Stale => session.quit().await,

@@ -40,6 +40,18 @@ pub struct DomainDelivery<'a> {
     /// configured `[delivery] spf`, or `Require` for a second opinion after an
     /// authentication refusal (only an authorised address may be asked).
     pub spf: crate::config::SpfMode,
+    /// Each recipient's own MAIL FROM, made once the egress IP is known (VERP return
+    /// paths, `[bounces]`): the recipients then go in one transaction each, on the same
+    /// session. None: `sender` for all, in one transaction.
+    pub return_path: Option<&'a dyn ReturnPathFor>,
+}
+
+/// Makes the envelope sender of one recipient's transaction (the return-path token names
+/// the egress IP, known only once the route is chosen).
+pub trait ReturnPathFor: Sync {
+    /// The reverse path for `recipients[index]` sent from `egress` (none through a
+    /// smarthost); none: the delivery's `sender`.
+    fn mail_from(&self, index: usize, egress: Option<IpAddr>) -> Option<String>;
 }
 
 /// How the mail left.

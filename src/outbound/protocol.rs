@@ -120,6 +120,53 @@ pub(super) async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
     d: &DomainDelivery<'_>,
     mx: &str,
     reused: bool,
+    egress: Option<std::net::IpAddr>,
+) -> Transaction {
+    let Some(rp) = d.return_path else {
+        return one_transaction(client, caps, d, None, mx, reused).await;
+    };
+    // VERP: one transaction per recipient, each with its own return path, on this
+    // session (Postfix does the same for VERP). A transaction that leaves the session
+    // unusable ends the round: the recipients after it wait for the next attempt.
+    let mut replies = Vec::with_capacity(d.recipients.len());
+    let mut after = After::Done;
+    for (i, rcpt) in d.recipients.iter().enumerate() {
+        if i > 0 && after != After::Ready {
+            replies.push(RemoteReply {
+                code: 0,
+                enhanced: "4.4.2".into(),
+                text: format!(
+                    "{mx}: the session ended before this recipient's transaction (one per recipient with return paths)"
+                ),
+                mx: Some(mx.to_string()),
+            });
+            continue;
+        }
+        let one = DomainDelivery {
+            recipients: std::slice::from_ref(rcpt),
+            return_path: None,
+            ..*d
+        };
+        let from = rp.mail_from(i, egress);
+        let t = one_transaction(client, caps, &one, from.as_deref(), mx, reused && i == 0).await;
+        if t.after == After::Stale {
+            // Only the first, on a reused session: nothing of this message was taken.
+            return t;
+        }
+        after = t.after;
+        replies.extend(t.replies);
+    }
+    Transaction { replies, after }
+}
+
+/// One transaction: `d`'s recipients with `from` (else `d.sender`) as MAIL FROM.
+async fn one_transaction<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut SmtpClient<S>,
+    caps: u32,
+    d: &DomainDelivery<'_>,
+    from: Option<&str>,
+    mx: &str,
+    reused: bool,
 ) -> Transaction {
     let n = d.recipients.len();
     let done = |replies| Transaction {
@@ -141,7 +188,10 @@ pub(super) async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
             n
         ]);
     }
-    let mut mail = format!("MAIL FROM:<{}>", d.sender);
+    let mut mail = match from {
+        Some(from) => format!("MAIL FROM:<{from}>"),
+        None => format!("MAIL FROM:<{}>", d.sender),
+    };
     if caps & EXT_SIZE != 0 {
         mail.push_str(&format!(" SIZE={}", d.body.len()));
     }

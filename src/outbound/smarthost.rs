@@ -201,7 +201,7 @@ impl Smarthost {
         };
         let ehlo = hello(&mut client, &self.helo, host).await?;
         self.authenticate(&mut client, &ehlo, host).await?;
-        let t = transaction(&mut client, ehlo.capabilities, d, host, false).await;
+        let t = transaction(&mut client, ehlo.capabilities, d, host, false, None).await;
         super::sessions::quit(&mut client.stream).await;
         let replies = t.replies;
         Ok((ip, replies))

@@ -167,6 +167,7 @@ fn evidence(r: &ProbeRecord, checked: u64, hostname: &str) -> Evidence {
             r.receiver_id.as_deref().unwrap_or("-"),
             rfc(checked)
         ),
+        late: false,
     }
 }
 
@@ -223,15 +224,19 @@ async fn send_one(
     };
     let token = format!("{:016x}", rand::rng().random::<u64>());
     let host = &ctx.config.server.hostname;
-    let date = time::OffsetDateTime::from_unix_timestamp(ctx.clock.now() as i64)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc2822)
-                .ok()
-        })
-        .unwrap_or_default();
+    // No Auto-Submitted: to the receiver a probe must be ordinary mail.
+    let headers = crate::queue::letter::Letter {
+        from: &format!("sidestep probe <{from}>"),
+        to: &format!("<{seed}>"),
+        subject: &format!("sidestep probe {token}"),
+        message_id: &format!("probe-{token}@{host}"),
+        auto_submitted: None,
+        extra: &[("X-Sidestep-Probe", &token)],
+        content_type: "text/plain; charset=us-ascii",
+    }
+    .headers(ctx.clock.now());
     let body = format!(
-        "From: sidestep probe <{from}>\r\nTo: <{seed}>\r\nSubject: sidestep probe {token}\r\nDate: {date}\r\nMessage-ID: <probe-{token}@{host}>\r\nX-Sidestep-Probe: {token}\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nA delivery probe from {host}, sent from {ip} to see whether mail from it\r\nreaches this mailbox. It can be deleted.\r\n"
+        "{headers}A delivery probe from {host}, sent from {ip} to see whether mail from it\r\nreaches this mailbox. It can be deleted.\r\n"
     );
     let sender = Sender::Address(sender);
     let recipients = [rcpt];
@@ -245,6 +250,7 @@ async fn send_one(
         avoid: &[],
         // A probe leaves from the IP under test, whatever SPF says of it.
         spf: crate::config::SpfMode::Off,
+        return_path: None,
     };
     let report = ctx.outbound.probe(egress, &d).await;
     let reply = report.replies.first()?;

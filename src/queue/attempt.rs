@@ -283,6 +283,7 @@ async fn deliver_all(
                 .collect(),
             domain,
             clock: ctx.clock.clone(),
+            attempt: msg.attempts,
         };
         tasks.spawn(async move {
             // The domain's slot first: waiting for a busy (slow) domain must not hold one

@@ -40,6 +40,12 @@ pub struct QueueContext {
     /// Outcomes the spool could not record (a full disk): the next attempt of the message
     /// starts from here, not from the stored record, so nothing delivered goes out again.
     unrecorded: Arc<Mutex<HashMap<QueueId, QueuedMessage>>>,
+    /// VERP return paths (`[bounces]`); none: mail goes out with its sender's address.
+    pub return_path: Option<Arc<crate::returnpath::ReturnPath>>,
+    /// Where mail to the bounce domains goes instead of an MX (the bounce reader).
+    pub local: Option<Arc<dyn super::LocalDelivery>>,
+    /// Addresses that hard-bounced: in-session failures feed it.
+    pub suppressions: crate::suppression::Suppressions,
 }
 
 impl QueueContext {
@@ -60,6 +66,9 @@ impl QueueContext {
             throttled: Arc::new(ThrottleLanes::new(Clock::system())),
             clock: Clock::system(),
             unrecorded: Arc::new(Mutex::new(HashMap::new())),
+            return_path: None,
+            local: None,
+            suppressions: crate::suppression::Suppressions::default(),
             config,
             spool,
             outbound,
@@ -100,7 +109,23 @@ impl QueueContext {
             throttled: self.throttled.clone(),
             clock: self.clock.clone(),
             unrecorded: self.unrecorded.clone(),
+            return_path: self.return_path.clone(),
+            local: self.local.clone(),
+            suppressions: self.suppressions.clone(),
         }
+    }
+
+    /// The same context with return paths, the bounce reader and the suppression list.
+    pub fn with_bounces(
+        mut self,
+        return_path: Option<Arc<crate::returnpath::ReturnPath>>,
+        local: Option<Arc<dyn super::LocalDelivery>>,
+        suppressions: crate::suppression::Suppressions,
+    ) -> Self {
+        self.return_path = return_path;
+        self.local = local;
+        self.suppressions = suppressions;
+        self
     }
 
     /// Keeps an attempt's outcome that the spool could not record.

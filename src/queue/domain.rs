@@ -39,6 +39,8 @@ pub(super) struct DomainJob {
     pub recipients: Vec<(usize, Address)>,
     /// The queue's clock, for the attempt's log line and records.
     pub clock: crate::clock::Clock,
+    /// The message's attempts before this one (the return-path token names it).
+    pub attempt: u32,
 }
 
 /// The final word on one recipient in this attempt.
@@ -100,20 +102,30 @@ struct Doubt {
     evidence: Evidence,
 }
 
+impl DomainOutcome {
+    /// Nothing known yet about `domain`.
+    pub(super) fn empty(domain: String) -> Self {
+        Self {
+            results: BTreeMap::new(),
+            no_egress: false,
+            retry_at: None,
+            throttled: false,
+            throttled_site: None,
+            domain,
+            history: Vec::new(),
+            site_down: None,
+            site_recovered: None,
+            unreachable: None,
+        }
+    }
+}
+
 pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> DomainOutcome {
+    if let Some(local) = ctx.local.as_ref().filter(|l| l.is_local(&job.domain)) {
+        return super::local::deliver(ctx, local.as_ref(), job).await;
+    }
     let mut pending = job.recipients.clone();
-    let mut outcome = DomainOutcome {
-        results: BTreeMap::new(),
-        no_egress: false,
-        retry_at: None,
-        throttled: false,
-        throttled_site: None,
-        domain: job.domain.clone(),
-        history: Vec::new(),
-        site_down: None,
-        site_recovered: None,
-        unreachable: None,
-    };
+    let mut outcome = DomainOutcome::empty(job.domain.clone());
     let mut doubts = Vec::new();
     let mut auth_doubts = Vec::new();
     for round in 0..MAX_ROUNDS {
@@ -196,6 +208,7 @@ pub(super) async fn deliver_domain(ctx: &QueueContext, job: DomainJob) -> Domain
                 doubt.is_some() || auth_doubt.is_some(),
             );
             let verdict = class.verdict;
+            super::suppress::feed(ctx, &job, rcpt, &reply, verdict, report.site.as_ref());
             match verdict {
                 Verdict::Delivered => delivered = true,
                 Verdict::Throttle => {
@@ -501,16 +514,20 @@ async fn send(
     spf: SpfMode,
 ) -> AttemptReport {
     let addresses: Vec<Address> = recipients.iter().map(|(_, a)| a.clone()).collect();
+    let verp = super::verp::Verp::of(ctx.return_path.as_deref(), job, recipients);
     ctx.outbound
         .deliver(&DomainDelivery {
             domain: &job.domain,
-            sender: &job.sender,
+            sender: verp.as_ref().map_or(&job.sender, |(_, s)| s),
             recipients: &addresses,
             flags: job.flags,
             body: &job.body,
             max_connections: ctx.domain_cap(&job.domain),
             avoid,
             spf,
+            return_path: verp
+                .as_ref()
+                .map(|(v, _)| v as &dyn crate::outbound::ReturnPathFor),
         })
         .await
 }
@@ -701,6 +718,7 @@ fn evidence(
         recipient: rcpt.to_string(),
         removal_url: crate::reputation::find_removal_url(&reply.text),
         log_line: line.unwrap_or_default(),
+        late: false,
     }
 }
 

@@ -4,10 +4,8 @@
 
 use std::fmt::Write;
 
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc2822;
-
-use crate::envelope::{Address, BodyFlags, Sender};
+use super::letter::{Letter, record};
+use crate::envelope::{Address, Sender};
 use crate::spool::{QueueId, QueuedMessage, RecipientState, RecipientStatus, RemoteReply};
 
 /// A DSN ready to be spooled like any other message.
@@ -31,20 +29,22 @@ pub fn build(
     let id = QueueId::generate(now_ms * 1000);
     let boundary = format!("{id}/{hostname}");
     let now = rfc2822(now_ms / 1000);
-    let mut b = String::with_capacity(4096);
+    let mut b = Letter {
+        from: &format!("Mail Delivery System <MAILER-DAEMON@{hostname}>"),
+        to: &format!("<{to}>"),
+        subject: "Undelivered Mail Returned to Sender",
+        message_id: &format!("{id}@{hostname}"),
+        auto_submitted: Some("auto-replied"),
+        extra: &[],
+        content_type: &format!(
+            "multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\""
+        ),
+    }
+    .headers(now_ms / 1000);
+    b.reserve(4096);
     let _ = write!(
         b,
-        "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n\
-         To: <{to}>\r\n\
-         Subject: Undelivered Mail Returned to Sender\r\n\
-         Date: {now}\r\n\
-         Message-ID: <{id}@{hostname}>\r\n\
-         Auto-Submitted: auto-replied\r\n\
-         MIME-Version: 1.0\r\n\
-         Content-Type: multipart/report; report-type=delivery-status;\r\n\
-         \tboundary=\"{boundary}\"\r\n\
-         \r\n\
-         This is a MIME-encapsulated message.\r\n\
+        "This is a MIME-encapsulated message.\r\n\
          \r\n\
          --{boundary}\r\n\
          Content-Type: text/plain; charset=utf-8\r\n\
@@ -128,26 +128,14 @@ pub fn build(
     body.extend_from_slice(headers_of(original_body));
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
 
-    let smtputf8 = !to.to_string().is_ascii();
-    let message = QueuedMessage {
+    let message = record(
         id,
-        sender: Sender::Null,
-        recipients: vec![RecipientState::pending(to.clone())],
-        flags: BodyFlags {
-            eight_bit: !body.is_ascii(),
-            smtputf8,
-        },
-        received_at: now_ms / 1000,
-        attempts: 0,
-        next_attempt_ms: now_ms,
-        size: body.len() as u64,
-        client: "local (DSN)".into(),
-        body: None,
-        held: false,
-        held_reason: None,
-        history: Vec::new(),
-        user: None,
-    };
+        Sender::Null,
+        vec![RecipientState::pending(to.clone())],
+        &body,
+        now_ms,
+        "local (DSN)",
+    );
     Dsn { message, body }
 }
 
@@ -231,10 +219,7 @@ fn headers_of(body: &[u8]) -> &[u8] {
 }
 
 fn rfc2822(unix: u64) -> String {
-    OffsetDateTime::from_unix_timestamp(unix as i64)
-        .ok()
-        .and_then(|t| t.format(&Rfc2822).ok())
-        .unwrap_or_default()
+    super::letter::date(unix)
 }
 
 #[cfg(test)]

@@ -7,15 +7,20 @@ mod domain;
 pub mod dsn;
 mod error;
 mod handle;
+pub mod letter;
+mod local;
 pub mod notice;
 pub mod operator;
 pub mod retry;
 mod scheduler;
+mod suppress;
 #[cfg(test)]
 mod tests;
 mod throttle;
+mod verp;
 
 pub use context::QueueContext;
 pub use error::QueueError;
 pub use handle::{Control, ControlOutcome, QueueEvent, QueueHandle};
+pub use local::{LocalDelivery, LocalFuture, LocalMail};
 pub use scheduler::start;

@@ -2,6 +2,7 @@
 //! them as events, and each becomes a message in the relay's own queue, from
 //! `postmaster@<host>` with a null envelope sender (like a DSN, it never bounces).
 
+use super::letter::{Letter, enqueue, record};
 use crate::alerts::Alert;
 
 /// Queues every alert `events` brings as a mail to `to`, for as long as alerts come.
@@ -30,16 +31,21 @@ async fn queue_alert(
     alert: &Alert,
     now: u64,
 ) -> Result<(), crate::spool::SpoolError> {
-    use crate::spool::{QueueId, QueuedMessage, RecipientState};
+    use crate::spool::{QueueId, RecipientState};
     let id = QueueId::generate(now * 1000);
-    let subject: String = format!("[sidestep {}] {}", alert.host, alert.event);
-    let date = time::OffsetDateTime::from_unix_timestamp((now / 1000) as i64)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
-        .format(&time::format_description::well_known::Rfc2822)
-        .unwrap_or_default();
+    let host = &alert.host;
+    let headers = Letter {
+        from: &format!("sidestep <postmaster@{host}>"),
+        to: &format!("<{to}>"),
+        subject: &format!("[sidestep {host}] {}", alert.event),
+        message_id: &format!("{id}@{host}"),
+        auto_submitted: Some("auto-generated"),
+        extra: &[],
+        content_type: "text/plain; charset=utf-8",
+    }
+    .headers(now / 1000);
     let body = format!(
-        "From: sidestep <postmaster@{host}>\r\nTo: <{to}>\r\nSubject: {subject}\r\nDate: {date}\r\nMessage-ID: <{id}@{host}>\r\nAuto-Submitted: auto-generated\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{text}\r\n\r\nevent: {event}\r\nip: {ip}\r\nsubject: {subj}\r\nat: {at}\r\n{report}",
-        host = alert.host,
+        "{headers}{text}\r\n\r\nevent: {event}\r\nip: {ip}\r\nsubject: {subj}\r\nat: {at}\r\n{report}",
         text = alert.text.replace(['\r', '\n'], " "),
         report = alert.report.as_deref().map_or_else(String::new, |r| format!(
             "\r\nDelisting report:\r\n{}\r\n",
@@ -51,28 +57,15 @@ async fn queue_alert(
         at = alert.at,
     )
     .into_bytes();
-    let msg = QueuedMessage {
+    let msg = record(
         id,
-        sender: crate::envelope::Sender::Null,
-        recipients: vec![RecipientState::pending(to.clone())],
-        flags: crate::envelope::BodyFlags {
-            eight_bit: !body.is_ascii(),
-            smtputf8: false,
-        },
-        received_at: now / 1000,
-        attempts: 0,
-        next_attempt_ms: now,
-        size: body.len() as u64,
-        client: "local (alert)".into(),
-        body: None,
-        held: false,
-        held_reason: None,
-        history: Vec::new(),
-        user: None,
-    };
-    spool.store_message(&msg, body).await?;
-    queue.enqueued(&msg);
-    Ok(())
+        crate::envelope::Sender::Null,
+        vec![RecipientState::pending(to.clone())],
+        &body,
+        now,
+        "local (alert)",
+    );
+    enqueue(spool, queue, &msg, body).await
 }
 
 /// Queues every TLS report `events` brings (RFC 8460 §3: from a null envelope sender,
@@ -98,7 +91,7 @@ async fn queue_report(
     report: crate::tls_policy::report::ReportMail,
     now: u64,
 ) -> Result<(), crate::spool::SpoolError> {
-    use crate::spool::{QueueId, QueuedMessage, RecipientState};
+    use crate::spool::{QueueId, RecipientState};
     let recipients = report
         .to
         .iter()
@@ -109,26 +102,13 @@ async fn queue_report(
         return Ok(());
     }
     let body = report.body;
-    let msg = QueuedMessage {
-        id: QueueId::generate(now * 1000),
-        sender: crate::envelope::Sender::Null,
+    let msg = record(
+        QueueId::generate(now * 1000),
+        crate::envelope::Sender::Null,
         recipients,
-        flags: crate::envelope::BodyFlags {
-            eight_bit: !body.is_ascii(),
-            smtputf8: false,
-        },
-        received_at: now / 1000,
-        attempts: 0,
-        next_attempt_ms: now,
-        size: body.len() as u64,
-        client: "local (TLS report)".into(),
-        body: None,
-        held: false,
-        held_reason: None,
-        history: Vec::new(),
-        user: None,
-    };
-    spool.store_message(&msg, body).await?;
-    queue.enqueued(&msg);
-    Ok(())
+        &body,
+        now,
+        "local (TLS report)",
+    );
+    enqueue(spool, queue, &msg, body).await
 }

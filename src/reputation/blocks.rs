@@ -38,6 +38,10 @@ pub struct Evidence {
     pub removal_url: Option<String>,
     /// The attempt's log line, as an operator would paste it into a delisting form.
     pub log_line: String,
+    /// Learned from a bounce by mail, after the site had accepted the message with
+    /// `250` (the reply is the DSN's Diagnostic-Code).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,6 +211,7 @@ impl Reputation {
                 recipient: String::new(),
                 removal_url: None,
                 log_line: String::new(),
+                late: false,
             },
             later: Vec::new(),
             canary_in_flight: false,
@@ -713,6 +718,7 @@ mod tests {
             recipient: "a@b.test".into(),
             removal_url: None,
             log_line: String::new(),
+            late: false,
         }
     }
 

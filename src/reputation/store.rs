@@ -251,6 +251,7 @@ mod block_tests {
             recipient: "a@b".into(),
             removal_url: None,
             log_line: "l".into(),
+            late: false,
         };
         rep.record_block(
             "127.0.0.2".parse().unwrap(),

@@ -31,7 +31,7 @@ use redb::{ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
 use super::message::{self, BodyRef, QueuedMessage};
-use super::{Fresh, MESSAGES, QueueId, SpoolError};
+use super::{Fresh, MESSAGES, QueueId, SENT, SpoolError};
 
 /// Body file → number of index entries still pointing into it.
 pub(super) const FILES: TableDefinition<&str, u64> = TableDefinition::new("body_files");
@@ -51,8 +51,13 @@ enum Change {
     /// New per-recipient state for a message already in the index.
     Update { id: QueueId, record: Vec<u8> },
     /// A finished message: its entry goes, and its body file (named by the caller's copy
-    /// of the record) once nothing else uses it.
-    Remove { id: QueueId, file: String },
+    /// of the record) once nothing else uses it. `sent`: its record, kept in the sent
+    /// table for its late bounces (in the same commit: no fsync of its own).
+    Remove {
+        id: QueueId,
+        file: String,
+        sent: Option<Vec<u8>>,
+    },
 }
 
 struct Job {
@@ -78,8 +83,13 @@ impl Handle {
         self.send(Change::Update { id, record }).await
     }
 
-    pub(super) async fn remove(&self, id: QueueId, file: String) -> Result<(), SpoolError> {
-        self.send(Change::Remove { id, file }).await
+    pub(super) async fn remove(
+        &self,
+        id: QueueId,
+        file: String,
+        sent: Option<Vec<u8>>,
+    ) -> Result<(), SpoolError> {
+        self.send(Change::Remove { id, file, sent }).await
     }
 
     async fn send(&self, change: Change) -> Result<(), SpoolError> {
@@ -431,9 +441,13 @@ fn commit_batch(
                     Change::Update { id, record } => {
                         table.insert(id.as_str(), record.as_slice())?;
                     }
-                    Change::Remove { id, file } => {
+                    Change::Remove { id, file, sent } => {
                         if table.remove(id.as_str())?.is_none() {
                             continue;
+                        }
+                        if let Some(record) = sent {
+                            txn.open_table(SENT)?
+                                .insert(id.as_str(), record.as_slice())?;
                         }
                         let left = files.get(file.as_str())?.map(|v| v.value()).unwrap_or(1);
                         if left <= 1 {

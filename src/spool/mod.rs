@@ -35,6 +35,12 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 const MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("messages");
 
+/// Messages that left the spool, kept (without their bodies or history) while their late
+/// bounces may come: a return-path token names a queue id, and the bounce needs the
+/// sender, the recipient and where it went. Keyed by queue id, so by time: pruning is a
+/// range delete.
+const SENT: TableDefinition<&str, &[u8]> = TableDefinition::new("sent");
+
 /// Everything that can go wrong below the queue.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -110,6 +116,8 @@ struct Shared {
     fresh: Arc<Fresh>,
     /// The messages that left lately, and how.
     departed: departed::DepartedLog,
+    /// Keep a record of each message that leaves (return paths are on).
+    keep_sent: std::sync::atomic::AtomicBool,
 }
 
 /// Bytes of fresh bodies kept in memory at most.
@@ -249,6 +257,7 @@ impl Spool {
                 committer,
                 fresh,
                 departed: Default::default(),
+                keep_sent: Default::default(),
             }),
         })
     }
@@ -294,9 +303,19 @@ impl Spool {
         departure: Departure,
         at: u64,
     ) -> Result<(), SpoolError> {
+        let sent = self
+            .shared
+            .keep_sent
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| {
+                let mut record = msg.clone();
+                record.history.clear();
+                record.body = None;
+                message::encode(&record)
+            });
         self.shared
             .committer
-            .remove(msg.id.clone(), body_file(msg).to_string())
+            .remove(msg.id.clone(), body_file(msg).to_string(), sent)
             .await?;
         self.shared.departed.note(Departed {
             id: msg.id.clone(),
@@ -304,6 +323,61 @@ impl Spool {
             departure,
         });
         Ok(())
+    }
+
+    /// From now on, each message that leaves is kept in the sent table (see [`SENT`])
+    /// until [`Spool::prune_sent`] drops it.
+    pub fn keep_sent(&self, keep: bool) {
+        self.shared
+            .keep_sent
+            .store(keep, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A message's record, in the queue or, once it left, in the sent table: what a
+    /// late bounce is resolved against.
+    ///
+    /// # Errors
+    /// The database read failed or the record is corrupt.
+    pub fn sent(&self, id: &QueueId) -> Result<Option<QueuedMessage>, SpoolError> {
+        if let Some(live) = self.load(id)? {
+            return Ok(Some(live));
+        }
+        let db = self.shared.index.get()?;
+        let txn = db!(db.begin_read())?;
+        let table = match txn.open_table(SENT) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(SpoolError::Db(e.into())),
+        };
+        match db!(table.get(id.as_str()))? {
+            Some(v) => message::decode(id.as_str(), v.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Forgets the sent records of messages accepted before `before` (Unix seconds);
+    /// how many went.
+    ///
+    /// # Errors
+    /// The database write failed.
+    pub fn prune_sent(&self, before: u64) -> Result<u64, SpoolError> {
+        // Generated ids begin with their acceptance time in microseconds, 14 hex digits.
+        let bound = format!("{:014X}", before.saturating_mul(1_000_000));
+        let db = self.shared.index.get()?;
+        let txn = db!(db.begin_write())?;
+        let mut gone = 0;
+        {
+            let mut table = db!(txn.open_table(SENT))?;
+            let old: Vec<String> = db!(table.range::<&str>(..bound.as_str()))?
+                .filter_map(|r| r.ok().map(|(k, _)| k.value().to_string()))
+                .collect();
+            for k in &old {
+                db!(table.remove(k.as_str()))?;
+                gone += 1;
+            }
+        }
+        db!(txn.commit())?;
+        Ok(gone)
     }
 
     /// How `id` left the spool, if it did lately (see [`Departed`]).

@@ -8,6 +8,7 @@ mod alerts;
 mod authentication;
 mod bench;
 mod blocks;
+mod bounces;
 mod bulk;
 mod cli;
 mod cluster;
@@ -30,6 +31,7 @@ mod senders;
 mod shaping;
 mod stop;
 mod submission;
+mod suppression;
 mod tls_policy;
 mod warmup;
 

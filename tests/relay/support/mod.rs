@@ -7,6 +7,7 @@ pub mod dkim;
 pub mod dns;
 pub mod imap;
 pub mod nsd;
+pub mod postfix;
 pub mod redis;
 pub mod relay;
 pub mod sink;

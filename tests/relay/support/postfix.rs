@@ -1,0 +1,154 @@
+//! A private Postfix instance (its own config and queue directories, stopped on drop):
+//! the MTA in front of sidestep, or a destination that accepts and bounces later.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+
+use super::PATIENCE;
+
+pub struct Postfix {
+    dir: tempfile::TempDir,
+    conf: PathBuf,
+    pub addr: SocketAddr,
+}
+
+impl Postfix {
+    /// Postfix with smtpd on `listen` (port 0: a free one), the base settings below and
+    /// then `extra` (later lines win in main.cf).
+    pub async fn start(listen: SocketAddr, extra: &str) -> Postfix {
+        super::require("postfix");
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        // Postfix daemons run as the `postfix` user and must reach the queue.
+        std::fs::set_permissions(root, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let conf = root.join("conf");
+        let data = root.join("data");
+        for d in [&conf, &data, &root.join("queue")] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        assert!(
+            Command::new("chown")
+                .arg("postfix")
+                .arg(&data)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let port = match listen.port() {
+            0 => std::net::TcpListener::bind((listen.ip(), 0))
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port(),
+            p => p,
+        };
+        let root_s = root.display();
+        std::fs::write(
+            conf.join("main.cf"),
+            format!(
+                "compatibility_level = 3.6
+queue_directory = {root_s}/queue
+data_directory = {root_s}/data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = pf.test
+myorigin = pf.test
+inet_interfaces = {interfaces}
+inet_protocols = ipv4
+mydestination =
+local_recipient_maps =
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+alias_maps =
+alias_database =
+maillog_file = {root_s}/maillog
+maillog_file_prefixes = {root_s}
+smtp_tls_security_level = none
+smtpd_tls_security_level = none
+{extra}
+",
+                // Postfix wants inet_interfaces to be an interface's address; any
+                // other loopback address is reachable (Linux routes 127/8 to lo) but
+                // not listed, so smtpd then binds it from master.cf alone.
+                interfaces = if listen.ip() == std::net::Ipv4Addr::LOCALHOST {
+                    "127.0.0.1"
+                } else {
+                    "all"
+                },
+            ),
+        )
+        .unwrap();
+        // The packaged master.cf, with smtpd on our port and no chroot (the queue is not
+        // set up as a chroot jail).
+        let master = std::fs::read_to_string("/etc/postfix/master.cf").unwrap();
+        let master: Vec<String> = master
+            .lines()
+            .map(|line| {
+                if line.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+                    let mut f: Vec<&str> = line.split_whitespace().collect();
+                    if f.len() >= 8 && f[0] == "smtp" && f[1] == "inet" {
+                        f[0] = "SMTPD_LISTEN";
+                    }
+                    if f.len() >= 5 && f[4] == "y" {
+                        f[4] = "n";
+                    }
+                    f.join("  ")
+                        .replace("SMTPD_LISTEN", &format!("{}:{port}", listen.ip()))
+                } else {
+                    line.to_string()
+                }
+            })
+            .collect();
+        std::fs::write(conf.join("master.cf"), master.join("\n") + "\n").unwrap();
+        // Not `output()`: the master daemon inherits the pipes and keeps them open.
+        let errors = root.join("start.err");
+        // Through a shell that closes every inherited descriptor first: the master
+        // daemon outlives this process if the test is killed, and must not keep open
+        // what the test runner held (`flock /work/.build.lock` holds its lock so).
+        let status = Command::new("bash")
+            .arg("-c")
+            .arg(
+                "for fd in $(ls /proc/$$/fd); do [ \"$fd\" -gt 2 ] && eval \"exec $fd>&-\"; done; exec postfix -c \"$0\" start",
+            )
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&errors).unwrap())
+            .status()
+            .unwrap();
+        let log = || std::fs::read_to_string(root.join("maillog")).unwrap_or_default();
+        assert!(
+            status.success(),
+            "postfix start failed: {}{}",
+            std::fs::read_to_string(&errors).unwrap_or_default(),
+            log()
+        );
+        let addr: SocketAddr = (listen.ip(), port).into();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "postfix never listened: {}",
+                log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Postfix { dir, conf, addr }
+    }
+
+    /// Its mail log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = Command::new("postfix")
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("stop")
+            .output();
+    }
+}
