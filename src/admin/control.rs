@@ -151,6 +151,14 @@ pub(super) async fn senders(State(admin): State<Admin>) -> Json<Vec<crate::sende
     Json(admin.senders.suspensions())
 }
 
+/// `GET /api/v1/senders/bounce-rates`: each sender's hard bounces (in the session and
+/// late) per delivery attempt in its current window, worst first.
+pub(super) async fn bounce_rates(
+    State(admin): State<Admin>,
+) -> Json<Vec<crate::senders::BounceRate>> {
+    Json(admin.senders.bounce_rates())
+}
+
 /// `POST /api/v1/senders/release`: which sender, and what becomes of its held mail.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct ReleaseQuery {

@@ -304,6 +304,7 @@ pub fn router(admin: Admin) -> Router {
                 .delete(suppressions::remove),
         )
         .route("/api/v1/senders", get(control::senders))
+        .route("/api/v1/senders/bounce-rates", get(control::bounce_rates))
         .route("/api/v1/senders/release", post(control::release_sender))
         .route("/api/v1/listings/refresh", post(blocks::refresh))
         .route(

@@ -31,12 +31,13 @@ use std::sync::{Arc, OnceLock};
 use crate::classify::Verdict;
 use crate::complaints::Complaints;
 use crate::envelope::{Address, Sender};
-use crate::queue::{LocalDelivery, LocalFuture, LocalMail, QueueContext, QueueHandle};
+use crate::queue::{LocalDelivery, LocalError, LocalFuture, LocalMail, QueueContext, QueueHandle};
 use crate::reputation::Evidence;
 use crate::returnpath::{ReturnPath, Unverified};
+use crate::senders::SenderId;
 use crate::site::Site;
-use crate::spool::{QueueId, QueuedMessage, RecipientStatus, RemoteReply};
-use crate::suppression::{Failure as Suppressed, Reason, failure_kind};
+use crate::spool::{QueueId, QueuedMessage, RecipientStatus, RemoteReply, SpoolError};
+use crate::suppression::{Failure as Suppressed, Reason, SuppressionError, failure_kind};
 
 pub use parse::{Bounce, Shape, parse};
 
@@ -113,6 +114,34 @@ pub fn resolve(
         })
 }
 
+/// Why a bounce could not be read yet: each leaves it queued for the next attempt, so a
+/// crash or a full disk never loses what a bounce would teach.
+#[derive(Debug, thiserror::Error)]
+pub enum BounceError {
+    /// The spool (the sent record, the forwarded DSN) failed.
+    #[error("spool: {0}")]
+    Spool(#[from] SpoolError),
+    /// The suppression list could not record the address.
+    #[error("suppression list: {0}")]
+    Suppression(#[from] SuppressionError),
+    /// A blocking task (spool or list I/O) panicked or was cancelled.
+    #[error("blocking task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// A DSN to forward, but the queue is not running yet.
+    #[error("the queue is not running yet")]
+    QueueNotRunning,
+}
+
+impl From<BounceError> for LocalError {
+    fn from(e: BounceError) -> Self {
+        match e {
+            BounceError::Spool(e) => LocalError::Spool(e),
+            BounceError::QueueNotRunning => LocalError::NotReady("the queue is not running yet"),
+            other => LocalError::Reader(Box::new(other)),
+        }
+    }
+}
+
 /// The bounce reader, wired into the queue by `serve`.
 pub struct BounceReader {
     rp: Arc<ReturnPath>,
@@ -137,7 +166,7 @@ impl BounceReader {
         let _ = self.queue.set(queue);
     }
 
-    async fn read(&self, ctx: &QueueContext, mail: LocalMail<'_>) -> Result<(), String> {
+    async fn read(&self, ctx: &QueueContext, mail: LocalMail<'_>) -> Result<(), BounceError> {
         let bounce = parse(mail.body);
         for rcpt in &mail.recipients {
             self.read_one(ctx, rcpt, &bounce, mail.body, mail.queue_id)
@@ -153,7 +182,7 @@ impl BounceReader {
         bounce: &Bounce,
         raw: &[u8],
         bounce_id: &QueueId,
-    ) -> Result<(), String> {
+    ) -> Result<(), BounceError> {
         let m = crate::metrics::metrics();
         if bounce.shape == Shape::Arf {
             m.bounce_mail("complaint");
@@ -167,10 +196,7 @@ impl BounceReader {
         };
         let spool = ctx.spool.clone();
         let id = QueueId::from(token.token.queue_id.as_str());
-        let record = tokio::task::spawn_blocking(move || spool.sent(&id))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        let record = tokio::task::spawn_blocking(move || spool.sent(&id)).await??;
         let resolved = match resolve(&self.rp, &token, record.as_ref(), &bounce.named()) {
             Resolution::Resolved(r) => r,
             Resolution::Forged => {
@@ -247,6 +273,20 @@ impl BounceReader {
                 true,
                 kind.kind(),
             );
+            if kind == Reason::Hard
+                && let Some(id) = record
+                    .as_ref()
+                    .and_then(|m| SenderId::of(m.user.as_deref(), &m.sender))
+            {
+                let evidence = format!(
+                    "late bounce for {} from {}: {}",
+                    resolved.recipient,
+                    resolved.site.as_deref().unwrap_or("-"),
+                    failure.diagnostic
+                );
+                ctx.senders
+                    .late_bounce(&id, evidence, &ctx.config.suspension);
+            }
             if ctx.config.suppression.active(&ctx.config.bounces) {
                 self.suppress(ctx, kind, sender_domain.clone(), &resolved, failure)
                     .await?;
@@ -320,7 +360,7 @@ impl BounceReader {
         sender_domain: Option<String>,
         r: &Resolved,
         f: &parse::Failure,
-    ) -> Result<(), String> {
+    ) -> Result<(), BounceError> {
         let list = ctx.suppressions.clone();
         let config = ctx.config.suppression.clone();
         let (address, site, reply, queue_id) = (
@@ -343,9 +383,8 @@ impl BounceReader {
                 _ => list.hard(&config, &failure).map(|_| ()),
             }
         })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+        .await??;
+        Ok(())
     }
 
     /// One DSN to the original sender, quoting the receiver's text (the same builder as
@@ -358,12 +397,12 @@ impl BounceReader {
         r: &Resolved,
         f: &parse::Failure,
         bounce: &Bounce,
-    ) -> Result<(), String> {
+    ) -> Result<(), BounceError> {
         let Some(record) = record else {
             return Ok(());
         };
         let Some(queue) = self.queue.get() else {
-            return Err("the queue is not running yet".into());
+            return Err(BounceError::QueueNotRunning);
         };
         let mut original = record.clone();
         let index = original
@@ -409,10 +448,7 @@ impl BounceReader {
             &failed,
             bounce.original_headers.as_deref().unwrap_or(b""),
         );
-        ctx.spool
-            .store_message(&dsn.message, dsn.body)
-            .await
-            .map_err(|e| e.to_string())?;
+        ctx.spool.store_message(&dsn.message, dsn.body).await?;
         tracing::info!(queue_id = %r.queue_id, dsn_id = %dsn.message.id, to = %to, "late bounce forwarded to the sender");
         queue.enqueued(&dsn.message);
         Ok(())
@@ -425,7 +461,7 @@ impl LocalDelivery for BounceReader {
     }
 
     fn deliver<'a>(&'a self, ctx: &'a QueueContext, mail: LocalMail<'a>) -> LocalFuture<'a> {
-        Box::pin(self.read(ctx, mail))
+        Box::pin(async move { self.read(ctx, mail).await.map_err(LocalError::from) })
     }
 }
 
@@ -446,4 +482,25 @@ pub fn spawn_pruning(ctx: Arc<QueueContext>) {
             tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
         }
     });
+}
+
+#[cfg(test)]
+mod error_tests {
+    use super::*;
+
+    /// What the queue logs and keeps as the attempt's reply when a bounce cannot be read
+    /// yet: the reader's cause, classified, never a bare string.
+    #[test]
+    fn bounce_errors_reach_the_queue_as_its_local_error() {
+        let e = LocalError::from(BounceError::QueueNotRunning);
+        assert!(matches!(e, LocalError::NotReady(_)), "{e:?}");
+        assert_eq!(e.to_string(), "not ready: the queue is not running yet");
+        let e = LocalError::from(BounceError::Suppression(SuppressionError::Io {
+            path: "suppressions.jsonl".into(),
+            source: std::io::Error::other("disk full"),
+        }));
+        assert!(matches!(e, LocalError::Reader(_)), "{e:?}");
+        assert!(e.to_string().starts_with("suppression list: "), "{e}");
+        assert!(e.to_string().contains("disk full"), "{e}");
+    }
 }

@@ -55,12 +55,14 @@ pub async fn senders(
             let r = &s.recent;
             let _ = writeln!(
                 out,
-                "  counts:   {} messages, {} attempts, {} reputation refusals, {} unknown recipients, {} complaints (usual {:.0} messages per window)",
+                "  counts:   {} messages, {} attempts, {} reputation refusals, {} unknown recipients, {} complaints, {} hard bounces ({} late) (usual {:.0} messages per window)",
                 r.messages,
                 r.attempts,
                 r.reputation_refusals,
                 r.unknown_recipients,
                 r.complaints,
+                r.hard_bounces,
+                r.late_bounces,
                 r.usual
             );
             for e in &r.samples {
@@ -74,28 +76,52 @@ pub async fn senders(
         }
     }
     if release.is_none() {
+        let body = super::admin_client::get(&config, "/api/v1/senders/bounce-rates").await?;
+        let rates: Vec<crate::senders::BounceRate> = serde_json::from_slice(&body)?;
+        section(
+            &mut out,
+            "bounce rates (hard bounces, in the session and late, per delivery attempt this window):",
+            rates.iter().map(|r| {
+                format!(
+                    "{:<30} {:>8} attempts {:>5} hard bounces ({} late)  {:.1}%",
+                    r.sender.to_string(),
+                    r.attempts,
+                    r.hard_bounces,
+                    r.late_bounces,
+                    r.rate * 100.0
+                )
+            }),
+        );
         // The bulk-sender limit: complaints under 0.3% of what each domain sends.
         let body = super::admin_client::get(&config, "/api/v1/senders/complaint-rates").await?;
         let rates: Vec<crate::authorisation::report::ComplaintRate> =
             serde_json::from_slice(&body)?;
-        if !rates.is_empty() {
-            let _ = writeln!(
-                out,
-                "complaint rates (last day; Gmail and Yahoo want under 0.3%):"
-            );
-        }
-        for r in rates {
-            let _ = writeln!(
-                out,
-                "  {:<30} {:>8} messages {:>5} complaints  {:.3}%{}",
-                r.domain,
-                r.messages,
-                r.complaints,
-                r.rate * 100.0,
-                if r.over_limit { "  OVER 0.3%" } else { "" }
-            );
-        }
+        section(
+            &mut out,
+            "complaint rates (last day; Gmail and Yahoo want under 0.3%):",
+            rates.iter().map(|r| {
+                format!(
+                    "{:<30} {:>8} messages {:>5} complaints  {:.3}%{}",
+                    r.domain,
+                    r.messages,
+                    r.complaints,
+                    r.rate * 100.0,
+                    if r.over_limit { "  OVER 0.3%" } else { "" }
+                )
+            }),
+        );
     }
     print!("{out}");
     Ok(())
+}
+
+/// A titled list of rows, left out when there is no row.
+fn section(out: &mut String, title: &str, rows: impl Iterator<Item = String>) {
+    let mut rows = rows.peekable();
+    if rows.peek().is_some() {
+        let _ = writeln!(out, "{title}");
+    }
+    for row in rows {
+        let _ = writeln!(out, "  {row}");
+    }
 }

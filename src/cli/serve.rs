@@ -246,6 +246,9 @@ fn start_delivery(
     let complaints = crate::complaints::Complaints::open(&config.spool.directory)
         .context("loading the complaint counts")?;
     let bounces = super::bounces::wire(config, &state.spool, complaints.clone())?;
+    if let Some(c) = &state.cluster {
+        c.share_suppressions(bounces.suppressions.clone());
+    }
     let ctx = Arc::new(
         QueueContext::new(
             config.clone(),

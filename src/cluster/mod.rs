@@ -6,7 +6,8 @@
 //! Shared now: blocks (learned and manual, with their evidence and expiry) — a block
 //! learned on one node reaches the others in the time of one pub/sub message — and the
 //! blocklist refresh: one node per refresh (a lock key with an expiry) asks the lists,
-//! the others apply its results; sender suspensions and releases; `[[shaping]]`
+//! the others apply its results; sender suspensions and releases; the suppression
+//! list (an address suppressed on one node is refused at RCPT on all); `[[shaping]]`
 //! connection limits (leases). When Redis
 //! is unreachable every node goes on with what it knows and learns ("degraded", logged
 //! once); when it is back, the node merges: blocks only Redis has are taken, blocks only
@@ -15,7 +16,7 @@
 //!
 //! Layout: `connection` is the Redis client, the kept connection and its backoff; each
 //! replicated concern has a file of its own (`blocks`, `listings` election,
-//! `suspensions`, `sites` down marks, `warmup` counts, `quota` takes, `slots`
+//! `suspensions`, `suppressions`, `sites` down marks, `warmup` counts, `quota` takes, `slots`
 //! for shaping's leases and rates); `subscribe` hands each message to its concern.
 
 mod blocks;
@@ -25,6 +26,7 @@ mod quota;
 mod sites;
 mod slots;
 mod subscribe;
+mod suppressions;
 mod suspensions;
 mod warmup;
 
@@ -132,6 +134,7 @@ pub fn start(
         clock.clone(),
     ));
     let sites = std::sync::Arc::new(Sites::default());
+    let suppressions = std::sync::Arc::new(std::sync::OnceLock::new());
     tokio::spawn(warmup::sync(client.clone(), reputation.clone()));
     senders.share_takes();
     tokio::spawn(quota::publish(
@@ -150,10 +153,11 @@ pub fn start(
         subscribe::Subscriber {
             client: client.clone(),
             node: node.clone(),
-            clock,
+            clock: clock.clone(),
             reputation,
             senders,
             sites: sites.clone(),
+            suppressions: suppressions.clone(),
             status: status.clone(),
         }
         .run(),
@@ -161,7 +165,9 @@ pub fn start(
     Ok(Some(Started {
         client,
         node,
+        clock,
         sites,
+        suppressions,
         status,
         slots,
     }))
@@ -171,7 +177,10 @@ pub fn start(
 pub struct Started {
     client: redis::Client,
     node: String,
+    clock: Clock,
     sites: std::sync::Arc<Sites>,
+    /// The suppression list, once `serve` has opened it.
+    suppressions: std::sync::Arc<std::sync::OnceLock<crate::suppression::Suppressions>>,
     /// Connected or degraded, for `/readyz`.
     pub status: std::sync::Arc<Status>,
     /// The shared connection count, for the shaper.
@@ -185,6 +194,34 @@ impl Started {
         health.share_with(tx);
         let _ = self.sites.health.set(health);
         tokio::spawn(sites::publish(self.client.clone(), self.node.clone(), rx));
+    }
+
+    /// Shares `list`'s changes with the other nodes and applies theirs; merges it with
+    /// Redis's entries now (the subscriber may have connected before the list was open)
+    /// and on every reconnection.
+    pub fn share_suppressions(&self, list: crate::suppression::Suppressions) {
+        if self.suppressions.set(list.clone()).is_err() {
+            return;
+        }
+        let (publisher, rx) = suppressions::Publisher::new();
+        list.share(publisher);
+        tokio::spawn(suppressions::publish(
+            self.client.clone(),
+            self.node.clone(),
+            self.clock.clone(),
+            rx,
+        ));
+        let (client, clock) = (self.client.clone(), self.clock.clone());
+        tokio::spawn(async move {
+            match suppressions::merge(&client, &clock, &list).await {
+                Ok((taken, given)) => {
+                    tracing::info!(taken, given, "cluster: suppression list merged")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster: merging the suppression list failed")
+                }
+            }
+        });
     }
 
     /// The queue whose parked mail a remote "site up" releases.

@@ -5,15 +5,16 @@
 use std::time::Duration;
 
 use super::connection::REDIS_TIMEOUT;
-use super::{Sites, Status, blocks, listings, quota, sites, suspensions};
+use super::{Sites, Status, blocks, listings, quota, sites, suppressions, suspensions};
 use crate::clock::Clock;
 use crate::reputation::Reputation;
 
 /// Every channel the subscriber listens on.
-const CHANNELS: [&str; 5] = [
+const CHANNELS: [&str; 6] = [
     blocks::CHANNEL,
     listings::CHANNEL,
     suspensions::CHANNEL,
+    suppressions::CHANNEL,
     sites::CHANNEL,
     quota::CHANNEL,
 ];
@@ -26,6 +27,7 @@ pub(super) struct Subscriber {
     pub(super) reputation: Reputation,
     pub(super) senders: crate::senders::Senders,
     pub(super) sites: std::sync::Arc<Sites>,
+    pub(super) suppressions: std::sync::Arc<std::sync::OnceLock<crate::suppression::Suppressions>>,
     pub(super) status: std::sync::Arc<Status>,
 }
 
@@ -85,6 +87,11 @@ impl Subscriber {
         if let Err(e) = suspensions::merge(&self.client, &self.node, &self.senders).await {
             tracing::warn!(error = %e, "cluster: merging sender suspensions failed");
         }
+        if let Some(list) = self.suppressions.get()
+            && let Err(e) = suppressions::merge(&self.client, &self.clock, list).await
+        {
+            tracing::warn!(error = %e, "cluster: merging the suppression list failed");
+        }
         match blocks::merge(&self.client, &self.node, &self.clock, &self.reputation).await {
             Ok((taken, given)) => {
                 if *degraded {
@@ -106,6 +113,7 @@ impl Subscriber {
             blocks::CHANNEL => blocks::apply(&self.reputation, node, text),
             listings::CHANNEL => listings::apply(&self.reputation, node, text).await,
             suspensions::CHANNEL => suspensions::apply(&self.senders, node, text),
+            suppressions::CHANNEL => suppressions::apply(self.suppressions.get(), node, text),
             sites::CHANNEL => sites::apply(&self.sites, node, &self.clock, text).await,
             quota::CHANNEL => quota::apply(&self.senders, node, text),
             _ => {}

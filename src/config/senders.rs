@@ -96,6 +96,12 @@ pub struct SuspensionConfig {
     pub complaints: u32,
     /// …making at least this share of its delivery attempts.
     pub complaint_ratio: f64,
+    /// Hard bounces (unknown user, disabled mailbox), in the session or late by mail to
+    /// the return path, at least this many…
+    pub hard_bounces: u32,
+    /// …making at least this share of its delivery attempts (receivers count
+    /// unknown-user rates against the sender; Gmail and Yahoo cite them).
+    pub bounce_ratio: f64,
     /// `temporary` (`451 4.7.1`: the client keeps the mail) or `permanent` (`550 5.7.1`).
     pub reply: SuspendedReply,
 }
@@ -124,6 +130,8 @@ impl Default for SuspensionConfig {
             spike_messages: 1000,
             complaints: 5,
             complaint_ratio: 0.003,
+            hard_bounces: 50,
+            bounce_ratio: 0.1,
             reply: SuspendedReply::Temporary,
         }
     }

@@ -10,7 +10,7 @@ use super::context::QueueContext;
 use super::domain::{DomainJob, DomainOutcome, RecipientResult};
 use crate::classify::Verdict;
 use crate::envelope::{Address, Sender};
-use crate::spool::{LastRoute, QueueId, RemoteReply};
+use crate::spool::{LastRoute, QueueId, RemoteReply, SpoolError};
 
 /// One message for local recipients.
 pub struct LocalMail<'a> {
@@ -24,8 +24,23 @@ pub struct LocalMail<'a> {
     pub body: &'a [u8],
 }
 
+/// Why a local message could not be read yet; any of them leaves it queued, so the
+/// queue only needs to tell them apart in its log, not to know the reader's internals.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// The spool (the message's record, a DSN to store) failed.
+    #[error("spool: {0}")]
+    Spool(#[from] SpoolError),
+    /// The reader is not wired yet (the queue it forwards to is not running).
+    #[error("not ready: {0}")]
+    NotReady(&'static str),
+    /// The reader's own store failed (its error type lives above the queue).
+    #[error(transparent)]
+    Reader(Box<dyn std::error::Error + Send + Sync>),
+}
+
 /// A boxed future, as a trait object's method returns it.
-pub type LocalFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+pub type LocalFuture<'a> = Pin<Box<dyn Future<Output = Result<(), LocalError>> + Send + 'a>>;
 
 /// Who takes mail for local domains (the bounce reader); wired by `serve`, so the queue
 /// needs nothing of the modules above it.
@@ -69,7 +84,7 @@ pub(super) async fn deliver(
                 RemoteReply {
                     code: 0,
                     enhanced: "4.3.0".into(),
-                    text: why,
+                    text: why.to_string(),
                     mx: None,
                 },
                 Verdict::Transient,

@@ -22,5 +22,5 @@ mod verp;
 pub use context::QueueContext;
 pub use error::QueueError;
 pub use handle::{Control, ControlOutcome, QueueEvent, QueueHandle};
-pub use local::{LocalDelivery, LocalFuture, LocalMail};
+pub use local::{LocalDelivery, LocalError, LocalFuture, LocalMail};
 pub use scheduler::start;

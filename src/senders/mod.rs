@@ -90,6 +90,24 @@ pub struct Suspension {
     pub recent: Recent,
 }
 
+/// One sender's hard bounces per delivery attempt in its current window
+/// (`GET /api/v1/senders/bounce-rates`, `sidestep senders`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BounceRate {
+    /// Who.
+    pub sender: SenderId,
+    /// When the window started (Unix seconds).
+    pub since: u64,
+    /// Delivery attempts of its recipients.
+    pub attempts: u32,
+    /// Hard bounces, in the session and late.
+    pub hard_bounces: u32,
+    /// Of those, the late ones.
+    pub late_bounces: u32,
+    /// `hard_bounces / attempts`.
+    pub rate: f64,
+}
+
 /// Who is handing a message in, for the quotas.
 #[derive(Debug, Clone, Copy)]
 pub struct Submitter<'a> {
@@ -359,6 +377,11 @@ impl Senders {
                     }
                     Verdict::Recipient => {
                         recent.unknown_recipients += 1;
+                        // A permanent refusal is a hard bounce, as the suppression list
+                        // reads it (a 4xx "user unknown" is not, yet).
+                        if reply.starts_with('5') {
+                            recent.hard_bounces += 1;
+                        }
                         recent.sample(reply.clone());
                     }
                     _ => {}
@@ -397,10 +420,42 @@ impl Senders {
         evidence: String,
         config: &SuspensionConfig,
     ) -> Option<Suspension> {
-        self.count(id, config, |recent| {
-            recent.complaints += 1;
-            recent.sample(evidence);
-        })
+        self.count(id, config, |recent| recent.complaint(evidence))
+    }
+
+    /// A hard bounce of `id`'s mail that arrived later by mail to the return path (the
+    /// attempt was counted when the receiver said `250`). Returns the suspension when
+    /// this tipped the sender over.
+    pub fn late_bounce(
+        &self,
+        id: &SenderId,
+        evidence: String,
+        config: &SuspensionConfig,
+    ) -> Option<Suspension> {
+        self.count(id, config, |recent| recent.late_bounce(evidence))
+    }
+
+    /// Each sender's bounce rate in its current window, worst first (senders with no
+    /// attempt and no bounce left out).
+    pub fn bounce_rates(&self) -> Vec<BounceRate> {
+        let state = self.lock();
+        let mut out: Vec<BounceRate> = state
+            .recent
+            .iter()
+            .chain(state.suspended.iter().map(|(id, s)| (id, &s.recent)))
+            .filter(|(_, r)| r.attempts > 0 || r.hard_bounces > 0)
+            .map(|(id, r)| BounceRate {
+                sender: id.clone(),
+                since: r.since,
+                attempts: r.attempts,
+                hard_bounces: r.hard_bounces,
+                late_bounces: r.late_bounces,
+                rate: r.bounce_rate(),
+            })
+            .collect();
+        out.sort_by(|a, b| b.rate.total_cmp(&a.rate).then(a.sender.cmp(&b.sender)));
+        out.dedup_by(|a, b| a.sender == b.sender);
+        out
     }
 
     /// Suspends `id` (once): persisted, logged, alerted.

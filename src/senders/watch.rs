@@ -22,6 +22,13 @@ pub struct Recent {
     /// Feedback-loop complaints about its mail that arrived in the window.
     #[serde(default)]
     pub complaints: u32,
+    /// Hard bounces of its recipients, in the session and late (by mail to the return
+    /// path), in the window.
+    #[serde(default)]
+    pub hard_bounces: u32,
+    /// Of those, the late ones.
+    #[serde(default)]
+    pub late_bounces: u32,
     /// Messages per window, averaged over past windows (0 until one window passed).
     pub usual: f64,
     /// The latest refusals, as evidence (at most a few).
@@ -66,6 +73,27 @@ impl Recent {
         self.samples.push(reply);
     }
 
+    /// A feedback-loop complaint, kept as evidence.
+    pub fn complaint(&mut self, evidence: String) {
+        self.complaints += 1;
+        self.sample(evidence);
+    }
+
+    /// A hard bounce that came later by mail, kept as evidence.
+    pub fn late_bounce(&mut self, evidence: String) {
+        self.hard_bounces += 1;
+        self.late_bounces += 1;
+        self.sample(evidence);
+    }
+
+    /// Hard bounces per delivery attempt in the window (0 before any attempt).
+    pub fn bounce_rate(&self) -> f64 {
+        if self.attempts == 0 {
+            return 0.0;
+        }
+        f64::from(self.hard_bounces) / f64::from(self.attempts)
+    }
+
     /// Why the sender should be suspended now, if it should.
     pub fn verdict(&self, c: &SuspensionConfig) -> Option<String> {
         if !c.enabled {
@@ -92,6 +120,13 @@ impl Recent {
             return Some(format!(
                 "{} feedback-loop complaints for {} delivery attempts",
                 self.complaints, self.attempts
+            ));
+        }
+        if self.hard_bounces >= c.hard_bounces.max(1) && share(self.hard_bounces) >= c.bounce_ratio
+        {
+            return Some(format!(
+                "{} hard bounces ({} late) for {} delivery attempts",
+                self.hard_bounces, self.late_bounces, self.attempts
             ));
         }
         if self.usual > 0.0
@@ -152,6 +187,32 @@ mod tests {
             ..c
         };
         assert_eq!(r.verdict(&c), None);
+    }
+
+    #[test]
+    fn hard_bounces_in_session_and_late_suspend_at_the_bounce_ratio() {
+        let c = SuspensionConfig {
+            hard_bounces: 3,
+            bounce_ratio: 0.25,
+            ..config()
+        };
+        let mut r = Recent {
+            attempts: 10,
+            hard_bounces: 2,
+            late_bounces: 1,
+            ..Recent::default()
+        };
+        assert_eq!(r.verdict(&c), None, "too few");
+        assert!((r.bounce_rate() - 0.2).abs() < 1e-9);
+        r.hard_bounces = 3;
+        r.attempts = 20;
+        assert_eq!(r.verdict(&c), None, "15% is under the ratio");
+        r.attempts = 12;
+        assert_eq!(
+            r.verdict(&c).unwrap(),
+            "3 hard bounces (1 late) for 12 delivery attempts"
+        );
+        assert_eq!(Recent::default().bounce_rate(), 0.0);
     }
 
     #[test]

@@ -218,12 +218,21 @@ impl Suppressions {
     /// # Errors
     /// The file could not be written (the change holds in memory).
     pub fn record(&self, change: Change) -> Result<(), SuppressionError> {
-        self.apply(&change);
         if let Some(shared) = self.shared.get() {
             shared.publish(&change);
         }
+        self.record_replicated(&change)
+    }
+
+    /// Another node's change: in memory and in this node's file (so it holds through a
+    /// restart while Redis is away), not published again.
+    ///
+    /// # Errors
+    /// The file could not be written (the change holds in memory).
+    pub fn record_replicated(&self, change: &Change) -> Result<(), SuppressionError> {
+        self.apply(change);
         match &self.log {
-            Some(log) => log.append(&change),
+            Some(log) => log.append(change),
             None => Ok(()),
         }
     }

@@ -306,3 +306,54 @@ async fn forged_bounces_are_dropped_and_outsiders_cannot_relay() {
     .await;
     assert!(w.dest.messages().is_empty() && w.sender.messages().is_empty());
 }
+
+/// `[suspension] bounce_ratio`: a hard bounce in the session and a late one by mail add
+/// up for the sender; at the ratio it is suspended, and `sidestep senders` shows its
+/// bounce rate.
+#[tokio::test]
+async fn hard_bounces_in_session_and_late_suspend_the_sender_at_the_bounce_ratio() {
+    let mut w = World::new().await;
+    with_bounces(&mut w, "forward = false");
+    w.setup.extra.push_str(
+        "\n[suspension]\nhard_bounces = 2\nbounce_ratio = 0.5\nunknown_recipients = 100\n",
+    );
+    w.dest.behave(|b| {
+        b.rcpt.insert(
+            "nobody@dest.test".into(),
+            "550 5.1.1 <nobody@dest.test>: Recipient address rejected: User unknown".into(),
+        );
+    });
+    let relay = w.setup.start().await;
+    let (_postfix, _tables) = late_bouncer(&w, relay.addr, fresh_loopback()).await;
+    send(relay.addr, "nobody@dest.test", "refused in the session").await;
+    relay.log_with("rcpt=nobody@dest.test").await;
+    send(relay.addr, "gone@late.test", "bounced later").await;
+    relay.log_with("late bounce").await;
+    relay.log_with("sender suspended").await;
+
+    let mut c = ready(relay.addr).await;
+    c.cmd("MAIL FROM:<a@sender.test>", "451 4.7.1").await;
+    c.cmd("QUIT", "221").await;
+    let list: serde_json::Value =
+        serde_json::from_str(&cli(&w, &["senders", "--json"]).await).unwrap();
+    assert_eq!(list[0]["sender"], "domain:sender.test", "{list:#}");
+    assert_eq!(
+        list[0]["reason"], "2 hard bounces (1 late) for 2 delivery attempts",
+        "{list:#}"
+    );
+    assert_eq!(list[0]["recent"]["hard_bounces"], 2, "{list:#}");
+    assert_eq!(list[0]["recent"]["late_bounces"], 1, "{list:#}");
+    let text = cli(&w, &["senders"]).await;
+    assert!(text.contains("2 hard bounces (1 late)"), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("domain:sender.test") && l.contains("attempts"))
+        .unwrap_or_else(|| panic!("no bounce rate line: {text}"));
+    assert!(line.contains("100.0%"), "{line}");
+    let rates: serde_json::Value = serde_json::from_str(
+        &crate::support::http_get(relay.admin.unwrap(), "/api/v1/senders/bounce-rates").await,
+    )
+    .unwrap();
+    assert_eq!(rates[0]["sender"], "domain:sender.test", "{rates:#}");
+    assert_eq!(rates[0]["rate"], 1.0, "{rates:#}");
+}

@@ -520,3 +520,73 @@ async fn a_senders_hourly_quota_holds_across_the_nodes() {
     let mut c = crate::support::client::ready(others[0].1.addr).await;
     c.cmd("MAIL FROM:<news@sender.test>", "450").await;
 }
+
+/// `sidestep SUBCOMMAND --config <node dir>/sidestep.toml ARGS…`, off the runtime (its
+/// DNS server answers the relays meanwhile); stdout.
+async fn cli_at(dir: &std::path::Path, command: &str, args: &[&str]) -> String {
+    let mut all: Vec<std::ffi::OsString> = vec![
+        command.into(),
+        "--config".into(),
+        dir.join("sidestep.toml").into_os_string(),
+    ];
+    all.extend(args.iter().map(Into::into));
+    crate::support::relay::sidestep_async(all).await
+}
+
+#[tokio::test]
+async fn an_address_suppressed_on_one_node_is_refused_by_the_others_and_removed_by_any() {
+    let redis = Redis::start().await;
+    let mut w = World::new().await;
+    w.setup.extra = with_cluster(&redis, "[suppression]\nenabled = true\n");
+    let n1 = w.setup.start().await;
+    let (dir2, config2) = node_config(&w, "n2");
+    let n2 = Relay::start(&config2, dir2.path()).await;
+    n1.log_with("cluster: suppression list merged").await;
+    n2.log_with("cluster: suppression list merged").await;
+
+    // Suppressed on node 1: refused at RCPT on node 2.
+    cli_at(
+        w.setup.dir.path(),
+        "suppressions",
+        &["add", "gone@dest.test"],
+    )
+    .await;
+    n2.log_with("suppression list changed by another node")
+        .await;
+    let mut c = crate::support::client::ready(n2.addr).await;
+    c.cmd("MAIL FROM:<a@sender.test>", "250").await;
+    let refused = c.reply_to("RCPT TO:<gone@dest.test>").await;
+    assert!(
+        refused.starts_with("550 5.1.1 <gone@dest.test> suppressed: added by the operator"),
+        "{refused}"
+    );
+    c.cmd("QUIT", "221").await;
+    let listed = cli_at(dir2.path(), "suppressions", &["--json"]).await;
+    assert!(listed.contains("gone@dest.test"), "{listed}");
+
+    // Removed on node 2: node 1 lets it through again.
+    cli_at(dir2.path(), "suppressions", &["remove", "gone@dest.test"]).await;
+    n1.log_count("suppression list changed by another node", 1)
+        .await;
+    let mut c = crate::support::client::ready(n1.addr).await;
+    c.cmd("MAIL FROM:<a@sender.test>", "250").await;
+    c.cmd("RCPT TO:<gone@dest.test>", "250").await;
+    c.cmd("QUIT", "221").await;
+
+    // A node that starts later takes the list from Redis.
+    cli_at(
+        w.setup.dir.path(),
+        "suppressions",
+        &["add", "late@dest.test"],
+    )
+    .await;
+    n2.log_count("suppression list changed by another node", 2)
+        .await;
+    let (dir3, config3) = node_config(&w, "n3");
+    let n3 = Relay::start(&config3, dir3.path()).await;
+    n3.log_with("cluster: suppression list merged").await;
+    let mut c = crate::support::client::ready(n3.addr).await;
+    c.cmd("MAIL FROM:<a@sender.test>", "250").await;
+    c.cmd("RCPT TO:<late@dest.test>", "550 5.1.1").await;
+    c.cmd("QUIT", "221").await;
+}

@@ -151,19 +151,10 @@ name = "default"
     /// `sidestep ARGS --config …` run without blocking the test's runtime (its DNS
     /// server answers the relay meanwhile); stdout. Fails the test if the command fails.
     pub async fn cli_async(&self, args: &[&str]) -> String {
-        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sidestep"))
-            .args(args)
-            .arg("--config")
-            .arg(self.dir.path().join("sidestep.toml"))
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let config = self.dir.path().join("sidestep.toml");
+        let mut all: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+        all.extend(["--config".into(), config.into_os_string()]);
+        sidestep_async(all).await
     }
 
     /// [`Setup::cli`] with `--json`, parsed.
@@ -280,4 +271,20 @@ impl Relay {
         super::eventually(|| self.log().matches(needle).count() >= n, || self.log()).await;
         self.log()
     }
+}
+
+/// `sidestep ARGS` run without blocking the test's runtime; stdout. Fails the test if
+/// the command fails.
+pub async fn sidestep_async(args: Vec<std::ffi::OsString>) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sidestep"))
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
