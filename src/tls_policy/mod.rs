@@ -22,6 +22,7 @@
 pub mod dane;
 pub mod fetch;
 pub mod outcomes;
+pub mod pending;
 pub mod report;
 pub mod sts;
 pub mod verify;
@@ -193,6 +194,8 @@ struct Shared {
     hostname: String,
     /// Where report mail goes (set by `serve`).
     mailer: Mutex<Option<tokio::sync::mpsc::UnboundedSender<report::ReportMail>>>,
+    /// Reports an `https:` rua has not taken yet.
+    pending: pending::Pending,
 }
 
 /// Domains whose MTA-STS state is kept in memory at most (see `sts_policy`).
@@ -230,6 +233,12 @@ impl TlsPolicies {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         let outcomes = outcomes::Outcomes::load(dir.as_deref());
+        let pending = pending::Pending::load(
+            dir.as_deref(),
+            clock.clone(),
+            config.tlsrpt.retry_initial.get(),
+            config.tlsrpt.retry_for.get(),
+        );
         Ok(Self {
             shared: Arc::new(Shared {
                 resolver,
@@ -247,6 +256,7 @@ impl TlsPolicies {
                 tlsrpt: config.tlsrpt.clone(),
                 hostname: config.server.hostname.clone(),
                 mailer: Default::default(),
+                pending,
             }),
         })
     }
