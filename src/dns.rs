@@ -479,55 +479,119 @@ impl Resolver {
         name: &str,
         rtype: hickory_resolver::proto::rr::RecordType,
     ) -> Result<(Validated<Vec<RData>>, u32), DnsError> {
+        let (answer, ttl) = self.validated_answer(name, rtype).await?;
+        Ok((
+            match answer {
+                Answer::Secure(data) => Validated::Secure(data),
+                Answer::SecurelyNone | Answer::Insecure => Validated::Insecure,
+                Answer::Bogus(why) => Validated::Bogus(why),
+            },
+            ttl,
+        ))
+    }
+
+    /// Whether the address records of `host` (A; AAAA when it provably has no A, the
+    /// order delivery's own lookup uses) are DNSSEC-secure, CNAMEs on the way included,
+    /// and the smallest TTL. DANE uses a host's TLSA records only then (RFC 7672
+    /// §2.2.2): an attacker who can forge the address need not touch the TLSA record.
+    /// `Insecure` when validation is off or the host has no address at all.
+    ///
+    /// # Errors
+    /// No answer (timeout, SERVFAIL): try again later.
+    pub async fn lookup_addresses_validated(
+        &self,
+        host: &str,
+    ) -> Result<(Validated<()>, u32), DnsError> {
+        use hickory_resolver::proto::rr::RecordType;
+        let (a, ttl) = self.validated_answer(host, RecordType::A).await?;
+        let (answer, ttl) = match a {
+            Answer::SecurelyNone => {
+                let (aaaa, ttl6) = self.validated_answer(host, RecordType::AAAA).await?;
+                (aaaa, ttl.min(ttl6))
+            }
+            a => (a, ttl),
+        };
+        Ok((
+            match answer {
+                Answer::Secure(_) => Validated::Secure(()),
+                Answer::SecurelyNone | Answer::Insecure => Validated::Insecure,
+                Answer::Bogus(why) => Validated::Bogus(why),
+            },
+            ttl,
+        ))
+    }
+
+    /// One validated lookup: the `rtype` records and whether they (and any CNAME that
+    /// led to them) are secure, or whether their absence is.
+    async fn validated_answer(
+        &self,
+        name: &str,
+        rtype: hickory_resolver::proto::rr::RecordType,
+    ) -> Result<(Answer, u32), DnsError> {
         use hickory_resolver::net::DnsError as Dns;
         use hickory_resolver::proto::dnssec::Proof;
+        use hickory_resolver::proto::rr::RecordType;
         let Some(validating) = &self.validating else {
-            return Ok((Validated::Insecure, 300));
+            return Ok((Answer::Insecure, 300));
         };
         let fqdn = format!("{}.", name.trim_end_matches('.'));
         match validating.lookup(fqdn.as_str(), rtype).await {
             Ok(l) => {
-                let records: Vec<_> = l
+                // The records asked for and the CNAMEs that led to them: a secure
+                // record behind an insecure alias is no better than the alias.
+                let chain: Vec<_> = l
                     .answers()
                     .iter()
-                    .filter(|r| r.record_type() == rtype)
+                    .filter(|r| r.record_type() == rtype || r.record_type() == RecordType::CNAME)
                     .collect();
-                let ttl = records.iter().map(|r| r.ttl).min().unwrap_or(300);
-                if records.is_empty() {
-                    return Ok((Validated::Insecure, ttl));
-                }
-                if let Some(bad) = records.iter().find(|r| r.proof == Proof::Bogus) {
+                let records: Vec<_> = chain.iter().filter(|r| r.record_type() == rtype).collect();
+                let ttl = chain.iter().map(|r| r.ttl).min().unwrap_or(300);
+                if let Some(bad) = chain.iter().find(|r| r.proof == Proof::Bogus) {
                     return Ok((
-                        Validated::Bogus(format!("{rtype} of {name}: {} signature", bad.proof)),
+                        Answer::Bogus(format!(
+                            "{} of {name}: {} signature",
+                            bad.record_type(),
+                            bad.proof
+                        )),
                         ttl,
                     ));
                 }
-                let secure = records.iter().all(|r| r.proof == Proof::Secure);
-                let data = records.iter().map(|r| r.data.clone()).collect();
-                Ok((
-                    if secure {
-                        Validated::Secure(data)
-                    } else {
-                        Validated::Insecure
-                    },
-                    ttl,
-                ))
+                if records.is_empty() {
+                    return Ok((Answer::Insecure, ttl));
+                }
+                let answer = if chain.iter().all(|r| r.proof == Proof::Secure) {
+                    Answer::Secure(records.iter().map(|r| r.data.clone()).collect())
+                } else {
+                    Answer::Insecure
+                };
+                Ok((answer, ttl))
             }
-            Err(NetError::Dns(Dns::Nsec { proof, .. }))
-                if proof.is_secure() || proof.is_insecure() =>
-            {
-                Ok((Validated::Insecure, 60))
+            Err(NetError::Dns(Dns::Nsec { proof, .. })) if proof.is_secure() => {
+                Ok((Answer::SecurelyNone, 60))
+            }
+            Err(NetError::Dns(Dns::Nsec { proof, .. })) if proof.is_insecure() => {
+                Ok((Answer::Insecure, 60))
             }
             Err(NetError::Dns(Dns::Nsec { proof, .. })) => Ok((
-                Validated::Bogus(format!("{rtype} of {name}: denial of existence is {proof}")),
+                Answer::Bogus(format!("{rtype} of {name}: denial of existence is {proof}")),
                 60,
             )),
             Err(NetError::Dns(Dns::DnssecBogus)) => Ok((
-                Validated::Bogus(format!("{rtype} of {name}: DNSSEC validation failed")),
+                Answer::Bogus(format!("{rtype} of {name}: DNSSEC validation failed")),
                 60,
             )),
-            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok((Validated::Insecure, 60)),
+            Err(e) if e.is_nx_domain() || e.is_no_records_found() => Ok((Answer::Insecure, 60)),
             Err(e) => Err(temporary(name, &e)),
         }
     }
+}
+
+/// A validated answer as [`Resolver::validated_answer`] tells it: [`Validated`] with a
+/// proven absence told apart from an unproven one (a host without A records is asked
+/// for AAAA only when the absence is proven).
+enum Answer {
+    Secure(Vec<RData>),
+    SecurelyNone,
+    Insecure,
+    Bogus(String),
 }

@@ -293,13 +293,15 @@ fn start_delivery(
 }
 
 /// TLS reports (RFC 8460) through the queue; the day's session counts reach the disk
-/// every few seconds; each finished day's reports go out after midnight UTC.
+/// every few seconds; each finished day's reports go out after midnight UTC, and those
+/// an `https:` rua did not take are POSTed again when due.
 fn spawn_tls_reports(ctx: &QueueContext, spool: &crate::spool::Spool, queue: &queue::QueueHandle) {
     let policies = ctx.outbound.tls_policies().clone();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     policies.set_mailer(tx);
     queue::notice::spawn_tls_reports(rx, spool.clone(), queue.clone(), Clock::system());
     policies.spawn_daily();
+    policies.spawn_retries();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(5)).await;

@@ -51,6 +51,12 @@ pub struct TlsRptConfig {
     pub organization: Option<String>,
     /// `contact-info` in the report; default the `from` address.
     pub contact: Option<String>,
+    /// A report an `https:` rua did not take is POSTed again this long after, then after
+    /// twice as long each time (5, 10, 20, … minutes), kept in the spool meanwhile.
+    pub retry_initial: HumanDuration,
+    /// How long after its first POST a report is tried: the last try is at this age,
+    /// then it is given up (the next day's report is due by then).
+    pub retry_for: HumanDuration,
 }
 
 impl Default for TlsRptConfig {
@@ -60,6 +66,8 @@ impl Default for TlsRptConfig {
             from: None,
             organization: None,
             contact: None,
+            retry_initial: HumanDuration::from_secs(5 * 60),
+            retry_for: HumanDuration::from_secs(24 * 3600),
         }
     }
 }

@@ -27,6 +27,7 @@ pub(super) fn all(c: &Config) -> Vec<ConfigError> {
     complaints(c, &mut err);
     cluster(c, &mut err);
     dkim(c, &mut err);
+    tlsrpt(c, &mut err);
     if let Some(to) = &c.alerts.mail
         && crate::envelope::Address::parse(to, false).is_err()
     {
@@ -724,5 +725,12 @@ fn dkim(c: &Config, err: &mut impl FnMut(String, String)) {
                 format!("a second key for {domain} with selector {}", k.selector),
             );
         }
+    }
+}
+
+/// `[tlsrpt]`: a zero first interval would double to zero and POST without pause.
+fn tlsrpt(c: &Config, err: &mut impl FnMut(String, String)) {
+    if c.tlsrpt.retry_initial.is_zero() {
+        err("tlsrpt.retry_initial".into(), "must be more than 0s".into());
     }
 }

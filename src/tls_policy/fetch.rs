@@ -71,7 +71,37 @@ async fn fetch(
     port: u16,
 ) -> Result<String, FetchError> {
     let host = format!("mta-sts.{}", domain.trim_end_matches('.'));
-    let addrs = resolver.lookup_addresses(&host).await?;
+    let request = format!(
+        "GET /.well-known/mta-sts.txt HTTP/1.0\r\nHost: {host}\r\nUser-Agent: sidestep\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
+    );
+    let answer = https_exchange(
+        resolver,
+        tls,
+        (&host, port),
+        &[request.as_bytes()],
+        MAX_POLICY + 16 * 1024,
+    )
+    .await?;
+    parse_answer(&answer)
+}
+
+/// One HTTPS request (`request`, written in parts) to `host` on `port`, its addresses
+/// looked up through `resolver` and tried in turn until one connects; the certificate
+/// must be valid for `host` under `tls`. Returns what the server answered before it
+/// closed, at most `limit` bytes. Shared by policy fetches and TLS report POSTs.
+///
+/// # Errors
+/// No address, no connection, TLS (certificate included) or I/O failure.
+pub async fn https_exchange(
+    resolver: &Resolver,
+    tls: &Arc<rustls::ClientConfig>,
+    (host, port): (&str, u16),
+    request: &[&[u8]],
+    limit: usize,
+) -> Result<Vec<u8>, FetchError> {
+    let addrs = resolver.lookup_addresses(host).await?;
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|_| FetchError::Malformed("bad host name"))?;
     let io = |e: std::io::Error| FetchError::Io(e.to_string());
     let mut last = FetchError::Io(format!("no address for {host}"));
     for ip in addrs {
@@ -82,26 +112,24 @@ async fn fetch(
                 continue;
             }
         };
-        let name = ServerName::try_from(host.clone())
-            .map_err(|_| FetchError::Malformed("bad host name"))?;
         let mut stream = tokio_rustls::TlsConnector::from(tls.clone())
             .connect(name, stream)
             .await
             .map_err(io)?;
-        let request = format!(
-            "GET /.well-known/mta-sts.txt HTTP/1.0\r\nHost: {host}\r\nUser-Agent: sidestep\r\nAccept: text/plain\r\nConnection: close\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.map_err(io)?;
+        for part in request {
+            stream.write_all(part).await.map_err(io)?;
+        }
+        stream.flush().await.map_err(io)?;
         let mut answer = Vec::new();
         let read = (&mut stream)
-            .take((MAX_POLICY + 16 * 1024) as u64)
+            .take(limit as u64)
             .read_to_end(&mut answer)
             .await;
         // A server that closes without close_notify still answered: keep what came.
         if answer.is_empty() {
             read.map_err(io)?;
         }
-        return parse_answer(&answer);
+        return Ok(answer);
     }
     Err(last)
 }

@@ -5,10 +5,11 @@
 //!   `max_age` in the spool (`mta-sts.json`, so a restart neither forgets an enforced
 //!   policy nor refetches every domain), refetched when the id changes; a failed fetch
 //!   keeps a cached policy that has not expired (§5.1).
-//! - DANE (RFC 7672): MX and `_25._tcp.MX` TLSA answers validated under DNSSEC; a secure
-//!   TLSA RRset makes TLS mandatory and is checked by [`dane::DaneVerifier`]; a bogus
-//!   answer defers, never reads as "no TLSA". DANE takes precedence over MTA-STS (RFC
-//!   8461 §2).
+//! - DANE (RFC 7672): MX and `_25._tcp.MX` TLSA answers validated under DNSSEC, the
+//!   TLSA records looked at only for a host named by a secure MX answer whose address
+//!   records are secure too (§2.2); a secure TLSA RRset makes TLS mandatory and is
+//!   checked by [`dane::DaneVerifier`]; a bogus answer defers, never reads as "no
+//!   TLSA". DANE takes precedence over MTA-STS (RFC 8461 §2).
 //! - TLS-RPT (RFC 8460): every session under a policy is counted ([`outcomes`]), and a
 //!   daily report goes to the domains that ask ([`report`]).
 //!
@@ -21,6 +22,7 @@
 pub mod dane;
 pub mod fetch;
 pub mod outcomes;
+pub mod pending;
 pub mod report;
 pub mod sts;
 pub mod verify;
@@ -158,6 +160,10 @@ pub struct HostRefused {
 enum Tlsa {
     Secure(Arc<Vec<TLSA>>),
     None,
+    /// The host's address records are not secure: its TLSA records, whatever they
+    /// say, are not used (RFC 7672 §2.2.2), nor looked up.
+    InsecureHost,
+    /// Why the mail waits: the TLSA records or the host's addresses do not validate.
     Bogus(String),
 }
 
@@ -188,6 +194,8 @@ struct Shared {
     hostname: String,
     /// Where report mail goes (set by `serve`).
     mailer: Mutex<Option<tokio::sync::mpsc::UnboundedSender<report::ReportMail>>>,
+    /// Reports an `https:` rua has not taken yet.
+    pending: pending::Pending,
 }
 
 /// Domains whose MTA-STS state is kept in memory at most (see `sts_policy`).
@@ -225,6 +233,12 @@ impl TlsPolicies {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         let outcomes = outcomes::Outcomes::load(dir.as_deref());
+        let pending = pending::Pending::load(
+            dir.as_deref(),
+            clock.clone(),
+            config.tlsrpt.retry_initial.get(),
+            config.tlsrpt.retry_for.get(),
+        );
         Ok(Self {
             shared: Arc::new(Shared {
                 resolver,
@@ -242,6 +256,7 @@ impl TlsPolicies {
                 tlsrpt: config.tlsrpt.clone(),
                 hostname: config.server.hostname.clone(),
                 mailer: Default::default(),
+                pending,
             }),
         })
     }
@@ -283,15 +298,13 @@ impl TlsPolicies {
             Validated::Secure(()) => match self.tlsa(mx).await {
                 Tlsa::Bogus(why) => {
                     return Err(HostRefused {
-                        why: format!(
-                            "DANE: the TLSA records of _25._tcp.{mx} do not validate ({why}); the mail waits"
-                        ),
+                        why: format!("DANE: {why}; the mail waits"),
                         policy: PolicyType::Tlsa,
                         result: ResultType::DnssecInvalid,
                     });
                 }
                 Tlsa::Secure(records) => return Ok(Some(self.dane_tls(mx, records))),
-                Tlsa::None => {}
+                Tlsa::None | Tlsa::InsecureHost => {}
             },
             Validated::Insecure => {}
         }
@@ -363,7 +376,7 @@ impl TlsPolicies {
             Validated::Insecure => false,
             Validated::Secure(()) => {
                 for mx in mx_hosts {
-                    if !matches!(self.tlsa(mx).await, Tlsa::None) {
+                    if !matches!(self.tlsa(mx).await, Tlsa::None | Tlsa::InsecureHost) {
                         return true;
                     }
                 }
@@ -605,6 +618,9 @@ impl TlsPolicies {
         v
     }
 
+    /// The DANE answer for MX host `mx` (named by a secure MX answer): its addresses
+    /// validated first, then its TLSA records if they are secure. Kept for the smaller
+    /// TTL of the two, so a host costs these lookups once per TTL, not per delivery.
     async fn tlsa(&self, mx: &str) -> Tlsa {
         let s = &self.shared;
         if let Some((t, until)) = s.tlsa.lock().unwrap_or_else(|p| p.into_inner()).get(mx)
@@ -612,7 +628,47 @@ impl TlsPolicies {
         {
             return t.clone();
         }
-        let (t, ttl) = match s
+        let (t, ttl) = match s.resolver.lookup_addresses_validated(mx).await {
+            Ok((Validated::Secure(()), ttl)) => {
+                let (t, tlsa_ttl) = self.tlsa_records(mx).await;
+                (t, ttl.min(tlsa_ttl))
+            }
+            Ok((Validated::Insecure, ttl)) => {
+                tracing::debug!(
+                    mx,
+                    "DANE: the address records of the MX host are not DNSSEC-secure; its TLSA records are not used"
+                );
+                (Tlsa::InsecureHost, ttl)
+            }
+            Ok((Validated::Bogus(why), ttl)) => (
+                Tlsa::Bogus(format!(
+                    "the address records of {mx} do not validate ({why})"
+                )),
+                ttl,
+            ),
+            // As for a failed TLSA lookup below: DANE cannot be ruled out.
+            Err(e) => (
+                Tlsa::Bogus(format!(
+                    "the address records of {mx} could not be validated ({e})"
+                )),
+                0,
+            ),
+        };
+        {
+            let mut map = s.tlsa.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() >= MAX_DOMAINS {
+                map.clear();
+            }
+            map.insert(mx.to_string(), (t.clone(), Instant::now() + ttl_of(ttl)));
+        }
+        t
+    }
+
+    /// The validated TLSA records of `_25._tcp.MX` and their TTL.
+    async fn tlsa_records(&self, mx: &str) -> (Tlsa, u32) {
+        let s = &self.shared;
+        let bogus = |why| format!("the TLSA records of _25._tcp.{mx} do not validate ({why})");
+        match s
             .resolver
             .lookup_validated(&format!("_25._tcp.{mx}"), RecordType::TLSA)
             .await
@@ -628,19 +684,11 @@ impl TlsPolicies {
                 (Tlsa::Secure(Arc::new(records)), ttl)
             }
             Ok((Validated::Insecure, ttl)) => (Tlsa::None, ttl),
-            Ok((Validated::Bogus(why), ttl)) => (Tlsa::Bogus(why), ttl),
+            Ok((Validated::Bogus(why), ttl)) => (Tlsa::Bogus(bogus(why)), ttl),
             // A lookup that fails outright: DANE cannot be ruled out, so the mail waits
             // (RFC 7672 §2.2: a failed TLSA lookup is not "no TLSA").
-            Err(e) => (Tlsa::Bogus(e.to_string()), 0),
-        };
-        {
-            let mut map = s.tlsa.lock().unwrap_or_else(|p| p.into_inner());
-            if map.len() >= MAX_DOMAINS {
-                map.clear();
-            }
-            map.insert(mx.to_string(), (t.clone(), Instant::now() + ttl_of(ttl)));
+            Err(e) => (Tlsa::Bogus(bogus(e.to_string())), 0),
         }
-        t
     }
 
     /// The session counts and last outcomes (TLS-RPT, `sidestep tls`).
@@ -687,6 +735,9 @@ impl TlsPolicies {
                 (_, Tlsa::Bogus(why)) => (Vec::new(), format!("bogus: {why}")),
                 (Validated::Bogus(why), _) => (Vec::new(), format!("bogus: {why}")),
                 (Validated::Secure(()), Tlsa::None) => (Vec::new(), "secure MX, no TLSA".into()),
+                (Validated::Secure(()), Tlsa::InsecureHost) => {
+                    (Vec::new(), "secure MX, insecure address records".into())
+                }
                 _ => (Vec::new(), "insecure".into()),
             };
             hosts.push(DescribedMx {

@@ -1,18 +1,20 @@
 //! The daily TLS report (RFC 8460): for each domain that publishes `_smtp._tls` with a
 //! `rua`, the day's sessions per policy as JSON, gzipped, mailed (`mailto:`, through the
 //! relay's own queue: handed over as an event, see [`ReportMail`]) or POSTed
-//! (`https:`). Counts of domains without a `rua` are dropped once the day is over.
+//! (`https:`, the host looked up through the relay's resolver; a POST that fails is
+//! retried, see [`super::pending`]). Counts of domains without a `rua` are dropped once
+//! the day is over.
 
 use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mail_auth::report::tlsrpt::{DateRange, Policy, TlsReport};
-use rustls::pki_types::ServerName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::TlsPolicies;
 use super::outcomes::{PolicyCounts, summary};
+use super::pending::PendingPost;
+use crate::dns::Resolver;
 
 /// A report to mail: the queue turns it into a message from `from` (null envelope
 /// sender, like a DSN: a report never bounces).
@@ -123,9 +125,28 @@ impl TlsPolicies {
                 }
             }
             for url in rua.iter().filter(|u| u.starts_with("https://")) {
-                match post(&self.shared.fetch_tls, url, &gz).await {
+                let post = PendingPost {
+                    url: url.clone(),
+                    domain: domain.clone(),
+                    report_id: report.report_id.clone(),
+                    gz: gz.clone(),
+                    first_ms: self.clock().now_ms(),
+                    attempts: 0,
+                    next_ms: 0,
+                    error: String::new(),
+                };
+                match self.post_report(&post).await {
                     Ok(()) => done.to.push(url.clone()),
-                    Err(e) => done.errors.push(format!("{url}: {e}")),
+                    Err(e) => {
+                        let next = self.shared.pending.failed(post, e.to_string());
+                        done.errors.push(match next {
+                            Some(at) => format!(
+                                "{url}: {e} (tried again at {})",
+                                crate::clock::rfc3339(at / 1000)
+                            ),
+                            None => format!("{url}: {e}"),
+                        });
+                    }
                 }
             }
             tracing::info!(domain, to = ?done.to, errors = ?done.errors, sessions = done.sessions, "TLS report sent");
@@ -133,6 +154,62 @@ impl TlsPolicies {
         }
         let _ = self.flush();
         sent
+    }
+
+    /// POSTs one report to its `https:` rua, the host looked up through the relay's
+    /// resolver.
+    async fn post_report(&self, p: &PendingPost) -> Result<(), ReportError> {
+        post(&self.shared.resolver, &self.shared.fetch_tls, &p.url, &p.gz).await
+    }
+
+    /// POSTs the waiting reports that are due (see [`super::pending`]); one that fails
+    /// again waits longer, or is given up.
+    pub async fn retry_reports(&self) {
+        for p in self.shared.pending.due() {
+            match self.post_report(&p).await {
+                Ok(()) => {
+                    tracing::info!(
+                        url = p.url,
+                        domain = p.domain,
+                        report_id = p.report_id,
+                        attempts = p.attempts + 1,
+                        "TLS report posted"
+                    );
+                    self.shared.pending.posted(&p);
+                }
+                Err(e) => {
+                    self.shared.pending.failed(p, e.to_string());
+                }
+            }
+        }
+    }
+
+    /// The reports waiting for another POST.
+    pub fn pending_reports(&self) -> Vec<PendingPost> {
+        self.shared.pending.list()
+    }
+
+    /// Retries the waiting reports when due, from those the last run left in the spool
+    /// on. Sleeps until the next due time (at most a minute, so a step of the clock is
+    /// noticed), or until a new report waits.
+    pub fn spawn_retries(&self) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                me.retry_reports().await;
+                let now = me.clock().now_ms();
+                let wait = me
+                    .shared
+                    .pending
+                    .next_due()
+                    .map_or(60_000, |at| at.saturating_sub(now))
+                    .min(60_000);
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                    () = me.shared.pending.added.notified() => {}
+                }
+            }
+        });
     }
 
     /// Sends each finished day's reports just after midnight UTC, by the policies' clock.
@@ -219,50 +296,76 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 }
 
 /// POSTs the gzipped report (RFC 8460 §3: `application/tlsrpt+gzip`); 2xx is success.
-async fn post(tls: &Arc<rustls::ClientConfig>, url: &str, gz: &[u8]) -> Result<(), ReportError> {
-    let rest = url
-        .strip_prefix("https://")
-        .ok_or_else(|| ReportError::Url(url.into()))?;
+/// The host is looked up through `resolver` (the relay's, as for MX hosts and MTA-STS
+/// policy hosts).
+async fn post(
+    resolver: &Resolver,
+    tls: &Arc<rustls::ClientConfig>,
+    url: &str,
+    gz: &[u8],
+) -> Result<(), ReportError> {
+    let (host, port, path) = split_url(url).ok_or_else(|| ReportError::Url(url.into()))?;
+    let head = format!(
+        "POST {path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/tlsrpt+gzip\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        gz.len()
+    );
+    let request = [head.as_bytes(), gz];
+    let exchange = super::fetch::https_exchange(resolver, tls, (host, port), &request, 16 * 1024);
+    let reply = tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .map_err(|_| ReportError::Io("timed out".into()))?
+        .map_err(|e| ReportError::Io(e.to_string()))?;
+    let status = String::from_utf8_lossy(&reply);
+    match status.split_whitespace().nth(1) {
+        Some(code) if code.starts_with('2') => Ok(()),
+        other => Err(ReportError::Io(format!(
+            "answered {}",
+            other.unwrap_or("nothing")
+        ))),
+    }
+}
+
+/// The host, port (443 by default) and path of an `https:` URL; an IPv6 literal is in
+/// brackets.
+fn split_url(url: &str) -> Option<(&str, u16, String)> {
+    let rest = url.strip_prefix("https://")?;
     let (authority, path) = rest
         .split_once('/')
         .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse().map_err(|_| ReportError::Url(url.into()))?),
-        None => (authority, 443u16),
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) = v6.split_once(']')?;
+            (host, after.strip_prefix(':'))
+        }
+        None => match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
     };
-    let io = |e: std::io::Error| ReportError::Io(e.to_string());
-    let exchange = async {
-        let stream = tokio::net::TcpStream::connect((host, port))
-            .await
-            .map_err(io)?;
-        let name =
-            ServerName::try_from(host.to_string()).map_err(|_| ReportError::Url(url.into()))?;
-        let mut stream = tokio_rustls::TlsConnector::from(tls.clone())
-            .connect(name, stream)
-            .await
-            .map_err(io)?;
-        let head = format!(
-            "POST {path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/tlsrpt+gzip\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            gz.len()
+    let port = port.map_or(Some(443), |p| p.parse().ok())?;
+    (!host.is_empty()).then_some((host, port, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_https_rua_splits_into_host_port_and_path() {
+        assert_eq!(
+            split_url("https://tlsrpt.example.com/v1/r?x=1"),
+            Some(("tlsrpt.example.com", 443, "/v1/r?x=1".to_string()))
         );
-        stream.write_all(head.as_bytes()).await.map_err(io)?;
-        stream.write_all(gz).await.map_err(io)?;
-        stream.flush().await.map_err(io)?;
-        let mut reply = Vec::new();
-        let read = (&mut stream).take(16 * 1024).read_to_end(&mut reply).await;
-        if reply.is_empty() {
-            read.map_err(io)?;
-        }
-        let status = String::from_utf8_lossy(&reply);
-        match status.split_whitespace().nth(1) {
-            Some(code) if code.starts_with('2') => Ok(()),
-            other => Err(ReportError::Io(format!(
-                "answered {}",
-                other.unwrap_or("nothing")
-            ))),
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), exchange)
-        .await
-        .map_err(|_| ReportError::Io("timed out".into()))?
+        assert_eq!(
+            split_url("https://r.example:8443"),
+            Some(("r.example", 8443, "/".to_string()))
+        );
+        assert_eq!(
+            split_url("https://[2001:db8::1]:444/r"),
+            Some(("2001:db8::1", 444, "/r".to_string()))
+        );
+        assert_eq!(split_url("https://r.example:http/"), None);
+        assert_eq!(split_url("https:///r"), None);
+        assert_eq!(split_url("mailto:r@example"), None);
+    }
 }

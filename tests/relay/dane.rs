@@ -28,27 +28,35 @@ async fn tls_json(w: &World, domain: &str) -> serde_json::Value {
 /// `tlsa` record (none: no TLSA at all, proven absent by NSEC); `tampered`: its RRSIG
 /// is corrupted.
 async fn dane_world(tlsa: Option<String>, tampered: bool) -> (World, SignedZone) {
-    let mut w = World::new().await;
-    let mut signed = vec![
-        "dest.test. MX 10 mx.dest.test.".to_string(),
-        format!("mx.dest.test. A {}", w.dest.addr.ip()),
-        "sender.test. MX 10 mx.sender.test.".into(),
-        format!("mx.sender.test. A {}", w.sender.addr.ip()),
-    ];
-    if let Some(t) = tlsa {
-        signed.push(format!("_25._tcp.mx.dest.test. TLSA {t}"));
-    }
-    let tampered = if tampered {
-        vec![("_25._tcp.mx.dest.test".to_string(), "TLSA".to_string())]
-    } else {
-        Vec::new()
-    };
-    let zone = SignedZone::start(Zones {
-        signed,
-        tampered,
-        unsigned: Vec::new(),
+    zone_world(|w| {
+        let mut signed = vec![
+            "dest.test. MX 10 mx.dest.test.".to_string(),
+            format!("mx.dest.test. A {}", w.dest.addr.ip()),
+        ];
+        signed.extend(tlsa.map(|t| format!("_25._tcp.mx.dest.test. TLSA {t}")));
+        Zones {
+            signed,
+            tampered: if tampered {
+                vec![("_25._tcp.mx.dest.test".to_string(), "TLSA".to_string())]
+            } else {
+                Vec::new()
+            },
+            unsigned: Vec::new(),
+        }
     })
-    .await;
+    .await
+}
+
+/// The usual sinks with the `zones` made for them served by a signed zone (sender.test
+/// added to its signed part), the relay resolving through it; no retry soon.
+async fn zone_world(zones: impl FnOnce(&World) -> Zones) -> (World, SignedZone) {
+    let mut w = World::new().await;
+    let mut zones = zones(&w);
+    zones.signed.extend([
+        "sender.test. MX 10 mx.sender.test.".to_string(),
+        format!("mx.sender.test. A {}", w.sender.addr.ip()),
+    ]);
+    let zone = SignedZone::start(zones).await;
     w.setup.resolver = Some(zone.dns_section());
     w.setup.queue = crate::NO_RETRY_SOON.into();
     (w, zone)
@@ -65,6 +73,23 @@ async fn send(relay: &Relay) {
     let mut c = ready(relay.addr).await;
     c.send_mail("a@sender.test", &["b@dest.test"], &message("dane", "x\r\n"))
         .await;
+}
+
+/// The sink offers STARTTLS with a certificate nothing vouches for; a mail to `rcpt`
+/// arrives over it all the same (no policy applies, the certificate is unchecked).
+async fn delivered_over_unchecked_tls(w: &World, acceptor: TlsAcceptor, rcpt: &str) -> Relay {
+    w.dest.behave(|b| b.tls = Some(acceptor));
+    let relay = w.setup.start().await;
+    let mut c = ready(relay.addr).await;
+    c.send_mail("a@sender.test", &[rcpt], &message("no DANE", "x\r\n"))
+        .await;
+    let got = w.dest.wait_for(1).await;
+    assert!(
+        got[0].tls,
+        "STARTTLS offered: used, the certificate unchecked"
+    );
+    assert_eq!(got[0].rcpts, vec![rcpt]);
+    relay
 }
 
 #[tokio::test]
@@ -151,12 +176,8 @@ async fn without_a_tlsa_record_delivery_is_opportunistic_as_before() {
 #[tokio::test]
 async fn a_tlsa_record_in_an_unsigned_zone_is_ignored() {
     let (acceptor, _) = self_signed();
-    let mut w = World::new().await;
-    let zone = SignedZone::start(Zones {
-        signed: vec![
-            "sender.test. MX 10 mx.sender.test.".into(),
-            format!("mx.sender.test. A {}", w.sender.addr.ip()),
-        ],
+    let (w, _zone) = zone_world(|w| Zones {
+        signed: Vec::new(),
         tampered: Vec::new(),
         unsigned: vec![(
             "insecure.test".into(),
@@ -168,22 +189,76 @@ async fn a_tlsa_record_in_an_unsigned_zone_is_ignored() {
         )],
     })
     .await;
-    w.setup.resolver = Some(zone.dns_section());
-    w.setup.queue = crate::NO_RETRY_SOON.into();
-    w.dest.behave(|b| b.tls = Some(acceptor));
-    let relay = w.setup.start().await;
-    let mut c = ready(relay.addr).await;
-    c.send_mail(
-        "a@sender.test",
-        &["b@insecure.test"],
-        &message("insecure", "x\r\n"),
-    )
-    .await;
-    let got = w.dest.wait_for(1).await;
-    assert!(
-        got[0].tls,
-        "STARTTLS offered: used, the certificate unchecked"
-    );
+    let _relay = delivered_over_unchecked_tls(&w, acceptor, "b@insecure.test").await;
     let tls = tls_json(&w, "insecure.test").await;
     assert_eq!(tls["mx"][0]["dnssec"], "insecure", "{tls}");
+}
+
+/// RFC 7672 §2.2.1: DANE applies only to MX hosts named by a secure MX answer. A
+/// domain in a zone delegated without a DS (its MX answer provably insecure) names the
+/// same host as dest.test, whose TLSA record (secure, for another key) DANE would
+/// enforce: for the insecure domain the record is not looked at, the mail goes
+/// opportunistically; for dest.test it is, and the mail waits.
+#[tokio::test]
+async fn dane_applies_only_to_a_host_named_by_a_secure_mx_answer() {
+    let (acceptor, _) = self_signed();
+    let (_, other) = self_signed();
+    let (w, _zone) = zone_world(|w| Zones {
+        signed: vec![
+            "dest.test. MX 10 mx.dest.test.".into(),
+            format!("mx.dest.test. A {}", w.dest.addr.ip()),
+            format!("_25._tcp.mx.dest.test. TLSA 3 1 1 {other}"),
+        ],
+        tampered: Vec::new(),
+        unsigned: vec![(
+            "insecure.test".into(),
+            vec!["insecure.test. MX 10 mx.dest.test.".into()],
+        )],
+    })
+    .await;
+    let relay = delivered_over_unchecked_tls(&w, acceptor, "b@insecure.test").await;
+    relay.log_with("every recipient is final").await;
+    let tls = tls_json(&w, "insecure.test").await;
+    assert_eq!(tls["mx"][0]["name"], "mx.dest.test", "{tls}");
+    assert_eq!(tls["mx"][0]["dnssec"], "insecure", "{tls}");
+    // The same host under a secure MX answer: its TLSA record applies.
+    send(&relay).await;
+    relay
+        .log_with(
+            "DANE (the TLSA records of _25._tcp.mx.dest.test) requires a verified certificate",
+        )
+        .await;
+    relay.log_with("deferred: next attempt at").await;
+    assert_eq!(w.dest.messages().len(), 1, "the dest.test mail waits");
+}
+
+/// RFC 7672 §2.2.2: TLSA records are used only for a host whose address records are
+/// secure too. dest.test's MX answer is secure and names mx.dest.test, which has a
+/// secure TLSA record (for another key), but its address comes through a CNAME into a
+/// zone delegated without a DS: the address is insecure, so DANE does not apply and the
+/// mail goes opportunistically.
+#[tokio::test]
+async fn dane_is_not_applied_to_a_host_whose_addresses_are_insecure() {
+    let (acceptor, _) = self_signed();
+    let (_, other) = self_signed();
+    let (w, _zone) = zone_world(|w| Zones {
+        signed: vec![
+            "dest.test. MX 10 mx.dest.test.".into(),
+            "mx.dest.test. CNAME mx.insecure.test.".into(),
+            format!("_25._tcp.mx.dest.test. TLSA 3 1 1 {other}"),
+        ],
+        tampered: Vec::new(),
+        unsigned: vec![(
+            "insecure.test".into(),
+            vec![format!("mx.insecure.test. A {}", w.dest.addr.ip())],
+        )],
+    })
+    .await;
+    let _relay = delivered_over_unchecked_tls(&w, acceptor, "b@dest.test").await;
+    let tls = tls_json(&w, "dest.test").await;
+    assert_eq!(tls["dane_available"], true, "{tls}");
+    assert_eq!(
+        tls["mx"][0]["dnssec"], "secure MX, insecure address records",
+        "{tls}"
+    );
 }

@@ -62,41 +62,71 @@ impl TestCa {
 /// An HTTPS server for `mta-sts.dest.test` answering every request with the policy
 /// (a `500` while it is empty).
 async fn policy_server(ca: &TestCa, policy: Arc<Mutex<String>>) -> std::net::SocketAddr {
+    https_server(ca, "mta-sts.dest.test", move |head, _| {
+        let body = policy.lock().unwrap().clone();
+        if body.is_empty() {
+            // Broken: what a failing web server answers.
+            "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n".to_string()
+        } else if head.starts_with("GET /.well-known/mta-sts.txt ") {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        } else {
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_string()
+        }
+    })
+    .await
+}
+
+/// An HTTPS server on a loopback address of its own with a certificate for `name` from
+/// the test CA: each request (its head, and its body of `Content-Length` bytes) gets
+/// what `answer` says, then the connection is closed.
+async fn https_server(
+    ca: &TestCa,
+    name: &str,
+    answer: impl Fn(&str, &[u8]) -> String + Send + Sync + 'static,
+) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind((crate::support::fresh_loopback(), 0))
         .await
         .unwrap();
     let addr = listener.local_addr().unwrap();
-    let acceptor = ca.acceptor("mta-sts.dest.test");
+    let acceptor = ca.acceptor(name);
+    let answer = Arc::new(answer);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
-            let policy = policy.clone();
+            let answer = answer.clone();
             tokio::spawn(async move {
                 let Ok(mut tls) = acceptor.accept(stream).await else {
                     return;
                 };
                 let mut buf = vec![0u8; 4096];
                 let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                let end = loop {
+                    if let Some(at) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break at + 4;
+                    }
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&got[..end]).into_owned();
+                let length = head
+                    .lines()
+                    .filter_map(|l| l.split_once(':'))
+                    .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                    .unwrap_or(0);
+                while got.len() < end + length {
                     match tls.read(&mut buf).await {
                         Ok(0) | Err(_) => return,
                         Ok(n) => got.extend_from_slice(&buf[..n]),
                     }
                 }
-                let request = String::from_utf8_lossy(&got);
-                let body = policy.lock().unwrap().clone();
-                let answer = if body.is_empty() {
-                    // Broken: what a failing web server answers.
-                    "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n".to_string()
-                } else if request.starts_with("GET /.well-known/mta-sts.txt ") {
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    )
-                } else {
-                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_string()
-                };
-                let _ = tls.write_all(answer.as_bytes()).await;
+                let reply = answer(&head, &got[end..end + length]);
+                let _ = tls.write_all(reply.as_bytes()).await;
                 let _ = tls.shutdown().await;
             });
         }
@@ -300,8 +330,13 @@ fn report_json(mail: &[u8]) -> serde_json::Value {
                 .is_some_and(|c| c.subtype() == Some("tlsrpt+gzip"))
         })
         .expect("an application/tlsrpt+gzip part");
+    gunzip_json(part.contents())
+}
+
+/// A gzipped JSON document, parsed.
+fn gunzip_json(gz: &[u8]) -> serde_json::Value {
     let mut json = String::new();
-    flate2::read::GzDecoder::new(part.contents())
+    flate2::read::GzDecoder::new(gz)
         .read_to_string(&mut json)
         .unwrap();
     serde_json::from_str(&json).unwrap()
@@ -374,16 +409,17 @@ fn recheck_always(w: &mut World) {
 
 /// dest.test announces its policy id (a new one: the policy changed).
 async fn announce(w: &World, id: &str) {
-    let name = "_mta-sts.dest.test";
+    replace_txt(w, "_mta-sts.dest.test", &format!("v=STSv1; id={id};")).await;
+}
+
+/// The TXT record at `name` is now `text` alone.
+async fn replace_txt(w: &World, name: &str, text: &str) {
     w.setup
         .dns
         .remove(name, hickory_server::proto::rr::RecordType::TXT)
         .await;
-    // TTL 0: no cache keeps the old id past the change.
-    w.setup
-        .dns
-        .add_txt_ttl(name, &format!("v=STSv1; id={id};"), 0)
-        .await;
+    // TTL 0: no cache keeps the old record past the change.
+    w.setup.dns.add_txt_ttl(name, text, 0).await;
 }
 
 /// An enforce policy for mx.dest.test, the TXT id looked at before every delivery, a
@@ -463,4 +499,110 @@ async fn an_enforced_policy_survives_a_restart_while_its_server_is_down() {
     assert!(counts.contains("mx.dest.test"), "{counts}");
     let relay = w.setup.start().await;
     kept_although_the_fetch_fails(&w, &ca, &served, &relay).await;
+}
+
+/// A POST the rua server received: its head, its body, and the status it answered.
+type Posted = Arc<Mutex<Vec<(String, Vec<u8>, u16)>>>;
+
+/// An HTTPS rua (RFC 8460 §3) at `tlsrpt.sender.test`, answering `status` to every
+/// POST; dest.test's `_smtp._tls` record names it (port and all) instead of a mailbox.
+async fn https_rua(w: &World, ca: &TestCa, status: Arc<Mutex<u16>>) -> Posted {
+    let posted: Posted = Default::default();
+    let seen = posted.clone();
+    let addr = https_server(ca, "tlsrpt.sender.test", move |head, body| {
+        let code = *status.lock().unwrap();
+        seen.lock()
+            .unwrap()
+            .push((head.to_string(), body.to_vec(), code));
+        format!("HTTP/1.1 {code} Whatever\r\nContent-Length: 0\r\n\r\n")
+    })
+    .await;
+    w.setup.dns.add_a("tlsrpt.sender.test", addr.ip()).await;
+    replace_txt(
+        w,
+        "_smtp._tls.dest.test",
+        &format!(
+            "v=TLSRPTv1; rua=https://tlsrpt.sender.test:{}/v1/tlsrpt",
+            addr.port()
+        ),
+    )
+    .await;
+    posted
+}
+
+/// The report goes to an `https:` rua through the relay's resolver, with the test CA's
+/// certificate. The server answers 503 at first: the report waits in the spool and is
+/// POSTed again (a short `retry_initial` here, 5 minutes by default), keeps waiting
+/// over a restart, and is taken once the server accepts. The POSTed body is the
+/// report, gzipped JSON as RFC 8460 §4 lays it out.
+#[tokio::test]
+async fn the_report_is_posted_to_an_https_rua_and_retried() {
+    let (mut w, ca) = sts_world("testing", &["mx.dest.test"]).await;
+    let status = Arc::new(Mutex::new(503));
+    let posted = https_rua(&w, &ca, status.clone()).await;
+    w.setup.extra = w
+        .setup
+        .extra
+        .replace("[tlsrpt]\n", "[tlsrpt]\nretry_initial = \"200ms\"\n");
+    w.dest.behave(|b| b.tls = Some(ca.acceptor("mx.dest.test")));
+    let relay = w.setup.start().await;
+    send(&relay, "reported").await;
+    w.dest.wait_for(1).await;
+    relay.log_with("every recipient is final").await;
+    let sent = cli_async(&w, &["tls", "--report", "today", "--json"]).await;
+    assert!(sent.contains("answered 503 (tried again at"), "{sent}");
+    // Retried by itself: a second POST, refused too.
+    crate::support::eventually(|| posted.lock().unwrap().len() >= 2, || relay.log()).await;
+    relay
+        .log_with("TLS report POST failed; tried again later")
+        .await;
+    let (stopped, _) = relay.terminate().await;
+    assert!(stopped.success());
+    let pending = std::fs::read_to_string(w.setup.dir.path().join("spool/tlsrpt-pending.json"))
+        .expect("the waiting report is in the spool");
+    assert!(pending.contains("/v1/tlsrpt"), "{pending}");
+    assert!(pending.contains("answered 503"), "{pending}");
+    // The server mends; the restarted relay POSTs the report it left waiting.
+    *status.lock().unwrap() = 200;
+    let relay = w.setup.start().await;
+    relay.log_with("TLS report posted").await;
+    let posts = posted.lock().unwrap().clone();
+    let (head, body, code) = posts.last().unwrap();
+    assert_eq!(*code, 200);
+    assert!(
+        posts.iter().all(|(_, b, _)| b == body),
+        "the same report each time"
+    );
+    assert!(head.starts_with("POST /v1/tlsrpt HTTP/1."), "{head}");
+    assert!(
+        head.lines()
+            .any(|l| l.eq_ignore_ascii_case("content-type: application/tlsrpt+gzip")),
+        "{head}"
+    );
+    let report = gunzip_json(body);
+    assert_eq!(report["organization-name"], "Sidestep Test", "{report}");
+    assert_eq!(report["contact-info"], "tlsrpt@relay.test", "{report}");
+    assert!(report["report-id"].is_string(), "{report}");
+    for end in ["start-datetime", "end-datetime"] {
+        let at = report["date-range"][end].as_str().unwrap();
+        assert!(
+            humantime::parse_rfc3339(at).is_ok(),
+            "{end} is an RFC 3339 date: {report}"
+        );
+    }
+    let p = &report["policies"][0];
+    assert_eq!(p["policy"]["policy-type"], "sts", "{report}");
+    assert_eq!(p["policy"]["policy-domain"], "dest.test", "{report}");
+    assert_eq!(p["policy"]["mx-host"][0], "mx.dest.test", "{report}");
+    assert_eq!(
+        p["summary"]["total-successful-session-count"], 1,
+        "{report}"
+    );
+    assert_eq!(p["summary"]["total-failure-session-count"], 0, "{report}");
+    let file = w.setup.dir.path().join("spool/tlsrpt-pending.json");
+    crate::support::eventually(
+        || std::fs::read_to_string(&file).unwrap_or_default().trim() == "[]",
+        || std::fs::read_to_string(&file).unwrap_or_default(),
+    )
+    .await;
 }

@@ -14,8 +14,8 @@ pub struct Postfix {
 }
 
 impl Postfix {
-    /// Postfix with smtpd on `listen` (port 0: a free one), the base settings below and
-    /// then `extra` (later lines win in main.cf).
+    /// Postfix with smtpd on `listen` (port 0: a free one), the base settings below with
+    /// `extra`'s in place of those it sets again (see [`main_cf`]).
     pub async fn start(listen: SocketAddr, extra: &str) -> Postfix {
         super::require("postfix");
         let dir = tempfile::tempdir().unwrap();
@@ -45,10 +45,8 @@ impl Postfix {
             p => p,
         };
         let root_s = root.display();
-        std::fs::write(
-            conf.join("main.cf"),
-            format!(
-                "compatibility_level = 3.6
+        let base = format!(
+            "compatibility_level = 3.6
 queue_directory = {root_s}/queue
 data_directory = {root_s}/data
 mail_owner = postfix
@@ -67,19 +65,17 @@ maillog_file = {root_s}/maillog
 maillog_file_prefixes = {root_s}
 smtp_tls_security_level = none
 smtpd_tls_security_level = none
-{extra}
 ",
-                // Postfix wants inet_interfaces to be an interface's address; any
-                // other loopback address is reachable (Linux routes 127/8 to lo) but
-                // not listed, so smtpd then binds it from master.cf alone.
-                interfaces = if listen.ip() == std::net::Ipv4Addr::LOCALHOST {
-                    "127.0.0.1"
-                } else {
-                    "all"
-                },
-            ),
-        )
-        .unwrap();
+            // Postfix wants inet_interfaces to be an interface's address; any
+            // other loopback address is reachable (Linux routes 127/8 to lo) but
+            // not listed, so smtpd then binds it from master.cf alone.
+            interfaces = if listen.ip() == std::net::Ipv4Addr::LOCALHOST {
+                "127.0.0.1"
+            } else {
+                "all"
+            },
+        );
+        std::fs::write(conf.join("main.cf"), main_cf(&base, extra)).unwrap();
         // The packaged master.cf, with smtpd on our port and no chroot (the queue is not
         // set up as a chroot jail).
         let master = std::fs::read_to_string("/etc/postfix/master.cf").unwrap();
@@ -151,4 +147,48 @@ impl Drop for Postfix {
             .arg("stop")
             .output();
     }
+}
+
+/// main.cf: the `base` settings `extra` does not set, then `extra`, so each parameter
+/// is set once. Set twice, every Postfix program that reads main.cf warns "overriding
+/// earlier entry" as it starts (postlogd too, which `maillog_file` sends them all to);
+/// a `postfix start` hang was seen once with callers re-setting base parameters.
+fn main_cf(base: &str, extra: &str) -> String {
+    let name = |line: &str| -> Option<String> {
+        let (key, _) = line.split_once('=')?;
+        (!line.starts_with(char::is_whitespace) && !line.starts_with('#'))
+            .then(|| key.trim().to_string())
+    };
+    let overridden: std::collections::HashSet<String> = extra.lines().filter_map(name).collect();
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in base.lines() {
+        // A line that starts with white space continues the parameter above it.
+        if !line.starts_with(char::is_whitespace) {
+            skipping = name(line).is_some_and(|k| overridden.contains(&k));
+        }
+        if !skipping {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.push_str(extra);
+    if !extra.ends_with('\n') {
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn main_cf_sets_each_parameter_once() {
+    let base = "myhostname = pf.test\nmydestination =\nsmtpd_relay_restrictions = permit_mynetworks,\n    reject\nalias_maps =\n";
+    let extra = "myhostname = mx.late.test\nsmtpd_relay_restrictions = reject\ntransport_maps = texthash:/t\n";
+    assert_eq!(
+        main_cf(base, extra),
+        "mydestination =\nalias_maps =\nmyhostname = mx.late.test\nsmtpd_relay_restrictions = reject\ntransport_maps = texthash:/t\n"
+    );
+    assert_eq!(
+        main_cf(base, "relayhost = [127.0.0.9]:25"),
+        format!("{base}relayhost = [127.0.0.9]:25\n")
+    );
 }
