@@ -334,38 +334,17 @@ fn admin_desk(
     state: &State,
     delivery: &Delivery,
     site_health: Arc<crate::routing::SiteHealth>,
-    inbound: &Inbound,
+    inbound: &Arc<Inbound>,
     reloader: &Arc<super::Reloader>,
 ) -> anyhow::Result<crate::admin::Admin> {
+    let current = {
+        let inbound = inbound.clone();
+        Arc::new(move || inbound.config())
+    };
     let desk = crate::admin::auth::AuthDesk {
         authorisation: state.authorisation.clone(),
         resolver: state.resolver.clone(),
-        egress: config.egress_helos(),
-        smarthosts: config
-            .smarthosts
-            .iter()
-            .map(|s| {
-                (
-                    s.name.clone(),
-                    s.host.clone(),
-                    config.server.hostname.clone(),
-                )
-            })
-            .collect(),
-        dkim: config
-            .dkim
-            .keys
-            .iter()
-            .map(|k| {
-                (
-                    k.domain.to_ascii_lowercase(),
-                    k.selector.clone(),
-                    k.algorithm.name().to_string(),
-                )
-            })
-            .collect(),
-        starttls: config.delivery.starttls,
-        one_click_checked: config.compliance.one_click != crate::config::OneClick::Off,
+        config: current,
     };
     let reloader = reloader.clone();
     Ok(crate::admin::Admin::new(
