@@ -53,6 +53,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
             resolver: state.resolver.clone(),
             reputation: state.reputation.clone(),
             monitor,
+            bounces: delivery.bounces.clone(),
         },
     ));
 
@@ -64,6 +65,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     let (listener, tls_listener) = bind(&config).await?;
     let admin = admin_desk(&config, &state, &delivery, site_health, &inbound, &reloader)?;
     start_admin(&config, admin, stopping.clone()).await?;
+    delivery.bounces.listen(&config, &inbound).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
     println!("sidestep listening on {addr}");
@@ -76,7 +78,6 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
             inbound::Port::Tls,
         ));
     }
-    delivery.bounces.listen(&config, &inbound).await?;
     let accept = tokio::spawn(inbound::serve(listener, inbound, inbound::Port::Plain));
     reload_on_hangup(hangup, reloader);
 
@@ -221,8 +222,8 @@ struct Delivery {
     queue: queue::QueueHandle,
     probes: crate::probes::Probes,
     complaints: crate::complaints::Complaints,
-    /// Return paths, the bounce reader and the suppression list.
-    bounces: super::bounces::Wired,
+    /// Return paths, the bounce reader and the suppression list (a reload re-reads them).
+    bounces: Arc<super::bounces::Wired>,
 }
 
 fn start_delivery(
@@ -245,7 +246,11 @@ fn start_delivery(
         Classifier::new(&config.classify.rules).context("loading classification rules")?;
     let complaints = crate::complaints::Complaints::open(&config.spool.directory)
         .context("loading the complaint counts")?;
-    let bounces = super::bounces::wire(config, &state.spool, complaints.clone())?;
+    let bounces = Arc::new(super::bounces::wire(
+        config,
+        &state.spool,
+        complaints.clone(),
+    )?);
     if let Some(c) = &state.cluster {
         c.share_suppressions(bounces.suppressions.clone());
     }
@@ -258,14 +263,10 @@ fn start_delivery(
             Arc::new(classifier),
         )
         .with_senders(state.senders.clone())
-        .with_bounces(
-            bounces.return_path.clone(),
-            bounces.local(),
-            bounces.suppressions.clone(),
-        ),
+        .with_bounces(bounces.for_queue()),
     );
     let queue = queue::start(ctx.clone()).context("recovering the queue")?;
-    bounces.started(ctx.clone(), queue.clone());
+    bounces.started(queue.clone());
     if let Some(c) = &state.cluster {
         c.set_queue(queue.clone());
     }
