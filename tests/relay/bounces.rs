@@ -354,8 +354,9 @@ async fn hard_bounces_in_session_and_late_suspend_the_sender_at_the_bounce_ratio
     let mut c = ready(relay.addr).await;
     c.cmd("MAIL FROM:<a@sender.test>", "451 4.7.1").await;
     c.cmd("QUIT", "221").await;
-    let list: serde_json::Value =
+    let all: serde_json::Value =
         serde_json::from_str(&cli(&w, &["senders", "--json"]).await).unwrap();
+    let list = &all["suspended"];
     assert_eq!(list[0]["sender"], "domain:sender.test", "{list:#}");
     assert_eq!(
         list[0]["reason"], "2 hard bounces (1 late) for 2 delivery attempts",
@@ -376,6 +377,9 @@ async fn hard_bounces_in_session_and_late_suspend_the_sender_at_the_bounce_ratio
     .unwrap();
     assert_eq!(rates[0]["sender"], "domain:sender.test", "{rates:#}");
     assert_eq!(rates[0]["rate"], 1.0, "{rates:#}");
+    // `senders --json` carries the rates too: one document for scripts.
+    assert_eq!(all["bounce_rates"], rates, "{all:#}");
+    assert!(all["complaint_rates"].is_array(), "{all:#}");
 }
 
 /// The address of a sink's `MAIL FROM:<…>` line.
