@@ -5,6 +5,11 @@
 //! later, after the message left the spool, names what drew it; a forged one names
 //! nothing (guessing a 72-bit tag).
 //!
+//! A reload may bring a new secret (a rotation): the previous key keeps verifying for
+//! `[bounces] keep_sent`, as long as the sent records it would resolve against are kept,
+//! so the bounces of mail sent before the rotation are still read. Only in memory: a
+//! restart forgets the previous keys.
+//!
 //! Encoding: lowercase base32 without padding. Receivers and forwarders may fold the
 //! local part's case (RFC 5321 says they must not; some do), and base32 survives that;
 //! the local part stays within RFC 5321's 64 octets: 44 characters for an IPv4 egress,
@@ -12,9 +17,11 @@
 //! microseconds together, against the milliseconds of the SMTP transaction.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::time::Duration;
 
 use ring::hmac;
 
+use crate::clock::Clock;
 use crate::config::BouncesConfig;
 use crate::envelope::{Address, Sender};
 
@@ -29,6 +36,9 @@ const ID_LEN: usize = 10;
 
 /// Domain separation: this key signs nothing else.
 const CONTEXT: &[u8] = b"sidestep verp v1";
+
+/// What a key signs to name itself (see [`ReturnPath::key_id`]).
+const KEY_ID: &[u8] = b"sidestep verp key id";
 
 /// The return path could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -75,16 +85,33 @@ pub struct Unverified {
 /// The key and the bounce domains.
 pub struct ReturnPath {
     key: hmac::Key,
+    /// Names the secret without keeping it: whether a reload changed it.
+    key_id: [u8; 16],
+    /// Keys of earlier secrets, each verifying until its Unix second: a rotation must
+    /// not orphan the bounces of mail already sent.
+    previous: Vec<Retired>,
     domain: String,
     per_sender: Vec<(String, String)>,
+    /// When a previous key stops verifying.
+    clock: Clock,
+}
+
+/// A key a rotation replaced, still verifying for a while.
+#[derive(Clone)]
+struct Retired {
+    key: hmac::Key,
+    id: [u8; 16],
+    /// Unix seconds: verifies before this.
+    until: u64,
 }
 
 impl ReturnPath {
-    /// The return path of `[bounces]`, none when it is off.
+    /// The return path of `[bounces]`, none when it is off; `clock` tells when a
+    /// previous key stops verifying.
     ///
     /// # Errors
     /// The secret file is missing, unreadable or too short.
-    pub fn from_config(c: &BouncesConfig) -> Result<Option<Self>, ReturnPathError> {
+    pub fn from_config(c: &BouncesConfig, clock: Clock) -> Result<Option<Self>, ReturnPathError> {
         let Some(domain) = &c.domain else {
             return Ok(None);
         };
@@ -96,26 +123,67 @@ impl ReturnPath {
         if secret.len() < 16 {
             return Err(ReturnPathError::ShortSecret);
         }
-        Ok(Some(Self::new(
-            &secret,
-            domain,
-            c.domains
-                .iter()
-                .map(|d| (d.sender.clone(), d.domain.clone()))
-                .collect(),
-        )))
+        Ok(Some(
+            Self::new(
+                &secret,
+                domain,
+                c.domains
+                    .iter()
+                    .map(|d| (d.sender.clone(), d.domain.clone()))
+                    .collect(),
+            )
+            .with_clock(clock),
+        ))
     }
 
-    /// A return path keyed with `secret`, on `domain`, with per-sender domains.
+    /// A return path keyed with `secret`, on `domain`, with per-sender domains (on the
+    /// system clock).
     pub fn new(secret: &[u8], domain: &str, per_sender: Vec<(String, String)>) -> Self {
+        let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
         Self {
-            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+            key_id: key_id(&key),
+            key,
+            previous: Vec::new(),
             domain: domain.to_ascii_lowercase(),
             per_sender: per_sender
                 .into_iter()
                 .map(|(s, d)| (s.to_ascii_lowercase(), d.to_ascii_lowercase()))
                 .collect(),
+            clock: Clock::system(),
         }
+    }
+
+    /// The same return path on another clock (tests use a manual one).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// `next` (a reloaded `[bounces]`) after this one: when the secret changed, this
+    /// key keeps verifying for `keep` (`[bounces] keep_sent`, how long the sent records
+    /// are kept); earlier keys keep their own deadlines. A rotation back to an earlier
+    /// secret makes it current again.
+    pub fn succeeded_by(&self, mut next: ReturnPath, keep: Duration) -> ReturnPath {
+        let now = self.clock.now();
+        next.previous = self
+            .previous
+            .iter()
+            .filter(|r| r.until > now && r.id != next.key_id)
+            .cloned()
+            .collect();
+        if self.key_id != next.key_id {
+            next.previous.push(Retired {
+                key: self.key.clone(),
+                id: self.key_id,
+                until: now.saturating_add(keep.as_secs()),
+            });
+        }
+        next
+    }
+
+    /// Whether `next` is keyed with another secret than this one.
+    pub fn rotated_in(&self, next: &ReturnPath) -> bool {
+        self.key_id != next.key_id
     }
 
     /// The bounce domain for mail from `sender`: its own return-path domain, else the
@@ -190,21 +258,23 @@ impl ReturnPath {
         })
     }
 
-    /// Whether `t` was made by this key for recipient `rcpt` (constant time).
+    /// Whether `t` was made for recipient `rcpt` by this key, or by a previous one
+    /// still kept (constant time per key).
     pub fn verify(&self, t: &Unverified, rcpt: &str) -> bool {
         let mut data = Vec::with_capacity(CONTEXT.len() + t.payload.len() + rcpt.len());
         data.extend_from_slice(CONTEXT);
         data.extend_from_slice(&t.payload);
         data.extend_from_slice(rcpt.to_ascii_lowercase().as_bytes());
-        let full = hmac::sign(&self.key, &data);
-        // Constant time: every byte is compared whatever the first difference.
-        let mine = &full.as_ref()[..TAG_LEN];
-        mine.len() == t.tag.len()
-            && mine
-                .iter()
-                .zip(&t.tag)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        if tag_matches(&self.key, &data, &t.tag) {
+            return true;
+        }
+        if self.previous.is_empty() {
+            return false;
+        }
+        let now = self.clock.now();
+        self.previous
+            .iter()
+            .any(|r| now < r.until && tag_matches(&r.key, &data, &t.tag))
     }
 
     fn tag(&self, payload: &[u8], rcpt: &str) -> [u8; TAG_LEN] {
@@ -217,6 +287,21 @@ impl ReturnPath {
         tag.copy_from_slice(&full.as_ref()[..TAG_LEN]);
         tag
     }
+}
+
+/// Whether `key` signs `data` with `tag` (every byte compared whatever the first
+/// difference).
+fn tag_matches(key: &hmac::Key, data: &[u8], tag: &[u8]) -> bool {
+    let full = hmac::sign(key, data);
+    let mine = &full.as_ref()[..TAG_LEN];
+    mine.len() == tag.len() && mine.iter().zip(tag).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+/// A name for the key: what it signs for [`KEY_ID`] (the secret itself is not kept).
+fn key_id(key: &hmac::Key) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&hmac::sign(key, KEY_ID).as_ref()[..16]);
+    id
 }
 
 /// The token's bytes before the tag; none for a queue id that is not 20 hex digits.
@@ -313,6 +398,65 @@ mod tests {
         assert!(ReturnPath::read("b-short").is_none());
         assert!(ReturnPath::read("postmaster").is_none());
         assert!(ReturnPath::read("b-!!!!").is_none());
+    }
+
+    #[test]
+    fn a_rotated_secret_keeps_verifying_the_previous_one_for_keep_sent() {
+        let clock = Clock::manual(1_000_000_000);
+        let keep = Duration::from_secs(30 * 86_400);
+        let key = |secret: &[u8]| {
+            ReturnPath::new(secret, "bounces.test", Vec::new()).with_clock(clock.clone())
+        };
+        let read = |rp: &ReturnPath, t: &Token| {
+            let address = rp.address(t, "bob@dest.test", "bounces.test").unwrap();
+            ReturnPath::read(address.split('@').next().unwrap()).unwrap()
+        };
+        let first = key(b"the first secret, 16 bytes and more");
+        let t = token(Some("192.0.2.11".parse().unwrap()));
+        let before = read(&first, &t);
+
+        // The operator rotates the secret and reloads.
+        let second = first.succeeded_by(key(b"the second secret, 16 bytes and more"), keep);
+        assert!(first.rotated_in(&second));
+        let after = read(&second, &t);
+        assert!(
+            !first.verify(&after, "bob@dest.test"),
+            "made with the new key"
+        );
+        assert!(second.verify(&after, "bob@dest.test"));
+        assert!(
+            second.verify(&before, "bob@dest.test"),
+            "the previous key verifies"
+        );
+        assert!(
+            !second.verify(&before, "eve@dest.test"),
+            "for its recipient only"
+        );
+
+        // A later reload with the same secret keeps the previous key's deadline.
+        clock.advance(Duration::from_secs(86_400));
+        let same = second.succeeded_by(key(b"the second secret, 16 bytes and more"), keep);
+        assert!(!second.rotated_in(&same));
+        clock.advance(keep - Duration::from_secs(86_400 + 1));
+        assert!(
+            same.verify(&before, "bob@dest.test"),
+            "a second before keep_sent"
+        );
+        clock.advance(Duration::from_secs(1));
+        assert!(!same.verify(&before, "bob@dest.test"), "keep_sent elapsed");
+        assert!(
+            same.verify(&after, "bob@dest.test"),
+            "the current key still does"
+        );
+
+        // Rotating back to the first secret makes it current again, for good.
+        let back = same.succeeded_by(key(b"the first secret, 16 bytes and more"), keep);
+        clock.advance(keep * 2);
+        assert!(back.verify(&before, "bob@dest.test"));
+        assert!(
+            !back.verify(&after, "bob@dest.test"),
+            "the second one expired"
+        );
     }
 
     #[test]

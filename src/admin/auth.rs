@@ -1,8 +1,8 @@
 //! `GET /api/v1/auth?domain=`: the authentication picture of a sender domain (SPF for
 //! every egress IP and smarthost, DKIM keys, DMARC, reverse DNS, the bulk-sender
-//! checklist), as `sidestep auth` prints it.
+//! checklist, the bounce domains' SPF), as `sidestep auth` prints it.
 
-use std::net::IpAddr;
+use std::sync::Arc;
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -11,24 +11,22 @@ use axum::response::{IntoResponse, Response};
 use super::Admin;
 use crate::authorisation::Authorisation;
 use crate::authorisation::report::{AuthReport, PtrAuth, ReportInputs};
+use crate::config::{Config, OneClick};
 use crate::dns::Resolver;
 
-/// What the auth report needs from the running relay's configuration.
+/// The configuration in force now: a reload replaces it, and the report must describe
+/// the egress IPs, smarthosts, keys and bounce domains mail leaves with now.
+pub type CurrentConfig = Arc<dyn Fn() -> Arc<Config> + Send + Sync>;
+
+/// What the auth report needs from the running relay.
 pub struct AuthDesk {
     /// SPF results and learned denials.
     pub authorisation: Authorisation,
     /// The relay's resolver.
     pub resolver: Resolver,
-    /// Egress IPs and their HELO names.
-    pub egress: Vec<(IpAddr, String)>,
-    /// Smarthosts: name, host, HELO.
-    pub smarthosts: Vec<(String, String, String)>,
-    /// DKIM keys: domain, selector, algorithm.
-    pub dkim: Vec<(String, String, String)>,
-    /// `[delivery] starttls`.
-    pub starttls: bool,
-    /// Bulk mail is checked for one-click unsubscribe.
-    pub one_click_checked: bool,
+    /// Egress IPs, smarthosts, DKIM keys, `[delivery] starttls`, the one-click check and
+    /// the bounce domains, read at each report.
+    pub config: CurrentConfig,
 }
 
 #[derive(serde::Deserialize)]
@@ -71,20 +69,36 @@ pub(super) async fn build(admin: &Admin, desk: &AuthDesk, domain: &str) -> AuthR
         .by_sender
         .get(&format!("domain:{domain}"))
         .map_or(0, |t| t.complaints);
-    let dkim = desk
+    let config = (desk.config)();
+    let dkim = config
         .dkim
+        .keys
         .iter()
-        .filter(|(d, _, _)| d == domain || domain.ends_with(&format!(".{d}")))
-        .map(|(_, s, a)| (s.clone(), a.clone()))
+        .filter(|k| {
+            let d = k.domain.to_ascii_lowercase();
+            d == domain || domain.ends_with(&format!(".{d}"))
+        })
+        .map(|k| (k.selector.clone(), k.algorithm.name().to_string()))
         .collect();
     let inputs = ReportInputs {
-        egress: desk.egress.clone(),
-        smarthosts: desk.smarthosts.clone(),
+        egress: config.egress_helos(),
+        smarthosts: config
+            .smarthosts
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    s.host.clone(),
+                    config.server.hostname.clone(),
+                )
+            })
+            .collect(),
         dkim,
         hygiene,
         complaints,
-        starttls: desk.starttls,
-        one_click_checked: desk.one_click_checked,
+        starttls: config.delivery.starttls,
+        one_click_checked: config.compliance.one_click != OneClick::Off,
+        bounce_domains: config.bounces.all_domains(),
     };
     desk.authorisation
         .report(&desk.resolver, domain, inputs)

@@ -2,7 +2,9 @@
 //! from this relay, each item pass/fail with the reason: SPF for every egress IP and
 //! smarthost, DKIM keys and their DNS records, DMARC policy and alignment, reverse DNS
 //! of the egress IPs, TLS, and the bulk-sender rules (one-click unsubscribe, complaints
-//! under 0.3%).
+//! under 0.3%). With return paths on (`[bounces]`), also the SPF of each bounce domain:
+//! the VERP MAIL FROM is on it, so receivers check its SPF, not the sender's, and that
+//! record is the relay's to publish.
 
 use std::net::IpAddr;
 
@@ -96,6 +98,23 @@ pub struct AuthReport {
     pub complaint_rate: Option<f64>,
     /// The bulk-sender checklist.
     pub checklist: Vec<CheckItem>,
+    /// Each bounce domain (`[bounces]`) and what its SPF says of every address.
+    #[serde(default)]
+    pub return_paths: Vec<ReturnPathAuth>,
+}
+
+/// A bounce domain: each attempt's MAIL FROM is on it, so its SPF must authorise every
+/// address mail may leave from, or the mail fails SPF wherever it goes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReturnPathAuth {
+    /// The bounce domain (`[bounces] domain` or a `[[bounces.domains]]` one).
+    pub domain: String,
+    /// Its SPF record, if it publishes one.
+    pub spf_record: Option<String>,
+    /// Every address mail may leave from, with the domain's SPF result.
+    pub addresses: Vec<AddressAuth>,
+    /// Every one of them passes.
+    pub pass: bool,
 }
 
 /// One sender domain's complaint rate over the last day, against the 0.3% limit.
@@ -155,6 +174,16 @@ pub struct ReportInputs {
     pub starttls: bool,
     /// Bulk mail without one-click unsubscribe is refused or counted.
     pub one_click_checked: bool,
+    /// The bounce domains (`[bounces]`), lowercase; none when return paths are off.
+    pub bounce_domains: Vec<String>,
+}
+
+/// An address mail may leave from: its kind (`egress`, `smarthost NAME`), the address and
+/// the HELO name it announces.
+struct Source {
+    kind: String,
+    ip: IpAddr,
+    helo: String,
 }
 
 impl Authorisation {
@@ -166,34 +195,18 @@ impl Authorisation {
         inputs: ReportInputs,
     ) -> AuthReport {
         let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
-        let spf_record = resolver.lookup_txt(&domain).await.ok().and_then(|t| {
-            t.into_iter()
-                .find(|r| r.to_ascii_lowercase().starts_with("v=spf1"))
-        });
-        let mut addresses = Vec::new();
-        for (ip, helo) in &inputs.egress {
-            let spf = self.spf(Identity::MailFrom(&domain), *ip, helo).await;
-            let denied = self
-                .shared
-                .denials
-                .denies(&domain, *ip, self.shared.clock.now());
-            addresses.push(AddressAuth {
-                kind: "egress".into(),
-                ip: *ip,
-                spf,
-                denied,
+        let spf_record = lookup_spf(resolver, &domain).await;
+        let sources = sources(resolver, &inputs).await;
+        let addresses = self.addresses(&domain, &sources).await;
+        let mut return_paths = Vec::new();
+        for bounce_domain in &inputs.bounce_domains {
+            let addresses = self.addresses(bounce_domain, &sources).await;
+            return_paths.push(ReturnPathAuth {
+                domain: bounce_domain.clone(),
+                spf_record: lookup_spf(resolver, bounce_domain).await,
+                pass: spf_verdict(&addresses).0,
+                addresses,
             });
-        }
-        for (name, host, helo) in &inputs.smarthosts {
-            for ip in resolver.lookup_addresses(host).await.unwrap_or_default() {
-                let spf = self.spf(Identity::MailFrom(&domain), ip, helo).await;
-                addresses.push(AddressAuth {
-                    kind: format!("smarthost {name}"),
-                    ip,
-                    spf,
-                    denied: false,
-                });
-            }
         }
         let mut dkim = Vec::new();
         for (selector, algorithm) in &inputs.dkim {
@@ -211,7 +224,23 @@ impl Authorisation {
         let sent = self.sent(&domain);
         let complaint_rate = (sent > 0).then(|| inputs.complaints as f64 / sent as f64);
         let denials = self.denials(Some(&domain));
-        let checklist = checklist(&addresses, &dkim, dmarc.as_ref(), &inputs, complaint_rate);
+        let mut checklist = checklist(&addresses, &dkim, dmarc.as_ref(), &inputs, complaint_rate);
+        // Right after the sender's own SPF: the other half of what SPF sees.
+        let at = checklist
+            .iter()
+            .position(|c| c.item == "spf")
+            .map_or(0, |i| i + 1);
+        checklist.splice(
+            at..at,
+            return_paths.iter().map(|r| {
+                let (pass, reason) = spf_verdict(&r.addresses);
+                CheckItem {
+                    item: format!("return-path {}", r.domain),
+                    pass,
+                    reason,
+                }
+            }),
+        );
         AuthReport {
             domain,
             spf_record,
@@ -222,7 +251,87 @@ impl Authorisation {
             ptr: inputs.hygiene,
             complaint_rate,
             checklist,
+            return_paths,
         }
+    }
+
+    /// What `domain`'s SPF says of each source; an egress IP a receiver refused for the
+    /// domain is marked `denied`.
+    async fn addresses(&self, domain: &str, sources: &[Source]) -> Vec<AddressAuth> {
+        let mut out = Vec::with_capacity(sources.len());
+        for s in sources {
+            let spf = self.spf(Identity::MailFrom(domain), s.ip, &s.helo).await;
+            let denied = s.kind == "egress"
+                && self
+                    .shared
+                    .denials
+                    .denies(domain, s.ip, self.shared.clock.now());
+            out.push(AddressAuth {
+                kind: s.kind.clone(),
+                ip: s.ip,
+                spf,
+                denied,
+            });
+        }
+        out
+    }
+}
+
+/// Every address mail may leave from: the egress IPs, and each smarthost's addresses
+/// (asked once, whatever the number of domains checked).
+async fn sources(resolver: &Resolver, inputs: &ReportInputs) -> Vec<Source> {
+    let mut out: Vec<Source> = inputs
+        .egress
+        .iter()
+        .map(|(ip, helo)| Source {
+            kind: "egress".into(),
+            ip: *ip,
+            helo: helo.clone(),
+        })
+        .collect();
+    for (name, host, helo) in &inputs.smarthosts {
+        for ip in resolver.lookup_addresses(host).await.unwrap_or_default() {
+            out.push(Source {
+                kind: format!("smarthost {name}"),
+                ip,
+                helo: helo.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// The domain's SPF record, if it publishes one.
+async fn lookup_spf(resolver: &Resolver, domain: &str) -> Option<String> {
+    resolver.lookup_txt(domain).await.ok().and_then(|t| {
+        t.into_iter()
+            .find(|r| r.to_ascii_lowercase().starts_with("v=spf1"))
+    })
+}
+
+/// Whether SPF passes for every address (and there is one to check), and why, naming
+/// each address it does not authorise.
+fn spf_verdict(addresses: &[AddressAuth]) -> (bool, String) {
+    let failing: Vec<String> = addresses
+        .iter()
+        .filter(|a| a.spf != SpfOutcome::Pass)
+        .map(|a| format!("{} ({}): {}", a.ip, a.kind, a.spf))
+        .collect();
+    if addresses.is_empty() {
+        (
+            false,
+            "no address to check: mail leaves from the host's default address".into(),
+        )
+    } else if failing.is_empty() {
+        (
+            true,
+            format!(
+                "every address mail may leave from ({}) passes",
+                addresses.len()
+            ),
+        )
+    } else {
+        (false, format!("not authorised: {}", failing.join(", ")))
     }
 }
 
@@ -272,23 +381,8 @@ fn checklist(
         pass,
         reason,
     };
-    let failing: Vec<String> = addresses
-        .iter()
-        .filter(|a| a.spf != SpfOutcome::Pass)
-        .map(|a| format!("{} ({}): {}", a.ip, a.kind, a.spf))
-        .collect();
-    let mut out = vec![item(
-        "spf",
-        failing.is_empty() && !addresses.is_empty(),
-        if failing.is_empty() {
-            format!(
-                "every address mail may leave from ({}) passes",
-                addresses.len()
-            )
-        } else {
-            format!("not authorised: {}", failing.join(", "))
-        },
-    )];
+    let (spf_passes, spf_reason) = spf_verdict(addresses);
+    let mut out = vec![item("spf", spf_passes, spf_reason)];
     let published = dkim.iter().filter(|k| k.published).count();
     out.push(item(
         "dkim",
@@ -314,7 +408,7 @@ fn checklist(
     // Alignment: SPF aligns when the MAIL FROM domain is the From: domain (sidestep keeps
     // the sender's envelope), DKIM when the signing domain is: a published key of the
     // domain itself.
-    let spf_aligned = failing.is_empty() && !addresses.is_empty();
+    let spf_aligned = spf_passes;
     out.push(item(
         "alignment",
         spf_aligned || published > 0,

@@ -142,7 +142,7 @@ impl From<BounceError> for LocalError {
     }
 }
 
-/// The bounce reader, wired into the queue by `serve`.
+/// The bounce reader, wired into the queue by `serve` (a reload makes a new one).
 pub struct BounceReader {
     rp: Arc<ReturnPath>,
     domains: Vec<String>,
@@ -164,6 +164,11 @@ impl BounceReader {
     /// The queue forwarded DSNs go to (known once the queue runs).
     pub fn set_queue(&self, queue: QueueHandle) {
         let _ = self.queue.set(queue);
+    }
+
+    /// The domains whose mail it reads.
+    pub fn domains(&self) -> &[String] {
+        &self.domains
     }
 
     async fn read(&self, ctx: &QueueContext, mail: LocalMail<'_>) -> Result<(), BounceError> {
@@ -465,14 +470,18 @@ impl LocalDelivery for BounceReader {
     }
 }
 
-/// Forgets sent records older than `[bounces] keep_sent`, hourly.
-pub fn spawn_pruning(ctx: Arc<QueueContext>) {
+/// Forgets sent records older than `keep_sent()` (`[bounces] keep_sent` in force: a
+/// reload may change it), hourly.
+pub fn spawn_pruning(
+    spool: crate::spool::Spool,
+    clock: crate::clock::Clock,
+    keep_sent: impl Fn() -> std::time::Duration + Send + 'static,
+) {
     tokio::spawn(async move {
         loop {
-            let keep = ctx.config.bounces.keep_sent.get().as_secs();
-            let before = ctx.clock.now().saturating_sub(keep);
-            let spool = ctx.spool.clone();
-            match tokio::task::spawn_blocking(move || spool.prune_sent(before)).await {
+            let before = clock.now().saturating_sub(keep_sent().as_secs());
+            let s = spool.clone();
+            match tokio::task::spawn_blocking(move || s.prune_sent(before)).await {
                 Ok(Ok(n)) if n > 0 => {
                     tracing::info!(records = n, "sent records past keep_sent forgotten")
                 }

@@ -1,11 +1,11 @@
 //! `sidestep auth DOMAIN`: what receivers will check about a sender domain's mail from
 //! this relay (SPF per egress IP and smarthost, DKIM, DMARC, reverse DNS, the bulk-sender
-//! checklist), through the running relay's admin API.
+//! checklist, the SPF of each bounce domain), through the running relay's admin API.
 
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::authorisation::report::AuthReport;
+use crate::authorisation::report::{AddressAuth, AuthReport};
 
 /// Prints the report for `domain`.
 pub async fn auth(config_path: Option<&Path>, domain: &str, json: bool) -> anyhow::Result<()> {
@@ -37,18 +37,7 @@ fn render(r: &AuthReport) -> String {
         r.spf_record.as_deref().unwrap_or("(none published)")
     );
     for a in &r.addresses {
-        let _ = writeln!(
-            out,
-            "  {:<16} {:<20} spf={}{}",
-            a.ip.to_string(),
-            a.kind,
-            a.spf,
-            if a.denied {
-                "  (refused for authentication by a receiver: avoided)"
-            } else {
-                ""
-            }
-        );
+        address_line(&mut out, a);
     }
     for d in &r.denials {
         let _ = writeln!(
@@ -104,6 +93,17 @@ fn render(r: &AuthReport) -> String {
             if p.fcrdns { " (forward-confirmed)" } else { "" }
         );
     }
+    for rp in &r.return_paths {
+        let _ = writeln!(
+            out,
+            "return path {}: SPF record: {}",
+            rp.domain,
+            rp.spf_record.as_deref().unwrap_or("(none published)")
+        );
+        for a in &rp.addresses {
+            address_line(&mut out, a);
+        }
+    }
     if let Some(rate) = r.complaint_rate {
         let _ = writeln!(out, "complaint rate: {:.3}% (limit 0.3%)", rate * 100.0);
     }
@@ -118,4 +118,20 @@ fn render(r: &AuthReport) -> String {
         );
     }
     out
+}
+
+/// One address mail may leave from and the SPF result it gets.
+fn address_line(out: &mut String, a: &AddressAuth) {
+    let _ = writeln!(
+        out,
+        "  {:<16} {:<20} spf={}{}",
+        a.ip.to_string(),
+        a.kind,
+        a.spf,
+        if a.denied {
+            "  (refused for authentication by a receiver: avoided)"
+        } else {
+            ""
+        }
+    );
 }

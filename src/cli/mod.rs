@@ -255,12 +255,14 @@ pub enum Command {
         json: bool,
     },
     /// Suspended senders (through the running relay's admin API): who, why, the
-    /// evidence; `release NAME` lets one send again.
+    /// evidence; each sender's bounce and complaint rates; `release NAME` lets one send
+    /// again.
     Senders {
         /// Configuration file (TOML): where the admin API listens.
         #[arg(long, short, global = true)]
         config: Option<PathBuf>,
-        /// Machine-readable output (the API's JSON).
+        /// Machine-readable output: `{"suspended", "bounce_rates", "complaint_rates"}`
+        /// (the release's result for `release`).
         #[arg(long, global = true)]
         json: bool,
         /// What to do; the list without one.

@@ -1,7 +1,8 @@
 //! Reloading the configuration (SIGHUP, `sidestep reload`): validate the whole file
 //! first, keep running on the old one if anything is wrong, else put the new one in force
 //! for new sessions and new attempts (those under way finish on the one they started
-//! with). What only a restart can change is reported, not silently ignored.
+//! with). What only a restart can change is reported, not silently ignored. `[bounces]`
+//! is re-read too: domains, secret, listener (see `cli/bounces.rs`).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,8 @@ pub struct Running {
     pub reputation: Reputation,
     /// The listing monitor now.
     pub monitor: tokio::task::JoinHandle<()>,
+    /// Return paths, the bounce reader and listener: `[bounces]` is re-read.
+    pub bounces: Arc<super::bounces::Wired>,
 }
 
 /// What a reload swaps, and what it needs to build the new pieces.
@@ -43,6 +46,10 @@ pub struct Reloader {
     reputation: Reputation,
     /// The listing monitor, restarted with the new lists and egress IPs.
     monitor: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    bounces: Arc<super::bounces::Wired>,
+    /// One reload at a time (SIGHUP and the API may ask at once): each builds on what
+    /// the one before put in force (the bounce secret's successor, the listener).
+    reloading: Mutex<()>,
 }
 
 impl Reloader {
@@ -56,11 +63,14 @@ impl Reloader {
             resolver: running.resolver,
             reputation: running.reputation,
             monitor: Mutex::new(Some(running.monitor)),
+            bounces: running.bounces,
+            reloading: Mutex::new(()),
         }
     }
 
     /// Re-reads the file and swaps it in if it is valid; logs what happened.
     pub fn reload(&self) -> ReloadOutcome {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
         let outcome = self.try_reload();
         if outcome.applied {
             tracing::info!(
@@ -120,13 +130,24 @@ impl Reloader {
             Ok(s) => s,
             Err(problems) => return refuse(problems),
         };
+        // The last step that may fail: the bounce secret, the bounce listener's address.
+        let bounces = match self.bounces.prepare(&config) {
+            Ok(b) => b,
+            Err(e) => return refuse(vec![format!("{e:#}")]),
+        };
         let config = Arc::new(config);
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         let restart_needed = needs_restart(&current.0, &config);
         // The operator may have fixed a sender's DNS: SPF is asked afresh.
         outbound.authorisation().forget();
-        let ctx = Arc::new(current.1.reconfigured(config.clone(), outbound, classifier));
         self.inbound.reconfigure(config.clone(), security);
+        self.bounces.apply(bounces, &config, &self.inbound);
+        let ctx = Arc::new(
+            current
+                .1
+                .reconfigured(config.clone(), outbound, classifier)
+                .with_bounces(self.bounces.for_queue()),
+        );
         self.queue.reconfigure(ctx.clone());
         // The lists and the egress IPs they are asked about: a new monitor.
         self.reputation.set_lists(config.blocklists.clone());

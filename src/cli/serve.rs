@@ -53,6 +53,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
             resolver: state.resolver.clone(),
             reputation: state.reputation.clone(),
             monitor,
+            bounces: delivery.bounces.clone(),
         },
     ));
 
@@ -64,6 +65,7 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     let (listener, tls_listener) = bind(&config).await?;
     let admin = admin_desk(&config, &state, &delivery, site_health, &inbound, &reloader)?;
     start_admin(&config, admin, stopping.clone()).await?;
+    delivery.bounces.listen(&config, &inbound).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
     println!("sidestep listening on {addr}");
@@ -76,7 +78,6 @@ pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
             inbound::Port::Tls,
         ));
     }
-    delivery.bounces.listen(&config, &inbound).await?;
     let accept = tokio::spawn(inbound::serve(listener, inbound, inbound::Port::Plain));
     reload_on_hangup(hangup, reloader);
 
@@ -221,8 +222,8 @@ struct Delivery {
     queue: queue::QueueHandle,
     probes: crate::probes::Probes,
     complaints: crate::complaints::Complaints,
-    /// Return paths, the bounce reader and the suppression list.
-    bounces: super::bounces::Wired,
+    /// Return paths, the bounce reader and the suppression list (a reload re-reads them).
+    bounces: Arc<super::bounces::Wired>,
 }
 
 fn start_delivery(
@@ -245,7 +246,11 @@ fn start_delivery(
         Classifier::new(&config.classify.rules).context("loading classification rules")?;
     let complaints = crate::complaints::Complaints::open(&config.spool.directory)
         .context("loading the complaint counts")?;
-    let bounces = super::bounces::wire(config, &state.spool, complaints.clone())?;
+    let bounces = Arc::new(super::bounces::wire(
+        config,
+        &state.spool,
+        complaints.clone(),
+    )?);
     if let Some(c) = &state.cluster {
         c.share_suppressions(bounces.suppressions.clone());
     }
@@ -258,14 +263,10 @@ fn start_delivery(
             Arc::new(classifier),
         )
         .with_senders(state.senders.clone())
-        .with_bounces(
-            bounces.return_path.clone(),
-            bounces.local(),
-            bounces.suppressions.clone(),
-        ),
+        .with_bounces(bounces.for_queue()),
     );
     let queue = queue::start(ctx.clone()).context("recovering the queue")?;
-    bounces.started(ctx.clone(), queue.clone());
+    bounces.started(queue.clone());
     if let Some(c) = &state.cluster {
         c.set_queue(queue.clone());
     }
@@ -336,38 +337,17 @@ fn admin_desk(
     state: &State,
     delivery: &Delivery,
     site_health: Arc<crate::routing::SiteHealth>,
-    inbound: &Inbound,
+    inbound: &Arc<Inbound>,
     reloader: &Arc<super::Reloader>,
 ) -> anyhow::Result<crate::admin::Admin> {
+    let current = {
+        let inbound = inbound.clone();
+        Arc::new(move || inbound.config())
+    };
     let desk = crate::admin::auth::AuthDesk {
         authorisation: state.authorisation.clone(),
         resolver: state.resolver.clone(),
-        egress: config.egress_helos(),
-        smarthosts: config
-            .smarthosts
-            .iter()
-            .map(|s| {
-                (
-                    s.name.clone(),
-                    s.host.clone(),
-                    config.server.hostname.clone(),
-                )
-            })
-            .collect(),
-        dkim: config
-            .dkim
-            .keys
-            .iter()
-            .map(|k| {
-                (
-                    k.domain.to_ascii_lowercase(),
-                    k.selector.clone(),
-                    k.algorithm.name().to_string(),
-                )
-            })
-            .collect(),
-        starttls: config.delivery.starttls,
-        one_click_checked: config.compliance.one_click != crate::config::OneClick::Off,
+        config: current,
     };
     let reloader = reloader.clone();
     Ok(crate::admin::Admin::new(

@@ -20,7 +20,8 @@ pub struct BouncesConfig {
     /// sender's own address goes out, as before.
     pub domain: Option<String>,
     /// The HMAC key that authenticates the tokens (its bytes, whole file; 16 bytes at
-    /// least). Changing it orphans the bounces of mail already sent.
+    /// least). A reload with a new one keeps verifying the previous one for `keep_sent`;
+    /// a restart forgets it, orphaning the bounces of mail sent before.
     pub secret_file: Option<PathBuf>,
     /// Per-sender return-path domains, so SPF aligns (relaxed) with the From: domain: the
     /// customer points `domain` at the relay with an MX (or CNAME), as ESPs ask.

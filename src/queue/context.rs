@@ -115,12 +115,15 @@ impl QueueContext {
         }
     }
 
-    /// The same context with return paths, the bounce reader and the suppression list.
+    /// The same context with return paths, the bounce reader and the suppression list
+    /// (at start, and after a reload re-read `[bounces]`).
     pub fn with_bounces(
         mut self,
-        return_path: Option<Arc<crate::returnpath::ReturnPath>>,
-        local: Option<Arc<dyn super::LocalDelivery>>,
-        suppressions: crate::suppression::Suppressions,
+        (return_path, local, suppressions): (
+            Option<Arc<crate::returnpath::ReturnPath>>,
+            Option<Arc<dyn super::LocalDelivery>>,
+            crate::suppression::Suppressions,
+        ),
     ) -> Self {
         self.return_path = return_path;
         self.local = local;

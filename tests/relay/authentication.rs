@@ -69,6 +69,31 @@ fn peers_of(w: &World, from: &str) -> Vec<IpAddr> {
         .collect()
 }
 
+/// Two fields of each object of a JSON array, as strings.
+fn pairs(list: &serde_json::Value, first: &str, second: &str) -> Vec<(String, String)> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a[first].as_str().unwrap().into(),
+                a[second].as_str().unwrap().into(),
+            )
+        })
+        .collect()
+}
+
+/// The auth report's checklist item `name`.
+fn check_item(report: &serde_json::Value, name: &str) -> serde_json::Value {
+    report["checklist"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["item"] == name)
+        .unwrap_or_else(|| panic!("no {name} item: {report:#}"))
+        .clone()
+}
+
 fn metric(text: &str, name: &str) -> u64 {
     text.lines()
         .find(|l| l.starts_with(name))
@@ -117,34 +142,15 @@ async fn each_sender_leaves_only_from_ips_its_spf_authorises() {
         report["spf_record"], "v=spf1 ip4:127.0.0.2 -all",
         "{report}"
     );
-    let results: Vec<(String, String)> = report["addresses"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a["ip"].as_str().unwrap().into(),
-                a["spf"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
     assert_eq!(
-        results,
+        pairs(&report["addresses"], "ip", "spf"),
         [
             ("127.0.0.2".into(), "pass".into()),
             ("127.0.0.3".into(), "fail".into())
         ]
     );
     assert_eq!(report["dmarc"]["policy"], "reject", "{report}");
-    let item = |name: &str| {
-        report["checklist"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["item"] == name)
-            .unwrap()
-            .clone()
-    };
+    let item = |name: &str| check_item(&report, name);
     assert_eq!(item("spf")["pass"], false, "{report}");
     assert!(
         item("spf")["reason"]
@@ -323,6 +329,92 @@ async fn an_spf_edit_that_adds_an_egress_ip_is_announced() {
         || format!("{:?} {}", alerts.lock().unwrap(), relay.log()),
     )
     .await;
+}
+
+/// `[bounces]` puts each attempt's MAIL FROM on a bounce domain, so receivers check that
+/// domain's SPF: `sidestep auth` says, per bounce domain, whether it authorises every
+/// egress IP and smarthost, naming the ones it does not, from the configuration in force
+/// (a reload that adds a bounce domain shows in the next report).
+#[tokio::test]
+async fn the_auth_checklist_checks_each_bounce_domains_spf() {
+    let mut w = World::new().await;
+    let dns = &w.setup.dns;
+    dns.add_a("smart.test", ip("127.0.0.9")).await;
+    // Covers both egress IPs and the smarthost.
+    dns.add_txt(
+        "bounces.test",
+        "v=spf1 ip4:127.0.0.2 ip4:127.0.0.3 a:smart.test -all",
+    )
+    .await;
+    // Forgets the egress IP 127.0.0.3.
+    dns.add_txt("rp.sender.test", "v=spf1 ip4:127.0.0.2 ip4:127.0.0.9 -all")
+        .await;
+    let key = w.setup.dir.path().join("verp.key");
+    std::fs::write(&key, "a test secret that is long enough").unwrap();
+    let bounces = format!(
+        "\n[[smarthosts]]\nname = \"smart\"\nhost = \"smart.test\"\n\n[bounces]\ndomain = \"bounces.test\"\nsecret_file = \"{}\"\n",
+        key.display()
+    );
+    w.setup.extra = bounces.clone();
+    let relay = w.setup.start().await;
+    let admin = relay.admin.unwrap();
+    let report = |body: String| -> serde_json::Value { serde_json::from_str(&body).unwrap() };
+
+    let r = report(http_get(admin, "/api/v1/auth?domain=sender.test").await);
+    let paths = r["return_paths"].as_array().unwrap();
+    assert_eq!(paths.len(), 1, "{r:#}");
+    assert_eq!(paths[0]["domain"], "bounces.test");
+    assert_eq!(paths[0]["pass"], true, "{r:#}");
+    assert_eq!(
+        pairs(&paths[0]["addresses"], "ip", "kind"),
+        [
+            ("127.0.0.2".into(), "egress".into()),
+            ("127.0.0.3".into(), "egress".into()),
+            ("127.0.0.9".into(), "smarthost smart".into())
+        ]
+    );
+
+    // The operator adds a per-sender return-path domain and reloads: the next report
+    // checks it too, and its SPF misses an egress IP.
+    w.setup.extra = format!(
+        "{bounces}\n[[bounces.domains]]\nsender = \"sender.test\"\ndomain = \"rp.sender.test\"\n"
+    );
+    std::fs::write(w.setup.dir.path().join("sidestep.toml"), w.setup.config()).unwrap();
+    let out = cli_async(&w, &["reload"]).await;
+    assert!(out.starts_with("reloaded"), "{out}");
+    let r = report(cli_async(&w, &["auth", "sender.test", "--json"]).await);
+    let item = |name: &str| check_item(&r, name);
+    assert_eq!(item("return-path bounces.test")["pass"], true, "{r:#}");
+    let missing = item("return-path rp.sender.test");
+    assert_eq!(missing["pass"], false, "{r:#}");
+    let reason = missing["reason"].as_str().unwrap();
+    assert_eq!(reason, "not authorised: 127.0.0.3 (egress): fail", "{r:#}");
+    let paths = r["return_paths"].as_array().unwrap();
+    assert_eq!(paths.len(), 2, "{r:#}");
+    assert_eq!(paths[1]["domain"], "rp.sender.test");
+    assert_eq!(
+        paths[1]["spf_record"], "v=spf1 ip4:127.0.0.2 ip4:127.0.0.9 -all",
+        "{r:#}"
+    );
+    assert_eq!(paths[1]["pass"], false);
+
+    let text = cli_async(&w, &["auth", "sender.test"]).await;
+    assert!(
+        text.lines()
+            .any(|l| l.contains("[pass] return-path bounces.test")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("[FAIL] return-path rp.sender.test") && l.contains("127.0.0.3")),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "return path rp.sender.test: SPF record: v=spf1 ip4:127.0.0.2 ip4:127.0.0.9 -all"
+        ),
+        "{text}"
+    );
 }
 
 /// See [`crate::support::relay::Setup::cli_async`].

@@ -15,8 +15,13 @@ const SECRET: &str = "a test secret that is long enough";
 
 /// The world, with `[bounces]` on (`bounces.test`) and only 127.0.0.1 allowed to relay.
 fn with_bounces(w: &mut World, extra: &str) {
+    with_bounces_keyed(w, SECRET, extra);
+}
+
+/// [`with_bounces`] with the key `secret`.
+fn with_bounces_keyed(w: &mut World, secret: &str, extra: &str) {
     let key = w.setup.dir.path().join("verp.key");
-    std::fs::write(&key, SECRET).unwrap();
+    std::fs::write(&key, secret).unwrap();
     w.setup.relay_networks = r#"["127.0.0.1/32"]"#.into();
     w.setup.extra.push_str(&format!(
         "\n[bounces]\ndomain = \"bounces.test\"\nsecret_file = \"{}\"\n{extra}\n",
@@ -228,11 +233,22 @@ async fn a_late_ip_block_moves_the_next_mail_to_another_ip() {
     assert!(w.sender.messages().is_empty());
 }
 
-/// A bounce for the return path, as a receiver would send it.
-fn dsn_to(rcpt: &str) -> String {
+/// A bounce for the return path `rcpt`, as a receiver would send it: `failed` is unknown.
+fn dsn_to(rcpt: &str, failed: &str) -> String {
     format!(
-        "From: MAILER-DAEMON@mx.late.test\r\nTo: <{rcpt}>\r\nSubject: Undelivered\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"B\"\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nGone.\r\n\r\n--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.late.test\r\n\r\nFinal-Recipient: rfc822; victim@late.test\r\nAction: failed\r\nStatus: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 user unknown\r\n\r\n--B--\r\n"
+        "From: MAILER-DAEMON@mx.late.test\r\nTo: <{rcpt}>\r\nSubject: Undelivered\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"B\"\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nGone.\r\n\r\n--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.late.test\r\n\r\nFinal-Recipient: rfc822; {failed}\r\nAction: failed\r\nStatus: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 user unknown\r\n\r\n--B--\r\n"
     )
+}
+
+/// An outsider hands `relay` a bounce for the return path `rcpt`, reporting `failed`.
+async fn bounce_to(relay: SocketAddr, rcpt: &str, failed: &str) {
+    let mut c = outsider(relay).await;
+    c.cmd("MAIL FROM:<>", "250").await;
+    c.cmd(&format!("RCPT TO:<{rcpt}>"), "250").await;
+    c.cmd("DATA", "354").await;
+    c.send(format!("{}.\r\n", dsn_to(rcpt, failed))).await;
+    c.expect("250").await;
+    c.cmd("QUIT", "221").await;
 }
 
 async fn outsider(relay: SocketAddr) -> Client {
@@ -273,14 +289,18 @@ async fn forged_bounces_are_dropped_and_outsiders_cannot_relay() {
         .unwrap();
     c.cmd(&format!("RCPT TO:<{forged}>"), "250").await;
     c.cmd("DATA", "354").await;
-    c.send(format!("{}.\r\n", dsn_to(&forged))).await;
+    c.send(format!("{}.\r\n", dsn_to(&forged, "victim@late.test")))
+        .await;
     c.expect("250").await;
     // No token at all.
     c.cmd("MAIL FROM:<>", "250").await;
     c.cmd("RCPT TO:<postmaster@bounces.test>", "250").await;
     c.cmd("DATA", "354").await;
-    c.send(format!("{}.\r\n", dsn_to("postmaster@bounces.test")))
-        .await;
+    c.send(format!(
+        "{}.\r\n",
+        dsn_to("postmaster@bounces.test", "victim@late.test")
+    ))
+    .await;
     c.expect("250").await;
     c.cmd("QUIT", "221").await;
 
@@ -334,8 +354,9 @@ async fn hard_bounces_in_session_and_late_suspend_the_sender_at_the_bounce_ratio
     let mut c = ready(relay.addr).await;
     c.cmd("MAIL FROM:<a@sender.test>", "451 4.7.1").await;
     c.cmd("QUIT", "221").await;
-    let list: serde_json::Value =
+    let all: serde_json::Value =
         serde_json::from_str(&cli(&w, &["senders", "--json"]).await).unwrap();
+    let list = &all["suspended"];
     assert_eq!(list[0]["sender"], "domain:sender.test", "{list:#}");
     assert_eq!(
         list[0]["reason"], "2 hard bounces (1 late) for 2 delivery attempts",
@@ -356,4 +377,138 @@ async fn hard_bounces_in_session_and_late_suspend_the_sender_at_the_bounce_ratio
     .unwrap();
     assert_eq!(rates[0]["sender"], "domain:sender.test", "{rates:#}");
     assert_eq!(rates[0]["rate"], 1.0, "{rates:#}");
+    // `senders --json` carries the rates too: one document for scripts.
+    assert_eq!(all["bounce_rates"], rates, "{all:#}");
+    assert!(all["complaint_rates"].is_array(), "{all:#}");
+}
+
+/// The address of a sink's `MAIL FROM:<…>` line.
+fn path_of(mail_from: &str) -> String {
+    mail_from
+        .split(['<', '>'])
+        .nth(1)
+        .unwrap_or_else(|| panic!("no path in {mail_from:?}"))
+        .to_string()
+}
+
+/// A reload re-reads `[bounces]`: a new per-sender bounce domain and a new secret are in
+/// force for the mail after it, the bounces-only listener moves to its new address, and a
+/// late bounce to a return path made before the reload (with the previous secret) still
+/// resolves.
+#[tokio::test]
+async fn a_reload_brings_in_a_new_bounce_domain_and_secret() {
+    let mut w = World::new().await;
+    let first_listen = fresh_loopback();
+    with_bounces(
+        &mut w,
+        &format!("forward = false\nlisten = \"{first_listen}:0\""),
+    );
+    let relay = w.setup.start().await;
+    let first_listener = relay.bounce_addr.expect("the bounce listener");
+    assert_eq!(first_listener.ip(), first_listen);
+    send(relay.addr, "gone@dest.test", "before the reload").await;
+    let before = path_of(&w.dest.wait_for(1).await[0].mail_from);
+    assert!(
+        before.starts_with("b-") && before.ends_with("@bounces.test"),
+        "{before}"
+    );
+
+    // The operator rotates the secret, gives sender.test its own return-path domain and
+    // moves the listener.
+    let second_listen = fresh_loopback();
+    w.setup.extra.clear();
+    with_bounces_keyed(
+        &mut w,
+        "another secret, rotated by the operator",
+        &format!(
+            "forward = false\nlisten = \"{second_listen}:0\"\n\n[[bounces.domains]]\nsender = \"sender.test\"\ndomain = \"rp.sender.test\"\n"
+        ),
+    );
+    std::fs::write(w.setup.dir.path().join("sidestep.toml"), w.setup.config()).unwrap();
+    let out = cli(&w, &["reload"]).await;
+    assert!(out.starts_with("reloaded"), "{out}");
+    let log = relay.log_with("[bounces] secret changed").await;
+    let second_listener: SocketAddr = log
+        .lines()
+        .filter(|l| l.contains("listening for bounces"))
+        .filter_map(|l| {
+            l.split("addr=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .find(|a: &SocketAddr| a.ip() == second_listen)
+        .unwrap_or_else(|| panic!("no listener on {second_listen}: {log}"));
+    assert!(
+        tokio::net::TcpStream::connect(first_listener)
+            .await
+            .is_err(),
+        "the old listener is closed"
+    );
+
+    // Mail after the reload leaves with the new domain.
+    send(relay.addr, "b@dest.test", "after the reload").await;
+    let after = path_of(&w.dest.wait_for(2).await[1].mail_from);
+    assert!(
+        after.starts_with("b-") && after.ends_with("@rp.sender.test"),
+        "{after}"
+    );
+    relay
+        .log_count("removed: every recipient is final", 2)
+        .await;
+
+    // The first message bounces late, to its return path made with the previous secret,
+    // at the moved listener: it resolves and suppresses the address.
+    bounce_to(second_listener, &before, "gone@dest.test").await;
+    let log = relay.log_with("late bounce").await;
+    let line = log.lines().find(|l| l.contains("late bounce")).unwrap();
+    assert!(line.contains("rcpt=gone@dest.test"), "{line}");
+    assert!(line.contains("verdict=recipient"), "{line}");
+    assert!(!log.contains("does not verify"), "{log}");
+    relay.log_with("address suppressed").await;
+
+    // One to the new domain's return path (the new secret) resolves too.
+    bounce_to(relay.addr, &after, "b@dest.test").await;
+    let log = relay.log_count("late bounce", 2).await;
+    assert!(
+        log.lines()
+            .any(|l| l.contains("late bounce") && l.contains("rcpt=b@dest.test")),
+        "{log}"
+    );
+    assert!(!log.contains("does not verify"), "{log}");
+
+    // A listener address taken by another program refuses the whole reload, naming it;
+    // the running configuration stays.
+    let taken = tokio::net::TcpListener::bind((fresh_loopback(), 0))
+        .await
+        .unwrap();
+    let taken = taken.local_addr().unwrap();
+    w.setup.extra.clear();
+    with_bounces_keyed(
+        &mut w,
+        "a third secret the relay must not take",
+        &format!("forward = false\nlisten = \"{taken}\""),
+    );
+    std::fs::write(w.setup.dir.path().join("sidestep.toml"), w.setup.config()).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_sidestep"))
+        .args(["reload", "--config"])
+        .arg(w.setup.dir.path().join("sidestep.toml"))
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("not reloaded")
+            && text.contains(&format!("listening on {taken} ([bounces] listen)")),
+        "{text}"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(second_listener)
+            .await
+            .is_ok(),
+        "the listener in force stays"
+    );
 }

@@ -118,7 +118,7 @@ complaint_ratio = 0.5
         .sum();
     assert_eq!(per_ip, 2, "both matched to our egress IPs: {view}");
     assert_eq!(
-        w.setup.cli_json(&["senders"]),
+        w.setup.cli_json(&["senders"])["suspended"],
         serde_json::json!([]),
         "2 of 3: not yet"
     );
@@ -131,8 +131,17 @@ complaint_ratio = 0.5
     // The third complaint: 3 of 4 delivery attempts (over the 50% share): suspended.
     mailbox.deliver("INBOX", &arf("r2@fbl.dest.test", &sent[2]));
     relay.log_with("sender suspended").await;
-    let list = w.setup.cli_json(&["senders"]);
+    let all = w.setup.cli_json(&["senders"]);
+    let list = &all["suspended"];
     assert_eq!(list[0]["sender"], "domain:sender.test", "{list}");
+    assert!(
+        all["complaint_rates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["domain"] == "sender.test" && r["complaints"] == 3),
+        "{all}"
+    );
     assert!(
         list[0]["reason"]
             .as_str()

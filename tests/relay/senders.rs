@@ -121,8 +121,13 @@ async fn a_sender_whose_mail_draws_reputation_refusals_is_suspended_and_held() {
     let got = w.sender.wait_for(1).await;
     assert_eq!(got[0].rcpts, vec!["c@sender.test"]);
 
-    let list = w.setup.cli_json(&["senders"]);
-    assert_eq!(list[0]["sender"], "user:alice", "{list}");
+    let all = w.setup.cli_json(&["senders"]);
+    let list = &all["suspended"];
+    assert_eq!(list[0]["sender"], "user:alice", "{all}");
+    assert!(
+        all["bounce_rates"].is_array() && all["complaint_rates"].is_array(),
+        "{all}"
+    );
     assert!(
         list[0]["reason"].as_str().unwrap().contains("reputation"),
         "{list}"
@@ -160,7 +165,10 @@ async fn a_sender_whose_mail_draws_reputation_refusals_is_suspended_and_held() {
     let dsns = w.sender.wait_for(2).await;
     let dsn = crate::support::dsn_text(&dsns[1]);
     assert!(dsn.contains("suspended"), "{dsn}");
-    assert_eq!(w.setup.cli_json(&["senders"]), serde_json::json!([]));
+    assert_eq!(
+        w.setup.cli_json(&["senders"])["suspended"],
+        serde_json::json!([])
+    );
     again.cmd("RSET", "250").await;
     again.cmd("MAIL FROM:<alice@sender.test>", "250").await;
 }

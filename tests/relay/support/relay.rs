@@ -172,6 +172,8 @@ pub struct Relay {
     pub admin: Option<SocketAddr>,
     /// The implicit-TLS listener, when `listen_tls` is set.
     pub tls_addr: Option<SocketAddr>,
+    /// The bounces-only listener, when `[bounces] listen` is set.
+    pub bounce_addr: Option<SocketAddr>,
     log: PathBuf,
 }
 
@@ -194,6 +196,7 @@ impl Relay {
         let mut lines = BufReader::new(stdout).lines();
         let mut admin = None;
         let mut tls_addr = None;
+        let mut bounce_addr = None;
         let addr = tokio::time::timeout(PATIENCE, async {
             while let Some(line) = lines.next_line().await.unwrap() {
                 if let Some(addr) = line.strip_prefix("sidestep admin on ") {
@@ -201,6 +204,9 @@ impl Relay {
                 }
                 if let Some(addr) = line.strip_prefix("sidestep listening for TLS on ") {
                     tls_addr = Some(addr.parse::<SocketAddr>().unwrap());
+                }
+                if let Some(addr) = line.strip_prefix("sidestep listening for bounces on ") {
+                    bounce_addr = Some(addr.parse::<SocketAddr>().unwrap());
                 }
                 if let Some(addr) = line.strip_prefix("sidestep listening on ") {
                     return addr.parse::<SocketAddr>().unwrap();
@@ -218,6 +224,7 @@ impl Relay {
             addr,
             admin,
             tls_addr,
+            bounce_addr,
             log,
         }
     }
