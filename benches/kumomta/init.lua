@@ -30,6 +30,8 @@ kumo.on('init', function()
 
   -- Delivery and bounce records, like sidestep's delivery log.
   kumo.configure_local_logs { log_dir = DIR .. '/logs' }
+  -- The volume accounting database (default /var/spool/kumomta/accounting.db).
+  kumo.configure_accounting_db_path(DIR .. '/accounting.db')
 
   -- MX and address lookups through the bench's DNS, as sidestep's [dns] nameservers.
   kumo.dns.configure_resolver { name_servers = { env 'BENCH_DNS' } }
