@@ -3,9 +3,13 @@
 #   ceiling   smtp-source -> smtp-sink                      (the most this machine can do)
 #   sidestep  smtp-source -> sidestep -> smtp-sink          (release build, durable spool, 2 egress IPs)
 #   postfix   smtp-source -> Postfix (relayhost) -> smtp-sink
+#   kumo-ship smtp-source -> KumoMTA as shipped -> smtp-sink     (with --kumomta PATH)
+#   kumo-dur  smtp-source -> KumoMTA, spool synced before the 250 -> smtp-sink
 # Same message count, size and concurrency for each. Reports accept rate (until the
-# client is done), end-to-end rate (until the sink has every message), sidestep's peak
-# RSS, the ratios, and end-of-DATA -> 250 latency at a fixed offered load.
+# client is done), end-to-end rate (until the sink has every message), peak RSS and CPU
+# per message (utime + stime from /proc: the relay's process; for Postfix, its master
+# and every process under it, including exited ones through cutime/cstime), the ratios,
+# and end-of-DATA -> 250 latency at a fixed offered load.
 #
 # The realistic scenario then sends through sidestep and Postfix (benchmail, built from
 # examples/): 1,000 recipient domains on 100 sites (MX hosts on 127.1.0.1-100, from the
@@ -13,15 +17,29 @@
 # sites refusing egress IP 127.0.0.2 with a Spamhaus-style reply. The sink counts every
 # (message, recipient) delivery: "exactly once" is checked, not assumed. Postfix has
 # the easier job: it cannot move a refused message to another IP, so it sends from the
-# IP no site refuses (127.0.0.3), and it routes each domain with transport_maps (it
-# cannot ask the bench's DNS: one lookup fewer per delivery than sidestep). Sending from
-# both IPs (randmap) with refusals retried (soft_bounce) left one message on the refused
-# IP for 40 s: Postfix's resolver client caches its last answer.
+# IP no site refuses (127.0.0.3). Two Postfix rows: `postfix` routes each domain with
+# transport_maps (no DNS: one lookup fewer per delivery than sidestep); `postfix-mx`
+# does its own MX lookups through the bench's DNS, as an operator runs it: its smtp
+# client runs chrooted (Debian's default) and reads the queue directory's
+# etc/resolv.conf, which names a second dnsmasq with the same records on
+# 127.0.0.153:53 (resolv.conf has no port; skipped if that address's port 53 is taken).
+# No system file is touched. Sending from both IPs (randmap) with refusals retried
+# (soft_bounce) left one message on the refused IP for 40 s: Postfix's resolver client
+# caches its last answer.
+# KumoMTA (--kumomta PATH to a kumod; benches/kumomta/init.lua, configured as its user
+# guide describes: RocksDB spool, the same two egress IPs in one pool, MX lookups
+# through the bench's DNS, relay for 127.0.0.0/8) sends from both IPs and bounces what
+# a site refuses (a 5xx to RCPT is permanent for it): its row counts the bounced
+# copies, and "once" means every copy was delivered once or bounced once. Two rows:
+# kumo-ship (as shipped: the spool is not synced before the 250) and kumo-dur
+# (msg:set_force_sync(true): synced before the 250, as sidestep always does).
 # Last, benches/deepqueue.sh (queue fill, RSS, restart, fairness with a backlog).
 #
 #   bash benches/e2e.sh [--messages 20000] [--size 10240] [--sessions 20]
 #                       [--latency-messages 2000] [--latency-rate R] [--sidestep PATH]
-#                       [--only ceiling|sidestep|postfix]   (one phase, for profiling)
+#                       [--only PHASE,...]   (ceiling, sidestep, postfix, postfix-mx,
+#                                      kumomta (both rows), kumo-ship, kumo-dur)
+#                       [--kumomta PATH]   (kumod; adds the KumoMTA rows)
 #                       [--rounds N]   (N rounds of the three phases, and the median ratio:
 #                                       this VM's speed drifts between minutes)
 #                       [--scenario simple|realistic|both] [--real-messages 10000]
@@ -44,6 +62,7 @@ SESSIONS=20
 LATENCY_MESSAGES=2000
 LATENCY_RATE=""
 SIDESTEP=""
+KUMOD=""
 BENCHMAIL=""
 ONLY=""
 ROUNDS=1
@@ -68,7 +87,8 @@ while [ $# -gt 0 ]; do
     --deep) DEEP=$2; shift 2 ;;
     --spf) SPF=$2; shift 2 ;;
     --cluster) CLUSTER=yes; shift ;;
-    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
+    --kumomta) KUMOD=$2; shift 2 ;;
+    -h|--help) sed -n '2,56p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -189,7 +209,10 @@ PIDS+=("$!")
 echo "sidestep end-to-end benchmark: $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
 echo "messages=$MESSAGES size=$SIZE sessions=$SESSIONS scenario=$SCENARIO real-messages=$REAL_MESSAGES"
 
-wants() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
+# A phase runs when no --only is given or when the comma list names it.
+wants() { [ -z "$ONLY" ] || case ",$ONLY," in *",$1,"*) true ;; *) false ;; esac; }
+# The KumoMTA rows run with --kumomta; --only kumomta means both.
+wants_kumo() { [ -n "$KUMOD" ] && { wants kumomta || wants "$1"; }; }
 scenario() { [ "$SCENARIO" = both ] || [ "$SCENARIO" = "$1" ]; }
 
 # A fresh sidestep with its own spool; sets S_PID and S_PORT.
@@ -236,13 +259,109 @@ TOML
   PIDS+=("$S_PID")
   wait_port "$S_PORT"
 }
-sidestep_usage() {
-  # Peak RSS; utime + stime in clock ticks (fields 14 and 15; the name has no spaces).
-  S_RSS=$(awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$S_PID/status")
-  S_CPU=$(awk -v hz="$(getconf CLK_TCK)" -v n="$1" '{ printf "%.0f", ($14 + $15) * 1e6 / hz / n }' "/proc/$S_PID/stat")
+# One process's peak RSS (MiB) and CPU per message (µs): utime + stime in clock ticks
+# (fields 14 and 15; the name has no spaces), all its threads. $1: pid, $2: messages.
+proc_usage() {
+  U_RSS=$(awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status")
+  U_CPU=$(awk -v hz="$(getconf CLK_TCK)" -v n="$2" '{ printf "%.0f", ($14 + $15) * 1e6 / hz / n }' "/proc/$1/stat")
+}
+sidestep_usage() { proc_usage "$S_PID" "$1"; S_RSS=$U_RSS; S_CPU=$U_CPU; }
+
+# A fresh kumod with its own spool (benches/kumomta/init.lua); sets K_PID and K_PORT.
+# $1: ship (as shipped) or dur (spool synced before the 250).
+K_PID=""
+start_kumo() {
+  stop_kumo
+  rm -rf "$WORK/kumo"
+  mkdir -p "$WORK/kumo"
+  K_PORT=$(free_port)
+  K_HTTP=$(free_port)
+  BENCH_KUMO_DIR="$WORK/kumo" BENCH_KUMO_LISTEN="127.0.0.1:$K_PORT" BENCH_KUMO_HTTP="127.0.0.1:$K_HTTP" \
+    BENCH_DNS="127.0.0.1:$DNS_PORT" BENCH_SINK_PORT="$SINK_PORT" BENCH_KUMO_SYNC=$([ "$1" = dur ] && echo 1 || echo 0) \
+    KUMOD_LOG=${BENCH_KUMO_LOG:-kumod=warn} \
+    "$KUMOD" --policy "$here/kumomta/init.lua" --user root > "$WORK/kumo/out.log" 2> "$WORK/kumo/diag.log" &
+  K_PID=$!
+  PIDS+=("$K_PID")
+  wait_port "$K_PORT" || { echo "kumod did not start: $(tail -5 "$WORK/kumo/diag.log")" >&2; exit 1; }
+}
+stop_kumo() {
+  [ -n "$K_PID" ] || return 0
+  kill "$K_PID" 2>/dev/null || true
+  for _ in $(seq 1 200); do kill -0 "$K_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$K_PID" 2>/dev/null || true
+  wait "$K_PID" 2>/dev/null || true
+  K_PID=""
+}
+kumo_usage() { proc_usage "$K_PID" "$1"; K_RSS=$U_RSS; K_CPU=$U_CPU; }
+# A counter from kumod's Prometheus metrics, summed over its label sets ($1: the metric
+# and its labels as they appear, e.g. 'total_messages_fail{service="smtp_client"}').
+kumo_metric() {
+  python3 - "127.0.0.1:$K_HTTP" "$1" <<'PY'
+import sys, urllib.request
+text = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=10).read().decode()
+print(int(sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith(sys.argv[2] + " "))))
+PY
 }
 
-# A private Postfix; `realistic` routes by transport_maps from two IPs, else relayhost.
+# CPU of a process tree in microseconds per message: utime + stime of the process and
+# of every live descendant, plus cutime + cstime (children that exited and were
+# reaped). For Postfix, the tree under master: smtpd, cleanup, qmgr, smtp, ...
+tree_cpu() {
+  python3 - "$1" "$2" <<'PY'
+import os, sys
+root, n = int(sys.argv[1]), int(sys.argv[2])
+stats = {}
+for d in os.listdir("/proc"):
+    if d.isdigit():
+        try:
+            s = open(f"/proc/{d}/stat").read()
+        except OSError:
+            continue
+        f = s[s.rindex(")") + 2:].split()  # f[1] = ppid, f[11:15] = utime stime cutime cstime
+        stats[int(d)] = (int(f[1]), sum(int(x) for x in f[11:15]))
+tree, grew = {root}, True
+while grew:
+    more = {p for p, (pp, _) in stats.items() if pp in tree and p not in tree}
+    tree |= more
+    grew = bool(more)
+ticks = sum(stats[p][1] for p in tree if p in stats)
+print(f"{ticks * 1e6 / os.sysconf('SC_CLK_TCK') / n:.0f}")
+PY
+}
+postfix_usage() {
+  P_CPU=$(tree_cpu "$(awk '{ print $1 }' "$PF/queue/pid/master.pid")" "$1")
+}
+
+# The bench's DNS on port 53 for Postfix (resolv.conf names no port): a second dnsmasq
+# with the same records on 127.0.0.153:53, started once. Returns 1 (and says why) when
+# that address and port cannot be bound.
+DNS53=127.0.0.153
+DNS53_PID=""
+start_dns53() {
+  [ -n "$DNS53_PID" ] && return 0
+  dnsmasq --keep-in-foreground --conf-file="$WORK/dnsmasq.conf" --no-resolv --no-hosts --no-dhcp-interface= \
+    --listen-address=$DNS53 --bind-interfaces --port=53 --pid-file= --user=root \
+    --local-ttl=300 --auth-zone=bench.test --auth-server=ns.bench.test,lo --auth-ttl=300 \
+    --log-facility="$WORK/dnsmasq53.log" 2>"$WORK/dnsmasq53.err" &
+  DNS53_PID=$!
+  PIDS+=("$DNS53_PID")
+  for _ in $(seq 1 40); do
+    if ! kill -0 "$DNS53_PID" 2>/dev/null; then
+      DNS53_WHY="dnsmasq on $DNS53 port 53: $(head -c 200 "$WORK/dnsmasq53.err")"
+      return 1
+    fi
+    python3 -c "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(0.2)
+q = b'\\xab\\xcd\\x01\\x00\\x00\\x01' + bytes(6) + b'\\x02d0\\x05bench\\x04test\\x00\\x00\\x0f\\x00\\x01'
+s.sendto(q, ('$DNS53', 53)); s.recv(512)" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  DNS53_WHY="dnsmasq on $DNS53 port 53 does not answer"
+  return 1
+}
+
+# A private Postfix; `realistic` routes by transport_maps from the clean IP,
+# `realistic-mx` by its own MX lookups (chrooted smtp client, resolv.conf in the
+# queue directory naming the bench's DNS on port 53), else relayhost.
 PF_PORT=""
 start_postfix() {
   local mode=$1
@@ -272,10 +391,22 @@ maillog_file_prefixes = $PF
 smtp_tls_security_level = none
 smtpd_tls_security_level = none
 CF
-  awk -v port="$PF_PORT" 'BEGIN { OFS = "  " }
-    /^[^ #\t]/ { if ($1 == "smtp" && $2 == "inet") $1 = "127.0.0.1:" port; if ($5 == "y") $5 = "n" }
+  awk -v port="$PF_PORT" -v mode="$mode" 'BEGIN { OFS = "  " }
+    /^[^ #\t]/ { if ($1 == "smtp" && $2 == "inet") $1 = "127.0.0.1:" port; if ($5 == "y") $5 = "n"
+                  if (mode == "realistic-mx" && $1 == "smtp" && $2 == "unix") $5 = "y" }
     { print }' /etc/postfix/master.cf > "$PF_CONF/master.cf"
-  if [ "$mode" = realistic ]; then
+  if [ "$mode" = realistic-mx ]; then
+    # The chrooted smtp client's resolver reads the jail's etc/resolv.conf.
+    mkdir -p "$PF/queue/etc"
+    echo "nameserver $DNS53" > "$PF/queue/etc/resolv.conf"
+    cp /etc/localtime "$PF/queue/etc/" 2>/dev/null || true
+    cat >> "$PF_CONF/main.cf" <<CF
+smtp_host_lookup = dns
+smtp_tcp_port = $SINK_PORT
+smtp_bind_address = 127.0.0.3
+smtp_helo_name = out3.bench.test
+CF
+  elif [ "$mode" = realistic ]; then
     cp "$WORK/transport" "$PF_CONF/transport"
     cat >> "$PF_CONF/main.cf" <<CF
 transport_maps = texthash:$PF_CONF/transport
@@ -306,13 +437,15 @@ start_real_sink() {
   echo "the realistic sink did not start: $(cat "$WORK/real-sink.err")" >&2
   return 1
 }
-real_status() { cat "$WORK/real.status" 2>/dev/null || echo "0 0 0"; }
+real_status() { cat "$WORK/real.status" 2>/dev/null || echo "0 0 0 0"; }
 
 # One realistic phase through host:port. Prints "accept-rate end-to-end-rate deliveries
-# expected duplicates": the end is when the sink has every accepted recipient's copy;
-# three seconds later, the count must still be exact (nothing twice).
+# expected duplicates refusals": the end is when the sink has every accepted recipient's
+# copy (with $2 = bounces: every copy it did not refuse; a relay that bounces refused
+# recipients delivers that many fewer); three seconds later, the count must still be
+# exact (nothing twice).
 real_phase() {
-  local target=$1 t0 t1 t2 expected
+  local target=$1 mode=${2:-} t0 t1 t2 expected
   t0=$(now)
   "$BENCHMAIL" source --target "$target" --messages "$REAL_MESSAGES" --sessions "$SESSIONS" \
     --domains "$DOMAINS" --rcpts 1-5 --min-size 2048 --max-size 102400 > "$WORK/real-source.out" 2>&1 \
@@ -320,7 +453,7 @@ real_phase() {
   t1=$(now)
   expected=$(grep -o 'expected deliveries [0-9]*' "$WORK/real-source.out" | awk '{ print $3 }')
   local deadline=$(( $(date +%s) + 900 ))
-  while [ "$(real_status | awk '{ print $1 }')" -lt "$expected" ]; do
+  while [ "$(real_status | awk -v m="$mode" '{ print $1 + (m == "bounces" ? $4 : 0) }')" -lt "$expected" ]; do
     if [ "$(date +%s)" -gt "$deadline" ]; then
       echo "the sink got $(real_status) of $expected deliveries in 15 minutes" >&2
       return 1
@@ -329,8 +462,8 @@ real_phase() {
   done
   t2=$(now)
   sleep 3
-  read -r got dups _ <<< "$(real_status)"
-  echo "$(rate "$REAL_MESSAGES" "$t0" "$t1") $(rate "$REAL_MESSAGES" "$t0" "$t2") $got $expected $dups"
+  read -r got dups _ refusals <<< "$(real_status)"
+  echo "$(rate "$REAL_MESSAGES" "$t0" "$t1") $(rate "$REAL_MESSAGES" "$t0" "$t2") $got $expected $dups $refusals"
 }
 once() { if [ "$3" -eq 0 ] && [ "$1" -eq "$2" ]; then echo "exactly once"; else echo "NOT EXACTLY ONCE"; fi; }
 
@@ -380,9 +513,25 @@ if wants postfix; then
 start_postfix simple
 start_sink
 read -r P_ACCEPT P_E2E <<< "$(phase "127.0.0.1:$PF_PORT")"
-printf "%-9s accept %9s msg/s   end-to-end %9s msg/s\n" postfix "$P_ACCEPT" "$P_E2E"
+postfix_usage "$MESSAGES"
+printf "%-9s accept %9s msg/s   end-to-end %9s msg/s   CPU %s us/msg (master and its processes)\n" postfix "$P_ACCEPT" "$P_E2E" "$P_CPU"
 stop_postfix
 fi
+
+# --- KumoMTA as shipped, then with its spool synced before the 250 (fresh each) ---
+for KMODE in ship dur; do
+  wants_kumo "kumo-$KMODE" || continue
+  start_kumo "$KMODE"
+  start_sink
+  read -r K_ACCEPT K_E2E <<< "$(phase "127.0.0.1:$K_PORT")"
+  kumo_usage "$MESSAGES"
+  printf "%-9s accept %9s msg/s   end-to-end %9s msg/s   peak RSS %s MiB   CPU %s us/msg\n" "kumo-$KMODE" "$K_ACCEPT" "$K_E2E" "$K_RSS" "$K_CPU"
+  stop_kumo
+  if [ "$KMODE" = dur ] && [ -n "${S_E2E:-}" ]; then
+    awk -v s="$S_E2E" -v k="$K_E2E" -v sc="$S_CPU" -v kc="$K_CPU" 'BEGIN {
+      printf "ratios    sidestep/kumo-dur %.2f end-to-end   CPU per message kumo-dur/sidestep %.2f\n", s / k, kc / sc }'
+  fi
+done
 if [ -z "$ONLY" ]; then
 awk -v s="$S_E2E" -v p="$P_E2E" -v c="$C_E2E" -v sa="$S_ACCEPT" -v pa="$P_ACCEPT" -v ca="$C_ACCEPT" 'BEGIN {
   printf "ratios    sidestep/postfix %.2f end-to-end (%.2f accept)   sidestep/ceiling %.2f end-to-end (%.2f accept)\n",
@@ -397,8 +546,9 @@ echo "realistic: $REAL_MESSAGES messages, $DOMAINS domains on $SITES sites, 1-5 
 if wants sidestep; then
 start_sidestep
 start_real_sink
-read -r SR_ACCEPT SR_E2E SR_GOT SR_EXP SR_DUP <<< "$(real_phase "127.0.0.1:$S_PORT")"
+read -r SR_ACCEPT SR_E2E SR_GOT SR_EXP SR_DUP _ <<< "$(real_phase "127.0.0.1:$S_PORT")"
 sidestep_usage "$REAL_MESSAGES"
+SR_CPU=$S_CPU
 SR_REROUTED=$(grep -c "verdict=ip-reputation" "$WORK/sidestep/relay.log" || true)
 printf "%-9s accept %9s msg/s   end-to-end %9s msg/s   peak RSS %s MiB   CPU %s us/msg   %s/%s deliveries, %s duplicates: %s; %s refusals rerouted\n" \
   sidestep "$SR_ACCEPT" "$SR_E2E" "$S_RSS" "$S_CPU" "$SR_GOT" "$SR_EXP" "$SR_DUP" "$(once "$SR_GOT" "$SR_EXP" "$SR_DUP")" "$SR_REROUTED"
@@ -406,10 +556,55 @@ fi
 if wants postfix; then
 start_postfix realistic
 start_real_sink
-read -r PR_ACCEPT PR_E2E PR_GOT PR_EXP PR_DUP <<< "$(real_phase "127.0.0.1:$PF_PORT")"
-printf "%-9s accept %9s msg/s   end-to-end %9s msg/s   %s/%s deliveries, %s duplicates: %s (from the clean IP only)\n" \
-  postfix "$PR_ACCEPT" "$PR_E2E" "$PR_GOT" "$PR_EXP" "$PR_DUP" "$(once "$PR_GOT" "$PR_EXP" "$PR_DUP")"
+read -r PR_ACCEPT PR_E2E PR_GOT PR_EXP PR_DUP _ <<< "$(real_phase "127.0.0.1:$PF_PORT")"
+postfix_usage "$REAL_MESSAGES"
+PR_CPU=$P_CPU
+printf "%-9s accept %9s msg/s   end-to-end %9s msg/s   CPU %s us/msg   %s/%s deliveries, %s duplicates: %s (from the clean IP only; transport_maps)\n" \
+  postfix "$PR_ACCEPT" "$PR_E2E" "$PR_CPU" "$PR_GOT" "$PR_EXP" "$PR_DUP" "$(once "$PR_GOT" "$PR_EXP" "$PR_DUP")"
 stop_postfix
+fi
+PM_CPU=""
+if wants postfix-mx; then
+  if start_dns53; then
+    start_postfix realistic-mx
+    start_real_sink
+    read -r PM_ACCEPT PM_E2E PM_GOT PM_EXP PM_DUP _ <<< "$(real_phase "127.0.0.1:$PF_PORT")"
+    postfix_usage "$REAL_MESSAGES"
+    PM_CPU=$P_CPU
+    printf "%-9s accept %9s msg/s   end-to-end %9s msg/s   CPU %s us/msg   %s/%s deliveries, %s duplicates: %s (from the clean IP only; its own MX lookups)\n" \
+      postfix-mx "$PM_ACCEPT" "$PM_E2E" "$PM_CPU" "$PM_GOT" "$PM_EXP" "$PM_DUP" "$(once "$PM_GOT" "$PM_EXP" "$PM_DUP")"
+    stop_postfix
+  else
+    echo "postfix-mx skipped: $DNS53_WHY"
+  fi
+fi
+KD_CPU=""
+for KMODE in ship dur; do
+  wants_kumo "kumo-$KMODE" || continue
+  start_kumo "$KMODE"
+  start_real_sink
+  read -r KR_ACCEPT KR_E2E KR_GOT KR_EXP KR_DUP KR_REF <<< "$(real_phase "127.0.0.1:$K_PORT" bounces)"
+  kumo_usage "$REAL_MESSAGES"
+  KR_BOUNCED=$(kumo_metric 'total_messages_fail{service="smtp_client"}')
+  KR_TEMP=$(kumo_metric 'total_messages_transfail{service="smtp_client"}')
+  # Once: every copy delivered once or bounced once, and a bounce for each refusal.
+  if [ "$KR_DUP" -eq 0 ] && [ $((KR_GOT + KR_BOUNCED)) -eq "$KR_EXP" ] && [ "$KR_BOUNCED" -eq "$KR_REF" ]; then
+    KR_ONCE="once: delivered or bounced"
+  else
+    KR_ONCE="NOT EXACTLY ONCE"
+  fi
+  printf "%-9s accept %9s msg/s   end-to-end %9s msg/s   peak RSS %s MiB   CPU %s us/msg   %s/%s deliveries, %s bounced (%s refusals), %s temporary failures, %s duplicates: %s\n" \
+    "kumo-$KMODE" "$KR_ACCEPT" "$KR_E2E" "$K_RSS" "$K_CPU" "$KR_GOT" "$KR_EXP" "$KR_BOUNCED" "$KR_REF" "$KR_TEMP" "$KR_DUP" "$KR_ONCE"
+  [ "$KMODE" = dur ] && KD_CPU=$K_CPU
+  stop_kumo
+done
+if [ -n "${SR_CPU:-}" ] && wants sidestep; then
+  awk -v s="$SR_CPU" -v p="${PR_CPU:-}" -v m="$PM_CPU" -v k="$KD_CPU" 'BEGIN {
+    line = sprintf("CPU       realistic, per message: sidestep %d us", s)
+    if (m != "") line = line sprintf("; postfix-mx/sidestep %.1fx (goal >= 10)", m / s)
+    if (p != "") line = line sprintf("; postfix/sidestep %.1fx", p / s)
+    if (k != "") line = line sprintf("; kumo-dur/sidestep %.2fx (goal > 1)", k / s)
+    print line }'
 fi
 if [ -z "$ONLY" ]; then
 awk -v s="$SR_E2E" -v p="$PR_E2E" 'BEGIN { printf "ratios    realistic sidestep/postfix %.2f end-to-end\n", s / p }'

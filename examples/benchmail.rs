@@ -42,7 +42,9 @@ enum Command {
         addrs: String,
         #[arg(long)]
         port: u16,
-        /// Where to write "deliveries duplicates connections" ten times a second.
+        /// Where to write "deliveries duplicates connections refusals" ten times a second
+        /// (refusals: RCPTs refused by `--refuse`; a relay that bounces them instead of
+        /// moving them to another IP delivers that many copies fewer).
         #[arg(long)]
         status: PathBuf,
         /// `listen=client,...`: the server on `listen` refuses RCPT from `client` with a
@@ -179,6 +181,7 @@ struct Tally {
 struct SinkState {
     tally: Mutex<Tally>,
     connections: AtomicU64,
+    refusals: AtomicU64,
     refuse: HashSet<(IpAddr, IpAddr)>,
 }
 
@@ -197,6 +200,7 @@ async fn sink(
     let state = Arc::new(SinkState {
         tally: Mutex::new(Tally::default()),
         connections: AtomicU64::new(0),
+        refusals: AtomicU64::new(0),
         refuse: refused,
     });
     for addr in addrs {
@@ -229,10 +233,11 @@ async fn sink(
             let mut t = state.tally.lock().unwrap_or_else(|e| e.into_inner());
             (
                 format!(
-                    "{} {} {}\n",
+                    "{} {} {} {}\n",
                     t.deliveries,
                     t.duplicates,
-                    state.connections.load(Ordering::Relaxed)
+                    state.connections.load(Ordering::Relaxed),
+                    state.refusals.load(Ordering::Relaxed)
                 ),
                 std::mem::take(&mut t.times),
             )
@@ -278,6 +283,7 @@ async fn serve(
             out.extend_from_slice(b"250 2.1.0 Ok\r\n");
         } else if upper.starts_with(b"RCPT") {
             if refuses {
+                state.refusals.fetch_add(1, Ordering::Relaxed);
                 out.extend_from_slice(format!("550 5.7.1 Service unavailable; Client host [{peer}] blocked using zen.spamhaus.org; https://www.spamhaus.org/query/ip/{peer}\r\n").as_bytes());
             } else {
                 let text = String::from_utf8_lossy(&line);
