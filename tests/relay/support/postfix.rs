@@ -2,14 +2,12 @@
 //! the MTA in front of sidestep, or a destination that accepts and bounces later.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Command;
 
 use super::PATIENCE;
 
 pub struct Postfix {
     dir: tempfile::TempDir,
-    conf: PathBuf,
     pub addr: SocketAddr,
 }
 
@@ -130,7 +128,7 @@ smtpd_tls_security_level = none
             );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        Postfix { dir, conf, addr }
+        Postfix { dir, addr }
     }
 
     /// Its mail log.
@@ -140,12 +138,32 @@ smtpd_tls_security_level = none
 }
 
 impl Drop for Postfix {
+    /// SIGTERM to the master (it stops its children), not `postfix stop`: postfix-script
+    /// runs `master -t`, which logs through this instance's postlogd socket and was seen
+    /// blocking there for good once postlogd was gone, hanging the test at its end.
     fn drop(&mut self) {
-        let _ = Command::new("postfix")
-            .arg("-c")
-            .arg(&self.conf)
-            .arg("stop")
-            .output();
+        let pid_file = self.dir.path().join("queue/pid/master.pid");
+        let pid = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok());
+        let Some(pid) = pid else {
+            return;
+        };
+        let alive = || std::path::Path::new(&format!("/proc/{pid}")).exists();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+        for _ in 0..100 {
+            if !alive() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(pid.to_string())
+            .status();
     }
 }
 
