@@ -4,6 +4,7 @@
 # number measured on another day (this VM's speed drifts by 30% between minutes).
 #
 #   bash benches/compare.sh A B [--rounds 5] [--real-messages 3000] [--sessions 20]
+#                               [--keep DIR]   (copy the two binaries there, as DIR/A and DIR/B)
 #
 # A and B are each a sidestep binary (a path) or a git revision of this repository
 # (anything `git rev-parse` takes: main, HEAD~3, a tag); a revision is checked out in a
@@ -22,13 +23,15 @@ set -euo pipefail
 ROUNDS=5
 REAL_MESSAGES=3000
 SESSIONS=20
+KEEP=""
 ARGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2 ;;
     --real-messages) REAL_MESSAGES=$2; shift 2 ;;
     --sessions) SESSIONS=$2; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    --keep) KEEP=$2; shift 2 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     -*) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
     *) ARGS+=("$1"); shift ;;
   esac
@@ -69,6 +72,7 @@ build "${ARGS[0]}" A
 build "${ARGS[1]}" B
 (cd "$repo" && cargo build --release --locked --quiet --example benchmail)
 BENCHMAIL="$repo/target/release/examples/benchmail"
+if [ -n "$KEEP" ]; then mkdir -p "$KEEP" && cp "$WORK/A" "$WORK/B" "$KEEP/"; fi
 
 # One realistic run; prints "cpu e2e rss deliveries-verdict".
 run() {
