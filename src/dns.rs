@@ -139,19 +139,36 @@ impl<T: Clone> Answers<T> {
 /// The file cannot be read or parsed, or has no DNSKEY for `.`.
 fn trust_anchors(
     config: &DnsConfig,
-) -> Result<hickory_resolver::proto::dnssec::TrustAnchors, String> {
+) -> Result<hickory_resolver::proto::dnssec::TrustAnchors, TrustAnchorError> {
     let Some(path) = &config.trust_anchor else {
         return Ok(Default::default());
     };
-    let anchors = hickory_resolver::proto::dnssec::TrustAnchors::from_file(path)
-        .map_err(|e| format!("dns.trust_anchor {}: {e}", path.display()))?;
+    let anchors = hickory_resolver::proto::dnssec::TrustAnchors::from_file(path).map_err(|e| {
+        TrustAnchorError::Unreadable {
+            path: path.clone(),
+            message: e.to_string(),
+        }
+    })?;
     if anchors.is_empty() {
-        return Err(format!(
-            "dns.trust_anchor {}: no DNSKEY record for the root zone \".\" (the file replaces the built-in root keys; keys for other zones alone are not supported)",
-            path.display()
-        ));
+        return Err(TrustAnchorError::NoRootKey(path.clone()));
     }
     Ok(anchors)
+}
+
+/// Why `[dns] trust_anchor` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustAnchorError {
+    /// The file cannot be read or is not DNSKEY records.
+    #[error("dns.trust_anchor {}: {message}", path.display())]
+    Unreadable {
+        /// The configured file.
+        path: std::path::PathBuf,
+        /// What reading it said.
+        message: String,
+    },
+    /// Keys for other zones only: nothing outside them could be proven insecure.
+    #[error("dns.trust_anchor {}: no DNSKEY record for the root zone \".\" (the file replaces the built-in root keys; keys for other zones alone are not supported)", .0.display())]
+    NoRootKey(std::path::PathBuf),
 }
 
 /// `[dns]` problems found by building what it describes (`sidestep check-config`).
@@ -163,7 +180,7 @@ pub fn check_config(config: &DnsConfig) -> Vec<crate::config::ConfigError> {
         Ok(_) => Vec::new(),
         Err(problem) => vec![crate::config::ConfigError {
             key: "dns.trust_anchor".into(),
-            problem,
+            problem: problem.to_string(),
         }],
     }
 }
@@ -177,7 +194,7 @@ impl Resolver {
     pub fn new(config: &DnsConfig) -> Result<Self, DnsError> {
         let inner = Self::build(config, None)?;
         let validating = if config.dnssec {
-            let anchors = trust_anchors(config).map_err(DnsError::Setup)?;
+            let anchors = trust_anchors(config).map_err(|e| DnsError::Setup(e.to_string()))?;
             Some(Self::build(config, Some(Arc::new(anchors)))?)
         } else {
             None

@@ -477,7 +477,12 @@ impl TlsPolicies {
                 map.retain(|_, e| e.policy.is_some() && now < e.expires_at);
             }
             let before = map.insert(domain.to_string(), entry.clone());
-            before.is_none_or(|b| b.id != entry.id || b.fetched_at != entry.fetched_at)
+            // Only policies reach the disk: a domain without one is looked up again
+            // after a restart (one TXT query), and writing the whole cache durably for
+            // each new such domain cost a serialisation and two fsyncs per domain.
+            let had_policy = before.as_ref().is_some_and(|b| b.policy.is_some());
+            (had_policy || entry.policy.is_some())
+                && before.is_none_or(|b| b.id != entry.id || b.fetched_at != entry.fetched_at)
         };
         s.fetching
             .lock()
@@ -551,11 +556,17 @@ impl TlsPolicies {
         }
     }
 
-    /// Writes the MTA-STS cache to the spool, durably (rare: on a new or changed policy).
+    /// Writes the MTA-STS policies to the spool, durably (rare: on a new or changed policy;
+    /// domains without one are not written).
     fn save_sts(&self) {
         let s = &self.shared;
         let Some(dir) = &s.dir else { return };
-        let bytes = serde_json::to_vec_pretty(&*s.lock_sts()).unwrap_or_default();
+        let bytes = {
+            let map = s.lock_sts();
+            let with_policy: std::collections::BTreeMap<&String, &StsEntry> =
+                map.iter().filter(|(_, e)| e.policy.is_some()).collect();
+            serde_json::to_vec_pretty(&with_policy).unwrap_or_default()
+        };
         let path = dir.join(STS_FILE);
         if let Err(e) = crate::spool::replace_durably(&path, &bytes) {
             tracing::error!(path = %path.display(), error = %e, "MTA-STS policies could not be saved");
