@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Builds kumod (KumoMTA's daemon) from source for benches/e2e.sh --kumomta, on a machine
 # with Rust 1.95 and crates.io but no other network: the git repositories it needs come
-# from local bare mirrors (--mirror DIR holding OWNER+NAME/repo, as this project's fetch
-# tool lays them out) or, without --mirror, from GitHub.
+# from local bare mirrors (MIRROR_DIR holding OWNER+NAME/repo, as this project's fetch
+# tool lays them out) or, without it, from GitHub.
 #
-#   bash benches/kumomta/build.sh --out DIR [--mirror DIR] [--rev COMMIT] [--no-build]
+#   bash benches/kumomta/build.sh OUT_DIR [MIRROR_DIR]
+#   (KUMO_REV=COMMIT: another revision; KUMO_BUILD=no: prepare the tree, do not build)
 #
 # Needs: apt-get install -y clang cmake libclang-dev lld llvm-dev wamerican
 # What it changes in KumoMTA's tree (all for building offline; none for the compiler):
@@ -22,21 +23,13 @@
 # The build runs under nice -n 19 / ionice -c3 (about 65 minutes on 2 cores).
 set -euo pipefail
 
-OUT=""
-MIRROR=""
-REV=3ebc1e8585e0e989cfcf50a93c94a803610249e8
-BUILD=yes
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --out) OUT=$2; shift 2 ;;
-    --mirror) MIRROR=$2; shift 2 ;;
-    --rev) REV=$2; shift 2 ;;
-    --no-build) BUILD=no; shift ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
-    *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
-  esac
-done
-[ -n "$OUT" ] || { echo "--out DIR is required" >&2; exit 2; }
+case "${1:-}" in
+  ""|-h|--help) sed -n '2,23p' "$0"; exit 2 ;;
+esac
+OUT=$1
+MIRROR=${2:-}
+REV=${KUMO_REV:-3ebc1e8585e0e989cfcf50a93c94a803610249e8}
+BUILD=${KUMO_BUILD:-yes}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 SRC="$OUT/src"
