@@ -177,7 +177,8 @@ pub struct DeliveryConfig {
     /// Timeout for each SMTP command reply (RFC 5321 §4.5.3.2 suggests minutes; a slow
     /// receiver is still better than a resend).
     pub command_timeout: HumanDuration,
-    /// Outbound connections open at once, over all destinations.
+    /// Deliveries under way at once, over all destinations (each holds one connection).
+    /// Idle sessions kept for reuse are counted apart, by `reuse_max_idle`.
     pub max_connections: usize,
     /// Outbound connections open at once to one destination domain, so a burst to one
     /// receiver does not look like an attack and trip its rate limits.
@@ -194,6 +195,10 @@ pub struct DeliveryConfig {
     pub reuse_lifetime: HumanDuration,
     /// Messages per session at most; receivers such as Microsoft's cap it.
     pub reuse_messages: u32,
+    /// Idle sessions kept at most over all destinations, beside the `max_connections`
+    /// busy ones (Postfix's cached sessions do not count against its process limit
+    /// either); past it, the session idle longest is closed.
+    pub reuse_max_idle: usize,
     /// Take an egress IP out of rotation while its reverse DNS is not forward-confirmed
     /// (no PTR, or the PTR name does not resolve back to it): many receivers refuse
     /// such IPs outright. Checked at start, on reload and with each listings refresh.
@@ -341,6 +346,7 @@ impl Default for DeliveryConfig {
             reuse_idle: HumanDuration::from_secs(2),
             reuse_lifetime: HumanDuration::from_secs(300),
             reuse_messages: 100,
+            reuse_max_idle: 1000,
             require_fcrdns: false,
             tls_ca_file: None,
             site_down_after: 5,

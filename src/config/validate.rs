@@ -196,6 +196,12 @@ fn delivery(c: &Config, err: &mut impl FnMut(String, String)) {
             "must be at least 1 (turn reuse off with reuse_idle = \"0s\")".into(),
         );
     }
+    if d.reuse_max_idle == 0 {
+        err(
+            "delivery.reuse_max_idle".into(),
+            "must be at least 1 (turn reuse off with reuse_idle = \"0s\")".into(),
+        );
+    }
 
     if !pool_known(c, &d.pool) {
         err(

@@ -145,7 +145,7 @@ impl Outbound {
                 idle: d.reuse_idle.get(),
                 lifetime: d.reuse_lifetime.get(),
                 messages: d.reuse_messages,
-                max_total: d.max_connections,
+                max_idle: d.reuse_max_idle,
             }),
         })
     }
