@@ -4,6 +4,13 @@ use clap::Parser;
 use sidestep::cli::{self, Cli, Command};
 use tracing_subscriber::fmt::MakeWriter;
 
+/// jemalloc instead of glibc's malloc: on the realistic benchmark glibc's allocator took
+/// 8% of the relay's CPU (buffers allocated on one tokio worker and freed on another,
+/// arena locks, consolidation before each large body buffer). jemalloc: CPU per message
+/// 0.87x, peak RSS 0.93x, alternated runs. mimalloc cut as much CPU but doubled the RSS.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let logs = match start_logs(&cli.command) {
