@@ -344,12 +344,26 @@ async fn send_body<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Writes `body` (CRLF line endings, as spooled) with a dot doubled at the start of
-/// every line (RFC 5321 §4.5.2) and the terminating `.` line, in chunks of about
-/// [`WRITE_CHUNK`] bytes: one write for a typical message, bounded memory for a large one.
+/// every line (RFC 5321 §4.5.2) and the terminating `.` line. Most bodies have no line
+/// starting with a dot: they go straight from the spooled bytes with the end line in
+/// one vectored write, as every copy of a message shares them (copying each into a
+/// buffer first was a sixth of the CPU spent delivering, on the realistic benchmark).
+/// The others are stuffed into chunks of about [`WRITE_CHUNK`] bytes: one write for a
+/// typical message, bounded memory for a large one.
 async fn write_dot_stuffed<W: AsyncWrite + Unpin>(
     out: &mut W,
     body: &[u8],
 ) -> mail_send::Result<()> {
+    if body.first() != Some(&b'.') && memchr::memmem::find(body, b"\n.").is_none() {
+        let end: &[u8] = if body.is_empty() || body.ends_with(b"\n") {
+            b".\r\n"
+        } else {
+            b"\r\n.\r\n"
+        };
+        write_all_vectored(out, body, end).await?;
+        out.flush().await?;
+        return Ok(());
+    }
     let mut buf = Vec::with_capacity(body.len().min(WRITE_CHUNK) + 64);
     let mut line_start = true;
     // Copies the spans between lines that start with a dot whole, found with memmem,
@@ -388,6 +402,26 @@ async fn write_dot_stuffed<W: AsyncWrite + Unpin>(
 }
 
 const WRITE_CHUNK: usize = 64 * 1024;
+
+/// Writes `a` then `b`, in as few system calls as the stream takes them.
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    mut a: &[u8],
+    mut b: &[u8],
+) -> std::io::Result<()> {
+    while !a.is_empty() || !b.is_empty() {
+        let n = out
+            .write_vectored(&[std::io::IoSlice::new(a), std::io::IoSlice::new(b)])
+            .await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let from_a = n.min(a.len());
+        a = &a[from_a..];
+        b = &b[n - from_a..];
+    }
+    Ok(())
+}
 
 fn is_positive(r: &RemoteReply) -> bool {
     (200..300).contains(&r.code)
@@ -477,6 +511,7 @@ mod dot_stuffing_tests {
             across,
             at_chunk_end,
             b".a\r\n".repeat(30_000),
+            b"a\r\n".repeat(40_000),
         ];
         for body in cases {
             assert_eq!(
@@ -485,6 +520,24 @@ mod dot_stuffing_tests {
                 "{:?}",
                 String::from_utf8_lossy(&body[..body.len().min(40)])
             );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_taking_a_few_bytes_at_a_time_gets_every_byte_once() {
+        use tokio::io::AsyncReadExt;
+        for body in [b"hello\r\nworld".to_vec(), b"line\r\n".repeat(5_000)] {
+            let (mut ours, mut theirs) = tokio::io::duplex(7);
+            let expected = reference(&body);
+            let write = async {
+                write_dot_stuffed(&mut ours, &body).await.unwrap();
+                drop(ours);
+            };
+            let mut got = Vec::new();
+            let read = theirs.read_to_end(&mut got);
+            let ((), read) = tokio::join!(write, read);
+            read.unwrap();
+            assert_eq!(got, expected);
         }
     }
 }
