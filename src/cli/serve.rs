@@ -21,6 +21,7 @@ use crate::spool::Spool;
 /// tests that asked for port 0 learn the port.
 pub async fn serve(config_path: Option<&Path>) -> anyhow::Result<()> {
     let config = Arc::new(super::load_config(config_path)?);
+    raise_file_limit(&config);
     let (state, alert_mail) = State::open(&config)?;
     let monitor = start_monitors(&config, &state);
     let delivery = start_delivery(&config, &state, alert_mail)?;
@@ -517,5 +518,90 @@ impl StopSignals {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",
         }
+    }
+}
+
+/// Files the relay may hold open at once with `config`: inbound sessions, deliveries under
+/// way, idle sessions kept for reuse, and a margin for the spool, DNS, the admin listener
+/// and logs.
+fn files_needed(config: &crate::config::Config) -> u64 {
+    (config.server.max_sessions + config.delivery.max_connections + config.delivery.reuse_max_idle)
+        as u64
+        + 256
+}
+
+/// The soft limit to set (`None`: leave it), and whether even that falls short of `need`.
+/// `None` limits are unlimited.
+fn file_limit_plan(soft: Option<u64>, hard: Option<u64>, need: u64) -> (Option<u64>, bool) {
+    let Some(soft) = soft else {
+        return (None, false);
+    };
+    if soft >= need {
+        return (None, false);
+    }
+    match hard {
+        None => (Some(need), false),
+        Some(hard) if hard > soft => (Some(hard.min(need.max(soft))), hard < need),
+        Some(_) => (None, true),
+    }
+}
+
+/// Raises the soft limit on open files toward what the config may hold open (up to the
+/// hard limit), as Go's runtime and KumoMTA do at start: a shell's default soft limit of
+/// 1,024 is below the defaults' sum (200 sessions, 100 deliveries, 1,000 idle sessions),
+/// and past it connections fail with EMFILE under load instead of waiting. Warns when
+/// the hard limit itself is too low (the packaged unit sets `LimitNOFILE=65536`).
+fn raise_file_limit(config: &crate::config::Config) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let need = files_needed(config);
+    let now = getrlimit(Resource::Nofile);
+    let (raise, short) = file_limit_plan(now.current, now.maximum, need);
+    let mut soft = now.current;
+    if let Some(to) = raise {
+        match setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(to),
+                maximum: now.maximum,
+            },
+        ) {
+            Ok(()) => soft = Some(to),
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+        }
+    }
+    if short || soft.is_some_and(|s| s < need) {
+        tracing::warn!(
+            limit = soft.unwrap_or_default(),
+            need,
+            "the open-file limit is below what [server] max_sessions + [delivery] max_connections + reuse_max_idle may hold open; raise it (ulimit -n, LimitNOFILE) or lower those"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::file_limit_plan;
+
+    #[test]
+    fn the_open_file_limit_is_raised_toward_need_within_the_hard_limit() {
+        // A shell's 1,024 under a generous hard limit: raised to what is needed.
+        assert_eq!(
+            file_limit_plan(Some(1024), Some(65536), 1556),
+            (Some(1556), false)
+        );
+        // Hard limit in between: raised to it, and a warning.
+        assert_eq!(
+            file_limit_plan(Some(1024), Some(1200), 1556),
+            (Some(1200), true)
+        );
+        // Hard limit reached already: nothing to raise, a warning.
+        assert_eq!(file_limit_plan(Some(1024), Some(1024), 1556), (None, true));
+        // Enough already, or unlimited: left alone.
+        assert_eq!(
+            file_limit_plan(Some(65536), Some(65536), 1556),
+            (None, false)
+        );
+        assert_eq!(file_limit_plan(None, None, 1556), (None, false));
+        assert_eq!(file_limit_plan(Some(1024), None, 1556), (Some(1556), false));
     }
 }
