@@ -444,6 +444,9 @@ impl Scheduler {
                     waits_for,
                 } => {
                     self.in_flight.remove(&id);
+                    // For whoever waits on an attempt's end (the relay tests; an operator
+                    // tracing one message): from here on, hold and delete act at once.
+                    tracing::debug!(queue_id = %id, "attempt over");
                     let now = self.ctx.clock.now_ms();
                     if let Some(next) = self.domains.finished(&id, next_ms.is_none()) {
                         self.due.insert((now, next));

@@ -188,6 +188,9 @@ async fn queue_one(relay: &crate::support::relay::Relay, subject: &str, n: usize
         )
         .await;
     relay.log_count("deferred: next attempt at", n).await;
+    // The deferral is logged before the attempt has written it down and ended: until
+    // then, hold and delete would wait for the attempt.
+    relay.log_count("attempt over", n).await;
     reply.split_whitespace().last().unwrap().to_string()
 }
 
