@@ -112,6 +112,9 @@ struct Idle {
 struct State {
     /// Oldest first.
     idle: HashMap<Key, Vec<Idle>>,
+    /// Sessions in `idle`, kept as a count: every `put` checks it against
+    /// `reuse_max_idle`, and summing up to a thousand lists per delivery would not do.
+    idle_total: usize,
     /// Deliveries under way per destination address.
     busy: HashMap<SocketAddr, usize>,
 }
@@ -123,10 +126,6 @@ impl State {
             .filter(|(k, _)| k.dest == dest)
             .map(|(_, v)| v.len())
             .sum()
-    }
-
-    fn idle_total(&self) -> usize {
-        self.idle.values().map(Vec::len).sum()
     }
 
     /// Removes the session idle longest among those `to` accepts.
@@ -143,6 +142,7 @@ impl State {
         if list.is_empty() {
             self.idle.remove(&key);
         }
+        self.idle_total -= 1;
         Some(idle.session)
     }
 }
@@ -211,11 +211,13 @@ impl SessionCache {
         let mut stale = Vec::new();
         let found = {
             let mut st = self.lock();
+            let st = &mut *st;
             let map = &mut st.idle;
             let key = Key { egress, dest };
             let list = map.get_mut(&key)?;
             let mut found = None;
             while let Some(idle) = list.pop() {
+                st.idle_total -= 1;
                 if self.fresh(&idle, now) {
                     found = Some(idle.session);
                     break;
@@ -296,7 +298,7 @@ impl SessionCache {
         let mut victims = Vec::new();
         {
             let mut st = self.lock();
-            while st.idle_total() >= self.limits.max_idle {
+            while st.idle_total >= self.limits.max_idle {
                 match st.pop_oldest(|_| true) {
                     Some(s) => victims.push(s),
                     None => break,
@@ -306,6 +308,8 @@ impl SessionCache {
                 session,
                 since: now,
             });
+            st.idle_total += 1;
+            debug_assert_eq!(st.idle_total, st.idle.values().map(Vec::len).sum::<usize>());
         }
         quit_all(victims);
     }
@@ -325,6 +329,7 @@ impl SessionCache {
                 stale.extend(old.into_iter().map(|i| i.session));
             }
             map.retain(|_, list| !list.is_empty());
+            st.idle_total -= stale.len();
         }
         quit_all(stale);
     }

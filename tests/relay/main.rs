@@ -65,17 +65,30 @@ impl World {
     /// finished with the previous one: the order at the sink is the order sent, and a
     /// session the relay keeps is back in its cache before the next message is due.
     pub async fn send_in_a_row(&self, relay: &support::relay::Relay, n: usize) {
-        for i in 0..n {
+        self.send_each(relay, &vec!["b@dest.test"; n]).await;
+    }
+
+    /// Sends one message to each of `rcpts` in turn (`b@dest.test` or `b@sender.test`),
+    /// each once the relay has finished with the one before, as [`World::send_in_a_row`].
+    pub async fn send_each(&self, relay: &support::relay::Relay, rcpts: &[&str]) {
+        for (i, rcpt) in rcpts.iter().enumerate() {
+            let sink = if rcpt.ends_with("@dest.test") {
+                &self.dest
+            } else {
+                &self.sender
+            };
+            let before = sink.messages().len();
+            let done = relay.log().matches("every recipient is final").count();
             let mut c = support::client::ready(relay.addr).await;
             c.send_mail(
                 "a@sender.test",
-                &["b@dest.test"],
+                &[rcpt],
                 &message(&format!("m{i}"), "x\r\n"),
             )
             .await;
-            self.dest.wait_for(i + 1).await;
+            sink.wait_for(before + 1).await;
             support::eventually(
-                || relay.log().matches("every recipient is final").count() == i + 1,
+                || relay.log().matches("every recipient is final").count() == done + 1,
                 || relay.log(),
             )
             .await;

@@ -112,33 +112,6 @@ async fn a_session_the_server_closed_is_replaced_without_a_deferral() {
     }
 }
 
-/// Sends one message to each of `rcpts` in turn (b@dest.test or b@sender.test), each once
-/// the relay has finished with the one before.
-async fn send_each(w: &World, relay: &crate::support::relay::Relay, rcpts: &[&str]) {
-    for (i, rcpt) in rcpts.iter().enumerate() {
-        let sink = if rcpt.ends_with("@dest.test") {
-            &w.dest
-        } else {
-            &w.sender
-        };
-        let before = sink.messages().len();
-        let done = relay.log().matches("every recipient is final").count();
-        let mut c = crate::support::client::ready(relay.addr).await;
-        c.send_mail(
-            "a@sender.test",
-            &[rcpt],
-            &crate::message(&format!("m{i}"), "x\r\n"),
-        )
-        .await;
-        sink.wait_for(before + 1).await;
-        eventually(
-            || relay.log().matches("every recipient is final").count() == done + 1,
-            || relay.log(),
-        )
-        .await;
-    }
-}
-
 #[tokio::test]
 async fn an_idle_session_is_kept_beside_max_connections() {
     // One delivery at a time: the session to dest.test waits idle while sender.test's
@@ -147,7 +120,8 @@ async fn an_idle_session_is_kept_beside_max_connections() {
     w.setup.egress = vec![2];
     w.setup.delivery = "reuse_idle = \"30s\"\nmax_connections = 1".into();
     let relay = w.setup.start().await;
-    send_each(&w, &relay, &["b@dest.test", "b@sender.test", "b@dest.test"]).await;
+    w.send_each(&relay, &["b@dest.test", "b@sender.test", "b@dest.test"])
+        .await;
 
     assert_eq!(w.dest.connections.lock().unwrap().len(), 1);
     assert_eq!(w.dest.quits.load(Ordering::SeqCst), 0);
@@ -165,11 +139,11 @@ async fn past_reuse_max_idle_the_session_idle_longest_is_closed() {
     w.setup.egress = vec![2];
     w.setup.delivery = "reuse_idle = \"30s\"\nreuse_max_idle = 1".into();
     let relay = w.setup.start().await;
-    send_each(&w, &relay, &["b@dest.test", "b@sender.test"]).await;
+    w.send_each(&relay, &["b@dest.test", "b@sender.test"]).await;
     // sender.test's session went idle: dest.test's, idle longer, was closed for it.
     quits(&w, 1).await;
     assert_eq!(w.sender.quits.load(Ordering::SeqCst), 0);
 
-    send_each(&w, &relay, &["b@dest.test"]).await;
+    w.send_each(&relay, &["b@dest.test"]).await;
     assert_eq!(w.dest.connections.lock().unwrap().len(), 2);
 }
