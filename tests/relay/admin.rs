@@ -69,6 +69,7 @@ async fn the_queue_is_seen_through_the_api_and_the_cli() {
         .await;
     let id = reply.split_whitespace().last().unwrap().to_string();
     relay.log_with("deferred: next attempt at").await;
+    relay.log_with("attempt over").await;
 
     assert_eq!(http(admin, local(), "/healthz", None).await.0, 200);
     let (status, body) = http(admin, local(), "/readyz", None).await;
@@ -229,6 +230,8 @@ async fn the_queue_by_site_and_egress_with_each_attempt() {
         .await;
     let to_sender = reply.split_whitespace().last().unwrap().to_string();
     relay.log_count("deferred: next attempt at", 3).await;
+    // Written down (site, egress) once each attempt is over, not at its deferral line.
+    relay.log_count("attempt over", 2).await;
 
     let summary = w.setup.cli_json(&["queue"]);
     let sites = summary["by_site"].as_array().unwrap();
@@ -293,6 +296,7 @@ async fn the_queue_by_site_and_egress_with_each_attempt() {
         "{flushed}"
     );
     relay.log_count("deferred: next attempt at", 5).await;
+    relay.log_count("attempt over", 3).await;
     let shown = w.setup.cli_json(&["queue", "show", &to_sender]);
     assert_eq!(shown["history"].as_array().unwrap().len(), 4, "{shown}");
     let shown = w.setup.cli_json(&["queue", "show", &to_dest]);
