@@ -264,6 +264,10 @@ TOML
 proc_usage() {
   U_RSS=$(awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status")
   U_CPU=$(awk -v hz="$(getconf CLK_TCK)" -v n="$2" '{ printf "%.0f", ($14 + $15) * 1e6 / hz / n }' "/proc/$1/stat")
+  # The kernel's share (system calls: sockets, fdatasync) on stderr, beside the rows.
+  awk -v hz="$(getconf CLK_TCK)" -v n="$2" -v pid="$1" \
+    '{ printf "pid %s: user %.0f µs, system %.0f µs per message\n", pid, $14 * 1e6 / hz / n, $15 * 1e6 / hz / n }' \
+    "/proc/$1/stat" >&2
 }
 sidestep_usage() { proc_usage "$S_PID" "$1"; S_RSS=$U_RSS; S_CPU=$U_CPU; }
 

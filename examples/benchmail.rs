@@ -268,6 +268,8 @@ async fn serve(
     let mut line = Vec::with_capacity(512);
     let mut rcpts: Vec<String> = Vec::new();
     let mut out = Vec::with_capacity(1024);
+    // The BDAT chunks of the message under way.
+    let mut chunks: Vec<u8> = Vec::new();
     loop {
         line.clear();
         if read.read_until(b'\n', &mut line).await? == 0 {
@@ -275,7 +277,7 @@ async fn serve(
         }
         let upper = line.to_ascii_uppercase();
         if upper.starts_with(b"EHLO") {
-            out.extend_from_slice(b"250-sink.bench.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 104857600\r\n250 ENHANCEDSTATUSCODES\r\n");
+            out.extend_from_slice(b"250-sink.bench.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SIZE 104857600\r\n250-CHUNKING\r\n250 ENHANCEDSTATUSCODES\r\n");
         } else if upper.starts_with(b"HELO") {
             out.extend_from_slice(b"250 sink.bench.test\r\n");
         } else if upper.starts_with(b"MAIL") {
@@ -305,26 +307,34 @@ async fn serve(
                     .write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
                     .await?;
                 let id = read_message(&mut read, &mut line).await?;
-                let at = unix_micros();
-                {
-                    let mut t = state.tally.lock().unwrap_or_else(|e| e.into_inner());
-                    for r in rcpts.drain(..) {
-                        if let Some(id) = id {
-                            if t.seen.insert((id, r)) {
-                                t.deliveries += 1;
-                            } else {
-                                t.duplicates += 1;
-                            }
-                        }
-                    }
-                    if let Some(id) = id {
-                        t.times.push((id, at));
-                    }
-                }
+                state.record(id, rcpts.drain(..));
+                out.extend_from_slice(b"250 2.0.0 Ok: queued\r\n");
+            }
+        } else if upper.starts_with(b"BDAT") {
+            // RFC 3030: the chunk is read whatever the envelope's fate.
+            let text = String::from_utf8_lossy(&line).to_string();
+            let mut words = text.split_ascii_whitespace().skip(1);
+            let Some(size) = words.next().and_then(|w| w.parse::<usize>().ok()) else {
+                bail!("BDAT without a size");
+            };
+            let last = words.next().is_some_and(|w| w.eq_ignore_ascii_case("LAST"));
+            let start = chunks.len();
+            chunks.resize(start + size, 0);
+            read.read_exact(&mut chunks[start..]).await?;
+            if !last {
+                out.extend_from_slice(b"250 2.0.0 chunk ok\r\n");
+            } else if rcpts.is_empty() {
+                chunks.clear();
+                out.extend_from_slice(b"554 5.5.1 No valid recipients\r\n");
+            } else {
+                let id = bench_id(&chunks);
+                chunks.clear();
+                state.record(id, rcpts.drain(..));
                 out.extend_from_slice(b"250 2.0.0 Ok: queued\r\n");
             }
         } else if upper.starts_with(b"RSET") {
             rcpts.clear();
+            chunks.clear();
             out.extend_from_slice(b"250 2.0.0 Ok\r\n");
         } else if upper.starts_with(b"NOOP") {
             out.extend_from_slice(b"250 2.0.0 Ok\r\n");
@@ -341,6 +351,36 @@ async fn serve(
             out.clear();
         }
     }
+}
+
+impl SinkState {
+    /// Counts a message's deliveries (one per recipient), and duplicates.
+    fn record(&self, id: Option<u64>, rcpts: impl Iterator<Item = String>) {
+        let at = unix_micros();
+        let mut t = self.tally.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(id) = id else { return };
+        for r in rcpts {
+            if t.seen.insert((id, r)) {
+                t.deliveries += 1;
+            } else {
+                t.duplicates += 1;
+            }
+        }
+        t.times.push((id, at));
+    }
+}
+
+/// The `X-Bench-Id` of a message's header (BDAT: the message as it came).
+fn bench_id(message: &[u8]) -> Option<u64> {
+    for line in message.split(|&b| b == b'\n') {
+        if line == b"\r" || line.is_empty() {
+            return None;
+        }
+        if line.len() > 11 && line[..11].eq_ignore_ascii_case(b"x-bench-id:") {
+            return String::from_utf8_lossy(&line[11..]).trim().parse().ok();
+        }
+    }
+    None
 }
 
 /// Reads a message up to its lone dot; returns its `X-Bench-Id`.

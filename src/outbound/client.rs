@@ -11,7 +11,9 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 
 use super::authorised::SpfChoice;
-use super::protocol::{After, HostFailure, boxed, error_reply, greeting, hello, transaction};
+use super::protocol::{
+    After, BrokenChunking, HostFailure, boxed, error_reply, greeting, hello, transaction,
+};
 use super::sessions::{ReuseLimits, Session, SessionCache};
 use super::smarthost::Smarthost;
 use super::{AttemptReport, DomainDelivery, Via};
@@ -46,6 +48,10 @@ pub struct Outbound {
     command_timeout: Duration,
     /// `None` when `delivery.starttls = false`.
     tls: Option<TlsConnector>,
+    /// `[delivery] chunking`: BDAT when the MX offers it.
+    chunking: bool,
+    /// MX addresses that get DATA though they offer CHUNKING; kept across reloads.
+    broken_chunking: std::sync::Arc<BrokenChunking>,
     /// For `tls = "verify"` routes: checks certificates against `delivery.tls_ca_file`
     /// or the system's roots.
     verify_tls: TlsConnector,
@@ -115,7 +121,12 @@ impl Outbound {
         let smarthosts = config
             .smarthosts
             .iter()
-            .map(|s| Ok((s.name.clone(), Smarthost::new(s, &config.server.hostname)?)))
+            .map(|s| {
+                Ok((
+                    s.name.clone(),
+                    Smarthost::new(s, &config.server.hostname, d.chunking)?,
+                ))
+            })
             .collect::<Result<_, super::OutboundError>>()?;
         let clock = reputation.clock().clone();
         Ok(Self {
@@ -132,6 +143,8 @@ impl Outbound {
             connect_timeout: d.connect_timeout.get(),
             command_timeout: d.command_timeout.get(),
             tls,
+            chunking: d.chunking,
+            broken_chunking: Default::default(),
             verify_tls,
             tls_policies,
             health: Default::default(),
@@ -155,6 +168,7 @@ impl Outbound {
     pub fn keep_health(mut self, old: &Outbound) -> Self {
         self.health = old.health.clone();
         self.tls_policies = old.tls_policies.clone();
+        self.broken_chunking = old.broken_chunking.clone();
         if old.shaper.rules() == self.shaper.rules() {
             // Same rules: the hour's counts and the slots in use carry on.
             self.shaper = old.shaper.clone();
@@ -734,6 +748,9 @@ impl Outbound {
                 break;
             }
             let t = transaction(&mut session.client, session.caps, d, mx, true, egress.ip).await;
+            if t.chunk_lost {
+                self.broken_chunking.remember(dest, mx);
+            }
             match t.after {
                 // The server closed the idle session meanwhile: nothing of this message
                 // was taken; another idle session or a new connection will do.
@@ -763,6 +780,9 @@ impl Outbound {
         .flatten()
         .min();
         let t = transaction(&mut session.client, session.caps, d, mx, false, egress.ip).await;
+        if t.chunk_lost {
+            self.broken_chunking.remember(dest, mx);
+        }
         match t.after {
             After::Ready if keep => self.sessions.put(egress.ip, dest, session),
             After::Ready | After::Done | After::Stale => session.quit().await,
@@ -887,13 +907,17 @@ impl Outbound {
                         tls: true,
                     })?;
                 let caps = hello(&mut client, &egress.helo, mx).await?.capabilities;
+                let caps = self.broken_chunking.usable(dest, caps, self.chunking);
                 let mut session = Session::new(boxed(client), caps);
                 if let TlsUse::Policy(h) = tls {
                     session.tls_key = h.key.clone();
                 }
                 Ok(session)
             }
-            None => Ok(Session::new(boxed(client), caps)),
+            None => {
+                let caps = self.broken_chunking.usable(dest, caps, self.chunking);
+                Ok(Session::new(boxed(client), caps))
+            }
         }
     }
 

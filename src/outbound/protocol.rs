@@ -2,12 +2,16 @@
 //! smarthost alike: greeting, EHLO/HELO, the (pipelined) transaction, dot-stuffing, and
 //! turning what went wrong into the reply that is logged, classified and quoted.
 
+use std::net::SocketAddr;
+
 use mail_send::SmtpClient;
-use smtp_proto::{EXT_8BIT_MIME, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EhloResponse, Response};
+use smtp_proto::{
+    EXT_8BIT_MIME, EXT_CHUNKING, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EhloResponse, Response,
+};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::DomainDelivery;
-use super::reply::{Reply, exchange, read_reply};
+use super::reply::{Reply, exchange, read_replies_into, read_reply};
 use super::sessions::{Client, Io};
 use crate::spool::RemoteReply;
 
@@ -75,6 +79,47 @@ pub(super) async fn hello<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// The extensions of `caps` this relay will use: CHUNKING only with `[delivery]
+/// chunking` on.
+pub(super) fn usable(caps: u32, chunking: bool) -> u32 {
+    if chunking { caps } else { caps & !EXT_CHUNKING }
+}
+
+/// MX addresses that broke a BDAT transaction ([`Transaction::chunk_lost`]): they are
+/// sent DATA from then on, until the relay restarts (a reload keeps them). Bounded: past
+/// [`BrokenChunking::MAX`] addresses none is added, and a new one that breaks BDAT
+/// costs an attempt each time.
+#[derive(Default)]
+pub(super) struct BrokenChunking(std::sync::Mutex<std::collections::HashSet<SocketAddr>>);
+
+impl BrokenChunking {
+    const MAX: usize = 10_000;
+
+    /// `dest` (`mx`) broke a BDAT transaction.
+    pub(super) fn remember(&self, dest: SocketAddr, mx: &str) {
+        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if set.len() < Self::MAX && set.insert(dest) {
+            tracing::warn!(
+                mx,
+                addr = %dest,
+                "the connection broke during a BDAT transaction; this server gets DATA from now on"
+            );
+        }
+    }
+
+    /// The extensions of `caps` to use with `dest`: CHUNKING only with `[delivery]
+    /// chunking` on and `dest` not remembered.
+    pub(super) fn usable(&self, dest: SocketAddr, caps: u32, chunking: bool) -> u32 {
+        let broke = || {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&dest)
+        };
+        usable(caps, chunking && (caps & EXT_CHUNKING == 0 || !broke()))
+    }
+}
+
 /// One command and its reply, within the session's command timeout.
 async fn command<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut SmtpClient<S>,
@@ -107,6 +152,11 @@ pub(super) struct Transaction {
     /// One per recipient, in order.
     pub(super) replies: Vec<RemoteReply>,
     pub(super) after: After,
+    /// The connection broke during a BDAT transaction before the chunk was answered:
+    /// some servers hang up rather than read a chunk behind a refused envelope (against
+    /// RFC 3030 §2), taking their refusal with them. The caller sends DATA to that
+    /// server from then on, so the next attempt hears why.
+    pub(super) chunk_lost: bool,
 }
 
 /// MAIL, RCPT…, DATA on an established session. Pipelined when the server offers it
@@ -130,6 +180,7 @@ pub(super) async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
     // unusable ends the round: the recipients after it wait for the next attempt.
     let mut replies = Vec::with_capacity(d.recipients.len());
     let mut after = After::Done;
+    let mut chunk_lost = false;
     for (i, rcpt) in d.recipients.iter().enumerate() {
         if i > 0 && after != After::Ready {
             replies.push(RemoteReply {
@@ -154,9 +205,14 @@ pub(super) async fn transaction<S: AsyncRead + AsyncWrite + Unpin>(
             return t;
         }
         after = t.after;
+        chunk_lost |= t.chunk_lost;
         replies.extend(t.replies);
     }
-    Transaction { replies, after }
+    Transaction {
+        replies,
+        after,
+        chunk_lost,
+    }
 }
 
 /// One transaction: `d`'s recipients with `from` (else `d.sender`) as MAIL FROM.
@@ -172,10 +228,12 @@ async fn one_transaction<S: AsyncRead + AsyncWrite + Unpin>(
     let done = |replies| Transaction {
         replies,
         after: After::Done,
+        chunk_lost: false,
     };
     let stale = || Transaction {
         replies: Vec::new(),
         after: After::Stale,
+        chunk_lost: false,
     };
     if d.flags.smtputf8 && caps & EXT_SMTP_UTF8 == 0 {
         return done(vec![
@@ -208,10 +266,13 @@ async fn one_transaction<S: AsyncRead + AsyncWrite + Unpin>(
         .map(|r| format!("RCPT TO:<{r}>\r\n"))
         .collect();
 
+    let pipelined = caps & EXT_PIPELINING != 0;
+    if pipelined && caps & EXT_CHUNKING != 0 && d.body.len() <= ONE_CHUNK_MAX {
+        return chunked(client, mail, rcpts, d.body, mx, reused).await;
+    }
     let mut replies: Vec<Option<RemoteReply>> = vec![None; n];
     // With PIPELINING, DATA ends the group (RFC 2920 §3.1): one round trip for the
     // whole envelope.
-    let pipelined = caps & EXT_PIPELINING != 0;
     let envelope = if pipelined {
         pipeline(
             client,
@@ -289,6 +350,103 @@ async fn one_transaction<S: AsyncRead + AsyncWrite + Unpin>(
             .map(|r| r.unwrap_or_else(|| mail_reply_missing(mx)))
             .collect(),
         after,
+        chunk_lost: false,
+    }
+}
+
+/// The largest body sent as one BDAT chunk behind its envelope. The server reads a chunk
+/// whatever it answered to MAIL and RCPT (RFC 3030 §2), so a refused envelope costs the
+/// body's bytes: larger bodies go after DATA's `354`, where one more round trip is small
+/// beside the transfer.
+const ONE_CHUNK_MAX: usize = 1024 * 1024;
+
+/// The whole transaction in one write when the server offers CHUNKING and PIPELINING
+/// (RFC 3030, RFC 2920): MAIL, RCPT…, `BDAT <size> LAST` and the body as spooled (no
+/// dot-stuffing), then one reply per command. One round trip instead of two, as Exim
+/// does. Accepted recipients get the reply to the chunk.
+async fn chunked<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut SmtpClient<S>,
+    mail: String,
+    rcpts: Vec<String>,
+    body: &[u8],
+    mx: &str,
+    reused: bool,
+) -> Transaction {
+    let n = rcpts.len();
+    let mut head = mail.into_bytes();
+    for rcpt in &rcpts {
+        head.extend_from_slice(rcpt.as_bytes());
+    }
+    head.extend_from_slice(format!("BDAT {} LAST\r\n", body.len()).as_bytes());
+    let mut got: Vec<Reply> = Vec::with_capacity(n + 2);
+    let timeout = client.timeout;
+    let stream = &mut client.stream;
+    let result = tokio::time::timeout(timeout, async {
+        let sent = async {
+            write_all_vectored(stream, &head, body).await?;
+            stream.flush().await
+        }
+        .await;
+        // A server that refused the envelope and hung up without reading the chunk has
+        // usually said why first: its replies are read even when the write failed.
+        let read = read_replies_into(stream, n + 2, &mut got).await;
+        match (sent, read) {
+            (Err(e), _) => Err(mail_send::Error::Io(e)),
+            (Ok(()), r) => r,
+        }
+    })
+    .await
+    .unwrap_or(Err(mail_send::Error::Timeout));
+    if reused && got.first().is_none_or(|r| r.code == 421) {
+        // Nothing of this message was taken on a session that turned out dead.
+        return Transaction {
+            replies: Vec::new(),
+            after: After::Stale,
+            chunk_lost: false,
+        };
+    }
+    // The connection broke (rather than timed out) before every reply came.
+    let broke = matches!(result, Err(mail_send::Error::Io(_)));
+    // What a recipient whose reply never came gets.
+    let lost = match result {
+        Ok(()) => mail_reply_missing(mx),
+        Err(e) => error_reply(e, mx),
+    };
+    let mut got = got.into_iter().map(|r| r.to_remote(mx));
+    let Some(mail_reply) = got.next() else {
+        return Transaction {
+            replies: vec![lost; n],
+            after: After::Done,
+            chunk_lost: broke,
+        };
+    };
+    if !is_positive(&mail_reply) {
+        return Transaction {
+            replies: vec![mail_reply; n],
+            after: After::Done,
+            chunk_lost: false,
+        };
+    }
+    let rcpt_replies: Vec<RemoteReply> = got.by_ref().take(n).collect();
+    let chunk_reply = got.next();
+    let accepted = rcpt_replies.iter().filter(|r| is_positive(r)).count();
+    // Only the reply to the last chunk ends the transaction cleanly (with no recipient
+    // accepted the server discards the chunk; that session is not worth keeping).
+    let after = match &chunk_reply {
+        Some(r) if accepted > 0 && (200..600).contains(&r.code) && r.code != 421 => After::Ready,
+        _ => After::Done,
+    };
+    let replies = (0..n)
+        .map(|i| match rcpt_replies.get(i) {
+            Some(r) if is_positive(r) => chunk_reply.clone().unwrap_or_else(|| lost.clone()),
+            Some(r) => r.clone(),
+            None => lost.clone(),
+        })
+        .collect();
+    Transaction {
+        replies,
+        after,
+        chunk_lost: broke && chunk_reply.is_none(),
     }
 }
 

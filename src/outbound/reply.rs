@@ -61,8 +61,23 @@ pub(super) async fn read_replies<S: AsyncRead + Unpin>(
     stream: &mut S,
     n: usize,
 ) -> Result<Vec<Reply>, mail_send::Error> {
-    let mut buf: Vec<u8> = Vec::with_capacity(512);
     let mut replies = Vec::with_capacity(n);
+    read_replies_into(stream, n, &mut replies).await?;
+    Ok(replies)
+}
+
+/// Reads replies into `replies` until it holds `n`: on an error, the replies read
+/// before it are kept (a server that refused a recipient and then dropped the
+/// connection still said why).
+///
+/// # Errors
+/// As [`read_replies`].
+pub(super) async fn read_replies_into<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    n: usize,
+    replies: &mut Vec<Reply>,
+) -> Result<(), mail_send::Error> {
+    let mut buf: Vec<u8> = Vec::with_capacity(512);
     let mut start = 0;
     let mut parsed = 0;
     let mut chunk = [0u8; 4096];
@@ -97,7 +112,7 @@ pub(super) async fn read_replies<S: AsyncRead + Unpin>(
         }
         buf.extend_from_slice(&chunk[..got]);
     }
-    Ok(replies)
+    Ok(())
 }
 
 /// Reads one reply.

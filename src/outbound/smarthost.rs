@@ -11,7 +11,7 @@ use smtp_proto::EXT_START_TLS;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::protocol::{HostFailure, error_reply, greeting, hello, transaction};
+use super::protocol::{HostFailure, error_reply, greeting, hello, transaction, usable};
 use super::{AttemptReport, DomainDelivery, OutboundError, Via};
 use crate::config::{SmarthostConfig, SmarthostTls};
 use crate::dns::Resolver;
@@ -28,12 +28,20 @@ pub struct Smarthost {
     helo: String,
     /// The operator vouches that it enforces destinations' MTA-STS and DANE itself.
     enforces_tls_policy: bool,
+    /// `[delivery] chunking`: BDAT when the smarthost offers it.
+    chunking: bool,
 }
 
 impl Smarthost {
+    /// `chunking`: `[delivery] chunking`.
+    ///
     /// # Errors
     /// The password file or CA file cannot be read, or holds no certificate.
-    pub fn new(config: &SmarthostConfig, helo: &str) -> Result<Self, OutboundError> {
+    pub fn new(
+        config: &SmarthostConfig,
+        helo: &str,
+        chunking: bool,
+    ) -> Result<Self, OutboundError> {
         let read = |path: &std::path::Path| {
             std::fs::read_to_string(path).map_err(|source| OutboundError::File {
                 name: config.name.clone(),
@@ -68,6 +76,7 @@ impl Smarthost {
             tls,
             helo: helo.to_string(),
             enforces_tls_policy: config.enforces_tls_policy,
+            chunking,
         })
     }
 
@@ -201,7 +210,8 @@ impl Smarthost {
         };
         let ehlo = hello(&mut client, &self.helo, host).await?;
         self.authenticate(&mut client, &ehlo, host).await?;
-        let t = transaction(&mut client, ehlo.capabilities, d, host, false, None).await;
+        let caps = usable(ehlo.capabilities, self.chunking);
+        let t = transaction(&mut client, caps, d, host, false, None).await;
         super::sessions::quit(&mut client.stream).await;
         let replies = t.replies;
         Ok((ip, replies))

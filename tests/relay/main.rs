@@ -10,6 +10,7 @@ mod bench;
 mod blocks;
 mod bounces;
 mod bulk;
+mod chunking;
 mod cli;
 mod cluster;
 mod complaints;

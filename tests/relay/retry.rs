@@ -2,6 +2,7 @@
 
 use crate::support::client::ready;
 use crate::support::eventually;
+use crate::support::sink::Behaviour;
 use crate::{World, message};
 
 #[tokio::test]
@@ -81,18 +82,21 @@ async fn every_recipient_refused_by_a_lax_pipelining_server_still_bounces() {
 
 #[tokio::test]
 async fn permanent_failure_bounces_a_dsn_quoting_the_reply() {
-    permanent_failure_bounces(false).await;
+    permanent_failure_bounces(|_| {}).await;
 }
 
 #[tokio::test]
 async fn a_server_without_pipelining_gets_one_command_at_a_time() {
-    permanent_failure_bounces(true).await;
+    permanent_failure_bounces(|b| b.no_pipelining = true).await;
 }
 
-async fn permanent_failure_bounces(no_pipelining: bool) {
+/// One recipient of two refused at RCPT by a destination shaped by `shape`: the other is
+/// delivered, the refused one bounced with a DSN quoting the refusal. Returns the world
+/// for what else the caller checks.
+pub async fn permanent_failure_bounces(shape: impl FnOnce(&mut Behaviour)) -> World {
     let w = World::new().await;
     w.dest.behave(|b| {
-        b.no_pipelining = no_pipelining;
+        shape(b);
         b.rcpt.insert(
             "nobody@dest.test".into(),
             "550 5.1.1 <nobody@dest.test>: User unknown in virtual mailbox table".into(),
@@ -131,6 +135,7 @@ async fn permanent_failure_bounces(no_pipelining: bool) {
         !text.contains("Final-Recipient: rfc822; b@dest.test"),
         "{text}"
     );
+    w
 }
 
 #[tokio::test]

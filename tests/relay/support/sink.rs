@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -27,6 +27,8 @@ pub struct Received {
     pub auth: Option<String>,
     /// Content after dot-unstuffing, CRLF line endings, without the final `.` line.
     pub data: Vec<u8>,
+    /// The message came in BDAT chunks (RFC 3030), not after DATA.
+    pub chunked: bool,
 }
 
 /// How the sink answers. Tests change it while the relay runs.
@@ -64,6 +66,12 @@ pub struct Behaviour {
     pub lax_data: bool,
     /// Do not offer PIPELINING: the client must wait for each reply.
     pub no_pipelining: bool,
+    /// Offer CHUNKING (RFC 3030) and take messages in BDAT chunks; their last chunk is
+    /// answered as the end of DATA is.
+    pub chunking: bool,
+    /// With `chunking`: once the envelope has no accepted recipient, close the connection
+    /// instead of reading the chunk (a server breaking RFC 3030 §2).
+    pub hang_up_on_refused_chunk: bool,
     /// Accept connections and close them at once, without a greeting (a server that is
     /// down behind its address); they are counted in `connections`.
     pub dead: bool,
@@ -293,7 +301,7 @@ impl Sink {
     ) -> std::io::Result<()> {
         let (r, mut w) = tokio::io::split(stream);
         let mut r = BufReader::new(r);
-        let (refuse, acceptor, required_auth, pipelining) = {
+        let (refuse, acceptor, required_auth, pipelining, chunking) = {
             let b = self.behaviour.lock().unwrap();
             (
                 b.refuse_from.get(&peer).cloned(),
@@ -304,6 +312,7 @@ impl Sink {
                 } else {
                     "250-PIPELINING\r\n"
                 },
+                if b.chunking { "250-CHUNKING\r\n" } else { "" },
             )
         };
         let mut authenticated: Option<String> = None;
@@ -329,6 +338,10 @@ impl Sink {
         let mut mail_from = String::new();
         let mut rcpts = Vec::new();
         let mut line = Vec::new();
+        // The BDAT chunks of the message under way.
+        let mut chunks: Vec<u8> = Vec::new();
+        // A whole message read (its content, and whether it came in chunks).
+        let mut whole: Option<(Vec<u8>, bool)> = None;
         let mut answered_message = false;
         loop {
             line.clear();
@@ -359,7 +372,7 @@ impl Sink {
                     ""
                 };
                 format!(
-                    "250-sink.test\r\n{starttls}{auth}{pipelining}250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 100000000"
+                    "250-sink.test\r\n{starttls}{auth}{pipelining}{chunking}250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 100000000"
                 )
             } else if upper.starts_with("AUTH PLAIN") && required_auth.is_some() {
                 let mut arg = text[10..].trim().to_string();
@@ -397,6 +410,7 @@ impl Sink {
             } else if upper.starts_with("MAIL FROM:") {
                 mail_from = text[10..].to_string();
                 rcpts.clear();
+                chunks.clear();
                 "250 2.1.0 Ok".to_string()
             } else if upper.starts_with("RCPT TO:") {
                 let arg = text[8..].to_string();
@@ -432,57 +446,38 @@ impl Sink {
                         let content = line.strip_prefix(b".").unwrap_or(&line);
                         data.extend_from_slice(content);
                     }
-                    let gate = self.behaviour.lock().unwrap().data_gate.clone();
-                    if let Some(gate) = gate {
-                        gate.pass().await;
-                    }
-                    let (reply, delay) = {
-                        let mut b = self.behaviour.lock().unwrap();
-                        let from_peer = b.data_from.get(&peer).cloned();
-                        let content = String::from_utf8_lossy(&data);
-                        let filtered = b
-                            .data_containing
-                            .iter()
-                            .find(|(k, _)| content.contains(k.as_str()))
-                            .map(|(_, v)| v.replace("{peer}", &peer.to_string()));
-                        (
-                            from_peer
-                                .or(filtered)
-                                .or_else(|| b.data.pop_front())
-                                .or_else(|| b.data_always.clone()),
-                            b.data_delay,
-                        )
-                    };
-                    let spf = self.behaviour.lock().unwrap().spf.clone();
-                    let reply = match (reply, spf) {
-                        (None, Some(auth)) => spf_refusal(&auth, peer, &helo, &mail_from).await,
-                        (reply, _) => reply,
-                    };
-                    if let Some(delay) = delay {
-                        tokio::time::sleep(delay).await;
-                    }
-                    if self.behaviour.lock().unwrap().data_from.contains_key(&peer) {
-                        self.refused.fetch_add(1, Ordering::SeqCst);
-                    }
-                    answered_message = true;
-                    match reply {
-                        Some(reply) => reply,
-                        None if rcpts.is_empty() => "554 5.5.1 No valid recipients".to_string(),
-                        None => {
-                            self.received.lock().unwrap().push(Received {
-                                peer,
-                                helo: helo.clone(),
-                                mail_from: mail_from.clone(),
-                                rcpts: rcpts.clone(),
-                                tls,
-                                auth: authenticated.clone(),
-                                data,
-                            });
-                            "250 2.0.0 Ok: queued".to_string()
-                        }
-                    }
+                    whole = Some((data, false));
+                    String::new()
+                }
+            } else if upper.starts_with("BDAT ") && chunking.is_empty() {
+                "502 5.5.1 Unknown command".to_string()
+            } else if upper.starts_with("BDAT ") {
+                let mut words = upper.split_ascii_whitespace().skip(1);
+                let size: Option<usize> = words.next().and_then(|w| w.parse().ok());
+                let last = words.next() == Some("LAST");
+                let Some(size) = size else {
+                    w.write_all(b"501 5.5.4 BDAT needs a size\r\n").await?;
+                    continue;
+                };
+                let hang_up = self.behaviour.lock().unwrap().hang_up_on_refused_chunk;
+                if hang_up && rcpts.is_empty() {
+                    w.flush().await?;
+                    return Ok(());
+                }
+                let start = chunks.len();
+                chunks.resize(start + size, 0);
+                r.read_exact(&mut chunks[start..]).await?;
+                if !last {
+                    format!("250 2.0.0 {size} octets received")
+                } else if rcpts.is_empty() {
+                    chunks.clear();
+                    "554 5.5.1 No valid recipients".to_string()
+                } else {
+                    whole = Some((std::mem::take(&mut chunks), true));
+                    String::new()
                 }
             } else if upper == "RSET" || upper == "NOOP" {
+                chunks.clear();
                 "250 2.0.0 Ok".to_string()
             } else if upper == "QUIT" {
                 self.quits.fetch_add(1, Ordering::SeqCst);
@@ -491,7 +486,90 @@ impl Sink {
             } else {
                 "502 5.5.1 Unknown command".to_string()
             };
+            // A whole message (after DATA, or its last chunk) is answered here.
+            let reply = match whole.take() {
+                Some((data, chunked)) => {
+                    answered_message = true;
+                    let message = Envelope {
+                        peer,
+                        helo: &helo,
+                        mail_from: &mail_from,
+                        rcpts: &rcpts,
+                        tls,
+                        auth: &authenticated,
+                    };
+                    self.end_of_message(message, data, chunked).await
+                }
+                None => reply,
+            };
             w.write_all(format!("{reply}\r\n").as_bytes()).await?;
+        }
+    }
+}
+
+/// Who sent a message and to whom, as the session knows it at its end.
+struct Envelope<'a> {
+    peer: IpAddr,
+    helo: &'a str,
+    mail_from: &'a str,
+    rcpts: &'a [String],
+    tls: bool,
+    auth: &'a Option<String>,
+}
+
+impl Sink {
+    /// The answer to a whole message (the end of DATA, or the last BDAT chunk), as the
+    /// behaviour says; an accepted message is recorded.
+    async fn end_of_message(&self, e: Envelope<'_>, data: Vec<u8>, chunked: bool) -> String {
+        let peer = e.peer;
+        let gate = self.behaviour.lock().unwrap().data_gate.clone();
+        if let Some(gate) = gate {
+            gate.pass().await;
+        }
+        let (reply, delay) = {
+            let mut b = self.behaviour.lock().unwrap();
+            let from_peer = b.data_from.get(&peer).cloned();
+            let content = String::from_utf8_lossy(&data);
+            let filtered = b
+                .data_containing
+                .iter()
+                .find(|(k, _)| content.contains(k.as_str()))
+                .map(|(_, v)| v.replace("{peer}", &peer.to_string()));
+            (
+                from_peer
+                    .or(filtered)
+                    .or_else(|| b.data.pop_front())
+                    .or_else(|| b.data_always.clone()),
+                b.data_delay,
+            )
+        };
+        let spf = self.behaviour.lock().unwrap().spf.clone();
+        let reply = match (reply, spf) {
+            (None, Some(auth)) => spf_refusal(&auth, peer, e.helo, e.mail_from).await,
+            (reply, _) => reply,
+        };
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        if self.behaviour.lock().unwrap().data_from.contains_key(&peer) {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+        }
+        match reply {
+            Some(reply) => reply,
+            None if e.rcpts.is_empty() => "554 5.5.1 No valid recipients".to_string(),
+            None => {
+                self.received.lock().unwrap().push(Received {
+                    peer,
+                    helo: e.helo.to_string(),
+                    mail_from: e.mail_from.to_string(),
+                    rcpts: e.rcpts.to_vec(),
+                    tls: e.tls,
+                    auth: e.auth.clone(),
+                    data,
+                    chunked,
+                });
+                "250 2.0.0 Ok: queued".to_string()
+            }
         }
     }
 }
