@@ -303,14 +303,15 @@ impl Outbound {
                 return r;
             }
             if let Some(smarthost) = fallback {
-                let mut r = smarthost
-                    .deliver(
-                        &self.resolver,
-                        d,
-                        self.connect_timeout,
-                        self.command_timeout,
-                    )
-                    .await;
+                // Boxed: its TLS and AUTH states would otherwise make every delivery's
+                // future (moved into each task) several kilobytes larger.
+                let mut r = Box::pin(smarthost.deliver(
+                    &self.resolver,
+                    d,
+                    self.connect_timeout,
+                    self.command_timeout,
+                ))
+                .await;
                 r.site = Some(site);
                 return r;
             }
@@ -771,7 +772,8 @@ impl Outbound {
             self.sessions.make_room(dest, cap);
         }
         self.pace_connection(shaped, egress.ip, mx).await?;
-        let mut session = self.open(egress, dest, mx, tls).await?;
+        // Boxed, as the smarthost's delivery is: the TLS handshake's state is large.
+        let mut session = Box::pin(self.open(egress, dest, mx, tls)).await?;
         session.max_messages = [
             shaped.shapes.0.messages_per_connection,
             shaped.shapes.1.messages_per_connection,

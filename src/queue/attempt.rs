@@ -22,7 +22,9 @@ use crate::classify::{Retry, Verdict};
 use crate::envelope::Sender;
 use crate::senders::SenderId;
 use crate::site::Site;
-use crate::spool::{Departure, QueueId, QueuedMessage, RecipientStatus, RemoteReply, SpoolError};
+use crate::spool::{
+    Body, Departure, QueueId, QueuedMessage, RecipientStatus, RemoteReply, SpoolError,
+};
 
 /// When the spool itself fails mid-attempt, try the message again after this long
 /// rather than lose track of it.
@@ -127,7 +129,7 @@ async fn attempt(
         Some(next) => Some(applied.retry_at.map_or(next / 1000, |r| r.min(next / 1000))),
         None => applied.retry_at,
     };
-    let body = body.unwrap_or_else(|| Arc::from(Vec::new()));
+    let body = body.unwrap_or_default();
     match record(ctx, queue, &mut msg, &body, applied.throttled, retry_at).await {
         Ok(next_ms) => Ok(Outcome {
             next_ms,
@@ -151,7 +153,7 @@ enum Loaded {
     /// next probe (Unix ms), without reading the body.
     Parked(Site, u64),
     /// The message and its body (or why the body cannot be read).
-    Message(Box<QueuedMessage>, Result<Arc<[u8]>, SpoolError>),
+    Message(Box<QueuedMessage>, Result<Body, SpoolError>),
 }
 
 /// The message as the last attempt left it: from memory if its record could not be
@@ -163,13 +165,11 @@ async fn load(
 ) -> Result<Loaded, QueueError> {
     match (unrecorded, ctx.spool.take_fresh(id)) {
         // Nothing left to send: the body is not needed.
-        (Some(msg), _) if msg.is_done() => {
-            Ok(Loaded::Message(Box::new(msg), Ok(Arc::from(Vec::new()))))
-        }
+        (Some(msg), _) if msg.is_done() => Ok(Loaded::Message(Box::new(msg), Ok(Body::default()))),
         (Some(msg), _) => {
             let spool = ctx.spool.clone();
             let loaded = tokio::task::spawn_blocking(move || {
-                let body = spool.load_body(&msg).map(Arc::<[u8]>::from);
+                let body = spool.load_body(&msg).map(Arc::new);
                 Loaded::Message(Box::new(msg), body)
             })
             .await?;
@@ -191,7 +191,7 @@ async fn load(
                 {
                     return Ok(Loaded::Parked(site, next));
                 }
-                let body = spool.load_body(&msg).map(Arc::<[u8]>::from);
+                let body = spool.load_body(&msg).map(Arc::new);
                 Ok(Loaded::Message(Box::new(msg), body))
             })
             .await??;
@@ -232,7 +232,7 @@ async fn hold_if_suspended(
 /// The body, or `None` when it cannot be read (a damaged disk, a file deleted by hand).
 /// Such a message must not stay in the queue for ever: nothing is sent, its recipients
 /// wait with this as their last error, and it expires into a DSN like any other.
-fn readable(msg: &mut QueuedMessage, body: Result<Arc<[u8]>, SpoolError>) -> Option<Arc<[u8]>> {
+fn readable(msg: &mut QueuedMessage, body: Result<Body, SpoolError>) -> Option<Body> {
     let e = match body {
         Ok(body) => return Some(body),
         Err(e) => e,
@@ -257,7 +257,7 @@ fn readable(msg: &mut QueuedMessage, body: Result<Arc<[u8]>, SpoolError>) -> Opt
 async fn deliver_all(
     ctx: &Arc<QueueContext>,
     msg: &QueuedMessage,
-    body: &Arc<[u8]>,
+    body: &Body,
 ) -> Vec<DomainOutcome> {
     let mut by_domain: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, r) in msg.recipients.iter().enumerate() {
@@ -290,7 +290,9 @@ async fn deliver_all(
             // of the global connections other destinations could use.
             let _domain = ctx.domain_limit(&job.domain).acquire_owned().await;
             let _global = ctx.connections.clone().acquire_owned().await;
-            deliver_domain(&ctx, job).await
+            // Boxed: the delivery's future is some 10 KiB (DNS, TLS policy, SPF and SMTP
+            // states), which spawning by value would copy into the task more than once.
+            Box::pin(deliver_domain(&ctx, job)).await
         });
     }
     let mut outcomes = Vec::new();

@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::context::QueueContext;
@@ -22,7 +21,7 @@ use crate::metrics::AttemptResult;
 use crate::outbound::{AttemptReport, DomainDelivery, Via};
 use crate::reputation::{Evidence, LearnedReply, Reputation, StoreError};
 use crate::site::Site;
-use crate::spool::{AttemptRecord, LastRoute, QueueId, RemoteReply};
+use crate::spool::{AttemptRecord, Body, LastRoute, QueueId, RemoteReply};
 
 /// An IP refused, another tried at once: at most this many times per attempt, so a
 /// destination that refuses everyone cannot keep an attempt spinning.
@@ -33,7 +32,7 @@ pub(super) struct DomainJob {
     pub received_at: u64,
     pub sender: Sender,
     pub flags: BodyFlags,
-    pub body: Arc<[u8]>,
+    pub body: Body,
     pub domain: String,
     /// Index in the message's recipient list, and the address.
     pub recipients: Vec<(usize, Address)>,

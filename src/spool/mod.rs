@@ -33,6 +33,10 @@ use std::sync::{Arc, Mutex};
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
+/// A message's bytes, shared by its deliveries: the buffer it was received or read into,
+/// behind an `Arc` (an `Arc<[u8]>` would copy it into an allocation of its own).
+pub type Body = Arc<Vec<u8>>;
+
 const MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("messages");
 
 /// Messages that left the spool, kept (without their bodies or history) while their late
@@ -134,7 +138,7 @@ struct Fresh {
 
 #[derive(Default)]
 struct FreshInner {
-    messages: HashMap<QueueId, (QueuedMessage, Arc<[u8]>)>,
+    messages: HashMap<QueueId, (QueuedMessage, Body)>,
     bytes: usize,
 }
 
@@ -150,11 +154,11 @@ impl Fresh {
                 break;
             }
             inner.bytes += body.len();
-            inner.messages.insert(msg.id.clone(), (msg, body.into()));
+            inner.messages.insert(msg.id.clone(), (msg, Arc::new(body)));
         }
     }
 
-    fn take(&self, id: &QueueId) -> Option<(QueuedMessage, Arc<[u8]>)> {
+    fn take(&self, id: &QueueId) -> Option<(QueuedMessage, Body)> {
         let mut inner = self.lock();
         let entry = inner.messages.remove(id)?;
         inner.bytes -= entry.1.len();
@@ -410,7 +414,7 @@ impl Spool {
     /// A message committed moments ago and its body, from memory, if it is still there
     /// (see [`Fresh`]); taking it means the caller holds the only copy of its record
     /// outside the index.
-    pub fn take_fresh(&self, id: &QueueId) -> Option<(QueuedMessage, Arc<[u8]>)> {
+    pub fn take_fresh(&self, id: &QueueId) -> Option<(QueuedMessage, Body)> {
         self.shared.fresh.take(id)
     }
 
