@@ -144,3 +144,37 @@ async fn a_session_that_took_a_chunk_carries_the_next_message() {
     let log = relay.log_count("delivery attempt", 4).await;
     assert_eq!(log.matches("reused=true").count(), 2, "{log}");
 }
+
+#[tokio::test]
+async fn a_chunk_refused_from_one_ip_is_asked_again_from_the_other_and_the_ip_blocked() {
+    let mut w = World::new().await;
+    w.setup.queue = crate::NO_RETRY_SOON.into();
+    // A receiver that refuses an IP once it has seen the message (Cloudmark-style), here
+    // in its reply to the last chunk.
+    let refusal = "554 5.7.1 Transaction refused by local policy, ref 8a2f";
+    let refused_ip: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    w.dest.behave(|b| {
+        b.chunking = true;
+        b.data_from.insert(refused_ip, refusal.to_string());
+    });
+    let relay = w.setup.start().await;
+    let mut c = ready(relay.addr).await;
+    c.send_mail(
+        "a@sender.test",
+        &["b@dest.test"],
+        &message("elsewhere", "x\r\n"),
+    )
+    .await;
+    let got = &w.dest.wait_for(1).await[0];
+    assert!(got.chunked);
+    assert_eq!(got.peer.to_string(), "127.0.0.3");
+    relay
+        .log_with("second opinion: accepted from another address")
+        .await;
+    assert!(w.sender.messages().is_empty(), "nothing bounces");
+    let blocks = w.setup.cli_json(&["blocks"]);
+    let blocks = blocks.as_array().unwrap();
+    assert_eq!(blocks.len(), 1, "{blocks:?}");
+    assert_eq!(blocks[0]["ip"], "127.0.0.2");
+    assert_eq!(blocks[0]["evidence"]["reply"], refusal);
+}
