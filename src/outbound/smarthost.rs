@@ -3,6 +3,7 @@
 //! session carries credentials; AUTH uses the strongest mechanism both sides know.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use mail_send::{Credentials, SmtpClient};
@@ -30,6 +31,9 @@ pub struct Smarthost {
     enforces_tls_policy: bool,
     /// `[delivery] chunking`: BDAT when the smarthost offers it.
     chunking: bool,
+    /// The smarthost broke a BDAT transaction: it gets DATA from then on (until a reload
+    /// builds it anew), as an MX address does.
+    chunking_broke: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Smarthost {
@@ -77,6 +81,7 @@ impl Smarthost {
             helo: helo.to_string(),
             enforces_tls_policy: config.enforces_tls_policy,
             chunking,
+            chunking_broke: Default::default(),
         })
     }
 
@@ -210,8 +215,18 @@ impl Smarthost {
         };
         let ehlo = hello(&mut client, &self.helo, host).await?;
         self.authenticate(&mut client, &ehlo, host).await?;
-        let caps = usable(ehlo.capabilities, self.chunking);
+        let broke = &self.chunking_broke;
+        let caps = usable(
+            ehlo.capabilities,
+            self.chunking && !broke.load(Ordering::Relaxed),
+        );
         let t = transaction(&mut client, caps, d, host, false, None).await;
+        if t.chunk_lost && !broke.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                smarthost = %self.name,
+                "the connection broke during a BDAT transaction; this smarthost gets DATA from now on"
+            );
+        }
         super::sessions::quit(&mut client.stream).await;
         let replies = t.replies;
         Ok((ip, replies))

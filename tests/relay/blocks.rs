@@ -63,6 +63,16 @@ pub(crate) async fn smarthost(
     (sink, ca)
 }
 
+/// The `[[smarthosts]]` entry for a smarthost from [`smarthost`] named
+/// `smarthost.test` with password `pw`, STARTTLS: name `clean`.
+pub(crate) fn clean_smarthost_config(smarthost: &Sink, ca: &std::path::Path) -> String {
+    format!(
+        "\n[[smarthosts]]\nname = \"clean\"\nhost = \"smarthost.test\"\nport = {}\ntls = \"starttls\"\nusername = \"relay-user\"\npassword = \"pw\"\nca_file = \"{}\"\n",
+        smarthost.addr.port(),
+        ca.display()
+    )
+}
+
 async fn send(relay: std::net::SocketAddr, to: &str, subject: &str) {
     let mut c = ready(relay).await;
     c.send_mail("a@sender.test", &[to], &message(subject, "x\r\n"))

@@ -106,20 +106,7 @@ async fn a_server_hanging_up_instead_of_reading_a_refused_chunk_still_gives_its_
         );
     });
     let relay = w.setup.start().await;
-    let mut c = ready(relay.addr).await;
-    // Larger than the socket buffers: the write fails on the closed connection.
-    let line = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\r\n";
-    c.send_mail(
-        "a@sender.test",
-        &["nobody@dest.test"],
-        &message("nobody", &line.repeat(12 * 1024)),
-    )
-    .await;
-    let text = crate::support::dsn_text(&w.sender.wait_for(1).await[0]);
-    assert!(
-        text.contains("Diagnostic-Code: smtp; 550 5.1.1 <nobody@dest.test>: User unknown"),
-        "{text}"
-    );
+    bounced_after_a_hang_up(&w, &relay).await;
     // The hang-up took the refusal with it (and its reset, the replies before it); the
     // server then gets DATA, which it answers properly.
     let log = relay.log_with("verdict=recipient").await;
@@ -177,4 +164,54 @@ async fn a_chunk_refused_from_one_ip_is_asked_again_from_the_other_and_the_ip_bl
     assert_eq!(blocks.len(), 1, "{blocks:?}");
     assert_eq!(blocks[0]["ip"], "127.0.0.2");
     assert_eq!(blocks[0]["evidence"]["reply"], refusal);
+}
+
+#[tokio::test]
+async fn a_smarthost_hanging_up_on_a_refused_chunk_gets_data_next_time() {
+    let mut w = World::new().await;
+    // The only egress IP refused at the greeting: mail goes to the fallback smarthost.
+    w.setup.egress = vec![2];
+    w.dest.behave(|b| {
+        b.refuse_from.insert(
+            "127.0.0.2".parse().unwrap(),
+            "554 5.7.1 Service unavailable; Client host [127.0.0.2] blocked using zen.spamhaus.org"
+                .into(),
+        );
+    });
+    let (smarthost, ca) = crate::blocks::smarthost(&w, "smarthost.test", false, "pw").await;
+    smarthost.behave(|b| {
+        b.chunking = true;
+        b.hang_up_on_refused_chunk = true;
+        b.rcpt.insert(
+            "nobody@dest.test".into(),
+            "550 5.1.1 <nobody@dest.test>: User unknown".into(),
+        );
+    });
+    w.setup.delivery = "fallback = \"clean\"".into();
+    w.setup.extra = crate::blocks::clean_smarthost_config(&smarthost, &ca);
+    let relay = w.setup.start().await;
+    bounced_after_a_hang_up(&w, &relay).await;
+    let log = relay.log_with("verdict=recipient").await;
+    assert!(
+        log.contains("this smarthost gets DATA from now on"),
+        "{log}"
+    );
+}
+
+/// Sends `nobody@dest.test` a body larger than the socket buffers (so the write fails
+/// on a connection closed under it) and waits for the DSN quoting the refusal.
+async fn bounced_after_a_hang_up(w: &World, relay: &crate::support::relay::Relay) {
+    let mut c = ready(relay.addr).await;
+    let line = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\r\n";
+    c.send_mail(
+        "a@sender.test",
+        &["nobody@dest.test"],
+        &message("nobody", &line.repeat(12 * 1024)),
+    )
+    .await;
+    let text = crate::support::dsn_text(&w.sender.wait_for(1).await[0]);
+    assert!(
+        text.contains("Diagnostic-Code: smtp; 550 5.1.1 <nobody@dest.test>: User unknown"),
+        "{text}"
+    );
 }

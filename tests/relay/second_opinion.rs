@@ -161,11 +161,7 @@ async fn with_one_ip_the_fallback_smarthost_gives_the_second_opinion() {
     });
     let (smarthost, ca) = crate::blocks::smarthost(&w, "smarthost.test", false, "pw").await;
     w.setup.delivery = "fallback = \"clean\"".into();
-    w.setup.extra = format!(
-        "\n[[smarthosts]]\nname = \"clean\"\nhost = \"smarthost.test\"\nport = {}\ntls = \"starttls\"\nusername = \"relay-user\"\npassword = \"pw\"\nca_file = \"{}\"\n",
-        smarthost.addr.port(),
-        ca.display()
-    );
+    w.setup.extra = crate::blocks::clean_smarthost_config(&smarthost, &ca);
     let relay = w.setup.start().await;
     send_and_settle(&relay, 2).await;
     // The first message: refused from .2, then accepted by the smarthost; the second goes

@@ -363,11 +363,7 @@ async fn neither_the_second_opinion_nor_the_fallback_smarthost_steps_around_the_
     let (smarthost, smarthost_ca) =
         crate::blocks::smarthost(&w, "smarthost.test", false, "pw").await;
     w.setup.delivery += "\nfallback = \"clean\"";
-    w.setup.extra += &format!(
-        "\n[[smarthosts]]\nname = \"clean\"\nhost = \"smarthost.test\"\nport = {}\ntls = \"starttls\"\nusername = \"relay-user\"\npassword = \"pw\"\nca_file = \"{}\"\n",
-        smarthost.addr.port(),
-        smarthost_ca.display()
-    );
+    w.setup.extra += &crate::blocks::clean_smarthost_config(&smarthost, &smarthost_ca);
     let relay = w.setup.start().await;
     send(&relay, "policy").await;
     relay
