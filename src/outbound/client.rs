@@ -750,7 +750,7 @@ impl Outbound {
             }
             let t = transaction(&mut session.client, session.caps, d, mx, true, egress.ip).await;
             if t.chunk_lost {
-                self.broken_chunking.remember(dest, mx);
+                self.broken_chunking.remember(dest, mx, "server");
             }
             match t.after {
                 // The server closed the idle session meanwhile: nothing of this message
@@ -783,7 +783,7 @@ impl Outbound {
         .min();
         let t = transaction(&mut session.client, session.caps, d, mx, false, egress.ip).await;
         if t.chunk_lost {
-            self.broken_chunking.remember(dest, mx);
+            self.broken_chunking.remember(dest, mx, "server");
         }
         match t.after {
             After::Ready if keep => self.sessions.put(egress.ip, dest, session),

@@ -79,30 +79,25 @@ pub(super) async fn hello<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// The extensions of `caps` this relay will use: CHUNKING only with `[delivery]
-/// chunking` on.
-pub(super) fn usable(caps: u32, chunking: bool) -> u32 {
-    if chunking { caps } else { caps & !EXT_CHUNKING }
-}
-
-/// MX addresses that broke a BDAT transaction ([`Transaction::chunk_lost`]): they are
-/// sent DATA from then on, until the relay restarts (a reload keeps them). Bounded: past
-/// [`BrokenChunking::MAX`] addresses none is added, and a new one that breaks BDAT
-/// costs an attempt each time.
+/// Servers that broke a BDAT transaction ([`Transaction::chunk_lost`]), by address:
+/// they are sent DATA from then on. The MX addresses' set lives until the relay restarts
+/// (a reload keeps it), a smarthost's until a reload. Bounded: past
+/// [`BrokenChunking::MAX`] addresses none is added, and a new one that breaks BDAT costs
+/// an attempt each time.
 #[derive(Default)]
 pub(super) struct BrokenChunking(std::sync::Mutex<std::collections::HashSet<SocketAddr>>);
 
 impl BrokenChunking {
     const MAX: usize = 10_000;
 
-    /// `dest` (`mx`) broke a BDAT transaction.
-    pub(super) fn remember(&self, dest: SocketAddr, mx: &str) {
+    /// `dest` (`name`, a `kind` of server: MX or smarthost) broke a BDAT transaction.
+    pub(super) fn remember(&self, dest: SocketAddr, name: &str, kind: &str) {
         let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
         if set.len() < Self::MAX && set.insert(dest) {
             tracing::warn!(
-                mx,
+                server = name,
                 addr = %dest,
-                "the connection broke during a BDAT transaction; this server gets DATA from now on"
+                "the connection broke during a BDAT transaction; this {kind} gets DATA from now on"
             );
         }
     }
@@ -110,13 +105,20 @@ impl BrokenChunking {
     /// The extensions of `caps` to use with `dest`: CHUNKING only with `[delivery]
     /// chunking` on and `dest` not remembered.
     pub(super) fn usable(&self, dest: SocketAddr, caps: u32, chunking: bool) -> u32 {
+        if caps & EXT_CHUNKING == 0 {
+            return caps;
+        }
         let broke = || {
             self.0
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .contains(&dest)
         };
-        usable(caps, chunking && (caps & EXT_CHUNKING == 0 || !broke()))
+        if chunking && !broke() {
+            caps
+        } else {
+            caps & !EXT_CHUNKING
+        }
     }
 }
 

@@ -3,7 +3,6 @@
 //! session carries credentials; AUTH uses the strongest mechanism both sides know.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use mail_send::{Credentials, SmtpClient};
@@ -12,7 +11,7 @@ use smtp_proto::EXT_START_TLS;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::protocol::{HostFailure, error_reply, greeting, hello, transaction, usable};
+use super::protocol::{BrokenChunking, HostFailure, error_reply, greeting, hello, transaction};
 use super::{AttemptReport, DomainDelivery, OutboundError, Via};
 use crate::config::{SmarthostConfig, SmarthostTls};
 use crate::dns::Resolver;
@@ -31,9 +30,9 @@ pub struct Smarthost {
     enforces_tls_policy: bool,
     /// `[delivery] chunking`: BDAT when the smarthost offers it.
     chunking: bool,
-    /// The smarthost broke a BDAT transaction: it gets DATA from then on (until a reload
-    /// builds it anew), as an MX address does.
-    chunking_broke: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Its addresses that broke a BDAT transaction: they get DATA from then on (until a
+    /// reload builds the smarthost anew), as MX addresses do.
+    broken_chunking: std::sync::Arc<BrokenChunking>,
 }
 
 impl Smarthost {
@@ -81,7 +80,7 @@ impl Smarthost {
             helo: helo.to_string(),
             enforces_tls_policy: config.enforces_tls_policy,
             chunking,
-            chunking_broke: Default::default(),
+            broken_chunking: Default::default(),
         })
     }
 
@@ -215,17 +214,13 @@ impl Smarthost {
         };
         let ehlo = hello(&mut client, &self.helo, host).await?;
         self.authenticate(&mut client, &ehlo, host).await?;
-        let broke = &self.chunking_broke;
-        let caps = usable(
-            ehlo.capabilities,
-            self.chunking && !broke.load(Ordering::Relaxed),
-        );
+        let dest = SocketAddr::new(ip, self.port);
+        let caps = self
+            .broken_chunking
+            .usable(dest, ehlo.capabilities, self.chunking);
         let t = transaction(&mut client, caps, d, host, false, None).await;
-        if t.chunk_lost && !broke.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                smarthost = %self.name,
-                "the connection broke during a BDAT transaction; this smarthost gets DATA from now on"
-            );
+        if t.chunk_lost {
+            self.broken_chunking.remember(dest, host, "smarthost");
         }
         super::sessions::quit(&mut client.stream).await;
         let replies = t.replies;
